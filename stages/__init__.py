@@ -1,0 +1,1 @@
+"""DeepGuard: pipeline stages that detect AI-generated images, and the code they share."""

@@ -1,0 +1,95 @@
+"""The served model's format: an MLflow Keras model folder whose MLmodel metadata carries the serving facts.
+
+register writes it, evaluate/register/serving read it, and KServe's storage initializer copies the same
+folder to /mnt/models on a cluster. One ``predict_fake_probability`` is used everywhere a model scores images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from stages.errors import DeepGuardError
+from stages.labels import CLASS_NAMES
+
+KERAS_FILE = Path("data/model.keras")  # inside an MLflow Keras model folder
+
+
+class ModelLoadError(DeepGuardError):
+    """A model folder or URI that cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a server needs besides the weights; stored in the MLmodel file's ``metadata``."""
+
+    threshold: float
+    image_size: int
+    architecture: str
+    data_source: str
+    synthetic_data: bool
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    def to_dict(self) -> dict:
+        """Plain types for YAML/JSON."""
+        return {**asdict(self), "class_names": list(self.class_names)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelMetadata:
+        """Read the dict written by :meth:`to_dict`."""
+        fields = {key: raw[key] for key in ("threshold", "image_size", "architecture", "data_source",
+                                            "synthetic_data")}
+        return cls(**fields, class_names=tuple(raw.get("class_names", CLASS_NAMES)))
+
+
+def read_metadata(model_dir: Path) -> ModelMetadata:
+    """Read the serving metadata from ``<model_dir>/MLmodel``."""
+    mlmodel = model_dir / "MLmodel"
+    try:
+        raw = yaml.safe_load(mlmodel.read_text())
+        return ModelMetadata.from_dict(raw["metadata"])
+    except FileNotFoundError:
+        raise ModelLoadError(f"{model_dir}: no MLmodel file (not an MLflow model folder)") from None
+    except (KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{mlmodel}: missing DeepGuard metadata ({exc})") from None
+
+
+def load_keras(path: Path):  # -> keras.Model; keras imported lazily so importing this module stays light
+    """Load a ``.keras`` file for inference."""
+    import keras
+
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: model file not found")
+    return keras.saving.load_model(path, compile=False)
+
+
+def load_model_dir(model_dir: Path):  # -> tuple[keras.Model, ModelMetadata]
+    """Load an MLflow Keras model folder (a downloaded registry version or KServe's /mnt/models)."""
+    return load_keras(model_dir / KERAS_FILE), read_metadata(model_dir)
+
+
+def download_model(uri: str, dest: Path | None = None) -> Path:
+    """Download ``models:/name@alias`` (or any MLflow artifact URI) and return the local folder."""
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
+                                                        dst_path=str(dest) if dest else None))
+    except Exception as exc:  # MLflow raises several types for a missing model or alias
+        raise ModelLoadError(f"{uri}: cannot download model: {exc}") from None
+
+
+def predict_fake_probability(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Score uint8 images ``(N, H, W, 3)``; returns P(FAKE) as float32 ``(N,)``.
+
+    Batches go through ``predict_on_batch`` (a compiled function, no per-call progress bar or
+    dataset set-up), which is what makes single-image serving fast.
+    """
+    if len(images) == 0:
+        return np.zeros((0,), dtype=np.float32)
+    out = [np.asarray(model.predict_on_batch(np.asarray(images[i:i + batch_size], dtype=np.uint8)))
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out).reshape(-1).astype(np.float32)
