@@ -52,6 +52,8 @@ def run_stage(name: str, main: Callable[[argparse.Namespace, Params], object],
     configure_logging()
     try:
         if args.workdir is not None:
+            # A pipeline run's first stage creates its run folder (an Airflow pod's /workspace/runs/<run id>).
+            args.workdir.mkdir(parents=True, exist_ok=True)
             os.chdir(args.workdir)
         params = load_params(args.params, args.overrides)
         main(args, params)
