@@ -1,0 +1,20 @@
+"""gunicorn settings for the web app; WEB_HOST, WEB_PORT, WEB_WORKERS and WEB_THREADS override them."""
+
+from __future__ import annotations
+
+import os
+
+bind = f"{os.environ.get('WEB_HOST', '0.0.0.0')}:{os.environ.get('WEB_PORT', '5000')}"
+# The app waits on the predictor over HTTP, so threads (not more processes) carry the concurrency.
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_WORKERS", "2"))
+threads = int(os.environ.get("WEB_THREADS", "4"))
+timeout = 60
+graceful_timeout = 10
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("WEB_LOG_LEVEL", "info")
+# A request line or header beyond these is refused before Flask sees it.
+limit_request_line = 4094
+limit_request_fields = 50

@@ -1,0 +1,407 @@
+"""KServe predictor for the champion: V1 and V2 (Open Inference Protocol) inference, version, hot reload.
+
+``python -m stages.predictor --model-uri models:/deepguard@champion`` loads the model (or a local MLflow model
+folder such as KServe's ``/mnt/models``) and serves it with ``kserve.ModelServer``. Every uploaded image goes
+through ``stages.imaging.decode_for_model``, the function training's data went through, and the N images of a
+request are scored by one model call. ``POST /v2/repository/models/deepguard/load`` re-resolves the URI and
+swaps the new model in while requests keep being served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer, model_server
+from kserve.errors import InvalidInput, ModelNotFound
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
+
+from stages.cli import configure_logging
+from stages.errors import DeepGuardError
+from stages.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_for_model, to_model_input
+from stages.labels import decide, names
+from stages.modelstore import (
+    ModelLoadError,
+    ModelMetadata,
+    download_model,
+    load_model_dir,
+    predict_fake_probability,
+)
+from stages.tracking import resolve_tracking_uri
+
+log = logging.getLogger("deepguard.predictor")
+
+MODEL_NAME = "deepguard"
+DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@champion"
+VERSION_ENV = "DEEPGUARD_MODEL_VERSION"
+INPUT_NAME = "image"
+OUTPUT_PROBABILITY = "fake_probability"
+OUTPUT_LABEL = "label"
+# Batch sizes the model is traced for at load time, so the first real request pays no tracing.
+_WARMUP_BATCHES = (1, 2, 64)
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry; beyond these the client gets a 400 naming the limit."""
+
+    max_images: int = 512
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded model version; replaced as a whole on reload, never mutated."""
+
+    keras_model: Any
+    metadata: ModelMetadata
+    version: str
+    uri: str
+
+    def score(self, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Return P(FAKE) and the class names for uint8 images ``(N, size, size, 3)``."""
+        probabilities = predict_fake_probability(self.keras_model, images)
+        return probabilities, names(decide(probabilities, self.metadata.threshold))
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What ``preprocess`` hands to ``predict``: the images and the model version they are scored by."""
+
+    served: ServedModel
+    images: np.ndarray
+    v2_request: Any  # kserve InferRequest for V2, None for V1
+
+
+@dataclass(frozen=True)
+class _Scores:
+    batch: _Batch
+    probabilities: np.ndarray
+    labels: list[str]
+
+
+def resolve_model(uri: str, dest: Path) -> tuple[Path, str]:
+    """Find the model folder and its registry version for ``uri``.
+
+    Args:
+        uri: ``models:/name@alias``, ``models:/name/<version>``, another MLflow artifact URI, or a
+            local folder.
+        dest: Empty folder to download registry models into.
+
+    Returns:
+        The local MLflow model folder and the version string (for a local folder: env
+        ``DEEPGUARD_MODEL_VERSION``, default ``unknown``).
+
+    Raises:
+        ModelLoadError: when the alias, version or folder does not exist.
+    """
+    match = _REGISTRY_URI.match(uri)
+    if match:
+        name, alias, version = match["name"], match["alias"], match["version"]
+        import mlflow
+
+        # Same store as the pipeline: DagsHub / MLFLOW_TRACKING_URI / the workspace's local sqlite store.
+        mlflow.set_tracking_uri(resolve_tracking_uri())
+        if alias:
+            try:
+                version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+            except Exception as exc:  # MlflowException for a missing model or alias; connection errors
+                raise ModelLoadError(f"{uri}: cannot resolve alias: {exc}") from None
+        # Download the resolved version, not the alias: the alias may move between the two calls.
+        return download_model(f"models:/{name}/{version}", dest), version
+    if "://" in uri and not uri.startswith("file://"):
+        return download_model(uri, dest), os.environ.get(VERSION_ENV, "unknown")
+    folder = Path(uri.removeprefix("file://"))
+    if not folder.is_dir():
+        raise ModelLoadError(f"{uri}: no such model folder")
+    return folder, os.environ.get(VERSION_ENV, "unknown")
+
+
+def load_served_model(uri: str) -> ServedModel:
+    """Resolve, download, load and warm up the model behind ``uri`` (blocking; seconds)."""
+    with tempfile.TemporaryDirectory(prefix="deepguard-model-") as tmp:
+        folder, version = resolve_model(uri, Path(tmp))
+        keras_model, metadata = load_model_dir(folder)
+    served = ServedModel(keras_model=keras_model, metadata=metadata, version=version, uri=uri)
+    size = metadata.image_size
+    for batch in _WARMUP_BATCHES:
+        served.score(np.zeros((batch, size, size, 3), dtype=np.uint8))
+    log.info("loaded %s: version %s, %s, threshold %.4f%s", uri, version, metadata.architecture,
+             metadata.threshold, " (TRAINED ON SYNTHETIC DATA)" if metadata.synthetic_data else "")
+    return served
+
+
+def _flatten(data: Any) -> list:
+    """V2 tensors may be sent nested; the BYTES input is a flat list of N items."""
+    if isinstance(data, np.ndarray):
+        return list(data.reshape(-1))
+    flat: list = []
+    for item in data:
+        flat.extend(_flatten(item) if isinstance(item, list | tuple) else [item])
+    return flat
+
+
+class DeepGuardModel(Model):
+    """The champion behind KServe's V1 and V2 endpoints, swappable at run time."""
+
+    def __init__(self, name: str, model_uri: str, limits: Limits) -> None:
+        super().__init__(name)
+        self.model_uri = model_uri
+        self.limits = limits
+        self.served: ServedModel | None = None
+        self._reload_lock = asyncio.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def load(self) -> bool:
+        """Load the model at start-up; ``ready`` only once it can score."""
+        self.served = load_served_model(self.model_uri)
+        self.ready = True
+        return self.ready
+
+    async def reload(self) -> ServedModel:
+        """Re-resolve ``model_uri`` in a worker thread, then swap it in with one assignment.
+
+        Requests keep being served by the old model meanwhile; a failed reload leaves it in place.
+        """
+        async with self._reload_lock:
+            served = await asyncio.to_thread(load_served_model, self.model_uri)
+            previous, self.served = self.served, served
+            self.ready = True
+        log.info("reloaded %s: version %s -> %s", self.model_uri,
+                 previous.version if previous else "none", served.version)
+        return served
+
+    @property
+    def version(self) -> str:
+        """The version being served."""
+        return self.served.version if self.served else "none"
+
+    def get_input_types(self) -> list[dict]:
+        """V2 model metadata: encoded image files, one per item."""
+        return [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        """V2 model metadata: P(FAKE) and the class name per image."""
+        return [{"name": OUTPUT_PROBABILITY, "datatype": "FP32", "shape": [-1]},
+                {"name": OUTPUT_LABEL, "datatype": "BYTES", "shape": [-1]}]
+
+    def validate(self, payload: Any) -> Any:
+        """Validation happens in :meth:`preprocess`, which knows the model's limits."""
+        return payload
+
+    # ---- request decoding ------------------------------------------------------------------------
+    def _decode_file(self, item: Any, where: str, size: int) -> np.ndarray:
+        if isinstance(item, str):
+            # base64 is 4/3 of the payload: refuse oversized items before decoding them.
+            if len(item) > (self.limits.max_image_bytes * 4) // 3 + 4:
+                raise InvalidInput(f"{where}: larger than the limit of {self.limits.max_image_bytes} bytes")
+            try:
+                data = base64.b64decode(item, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidInput(f"{where}: invalid base64 ({exc})") from None
+        elif isinstance(item, bytes):
+            data = item
+        else:
+            raise InvalidInput(f"{where}: expected a base64 string, got {type(item).__name__}")
+        if len(data) > self.limits.max_image_bytes:
+            raise InvalidInput(f"{where}: {len(data)} bytes exceeds the limit of "
+                               f"{self.limits.max_image_bytes} bytes")
+        try:
+            return decode_for_model(data, size, max_pixels=self.limits.max_pixels)
+        except ImageError as exc:
+            raise InvalidInput(f"{where}: {exc}") from None
+
+    def _check_count(self, count: int, what: str) -> None:
+        if count == 0:
+            raise InvalidInput(f"{what}: no images in the request")
+        if count > self.limits.max_images:
+            raise InvalidInput(f"{what}: {count} images exceeds the limit of {self.limits.max_images} "
+                               "per request")
+
+    def _v1_images(self, body: dict, size: int) -> np.ndarray:
+        instances = body.get("instances")
+        if not isinstance(instances, list):
+            raise InvalidInput('expected {"instances": [{"image": {"b64": "<base64 image file>"}}, ...]}')
+        self._check_count(len(instances), "instances")
+        images = []
+        for i, instance in enumerate(instances):
+            where = f"instances[{i}]"
+            encoded = instance.get("image", instance) if isinstance(instance, dict) else None
+            if not isinstance(encoded, dict) or "b64" not in encoded:
+                raise InvalidInput(f'{where}: expected {{"image": {{"b64": "<base64 image file>"}}}}')
+            images.append(self._decode_file(encoded["b64"], where, size))
+        return np.stack(images)
+
+    def _v2_images(self, request: InferRequest, size: int) -> np.ndarray:
+        if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
+            got = ", ".join(repr(tensor.name) for tensor in request.inputs) or "none"
+            raise InvalidInput(f"expected one input named {INPUT_NAME!r} (BYTES [N] or UINT8 [N,H,W,3]), "
+                               f"got {got}")
+        tensor = request.inputs[0]
+        where = f"input {INPUT_NAME!r}"
+        shape = list(tensor.shape)
+        if tensor.datatype == "BYTES":
+            items = _flatten(tensor.as_numpy() if tensor.data is None else tensor.data)
+            if len(shape) != 1 or shape[0] != len(items):
+                raise InvalidInput(f"{where}: shape {shape} does not match {len(items)} items; expected [N]")
+            self._check_count(len(items), where)
+            return np.stack([self._decode_file(item, f"{where} item {i}", size)
+                             for i, item in enumerate(items)])
+        if tensor.datatype == "UINT8":
+            return self._v2_pixels(tensor, shape, where, size)
+        raise InvalidInput(f"{where}: datatype {tensor.datatype}; expected BYTES or UINT8")
+
+    def _v2_pixels(self, tensor: Any, shape: list[int], where: str, size: int) -> np.ndarray:
+        if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
+            raise InvalidInput(f"{where}: UINT8 shape {shape}; expected [N, H, W, 3]")
+        self._check_count(shape[0], where)
+        if shape[1] * shape[2] > self.limits.max_pixels:
+            raise InvalidInput(f"{where}: {shape[2]}x{shape[1]} pixels exceeds the limit of "
+                               f"{self.limits.max_pixels} pixels")
+        try:
+            values = np.asarray(tensor.as_numpy() if tensor.data is None else tensor.data)
+            if values.size != int(np.prod(shape)) or not np.issubdtype(values.dtype, np.integer):
+                raise ValueError(f"expected {int(np.prod(shape))} integers, got {values.size} "
+                                 f"values of type {values.dtype}")
+            if values.size and (values.min() < 0 or values.max() > 255):
+                raise ValueError("values outside 0..255")
+            pixels = values.astype(np.uint8).reshape(shape)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"{where}: {exc}") from None
+        if shape[1:3] == [size, size]:
+            return pixels
+        from PIL import Image
+
+        # Other sizes are resized exactly as an uploaded file of that size would be.
+        return np.stack([to_model_input(Image.fromarray(image), size) for image in pixels])
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Batch:
+        """Decode every image of a V1 or V2 request; a bad item raises ``InvalidInput`` naming it."""
+        served = self.served  # one version scores the whole request, even if a reload lands meanwhile
+        size = served.metadata.image_size
+        if isinstance(payload, InferRequest):
+            return _Batch(served, self._v2_images(payload, size), payload)
+        if isinstance(payload, dict):
+            return _Batch(served, self._v1_images(payload, size), None)
+        raise InvalidInput("expected a JSON object body (V1: {\"instances\": [...]})")
+
+    def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
+        """Score the whole batch in one model call."""
+        probabilities, labels = payload.served.score(payload.images)
+        return _Scores(payload, probabilities, labels)
+
+    def postprocess(self, result: _Scores, headers: dict[str, str] | None = None,
+                    response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+        """Shape the scores as a V1 ``predictions`` list or a V2 response with two outputs."""
+        served, count = result.batch.served, len(result.labels)
+        facts = {"model_version": served.version, "threshold": served.metadata.threshold,
+                 "synthetic_data": served.metadata.synthetic_data,
+                 "architecture": served.metadata.architecture}
+        request = result.batch.v2_request
+        if request is None:
+            predictions = [{"label": label, "fake_probability": float(probability)}
+                           for label, probability in zip(result.labels, result.probabilities, strict=True)]
+            return {"predictions": predictions, "model_name": self.name, **facts}
+        outputs = [
+            InferOutput(OUTPUT_PROBABILITY, [count], "FP32", data=result.probabilities.astype(np.float32)),
+            InferOutput(OUTPUT_LABEL, [count], "BYTES", data=np.array(result.labels, dtype=np.object_)),
+        ]
+        return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs,
+                             model_version=served.version, parameters=facts,
+                             use_binary_outputs=request.use_binary_outputs,
+                             requested_outputs=request.request_outputs)
+
+
+class ReloadingRepository(ModelRepository):
+    """KServe's model repository extension: ``load`` re-resolves the model's URI and swaps it in."""
+
+    def __init__(self, models: Sequence[DeepGuardModel]) -> None:
+        super().__init__()
+        # Kept apart from the served set, so a load after an unload can bring a model back.
+        self._reloadable = {model.name: model for model in models}
+
+    async def load(self, name: str) -> bool:
+        """Reload ``name`` (``POST /v2/repository/models/<name>/load``); the old model serves meanwhile."""
+        model = self._reloadable.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        await model.reload()
+        self.update(model)
+        return model.ready
+
+
+class VersionedDataPlane(DataPlane):
+    """KServe's data plane, plus the served version in ``GET /v2/models/<name>``."""
+
+    async def model_metadata(self, model_name: str) -> dict:
+        """KServe's model metadata with ``versions`` and ``platform`` filled in."""
+        metadata = await super().model_metadata(model_name)
+        served_model = self.get_model_from_registry(model_name)
+        metadata["versions"] = [getattr(served_model, "version", "unknown")]
+        metadata["platform"] = "tensorflow_keras"
+        return metadata
+
+
+def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer:
+    """Build a ``kserve.ModelServer`` whose model repository reloads ``model`` and reports its version."""
+    repository = ReloadingRepository([model])
+    server = ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
+                         enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
+                         enable_latency_logging=args.enable_latency_logging, registered_models=repository)
+    # Replaced before start(): the REST server is built from server.dataplane in start().
+    server.dataplane = VersionedDataPlane(model_registry=repository)
+    return server
+
+
+def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """KServe's model-server options plus ours."""
+    parser = argparse.ArgumentParser(prog="python -m stages.predictor", parents=[kserve_parser],
+                                     description="Serve the DeepGuard champion with KServe (V1 and V2).")
+    parser.add_argument("--model-uri", "--model_uri", dest="model_uri", default=DEFAULT_MODEL_URI,
+                        help="models:/name@alias, models:/name/<version>, or a local MLflow model folder "
+                             f"(default: {DEFAULT_MODEL_URI})")
+    limits = Limits()
+    parser.add_argument("--max-images", "--max_images", dest="max_images", type=int,
+                        default=limits.max_images, help="most images in one request (default: %(default)s)")
+    parser.add_argument("--max-image-bytes", "--max_image_bytes", dest="max_image_bytes", type=int,
+                        default=limits.max_image_bytes, help="largest image file (default: %(default)s)")
+    parser.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=int,
+                        default=limits.max_pixels,
+                        help="refuse images whose header claims more pixels (default: %(default)s)")
+    parser.set_defaults(model_name=MODEL_NAME)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, load the model and serve until SIGINT/SIGTERM."""
+    args = build_parser(model_server.parser).parse_args(argv)
+    configure_logging()
+    try:
+        model = DeepGuardModel(args.model_name, args.model_uri,
+                               Limits(args.max_images, args.max_image_bytes, args.max_pixels))
+        model.load()
+    except DeepGuardError as exc:
+        log.error("predictor failed: %s", exc)
+        print(f"stages.predictor: error: {exc}", file=sys.stderr)
+        return 2
+    build_server(model, args).start([model])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
