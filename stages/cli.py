@@ -19,24 +19,42 @@ def stage_parser(name: str, description: str) -> argparse.ArgumentParser:
     """Return the argument parser with the options every stage takes."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=description)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a parameter, e.g. --set training.epochs=1 (repeatable)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="pipeline workspace holding data/, models/ and reports/ (default: current folder)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a parameter, e.g. --set training.epochs=1 (repeatable)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="pipeline workspace holding data/, models/ and reports/ (default: current folder)",
+    )
     return parser
 
 
 def configure_logging() -> None:
     """Log to stdout once, in the entry point; quiet the chattiest libraries."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
     for noisy in ("urllib3", "git", "matplotlib", "PIL", "h5py", "absl", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def run_stage(name: str, main: Callable[[argparse.Namespace, Params], object],
-              parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+def run_stage(
+    name: str,
+    main: Callable[[argparse.Namespace, Params], object],
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+) -> int:
     """Parse arguments, set up logging, load params and call ``main``; expected errors become one line.
 
     Args:

@@ -40,8 +40,10 @@ class ModelMetadata:
     @classmethod
     def from_dict(cls, raw: dict) -> ModelMetadata:
         """Read the dict written by :meth:`to_dict`."""
-        fields = {key: raw[key] for key in ("threshold", "image_size", "architecture", "data_source",
-                                            "synthetic_data")}
+        fields = {
+            key: raw[key]
+            for key in ("threshold", "image_size", "architecture", "data_source", "synthetic_data")
+        }
         return cls(**fields, class_names=tuple(raw.get("class_names", CLASS_NAMES)))
 
 
@@ -76,8 +78,9 @@ def download_model(uri: str, dest: Path | None = None) -> Path:
     import mlflow
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
-                                                        dst_path=str(dest) if dest else None))
+        return Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest) if dest else None)
+        )
     except Exception as exc:  # MLflow raises several types for a missing model or alias
         raise ModelLoadError(f"{uri}: cannot download model: {exc}") from None
 
@@ -90,6 +93,8 @@ def predict_fake_probability(model, images: np.ndarray, batch_size: int = 512) -
     """
     if len(images) == 0:
         return np.zeros((0,), dtype=np.float32)
-    out = [np.asarray(model.predict_on_batch(np.asarray(images[i:i + batch_size], dtype=np.uint8)))
-           for i in range(0, len(images), batch_size)]
+    out = [
+        np.asarray(model.predict_on_batch(np.asarray(images[i : i + batch_size], dtype=np.uint8)))
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out).reshape(-1).astype(np.float32)

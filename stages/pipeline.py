@@ -72,9 +72,15 @@ _TRAIN = Resources(cpu="4", memory="8Gi", cpu_limit="8", memory_limit="16Gi", gp
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="ingest",
-        description="Fetch CIFAKE (Kaggle, a local archive or synthetic), validate and deduplicate every image.",
-        deps=(str(SOURCE_MARKER), "stages/ingest.py", "stages/sources.py", "stages/synthetic.py",
-              "stages/imaging.py", *_SHARED),
+        description="Fetch CIFAKE (Kaggle, local archive or synthetic); validate and deduplicate images.",
+        deps=(
+            str(SOURCE_MARKER),
+            "stages/ingest.py",
+            "stages/sources.py",
+            "stages/synthetic.py",
+            "stages/imaging.py",
+            *_SHARED,
+        ),
         params=("data",),
         outs=(str(RAW_DIR),),
         metrics=(str(DATA_REPORT),),
@@ -82,7 +88,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="preprocess",
-        description="Decode to uint8 arrays at native resolution; stratified train/validation split; test apart.",
+        description="Decode to uint8 arrays at native size; stratified train/validation split; test apart.",
         deps=(str(RAW_DIR), "stages/preprocess.py", "stages/shards.py", "stages/imaging.py", *_SHARED),
         params=("data.image_size", "split"),
         outs=(str(PROCESSED_DIR),),
@@ -91,7 +97,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="features",
         description="Dataset statistics, the augmentation policy and the per-class frequency spectrum.",
-        deps=(str(PROCESSED_DIR), "stages/features.py", "stages/shards.py", *_SHARED),
+        deps=(str(PROCESSED_DIR), "stages/features.py", "stages/figures.py", "stages/shards.py", *_SHARED),
         params=("augmentation",),
         outs=(str(FEATURES_DIR),),
         plots=(str(FIGURES_DIR / "spectrum.png"),),
@@ -100,8 +106,15 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="train",
         description="Train the configured Keras architecture with early stopping; keep the best checkpoint.",
-        deps=(str(PROCESSED_DIR), str(FEATURES_DIR), str(DATA_REPORT), "stages/train.py",
-              "stages/architectures.py", "stages/shards.py", "stages/tracking.py", *_SHARED),
+        deps=(
+            str(PROCESSED_DIR),
+            str(FEATURES_DIR),
+            str(DATA_REPORT),
+            "stages/train.py",
+            "stages/architectures.py",
+            "stages/shards.py",
+            *_SHARED,
+        ),
         params=("model", "training"),
         outs=(str(MODEL_DIR),),
         metrics=(str(TRAINING_REPORT),),
@@ -109,20 +122,35 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="evaluate",
-        description="Choose the threshold on validation; test metrics, confusion matrix, ROC, PR, calibration.",
-        deps=(str(MODEL_DIR), str(PROCESSED_DIR), "stages/evaluate.py", "stages/shards.py",
-              "stages/tracking.py", *_SHARED),
+        description="Threshold chosen on validation; test metrics, confusion matrix, ROC, PR, calibration.",
+        deps=(
+            str(MODEL_DIR),
+            str(PROCESSED_DIR),
+            "stages/evaluate.py",
+            "stages/modelstore.py",
+            "stages/shards.py",
+            *_SHARED,
+        ),
         params=("evaluation",),
         metrics=(str(METRICS_FILE),),
-        plots=tuple(str(FIGURES_DIR / f"{name}.png")
-                    for name in ("confusion_matrix", "roc_curve", "pr_curve", "calibration")),
+        plots=tuple(
+            str(FIGURES_DIR / f"{name}.png")
+            for name in ("confusion_matrix", "roc_curve", "pr_curve", "calibration")
+        ),
         resources=_MEDIUM,
     ),
     Stage(
         name="register",
         description="Log and register the model in MLflow; alias challenger; champion only past the gate.",
-        deps=(str(MODEL_DIR), str(METRICS_FILE), str(PROCESSED_DIR), "stages/register.py",
-              "stages/tracking.py", *_SHARED),
+        deps=(
+            str(MODEL_DIR),
+            str(METRICS_FILE),
+            str(PROCESSED_DIR),
+            str(DATA_REPORT),
+            "stages/register.py",
+            "stages/modelstore.py",
+            *_SHARED,
+        ),
         params=("promotion", "mlflow"),
         uncached=(str(REGISTRATION_FILE),),
         resources=_MEDIUM,
@@ -144,8 +172,12 @@ def dvc_yaml() -> str:
     """Render dvc.yaml from ``STAGES``."""
     stages: dict[str, dict] = {}
     for stage in STAGES:
-        entry: dict = {"desc": stage.description, "cmd": " ".join(stage.command),
-                       "deps": list(stage.deps), "params": list(stage.params)}
+        entry: dict = {
+            "desc": stage.description,
+            "cmd": " ".join(stage.command),
+            "deps": list(stage.deps),
+            "params": list(stage.params),
+        }
         outs: list = list(stage.outs) + [{path: {"cache": False}} for path in stage.uncached]
         if outs:
             entry["outs"] = outs

@@ -22,8 +22,11 @@ class NpyWriter:
         self.path, self.count, self.row_shape, self.dtype = path, count, row_shape, np.dtype(dtype)
         self.written = 0
         self._file = path.open("wb")
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (count, *row_shape)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (count, *row_shape),
+        }
         np.lib.format.write_array_header_1_0(self._file, header)
 
     def write(self, rows: np.ndarray) -> None:
@@ -45,8 +48,9 @@ class NpyWriter:
     def __enter__(self) -> NpyWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -65,5 +69,7 @@ def labels_path(folder: Path, split: str) -> Path:
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Memory-map one split: ``(images uint8 (N, H, W, 3), labels uint8 (N,))``."""
-    return (np.load(images_path(folder, split), mmap_mode="r"),
-            np.load(labels_path(folder, split), mmap_mode="r"))
+    return (
+        np.load(images_path(folder, split), mmap_mode="r"),
+        np.load(labels_path(folder, split), mmap_mode="r"),
+    )

@@ -1,0 +1,172 @@
+"""Stage 5, evaluate: choose the decision threshold on validation, then measure the test split once.
+
+Outputs ``reports/metrics.json`` (DVC metrics) and PNG figures in ``reports/figures/`` (DVC plots): confusion
+matrix, ROC curve, precision-recall curve and calibration; all are logged to the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import numpy as np
+from sklearn import metrics as skm
+
+from stages import tracking
+from stages.atomic import write_json
+from stages.cli import run_stage, stage_parser
+from stages.config import EvaluationParams, Params
+from stages.figures import plt, save_figure
+from stages.labels import CLASS_NAMES, FAKE, decide
+from stages.modelstore import load_keras, predict_fake_probability
+from stages.pipeline import FIGURES_DIR, METRICS_FILE, MODEL_DIR, PROCESSED_DIR
+from stages.shards import load_split
+from stages.train import MODEL_FILE, load_run_id
+
+log = logging.getLogger("deepguard.evaluate")
+
+
+def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, metric: str) -> float:
+    """The threshold that maximises ``metric`` (accuracy or f1) on the given (validation) data.
+
+    Every distinct score is a candidate (``probability >= threshold`` means FAKE); ties go to the candidate
+    closest to 0.5.
+    """
+    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, pos_label=FAKE, drop_intermediate=False)
+    positives = np.count_nonzero(labels == FAKE)
+    negatives = len(labels) - positives
+    tp, fp = tpr * positives, fpr * negatives
+    if metric == "accuracy":
+        value = (tp + negatives - fp) / len(labels)
+    else:
+        value = 2 * tp / np.maximum(tp + fp + positives, 1)
+    finite = np.isfinite(thresholds)
+    value, thresholds = value[finite], thresholds[finite]
+    best = np.flatnonzero(value == value.max())
+    return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    """Mean |observed FAKE rate - mean predicted probability| over equal-width bins, weighted by count."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(labels[mask].mean() - probabilities[mask].mean())
+    return float(error)
+
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, calibration_bins: int = 10
+) -> dict:
+    """Accuracy, precision, recall, F1 (FAKE positive), ROC-AUC, PR-AUC, Brier, ECE, confusion matrix."""
+    predicted = decide(probabilities, threshold)
+    two_classes = len(np.unique(labels)) == 2
+    return {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "precision": float(skm.precision_score(labels, predicted, pos_label=FAKE, zero_division=0)),
+        "recall": float(skm.recall_score(labels, predicted, pos_label=FAKE, zero_division=0)),
+        "f1": float(skm.f1_score(labels, predicted, pos_label=FAKE, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if two_classes else float("nan"),
+        "pr_auc": float(skm.average_precision_score(labels, probabilities)) if two_classes else float("nan"),
+        "brier": float(skm.brier_score_loss(labels, probabilities)),
+        "ece": expected_calibration_error(labels, probabilities, calibration_bins),
+        "confusion_matrix": skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
+        "count": int(len(labels)),
+    }
+
+
+def _figures(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, test: dict, bins: int
+) -> dict[str, plt.Figure]:
+    figures: dict[str, plt.Figure] = {}
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    skm.ConfusionMatrixDisplay(np.array(test["confusion_matrix"]), display_labels=CLASS_NAMES).plot(
+        ax=ax, cmap="Blues", values_format="d", colorbar=False
+    )
+    ax.set_title(f"Test confusion matrix (threshold {threshold:.3f})")
+    figures["confusion_matrix"] = fig
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    skm.RocCurveDisplay.from_predictions(labels, probabilities, pos_label=FAKE, ax=ax, name="DeepGuard")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_title(f"Test ROC (AUC {test['roc_auc']:.4f})")
+    figures["roc_curve"] = fig
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    skm.PrecisionRecallDisplay.from_predictions(
+        labels, probabilities, pos_label=FAKE, ax=ax, name="DeepGuard"
+    )
+    ax.set_title(f"Test precision-recall (AP {test['pr_auc']:.4f})")
+    figures["pr_curve"] = fig
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    from sklearn.calibration import CalibrationDisplay
+
+    CalibrationDisplay.from_predictions(labels, probabilities, n_bins=bins, ax=ax, name="DeepGuard")
+    ax.set_title(f"Test calibration (ECE {test['ece']:.4f})")
+    figures["calibration"] = fig
+    return figures
+
+
+def evaluate(model, params: EvaluationParams) -> dict:
+    """Score validation and test; the threshold comes from validation only."""
+    val_x, val_y = load_split(PROCESSED_DIR, "val")
+    test_x, test_y = load_split(PROCESSED_DIR, "test")
+    val_p = predict_fake_probability(model, val_x)
+    threshold = choose_threshold(np.asarray(val_y), val_p, params.threshold_metric)
+    test_p = predict_fake_probability(model, test_x)
+    test = classification_metrics(np.asarray(test_y), test_p, threshold, params.calibration_bins)
+    result = {
+        "threshold": threshold,
+        "threshold_metric": params.threshold_metric,
+        "val": classification_metrics(np.asarray(val_y), val_p, threshold, params.calibration_bins),
+        "test": test,
+    }
+    for name, figure in _figures(
+        np.asarray(test_y), test_p, threshold, test, params.calibration_bins
+    ).items():
+        save_figure(figure, FIGURES_DIR / f"{name}.png")
+    return result
+
+
+def run(params: Params) -> dict:
+    """Run evaluate in the current workspace.
+
+    Returns:
+        The content of reports/metrics.json.
+    """
+    import mlflow
+
+    result = evaluate(load_keras(MODEL_DIR / MODEL_FILE), params.evaluation)
+    write_json(METRICS_FILE, result)
+    tracking.setup(params.mlflow)
+    with mlflow.start_run(run_id=load_run_id()):
+        mlflow.log_metric("threshold", result["threshold"])
+        for split in ("val", "test"):
+            mlflow.log_metrics({f"{split}_{k}": v for k, v in result[split].items() if isinstance(v, float)})
+        mlflow.log_artifact(str(METRICS_FILE), "evaluation")
+        for figure in sorted(FIGURES_DIR.glob("*.png")):
+            mlflow.log_artifact(str(figure), "figures")
+    test = result["test"]
+    log.info(
+        "evaluate done: threshold %.4f (from validation); test accuracy %.4f, ROC-AUC %.4f, F1 %.4f",
+        result["threshold"],
+        test["accuracy"],
+        test["roc_auc"],
+        test["f1"],
+    )
+    return result
+
+
+def _main(args: argparse.Namespace, params: Params) -> None:
+    run(params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m stages.evaluate``."""
+    return run_stage("evaluate", _main, stage_parser("evaluate", __doc__.splitlines()[0]), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Stage 1, ingest: fetch the images, validate each one, drop duplicates and train/test leaks, report.
+
+Output ``data/raw/``: ``images.zip`` (the kept files, byte for byte, in the layout split/CLASS/name) and
+``index.json`` (counts and the dataset's content hash); ``reports/data_report.json`` says what was dropped
+and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stages import sources, synthetic
+from stages.atomic import atomic_path, write_json
+from stages.cli import run_stage, stage_parser
+from stages.config import DataParams, Params
+from stages.imaging import ImageError, validate_dataset_image
+from stages.labels import CLASS_NAMES
+from stages.pipeline import DATA_REPORT, RAW_DIR, SOURCE_MARKER
+
+log = logging.getLogger("deepguard.ingest")
+
+ARCHIVE = "images.zip"
+INDEX = "index.json"
+EXAMPLES_KEPT = 20  # rejected files listed by name in the report, per reason
+
+
+@dataclass
+class IngestReport:
+    """Counts of what ingest kept and dropped, written as the data report."""
+
+    source: dict
+    seen: Counter = field(default_factory=Counter)
+    kept: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+    duplicates_within_split: Counter = field(default_factory=Counter)
+    test_in_train: Counter = field(default_factory=Counter)
+    capped: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def note(self, reason: str, where: str) -> None:
+        """Remember a few file names per drop reason."""
+        if len(self.examples[reason]) < EXAMPLES_KEPT:
+            self.examples[reason].append(where)
+
+    def to_dict(self, data_hash: str) -> dict:
+        """The JSON data report (DVC metric, MLflow artifact)."""
+
+        def nested(counter: Counter) -> dict:
+            out: dict[str, dict[str, int]] = {}
+            for (split, class_name), n in sorted(counter.items()):
+                out.setdefault(split, {})[class_name] = n
+            return out
+
+        return {
+            "source": self.source,
+            "synthetic": self.source["kind"] == "synthetic",
+            "notice": synthetic.SYNTHETIC_NOTICE if self.source["kind"] == "synthetic" else "",
+            "data_hash": data_hash,
+            "seen": nested(self.seen),
+            "kept": nested(self.kept),
+            "total_kept": sum(self.kept.values()),
+            "rejected": dict(sorted(self.rejected.items())),
+            "duplicates_within_split": nested(self.duplicates_within_split),
+            "test_in_train": nested(self.test_in_train),
+            "capped_by_sample_per_class": nested(self.capped),
+            "examples": dict(sorted(self.examples.items())),
+        }
+
+
+def _entries(source: sources.Source, params: DataParams) -> Iterable[sources.Entry]:
+    if source.kind == "synthetic":
+        return synthetic.generate(params.synthetic_per_class, params.image_size)
+    if source.kind == "kaggle":
+        return sources.iter_entries(sources.download_kaggle(source.location))
+    return sources.iter_entries(Path(source.location))
+
+
+def ingest(
+    entries: Iterable[sources.Entry], params: DataParams, source: sources.Source, out_dir: Path
+) -> dict:
+    """Validate and deduplicate ``entries`` into ``out_dir/images.zip``; return the data report.
+
+    Entries must come train first (as :func:`sources.iter_entries` yields them) so that test images that
+    also occur in train can be found. Duplicates are byte-identical files (same sha256).
+    """
+    report = IngestReport(source=source.to_dict())
+    seen_in_split: dict[str, set[str]] = defaultdict(set)
+    kept_hashes: list[str] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out_dir / ARCHIVE, "w", compression=zipfile.ZIP_STORED) as archive:
+        for entry in entries:
+            key = (entry.split, entry.class_name)
+            where = f"{entry.split}/{entry.class_name}/{entry.name}"
+            report.seen[key] += 1
+            digest = sources.fingerprint_bytes(entry.data)
+            if digest in seen_in_split[entry.split]:
+                report.duplicates_within_split[key] += 1
+                report.note("duplicate_within_split", where)
+                continue
+            seen_in_split[entry.split].add(digest)
+            if entry.split == "test" and digest in seen_in_split["train"]:
+                report.test_in_train[key] += 1
+                report.note("test_in_train", where)
+                continue
+            try:
+                validate_dataset_image(entry.data, params.image_size)
+            except ImageError as exc:
+                reason = str(exc).split(":")[0]
+                report.rejected[reason] += 1
+                report.note(reason, f"{where}: {exc}")
+                continue
+            if params.sample_per_class is not None and report.kept[key] >= params.sample_per_class:
+                report.capped[key] += 1
+                continue
+            report.kept[key] += 1
+            suffix = Path(entry.name).suffix.lower()
+            info = zipfile.ZipInfo(
+                f"{entry.split}/{entry.class_name}/{digest[:16]}{suffix}", date_time=(2020, 1, 1, 0, 0, 0)
+            )  # fixed: same input, same bytes
+            archive.writestr(info, entry.data)
+            kept_hashes.append(f"{entry.split}/{entry.class_name}/{digest}")
+            if sum(report.seen.values()) % 10_000 == 0:
+                log.info("ingest: %d images read, %d kept", sum(report.seen.values()), len(kept_hashes))
+    data_hash = hashlib.sha256("\n".join(sorted(kept_hashes)).encode()).hexdigest()
+    result = report.to_dict(data_hash)
+    for split in sources.SPLIT_FOLDERS:
+        for class_name in CLASS_NAMES:
+            if not result["kept"].get(split, {}).get(class_name):
+                raise sources.SourceError(f"{source.location}: no valid images left in {split}/{class_name}")
+    write_json(
+        out_dir / INDEX,
+        {
+            "kept": result["kept"],
+            "data_hash": data_hash,
+            "synthetic": result["synthetic"],
+            "source": source.kind,
+            "image_size": params.image_size,
+        },
+    )
+    return result
+
+
+def write_source_marker(source: sources.Source) -> None:
+    """Write data/source.json only when it changes, so DVC reruns ingest exactly when the source changes."""
+    marker = {"kind": source.kind, "location": source.location, "fingerprint": source.fingerprint}
+    if SOURCE_MARKER.is_file():
+        from stages.atomic import read_json
+
+        if read_json(SOURCE_MARKER) == marker:
+            return
+    write_json(SOURCE_MARKER, marker)
+
+
+def run(params: Params) -> dict:
+    """Run ingest in the current workspace.
+
+    Returns:
+        The data report.
+    """
+    source = sources.locate(params.data)
+    log.info("data source: %s (%s; %s)", source.kind, source.location, source.reason)
+    if source.synthetic:
+        log.warning("%s", synthetic.SYNTHETIC_NOTICE)
+    write_source_marker(source)
+    with atomic_path(RAW_DIR) as tmp:
+        report = ingest(_entries(source, params.data), params.data, source, tmp)
+    write_json(DATA_REPORT, report)
+    dropped = (
+        sum(report["rejected"].values())
+        + _total(report["duplicates_within_split"])
+        + _total(report["test_in_train"])
+    )
+    log.info(
+        "ingest done: %d images kept, %d dropped (%d invalid, %d duplicates, %d test-in-train); report %s",
+        report["total_kept"],
+        dropped,
+        sum(report["rejected"].values()),
+        _total(report["duplicates_within_split"]),
+        _total(report["test_in_train"]),
+        DATA_REPORT,
+    )
+    return report
+
+
+def _total(nested: dict[str, dict[str, int]]) -> int:
+    return sum(n for per_class in nested.values() for n in per_class.values())
+
+
+def _main(args: argparse.Namespace, params: Params) -> None:
+    if args.locate:
+        source = sources.locate(params.data)
+        write_source_marker(source)
+        log.info("data source: %s (%s; %s) -> %s", source.kind, source.location, source.reason, SOURCE_MARKER)
+        return
+    run(params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m stages.ingest``."""
+    parser = stage_parser("ingest", __doc__.splitlines()[0])
+    parser.add_argument(
+        "--locate",
+        action="store_true",
+        help="only resolve the data source and update data/source.json (run before dvc repro)",
+    )
+    return run_stage("ingest", _main, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Stage 6, register: log the model to MLflow, register a version, alias it challenger, gate champion.
+
+The challenger becomes ``champion`` only when it beats the current champion on the same test data by the gate
+in params (``promotion.metric`` and ``promotion.min_improvement``); the first model becomes champion. A worse
+model stays registered and is not promoted; the log and ``reports/registration.json`` say why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from stages import tracking
+from stages.atomic import read_json, write_json
+from stages.cli import run_stage, stage_parser
+from stages.config import Params
+from stages.evaluate import classification_metrics
+from stages.modelstore import (
+    ModelMetadata,
+    download_model,
+    load_keras,
+    load_model_dir,
+    predict_fake_probability,
+)
+from stages.pipeline import DATA_REPORT, METRICS_FILE, MODEL_DIR, PROCESSED_DIR, REGISTRATION_FILE
+from stages.shards import load_split
+from stages.train import MODEL_FILE, load_run_id
+
+log = logging.getLogger("deepguard.register")
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+TIE_TOLERANCE = 1e-9  # differences below this are float noise, not an improvement
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The outcome of comparing a challenger with the champion."""
+
+    promote: bool
+    reason: str
+    metric: str
+    challenger_value: float
+    champion_value: float | None
+    champion_version: str | None
+
+
+def decide(
+    metric: str,
+    challenger: float,
+    champion: float | None,
+    min_improvement: float,
+    champion_version: str | None,
+) -> GateDecision:
+    """Apply the gate: promote the first model, or one that beats the champion by at least the minimum.
+
+    ``min_improvement`` 0 still requires a strictly better value: a tie keeps the current champion.
+    """
+    if champion is None:
+        return GateDecision(
+            True, "no champion yet: the first model becomes champion", metric, challenger, None, None
+        )
+    gain = challenger - champion
+    if gain > TIE_TOLERANCE and gain >= min_improvement:
+        reason = (
+            f"test {metric} {challenger:.5f} beats champion v{champion_version} {champion:.5f} by {gain:+.5f}"
+        )
+        return GateDecision(True, reason, metric, challenger, champion, champion_version)
+    reason = (
+        f"test {metric} {challenger:.5f} vs champion v{champion_version} {champion:.5f} ({gain:+.5f}); "
+        f"the gate needs an improvement > 0 and >= {min_improvement}"
+    )
+    return GateDecision(False, reason, metric, challenger, champion, champion_version)
+
+
+def _champion_score(client, name: str, metric: str, test_hash: str) -> tuple[float | None, str | None]:
+    """The champion's test ``metric`` on the current test data: its tag when the test set is the same,
+    else re-measured by downloading the champion and scoring the current test split."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    tag = champion.tags.get(f"test_{metric}")
+    if champion.tags.get("test_hash") == test_hash and tag is not None:
+        return float(tag), str(champion.version)
+    log.info(
+        "champion v%s was measured on other test data: re-evaluating it on this test split", champion.version
+    )
+    model, metadata = load_model_dir(download_model(f"models:/{name}/{champion.version}"))
+    test_x, test_y = load_split(PROCESSED_DIR, "test")
+    measured = classification_metrics(
+        np.asarray(test_y), predict_fake_probability(model, test_x), metadata.threshold
+    )
+    return float(measured[metric]), str(champion.version)
+
+
+def _signature(image_size: int):  # -> mlflow.models.ModelSignature
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, 3), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "fake_probability")]),
+    )
+
+
+def run(params: Params) -> dict:
+    """Run register in the current workspace.
+
+    Returns:
+        The registration record written to reports/registration.json.
+    """
+    import keras
+    import mlflow
+
+    metrics = read_json(METRICS_FILE)
+    data_report = read_json(DATA_REPORT)
+    summary = read_json(PROCESSED_DIR / "summary.json")
+    name = params.mlflow.model_name
+    metadata = ModelMetadata(
+        threshold=metrics["threshold"],
+        image_size=params.data.image_size,
+        architecture=params.model.architecture,
+        data_source=data_report["source"]["kind"],
+        synthetic_data=bool(data_report["synthetic"]),
+    )
+    tracking.setup(params.mlflow)
+    client = mlflow.MlflowClient()
+    champion_value, champion_version = _champion_score(
+        client, name, params.promotion.metric, summary["test_hash"]
+    )
+    lineage = {
+        "git_commit": tracking.git_commit(),
+        "data_hash": data_report["data_hash"],
+        "test_hash": summary["test_hash"],
+        "params_hash": params.digest(),
+        "architecture": params.model.architecture,
+        "data_source": metadata.data_source,
+        "synthetic_data": str(metadata.synthetic_data).lower(),
+        "threshold": f"{metrics['threshold']:.6f}",
+        **{f"test_{k}": repr(v) for k, v in metrics["test"].items() if isinstance(v, float)},
+    }
+    with mlflow.start_run(run_id=load_run_id()) as mlrun:
+        requirements = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
+        info = mlflow.keras.log_model(
+            load_keras(MODEL_DIR / MODEL_FILE),
+            name="model",
+            signature=_signature(params.data.image_size),
+            metadata=metadata.to_dict(),
+            pip_requirements=requirements,
+        )
+        version = mlflow.register_model(info.model_uri, name, tags=lineage).version
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        decision = decide(
+            params.promotion.metric,
+            metrics["test"][params.promotion.metric],
+            champion_value,
+            params.promotion.min_improvement,
+            champion_version,
+        )
+        client.set_model_version_tag(
+            name, version, "promotion", "champion" if decision.promote else "rejected"
+        )
+        client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+        if decision.promote:
+            client.set_registered_model_alias(name, CHAMPION, version)
+        mlflow.set_tags({"registered_version": version, "promoted": str(decision.promote).lower()})
+    record = {
+        "model_name": name,
+        "version": str(version),
+        "run_id": mlrun.info.run_id,
+        "model_uri": f"models:/{name}/{version}",
+        "promoted": decision.promote,
+        "champion_version": str(version) if decision.promote else decision.champion_version,
+        "decision": asdict(decision),
+        "lineage": lineage,
+    }
+    write_json(REGISTRATION_FILE, record)
+    if decision.promote:
+        log.info("register done: %s v%s is the new champion (%s)", name, version, decision.reason)
+    else:
+        log.warning(
+            "register done: %s v%s registered as challenger, NOT promoted: %s", name, version, decision.reason
+        )
+    return record
+
+
+def _main(args: argparse.Namespace, params: Params) -> None:
+    run(params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m stages.register``."""
+    return run_stage("register", _main, stage_parser("register", __doc__.splitlines()[0]), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

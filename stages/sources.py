@@ -1,0 +1,194 @@
+"""Where the images come from: Kaggle, a local archive or folder in the Kaggle layout, or synthetic data.
+
+``locate`` resolves ``data.source`` (``auto`` included) into a concrete source with a fingerprint; ingest
+writes that fingerprint to ``data/source.json`` so DVC reruns ingest exactly when the source changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from stages.config import DataParams
+from stages.errors import DeepGuardError
+from stages.labels import CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "DEEPGUARD_DATA"
+SPLIT_FOLDERS: tuple[str, ...] = ("train", "test")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+KAGGLE_CACHE = Path(".cache/kaggle")
+
+
+class SourceError(DeepGuardError):
+    """The configured data source cannot be used; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved data source."""
+
+    kind: str  # kaggle | local | synthetic
+    location: str  # dataset slug, archive/folder path, or "generated"
+    fingerprint: str  # changes exactly when the source's content may have changed
+    reason: str  # why auto picked it (or "configured")
+
+    @property
+    def synthetic(self) -> bool:
+        """True for generated stand-in data (not CIFAKE)."""
+        return self.kind == "synthetic"
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image file of a source: its split, class and bytes."""
+
+    split: str
+    class_name: str
+    name: str
+    data: bytes
+
+
+def kaggle_credentials_present() -> bool:
+    """True when KAGGLE_USERNAME/KAGGLE_KEY are set or a kaggle.json exists where the kaggle package looks."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return (config_dir / "kaggle.json").is_file()
+
+
+def _path_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+def locate(params: DataParams) -> Source:
+    """Resolve ``data.source`` into a concrete source, without reading any image.
+
+    ``auto`` picks Kaggle when credentials exist, else the path in ``DEEPGUARD_DATA``, else synthetic.
+
+    Raises:
+        SourceError: for an explicit source that cannot be used (missing credentials or path).
+    """
+    synthetic_print = json.dumps(
+        {"per_class": params.synthetic_per_class, "size": params.image_size}, sort_keys=True
+    )
+    choice = params.source
+    env_path = os.environ.get(DATA_ENV)
+    if choice == "auto":
+        if kaggle_credentials_present():
+            choice, reason = "kaggle", "Kaggle credentials found"
+        elif env_path:
+            choice, reason = "local", f"{DATA_ENV} is set"
+        else:
+            choice, reason = "synthetic", f"no Kaggle credentials and no {DATA_ENV}"
+    else:
+        reason = "configured in params.yaml"
+    if choice == "kaggle":
+        if not kaggle_credentials_present():
+            raise SourceError(
+                "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY, or put "
+                "kaggle.json (Kaggle > Settings > API > Create New Token) in ~/.kaggle/"
+            )
+        return Source("kaggle", params.kaggle_dataset, f"kaggle:{params.kaggle_dataset}", reason)
+    if choice == "local":
+        raw_path = env_path or params.local_path
+        if not raw_path:
+            raise SourceError(
+                f"data.source is local but neither {DATA_ENV} nor data.local_path names an archive or folder"
+            )
+        path = Path(raw_path).expanduser()
+        if not path.exists():
+            raise SourceError(f"{path}: no such archive or folder")
+        return Source("local", str(path.resolve()), _path_fingerprint(path), reason)
+    return Source("synthetic", "generated", f"synthetic:{synthetic_print}", reason)
+
+
+def download_kaggle(dataset: str, dest: Path = KAGGLE_CACHE) -> Path:
+    """Download the Kaggle dataset zip (once; cached) and return its path.
+
+    Raises:
+        SourceError: when the download fails (network, credentials rejected, unknown dataset).
+    """
+    archive = dest / f"{dataset.split('/')[-1]}.zip"
+    if archive.is_file() and zipfile.is_zipfile(archive):
+        log.info("using cached Kaggle download %s", archive)
+        return archive
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        api.authenticate()
+        log.info("downloading Kaggle dataset %s to %s", dataset, dest)
+        api.dataset_download_files(dataset, path=str(dest), unzip=False, quiet=False)
+    except Exception as exc:  # the kaggle client raises many types (HTTP, auth, OS); all mean "no data"
+        raise SourceError(f"Kaggle download of {dataset} failed: {type(exc).__name__}: {exc}") from None
+    if not archive.is_file():
+        raise SourceError(f"Kaggle download of {dataset} produced no {archive.name} in {dest}")
+    return archive
+
+
+def _order(split: str, class_name: str, name: str) -> tuple[int, str, str]:
+    # train before test: ingest must know every train image before it checks test for leakage.
+    return SPLIT_FOLDERS.index(split), class_name, name
+
+
+def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    """Find ``<split>/<CLASS>/<file>`` at the end of a path (an optional top folder is allowed)."""
+    if len(parts) >= 3 and parts[-3] in SPLIT_FOLDERS and parts[-2] in CLASS_NAMES:
+        return parts[-3], parts[-2]
+    return None
+
+
+def _check_layout(found: set[tuple[str, str]], where: str) -> None:
+    expected = {(split, name) for split in SPLIT_FOLDERS for name in CLASS_NAMES}
+    missing = sorted(expected - found)
+    if missing:
+        shown = ", ".join(f"{s}/{c}" for s, c in missing)
+        raise SourceError(f"{where}: not in the Kaggle layout train|test/REAL|FAKE: no images in {shown}")
+
+
+def iter_entries(path: Path) -> Iterator[Entry]:
+    """Yield the images of a zip archive or folder in the Kaggle layout: train first, then test, sorted.
+
+    Files that are not images by suffix are skipped; a missing split/class folder is an error.
+
+    Raises:
+        SourceError: for a file that is not a zip, or a wrong layout.
+    """
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        located = [(where, p) for p in files if (where := _split_class(p.relative_to(path).parts))]
+        _check_layout({where for where, _ in located}, str(path))
+        for (split, class_name), file in sorted(located, key=lambda item: _order(*item[0], item[1].name)):
+            yield Entry(split, class_name, file.name, file.read_bytes())
+        return
+    if not zipfile.is_zipfile(path):
+        raise SourceError(f"{path}: not a zip archive or a folder")
+    with zipfile.ZipFile(path) as archive:
+        infos = [
+            info
+            for info in archive.infolist()
+            if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES
+        ]
+        located = [(where, info) for info in infos if (where := _split_class(Path(info.filename).parts))]
+        _check_layout({where for where, _ in located}, str(path))
+        for (split, class_name), info in sorted(located, key=lambda item: _order(*item[0], item[1].filename)):
+            yield Entry(split, class_name, Path(info.filename).name, archive.read(info))
+
+
+def fingerprint_bytes(data: bytes) -> str:
+    """The content hash used for duplicate detection and lineage."""
+    return hashlib.sha256(data).hexdigest()

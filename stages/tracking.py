@@ -1,0 +1,118 @@
+"""MLflow set-up: a local sqlite store by default, MLFLOW_TRACKING_URI or DagsHub when configured.
+
+An unreachable remote gives one clear error within seconds, never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+from stages.config import MlflowParams
+from stages.errors import DeepGuardError
+
+log = logging.getLogger(__name__)
+
+LOCAL_STORE = Path("mlruns")
+DAGSHUB_VARS = ("DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO")
+DAGSHUB_HOST = "https://dagshub.com"
+PROBE_TIMEOUT_S = 5
+
+
+class TrackingUnavailableError(DeepGuardError):
+    """The tracking server cannot be reached or refused us."""
+
+
+def local_tracking_uri(root: Path | None = None) -> str:
+    """The default store: ``sqlite:///<root>/mlruns/mlflow.db``."""
+    return f"sqlite:///{((root or Path.cwd()) / LOCAL_STORE / 'mlflow.db').resolve()}"
+
+
+def _probe(url: str) -> None:
+    """GET ``url`` with a short timeout; any HTTP answer means the server is there."""
+    import requests
+
+    try:
+        requests.get(url, timeout=PROBE_TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {url} unreachable "
+            f"({type(exc).__name__}); check MLFLOW_TRACKING_URI / DAGSHUB_* or "
+            "unset them to use the local store"
+        ) from None
+
+
+def _dagshub() -> str:
+    missing = [name for name in DAGSHUB_VARS if not os.environ.get(name)]
+    if missing:
+        needed, absent = ", ".join(DAGSHUB_VARS), ", ".join(missing)
+        raise TrackingUnavailableError(f"DagsHub needs {needed}; missing: {absent}")
+    owner, repo = os.environ["DAGSHUB_USERNAME"], os.environ["DAGSHUB_REPO"]
+    if "/" in repo:
+        owner, repo = repo.split("/", 1)
+    _probe(DAGSHUB_HOST)
+    import dagshub
+    import dagshub.auth
+
+    dagshub.auth.add_app_token(os.environ["DAGSHUB_TOKEN"])
+    dagshub.init(repo_owner=owner, repo_name=repo, mlflow=True)
+    return os.environ.get("MLFLOW_TRACKING_URI", f"{DAGSHUB_HOST}/{owner}/{repo}.mlflow")
+
+
+def resolve_tracking_uri() -> str:
+    """Pick the tracking URI: DagsHub when all DAGSHUB_* are set, else MLFLOW_TRACKING_URI, else local.
+
+    Remote servers are probed first, so a wrong address fails in seconds with one message.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    if any(os.environ.get(name) for name in DAGSHUB_VARS):
+        return _dagshub()
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri = local_tracking_uri()
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return uri
+    if urlparse(uri).scheme in ("http", "https"):
+        _probe(uri.rstrip("/") + "/health")
+    return uri
+
+
+def setup(params: MlflowParams):  # -> mlflow.entities.Experiment
+    """Point MLflow at the resolved store and select the experiment (created on first use).
+
+    Returns:
+        The experiment.
+    """
+    import mlflow
+
+    uri = resolve_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    log.info("MLflow tracking at %s, experiment %r", uri, params.experiment)
+    try:
+        experiment = mlflow.get_experiment_by_name(params.experiment)
+        if experiment is None:
+            artifacts = None
+            if uri.startswith("sqlite:///"):
+                # Keep artifacts beside the local database, not in a folder relative to wherever we run.
+                artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+            mlflow.create_experiment(params.experiment, artifact_location=artifacts)
+        return mlflow.set_experiment(params.experiment)
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingUnavailableError(f"MLflow at {uri}: {exc.message.splitlines()[0]}") from None
+
+
+def git_commit() -> str:
+    """The commit the code came from: GIT_COMMIT (set in images) or ``git rev-parse``; "unknown" otherwise."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
