@@ -1,0 +1,177 @@
+"""Unit tests for stages.architectures: every model builds, learns, scores uint8 images and round-trips."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import get_args
+
+import keras
+import numpy as np
+import pytest
+
+from stages import architectures
+from stages.architectures import ARCHITECTURES, PretrainedWeightsError, build_model
+from stages.config import Architecture, AugmentationParams
+
+SIZE = 16  # small images keep the whole file fast; transfer models upsample to their backbone minimum
+NO_AUGMENTATION = AugmentationParams(horizontal_flip=False, translate=0.0, contrast=0.0)
+FULL_AUGMENTATION = AugmentationParams(horizontal_flip=True, translate=0.125, contrast=0.3)
+TRANSFER = ("EfficientNetB0Transfer", "XceptionTransfer")
+
+
+def _batch(n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Tiny uint8 images with an obvious class signal: FAKE (1) images are bright, REAL (0) ones dark."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    base = np.where(labels[:, None, None, None] == 1, 190, 60)
+    images = np.clip(base + rng.normal(0, 20, (n, SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    return images, labels.astype(np.float32)
+
+
+def _stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255.0
+    return pixels.mean(axis=0).tolist(), pixels.var(axis=0).tolist()
+
+
+def _build(architecture: str, augmentation: AugmentationParams = NO_AUGMENTATION, **overrides) -> keras.Model:
+    images, _ = _batch()
+    mean, variance = _stats(images)
+    kwargs = {
+        "image_size": SIZE,
+        "dropout": 0.1,
+        "pretrained_weights": "none",
+        "augmentation": augmentation,
+        "mean": mean,
+        "variance": variance,
+        "seed": 7,
+    }
+    kwargs.update(overrides)
+    return build_model(architecture, **kwargs)
+
+
+def test_architectures_tuple_equals_config_literal_and_each_has_a_builder() -> None:
+    assert get_args(Architecture) == ARCHITECTURES
+    assert len(ARCHITECTURES) == 6
+    assert architectures.DEFAULT_ARCHITECTURE in ARCHITECTURES
+    builders = set(architectures._SCRATCH_BODIES) | set(architectures._BACKBONE_MIN_SIZE)
+    assert builders == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_each_architecture_builds_and_overfits_one_batch(architecture: str) -> None:
+    images, labels = _batch()
+    model = _build(architecture)
+    assert model.name == architecture
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
+    history = model.fit(images, labels, batch_size=16, epochs=30, verbose=0).history
+    assert history["loss"][-1] < 0.3 * history["loss"][0], history["loss"]
+    assert history["accuracy"][-1] == 1.0
+
+
+def test_output_is_float32_probability_of_shape_n_by_1_for_uint8_input() -> None:
+    model = _build("DeepGuardCNN")
+    assert model.inputs[0].dtype == "uint8"
+    images, _ = _batch(5)
+    scores = model.predict(images, verbose=0)
+    assert scores.shape == (5, 1)
+    assert scores.dtype == np.float32
+    assert np.all((scores >= 0.0) & (scores <= 1.0))
+
+
+def test_output_stays_float32_under_mixed_precision() -> None:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _build("DeepGuardCNN")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer(architectures.OUTPUT_NAME).dtype_policy.compute_dtype == "float32"
+    assert model.outputs[0].dtype == "float32"
+
+
+def test_default_keeps_full_resolution_through_its_first_residual_block() -> None:
+    model = _build("DeepGuardCNN")
+    first_add = next(layer for layer in model.layers if isinstance(layer, keras.layers.Add))
+    assert first_add.output.shape[1:3] == (SIZE, SIZE)
+
+
+def test_saved_and_reloaded_model_gives_identical_predictions_with_augmentation_inactive(
+    tmp_path: Path,
+) -> None:
+    model = _build("DeepGuardCNN", augmentation=FULL_AUGMENTATION)
+    assert model.get_layer("augment_translate") is not None
+    images, _ = _batch(8, seed=3)
+    first = model.predict(images, verbose=0)
+    np.testing.assert_array_equal(first, model.predict(images, verbose=0))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), first, rtol=0, atol=1e-6)
+
+
+def test_augmentation_is_active_in_training_mode() -> None:
+    model = _build("DeepGuardCNN", augmentation=FULL_AUGMENTATION)
+    images, _ = _batch(8, seed=4)
+    train_a = keras.ops.convert_to_numpy(model(images, training=True))
+    train_b = keras.ops.convert_to_numpy(model(images, training=True))
+    assert not np.allclose(train_a, train_b)
+
+
+def test_unknown_architecture_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown architecture"):
+        _build("ResNet9000")
+
+
+@pytest.mark.parametrize("architecture", TRANSFER)
+def test_imagenet_weights_with_fake_failed_download_raise_pretrained_weights_error(
+    architecture: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_get_file(*args: object, **kwargs: object) -> str:
+        raise Exception("URL fetch failure on https://example.invalid/weights.h5: None -- no network")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", fake_get_file)
+    with pytest.raises(PretrainedWeightsError, match="model.pretrained_weights") as caught:
+        _build(architecture, pretrained_weights="imagenet")
+    assert "\n" not in str(caught.value)
+    assert "URL fetch failure" in str(caught.value)
+
+
+@pytest.mark.parametrize("architecture", TRANSFER)
+def test_missing_weights_file_raises_clear_error(architecture: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.weights.h5"
+    with pytest.raises(PretrainedWeightsError, match="no such weights file") as caught:
+        _build(architecture, pretrained_weights=str(missing))
+    assert str(missing) in str(caught.value)
+
+
+def test_local_weights_file_is_loaded_into_the_backbone(tmp_path: Path) -> None:
+    source = keras.applications.EfficientNetB0(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    path = tmp_path / "efficientnetb0_notop.weights.h5"
+    source.save_weights(path)
+    model = _build("EfficientNetB0Transfer", pretrained_weights=str(path))
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    for expected, actual in zip(source.get_weights(), backbone.get_weights(), strict=True):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_weights_file_that_does_not_fit_raises_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.weights.h5"
+    path.write_bytes(b"not an hdf5 file")
+    with pytest.raises(PretrainedWeightsError, match="does not fit"):
+        _build("EfficientNetB0Transfer", pretrained_weights=str(path))
+
+
+def test_random_init_backbone_warns_that_it_is_not_transfer_learning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="stages.architectures"):
+        _build("EfficientNetB0Transfer", pretrained_weights="none")
+    assert any("NOT transfer learning" in record.getMessage() for record in caplog.records)
+
+
+def test_scratch_architectures_ignore_pretrained_weights_setting() -> None:
+    # The default params say "imagenet"; a from-scratch model must not try to download anything.
+    model = _build("SimpleCNN", pretrained_weights="imagenet")
+    assert model.name == "SimpleCNN"
