@@ -1,0 +1,132 @@
+"""``make serve``: run the predictor and the web app together on this machine; Ctrl-C or SIGTERM stops both.
+
+The predictor serves ``--model-uri`` (default: the champion) on ``PREDICTOR_PORT`` (8080); the web app runs
+under gunicorn on ``WEB_PORT`` (5000) and calls the predictor over loopback. Each runs in its own process, as
+in the cluster, so the web app never loads TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from stages.cli import configure_logging
+from stages.predictor import DEFAULT_MODEL_URI, MODEL_NAME
+
+log = logging.getLogger("deepguard.serve")
+
+STARTUP_TIMEOUT_S = 300
+STOP_TIMEOUT_S = 30
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback URL we built)
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_ready(name: str, process: subprocess.Popen, url: str, stopping: list[bool]) -> bool:
+    """Poll ``url`` until it answers 200; False when the process exits, a signal arrives or time runs out."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline and not stopping:
+        if process.poll() is not None:
+            log.error("%s exited with status %s before it was ready", name, process.returncode)
+            return False
+        if _ready(url):
+            return True
+        time.sleep(0.5)
+    if not stopping:
+        log.error("%s not ready after %d s (%s)", name, STARTUP_TIMEOUT_S, url)
+    return False
+
+
+def _stop(processes: list[tuple[str, subprocess.Popen]]) -> None:
+    """SIGTERM every child (web app first: it depends on the predictor), then wait; SIGKILL stragglers."""
+    for _, process in reversed(processes):
+        if process.poll() is None:
+            process.terminate()
+    for name, process in reversed(processes):
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %d s; killing it", name, STOP_TIMEOUT_S)
+            process.kill()
+            process.wait()
+    log.info("stopped the predictor and the web app")
+
+
+def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> int:
+    """Start the predictor, then the web app; return when a signal arrives or a child exits.
+
+    Returns:
+        0 after a clean stop on SIGINT/SIGTERM, 1 when a server failed to start or died.
+    """
+    stopping: list[bool] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stopping.append(True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    processes: list[tuple[str, subprocess.Popen]] = []
+    repo = Path(__file__).resolve().parents[1]
+    predictor_url = f"http://127.0.0.1:{predictor_port}"
+    web_url = f"http://{'localhost' if web_host in ('0.0.0.0', '127.0.0.1') else web_host}:{web_port}"
+    try:
+        predictor = subprocess.Popen([sys.executable, "-m", "stages.predictor", "--model-uri", model_uri,
+                                      "--http_port", str(predictor_port), "--enable_grpc", "false"])
+        processes.append(("predictor", predictor))
+        log.info("starting the predictor for %s on port %d", model_uri, predictor_port)
+        if not _wait_ready("predictor", predictor, f"{predictor_url}/v2/models/{MODEL_NAME}/ready", stopping):
+            return 0 if stopping else 1
+        web_env = {**os.environ, "PREDICTOR_URL": predictor_url, "WEB_PORT": str(web_port),
+                   "WEB_HOST": web_host}
+        # From the repository root, `python -m flask_app` finds the package without installing it.
+        web = subprocess.Popen([sys.executable, "-m", "flask_app"], env=web_env, cwd=repo)
+        processes.append(("web app", web))
+        if not _wait_ready("web app", web, f"http://127.0.0.1:{web_port}/healthz", stopping):
+            return 0 if stopping else 1
+        log.info("DeepGuard is serving the model %s", model_uri)
+        log.info("  web page:  %s/", web_url)
+        log.info("  predictor: http://localhost:%d (V1 /v1/models/%s:predict, V2 /v2/models/%s/infer)",
+                 predictor_port, MODEL_NAME, MODEL_NAME)
+        log.info("press Ctrl-C to stop both")
+        while not stopping:
+            for name, process in processes:
+                if process.poll() is not None:
+                    log.error("%s exited with status %s; stopping", name, process.returncode)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        _stop(processes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments (defaults from PREDICTOR_PORT, WEB_PORT, WEB_HOST, MODEL_URI) and serve."""
+    parser = argparse.ArgumentParser(prog="python -m stages.predictor_serve", description=__doc__)
+    parser.add_argument("--model-uri", default=os.environ.get("MODEL_URI") or DEFAULT_MODEL_URI,
+                        help="model to serve (default: MODEL_URI or %(default)s)")
+    parser.add_argument("--predictor-port", type=int, default=int(os.environ.get("PREDICTOR_PORT", "8080")))
+    parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "5000")))
+    parser.add_argument("--web-host", default=os.environ.get("WEB_HOST", "0.0.0.0"),
+                        help="address the web app listens on (default: %(default)s)")
+    args = parser.parse_args(argv)
+    configure_logging()
+    return serve(args.model_uri, args.predictor_port, args.web_port, args.web_host)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`make serve`'s supervisor: both servers come up, answer, and both stop on SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+from serving_helpers import REPO, free_port
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_serve_starts_both_and_sigterm_stops_both(registered_model, sample_images, tmp_path):
+    predictor_port, web_port = free_port(), free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered_model.tracking_uri, "DAGSHUB_USERNAME": "",
+           "DAGSHUB_TOKEN": "", "DAGSHUB_REPO": ""}
+    log_file = tmp_path / "serve.log"
+    with log_file.open("w") as log:
+        command = [sys.executable, "-m", "stages.predictor_serve", "--predictor-port", str(predictor_port),
+                   "--web-port", str(web_port), "--web-host", "127.0.0.1"]
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and "press Ctrl-C" not in log_file.read_text():
+            assert process.poll() is None, log_file.read_text()
+            time.sleep(0.5)
+        output = log_file.read_text()
+        assert f"http://localhost:{web_port}/" in output and f"http://localhost:{predictor_port}" in output
+        response = requests.post(f"http://127.0.0.1:{web_port}/api/predict", timeout=60,
+                                 files={"image": ("a.jpg", sample_images.probe[0])})
+        assert response.status_code == 200, response.text
+        assert response.json()["model_version"] == registered_model.version
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0, log_file.read_text()
+        assert not _listening(predictor_port) and not _listening(web_port)
+        assert "stopped the predictor and the web app" in log_file.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
