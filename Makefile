@@ -12,7 +12,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 UV_VERSION := 0.13.9
 UV := $(CURDIR)/.cache/uv-bin/bin/uv
 
-.PHONY: help setup run pipeline test bench lint dvc-yaml clean
+.PHONY: help setup run pipeline test bench lint dvc-yaml clean serve chromium
+
+# make serve: the ports of the predictor and the web app (MODEL_URI in the environment serves another model).
+PREDICTOR_PORT ?= 8080
+WEB_PORT ?= 5000
+export PREDICTOR_PORT WEB_PORT
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,13 +33,14 @@ $(VENV)/.installed: requirements/dev.lock | $(UV)
 
 setup: $(VENV)/.installed ## create .venv from the lock file (stages, predictor, web app, test tools)
 
-run: setup pipeline ## the main job: set up, run the pipeline on the configured data
+run: setup pipeline ## the main job: set up, run the pipeline on the configured data, then serve the champion
+	$(MAKE) --no-print-directory serve
 
 pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip to use a local archive)
 	$(PY) -m stages.ingest --locate
 	$(VENV)/bin/dvc repro
 
-test: setup ## set up and run every test (what CI runs)
+test: setup chromium ## set up and run every test (what CI runs)
 	$(PY) -m pytest
 
 bench: setup ## benchmarks: baseline and ours, with ratios
@@ -48,3 +54,14 @@ dvc-yaml: setup ## regenerate dvc.yaml from the stage list in stages/pipeline.py
 
 clean: ## remove pipeline outputs and the local MLflow store (keeps the environments)
 	rm -rf data models reports mlruns .dvc/tmp
+
+serve: setup ## serve the champion: predictor on PREDICTOR_PORT (8080), web page on WEB_PORT (5000); Ctrl-C stops
+	$(PY) -m stages.predictor_serve
+
+chromium: ## Debian chromium for the browser test (apt-get when root and missing; else that test skips)
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian chromium for the browser test"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no /usr/bin/chromium and not root: the browser test will be skipped"; fi
