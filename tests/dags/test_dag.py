@@ -1,0 +1,239 @@
+"""The DAG as Airflow loads it: light imports, the stage list's tasks in order, the pods they would create."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DAGS_DIR, REPO, render_task
+
+from stages.config import load_params
+from stages.pipeline import DEPLOY, STAGES, Stage
+
+RUN_ID = "manual__2026-01-02T03:04:05.678901+00:00"
+RUN_DIR = "/workspace/runs/manual__2026-01-02T03-04-05.678901-00-00"
+ALL_STAGES: tuple[Stage, ...] = (*STAGES, DEPLOY)
+GPU_STAGES = [stage.name for stage in ALL_STAGES if stage.resources.gpu]
+
+# Loads the DAG file in a fresh interpreter, after Airflow and the Kubernetes provider, and reports what the
+# file itself added: import errors, parse time and the modules it pulled in.
+_PROBE = """
+import json, sys, time
+import airflow.sdk
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.dag_processing.dagbag import DagBag
+before = set(sys.modules)
+start = time.perf_counter()
+bag = DagBag(dag_folder=sys.argv[1])
+seconds = time.perf_counter() - start
+added = sorted({name.split(".")[0] for name in set(sys.modules) - before})
+train = bag.dags["deepguard_pipeline"].get_task("train") if bag.dags else None
+print(json.dumps({
+    "errors": bag.import_errors, "dags": sorted(bag.dags), "seconds": seconds, "added": added,
+    "heavy": sorted(m for m in ("tensorflow", "keras", "mlflow", "PIL", "sklearn", "kserve", "numpy")
+                    if m in sys.modules),
+    "node_selector": train.node_selector if train else None,
+    "tolerations": [t.to_dict() for t in train.tolerations] if train else None,
+    "schedule": str(bag.dags["deepguard_pipeline"].schedule) if bag.dags else None,
+}))
+"""
+
+
+def _probe(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPGUARD_")}
+    env.update(extra_env or {})
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(DAGS_DIR)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_dag_file_loads_without_errors_or_heavy_imports() -> None:
+    report = _probe()
+    assert report["errors"] == {}
+    assert report["dags"] == ["deepguard_pipeline"]
+    assert report["heavy"] == [], f"the DAG file imported {report['heavy']}"
+    # Besides Airflow and the Kubernetes models, the file may bring in only the stage list (and its config
+    # types), the operator beside it, and Airflow's own lazily imported parsing modules.
+    ours = {name for name in report["added"] if name in {"stages", "deepguard_operator"}}
+    assert ours == {"stages", "deepguard_operator"}
+    unexpected = [name for name in report["added"] if not name.startswith(("airflow", "unusual_prefix", "_"))
+                  and name not in {"stages", "deepguard_operator"}]
+    assert unexpected == [], f"the DAG file pulled in {unexpected}"
+    print(f"DAG file parse time (after Airflow is imported): {report['seconds'] * 1000:.0f} ms")
+
+
+def test_tasks_are_the_stage_list_in_order_then_deploy(dag: Any) -> None:
+    names = [stage.name for stage in ALL_STAGES]
+    assert sorted(dag.task_ids) == sorted(names)
+    for previous, current in zip(names, names[1:], strict=False):
+        assert dag.get_task(current).upstream_task_ids == {previous}
+    assert dag.get_task(names[0]).upstream_task_ids == set()
+    assert dag.get_task(names[-1]).downstream_task_ids == set()
+
+
+def test_dag_settings(dag: Any) -> None:
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert dag.schedule == "@weekly"
+    assert "deepguard-workspace" in dag.doc_md
+    assert set(dag.params) == {"architecture", "epochs", "data_source", "sample_per_class", "deploy"}
+    for stage in ALL_STAGES:
+        task = dag.get_task(stage.name)
+        assert task.on_finish_action.value == "delete_pod"
+        assert task.get_logs is True
+        assert task.retries == 2
+        assert task.retry_exponential_backoff
+        assert task.execution_timeout is not None
+        assert task.doc_md == stage.description
+    timeouts = {stage.name: dag.get_task(stage.name).execution_timeout for stage in ALL_STAGES}
+    cpu_stages = [name for name in timeouts if name not in GPU_STAGES]
+    assert GPU_STAGES and all(timeouts[gpu] > timeouts[name] for gpu in GPU_STAGES for name in cpu_stages)
+
+
+@pytest.mark.parametrize("stage", ALL_STAGES, ids=lambda stage: stage.name)
+def test_rendered_pod(dag: Any, stage: Stage) -> None:
+    pod = render_task(dag, stage.name, run_id=RUN_ID).build_pod_request_obj(dry_run=True)
+    (container,) = pod.spec.containers
+    gpu = stage.resources.gpu > 0
+    image = "stage-gpu" if gpu else "stage"
+    assert container.image == f"ghcr.io/deepguard/{image}:0.1.0"
+    assert container.command == stage.command
+    target = ["--target", "kserve"] if stage is DEPLOY else []
+    # Default params: no override at all, the image's params.yaml decides.
+    assert container.args == ["--params", "/app/params.yaml", "--workdir", RUN_DIR, *target]
+    assert pod.metadata.namespace == "deepguard"
+    assert pod.metadata.name.startswith(f"deepguard-{stage.name}-")
+    assert pod.metadata.labels["deepguard.io/stage"] == stage.name
+    assert pod.spec.service_account_name == "deepguard-pipeline"
+
+    resources = container.resources
+    assert resources.requests == {"cpu": stage.resources.cpu, "memory": stage.resources.memory}
+    limits = {"cpu": stage.resources.cpu_limit, "memory": stage.resources.memory_limit}
+    if gpu:
+        limits["nvidia.com/gpu"] = str(stage.resources.gpu)
+    assert resources.limits == limits
+    if gpu:
+        assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
+        assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [
+            ("nvidia.com/gpu", "Exists", "NoSchedule")]
+    else:
+        assert not pod.spec.node_selector
+        assert not pod.spec.tolerations
+
+    (volume,) = pod.spec.volumes
+    assert volume.persistent_volume_claim.claim_name == "deepguard-workspace"
+    assert [(m.name, m.mount_path) for m in container.volume_mounts] == [(volume.name, "/workspace")]
+    secrets = {source.secret_ref.name: bool(source.secret_ref.optional) for source in container.env_from}
+    expected = {"deepguard-mlflow": False, "deepguard-dagshub": True}
+    if stage.name == "ingest":
+        expected["deepguard-kaggle"] = True
+    assert secrets == expected
+    env = {var.name: var.value for var in container.env}
+    assert env["DEEPGUARD_RUN_ID"] == RUN_ID
+    assert not any(name.startswith(("MLFLOW_", "KAGGLE_", "DAGSHUB_")) for name in env), "credentials in DAG"
+    assert pod.spec.security_context.run_as_non_root is True
+    assert container.security_context.allow_privilege_escalation is False
+
+
+def test_trigger_params_become_overrides_the_stages_accept(dag: Any) -> None:
+    chosen = {"architecture": "SimpleCNN", "epochs": 3, "data_source": "local", "sample_per_class": 100}
+    pod = render_task(dag, "train", chosen, run_id=RUN_ID).build_pod_request_obj(dry_run=True)
+    args = pod.spec.containers[0].args
+    overrides = [args[i + 1] for i, arg in enumerate(args) if arg == "--set"]
+    assert len(overrides) == 4
+    # The stages' own loader reads them: the DAG and the stage config cannot drift apart unnoticed.
+    params = load_params(REPO / "params.yaml", overrides)
+    assert params.model.architecture == "SimpleCNN"
+    assert params.training.epochs == 3
+    assert params.data.source == "local"
+    assert params.data.sample_per_class == 100
+
+
+@pytest.mark.parametrize("bad", [{"architecture": "ResNet50"}, {"epochs": 0}, {"data_source": "s3"},
+                                 {"sample_per_class": -5}, {"deploy": "yes"}])
+def test_invalid_trigger_params_are_rejected(dag: Any, bad: dict[str, Any]) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        render_task(dag, "ingest", bad)
+
+
+def test_architecture_choices_are_the_configs(dag: Any) -> None:
+    from typing import get_args
+
+    from stages.config import Architecture
+
+    assert dag.params.get_param("architecture").schema["enum"] == [None, *get_args(Architecture)]
+
+
+def test_deploy_is_skipped_when_the_param_says_so(dag: Any) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    task = render_task(dag, "deploy", {"deploy": False})
+    with pytest.raises(AirflowSkipException):
+        task.execute({"params": {"deploy": False}})
+
+
+def test_gpu_placement_and_schedule_are_configurable() -> None:
+    report = _probe({
+        "DEEPGUARD_GPU_NODE_SELECTOR": json.dumps({"cloud.google.com/gke-accelerator": "nvidia-l4"}),
+        "DEEPGUARD_GPU_TOLERATIONS": json.dumps([{"key": "gpu", "operator": "Equal", "value": "yes",
+                                                  "effect": "NoExecute"}]),
+        "DEEPGUARD_SCHEDULE": "0 3 * * 1",
+    })
+    assert report["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    tolerations = [(t["key"], t["value"], t["effect"]) for t in report["tolerations"]]
+    assert tolerations == [("gpu", "yes", "NoExecute")]
+    assert report["schedule"] == "0 3 * * 1"
+
+
+def test_local_runner_runs_exactly_the_pods_command(dag: Any, tmp_path: Path) -> None:
+    from deepguard_operator import LocalRunner
+
+    runner = LocalRunner(python=tmp_path / "venv" / "bin" / "python",
+                         paths={"/workspace": tmp_path / "ws", "/app": REPO}, cwd=REPO,
+                         env_passthrough=("DEEPGUARD_DATA",),
+                         default_env={"MLFLOW_TRACKING_URI": "sqlite:///default.db"})
+    environ = {"PATH": "/usr/bin", "HOME": "/home/me", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+               "AWS_ACCESS_KEY_ID": "key", "KAGGLE_KEY": "kaggle", "DAGSHUB_TOKEN": "token",
+               "DEEPGUARD_DATA": "/data/cifake.zip", "UNRELATED_SECRET": "nope"}
+    chosen = {"epochs": 1}
+    for name, kaggle in (("train", False), ("ingest", True)):
+        pod = render_task(dag, name, chosen, run_id=RUN_ID).build_pod_request_obj(dry_run=True)
+        argv, env = runner.process(pod, environ)
+        container = pod.spec.containers[0]
+        assert argv[0] == str(runner.python)
+        assert argv[1:3] == container.command[1:]
+        assert argv[3:] == ["--params", str(REPO / "params.yaml"), "--workdir",
+                            str(tmp_path / "ws") + RUN_DIR.removeprefix("/workspace"),
+                            "--set", "training.epochs=1"]
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["AWS_ACCESS_KEY_ID"] == "key"
+        assert env["DAGSHUB_TOKEN"] == "token"
+        assert ("KAGGLE_KEY" in env) is kaggle
+        assert env["DEEPGUARD_DATA"] == "/data/cifake.zip"
+        assert "UNRELATED_SECRET" not in env
+        assert env["DEEPGUARD_RUN_ID"] == RUN_ID
+        assert env["PATH"].split(os.pathsep)[0] == str(runner.python.parent)
+    _, env = runner.process(pod, {"PATH": "/usr/bin"})
+    assert env["MLFLOW_TRACKING_URI"] == "sqlite:///default.db"
+
+
+def test_deploy_runs_locally_with_target_local(dag: Any) -> None:
+    task = render_task(dag, "deploy", run_id=RUN_ID)
+    assert task.arguments[-2:] == ["--target", "kserve"]
+    assert task.local_arguments[-2:] == ["--target", "local"]
+    assert task.local_arguments[:-2] == task.arguments[:-2]
+
+
+def test_drop_empty_options() -> None:
+    from deepguard_operator import drop_empty_options
+
+    assert drop_empty_options(["--params", "p", "--set", "", "--set", "a=1", "--set", ""]) == [
+        "--params", "p", "--set", "a=1"]
