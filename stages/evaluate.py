@@ -140,8 +140,8 @@ def run(params: Params) -> dict:
 
     result = evaluate(load_keras(MODEL_DIR / MODEL_FILE), params.evaluation)
     write_json(METRICS_FILE, result)
-    tracking.setup(params.mlflow)
-    with mlflow.start_run(run_id=load_run_id()):
+    experiment = tracking.setup(params.mlflow)
+    with tracking.continue_run(load_run_id(), experiment.experiment_id):
         mlflow.log_metric("threshold", result["threshold"])
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": v for k, v in result[split].items() if isinstance(v, float)})

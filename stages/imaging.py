@@ -39,7 +39,8 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageError(f"{width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+                raise ImageError(f"decompression bomb refused: {width}x{height} pixels exceeds the limit of "
+                                 f"{max_pixels} pixels")
             image.load()
     except ImageError:
         raise

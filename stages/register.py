@@ -129,7 +129,7 @@ def run(params: Params) -> dict:
         data_source=data_report["source"]["kind"],
         synthetic_data=bool(data_report["synthetic"]),
     )
-    tracking.setup(params.mlflow)
+    experiment = tracking.setup(params.mlflow)
     client = mlflow.MlflowClient()
     champion_value, champion_version = _champion_score(
         client, name, params.promotion.metric, summary["test_hash"]
@@ -145,7 +145,7 @@ def run(params: Params) -> dict:
         "threshold": f"{metrics['threshold']:.6f}",
         **{f"test_{k}": repr(v) for k, v in metrics["test"].items() if isinstance(v, float)},
     }
-    with mlflow.start_run(run_id=load_run_id()) as mlrun:
+    with tracking.continue_run(load_run_id(), experiment.experiment_id) as mlrun:
         requirements = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
         info = mlflow.keras.log_model(
             load_keras(MODEL_DIR / MODEL_FILE),

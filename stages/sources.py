@@ -61,11 +61,14 @@ class Entry:
 
 
 def kaggle_credentials_present() -> bool:
-    """True when KAGGLE_USERNAME/KAGGLE_KEY are set or a kaggle.json exists where the kaggle package looks."""
+    """True when the kaggle package will find credentials: KAGGLE_USERNAME + KAGGLE_KEY, KAGGLE_API_TOKEN,
+    or kaggle.json / access_token in KAGGLE_CONFIG_DIR (default ~/.kaggle)."""
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
         return True
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return True
     config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
-    return (config_dir / "kaggle.json").is_file()
+    return (config_dir / "kaggle.json").is_file() or (config_dir / "access_token").is_file()
 
 
 def _path_fingerprint(path: Path) -> str:

@@ -31,12 +31,12 @@ def local_tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{((root or Path.cwd()) / LOCAL_STORE / 'mlflow.db').resolve()}"
 
 
-def _probe(url: str) -> None:
-    """GET ``url`` with a short timeout; any HTTP answer means the server is there."""
+def _probe(url: str, path: str = "") -> None:
+    """GET ``url + path`` with a short timeout; any HTTP answer means the server is there."""
     import requests
 
     try:
-        requests.get(url, timeout=PROBE_TIMEOUT_S)
+        requests.get(url.rstrip("/") + path, timeout=PROBE_TIMEOUT_S)
     except requests.RequestException as exc:
         raise TrackingUnavailableError(
             f"MLflow tracking server {url} unreachable "
@@ -77,7 +77,7 @@ def resolve_tracking_uri() -> str:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return uri
     if urlparse(uri).scheme in ("http", "https"):
-        _probe(uri.rstrip("/") + "/health")
+        _probe(uri, "/health")
     return uri
 
 
@@ -116,3 +116,19 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def continue_run(run_id: str, experiment_id: str):  # -> mlflow.ActiveRun
+    """Reopen the training run so evaluate and register log beside it.
+
+    When the store does not know the run (the model was trained against another store, or restored from
+    DVC's cache), log to a new run that records where the model came from instead of failing.
+    """
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+        return mlflow.start_run(run_id=run_id)
+    except mlflow.exceptions.MlflowException:
+        log.warning("training run %s is not in this tracking store; logging to a new run", run_id)
+        return mlflow.start_run(experiment_id=experiment_id, tags={"continued_from_run": run_id})

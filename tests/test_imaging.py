@@ -1,0 +1,65 @@
+"""Unit tier: decoding and the shared preprocessing function."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.imaging import ImageError, decode_for_model, validate_dataset_image
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size but carries almost no data (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + \
+        chunk(b"IEND", b"")
+
+
+def test_native_size_image_is_unchanged() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    out = decode_for_model(encode(Image.fromarray(pixels)), 32)
+    assert out.dtype == np.uint8 and np.array_equal(out, pixels)
+
+
+def test_any_size_is_resized_and_grey_is_made_rgb() -> None:
+    out = decode_for_model(encode(Image.new("L", (300, 200), 128), "JPEG"), 32)
+    assert out.shape == (32, 32, 3) and abs(int(out.mean()) - 128) <= 2
+
+
+def test_transparent_pixels_are_composited_on_white() -> None:
+    out = decode_for_model(encode(Image.new("RGBA", (32, 32), (0, 0, 0, 0))), 32)
+    assert (out == 255).all()
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"", "empty file"),
+    (b"this is not an image", "not an image"),
+    (encode(Image.new("RGB", (64, 64), "red"), "JPEG")[:200], "corrupt or truncated"),
+    (png_header_claiming(30000, 30000), "decompression bomb refused"),
+    (png_header_claiming(8000, 8000), "decompression bomb refused: 8000x8000 pixels exceeds the limit"),
+])
+def test_bad_bytes_raise_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageError, match=reason):
+        decode_for_model(data, 32)
+
+
+def test_dataset_validation_is_strict() -> None:
+    assert validate_dataset_image(encode(Image.new("RGB", (32, 32))), 32).shape == (32, 32, 3)
+    with pytest.raises(ImageError, match="mode RGBA, expected RGB"):
+        validate_dataset_image(encode(Image.new("RGBA", (32, 32))), 32)
+    with pytest.raises(ImageError, match="size 33x32, expected 32x32"):
+        validate_dataset_image(encode(Image.new("RGB", (33, 32))), 32)

@@ -1,0 +1,208 @@
+"""Data tier: ingest's sources, validation, deduplication, leakage checks and one-line errors."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_workspace, require_sample, run_stage, stage_env
+from PIL import Image
+
+from stages import sources
+from stages.config import load_params
+from stages.ingest import ARCHIVE, ingest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jpeg(seed: int, size: int = 32, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 4 if mode == "RGBA" else 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.fixture()
+def defective_zip(tmp_path: Path) -> Path:
+    """Three good images per split/class plus one of each defect ingest must catch."""
+    files = {f"{split}/{cls}/{i}.jpg": jpeg(hash((split, cls, i)) % 2**32)
+             for split in ("train", "test") for cls in ("REAL", "FAKE") for i in range(3)}
+    files["train/FAKE/dup.jpg"] = files["train/FAKE/0.jpg"]  # duplicate within train
+    files["test/FAKE/leak.jpg"] = files["train/FAKE/1.jpg"]  # test image that is also in train
+    files["train/REAL/corrupt.jpg"] = jpeg(99)[:150]
+    files["train/REAL/alpha.png"] = jpeg(98, mode="RGBA", fmt="PNG")
+    files["test/REAL/big.jpg"] = jpeg(97, size=40)
+    files["train/REAL/notes.txt"] = b"not an image: skipped by suffix"
+    return make_zip(tmp_path / "defective.zip", files)
+
+
+def _ingest(path: Path, tmp_path: Path, **overrides: str) -> dict:
+    params = load_params(REPO / "params.yaml", [f"data.{k}={v}" for k, v in overrides.items()])
+    source = sources.Source("local", str(path), "test", "test")
+    return ingest(sources.iter_entries(path), params.data, source, tmp_path / "raw")
+
+
+def test_defects_are_dropped_and_counted(defective_zip: Path, tmp_path: Path) -> None:
+    report = _ingest(defective_zip, tmp_path)
+    assert report["duplicates_within_split"] == {"train": {"FAKE": 1}}
+    assert report["test_in_train"] == {"test": {"FAKE": 1}}
+    assert report["rejected"] == {"corrupt or truncated image": 1, "mode RGBA, expected RGB": 1,
+                                  "size 40x40, expected 32x32": 1}
+    assert report["kept"] == {"test": {"FAKE": 3, "REAL": 3}, "train": {"FAKE": 3, "REAL": 3}}
+    names = zipfile.ZipFile(tmp_path / "raw" / ARCHIVE).namelist()
+    assert len(names) == 12 and all(n.count("/") == 2 for n in names)
+    assert any("alpha.png" in example for example in report["examples"]["mode RGBA, expected RGB"])
+
+
+def test_a_folder_works_like_a_zip(defective_zip: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    zipfile.ZipFile(defective_zip).extractall(folder)
+    assert _ingest(folder, tmp_path / "a")["kept"] == _ingest(defective_zip, tmp_path / "b")["kept"]
+
+
+def test_sample_per_class_caps_each_split_and_class(defective_zip: Path, tmp_path: Path) -> None:
+    report = _ingest(defective_zip, tmp_path, sample_per_class="2")
+    assert report["kept"] == {"test": {"FAKE": 2, "REAL": 2}, "train": {"FAKE": 2, "REAL": 2}}
+
+
+def test_ingest_is_deterministic(defective_zip: Path, tmp_path: Path) -> None:
+    first = _ingest(defective_zip, tmp_path / "a")
+    second = _ingest(defective_zip, tmp_path / "b")
+    assert first["data_hash"] == second["data_hash"]
+    assert (tmp_path / "a/raw" / ARCHIVE).read_bytes() == (tmp_path / "b/raw" / ARCHIVE).read_bytes()
+
+
+def test_synthetic_source_is_deterministic_and_says_so(tmp_path: Path) -> None:
+    params = load_params(REPO / "params.yaml", ["data.synthetic_per_class=20"])
+    source = sources.Source("synthetic", "generated", "x", "test")
+    from stages.synthetic import generate
+
+    first = ingest(generate(20, 32), params.data, source, tmp_path / "a")
+    second = ingest(generate(20, 32), params.data, source, tmp_path / "b")
+    assert first["synthetic"] is True and "SYNTHETIC" in first["notice"]
+    assert first["kept"] == {"test": {"FAKE": 4, "REAL": 4}, "train": {"FAKE": 20, "REAL": 20}}
+    assert first["data_hash"] == second["data_hash"]
+
+
+def test_auto_source_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    params = load_params(REPO / "params.yaml").data
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "DEEPGUARD_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    assert sources.locate(params).kind == "synthetic"
+    monkeypatch.setenv("DEEPGUARD_DATA", str(tmp_path))
+    assert sources.locate(params).kind == "local"
+    (tmp_path / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    chosen = sources.locate(params)
+    assert chosen.kind == "kaggle" and chosen.reason == "Kaggle credentials found"
+
+
+def test_kaggle_path_with_a_fake_kaggle_api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Kaggle is unreachable here: a fake KaggleApi at the network boundary 'downloads' the sample zip."""
+    sample = require_sample()
+    kaggle_api = importlib.import_module("kaggle.api.kaggle_api_extended")  # kaggle.api is shadowed
+
+    calls = []
+
+    class FakeKaggleApi:
+        def authenticate(self) -> None:
+            calls.append("authenticate")
+
+        def dataset_download_files(self, dataset: str, path: str, unzip: bool, quiet: bool) -> None:
+            calls.append(dataset)
+            shutil.copy(sample, Path(path) / f"{dataset.split('/')[-1]}.zip")
+
+    monkeypatch.setattr(kaggle_api, "KaggleApi", FakeKaggleApi)
+    archive = sources.download_kaggle("birdy654/cifake-real-and-ai-generated-synthetic-images", tmp_path)
+    assert calls == ["authenticate", "birdy654/cifake-real-and-ai-generated-synthetic-images"]
+    assert sum(1 for _ in sources.iter_entries(archive)) == 2500
+
+
+def test_kaggle_download_failure_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    kaggle_api = importlib.import_module("kaggle.api.kaggle_api_extended")  # kaggle.api is shadowed
+
+    class FakeOfflineKaggleApi:
+        def authenticate(self) -> None:
+            pass
+
+        def dataset_download_files(self, *args, **kwargs) -> None:
+            raise ConnectionError("network unreachable")
+
+    monkeypatch.setattr(kaggle_api, "KaggleApi", FakeOfflineKaggleApi)
+    with pytest.raises(sources.SourceError, match="Kaggle download of .* failed: ConnectionError"):
+        sources.download_kaggle("owner/data", tmp_path)
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    root = make_workspace(tmp_path / "ws")
+    return root, stage_env(root)
+
+
+def _fails_with_one_line(result, pattern: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stages.ingest: error: "), result.stderr
+    assert pytest.importorskip("re").search(pattern, lines[0]), lines[0]
+
+
+def test_missing_kaggle_credentials_cli(workspace) -> None:
+    root, env = workspace
+    result = run_stage("ingest", root, env, "--set", "data.source=kaggle", check=False)
+    _fails_with_one_line(result, "KAGGLE_USERNAME and KAGGLE_KEY")
+
+
+def test_empty_folder_cli(workspace, tmp_path: Path) -> None:
+    root, env = workspace
+    (tmp_path / "empty").mkdir()
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(tmp_path / "empty")}, check=False)
+    _fails_with_one_line(result, r"not in the Kaggle layout.*no images in test/FAKE")
+
+
+def test_wrong_layout_zip_cli(workspace, tmp_path: Path) -> None:
+    root, env = workspace
+    bad = make_zip(tmp_path / "flat.zip", {f"images/{i}.jpg": jpeg(i) for i in range(4)})
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(bad)}, check=False)
+    _fails_with_one_line(result, r"flat\.zip: not in the Kaggle layout")
+
+
+def test_not_a_zip_and_missing_path_cli(workspace, tmp_path: Path) -> None:
+    root, env = workspace
+    (tmp_path / "data.zip").write_text("not a zip")
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(tmp_path / "data.zip")}, check=False)
+    _fails_with_one_line(result, "not a zip archive or a folder")
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(tmp_path / "absent.zip")}, check=False)
+    _fails_with_one_line(result, "absent.zip: no such archive or folder")
+
+
+def test_unknown_params_key_cli(workspace) -> None:
+    root, env = workspace
+    result = run_stage("ingest", root, env, "--set", "data.sorce=local", check=False)
+    _fails_with_one_line(result, r"unknown key data\.sorce")
+
+
+def test_failed_ingest_keeps_the_previous_good_output(workspace, defective_zip: Path, tmp_path: Path) -> None:
+    root, env = workspace
+    run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(defective_zip)})
+    before = (root / "data/raw/index.json").read_text()
+    only_train = make_zip(tmp_path / "half.zip", {f"train/{c}/{i}.jpg": jpeg(i) for c in ("REAL", "FAKE")
+                                                  for i in range(2)})
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(only_train)}, check=False)
+    assert result.returncode == 2
+    assert (root / "data/raw/index.json").read_text() == before
+    assert json.loads(before)["kept"]["train"]["REAL"] == 3
+    assert not [p for p in (root / "data").iterdir() if p.name.startswith(".")], "no temporary leftovers"

@@ -1,0 +1,121 @@
+"""Pipeline tier: all six stages on real CIFAKE images through `dvc repro`, the registry, the gate."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import TrainedWorkspace, dvc, run_stage, stage_env
+
+from stages.pipeline import STAGE_NAMES, dvc_yaml
+
+
+def _client(uri: str) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_committed_dvc_yaml_is_generated_from_the_stage_list() -> None:
+    from conftest import REPO
+
+    assert (REPO / "dvc.yaml").read_text() == dvc_yaml(), "run `make dvc-yaml` after editing the stage list"
+
+
+def test_repro_runs_all_six_stages_in_order(trained_workspace: TrainedWorkspace) -> None:
+    ran = re.findall(r"Running stage '(\w+)'", trained_workspace.repro_output)
+    assert ran == list(STAGE_NAMES)
+
+
+def test_pipeline_leaves_a_champion_with_metrics_and_lineage(trained_workspace: TrainedWorkspace) -> None:
+    client = _client(trained_workspace.tracking_uri)
+    champion = client.get_model_version_by_alias(trained_workspace.model_name, "champion")
+    for tag in ("git_commit", "data_hash", "test_hash", "params_hash", "architecture", "test_accuracy",
+                "test_roc_auc", "threshold"):
+        assert champion.tags.get(tag), f"champion lacks lineage tag {tag}"
+    assert champion.tags["synthetic_data"] == "false"
+    assert champion.tags["data_source"] == "local"
+    assert 0.5 < float(champion.tags["test_roc_auc"]) <= 1.0, "one epoch on real CIFAKE beats chance"
+    assert client.get_model_version_by_alias(trained_workspace.model_name, "challenger").version == \
+        champion.version
+    run = client.get_run(champion.run_id)
+    assert "test_accuracy" in run.data.metrics and "epoch_val_auc" in run.data.metrics
+    assert run.data.params["training.epochs"] == "1"
+    artifacts = {a.path for a in client.list_artifacts(champion.run_id, "data")}
+    assert "data/data_report.json" in artifacts
+
+
+def test_pipeline_outputs_are_declared_and_complete(trained_workspace: TrainedWorkspace) -> None:
+    root = trained_workspace.root
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert {"accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"} <= metrics["test"].keys()
+    assert np.sum(metrics["test"]["confusion_matrix"]) == 500
+    assert 0.0 < metrics["threshold"] < 1.0
+    for figure in ("confusion_matrix", "roc_curve", "pr_curve", "calibration", "spectrum"):
+        assert (root / "reports/figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((root / "reports/data_report.json").read_text())
+    assert report["kept"] == {"test": {"FAKE": 250, "REAL": 250}, "train": {"FAKE": 1000, "REAL": 1000}}
+    images = np.load(root / "data/processed/train_images.npy", mmap_mode="r")
+    assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
+    registration = json.loads((root / "reports/registration.json").read_text())
+    assert registration["promoted"] is True
+
+
+@pytest.fixture()
+def workspace_copy(trained_workspace: TrainedWorkspace, tmp_path):  # -> tuple[Path, dict]
+    """A copy of the trained workspace with its own, empty MLflow store."""
+    root = tmp_path / "ws"
+    shutil.copytree(trained_workspace.root, root, ignore=shutil.ignore_patterns("mlruns"))
+    return root, stage_env(root, DEEPGUARD_DATA=trained_workspace.env["DEEPGUARD_DATA"])
+
+
+def test_second_repro_skips_and_a_training_param_reruns_train_onward_only(workspace_copy) -> None:
+    root, env = workspace_copy
+    again = dvc(root, env, "repro")
+    assert "Running stage" not in again.stdout
+    assert len(re.findall(r"didn't change, skipping", again.stdout)) == len(STAGE_NAMES)
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("learning_rate: 0.002", "learning_rate: 0.0015"))
+    changed = dvc(root, env, "repro")
+    ran = re.findall(r"Running stage '(\w+)'", changed.stdout)
+    assert ran == ["train", "evaluate", "register"]
+
+
+def test_gate_registers_a_worse_challenger_without_promoting_it(workspace_copy) -> None:
+    import keras
+
+    root, env = workspace_copy
+    run_stage("register", root, env)  # the copied model becomes champion of this fresh store
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("deepguard", "champion")
+    # Deliberately worse: zero the output layer, so every image gets the same score (ROC-AUC 0.5).
+    model = keras.saving.load_model(root / "models/model.keras", compile=False)
+    output = model.get_layer("fake_probability")
+    output.set_weights([np.zeros_like(w) for w in output.get_weights()])
+    model.save(root / "models/model.keras")
+    run_stage("evaluate", root, env)
+    result = run_stage("register", root, env)
+    assert "NOT promoted" in result.stdout
+    assert client.get_model_version_by_alias("deepguard", "champion").version == champion.version
+    challenger = client.get_model_version_by_alias("deepguard", "challenger")
+    assert int(challenger.version) == int(champion.version) + 1
+    assert challenger.tags["promotion"] == "rejected"
+    assert "roc_auc" in challenger.tags["promotion_reason"]
+    registration = json.loads((root / "reports/registration.json").read_text())
+    assert registration["promoted"] is False
+
+
+def test_unreachable_tracking_server_is_one_clear_error(workspace_copy) -> None:
+    import socket
+
+    root, env = workspace_copy
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    result = run_stage("register", root, env, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert re.search(rf"127\.0\.0\.1:{port} unreachable", result.stderr.strip().splitlines()[-1])

@@ -1,0 +1,122 @@
+"""Unit tier: splitting, streaming arrays, statistics, metrics, the promotion gate and tracking errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.config import SplitParams
+from stages.evaluate import choose_threshold, classification_metrics, expected_calibration_error
+from stages.features import channel_statistics, high_frequency_energy, log_spectra
+from stages.preprocess import split_names
+from stages.register import decide
+from stages.shards import NpyWriter
+from stages.tracking import TrackingUnavailableError, resolve_tracking_uri
+
+
+def _names(per_class: int) -> list[str]:
+    return [f"{split}/{cls}/{cls}{i:04d}.jpg" for split, n in (("train", per_class), ("test", 7))
+            for cls in ("REAL", "FAKE") for i in range(n)]
+
+
+def test_split_is_stratified_disjoint_and_deterministic() -> None:
+    params = SplitParams(validation_fraction=0.2, seed=3)
+    first = split_names(_names(50), params)
+    assert first == split_names(list(reversed(_names(50))), params), "input order must not matter"
+    assert len(first["test"]) == 14 and all(n.startswith("test/") for n in first["test"])
+    for cls in ("REAL", "FAKE"):
+        assert sum(f"/{cls}/" in n for n in first["val"]) == 10
+        assert sum(f"/{cls}/" in n for n in first["train"]) == 40
+    assert not set(first["train"]) & set(first["val"])
+    other = split_names(_names(50), SplitParams(validation_fraction=0.2, seed=4))
+    assert set(other["val"]) != set(first["val"])
+
+
+def test_npy_writer_streams_a_loadable_array(tmp_path: Path) -> None:
+    rows = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    with NpyWriter(tmp_path / "a.npy", 10, (4, 4, 3), np.uint8) as writer:
+        writer.write(rows[:6])
+        writer.write(rows[6:])
+    assert np.array_equal(np.load(tmp_path / "a.npy", mmap_mode="r"), rows)
+    with pytest.raises(ValueError, match="wrote 3 of 10"), NpyWriter(tmp_path / "b.npy", 10, (4, 4, 3),
+                                                                     np.uint8) as writer:
+        writer.write(rows[:3])
+
+
+def test_channel_statistics_match_numpy() -> None:
+    images = np.random.default_rng(1).integers(0, 256, (9000, 4, 4, 3), dtype=np.uint8)  # > one chunk
+    mean, variance = channel_statistics(images)
+    scaled = images / 255.0
+    assert np.allclose(mean, scaled.mean(axis=(0, 1, 2)))
+    assert np.allclose(variance, scaled.var(axis=(0, 1, 2)))
+
+
+def test_spectrum_sees_high_frequency_noise() -> None:
+    rng = np.random.default_rng(2)
+    smooth = np.repeat(np.repeat(rng.integers(0, 256, (20, 4, 4, 3)), 8, axis=1), 8, axis=2).astype(np.uint8)
+    noisy = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    spectra = log_spectra(np.concatenate([smooth, noisy]), np.array([0] * 20 + [1] * 20))
+    assert spectra.shape == (2, 32, 32)
+    assert high_frequency_energy(spectra[1]) > 2 * high_frequency_energy(spectra[0])
+
+
+def test_metrics_on_a_known_example() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probabilities = np.array([0.1, 0.4, 0.6, 0.35, 0.8, 0.9])
+    result = classification_metrics(labels, probabilities, threshold=0.5)
+    assert result["confusion_matrix"] == [[2, 1], [1, 2]]
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["precision"] == pytest.approx(2 / 3) and result["recall"] == pytest.approx(2 / 3)
+    assert result["roc_auc"] == pytest.approx(7 / 9)
+
+
+def test_threshold_is_chosen_to_maximise_the_validation_metric() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probabilities = np.array([0.05, 0.1, 0.2, 0.3, 0.7, 0.9])  # separable at any cut in (0.2, 0.3]
+    threshold = choose_threshold(labels, probabilities, "accuracy")
+    assert 0.2 < threshold <= 0.3
+    assert classification_metrics(labels, probabilities, threshold)["accuracy"] == 1.0
+    assert choose_threshold(labels, probabilities, "f1") == threshold
+
+
+def test_expected_calibration_error() -> None:
+    labels = np.array([1] * 8 + [0] * 2)
+    assert expected_calibration_error(labels, np.full(10, 0.8), bins=10) == pytest.approx(0.0)
+    assert expected_calibration_error(labels, np.full(10, 0.3), bins=10) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("challenger", "champion", "minimum", "promote"), [
+    (0.90, None, 0.0, True),  # first model
+    (0.95, 0.90, 0.0, True),
+    (0.90, 0.90, 0.0, False),  # a tie keeps the champion
+    (0.85, 0.90, 0.0, False),
+    (0.905, 0.90, 0.01, False),  # better, but not by the gate's minimum
+    (0.92, 0.90, 0.01, True),
+])
+def test_promotion_gate(challenger: float, champion: float | None, minimum: float, promote: bool) -> None:
+    decision = decide("roc_auc", challenger, champion, minimum, None if champion is None else "3")
+    assert decision.promote is promote
+    assert ("first model" in decision.reason) == (champion is None)
+
+
+def test_partial_dagshub_settings_name_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAGSHUB_USERNAME", "someone")
+    monkeypatch.delenv("DAGSHUB_TOKEN", raising=False)
+    monkeypatch.delenv("DAGSHUB_REPO", raising=False)
+    with pytest.raises(TrackingUnavailableError, match="missing: DAGSHUB_TOKEN, DAGSHUB_REPO"):
+        resolve_tracking_uri()
+
+
+def test_dagshub_unreachable_fails_fast_at_the_network_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine cannot reach DagsHub: the real code path must stop at the probe with one message."""
+    import time
+
+    settings = {"DAGSHUB_USERNAME": "someone", "DAGSHUB_TOKEN": "t", "DAGSHUB_REPO": "deepguard"}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match="unreachable"):
+        resolve_tracking_uri()
+    assert time.monotonic() - started < 30
