@@ -107,6 +107,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                         "model_version": prediction.model_version,
                         "synthetic_data": prediction.synthetic_data})
 
+    @app.get("/livez")
+    def livez() -> tuple[Response, int]:
+        # Liveness is this process only: a predictor outage must not get the web pods restarted.
+        return jsonify({"status": "alive"}), 200
+
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
         status = client.status()
@@ -125,7 +130,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.after_request
     def security_headers(response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)
-        if request.path.startswith("/api/") or request.path == "/healthz":
+        if request.path.startswith("/api/") or request.path in ("/healthz", "/livez"):
             response.headers["Cache-Control"] = "no-store"
         return response
 

@@ -18,3 +18,6 @@ loglevel = os.environ.get("WEB_LOG_LEVEL", "info")
 # A request line or header beyond these is refused before Flask sees it.
 limit_request_line = 4094
 limit_request_fields = 50
+# No gunicornc control socket: nothing uses it, a read-only home cannot hold it, and two servers on one
+# machine would fight over the same default path.
+control_socket_disable = True

@@ -77,6 +77,7 @@ def test_predictor_down_is_a_503_not_a_crash(sample_images):
     client = app.test_client()
     health = client.get("/healthz")
     assert health.status_code == 503 and health.get_json()["predictor_ready"] is False
+    assert client.get("/livez").status_code == 200, "liveness must not depend on the predictor"
     response = client.post("/api/predict", data={"image": (io.BytesIO(sample_images.probe[0]), "a.jpg")})
     assert response.status_code == 503
     assert "not available" in response.get_json()["error"]

@@ -1,0 +1,279 @@
+"""Serving benchmark: in-process Keras (baseline) vs the KServe predictor (V1, V2) and Flask, on loopback.
+
+Run from the repository root: ``python bench/serving_bench.py [--requests 1000]``. It builds the default
+architecture (stages.architectures, untrained: latency does not depend on the weights), saves it as an MLflow
+model folder, starts ``python -m stages.predictor`` and the web app under gunicorn on free loopback ports,
+and prints one table: single-image latency p50/p99 over N sequential requests, images/s with 64 images per
+request, requests/s with 8 concurrent clients, each beside the in-process baseline with the ratio, and the
+5xx count. Baseline and served calls are interleaved, so both see the same background load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stages.imaging import decode_for_model  # noqa: E402
+from stages.modelstore import ModelMetadata, predict_fake_probability  # noqa: E402
+
+log = logging.getLogger("bench.serving")
+SAMPLE_ZIP = REPO / ".." / "shared" / "data" / "cifake-sample.zip"
+BATCH = 64
+CLIENTS = 8
+
+
+def load_images(count: int) -> list[bytes]:
+    """CIFAKE test JPEGs from the shared sample, or generated 32x32 JPEGs when it is absent."""
+    if SAMPLE_ZIP.is_file():
+        with zipfile.ZipFile(SAMPLE_ZIP) as archive:
+            names = sorted(n for n in archive.namelist() if n.startswith("test/") and n.endswith(".jpg"))
+            return [archive.read(n) for n in names[:count]]
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    files = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+        files.append(buffer.getvalue())
+    return files
+
+
+def build_model_folder(dest: Path) -> str:
+    """Save the default architecture as an MLflow Keras model folder; returns the architecture's name."""
+    import mlflow
+
+    from stages.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    try:
+        from stages.architectures import build_model
+
+        model = build_model(params.model.architecture, image_size=32, dropout=params.model.dropout,
+                            pretrained_weights="none", augmentation=params.augmentation, mean=[0.5] * 3,
+                            variance=[0.06] * 3, seed=0)
+    except ImportError:  # before stages.architectures existed: a comparable small CNN
+        import keras
+
+        inputs = keras.Input((32, 32, 3), dtype="uint8")
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        for filters in (32, 64, 128):
+            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+            x = keras.layers.MaxPooling2D()(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+        model = keras.Model(inputs, outputs, name="SmallCNN")
+    metadata = ModelMetadata(threshold=0.5, image_size=32, architecture=model.name, data_source="bench",
+                             synthetic_data=True)
+    mlflow.keras.save_model(model, str(dest), metadata=metadata.to_dict(), pip_requirements=[])
+    return model.name
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(command: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> subprocess.Popen:
+    with log_path.open("w") as out:
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command} exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            if requests.get(ready_url, timeout=2).status_code == 200:
+                return process
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"{ready_url} not ready in time")
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 in milliseconds."""
+    return float(np.percentile(samples, 50) * 1000), float(np.percentile(samples, 99) * 1000)
+
+
+def timed(call: Callable[[int], None], count: int, warmup: int = 20) -> list[float]:
+    for i in range(warmup):
+        call(i)
+    samples = []
+    for i in range(count):
+        start_time = time.perf_counter()
+        call(i)
+        samples.append(time.perf_counter() - start_time)
+    return samples
+
+
+def interleaved(calls: list[Callable[[int], None]], count: int, warmup: int = 20) -> list[list[float]]:
+    """Time each call ``count`` times, taking turns (rotating who goes first), after ``warmup`` rounds."""
+    for i in range(warmup):
+        for call in calls:
+            call(i)
+    samples: list[list[float]] = [[] for _ in calls]
+    for i in range(count):
+        for k in range(len(calls)):
+            j = (i + k) % len(calls)
+            start_time = time.perf_counter()
+            calls[j](i)
+            samples[j].append(time.perf_counter() - start_time)
+    return samples
+
+
+class Counter:
+    """Counts responses by status class; any non-200 is a failure of the benchmark run."""
+
+    def __init__(self) -> None:
+        self.errors_5xx = 0
+        self.other = 0
+
+    def check(self, response: requests.Response) -> requests.Response:
+        if response.status_code >= 500:
+            self.errors_5xx += 1
+        elif response.status_code != 200:
+            self.other += 1
+        return response
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=1000, help="sequential requests per latency row")
+    parser.add_argument("--batches", type=int, default=60, help="64-image requests for the throughput row")
+    parser.add_argument("--concurrent-requests", type=int, default=1600, help="requests across 8 clients")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from stages.modelstore import load_model_dir
+
+    files = load_images(500)
+    encoded = [base64.b64encode(f).decode("ascii") for f in files]
+    counter = Counter()
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
+        folder = Path(tmp) / "model"
+        architecture = build_model_folder(folder)
+        model, metadata = load_model_dir(folder)
+        log.info("model: %s (untrained), %d input files", architecture, len(files))
+
+        # ---- baseline: the same model in this process, same decode, no HTTP --------------------------------
+        def in_process_one(i: int) -> None:
+            predict_fake_probability(model, decode_for_model(files[i % len(files)], 32)[None])
+
+        def naive_one(i: int) -> None:
+            model.predict(decode_for_model(files[i % len(files)], 32)[None], verbose=0)
+
+        def in_process_batch(i: int) -> None:
+            start_index = (i * BATCH) % (len(files) - BATCH)
+            batch = np.stack([decode_for_model(f, 32) for f in files[start_index:start_index + BATCH]])
+            predict_fake_probability(model, batch)
+
+        naive = timed(naive_one, min(args.requests, 200), warmup=5)
+
+        predictor_port, web_port = free_port(), free_port()
+        predictor_url, web_url = f"http://127.0.0.1:{predictor_port}", f"http://127.0.0.1:{web_port}"
+        processes = []
+        try:
+            processes.append(start(
+                [sys.executable, "-m", "stages.predictor", "--model-uri", str(folder), "--http_port",
+                 str(predictor_port), "--enable_grpc", "false"],
+                {"DEEPGUARD_MODEL_VERSION": "bench"}, f"{predictor_url}/v2/models/deepguard/ready",
+                Path(tmp) / "predictor.log"))
+            processes.append(start(
+                [sys.executable, "-m", "flask_app"],
+                {"PREDICTOR_URL": predictor_url, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(web_port)},
+                f"{web_url}/healthz", Path(tmp) / "web.log"))
+            session = requests.Session()
+            v2_url = f"{predictor_url}/v2/models/deepguard/infer"
+            v1_url = f"{predictor_url}/v1/models/deepguard:predict"
+
+            def v2_one(i: int) -> None:
+                body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                    "data": [encoded[i % len(encoded)]]}]}
+                counter.check(session.post(v2_url, json=body, timeout=60))
+
+            def v1_one(i: int) -> None:
+                body = {"instances": [{"image": {"b64": encoded[i % len(encoded)]}}]}
+                counter.check(session.post(v1_url, json=body, timeout=60))
+
+            def flask_one(i: int) -> None:
+                counter.check(session.post(f"{web_url}/api/predict", timeout=60,
+                                           files={"image": ("x.jpg", files[i % len(files)], "image/jpeg")}))
+
+            def v2_batch(i: int) -> None:
+                start_index = (i * BATCH) % (len(encoded) - BATCH)
+                body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [BATCH],
+                                    "data": encoded[start_index:start_index + BATCH]}]}
+                counter.check(session.post(v2_url, json=body, timeout=60))
+
+            base_one, v2, v1, web = interleaved([in_process_one, v2_one, v1_one, flask_one], args.requests)
+            base_batch, batched = interleaved([in_process_batch, v2_batch], args.batches, warmup=3)
+
+            sessions = [requests.Session() for _ in range(CLIENTS)]
+
+            def client(worker: int) -> None:
+                for i in range(worker, args.concurrent_requests, CLIENTS):
+                    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                        "data": [encoded[i % len(encoded)]]}]}
+                    counter.check(sessions[worker].post(v2_url, json=body, timeout=60))
+
+            start_time = time.perf_counter()
+            with ThreadPoolExecutor(CLIENTS) as pool:
+                list(pool.map(client, range(CLIENTS)))
+            concurrent_s = time.perf_counter() - start_time
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=30)
+
+    base_p50, base_p99 = percentiles(base_one)
+    rows = [("in-process decode + predict_on_batch (baseline)", *percentiles(base_one), 1.0),
+            ("in-process naive model.predict", *percentiles(naive),
+             statistics.median(naive) * 1000 / base_p50)]
+    for name, samples in (("V2 /v2/models/deepguard/infer", v2), ("V1 /v1/models/deepguard:predict", v1),
+                          ("Flask /api/predict (via V2)", web)):
+        p50, p99 = percentiles(samples)
+        rows.append((name, p50, p99, p50 / base_p50))
+    base_ips = BATCH / statistics.median(base_batch)
+    v2_ips = BATCH / statistics.median(batched)
+    base_rps = 1 / statistics.median(base_one)
+    concurrent_rps = args.concurrent_requests / concurrent_s
+
+    print()
+    print(f"Serving benchmark: {architecture} (untrained), CIFAKE JPEGs, loopback, {os.cpu_count()} CPUs; "
+          f"{args.requests} sequential requests per latency row")
+    print(f"{'single image':<50} {'p50 ms':>9} {'p99 ms':>9} {'p50 / baseline':>15}")
+    for name, p50, p99, ratio in rows:
+        print(f"{name:<50} {p50:>9.2f} {p99:>9.2f} {ratio:>15.2f}")
+    print(f"{'throughput':<50} {'baseline':>9} {'served':>9} {'served / base':>15}")
+    print(f"{'images/s, 64 images per request (V2)':<50} {base_ips:>9.0f} {v2_ips:>9.0f} "
+          f"{v2_ips / base_ips:>15.2f}")
+    print(f"{'requests/s, 8 concurrent clients (V2, 1 image)':<50} {base_rps:>9.0f} {concurrent_rps:>9.0f} "
+          f"{concurrent_rps / base_rps:>15.2f}")
+    print(f"5xx responses: {counter.errors_5xx}; other non-200: {counter.other}")
+    return 0 if counter.errors_5xx == 0 and counter.other == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
