@@ -290,7 +290,10 @@ def kube_api_client() -> Any:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         try:
-            config.load_kube_config(client_configuration=configuration)
+            # KUBECONFIG read now, not at import time as the client's default is (a long-lived process may
+            # change it); it may list several files separated by ":".
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                    client_configuration=configuration)
         except (config.ConfigException, FileNotFoundError, TypeError) as exc:
             raise DeployError(f"no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}") from None
     return client.ApiClient(configuration)
@@ -591,9 +594,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="serving settings JSON (the deepguard-serving ConfigMap's serving.json) "
                              "instead of reading the ConfigMap")
     parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
-    return run_stage("deploy", lambda args, params: run(
-        params, args.target, args.dry_run, args.timeout, args.canary_percent, args.namespace,
-        args.serving_settings and args.serving_settings.resolve(), args.poll), parser, argv)
+
+    def stage(args: argparse.Namespace, params: Params) -> DeploymentResult:
+        if args.dry_run:
+            # stdout carries only the manifest, so it can be piped to `kubectl apply -f -`.
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                    handler.setStream(sys.stderr)
+        settings_file = args.serving_settings.resolve() if args.serving_settings else None
+        return run(params, args.target, args.dry_run, args.timeout, args.canary_percent, args.namespace,
+                   settings_file, args.poll)
+
+    return run_stage("deploy", stage, parser, argv)
 
 
 if __name__ == "__main__":

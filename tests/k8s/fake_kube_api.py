@@ -1,0 +1,198 @@
+"""A FAKE Kubernetes API server on 127.0.0.1: the boundary the deploy stage cannot reach in tests.
+
+It emulates only what ``stages.deploy`` calls: ``GET`` of a ConfigMap and ``GET``/``POST``/``PATCH``
+(JSON merge patch) of ``serving.kserve.io/v1beta1`` InferenceServices, with ``metadata.generation`` bumped on
+spec changes and a stand-in for the KServe controller that marks a generation Ready or not, by a policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices"
+                       r"(?:/(?P<name>[^/?]+))?$")
+CONFIGMAP_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps/(?P<name>[^/?]+)$")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies ``application/merge-patch+json``."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+@dataclass
+class Request:
+    """One call the fake received."""
+
+    method: str
+    path: str
+    content_type: str
+    body: Any
+
+
+@dataclass
+class FakeCluster:
+    """State of the fake API server: objects, the calls received, and when a generation becomes Ready.
+
+    ``becomes_ready(obj)`` plays the KServe controller: called on every GET of an InferenceService whose
+    generation is not yet observed-Ready; True makes the newest revision Ready and take traffic.
+    """
+
+    becomes_ready: Callable[[dict[str, Any]], bool]
+    inference_services: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def calls(self, method: str) -> list[Request]:
+        """The calls with HTTP ``method`` made to InferenceServices."""
+        return [r for r in self.requests if r.method == method and "inferenceservices" in r.path]
+
+    def seed_ready(self, obj: dict[str, Any]) -> None:
+        """Store an InferenceService that a previous rollout left Ready at generation 1."""
+        obj = copy.deepcopy(obj)
+        obj["metadata"].update(generation=1, resourceVersion="1")
+        self._reconcile(obj, ready=True)
+        self.inference_services[obj["metadata"]["namespace"], obj["metadata"]["name"]] = obj
+
+    def _reconcile(self, obj: dict[str, Any], ready: bool) -> None:
+        generation = obj["metadata"]["generation"]
+        revision = f"{obj['metadata']['name']}-predictor-{generation:05d}"
+        status = obj.setdefault("status", {})
+        predictor = status.setdefault("components", {}).setdefault("predictor", {})
+        predictor["latestCreatedRevision"] = revision
+        status["observedGeneration"] = generation
+        if ready:
+            predictor["latestReadyRevision"] = revision
+            status["conditions"] = [{"type": "Ready", "status": "True"}]
+        else:
+            status["conditions"] = [{"type": "Ready", "status": "False", "reason": "RevisionMissing"}]
+
+    def get(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        """The stored object after one controller step."""
+        obj = self.inference_services.get(key)
+        if obj is None:
+            return None
+        status = obj.get("status", {})
+        ready_now = (status.get("observedGeneration") == obj["metadata"]["generation"]
+                     and any(c["status"] == "True" for c in status.get("conditions", [])))
+        if not ready_now:
+            self._reconcile(obj, ready=self.becomes_ready(obj))
+        return obj
+
+    def store(self, key: tuple[str, str], obj: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+        """Store ``obj``, bumping generation when the spec changed (as the API server does)."""
+        meta = obj.setdefault("metadata", {})
+        old_meta = (old or {}).get("metadata", {})
+        generation = old_meta.get("generation", 0)
+        if old is None or old.get("spec") != obj.get("spec"):
+            generation += 1
+        meta["generation"] = generation
+        meta["resourceVersion"] = str(int(old_meta.get("resourceVersion", "0")) + 1)
+        if old is not None and "status" in old:
+            obj["status"] = old["status"]
+        self.inference_services[key] = obj
+        return obj
+
+
+def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            pass
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _not_found(self, what: str) -> None:
+            self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                             "message": f"{what} not found", "code": 404})
+
+        def _record(self) -> tuple[str, Any]:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            content_type = self.headers.get("Content-Type", "")
+            cluster.requests.append(Request(self.command, self.path, content_type, copy.deepcopy(body)))
+            return content_type, body
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._record()
+            with cluster.lock:
+                if match := CONFIGMAP_PATH.match(self.path):
+                    obj = cluster.config_maps.get((match["ns"], match["name"]))
+                    return self._send(200, obj) if obj else self._not_found(f"configmaps {match['name']}")
+                if (match := ISVC_PATH.match(self.path)) and match["name"]:
+                    obj = cluster.get((match["ns"], match["name"]))
+                    if obj is None:
+                        return self._not_found(f"inferenceservices {match['name']}")
+                    return self._send(200, obj)
+            self._not_found(self.path)
+
+        def do_POST(self) -> None:  # noqa: N802
+            _, body = self._record()
+            match = ISVC_PATH.match(self.path)
+            if not match or match["name"]:
+                return self._not_found(self.path)
+            key = (match["ns"], body["metadata"]["name"])
+            with cluster.lock:
+                if key in cluster.inference_services:
+                    return self._send(409, {"kind": "Status", "reason": "AlreadyExists", "code": 409})
+                self._send(201, cluster.store(key, copy.deepcopy(body), None))
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            content_type, body = self._record()
+            match = ISVC_PATH.match(self.path)
+            if not match or not match["name"]:
+                return self._not_found(self.path)
+            if content_type.split(";")[0] != "application/merge-patch+json":
+                return self._send(415, {"kind": "Status", "reason": "UnsupportedMediaType", "code": 415})
+            key = (match["ns"], match["name"])
+            with cluster.lock:
+                old = cluster.inference_services.get(key)
+                if old is None:
+                    return self._not_found(f"inferenceservices {match['name']}")
+                patched = merge_patch({k: v for k, v in old.items() if k != "status"}, body)
+                self._send(200, cluster.store(key, patched, old))
+
+    return Handler
+
+
+@contextmanager
+def fake_kube_api(cluster: FakeCluster, kubeconfig: Path) -> Iterator[str]:
+    """Serve ``cluster`` on a free port and write a kubeconfig pointing at it; yields the server URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(cluster))
+    url = f"http://127.0.0.1:{server.server_port}"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+        "contexts": [{"name": "fake",
+                      "context": {"cluster": "fake", "user": "fake", "namespace": "deepguard"}}],
+    }))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,246 @@
+"""The deploy stage against a real MLflow registry and a FAKE Kubernetes API (tests/k8s/fake_kube_api.py).
+
+The cluster is the one boundary we cannot reach here, so it is faked at the network: the stage's real
+kubernetes client loads a kubeconfig pointing at a local HTTP server that emulates the custom-objects API.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fake_kube_api import FakeCluster, fake_kube_api
+from k8s_helpers import REPO, find, isvc_errors, render
+
+from stages import deploy
+from stages.config import load_params
+
+MODEL = "deepguard"
+NS = "deepguard"
+WORDS = {"1": "one", "2": "two"}
+SOURCES = {v: f"mlflow-artifacts:/1/models/m-{w}/artifacts" for v, w in WORDS.items()}
+STORAGE = {v: f"pvc://deepguard-mlflow/artifacts/1/models/m-{w}/artifacts" for v, w in WORDS.items()}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real sqlite MLflow registry: versions 1 and 2 of ``deepguard``, version 2 is the champion."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(MODEL)
+    for version in SOURCES:
+        assert client.create_model_version(MODEL, source=SOURCES[version]).version == int(version)
+    client.set_registered_model_alias(MODEL, "champion", "2")
+    return uri
+
+
+@pytest.fixture
+def workspace(registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stage workspace whose environment points at the registry and at a (fake) kubeconfig."""
+    for name in list(os.environ):
+        if name.startswith(("DAGSHUB_", "MLFLOW_", "KUBERNETES_", "DEEPGUARD_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _version_tags(registry: str, version: str) -> dict[str, str]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=registry, registry_uri=registry)
+    return client.get_model_version(MODEL, version).tags
+
+
+def _serving_configmap(values_set: str = "default") -> dict[str, Any]:
+    return find(render(values_set), "ConfigMap", "deepguard-serving")
+
+
+def _previous_isvc() -> dict[str, Any]:
+    """What the chart installed for version 1 (a first champion given at helm install time)."""
+    return find(render("default", predictor__storageUri=STORAGE["1"], predictor__modelVersion="1"),
+                "InferenceService")
+
+
+def _env(obj: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in obj["spec"]["predictor"]["containers"][0]["env"]}
+
+
+def _run(**kwargs: Any) -> deploy.DeploymentResult:
+    params = load_params(REPO / "params.yaml")
+    return deploy.run(params, "kserve", namespace=NS, poll_s=0.05, **kwargs)
+
+
+def test_fake_k8s_canary_becomes_ready_then_is_promoted(workspace: Path, registry: str) -> None:
+    polls = {"count": 0}
+
+    def ready_after_three_polls(obj: dict[str, Any]) -> bool:  # the new revision needs a moment to start
+        polls["count"] += 1
+        return polls["count"] >= 3
+
+    cluster = FakeCluster(becomes_ready=ready_after_three_polls)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        result = _run(canary_percent=20, timeout_s=30)
+
+    assert result.status == "promoted" and result.version == "2"
+    canary, promote = cluster.calls("PATCH")
+    assert canary.content_type.startswith("application/merge-patch+json")
+    assert canary.body["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    assert _env(canary.body) == {"STORAGE_URI": STORAGE["2"], "DEEPGUARD_MODEL_VERSION": "2"}
+    assert promote.body == {"spec": {"predictor": {"canaryTrafficPercent": 100}}}
+    assert polls["count"] >= 3  # it waited for Ready before promoting
+    final = cluster.inference_services[NS, "deepguard"]
+    assert _env(final)["DEEPGUARD_MODEL_VERSION"] == "2"
+    assert final["metadata"]["annotations"]["deepguard.io/model-version"] == "2"
+    assert isvc_errors({k: v for k, v in final.items() if k != "status"}) == []
+
+    report = json.loads((workspace / "reports" / "deployment.json").read_text())
+    assert report["status"] == "promoted" and report["storage_uri"] == STORAGE["2"]
+    tags = _version_tags(registry, "2")
+    assert tags["deployment_status"] == "promoted"
+    assert tags["deployment_target"] == "kserve:deepguard/deepguard"
+    assert tags["deployed_at"] == report["deployed_at"]
+
+
+def test_fake_k8s_canary_not_ready_before_timeout_is_rolled_back(workspace: Path, registry: str) -> None:
+    def new_champion_never_starts(obj: dict[str, Any]) -> bool:
+        return _env(obj)["DEEPGUARD_MODEL_VERSION"] != "2"
+
+    cluster = FakeCluster(becomes_ready=new_champion_never_starts)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    previous = _previous_isvc()
+    cluster.seed_ready(previous)
+    kubeconfig = workspace / "kubeconfig"
+    with fake_kube_api(cluster, kubeconfig), pytest.raises(deploy.DeployError, match="rolled back"):
+        _run(canary_percent=25, timeout_s=0.5)
+
+    canary, restore = cluster.calls("PATCH")
+    assert canary.body["spec"]["predictor"]["canaryTrafficPercent"] == 25
+    assert restore.body["spec"]["predictor"]["canaryTrafficPercent"] is None  # the canary split is removed
+    final = cluster.inference_services[NS, "deepguard"]
+    assert final["spec"] == previous["spec"]  # exactly what served before, version 1 with all traffic
+    assert final["metadata"]["annotations"] == previous["metadata"]["annotations"]
+    report = json.loads((workspace / "reports" / "deployment.json").read_text())
+    assert report["status"] == "rolled_back" and "version 1" in report["detail"]
+    assert _version_tags(registry, "2")["deployment_status"] == "rolled_back"
+
+
+def test_fake_k8s_first_deploy_creates_the_service_from_the_chart_settings(workspace: Path) -> None:
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap("gpu")
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        result = _run(canary_percent=20, timeout_s=10)
+
+    assert result.status == "deployed"
+    (create,) = cluster.calls("POST")
+    assert "canaryTrafficPercent" not in create.body["spec"]["predictor"]  # nothing to split traffic with
+    container = create.body["spec"]["predictor"]["containers"][0]
+    assert container["image"] == "ghcr.io/deepguard/stage-gpu:0.1.0"  # the GPU settings came from the chart
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert isvc_errors(create.body) == []
+
+
+def test_fake_k8s_same_champion_already_ready_is_left_alone(workspace: Path) -> None:
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    current = find(render("default", predictor__storageUri=STORAGE["2"], predictor__modelVersion="2"),
+                   "InferenceService")
+    cluster.seed_ready(current)
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        result = _run(canary_percent=20, timeout_s=10)
+    assert result.status == "unchanged"
+    assert cluster.calls("PATCH") == [] and cluster.calls("POST") == []
+
+
+def test_fake_k8s_raw_deployment_mode_rolls_out_without_a_canary(workspace: Path) -> None:
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = find(
+        render("default", predictor__deploymentMode="RawDeployment"), "ConfigMap", "deepguard-serving")
+    previous = _previous_isvc()
+    previous["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
+    cluster.seed_ready(previous)
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        result = _run(canary_percent=20, timeout_s=10)
+    assert result.status == "promoted" and result.canary_percent is None
+    (patch,) = cluster.calls("PATCH")
+    assert "canaryTrafficPercent" not in patch.body["spec"]["predictor"]
+
+
+def test_replace_patch_removes_what_the_new_spec_lacks() -> None:
+    predictor = {"canaryTrafficPercent": 10, "nodeSelector": {"x": "y"}, "minReplicas": 1}
+    current = {"metadata": {"annotations": {"a": "1", "b": "2"}}, "spec": {"predictor": predictor}}
+    wanted = {"metadata": {"annotations": {"a": "3"}}, "spec": {"predictor": {"minReplicas": 2}}}
+    patch = deploy.replace_patch(wanted, current)
+    removed = {"canaryTrafficPercent": None, "nodeSelector": None}
+    assert patch["spec"]["predictor"] == {**removed, "minReplicas": 2}
+    assert patch["metadata"]["annotations"] == {"b": None, "a": "3"}
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("mlflow-artifacts:/1/models/m-x/artifacts", "pvc://deepguard-mlflow/artifacts/1/models/m-x/artifacts"),
+    ("s3://bucket/mlflow/1/models/m-x/artifacts", "s3://bucket/mlflow/1/models/m-x/artifacts"),
+])
+def test_artifact_uris_map_to_what_kserve_reads(uri: str, expected: str) -> None:
+    assert deploy.map_artifact_uri(uri, deploy.ServingSettings().artifactUriMap) == expected
+
+
+def test_a_local_artifact_path_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(deploy.DeployError, match="not reachable by KServe"):
+        deploy.map_artifact_uri("/home/me/mlruns/1/models/m-x/artifacts",
+                                deploy.ServingSettings().artifactUriMap)
+
+
+def _cli(workspace: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "PREDICTOR_"))}
+    environ.update(PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "stages.deploy", "--params", str(REPO / "params.yaml"),
+                           "--workdir", str(workspace), *args], capture_output=True, text=True, env=environ,
+                          timeout=300)
+
+
+def test_dry_run_prints_a_manifest_that_matches_the_kserve_crd(workspace: Path) -> None:
+    result = _cli(workspace, "--target", "kserve", "--dry-run", "--canary-percent", "30")
+    assert result.returncode == 0, result.stderr
+    manifest = yaml.safe_load(result.stdout)
+    assert manifest["kind"] == "InferenceService"
+    assert manifest["spec"]["predictor"]["canaryTrafficPercent"] == 30
+    assert _env(manifest) == {"STORAGE_URI": STORAGE["2"], "DEEPGUARD_MODEL_VERSION": "2"}
+    assert isvc_errors(manifest) == []
+    assert not (workspace / "reports" / "deployment.json").exists()
+
+
+def test_local_target_without_a_predictor_says_make_serve_and_exits_0(workspace: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = _cli(workspace, "--target", "local", env={"PREDICTOR_URL": f"http://127.0.0.1:{port}"})
+    assert result.returncode == 0, result.stderr
+    assert "make serve" in result.stdout and "version 2" in result.stdout
+    report = json.loads((workspace / "reports" / "deployment.json").read_text())
+    assert report["status"] == "no_predictor"
+
+
+def test_fake_k8s_rollback_exits_2_with_one_line(workspace: Path) -> None:
+    cluster = FakeCluster(becomes_ready=lambda obj: _env(obj)["DEEPGUARD_MODEL_VERSION"] != "2")
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(copy.deepcopy(_previous_isvc()))
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        result = _cli(workspace, "--target", "kserve", "--namespace", NS, "--timeout", "1", "--poll", "0.1",
+                      env={"KUBECONFIG": str(workspace / "kubeconfig")})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "stages.deploy: error: version 2 rolled back: not Ready within 1s; restored version 1"]
