@@ -129,6 +129,7 @@ def test_probe_paths_match_the_predictor_web_and_mlflow_contracts() -> None:
     assert predictor["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
     web = find(objects, "Deployment", "deepguard-web")["spec"]["template"]["spec"]["containers"][0]
     assert web["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert web["livenessProbe"]["httpGet"]["path"] == "/livez"  # a predictor outage must not restart it
     assert web["ports"][0]["containerPort"] == 5000
     env = {e["name"]: e["value"] for e in web["env"]}
     assert env["PREDICTOR_URL"] == "http://deepguard.deepguard.svc.cluster.local"
