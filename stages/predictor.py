@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,8 +322,8 @@ class DeepGuardModel(Model):
             InferOutput(OUTPUT_PROBABILITY, [count], "FP32", data=result.probabilities.astype(np.float32)),
             InferOutput(OUTPUT_LABEL, [count], "BYTES", data=np.array(result.labels, dtype=np.object_)),
         ]
-        return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs,
-                             model_version=served.version, parameters=facts,
+        return InferResponse(response_id=request.id or str(uuid.uuid4()), model_name=self.name,
+                             infer_outputs=outputs, model_version=served.version, parameters=facts,
                              use_binary_outputs=request.use_binary_outputs,
                              requested_outputs=request.request_outputs)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import requests
+from serving_helpers import free_port, running, start_predictor
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,5 +59,45 @@ def test_upload_shows_the_verdict(browser, web, registered_model, sample_images,
         assert "not an image" in error.inner_text()
         assert page.locator("#result").is_hidden()
         page.screenshot(path=str(SCREENSHOTS / f"error-{width}.png"), full_page=True)
+    finally:
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def synthetic_web(tiny_model, registered_model, tmp_path_factory):
+    """A predictor serving a model whose metadata says synthetic_data: true, and a web app in front of it."""
+    import mlflow
+
+    from stages.modelstore import ModelMetadata
+
+    folder = tmp_path_factory.mktemp("synthetic") / "model"
+    metadata = ModelMetadata(threshold=0.5, image_size=32, architecture=tiny_model.name,
+                             data_source="synthetic", synthetic_data=True)
+    mlflow.keras.save_model(tiny_model, str(folder), metadata=metadata.to_dict(), pip_requirements=[])
+    logs = tmp_path_factory.mktemp("synthetic-logs")
+    manager, predictor_url = start_predictor(registered_model, logs / "predictor.log",
+                                             "--model-uri", str(folder))
+    with manager:
+        port = free_port()
+        env = {"PREDICTOR_URL": predictor_url, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port),
+               "WEB_WORKERS": "1"}
+        url = f"http://127.0.0.1:{port}"
+        with running([sys.executable, "-m", "flask_app"], f"{url}/healthz", logs / "web.log", env):
+            yield url
+
+
+def test_synthetic_model_shows_a_loud_notice(browser, synthetic_web, sample_images, tmp_path):
+    image = tmp_path / "probe.jpg"
+    image.write_bytes(sample_images.probe[0])
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.goto(synthetic_web)
+        page.set_input_files("#file-input", str(image))
+        page.locator("#result").wait_for(state="visible", timeout=30_000)
+        notice = page.locator("#synthetic-notice")
+        assert notice.is_visible()
+        assert "synthetic" in notice.inner_text()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "synthetic-390.png"), full_page=True)
     finally:
         page.close()
