@@ -45,6 +45,7 @@ test: setup chromium k8s-check test-dags ## set up and run every test (what CI r
 
 bench: setup ## benchmarks: baseline and ours, with ratios
 	$(PY) bench/pipeline_bench.py
+	$(PY) bench/serving_bench.py
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
