@@ -305,5 +305,6 @@ def test_notes_render_with_the_next_commands(tmp_path) -> None:
                    "--show-only", "templates/notes-as-configmap.yaml").stdout
         notes = yaml.safe_load(out)["data"]["notes"]
         assert "kubectl -n deepguard get inferenceservice deepguard -w" in notes
+        assert "airflow dags trigger deepguard_pipeline" in notes
         assert "curl -s http://deepguard.deepguard.svc.cluster.local/v2/models/deepguard" in notes
         assert "canaryTrafficPercent" in notes  # the roll-back command
