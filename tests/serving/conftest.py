@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 from serving_helpers import (
-    MODEL_NAME,
     PROBE_PER_CLASS,
     SAMPLE_ZIP,
     TRAIN_PER_CLASS,
@@ -17,7 +16,6 @@ from serving_helpers import (
     Server,
     free_port,
     read_split,
-    register_model,
     running,
     start_predictor,
     train_tiny_model,
@@ -42,12 +40,14 @@ def tiny_model(sample_images: SampleImages):  # -> keras.Model
 
 
 @pytest.fixture(scope="session")
-def registered_model(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> RegisteredModel:
-    """The tiny model registered as ``deepguard@champion`` in a temporary sqlite store."""
-    root = tmp_path_factory.mktemp("mlflow")
-    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    version = register_model(tiny_model, tracking_uri, threshold=0.5, synthetic_data=False)
-    return RegisteredModel(root=root, tracking_uri=tracking_uri, model_name=MODEL_NAME, version=version)
+def registered_model(trained_workspace) -> RegisteredModel:
+    """The champion the real pipeline registered (tests/conftest.py: `dvc repro` on the CIFAKE sample)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=trained_workspace.tracking_uri)
+    version = client.get_model_version_by_alias(trained_workspace.model_name, "champion").version
+    return RegisteredModel(root=trained_workspace.root, tracking_uri=trained_workspace.tracking_uri,
+                           model_name=trained_workspace.model_name, version=str(version))
 
 
 @pytest.fixture(scope="session")
