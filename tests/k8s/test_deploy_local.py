@@ -1,0 +1,151 @@
+"""``stages.deploy --target local`` with the real predictor: a new champion is reloaded without a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+from k8s_helpers import REPO
+
+MODEL = "deepguard"
+STARTUP_TIMEOUT_S = 180
+
+
+def _register_untrained_model(tracking_uri: str, artifacts: Path, seed: int) -> str:
+    """A tiny Keras model with the served contract (uint8 in, P(FAKE) out), registered and made champion.
+
+    Untrained on purpose: this test is about which version is served, not how well it scores.
+    """
+    import keras
+    import mlflow
+
+    from stages.modelstore import ModelMetadata
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")
+    hidden = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1.0 / 255.0)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden), name="UntrainedProbe")
+    metadata = ModelMetadata(threshold=0.5, image_size=32, architecture=model.name, data_source="synthetic",
+                             synthetic_data=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name("deploy-tests")
+    experiment_id = (experiment.experiment_id if experiment else
+                     mlflow.create_experiment("deploy-tests", artifact_location=artifacts.as_uri()))
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = mlflow.keras.log_model(model, name="model", metadata=metadata.to_dict(), pip_requirements=[],
+                                      registered_model_name=MODEL)
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", version)
+    return version
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _predictor(tracking_uri: str, log_file: Path) -> Iterator[str]:
+    """The real predictor (python -m stages.predictor) serving deepguard@champion on a free port."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "MLFLOW_"))}
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, TF_CPP_MIN_LOG_LEVEL="3")
+    with log_file.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "stages.predictor", "--model-uri",
+                                    f"models:/{MODEL}@champion", "--http_port", str(port), "--enable_grpc",
+                                    "false"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"predictor exited:\n{log_file.read_text()[-3000:]}"
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/v2/models/{MODEL}/ready", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"predictor not ready:\n{log_file.read_text()[-3000:]}"
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _served(url: str) -> list[str]:
+    return requests.get(f"{url}/v2/models/{MODEL}", timeout=30).json()["versions"]
+
+
+def test_local_target_reloads_the_new_champion_in_the_running_predictor(tmp_path: Path) -> None:
+    import mlflow
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = _register_untrained_model(tracking_uri, tmp_path / "artifacts", seed=0)
+    with _predictor(tracking_uri, tmp_path / "predictor.log") as url:
+        assert _served(url) == [first]
+        second = _register_untrained_model(tracking_uri, tmp_path / "artifacts", seed=1)
+        assert _served(url) == [first], "the alias moved, but nothing has reloaded yet"
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "KUBERNETES_"))}
+        env.update(MLFLOW_TRACKING_URI=tracking_uri, PREDICTOR_URL=url, PYTHONPATH=str(REPO))
+        result = subprocess.run([sys.executable, "-m", "stages.deploy", "--target", "local", "--params",
+                                 str(REPO / "params.yaml"), "--workdir", str(tmp_path)], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+        assert _served(url) == [second]
+    tags = mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version(MODEL, second).tags
+    assert tags["deployment_status"] == "reloaded"
+    assert tags["deployment_target"] == f"local:{url}"
+
+
+def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Path) -> None:
+    """A FAKE predictor whose reload fails (a real one only fails on a broken model): exit 2, one line."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import mlflow
+
+    status = 500
+
+    class RefusingPredictor(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"no")
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client.create_registered_model(MODEL)
+    client.create_model_version(MODEL, source="s3://bucket/model")
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusingPredictor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "KUBERNETES_"))}
+        env.update(MLFLOW_TRACKING_URI=tracking_uri, PREDICTOR_URL=f"http://127.0.0.1:{server.server_port}",
+                   PYTHONPATH=str(REPO))
+        result = subprocess.run([sys.executable, "-m", "stages.deploy", "--target", "local", "--params",
+                                 str(REPO / "params.yaml"), "--workdir", str(tmp_path)], env=env,
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"stages.deploy: error: predictor at http://127.0.0.1:{server.server_port} refused the reload: "
+        f"HTTP {status} no"]
+    assert "deployment_status" not in client.get_model_version(MODEL, "1").tags
