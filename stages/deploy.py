@@ -308,20 +308,35 @@ def current_namespace() -> str:
     return DEFAULT_NAMESPACE
 
 
+API_TIMEOUT_S = 30  # one API call; a hung API server must not hang the stage
+
+
+def _k8s_call(what: str, call: Callable[[], Any], missing_ok: bool = False) -> Any:
+    """Run one Kubernetes API call; failures become one-line DeployErrors (404: None if ``missing_ok``)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return call()
+    except ApiException as exc:
+        if missing_ok and exc.status == 404:
+            return None
+        raise DeployError(f"{what}: HTTP {exc.status} {exc.reason}") from None
+    except HTTPError as exc:
+        raise DeployError(f"{what}: Kubernetes API unreachable ({type(exc).__name__})") from None
+
+
 def read_serving_settings(api_client: Any, namespace: str) -> ServingSettings:
     """Read the chart's serving settings; fall back to the defaults (with a warning) when absent."""
     from kubernetes.client import CoreV1Api
-    from kubernetes.client.exceptions import ApiException
 
-    try:
-        config_map = CoreV1Api(api_client).read_namespaced_config_map(SERVING_CONFIGMAP, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            log.warning("ConfigMap %s/%s not found (chart not installed?): using the chart's defaults",
-                        namespace, SERVING_CONFIGMAP)
-            return ServingSettings()
-        raise DeployError(f"cannot read ConfigMap {namespace}/{SERVING_CONFIGMAP}: {exc.status} {exc.reason}"
-                          ) from None
+    config_map = _k8s_call(f"read ConfigMap {namespace}/{SERVING_CONFIGMAP}", lambda: CoreV1Api(
+        api_client).read_namespaced_config_map(SERVING_CONFIGMAP, namespace, _request_timeout=API_TIMEOUT_S),
+        missing_ok=True)
+    if config_map is None:
+        log.warning("ConfigMap %s/%s not found (chart not installed?): using the chart's defaults",
+                    namespace, SERVING_CONFIGMAP)
+        return ServingSettings()
     return ServingSettings.from_json((config_map.data or {}).get(SERVING_KEY, "{}"))
 
 
@@ -356,35 +371,23 @@ class InferenceServices:
 
     def get(self, name: str) -> dict[str, Any] | None:
         """The InferenceService, or None when it does not exist."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self._api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, self.namespace,
-                                                          KSERVE_PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise DeployError(f"GET inferenceservice {self.namespace}/{name}: {exc.status} {exc.reason}"
-                              ) from None
+        return _k8s_call(f"get inferenceservice {self.namespace}/{name}", lambda: (
+            self._api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, self.namespace,
+                                                   KSERVE_PLURAL, name, _request_timeout=API_TIMEOUT_S)),
+            missing_ok=True)
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create the InferenceService."""
-        return self._call("create", lambda: self._api.create_namespaced_custom_object(
-            KSERVE_GROUP, KSERVE_VERSION, self.namespace, KSERVE_PLURAL, body), body["metadata"]["name"])
+        return _k8s_call(f"create inferenceservice {self.namespace}/{body['metadata']['name']}", lambda: (
+            self._api.create_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, self.namespace,
+                                                      KSERVE_PLURAL, body, _request_timeout=API_TIMEOUT_S)))
 
     def patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """JSON-merge-patch the InferenceService (the client sends a dict body as merge-patch)."""
-        return self._call("patch", lambda: self._api.patch_namespaced_custom_object(
-            KSERVE_GROUP, KSERVE_VERSION, self.namespace, KSERVE_PLURAL, name, body), name)
-
-    def _call(self, verb: str, call: Callable[[], dict[str, Any]], name: str) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return call()
-        except ApiException as exc:
-            raise DeployError(f"{verb} inferenceservice {self.namespace}/{name}: {exc.status} {exc.reason}"
-                              ) from None
+        return _k8s_call(f"patch inferenceservice {self.namespace}/{name}", lambda: (
+            self._api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, self.namespace,
+                                                     KSERVE_PLURAL, name, body,
+                                                     _request_timeout=API_TIMEOUT_S)))
 
 
 def wait_ready(services: InferenceServices, name: str, timeout_s: float, poll_s: float) -> bool:

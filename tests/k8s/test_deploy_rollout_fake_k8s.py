@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,21 @@ def test_fake_k8s_rollback_exits_2_with_one_line(workspace: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "stages.deploy: error: version 2 rolled back: not Ready within 1s; restored version 1"]
+
+
+def test_an_unreachable_kubernetes_api_is_one_line_not_a_traceback(workspace: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        pass  # only for the kubeconfig it writes; then point it at the closed port
+    kubeconfig = workspace / "kubeconfig"
+    kubeconfig.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", kubeconfig.read_text()))
+    result = _cli(workspace, "--target", "kserve", "--namespace", NS, env={"KUBECONFIG": str(kubeconfig)})
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("stages.deploy: error: read ConfigMap deepguard/deepguard-serving: Kubernetes API "
+                           "unreachable")
