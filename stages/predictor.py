@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer, model_server
-from kserve.errors import InvalidInput, ModelNotFound
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
+from starlette.responses import JSONResponse
 
 from stages.cli import configure_logging
 from stages.errors import DeepGuardError
@@ -53,6 +54,7 @@ OUTPUT_PROBABILITY = "fake_probability"
 OUTPUT_LABEL = "label"
 # Batch sizes the model is traced for at load time, so the first real request pays no tracing.
 _WARMUP_BATCHES = (1, 2, 64)
+_VERSIONED_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/.*)?$")
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -201,6 +203,10 @@ class DeepGuardModel(Model):
         return [{"name": OUTPUT_PROBABILITY, "datatype": "FP32", "shape": [-1]},
                 {"name": OUTPUT_LABEL, "datatype": "BYTES", "shape": [-1]}]
 
+    async def explain(self, payload: Any, headers: dict[str, str] | None = None) -> dict:
+        """There is no explainer: a client asking for one gets a 400, not KServe's 501."""
+        raise InvalidInput(f"model {self.name!r} has no explainer; use :predict (V1) or /infer (V2)")
+
     def validate(self, payload: Any) -> Any:
         """Validation happens in :meth:`preprocess`, which knows the model's limits."""
         return payload
@@ -347,7 +353,16 @@ class ReloadingRepository(ModelRepository):
 
 
 class VersionedDataPlane(DataPlane):
-    """KServe's data plane, plus the served version in ``GET /v2/models/<name>``."""
+    """KServe's data plane, plus the served version in ``GET /v2/models/<name>`` and typed decode errors."""
+
+    def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> InferRequest:
+        """KServe's decoding; a malformed binary-extension request is the client's error (400), not a 500."""
+        try:
+            return super().decode_inference_request(body, headers, model_name)
+        except (KeyError, ValueError, TypeError, IndexError, InferenceError) as exc:
+            if isinstance(exc, InvalidInput):
+                raise
+            raise InvalidInput(f"malformed inference request: {type(exc).__name__}: {exc}") from None
 
     async def model_metadata(self, model_name: str) -> dict:
         """KServe's model metadata with ``versions`` and ``platform`` filled in."""
@@ -358,6 +373,34 @@ class VersionedDataPlane(DataPlane):
         return metadata
 
 
+class VersionPathMiddleware:
+    """Serves ``/v2/models/<name>/versions/<v>/...`` when ``<v>`` is the version served, else a 404.
+
+    KServe answers every versioned V2 path with 501; a client pinning the version it expects should get its
+    answer, or a 404 that says which version is served instead.
+    """
+
+    def __init__(self, app: Any, repository: ModelRepository) -> None:
+        self.app = app
+        self.repository = repository
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """ASGI entry: rewrite or refuse versioned V2 paths, pass everything else through."""
+        match = _VERSIONED_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match:
+            model = self.repository.get_model(match["name"])
+            served = getattr(model, "version", None)
+            if served is None or match["version"] != served:
+                detail = f"serving version {served}" if served else "no such model"
+                message = f"model {match['name']!r} version {match['version']!r} is not served ({detail})"
+                response = JSONResponse({"error": message}, status_code=404)
+                await response(scope, receive, send)
+                return
+            path = f"/v2/models/{match['name']}{match['rest'] or ''}"
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.app(scope, receive, send)
+
+
 def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer:
     """Build a ``kserve.ModelServer`` whose model repository reloads ``model`` and reports its version."""
     repository = ReloadingRepository([model])
@@ -366,6 +409,7 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
                          enable_latency_logging=args.enable_latency_logging, registered_models=repository)
     # Replaced before start(): the REST server is built from server.dataplane in start().
     server.dataplane = VersionedDataPlane(model_registry=repository)
+    model_server.app.add_middleware(VersionPathMiddleware, repository=repository)
     return server
 
 

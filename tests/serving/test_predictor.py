@@ -259,6 +259,40 @@ def test_malformed_request_is_a_4xx(predictor, good_file, case):
     _assert_still_serving(predictor, good_file)
 
 
+ODD_REQUESTS = [
+    # (name, path, raw body, extra headers)
+    ("binary extension without inputs", "/v2/models/deepguard/infer", b'{"a": 1}',
+     {"inference-header-content-length": "8"}),
+    ("binary extension bad length", "/v2/models/deepguard/infer", b'{"a": 1}',
+     {"inference-header-content-length": "abc"}),
+    ("binary extension garbage", "/v2/models/deepguard/infer", b"\xff\x00garbage",
+     {"inference-header-content-length": "3"}),
+    ("not UTF-8", "/v2/models/deepguard/infer", b"\xff\xfe{", {}),
+    ("V1 explain (no explainer)", "/v1/models/deepguard:explain", b'{"instances": []}', {}),
+    ("V2 version not served", "/v2/models/deepguard/versions/999999/infer", b'{"inputs": []}', {}),
+    ("V1 text body", "/v1/models/deepguard:predict", b"hello", {"Content-Type": "text/plain"}),
+]
+
+
+@pytest.mark.parametrize("case", ODD_REQUESTS, ids=[c[0] for c in ODD_REQUESTS])
+def test_odd_request_is_a_4xx(predictor, good_file, case):
+    name, path, body, headers = case
+    response = requests.post(f"{predictor.url}{path}", data=body, timeout=TIMEOUT,
+                             headers={"Content-Type": "application/json", **headers})
+    assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
+    _assert_still_serving(predictor, good_file)
+
+
+def test_versioned_v2_paths_serve_the_served_version(predictor, registered_model, good_file):
+    base = f"{predictor.url}/v2/models/deepguard/versions/{registered_model.version}"
+    response = requests.post(f"{base}/infer", json=v2_body([good_file]), timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == registered_model.version
+    assert requests.get(base, timeout=TIMEOUT).json()["versions"] == [registered_model.version]
+    other = requests.get(f"{predictor.url}/v2/models/deepguard/versions/999999/ready", timeout=TIMEOUT)
+    assert other.status_code == 404 and registered_model.version in other.json()["error"]
+
+
 def test_unknown_model_is_a_404(predictor, good_file):
     response = requests.post(f"{predictor.url}/v2/models/other/infer", json=v2_body([good_file]),
                              timeout=TIMEOUT)
