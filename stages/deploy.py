@@ -49,6 +49,7 @@ MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # Schemes KServe's default storage initializer (or its PVC mount) can read.
 KSERVE_SCHEMES = ("pvc", "s3", "gs", "hdfs", "webhdfs", "https", "http", "hf")
 DEFAULT_PREDICTOR_PORT = 8080
+SERVED_MODEL = "deepguard"  # the predictor's model name (stages/predictor.py MODEL_NAME), in every V2 path
 
 
 class DeployError(DeepGuardError):
@@ -552,12 +553,12 @@ def run(params: Params, target: str, dry_run: bool = False, timeout_s: float = 6
                                 model_name=champion.model_name, version=champion.version,
                                 storage_uri=champion.storage_uri, canary_percent=canary_percent)
     if target == "local":
-        result = deploy_local(champion, predictor_url(), settings.name, timeout_s)
+        result = deploy_local(champion, predictor_url(), SERVED_MODEL, timeout_s)
     else:
         services = InferenceServices(api_client or kube_api_client(), namespace)
         result = deploy_kserve(champion, settings, services, canary_percent, timeout_s, poll_s)
     write_json(DEPLOYMENT_FILE, asdict(result))
-    if result.status != "no_predictor":
+    if result.status not in ("no_predictor", "unchanged"):  # keep the tags of the rollout that is serving
         tag_version(champion, result)
     log.info("deploy: %s: version %s -> %s (%s)", result.status, result.version, result.target, result.detail)
     if result.status in ("rolled_back", "failed"):

@@ -153,16 +153,21 @@ def test_fake_k8s_first_deploy_creates_the_service_from_the_chart_settings(works
     assert isvc_errors(create.body) == []
 
 
-def test_fake_k8s_same_champion_already_ready_is_left_alone(workspace: Path) -> None:
+def test_fake_k8s_same_champion_already_ready_is_left_alone(workspace: Path, registry: str) -> None:
     cluster = FakeCluster(becomes_ready=lambda obj: True)
     cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
     current = find(render("default", predictor__storageUri=STORAGE["2"], predictor__modelVersion="2"),
                    "InferenceService")
     cluster.seed_ready(current)
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=registry, registry_uri=registry).set_model_version_tag(
+        MODEL, "2", "deployed_at", "when it was promoted")
     with fake_kube_api(cluster, workspace / "kubeconfig"):
         result = _run(canary_percent=20, timeout_s=10)
     assert result.status == "unchanged"
     assert cluster.calls("PATCH") == [] and cluster.calls("POST") == []
+    assert _version_tags(registry, "2")["deployed_at"] == "when it was promoted"  # the serving rollout's tags
 
 
 def test_fake_k8s_raw_deployment_mode_rolls_out_without_a_canary(workspace: Path) -> None:
