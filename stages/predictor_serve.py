@@ -52,11 +52,14 @@ def _wait_ready(name: str, process: subprocess.Popen, url: str, stopping: list[b
 
 
 def _stop(processes: list[tuple[str, subprocess.Popen]]) -> None:
-    """SIGTERM every child (web app first: it depends on the predictor), then wait; SIGKILL stragglers."""
-    for _, process in reversed(processes):
+    """SIGTERM the children one at a time, web app first; SIGKILL any that outstays ``STOP_TIMEOUT_S``.
+
+    One at a time because the web app holds keep-alive connections to the predictor: stopping both at once
+    makes the predictor wait for those while the web app waits for its workers.
+    """
+    for name, process in reversed(processes):
         if process.poll() is None:
             process.terminate()
-    for name, process in reversed(processes):
         try:
             process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -85,8 +88,10 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
     predictor_url = f"http://127.0.0.1:{predictor_port}"
     web_url = f"http://{'localhost' if web_host in ('0.0.0.0', '127.0.0.1') else web_host}:{web_port}"
     try:
+        # Own sessions: a terminal's Ctrl-C reaches only this supervisor, which stops the children in order.
         predictor = subprocess.Popen([sys.executable, "-m", "stages.predictor", "--model-uri", model_uri,
-                                      "--http_port", str(predictor_port), "--enable_grpc", "false"])
+                                      "--http_port", str(predictor_port), "--enable_grpc", "false"],
+                                     start_new_session=True)
         processes.append(("predictor", predictor))
         log.info("starting the predictor for %s on port %d", model_uri, predictor_port)
         if not _wait_ready("predictor", predictor, f"{predictor_url}/v2/models/{MODEL_NAME}/ready", stopping):
@@ -94,7 +99,8 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
         web_env = {**os.environ, "PREDICTOR_URL": predictor_url, "WEB_PORT": str(web_port),
                    "WEB_HOST": web_host}
         # From the repository root, `python -m flask_app` finds the package without installing it.
-        web = subprocess.Popen([sys.executable, "-m", "flask_app"], env=web_env, cwd=repo)
+        web = subprocess.Popen([sys.executable, "-m", "flask_app"], env=web_env, cwd=repo,
+                               start_new_session=True)
         processes.append(("web app", web))
         if not _wait_ready("web app", web, f"http://127.0.0.1:{web_port}/healthz", stopping):
             return 0 if stopping else 1
