@@ -178,7 +178,12 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
     client = mlflow.MlflowClient()
     try:
         version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        # A logged model's version resolves to its artifact location; a runs:/ source does not, so follow it.
         artifact_uri = client.get_model_version_download_uri(model_name, version.version)
+        if artifact_uri.startswith("runs:/"):
+            from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+            artifact_uri = RunsArtifactRepository.get_underlying_uri(artifact_uri)
     except MlflowException as exc:
         raise DeployError(f"no {CHAMPION_ALIAS} for model {model_name!r} in the registry: "
                           f"{exc.message.splitlines()[0]}") from None

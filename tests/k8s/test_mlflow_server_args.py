@@ -1,0 +1,124 @@
+"""The chart's MLflow server arguments run a real ``mlflow server``, and the champion's files land where
+the deploy stage's ``pvc://`` mapping points KServe."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+from k8s_helpers import find, render
+
+from stages import deploy
+
+STARTUP_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _server_from_chart(volume: Path) -> Iterator[tuple[str, int]]:
+    """Run the container's arguments, with the PVC mount (/mlflow) mapped to ``volume`` and a free port."""
+    pod = find(render("default"), "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]
+    port = _free_port()
+    args = [arg.replace("/mlflow", str(volume)).replace("--port=5000", f"--port={port}")
+            .replace("--host=0.0.0.0", "--host=127.0.0.1") for arg in pod["containers"][0]["args"]]
+    args = [a if not a.startswith("--workers=") else "--workers=1" for a in args]  # one core is enough here
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_"))}
+    log_file = volume / "server.log"
+    with log_file.open("w") as log:
+        # The image's ENTRYPOINT is "python -m"; the container args are the module and its arguments.
+        process = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            assert process.poll() is None, log_file.read_text()[-3000:]
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, log_file.read_text()[-3000:]
+            time.sleep(0.25)
+        yield url, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:
+    volume = tmp_path_factory.mktemp("mlflow-pvc")
+    with _server_from_chart(volume) as (url, port):
+        yield url, port, volume
+
+
+def test_the_service_names_are_accepted_and_other_hosts_refused(mlflow_server: tuple[str, int, Path]) -> None:
+    url, port, _ = mlflow_server
+    api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    for host in ("deepguard-mlflow", f"deepguard-mlflow:{port}", f"deepguard-mlflow.deepguard.svc:{port}",
+                 f"deepguard-mlflow.deepguard.svc.cluster.local:{port}", f"127.0.0.1:{port}"):
+        assert requests.get(api, headers={"Host": host}, timeout=30).status_code == 200, host
+    assert requests.get(api, headers={"Host": "attacker.example"}, timeout=30).status_code == 403
+    # Probes reach the pod by IP: /health must not depend on the Host header.
+    assert requests.get(f"{url}/health", headers={"Host": f"10.1.2.3:{port}"}, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("logged_as", ["logged_model", "run_artifacts"])
+def test_a_registered_model_lands_where_the_pvc_mapping_points(
+        mlflow_server: tuple[str, int, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        logged_as: str) -> None:
+    """register logs a MLflow 3 logged model (models:/m-...); older flows register runs:/ sources."""
+    import mlflow
+
+    url, _, volume = mlflow_server
+    model = tmp_path / "model"
+    (model / "data").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors: {}\n")
+    (model / "data" / "model.keras").write_bytes(logged_as.encode())
+    client = mlflow.MlflowClient(tracking_uri=url, registry_uri=url)
+    experiment = client.get_experiment_by_name("deepguard")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("deepguard")
+    if logged_as == "logged_model":
+        logged = client.create_logged_model(experiment_id, name="model")
+        client.log_model_artifacts(logged.model_id, str(model))  # uploaded through the proxy
+        source, run_id, model_id = f"models:/{logged.model_id}", None, logged.model_id
+    else:
+        run = client.create_run(experiment_id)
+        client.log_artifacts(run.info.run_id, str(model), artifact_path="model")
+        source, run_id, model_id = f"runs:/{run.info.run_id}/model", run.info.run_id, None
+    if not client.search_registered_models(filter_string="name='deepguard'"):
+        client.create_registered_model("deepguard")
+    version = client.create_model_version("deepguard", source=source, run_id=run_id, model_id=model_id)
+    client.set_registered_model_alias("deepguard", "champion", version.version)
+
+    settings = json.loads(find(render("default"), "ConfigMap", "deepguard-serving")["data"]["serving.json"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    for name in [n for n in os.environ if n.startswith("DAGSHUB_")]:
+        monkeypatch.delenv(name)
+    champion = deploy.read_champion("deepguard", settings["artifactUriMap"])
+    assert champion.version == str(version.version)
+    assert champion.artifact_uri.startswith("mlflow-artifacts:/")
+    parsed = urlparse(champion.storage_uri)
+    assert parsed.scheme == "pvc" and parsed.netloc == "deepguard-mlflow"  # the chart's MLflow claim
+    # The claim is mounted at /mlflow in the server pod: the mapped path must hold the model folder.
+    on_volume = volume / parsed.path.lstrip("/")
+    assert (on_volume / "MLmodel").is_file()
+    assert (on_volume / "data" / "model.keras").read_bytes() == logged_as.encode()
