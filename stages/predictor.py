@@ -434,7 +434,12 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, load the model and serve until SIGINT/SIGTERM."""
-    args = build_parser(model_server.parser).parse_args(argv)
+    parser = build_parser(model_server.parser)
+    args = parser.parse_args(argv)
+    if args.workers != 1:
+        # Each KServe worker process would need its own copy of the model and its own reload: scale with
+        # replicas (the InferenceService's) instead.
+        parser.error("--workers must be 1; run more replicas to scale out")
     configure_logging()
     try:
         model = DeepGuardModel(args.model_name, args.model_uri,

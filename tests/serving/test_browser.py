@@ -86,6 +86,27 @@ def synthetic_web(tiny_model, registered_model, tmp_path_factory):
             yield url
 
 
+def test_drag_and_drop_gives_the_verdict(browser, web, sample_images):
+    data = sample_images.probe[1]
+    expected = requests.post(f"{web.url}/api/predict", files={"image": ("d.jpg", data)}, timeout=60).json()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        page.goto(web.url)
+        # A real drop event on the drop zone, carrying the file, as a browser builds it for a dragged file.
+        page.evaluate("""(bytes) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], "dropped.jpg", {type: "image/jpeg"}));
+            const zone = document.getElementById("drop-zone");
+            const init = {dataTransfer: transfer, bubbles: true, cancelable: true};
+            zone.dispatchEvent(new DragEvent("dragover", init));
+            zone.dispatchEvent(new DragEvent("drop", init));
+        }""", list(data))
+        page.locator("#result").wait_for(state="visible", timeout=30_000)
+        assert page.locator("#verdict").get_attribute("data-label") == expected["label"]
+    finally:
+        page.close()
+
+
 def test_synthetic_model_shows_a_loud_notice(browser, synthetic_web, sample_images, tmp_path):
     image = tmp_path / "probe.jpg"
     image.write_bytes(sample_images.probe[0])
