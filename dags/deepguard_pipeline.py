@@ -114,13 +114,16 @@ OVERRIDES = {
     "data_source": "data.source",
     "sample_per_class": "data.sample_per_class",
 }
+_FROM_PARAMS_FILE = "(as in params.yaml)"
 PARAMS = {
     "architecture": Param(None, type=["null", "string"], enum=[None, *get_args(Architecture)],
+                          values_display={None: _FROM_PARAMS_FILE},
                           title="Architecture", description="Model architecture (empty: params.yaml)."),
     "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=500,
                     title="Epochs", description="Training epochs (empty: params.yaml)."),
     "data_source": Param(None, type=["null", "string"],
                          enum=[None, *get_args(DataParams.model_fields["source"].annotation)],
+                         values_display={None: _FROM_PARAMS_FILE},
                          title="Data source",
                          description="auto, kaggle, local or synthetic (empty: params.yaml)."),
     "sample_per_class": Param(None, type=["null", "integer"], minimum=1,
