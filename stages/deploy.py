@@ -482,6 +482,8 @@ def deploy_kserve(champion: Champion, settings: ServingSettings, services: Infer
         canary_percent = None
     manifest = to_manifest(build_inference_service(settings, services.namespace, champion, canary_percent))
     status, detail = rollout(services, manifest, canary_percent, timeout_s, poll_s)
+    if status in ("deployed", "unchanged"):
+        canary_percent = None  # a first revision or no change: no traffic was split
     return DeploymentResult(status=status, target=f"kserve:{services.namespace}/{settings.name}",
                             model_name=champion.model_name, version=champion.version,
                             storage_uri=champion.storage_uri, canary_percent=canary_percent, detail=detail)

@@ -144,7 +144,7 @@ def test_fake_k8s_first_deploy_creates_the_service_from_the_chart_settings(works
     with fake_kube_api(cluster, workspace / "kubeconfig"):
         result = _run(canary_percent=20, timeout_s=10)
 
-    assert result.status == "deployed"
+    assert result.status == "deployed" and result.canary_percent is None
     (create,) = cluster.calls("POST")
     assert "canaryTrafficPercent" not in create.body["spec"]["predictor"]  # nothing to split traffic with
     container = create.body["spec"]["predictor"]["containers"][0]
