@@ -7,7 +7,8 @@ import zipfile
 from collections.abc import Iterator
 
 import pytest
-from serving_helpers import (
+
+from .serving_helpers import (
     PROBE_PER_CLASS,
     SAMPLE_ZIP,
     TRAIN_PER_CLASS,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from serving_helpers import free_port, running, start_predictor
+
+from .serving_helpers import free_port, running, start_predictor
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -8,10 +8,11 @@ import threading
 import numpy as np
 import pytest
 import requests
-from serving_helpers import RegisteredModel, register_model, start_predictor, train_tiny_model
 
 from stages.imaging import decode_for_model
 from stages.modelstore import download_model, load_model_dir, predict_fake_probability
+
+from .serving_helpers import RegisteredModel, register_model, start_predictor, train_tiny_model
 
 TIMEOUT = 60
 

@@ -11,7 +11,8 @@ import sys
 import time
 
 import requests
-from serving_helpers import REPO, free_port
+
+from .serving_helpers import REPO, free_port
 
 
 def _listening(port: int) -> bool:
