@@ -67,8 +67,14 @@ def _strategy(gpus: int):  # -> a context manager: a distribution scope or a no-
 def _compile(model, params: TrainingParams, steps_per_epoch: int) -> None:
     import keras
 
+    total = max(1, params.epochs * steps_per_epoch)
+    warmup = total // 20  # a short warm-up keeps BatchNorm statistics sane at the peak learning rate
     schedule = keras.optimizers.schedules.CosineDecay(
-        params.learning_rate, decay_steps=max(1, params.epochs * steps_per_epoch), alpha=0.01
+        params.learning_rate / 10,
+        decay_steps=total - warmup,
+        alpha=0.01,
+        warmup_target=params.learning_rate,
+        warmup_steps=warmup,
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay),

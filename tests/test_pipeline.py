@@ -77,7 +77,7 @@ def test_second_repro_skips_and_a_training_param_reruns_train_onward_only(worksp
     assert "Running stage" not in again.stdout
     assert len(re.findall(r"didn't change, skipping", again.stdout)) == len(STAGE_NAMES)
     params = root / "params.yaml"
-    params.write_text(params.read_text().replace("learning_rate: 0.002", "learning_rate: 0.0015"))
+    params.write_text(params.read_text().replace("learning_rate: 0.003", "learning_rate: 0.0025"))
     changed = dvc(root, env, "repro")
     ran = re.findall(r"Running stage '(\w+)'", changed.stdout)
     assert ran == ["train", "evaluate", "register"]
