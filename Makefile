@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 UV_VERSION := 0.13.9
 UV := $(CURDIR)/.cache/uv-bin/bin/uv
 
-.PHONY: help setup run pipeline test bench lint dvc-yaml clean serve chromium
+.PHONY: help setup run pipeline test bench bench-full lint dvc-yaml clean serve chromium
 
 # make serve: the ports of the predictor and the web app (MODEL_URI in the environment serves another model).
 PREDICTOR_PORT ?= 8080
@@ -43,9 +43,17 @@ pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip 
 test: setup chromium k8s-check test-dags ## set up and run every test (what CI runs)
 	$(PY) -m pytest --ignore=tests/k8s  # tests/k8s already ran in k8s-check
 
-bench: setup ## benchmarks: baseline and ours, with ratios
-	$(PY) bench/pipeline_bench.py
+BENCH_DATA ?= $(CURDIR)/../shared/data/cifake.zip
+
+bench: setup setup-airflow ## benchmarks (baseline and ours, with ratios); bench-full adds the 99k-image pipeline
+	$(PY) bench/pipeline_bench.py memory --data $(BENCH_DATA)
+	$(PY) bench/pipeline_bench.py throughput --data $(BENCH_DATA)
+	$(PY) bench/architectures_bench.py --data $(BENCH_DATA) --train-per-class 2500 --epochs 3
 	$(PY) bench/serving_bench.py
+	$(AIRFLOW_VENV)/bin/python bench/dag_parse_bench.py
+
+bench-full: setup ## the whole pipeline on BENCH_DATA (default ../shared/data/cifake.zip): wall time, RSS, accuracy
+	$(PY) bench/pipeline_bench.py full --data $(BENCH_DATA)
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
