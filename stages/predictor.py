@@ -55,6 +55,7 @@ OUTPUT_LABEL = "label"
 # Batch sizes the model is traced for at load time, so the first real request pays no tracing.
 _WARMUP_BATCHES = (1, 2, 64)
 _VERSIONED_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/.*)?$")
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -127,7 +128,7 @@ def resolve_model(uri: str, dest: Path) -> tuple[Path, str]:
                 raise ModelLoadError(f"{uri}: cannot resolve alias: {exc}") from None
         # Download the resolved version, not the alias: the alias may move between the two calls.
         return download_model(f"models:/{name}/{version}", dest), version
-    if "://" in uri and not uri.startswith("file://"):
+    if _URI_SCHEME.match(uri) and not uri.startswith("file:"):  # runs:/..., s3://..., mlflow-artifacts:/...
         return download_model(uri, dest), os.environ.get(VERSION_ENV, "unknown")
     folder = Path(uri.removeprefix("file://"))
     if not folder.is_dir():
