@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_workspace, require_sample, run_stage, stage_env
 from PIL import Image
+from workspace import make_workspace, require_sample, run_stage, stage_env
 
 from stages import sources
 from stages.config import load_params

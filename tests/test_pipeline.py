@@ -9,7 +9,7 @@ import shutil
 import mlflow
 import numpy as np
 import pytest
-from conftest import TrainedWorkspace, dvc, run_stage, stage_env
+from workspace import TrainedWorkspace, dvc, run_stage, stage_env
 
 from stages.pipeline import STAGE_NAMES, dvc_yaml
 
@@ -19,7 +19,7 @@ def _client(uri: str) -> mlflow.MlflowClient:
 
 
 def test_committed_dvc_yaml_is_generated_from_the_stage_list() -> None:
-    from conftest import REPO
+    from workspace import REPO
 
     assert (REPO / "dvc.yaml").read_text() == dvc_yaml(), "run `make dvc-yaml` after editing the stage list"
 
