@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,39 @@ def test_drop_empty_options() -> None:
 
     assert drop_empty_options(["--params", "p", "--set", "", "--set", "a=1", "--set", ""]) == [
         "--params", "p", "--set", "a=1"]
+
+
+def test_killed_local_stage_stops_with_everything_it_started(dag: Any, tmp_path: Path) -> None:
+    import threading
+
+    from airflow.sdk.exceptions import AirflowException
+
+    task = render_task(dag, "ingest")
+    pid_file = tmp_path / "child.pid"
+    # A stage that starts a helper process, then hangs: a timeout or a kill must stop both.
+    script = ("import subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+              "open(sys.argv[1], 'w').write(str(child.pid))\n"
+              "time.sleep(120)\n")
+    killer = threading.Timer(3.0, task.on_kill)
+    killer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(AirflowException, match="exited with code"):
+            task._run([sys.executable, "-c", script, str(pid_file)], {"PATH": os.defpath})
+    finally:
+        killer.cancel()
+    assert time.monotonic() - started < 30, "the task hung after the kill"
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), f"the stage's child process {child} survived the kill"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for its reaper has stopped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
