@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import tempfile
@@ -11,13 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-DAGS_DIR = REPO / "dags"
-SHARED = REPO.parent / "shared"
-SAMPLE_ZIP = SHARED / "data" / "cifake-sample.zip"
-ML_PYTHON = REPO / ".venv" / "bin" / "python"
-DAG_ID = "deepguard_pipeline"
+from dagtools import DAG_ID, DAGS_DIR, ML_PYTHON, REPO
 
 # Airflow reads its configuration when first imported: point it at a throw-away home and our dags folder,
 # and drop the deployment settings of the user's shell so that the DAG parses with its defaults.
@@ -30,14 +23,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-class _UnsetVariables:
-    """Airflow's ``var.value`` accessor as it behaves with no Variable set: every lookup gets its default."""
-
-    @staticmethod
-    def get(key: str, default: Any = None) -> Any:
-        return default
-
-
 @pytest.fixture(scope="session")
 def dag() -> Any:
     """The DAG as the scheduler loads it: from a DagBag over the dags folder, with no import errors."""
@@ -46,29 +31,6 @@ def dag() -> Any:
     bag = DagBag(dag_folder=str(DAGS_DIR))
     assert bag.import_errors == {}, bag.import_errors
     return bag.dags[DAG_ID]
-
-
-def render_task(dag: Any, task_id: str, params: dict[str, Any] | None = None,
-                run_id: str = "manual__2026-01-02T03:04:05.678901+00:00") -> Any:
-    """A copy of the task with its templates rendered for a run with these DAG params.
-
-    Args:
-        dag: The loaded DAG.
-        task_id: Which task.
-        params: DAG params of the run (validated against the DAG's schema); defaults otherwise.
-        run_id: The run id the templates see.
-
-    Returns:
-        The rendered copy (the DAG's own task is left as parsed).
-    """
-    resolved = copy.deepcopy(dag.params)
-    for key, value in (params or {}).items():
-        resolved[key] = value
-    task = copy.deepcopy(dag.get_task(task_id))
-    context = {"run_id": run_id, "params": resolved.validate(), "var": {"value": _UnsetVariables()},
-               "dag": dag, "task": task}
-    task.render_template_fields(context, jinja_env=dag.get_template_env())
-    return task
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DAGS_DIR, REPO, render_task
+from dagtools import DAGS_DIR, REPO, render_task
 
 from stages.config import load_params
 from stages.pipeline import DEPLOY, STAGES, Stage

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DAG_ID, ML_PYTHON, REPO, SAMPLE_ZIP
+from dagtools import DAG_ID, ML_PYTHON, REPO, SAMPLE_ZIP
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,45 @@
+"""Helpers of the DAG tests: where things are, and a DAG task rendered for a run (no Airflow import here)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS_DIR = REPO / "dags"
+SHARED = REPO.parent / "shared"
+SAMPLE_ZIP = SHARED / "data" / "cifake-sample.zip"
+ML_PYTHON = REPO / ".venv" / "bin" / "python"
+DAG_ID = "deepguard_pipeline"
+
+
+class _UnsetVariables:
+    """Airflow's ``var.value`` accessor as it behaves with no Variable set: every lookup gets its default."""
+
+    @staticmethod
+    def get(key: str, default: Any = None) -> Any:
+        return default
+
+
+def render_task(dag: Any, task_id: str, params: dict[str, Any] | None = None,
+                run_id: str = "manual__2026-01-02T03:04:05.678901+00:00") -> Any:
+    """A copy of the task with its templates rendered for a run with these DAG params.
+
+    Args:
+        dag: The loaded DAG.
+        task_id: Which task.
+        params: DAG params of the run (validated against the DAG's schema); defaults otherwise.
+        run_id: The run id the templates see.
+
+    Returns:
+        The rendered copy (the DAG's own task is left as parsed).
+    """
+    resolved = copy.deepcopy(dag.params)
+    for key, value in (params or {}).items():
+        resolved[key] = value
+    task = copy.deepcopy(dag.get_task(task_id))
+    context = {"run_id": run_id, "params": resolved.validate(), "var": {"value": _UnsetVariables()},
+               "dag": dag, "task": task}
+    task.render_template_fields(context, jinja_env=dag.get_template_env())
+    return task
