@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -79,3 +84,51 @@ class TrainedWorkspace:
     model_name: str
     env: dict[str, str]
     repro_output: str
+
+
+STARTUP_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(command: list[str], ready_url: str, log_file: Path, env: dict[str, str],
+            cwd: Path = REPO, timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[subprocess.Popen]:
+    """Start a server process, wait (bounded) until ``ready_url`` answers 200, and stop it afterwards.
+
+    Args:
+        command: The server's command line.
+        ready_url: Polled until it answers 200.
+        log_file: Receives the server's stdout and stderr; quoted when it dies or never gets ready.
+        env: The complete environment of the server.
+        cwd: Its working folder (default: the repository).
+        timeout_s: How long it may take to become ready.
+    """
+    with log_file.open("w") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                log = log_file.read_text()[-4000:]
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(ready_url, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                log = log_file.read_text()[-4000:]
+                raise RuntimeError(f"{ready_url} not ready after {timeout_s} s:\n{log}")
+            time.sleep(0.25)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

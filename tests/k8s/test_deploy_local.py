@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import requests
 from k8s_helpers import REPO
+from workspace import free_port, running
 
 MODEL = "deepguard"
-STARTUP_TIMEOUT_S = 180
 
 
 def _register_untrained_model(tracking_uri: str, artifacts: Path, seed: int) -> str:
@@ -46,40 +44,17 @@ def _register_untrained_model(tracking_uri: str, artifacts: Path, seed: int) -> 
     return version
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _predictor(tracking_uri: str, log_file: Path) -> Iterator[str]:
     """The real predictor (python -m stages.predictor) serving deepguard@champion on a free port."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "MLFLOW_"))}
     env.update(MLFLOW_TRACKING_URI=tracking_uri, TF_CPP_MIN_LOG_LEVEL="3")
-    with log_file.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "stages.predictor", "--model-uri",
-                                    f"models:/{MODEL}@champion", "--http_port", str(port), "--enable_grpc",
-                                    "false"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"predictor exited:\n{log_file.read_text()[-3000:]}"
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/v2/models/{MODEL}/ready", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"predictor not ready:\n{log_file.read_text()[-3000:]}"
-            time.sleep(0.25)
+    command = [sys.executable, "-m", "stages.predictor", "--model-uri", f"models:/{MODEL}@champion",
+               "--http_port", str(port), "--enable_grpc", "false"]
+    with running(command, f"{url}/v2/models/{MODEL}/ready", log_file, env):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def _served(url: str) -> list[str]:

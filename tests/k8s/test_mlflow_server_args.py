@@ -6,10 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,50 +14,25 @@ from urllib.parse import urlparse
 import pytest
 import requests
 from k8s_helpers import find, render
+from workspace import free_port, running
 
 from stages import deploy
-
-STARTUP_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
 def _server_from_chart(volume: Path) -> Iterator[tuple[str, int]]:
     """Run the container's arguments, with the PVC mount (/mlflow) mapped to ``volume`` and a free port."""
     pod = find(render("default"), "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]
-    port = _free_port()
+    port = free_port()
     args = [arg.replace("/mlflow", str(volume)).replace("--port=5000", f"--port={port}")
             .replace("--host=0.0.0.0", "--host=127.0.0.1") for arg in pod["containers"][0]["args"]]
     args = [a if not a.startswith("--workers=") else "--workers=1" for a in args]  # one core is enough here
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_"))}
-    log_file = volume / "server.log"
-    with log_file.open("w") as log:
-        # The image's ENTRYPOINT is "python -m"; the container args are the module and its arguments.
-        process = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert process.poll() is None, log_file.read_text()[-3000:]
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, log_file.read_text()[-3000:]
-            time.sleep(0.25)
+    # The image's ENTRYPOINT is "python -m"; the container args are the module and its arguments.
+    with running([sys.executable, "-m", *args], f"{url}/health", volume / "server.log", env, cwd=volume,
+                 timeout_s=120):
         yield url, port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

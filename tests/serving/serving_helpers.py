@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import requests
+from workspace import free_port  # noqa: F401  (re-exported for the serving tests)
+from workspace import running as _running
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_ZIP = REPO / ".." / "shared" / "data" / "cifake-sample.zip"
 MODEL_NAME = "deepguard"
 TRAIN_PER_CLASS = 200
 PROBE_PER_CLASS = 8
-STARTUP_TIMEOUT_S = 180
 
 
 @dataclass(frozen=True)
@@ -102,42 +99,10 @@ def register_model(model, tracking_uri: str, *, threshold: float, synthetic_data
     return version
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_ready(process: subprocess.Popen, url: str, log_file: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_file.read_text()[-4000:]}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} not ready after {STARTUP_TIMEOUT_S} s:\n{log_file.read_text()[-4000:]}")
-
-
-@contextlib.contextmanager
 def running(command: list[str], ready_url: str, log_file: Path,
-            env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """Start ``command`` in the repository root, wait for ``ready_url`` to answer 200, stop it afterwards."""
-    with log_file.open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    try:
-        _wait_until_ready(process, ready_url, log_file)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+            env: dict[str, str]) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """:func:`workspace.running` with ``env`` added to this process's environment."""
+    return _running(command, ready_url, log_file, {**os.environ, **env})
 
 
 @dataclass(frozen=True)
