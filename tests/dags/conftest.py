@@ -17,6 +17,9 @@ from dagtools import DAG_ID, DAGS_DIR, ML_PYTHON, REPO
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="deepguard-airflow-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_DIR)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+# The first parse imports the cncf.kubernetes provider; on 2 busy CI cores that can pass Airflow's 30 s default.
+IMPORT_TIMEOUT = {"AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300"}
+os.environ.update(IMPORT_TIMEOUT)
 for _name in [name for name in os.environ if name.startswith("DEEPGUARD_")]:
     del os.environ[_name]
 if str(REPO) not in sys.path:
@@ -43,6 +46,7 @@ def airflow_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **IMPORT_TIMEOUT,
         "DEEPGUARD_LOCAL_RUNNER": "1",
         "DEEPGUARD_LOCAL_WORKSPACE": str(tmp_path / "workspace"),
         "DEEPGUARD_LOCAL_PYTHON": str(ML_PYTHON),
