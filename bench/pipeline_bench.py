@@ -135,8 +135,8 @@ def throughput(data: Path, images: int, steps: int) -> None:
 
     seed = images_per_second(x128, 128, True)
     ours = images_per_second(x32, params.data.image_size, False)
-    print(f"\n| recipe ({params.model.architecture}, batch {batch}, median of 3) | train img/s | dataset bytes "
-          "per image |\n|---|---:|---:|")
+    print(f"\n| recipe ({params.model.architecture}, batch {batch}, median of 3) | train img/s "
+          "| dataset bytes per image |\n|---|---:|---:|")
     print(f"| seed: float32 upsampled to 128x128 | {seed:.0f} | {128 * 128 * 3 * 4} |")
     print(f"| ours: uint8 32x32, scaling in the model | {ours:.0f} | {32 * 32 * 3} |")
     print(f"\nspeed-up x{ours / seed:.1f}; dataset on disk /{128 * 128 * 3 * 4 / (32 * 32 * 3):.0f}")

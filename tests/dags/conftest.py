@@ -17,7 +17,7 @@ from dagtools import DAG_ID, DAGS_DIR, ML_PYTHON, REPO
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="deepguard-airflow-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_DIR)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-# The first parse imports the cncf.kubernetes provider; on 2 busy CI cores that can pass Airflow's 30 s default.
+# The first parse imports the cncf.kubernetes provider: on 2 busy CI cores it can pass the 30 s default.
 IMPORT_TIMEOUT = {"AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300"}
 os.environ.update(IMPORT_TIMEOUT)
 for _name in [name for name in os.environ if name.startswith("DEEPGUARD_")]:
