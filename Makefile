@@ -40,7 +40,7 @@ pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip 
 	$(PY) -m stages.ingest --locate
 	$(VENV)/bin/dvc repro
 
-test: setup chromium k8s-check test-dags dag-test ## set up and run every test (what CI runs)
+test: setup lint chromium k8s-check test-dags dag-test ## set up and run every test (what CI runs)
 	$(PY) -m pytest --ignore=tests/k8s  # tests/k8s already ran in k8s-check
 
 BENCH_DATA ?= $(CURDIR)/../shared/data/cifake.zip
