@@ -66,11 +66,13 @@ def build_model_folder(dest: Path) -> str:
 
     params = load_params(REPO / "params.yaml")
     try:
-        from stages.architectures import build_model
+        from stages.architectures import build_model, with_flip_averaging
 
         model = build_model(params.model.architecture, image_size=32, dropout=params.model.dropout,
                             pretrained_weights="none", augmentation=params.augmentation, mean=[0.5] * 3,
                             variance=[0.06] * 3, seed=0)
+        if params.model.test_time_flip:
+            model = with_flip_averaging(model)
     except ImportError:  # before stages.architectures existed: a comparable small CNN
         import keras
 

@@ -56,6 +56,7 @@ class ModelParams(_Section):
     architecture: Architecture
     pretrained_weights: str
     dropout: float = Field(ge=0.0, lt=1.0)
+    test_time_flip: bool
 
 
 class TrainingParams(_Section):

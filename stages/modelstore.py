@@ -63,6 +63,8 @@ def load_keras(path: Path):  # -> keras.Model; keras imported lazily so importin
     """Load a ``.keras`` file for inference."""
     import keras
 
+    import stages.architectures  # noqa: F401  (registers DeepGuard's custom layers for deserialisation)
+
     if not path.is_file():
         raise ModelLoadError(f"{path}: model file not found")
     return keras.saving.load_model(path, compile=False)

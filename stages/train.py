@@ -111,7 +111,7 @@ def run(params: Params) -> dict:
     import keras
     import mlflow
 
-    from stages.architectures import build_model
+    from stages.architectures import build_model, with_flip_averaging
 
     train_x, train_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "train"))
     val_x, val_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "val"))
@@ -192,6 +192,9 @@ def run(params: Params) -> dict:
             verbose=1 if sys.stdout.isatty() else 2,
         )
         seconds = time.perf_counter() - started
+        if params.model.test_time_flip:
+            best_model = keras.saving.load_model(checkpoint, compile=False)
+            with_flip_averaging(best_model).save(checkpoint)
         val_auc = history.history["val_auc"]
         best = int(np.argmax(val_auc))
         summary = {

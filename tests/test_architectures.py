@@ -116,6 +116,32 @@ def test_saved_and_reloaded_model_gives_identical_predictions_with_augmentation_
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), first, rtol=0, atol=1e-6)
 
 
+def test_flip_averaged_model_scores_the_mean_of_image_and_mirror_image() -> None:
+    model = _build("DeepGuardCNN")
+    averaged = architectures.with_flip_averaging(model)
+    images, _ = _batch(6, seed=4)
+    mirrored = images[:, :, ::-1]
+    expected = (model.predict(images, verbose=0) + model.predict(mirrored, verbose=0)) / 2
+    scores = averaged.predict(images, verbose=0)
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(averaged.predict(mirrored, verbose=0), scores, rtol=0, atol=1e-6)
+    assert not np.allclose(model.predict(mirrored, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    assert averaged.inputs[0].dtype == "uint8" and averaged.outputs[0].dtype == "float32"
+    assert averaged.count_params() == model.count_params(), "the wrapper shares the trained weights"
+
+
+def test_flip_averaged_model_reloads_through_modelstore(tmp_path: Path) -> None:
+    from stages.modelstore import load_keras
+
+    averaged = architectures.with_flip_averaging(_build("DeepGuardCNN"))
+    images, _ = _batch(4, seed=5)
+    averaged.save(tmp_path / "model.keras")
+    reloaded = load_keras(tmp_path / "model.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0), averaged.predict(images, verbose=0), rtol=0, atol=1e-6
+    )
+
+
 def test_augmentation_is_active_in_training_mode() -> None:
     model = _build("DeepGuardCNN", augmentation=FULL_AUGMENTATION)
     images, _ = _batch(8, seed=4)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from workspace import TrainedWorkspace, dvc, run_stage, stage_env
 
+from stages.modelstore import load_keras
 from stages.pipeline import STAGE_NAMES, dvc_yaml
 
 
@@ -61,6 +62,8 @@ def test_pipeline_outputs_are_declared_and_complete(trained_workspace: TrainedWo
     assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
     registration = json.loads((root / "reports/registration.json").read_text())
     assert registration["promoted"] is True
+    model = load_keras(root / "models/model.keras")
+    assert model.get_layer("mirror"), "model.test_time_flip: true wraps the trained model in flip averaging"
 
 
 @pytest.fixture()
@@ -91,8 +94,11 @@ def test_gate_registers_a_worse_challenger_without_promoting_it(workspace_copy) 
     client = _client(env["MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias("deepguard", "champion")
     # Deliberately worse: zero the output layer, so every image gets the same score (ROC-AUC 0.5).
-    model = keras.saving.load_model(root / "models/model.keras", compile=False)
-    output = model.get_layer("fake_probability")
+    model = load_keras(root / "models/model.keras")
+    # The trained network sits inside the flip-averaging wrapper.
+    trained = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    output = trained.get_layer("fake_probability")
+    assert output.get_weights(), "the trained Dense output layer"
     output.set_weights([np.zeros_like(w) for w in output.get_weights()])
     model.save(root / "models/model.keras")
     run_stage("evaluate", root, env)
