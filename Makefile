@@ -48,7 +48,8 @@ BENCH_DATA ?= $(CURDIR)/../shared/data/cifake.zip
 bench: setup setup-airflow ## benchmarks (baseline and ours, with ratios); bench-full adds the 99k-image pipeline
 	$(PY) bench/pipeline_bench.py memory --data $(BENCH_DATA)
 	$(PY) bench/pipeline_bench.py throughput --data $(BENCH_DATA)
-	$(PY) bench/architectures_bench.py --data $(BENCH_DATA) --train-per-class 2500 --epochs 3
+	$(PY) bench/architectures_bench.py --data $(BENCH_DATA) --train-per-class 10000 --epochs 5 \
+		--architectures DeepGuardCNN SimpleCNN DeeperCNN EfficientStyleCNN
 	$(PY) bench/serving_bench.py
 	$(AIRFLOW_VENV)/bin/python bench/dag_parse_bench.py
 

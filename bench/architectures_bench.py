@@ -114,9 +114,9 @@ def main() -> None:
     """Parse arguments, train each architecture, print the table with ratios to the default."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAKE zip (train|test/REAL|FAKE)")
-    parser.add_argument("--train-per-class", type=int, default=2500)
+    parser.add_argument("--train-per-class", type=int, default=10000)
     parser.add_argument("--val-per-class", type=int, default=1000, help="drawn from the zip's test/ split")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=0.002)
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
