@@ -21,6 +21,7 @@ from stages.atomic import atomic_path, read_json, write_json
 from stages.cli import run_stage, stage_parser
 from stages.config import Params, TrainingParams
 from stages.features import FEATURES_FILE
+from stages.modelstore import load_keras
 from stages.pipeline import DATA_REPORT, FEATURES_DIR, FIGURES_DIR, MODEL_DIR, PROCESSED_DIR, TRAINING_REPORT
 from stages.shards import load_split
 
@@ -193,8 +194,7 @@ def run(params: Params) -> dict:
         )
         seconds = time.perf_counter() - started
         if params.model.test_time_flip:
-            best_model = keras.saving.load_model(checkpoint, compile=False)
-            with_flip_averaging(best_model).save(checkpoint)
+            with_flip_averaging(load_keras(checkpoint)).save(checkpoint)
         val_auc = history.history["val_auc"]
         best = int(np.argmax(val_auc))
         summary = {
