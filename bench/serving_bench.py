@@ -65,24 +65,13 @@ def build_model_folder(dest: Path) -> str:
     from stages.config import load_params
 
     params = load_params(REPO / "params.yaml")
-    try:
-        from stages.architectures import build_model, with_flip_averaging
+    from stages.architectures import build_model, with_flip_averaging
 
-        model = build_model(params.model.architecture, image_size=32, dropout=params.model.dropout,
-                            pretrained_weights="none", augmentation=params.augmentation, mean=[0.5] * 3,
-                            variance=[0.06] * 3, seed=0)
-        if params.model.test_time_flip:
-            model = with_flip_averaging(model)
-    except ImportError:  # before stages.architectures existed: a comparable small CNN
-        import keras
-
-        inputs = keras.Input((32, 32, 3), dtype="uint8")
-        x = keras.layers.Rescaling(1 / 255)(inputs)
-        for filters in (32, 64, 128):
-            x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-            x = keras.layers.MaxPooling2D()(x)
-        outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
-        model = keras.Model(inputs, outputs, name="SmallCNN")
+    model = build_model(params.model.architecture, image_size=32, dropout=params.model.dropout,
+                        pretrained_weights="none", augmentation=params.augmentation, mean=[0.5] * 3,
+                        variance=[0.06] * 3, seed=0)
+    if params.model.test_time_flip:
+        model = with_flip_averaging(model)
     metadata = ModelMetadata(threshold=0.5, image_size=32, architecture=model.name, data_source="bench",
                              synthetic_data=True)
     mlflow.keras.save_model(model, str(dest), metadata=metadata.to_dict(), pip_requirements=[])
