@@ -199,6 +199,16 @@ def _main(args: argparse.Namespace, params: Params) -> None:
         source = sources.locate(params.data)
         write_source_marker(source)
         log.info("data source: %s (%s; %s) -> %s", source.kind, source.location, source.reason, SOURCE_MARKER)
+        if source.synthetic and params.data.source == "auto":
+            # The first lines a newcomer sees: say the data is synthetic and offer real CIFAKE if it is here.
+            log.warning("%s", synthetic.SYNTHETIC_NOTICE)
+            for archive in sources.nearby_archives():
+                log.warning(
+                    "%s is beside this checkout; to use it instead, run: %s=%s make run",
+                    archive,
+                    sources.DATA_ENV,
+                    archive,
+                )
         return
     run(params)
 

@@ -25,6 +25,12 @@ DATA_ENV = "DEEPGUARD_DATA"
 SPLIT_FOLDERS: tuple[str, ...] = ("train", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 KAGGLE_CACHE = Path(".cache/kaggle")
+# Where this project keeps CIFAKE beside a checkout (../shared/data), full archive first: offered to a
+# newcomer whose run would otherwise fall back to synthetic data.
+NEARBY_ARCHIVES: tuple[Path, ...] = (
+    Path("../shared/data/cifake.zip"),
+    Path("../shared/data/cifake-sample.zip"),
+)
 
 
 class SourceError(DeepGuardError):
@@ -74,6 +80,11 @@ def kaggle_credentials_present() -> bool:
 def _path_fingerprint(path: Path) -> str:
     stat = path.stat()
     return f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+def nearby_archives() -> list[Path]:
+    """The CIFAKE archives of :data:`NEARBY_ARCHIVES` that exist, relative to the current folder."""
+    return [path for path in NEARBY_ARCHIVES if path.is_file()]
 
 
 def locate(params: DataParams) -> Source:
