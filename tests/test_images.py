@@ -142,7 +142,7 @@ def test_image_structure(dockerfile: Path) -> None:
     lock = LOCKS[_image(dockerfile)]
     build_copies = [src for stage in stages[:-1] for sources, _ in copies(stage) for src in sources]
     assert build_copies == [f"requirements/{lock}"], "the build stage sees only the lock file"
-    assert any("--no-deps" in run and "-r /tmp/" in run for stage in stages[:-1] for run in stage.all("RUN"))
+    assert any("--no-deps --require-hashes -r /tmp/" in run for stage in stages[:-1] for run in stage.all("RUN"))
     order = [instr + " " + args for instr, args in final.instructions if instr == "COPY"]
     assert order[0].startswith("COPY --from="), "the environment is copied before the code"
 
@@ -158,12 +158,37 @@ def test_copied_files_exist_and_are_in_the_build_context(dockerfile: Path) -> No
     assert not in_build_context("mlruns/mlflow.db")
 
 
-def test_gpu_image_swaps_tensorflow_cpu_for_the_same_tensorflow_version() -> None:
-    lock = (REPO / "requirements" / "stages.lock").read_text()
-    assert re.search(r"^tensorflow-cpu==\d", lock, re.MULTILINE), "the GPU image rewrites this line"
-    runs = " ".join(parse(IMAGES / "stage-gpu" / "Dockerfile")[1].all("RUN"))
-    assert "grep -v '^tensorflow-cpu=='" in runs and "s/^tensorflow-cpu==//p" in runs
+def test_gpu_image_swaps_tensorflow_cpu_for_the_same_tensorflow_version(tmp_path: Path) -> None:
+    lock = REPO / "requirements" / "stages.lock"
+    assert re.search(r"^tensorflow-cpu==\d", lock.read_text(), re.MULTILINE), "the GPU image rewrites this line"
+    (run,) = parse(IMAGES / "stage-gpu" / "Dockerfile")[1].all("RUN")[1:]
+    # Run the Dockerfile's own filter and version extraction on the real (hashed) lock.
+    filter_lock = run.split(" && uv pip install")[0]
+    tensorflow_version = re.search(r"\$\((sed -n .*?)\)\"", run)[1]
+    script = f"{filter_lock} && {tensorflow_version}".replace("/tmp/stages-gpu.lock", str(tmp_path / "gpu.lock"))
+    done = subprocess.run(["sh", "-c", script.replace("/tmp/stages.lock", str(lock))],
+                          capture_output=True, text=True, check=True)
+    version = re.search(r"^tensorflow-cpu==([^ ]+) ", lock.read_text(), re.MULTILINE)[1]
+    assert done.stdout.strip() == version
+    gpu_lock = (tmp_path / "gpu.lock").read_text()
+    assert "tensorflow-cpu" not in gpu_lock.replace("#   tensorflow-cpu", "")
+    assert _lock_names("stages.lock") - _hashed_pins(gpu_lock) == {"tensorflow-cpu"}
+    assert "--require-hashes -r /tmp/stages-gpu.lock" in run
     assert parse(IMAGES / "stage-gpu" / "Dockerfile")[-1].base.startswith("nvidia/cuda:")
+
+
+def _hashed_pins(text: str) -> set[str]:
+    """Normalized names of the pins in a lock that carry at least one --hash."""
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==[^ \n]+ \\\n\s+--hash=sha256:[0-9a-f]{64}", text, re.MULTILINE)
+    return {re.sub(r"[-_.]+", "-", name.lower()) for name in pins}
+
+
+@pytest.mark.parametrize("lock", ["dev.lock", "stages.lock", "web.lock", "airflow.lock"])
+def test_every_pin_of_every_lock_carries_a_hash(lock: str) -> None:
+    # Installs run with --require-hashes (Makefile, Dockerfiles): one unhashed pin would fail the build.
+    names = _lock_names(lock)
+    assert len(names) > 10
+    assert names == _hashed_pins((REPO / "requirements" / lock).read_text())
 
 
 def _lock_names(lock: str) -> set[str]:
