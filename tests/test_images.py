@@ -142,7 +142,8 @@ def test_image_structure(dockerfile: Path) -> None:
     lock = LOCKS[_image(dockerfile)]
     build_copies = [src for stage in stages[:-1] for sources, _ in copies(stage) for src in sources]
     assert build_copies == [f"requirements/{lock}"], "the build stage sees only the lock file"
-    assert any("--no-deps --require-hashes -r /tmp/" in run for stage in stages[:-1] for run in stage.all("RUN"))
+    runs = [run for stage in stages[:-1] for run in stage.all("RUN")]
+    assert any("--no-deps --require-hashes -r /tmp/" in run for run in runs)
     order = [instr + " " + args for instr, args in final.instructions if instr == "COPY"]
     assert order[0].startswith("COPY --from="), "the environment is copied before the code"
 
@@ -160,16 +161,17 @@ def test_copied_files_exist_and_are_in_the_build_context(dockerfile: Path) -> No
 
 def test_gpu_image_swaps_tensorflow_cpu_for_the_same_tensorflow_version(tmp_path: Path) -> None:
     lock = REPO / "requirements" / "stages.lock"
-    assert re.search(r"^tensorflow-cpu==\d", lock.read_text(), re.MULTILINE), "the GPU image rewrites this line"
+    version = re.search(r"^tensorflow-cpu==([^ ]+) ", lock.read_text(), re.MULTILINE)
+    assert version, "the GPU image rewrites this line"
     (run,) = parse(IMAGES / "stage-gpu" / "Dockerfile")[1].all("RUN")[1:]
     # Run the Dockerfile's own filter and version extraction on the real (hashed) lock.
     filter_lock = run.split(" && uv pip install")[0]
     tensorflow_version = re.search(r"\$\((sed -n .*?)\)\"", run)[1]
-    script = f"{filter_lock} && {tensorflow_version}".replace("/tmp/stages-gpu.lock", str(tmp_path / "gpu.lock"))
-    done = subprocess.run(["sh", "-c", script.replace("/tmp/stages.lock", str(lock))],
-                          capture_output=True, text=True, check=True)
-    version = re.search(r"^tensorflow-cpu==([^ ]+) ", lock.read_text(), re.MULTILINE)[1]
-    assert done.stdout.strip() == version
+    script = f"{filter_lock} && {tensorflow_version}"
+    script = script.replace("/tmp/stages-gpu.lock", str(tmp_path / "gpu.lock"))
+    script = script.replace("/tmp/stages.lock", str(lock))
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == version[1]
     gpu_lock = (tmp_path / "gpu.lock").read_text()
     assert "tensorflow-cpu" not in gpu_lock.replace("#   tensorflow-cpu", "")
     assert _lock_names("stages.lock") - _hashed_pins(gpu_lock) == {"tensorflow-cpu"}
