@@ -33,15 +33,19 @@ def _credentials_to_env(uri: str) -> str:
     ("View run ... at") holds no secret. Variables already set win, as they do in MLflow.
 
     Returns:
-        The URI without userinfo (also written back to MLFLOW_TRACKING_URI for child processes).
+        The URI without userinfo (also written back to MLFLOW_TRACKING_URI for child processes), or the URI
+        unchanged when it has a user but no password.
     """
     parts = urlsplit(uri)
     if "@" not in parts.netloc:
         return uri
-    if parts.username:
-        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username))
-    if parts.password is not None:
-        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+    if parts.password is None:
+        # A bare token as the user (http://token@host): MLflow sends basic auth only with a password, so the
+        # URI keeps it (requests sends it) and MLflow is told not to print the URI in its run links.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
     clean = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     os.environ["MLFLOW_TRACKING_URI"] = clean
     return clean

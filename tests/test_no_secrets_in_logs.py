@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -103,3 +104,43 @@ def test_local_deploy_reports_and_logs_predictor_url_without_credentials(
     assert result.endpoint == redact_credentials(url) and "***@127.0.0.1" in result.target
     assert "no predictor is running at http://***@127.0.0.1" in caplog.text
     assert SECRET not in caplog.text + repr(result)
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "username", "password"),
+    [("pipeline:s3cret-token", "pipeline", SECRET), ("pipe%40line:s3cret%2Dtoken", "pipe@line", SECRET)],
+)
+def test_tracking_uri_credentials_move_to_mlflows_basic_auth_settings(
+    monkeypatch: pytest.MonkeyPatch, userinfo: str, username: str, password: str
+) -> None:
+    for name in ("DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "placeholder")  # recorded, so the values the code sets are undone
+        monkeypatch.delenv(name)
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://{userinfo}@127.0.0.1:{port}/prefix")
+    with pytest.raises(tracking.TrackingUnavailableError) as error:  # nothing listens; moved before the probe
+        tracking.resolve_tracking_uri()
+    assert SECRET not in str(error.value)
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{port}/prefix"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == (
+        username,
+        password,
+    )
+
+
+def test_a_bare_token_stays_in_the_uri_and_mlflow_prints_no_run_links(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "placeholder")
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    uri = f"http://{SECRET}@127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(tracking.TrackingUnavailableError) as error:
+        tracking.resolve_tracking_uri()
+    assert SECRET not in str(error.value)
+    assert os.environ["MLFLOW_TRACKING_URI"] == uri  # requests sends the token from the URI
+    assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
