@@ -32,6 +32,9 @@ def _credentials_to_env(uri: str) -> str:
     MLflow sends those as basic auth itself, so the URI it keeps, quotes in errors and prints in run links
     ("View run ... at") holds no secret. Variables already set win, as they do in MLflow.
 
+    Args:
+        uri: An http(s) tracking URI, possibly with percent-encoded ``user:password@``.
+
     Returns:
         The URI without userinfo (also written back to MLFLOW_TRACKING_URI for child processes), or the URI
         unchanged when it has a user but no password.
