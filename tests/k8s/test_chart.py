@@ -283,7 +283,8 @@ def test_mlflow_server_stores_on_its_pvc_or_postgres() -> None:
     assert find(objects, "PersistentVolumeClaim", "deepguard-mlflow")
     postgres = render("canary", mlflow__backendStore__type="postgres")
     pg = find(postgres, "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]["containers"][0]
-    assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in pg["args"]
+    # MLflow reads the Postgres URI (with its password) from the environment, never from its arguments.
+    assert not [arg for arg in pg["args"] if "backend-store-uri" in arg or "MLFLOW_BACKEND_STORE_URI" in arg]
     ref = next(e for e in pg["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "deepguard-mlflow", "key": "MLFLOW_BACKEND_STORE_URI"}
     # Postgres + S3: nothing left for a volume to hold.
