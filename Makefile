@@ -28,7 +28,7 @@ $(UV):
 
 $(VENV)/.installed: requirements/dev.lock | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet requirements/dev.lock
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet --require-hashes requirements/dev.lock
 	touch $@
 
 setup: $(VENV)/.installed ## create .venv from the lock file (stages, predictor, web app, test tools)
@@ -105,7 +105,7 @@ DAG_TEST_ENV := env -u MLFLOW_TRACKING_URI -u DAGSHUB_USERNAME -u DAGSHUB_TOKEN 
 
 $(AIRFLOW_VENV)/.installed: requirements/airflow.lock | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(AIRFLOW_VENV)
-	VIRTUAL_ENV=$(AIRFLOW_VENV) $(UV) pip sync --quiet requirements/airflow.lock
+	VIRTUAL_ENV=$(AIRFLOW_VENV) $(UV) pip sync --quiet --require-hashes requirements/airflow.lock
 	touch $@
 
 setup-airflow: $(AIRFLOW_VENV)/.installed ## create .venv-airflow from its lock (Airflow 3 + cncf.kubernetes provider)

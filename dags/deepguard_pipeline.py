@@ -30,7 +30,10 @@ DAG_ID = "deepguard_pipeline"
 
 # Names shared with the Helm chart and k8s/ (README: Deploying to Kubernetes).
 NAMESPACE = "deepguard"
+# Stage pods run as SERVICE_ACCOUNT without an API token; a stage marked kubernetes_api in the stage list
+# (deploy) runs as DEPLOY_SERVICE_ACCOUNT, the only one bound to a Role, with its token mounted.
 SERVICE_ACCOUNT = "deepguard-pipeline"
+DEPLOY_SERVICE_ACCOUNT = "deepguard-deploy"
 WORKSPACE_CLAIM = "deepguard-workspace"
 WORKSPACE_MOUNT = "/workspace"
 MLFLOW_SECRET = "deepguard-mlflow"
@@ -191,7 +194,8 @@ def stage_task(stage: Stage, *, extra: tuple[str, ...] = (), local_extra: tuple[
         name=f"deepguard-{stage.name}",
         doc_md=stage.description,
         namespace=NAMESPACE,
-        service_account_name=SERVICE_ACCOUNT,
+        service_account_name=DEPLOY_SERVICE_ACCOUNT if stage.kubernetes_api else SERVICE_ACCOUNT,
+        automount_service_account_token=stage.kubernetes_api,
         image=_IMAGE_TEMPLATE.format(var=image_var, default=image),
         image_pull_policy="IfNotPresent",
         cmds=stage.command,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stages.config import PARAMS_FILE, Params, load_params
-from stages.errors import DeepGuardError
+from stages.errors import DeepGuardError, redact_credentials
 
 log = logging.getLogger("deepguard")
 
@@ -36,14 +36,28 @@ def stage_parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+class RedactCredentials(logging.Filter):
+    """Applies :func:`redact_credentials` to every record a handler writes, ours and the libraries'."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a message that quotes a URL with credentials; never drops a record."""
+        message = record.getMessage()
+        redacted = redact_credentials(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
 def configure_logging() -> None:
-    """Log to stdout once, in the entry point; quiet the chattiest libraries."""
+    """Log to stdout once, in the entry point, never with URL credentials; quiet the chattiest libraries."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stdout,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactCredentials())
     for noisy in ("urllib3", "git", "matplotlib", "PIL", "h5py", "absl", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

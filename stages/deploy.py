@@ -31,7 +31,7 @@ import yaml
 from stages.atomic import write_json
 from stages.cli import run_stage, stage_parser
 from stages.config import Params
-from stages.errors import DeepGuardError
+from stages.errors import DeepGuardError, redact_credentials
 from stages.pipeline import DEPLOYMENT_FILE
 
 log = logging.getLogger(__name__)
@@ -498,14 +498,15 @@ def deploy_local(champion: Champion, url: str, model: str, timeout_s: float) -> 
     """Make the running local predictor reload the champion and check the version it then serves."""
     import requests
 
-    result = DeploymentResult(status="reloaded", target=f"local:{url}", model_name=champion.model_name,
-                              version=champion.version, storage_uri=champion.artifact_uri, endpoint=url)
+    shown = redact_credentials(url)  # the report and the log never carry PREDICTOR_URL's user:password
+    result = DeploymentResult(status="reloaded", target=f"local:{shown}", model_name=champion.model_name,
+                              version=champion.version, storage_uri=champion.artifact_uri, endpoint=shown)
     try:
         response = requests.post(f"{url}/v2/repository/models/{model}/load", timeout=timeout_s)
     except requests.ConnectionError:
         log.info("no predictor is running at %s: nothing to reload; `make serve` will serve the champion "
-                 "(version %s) when it starts", url, champion.version)
-        result.status, result.detail = "no_predictor", f"no predictor at {url}"
+                 "(version %s) when it starts", shown, champion.version)
+        result.status, result.detail = "no_predictor", f"no predictor at {shown}"
         return result
     except requests.RequestException as exc:
         raise DeployError(f"reload request to {url} failed: {type(exc).__name__}") from None

@@ -53,6 +53,8 @@ class Stage:
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
     uncached: tuple[str, ...] = field(default=())
+    # Only a stage that calls the Kubernetes API gets a ServiceAccount token in its pod (least privilege).
+    kubernetes_api: bool = False
 
     @property
     def module(self) -> str:
@@ -163,6 +165,7 @@ DEPLOY = Stage(
     deps=("stages/deploy.py",),
     params=("mlflow",),
     resources=_SMALL,
+    kubernetes_api=True,
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

@@ -9,10 +9,10 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from stages.config import MlflowParams
-from stages.errors import DeepGuardError
+from stages.errors import DeepGuardError, redact_credentials
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,34 @@ PROBE_TIMEOUT_S = 5
 
 class TrackingUnavailableError(DeepGuardError):
     """The tracking server cannot be reached or refused us."""
+
+
+def _credentials_to_env(uri: str) -> str:
+    """Move the ``user:password@`` of a tracking URI into MLFLOW_TRACKING_USERNAME / _PASSWORD.
+
+    MLflow sends those as basic auth itself, so the URI it keeps, quotes in errors and prints in run links
+    ("View run ... at") holds no secret. Variables already set win, as they do in MLflow.
+
+    Args:
+        uri: An http(s) tracking URI, possibly with percent-encoded ``user:password@``.
+
+    Returns:
+        The URI without userinfo (also written back to MLFLOW_TRACKING_URI for child processes), or the URI
+        unchanged when it has a user but no password.
+    """
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    if parts.password is None:
+        # A bare token as the user (http://token@host): MLflow sends basic auth only with a password, so the
+        # URI keeps it (requests sends it) and MLflow is told not to print the URI in its run links.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+    clean = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    os.environ["MLFLOW_TRACKING_URI"] = clean
+    return clean
 
 
 def local_tracking_uri(root: Path | None = None) -> str:
@@ -59,7 +87,7 @@ def _dagshub() -> str:
 
     dagshub.auth.add_app_token(os.environ["DAGSHUB_TOKEN"])
     dagshub.init(repo_owner=owner, repo_name=repo, mlflow=True)
-    return os.environ.get("MLFLOW_TRACKING_URI", f"{DAGSHUB_HOST}/{owner}/{repo}.mlflow")
+    return _credentials_to_env(os.environ.get("MLFLOW_TRACKING_URI", f"{DAGSHUB_HOST}/{owner}/{repo}.mlflow"))
 
 
 def resolve_tracking_uri() -> str:
@@ -76,7 +104,8 @@ def resolve_tracking_uri() -> str:
         uri = local_tracking_uri()
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return uri
-    if urlparse(uri).scheme in ("http", "https"):
+    if urlsplit(uri).scheme in ("http", "https"):
+        uri = _credentials_to_env(uri)
         _probe(uri, "/health")
     return uri
 
@@ -91,7 +120,7 @@ def setup(params: MlflowParams):  # -> mlflow.entities.Experiment
 
     uri = resolve_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    log.info("MLflow tracking at %s, experiment %r", uri, params.experiment)
+    log.info("MLflow tracking at %s, experiment %r", redact_credentials(uri), params.experiment)
     try:
         experiment = mlflow.get_experiment_by_name(params.experiment)
         if experiment is None:

@@ -141,8 +141,11 @@ def test_image_structure(dockerfile: Path) -> None:
     # Locked dependencies are installed in an earlier stage, from the lock alone, before any code is copied.
     lock = LOCKS[_image(dockerfile)]
     build_copies = [src for stage in stages[:-1] for sources, _ in copies(stage) for src in sources]
-    assert build_copies == [f"requirements/{lock}"], "the build stage sees only the lock file"
-    assert any("--no-deps" in run and "-r /tmp/" in run for stage in stages[:-1] for run in stage.all("RUN"))
+    # The GPU image adds the hashed lock of TensorFlow's GPU wheel.
+    locks = [lock, "tensorflow-gpu.lock"] if _image(dockerfile) == "stage-gpu" else [lock]
+    assert build_copies == [f"requirements/{name}" for name in locks], "the build stage sees only lock files"
+    runs = [run for stage in stages[:-1] for run in stage.all("RUN")]
+    assert any("--no-deps --require-hashes -r /tmp/" in run for run in runs)
     order = [instr + " " + args for instr, args in final.instructions if instr == "COPY"]
     assert order[0].startswith("COPY --from="), "the environment is copied before the code"
 
@@ -158,12 +161,36 @@ def test_copied_files_exist_and_are_in_the_build_context(dockerfile: Path) -> No
     assert not in_build_context("mlruns/mlflow.db")
 
 
-def test_gpu_image_swaps_tensorflow_cpu_for_the_same_tensorflow_version() -> None:
-    lock = (REPO / "requirements" / "stages.lock").read_text()
-    assert re.search(r"^tensorflow-cpu==\d", lock, re.MULTILINE), "the GPU image rewrites this line"
-    runs = " ".join(parse(IMAGES / "stage-gpu" / "Dockerfile")[1].all("RUN"))
-    assert "grep -v '^tensorflow-cpu=='" in runs and "s/^tensorflow-cpu==//p" in runs
+def test_gpu_image_swaps_tensorflow_cpu_for_the_same_tensorflow_version(tmp_path: Path) -> None:
+    lock = REPO / "requirements" / "stages.lock"
+    cpu = re.search(r"^tensorflow-cpu==([^ ]+) ", lock.read_text(), re.MULTILINE)
+    gpu = re.search(r"^tensorflow==([^ ]+) ", (REPO / "requirements" / "tensorflow-gpu.lock").read_text(),
+                    re.MULTILINE)
+    assert cpu and gpu and gpu[1] == cpu[1], "tensorflow-gpu.in must pin the locked tensorflow-cpu version"
+    (run,) = parse(IMAGES / "stage-gpu" / "Dockerfile")[1].all("RUN")[1:]
+    assert "--no-deps --require-hashes -r /tmp/stages-gpu.lock -r /tmp/tensorflow-gpu.lock" in run
+    # Run the Dockerfile's own filter on the real (hashed) lock: only tensorflow-cpu's block goes.
+    filter_lock = run.split(" && uv pip install")[0]
+    script = filter_lock.replace("/tmp/stages-gpu.lock", str(tmp_path / "gpu.lock"))
+    subprocess.run(["sh", "-c", script.replace("/tmp/stages.lock", str(lock))], check=True)
+    gpu_lock = (tmp_path / "gpu.lock").read_text()
+    assert "tensorflow-cpu" not in gpu_lock.replace("#   tensorflow-cpu", "")
+    assert _lock_names("stages.lock") - _hashed_pins(gpu_lock) == {"tensorflow-cpu"}
     assert parse(IMAGES / "stage-gpu" / "Dockerfile")[-1].base.startswith("nvidia/cuda:")
+
+
+def _hashed_pins(text: str) -> set[str]:
+    """Normalized names of the pins in a lock that carry at least one --hash."""
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==[^ \n]+ \\\n\s+--hash=sha256:[0-9a-f]{64}", text, re.MULTILINE)
+    return {re.sub(r"[-_.]+", "-", name.lower()) for name in pins}
+
+
+@pytest.mark.parametrize("lock", sorted(path.name for path in (REPO / "requirements").glob("*.lock")))
+def test_every_pin_of_every_lock_carries_a_hash(lock: str) -> None:
+    # Installs run with --require-hashes (Makefile, Dockerfiles): one unhashed pin would fail the build.
+    names = _lock_names(lock)
+    assert names
+    assert names == _hashed_pins((REPO / "requirements" / lock).read_text())
 
 
 def _lock_names(lock: str) -> set[str]:

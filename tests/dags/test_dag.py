@@ -111,7 +111,13 @@ def test_rendered_pod(dag: Any, stage: Stage) -> None:
     assert pod.metadata.namespace == "deepguard"
     assert pod.metadata.name.startswith(f"deepguard-{stage.name}-")
     assert pod.metadata.labels["deepguard.io/stage"] == stage.name
-    assert pod.spec.service_account_name == "deepguard-pipeline"
+    # Least privilege: only deploy gets an API token, as the ServiceAccount the chart binds to its Role.
+    if stage is DEPLOY:
+        assert pod.spec.service_account_name == "deepguard-deploy"
+        assert pod.spec.automount_service_account_token is True
+    else:
+        assert pod.spec.service_account_name == "deepguard-pipeline"
+        assert pod.spec.automount_service_account_token is False
 
     resources = container.resources
     assert resources.requests == {"cpu": stage.resources.cpu, "memory": stage.resources.memory}

@@ -207,7 +207,7 @@ def test_names_are_the_ones_the_dag_and_the_deploy_stage_use() -> None:
 
 def test_pipeline_rbac_is_least_privilege() -> None:
     objects = render("default")
-    deploy_role = find(objects, "Role", "deepguard-pipeline")
+    deploy_role = find(objects, "Role", "deepguard-deploy")
     rules = {(r["apiGroups"][0], r["resources"][0]): r for r in deploy_role["rules"]}
     assert set(rules) == {("serving.kserve.io", "inferenceservices"), ("", "configmaps")}
     isvc_verbs = sorted(rules["serving.kserve.io", "inferenceservices"]["verbs"])
@@ -225,7 +225,26 @@ def test_pipeline_rbac_is_least_privilege() -> None:
     binding = find(objects, "RoleBinding", "deepguard-pod-launcher")
     airflow_worker = {"kind": "ServiceAccount", "name": "airflow-worker", "namespace": "airflow"}
     assert binding["subjects"] == [airflow_worker]
-    assert find(objects, "RoleBinding", "deepguard-pipeline")["subjects"][0]["name"] == "deepguard-pipeline"
+    deploy_sa = {"kind": "ServiceAccount", "name": "deepguard-deploy", "namespace": NAMESPACE}
+    assert find(objects, "RoleBinding", "deepguard-deploy")["subjects"] == [deploy_sa]
+
+
+def test_only_the_deploy_service_account_has_a_role_and_a_token() -> None:
+    objects = render("default")
+    assert find(objects, "ServiceAccount", "deepguard-pipeline")["automountServiceAccountToken"] is False
+    assert find(objects, "ServiceAccount", "deepguard-deploy")["automountServiceAccountToken"] is True
+    bindings = [o for o in objects if o["kind"] in {"RoleBinding", "ClusterRoleBinding"}]
+    bound = [(o["metadata"]["name"], s["name"]) for o in bindings for s in o["subjects"]
+             if s.get("namespace") == NAMESPACE]
+    assert bound == [("deepguard-deploy", "deepguard-deploy")], "only deploy may be bound in its namespace"
+    assert not [o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+
+
+def test_stage_and_deploy_service_accounts_must_differ() -> None:
+    done = helm("template", "deepguard", str(CHART), "-n", NAMESPACE,
+                "--set", "pipeline.serviceAccount.deployName=deepguard-pipeline", check=False)
+    assert done.returncode != 0
+    assert "pipeline.serviceAccount.deployName must differ from pipeline.serviceAccount.name" in done.stderr
 
 
 def test_network_policies_cover_every_workload() -> None:
@@ -264,7 +283,8 @@ def test_mlflow_server_stores_on_its_pvc_or_postgres() -> None:
     assert find(objects, "PersistentVolumeClaim", "deepguard-mlflow")
     postgres = render("canary", mlflow__backendStore__type="postgres")
     pg = find(postgres, "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]["containers"][0]
-    assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in pg["args"]
+    # MLflow reads the Postgres URI (with its password) from the environment, never from its arguments.
+    assert not [arg for arg in pg["args"] if "backend-store-uri" in arg or "MLFLOW_BACKEND_STORE_URI" in arg]
     ref = next(e for e in pg["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "deepguard-mlflow", "key": "MLFLOW_BACKEND_STORE_URI"}
     # Postgres + S3: nothing left for a volume to hold.

@@ -89,6 +89,7 @@ def test_dag_uses_the_chart_names() -> None:
     dag = _dag_constants()
     assert dag["NAMESPACE"] == NAMESPACE
     assert dag["SERVICE_ACCOUNT"] == VALUES["pipeline"]["serviceAccount"]["name"]
+    assert dag["DEPLOY_SERVICE_ACCOUNT"] == VALUES["pipeline"]["serviceAccount"]["deployName"]
     assert dag["WORKSPACE_CLAIM"] == VALUES["pipeline"]["workspace"]["claimName"]
     dag_secrets = {dag["MLFLOW_SECRET"], dag["KAGGLE_SECRET"], dag["DAGSHUB_SECRET"]}
     assert dag_secrets == set(VALUES["secrets"].values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from urllib.parse import urlparse
 
 import pytest
 import requests
-from k8s_helpers import find, render
+from k8s_helpers import REPO, find, render
 from workspace import free_port, running
 
 from stages import deploy
@@ -94,3 +95,35 @@ def test_a_registered_model_lands_where_the_pvc_mapping_points(
     on_volume = volume / parsed.path.lstrip("/")
     assert (on_volume / "MLmodel").is_file()
     assert (on_volume / "data" / "model.keras").read_bytes() == logged_as.encode()
+
+
+def test_credentials_in_the_tracking_uri_are_used_but_never_printed(
+        mlflow_server: tuple[str, int, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A pod's MLFLOW_TRACKING_URI with credentials: MLflow gets them as basic auth, no output shows them."""
+    import mlflow
+
+    from stages import tracking
+    from stages.config import load_params
+
+    url, _, _ = mlflow_server
+    for name in [n for n in os.environ if n.startswith("DAGSHUB_")]:
+        monkeypatch.delenv(name)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "placeholder")  # recorded, so the values the code sets are undone
+        monkeypatch.delenv(name)
+    # A "/" in the password is percent-encoded in the URI, as URLs require.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url.replace("http://", "http://pipeline:s3cret%2Ftoken@"))
+    with caplog.at_level(logging.INFO):
+        experiment = tracking.setup(load_params(REPO / "params.yaml").mlflow)
+        with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
+            mlflow.log_param("epochs", 1)
+    out, err = capsys.readouterr()
+    # MLflow's own run link and our log name the server without the userinfo...
+    assert f"{url}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}" in out
+    assert f"MLflow tracking at {url}," in caplog.text
+    assert "s3cret" not in out + err + caplog.text
+    # ...and MLflow still has the credentials, in its basic-auth settings.
+    assert mlflow.get_tracking_uri() == url
+    credentials = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"])
+    assert credentials == ("pipeline", "s3cret/token")

@@ -1,0 +1,146 @@
+"""Credentials embedded in a URI (``http://user:secret@host``) never reach a log, an error or a report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+from workspace import REPO, free_port
+
+from stages import deploy, tracking
+from stages.cli import run_stage, stage_parser
+from stages.config import Params
+from stages.errors import DeepGuardError, redact_credentials
+
+SECRET = "s3cret-token"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"http://user:{SECRET}@127.0.0.1:9", "http://***@127.0.0.1:9"),
+        (f"https://{SECRET}@host/path?q=1", "https://***@host/path?q=1"),
+        # An unencoded "@" in the password: everything up to the last "@" before the host is userinfo.
+        (f"http://user:{SECRET}@x@host:5000/api", "http://***@host:5000/api"),
+        (
+            f"API request to 'postgresql://db:{SECRET}@pg:5432/mlflow' failed; see http://u:{SECRET}@h/x",
+            "API request to 'postgresql://***@pg:5432/mlflow' failed; see http://***@h/x",
+        ),
+        ("http://127.0.0.1:8080/v2/models/x@1", "http://127.0.0.1:8080/v2/models/x@1"),
+        ("sqlite:////tmp/mlruns/mlflow.db", "sqlite:////tmp/mlruns/mlflow.db"),
+    ],
+)
+def test_redact_credentials(text: str, expected: str) -> None:
+    assert redact_credentials(text) == expected
+
+
+def test_errors_never_show_url_credentials() -> None:
+    error = DeepGuardError(f"predictor at http://user:{SECRET}@127.0.0.1:9 refused the reload")
+    assert str(error) == "predictor at http://***@127.0.0.1:9 refused the reload"
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Give the root logger back as pytest set it up (the stage CLI reconfigures it with force=True)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_unreachable_tracking_uri_keeps_its_password_out_of_logs_and_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], root_logging: None
+) -> None:
+    """The stage CLI path that logs and prints the probe's failure, against a port nothing listens on."""
+    port = free_port()
+    for name in ("DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "placeholder")  # recorded, so the values the code sets are undone
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{SECRET}@127.0.0.1:{port}")
+
+    def main(args: argparse.Namespace, params: Params) -> None:
+        tracking.setup(params.mlflow)
+
+    argv = ["--params", str(REPO / "params.yaml")]
+    code = run_stage("register", main, stage_parser("register", "test"), argv)
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert f"MLflow tracking server http://127.0.0.1:{port} unreachable" in err  # the one-line CLI error
+    assert f"127.0.0.1:{port} unreachable" in out  # the same failure in the log
+    assert SECRET not in out + err
+
+
+def test_library_log_records_are_redacted_by_the_stage_logging(
+    capsys: pytest.CaptureFixture[str], root_logging: None
+) -> None:
+    from stages.cli import configure_logging
+
+    configure_logging()
+    logging.getLogger("urllib3.connectionpool").warning("Retrying %s", f"http://user:{SECRET}@127.0.0.1:9/x")
+    out = capsys.readouterr().out
+    assert "Retrying http://***@127.0.0.1:9/x" in out
+    assert SECRET not in out
+
+
+def test_local_deploy_reports_and_logs_predictor_url_without_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    champion = deploy.Champion(
+        model_name="deepguard",
+        version="3",
+        artifact_uri="mlflow-artifacts:/1/m",
+        storage_uri="mlflow-artifacts:/1/m",
+    )
+    url = f"http://user:{SECRET}@127.0.0.1:{free_port()}"  # nothing listens: deploy logs "no predictor"
+    with caplog.at_level(logging.INFO, logger="stages.deploy"):
+        result = deploy.deploy_local(champion, url, "deepguard", timeout_s=5)
+    assert result.status == "no_predictor"
+    assert result.endpoint == redact_credentials(url) and "***@127.0.0.1" in result.target
+    assert "no predictor is running at http://***@127.0.0.1" in caplog.text
+    assert SECRET not in caplog.text + repr(result)
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "username", "password"),
+    [("pipeline:s3cret-token", "pipeline", SECRET), ("pipe%40line:s3cret%2Dtoken", "pipe@line", SECRET)],
+)
+def test_tracking_uri_credentials_move_to_mlflows_basic_auth_settings(
+    monkeypatch: pytest.MonkeyPatch, userinfo: str, username: str, password: str
+) -> None:
+    for name in ("DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "placeholder")  # recorded, so the values the code sets are undone
+        monkeypatch.delenv(name)
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://{userinfo}@127.0.0.1:{port}/prefix")
+    with pytest.raises(tracking.TrackingUnavailableError) as error:  # nothing listens; moved before the probe
+        tracking.resolve_tracking_uri()
+    assert SECRET not in str(error.value)
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{port}/prefix"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == (
+        username,
+        password,
+    )
+
+
+def test_a_bare_token_stays_in_the_uri_and_mlflow_prints_no_run_links(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "placeholder")
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    uri = f"http://{SECRET}@127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(tracking.TrackingUnavailableError) as error:
+        tracking.resolve_tracking_uri()
+    assert SECRET not in str(error.value)
+    assert os.environ["MLFLOW_TRACKING_URI"] == uri  # requests sends the token from the URI
+    assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
