@@ -74,8 +74,15 @@ _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 # Room for the JSON around the base64 images in a request body.
 _BODY_OVERHEAD_BYTES = 64 * 1024
-# Error messages quote at most this much of what a client sent.
+# Error messages quote at most this much of what a client sent: a body is never echoed back.
+_MAX_QUOTE_CHARS = 60
 _MAX_MESSAGE_CHARS = 300
+
+
+def _quote(value: Any) -> str:
+    """``repr(value)``, cut short: names, datatypes and shapes in error messages come from the client."""
+    text = repr(value)
+    return text if len(text) <= _MAX_QUOTE_CHARS else text[:_MAX_QUOTE_CHARS] + "...'"
 
 
 def base64_length(size: int) -> int:
@@ -251,7 +258,7 @@ def load_served_model(uri: str) -> ServedModel:
     return served
 
 
-def binary_infer_request(body: bytes, json_length: int, model_name: str) -> InferRequest:
+def parse_infer_request(body: bytes, json_length: int, model_name: str) -> InferRequest:
     """Parse a V2 request: a JSON header of ``json_length`` bytes, then the tensors' bytes (binary extension).
 
     A plain JSON request is the case ``json_length == len(body)``.
@@ -282,10 +289,11 @@ def binary_infer_request(body: bytes, json_length: int, model_name: str) -> Infe
     start, inputs = json_length, []
     for i, tensor in enumerate(header["inputs"]):
         shape = tensor.get("shape") if isinstance(tensor, dict) else None
+        where = f"inputs[{i}]"
         # A non-object tensor has no shape, so the first test stops before .get() is called on it.
         if (not isinstance(shape, list) or not all(type(dim) is int for dim in shape)
                 or not isinstance(tensor.get("name"), str) or not isinstance(tensor.get("datatype"), str)):
-            raise InvalidInput(f'inputs[{i}]: expected {{"name": ..., "datatype": ..., "shape": [int, ...], '
+            raise InvalidInput(f'{where}: expected {{"name": ..., "datatype": ..., "shape": [int, ...], '
                                '"data": [...]}')
         parameters = tensor.get("parameters") or {}
         size = parameters.get("binary_data_size")
@@ -296,12 +304,11 @@ def binary_infer_request(body: bytes, json_length: int, model_name: str) -> Infe
             start += size
             dtype = to_np_dtype(tensor["datatype"])
             if dtype is None:
-                raise InvalidInput(f"input {tensor['name']!r}: unknown datatype {tensor['datatype']!r}")
+                raise InvalidInput(f"{where}: unknown datatype {_quote(tensor['datatype'])}")
             is_bytes = tensor["datatype"] == "BYTES"
             data = deserialize_bytes_tensor(raw) if is_bytes else np.frombuffer(raw, dtype)
         else:
-            raise InvalidInput(f"input {tensor.get('name')!r}: no data and no binary_data_size that fits the "
-                               "body")
+            raise InvalidInput(f"{where}: no data and no binary_data_size that fits the body")
         inputs.append(InferInput(tensor["name"], tensor["shape"], tensor["datatype"], data, parameters))
     if start != len(body):
         raise InvalidInput(f"the body has {len(body) - start} bytes after the tensors the header describes")
@@ -443,7 +450,7 @@ class DeepGuardModel(Model):
 
     def _v2_images(self, request: InferRequest, size: int) -> np.ndarray:
         if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
-            got = ", ".join(repr(tensor.name) for tensor in request.inputs) or "none"
+            got = ", ".join(_quote(tensor.name) for tensor in request.inputs[:3]) or "none"
             raise InvalidInput(f"expected one input named {INPUT_NAME!r} (BYTES [N] or UINT8 [N,H,W,3]), "
                                f"got {got}")
         tensor = request.inputs[0]
@@ -452,16 +459,17 @@ class DeepGuardModel(Model):
         if tensor.datatype == "BYTES":
             items = _flatten(tensor.as_numpy() if tensor.data is None else tensor.data)
             if len(shape) != 1 or shape[0] != len(items):
-                raise InvalidInput(f"{where}: shape {shape} does not match {len(items)} items; expected [N]")
+                raise InvalidInput(f"{where}: shape {_quote(shape)} does not match {len(items)} items; "
+                                   "expected [N]")
             self._check_count(len(items), where)
             return self._decode_files([(f"{where} item {i}", item) for i, item in enumerate(items)], size)
         if tensor.datatype == "UINT8":
             return self._v2_pixels(tensor, shape, where, size)
-        raise InvalidInput(f"{where}: datatype {tensor.datatype}; expected BYTES or UINT8")
+        raise InvalidInput(f"{where}: datatype {_quote(tensor.datatype)}; expected BYTES or UINT8")
 
     def _v2_pixels(self, tensor: Any, shape: list[int], where: str, size: int) -> np.ndarray:
         if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
-            raise InvalidInput(f"{where}: UINT8 shape {shape}; expected [N, H, W, 3]")
+            raise InvalidInput(f"{where}: UINT8 shape {_quote(shape)}; expected [N, H, W, 3]")
         self._check_count(shape[0], where)
         if shape[1] * shape[2] > self.limits.max_pixels:
             raise InvalidInput(f"{where}: {shape[2]}x{shape[1]} pixels exceeds the limit of "
@@ -553,7 +561,7 @@ class VersionedDataPlane(DataPlane):
         try:
             if isinstance(body, bytes):
                 json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, len(body)))
-                return binary_infer_request(body, json_length, model_name)
+                return parse_infer_request(body, json_length, model_name)
             return super().decode_inference_request(body, headers, model_name)
         except (KeyError, ValueError, TypeError, IndexError, struct.error, InferenceError) as exc:
             if isinstance(exc, InvalidInput):
@@ -589,7 +597,8 @@ class VersionPathMiddleware:
             served = getattr(model, "version", None)
             if served is None or match["version"] != served:
                 detail = f"serving version {served}" if served else "no such model"
-                message = f"model {match['name']!r} version {match['version']!r} is not served ({detail})"
+                message = (f"model {_quote(match['name'])} version {_quote(match['version'])} is not served "
+                           f"({detail})")
                 response = JSONResponse({"error": message}, status_code=404)
                 await response(scope, receive, send)
                 return

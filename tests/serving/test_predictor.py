@@ -250,6 +250,8 @@ def _request_cases(good: str) -> list[tuple[str, str, object, str]]:
         ("not an object", "v1", [1, 2, 3], "json object"),
         ("string data", "v2", {"inputs": [{**one, "data": "abc"}]}, ""),
         ("no inputs, 5 MB", "v2", {"image": "A" * 5_000_000}, "inputs"),
+        ("1 MB input name", "v2", {"inputs": [{**one, "name": "A" * 1_000_000}]}, "one input"),
+        ("1 MB datatype", "v2", {"inputs": [{**one, "datatype": "A" * 1_000_000}]}, "datatype"),
         ("input not an object", "v2", {"inputs": [1]}, "inputs[0]"),
         ("shape not a list", "v2", {"inputs": [{**one, "shape": None}]}, "shape"),
         ("uint8 over the request's pixels", "v2", {"inputs": [{"name": "image", "datatype": "UINT8",
@@ -267,6 +269,7 @@ def test_malformed_request_is_a_4xx(predictor, good_file, case):
         response = (v2_infer if protocol == "v2" else v1_predict)(predictor.url, json.dumps(body).encode())
     assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
     assert words in response.text.lower() if words.islower() else words in response.text, response.text
+    assert len(response.content) < 1000, "the error quotes the request back"
     _assert_still_serving(predictor, good_file)
 
 
