@@ -51,6 +51,7 @@ bench: setup setup-airflow ## benchmarks (baseline and ours, with ratios); bench
 	$(PY) bench/architectures_bench.py --data $(BENCH_DATA) --train-per-class 10000 --epochs 5 \
 		--architectures DeepGuardCNN SimpleCNN DeeperCNN EfficientStyleCNN
 	$(PY) bench/serving_bench.py
+	$(PY) bench/serving_liveness_bench.py
 	$(AIRFLOW_VENV)/bin/python bench/dag_parse_bench.py
 
 bench-full: setup ## the whole pipeline on BENCH_DATA (default ../shared/data/cifake.zip): wall time, RSS, accuracy

@@ -4,8 +4,10 @@ Run from the repository root: ``python bench/serving_bench.py [--requests 1000]`
 architecture (stages.architectures, untrained: latency does not depend on the weights), saves it as an MLflow
 model folder, starts ``python -m stages.predictor`` and the web app under gunicorn on free loopback ports,
 and prints one table: single-image latency p50/p99 over N sequential requests, images/s with 64 images per
-request, requests/s with 8 concurrent clients, each beside the in-process baseline with the ratio, and the
-5xx count. Baseline and served calls are interleaved, so both see the same background load.
+request, requests/s with 8 concurrent clients, each beside the in-process baseline with the ratio, the
+single-image requests/s of 8 concurrent clients beside one client's (the micro-batcher's gain; target
+>= 1.6x on 2 cores), and the 5xx count. Baseline and served calls are interleaved, so both see the same
+background load.
 """
 
 from __future__ import annotations
@@ -221,18 +223,26 @@ def main() -> int:
             base_one, v2, v1, web = interleaved([in_process_one, v2_one, v1_one, flask_one], args.requests)
             base_batch, batched = interleaved([in_process_batch, v2_batch], args.batches, warmup=3)
 
-            sessions = [requests.Session() for _ in range(CLIENTS)]
+            def clients_rps(clients: int, total: int) -> float:
+                """Requests/s of ``clients`` concurrent single-image clients sending ``total`` requests."""
+                sessions = [requests.Session() for _ in range(clients)]
 
-            def client(worker: int) -> None:
-                for i in range(worker, args.concurrent_requests, CLIENTS):
-                    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                                        "data": [encoded[i % len(encoded)]]}]}
-                    counter.check(sessions[worker].post(v2_url, json=body, timeout=60))
+                def client(worker: int) -> None:
+                    for i in range(worker, total, clients):
+                        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                            "data": [encoded[i % len(encoded)]]}]}
+                        counter.check(sessions[worker].post(v2_url, json=body, timeout=60))
 
-            start_time = time.perf_counter()
-            with ThreadPoolExecutor(CLIENTS) as pool:
-                list(pool.map(client, range(CLIENTS)))
-            concurrent_s = time.perf_counter() - start_time
+                start_time = time.perf_counter()
+                with ThreadPoolExecutor(clients) as pool:
+                    list(pool.map(client, range(clients)))
+                return total / (time.perf_counter() - start_time)
+
+            # One client before and after the eight, so both see the same background load on average.
+            quarter = args.concurrent_requests // 4
+            one_before = clients_rps(1, quarter)
+            concurrent_rps = clients_rps(CLIENTS, 2 * quarter)
+            one_rps = (one_before + clients_rps(1, quarter)) / 2
         finally:
             for process in processes:
                 process.terminate()
@@ -249,7 +259,6 @@ def main() -> int:
     base_ips = BATCH / statistics.median(base_batch)
     v2_ips = BATCH / statistics.median(batched)
     base_rps = 1 / statistics.median(base_one)
-    concurrent_rps = args.concurrent_requests / concurrent_s
 
     print()
     print(f"Serving benchmark: {architecture} (untrained), CIFAKE JPEGs, loopback, {os.cpu_count()} CPUs; "
@@ -262,6 +271,9 @@ def main() -> int:
           f"{v2_ips / base_ips:>15.2f}")
     print(f"{'requests/s, 8 concurrent clients (V2, 1 image)':<50} {base_rps:>9.0f} {concurrent_rps:>9.0f} "
           f"{concurrent_rps / base_rps:>15.2f}")
+    print(f"{'':<50} {'1 client':>9} {'8 clients':>9} {'8 / 1':>15}")
+    print(f"{'requests/s, single image (V2)':<50} {one_rps:>9.0f} {concurrent_rps:>9.0f} "
+          f"{concurrent_rps / one_rps:>15.2f}")
     print(f"5xx responses: {counter.errors_5xx}; other non-200: {counter.other}")
     return 0 if counter.errors_5xx == 0 and counter.other == 0 else 1
 

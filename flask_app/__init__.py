@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,8 @@ log = logging.getLogger("deepguard.web")
 
 DEFAULT_PREDICTOR_URL = "http://127.0.0.1:8080"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# Shorter than the chart's liveness probe period (10 s), so a hung predictor never holds a thread through it.
+DEFAULT_PREDICTOR_TIMEOUT_S = 5.0
 UPLOAD_FIELD = "image"
 
 # File signatures of the formats we forward. The predictor decodes with Pillow and has the final word;
@@ -54,6 +57,11 @@ def sniff_image_format(data: bytes) -> str | None:
     return None
 
 
+def web_threads() -> int:
+    """Threads per gunicorn worker: ``WEB_THREADS``, default 4 (gunicorn_conf.py reads it here too)."""
+    return int(os.environ.get("WEB_THREADS", "4"))
+
+
 def _error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 
@@ -63,7 +71,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     Args:
         config: Overrides; by default ``PREDICTOR_URL``, ``MAX_CONTENT_LENGTH`` (bytes) and
-            ``PREDICTOR_TIMEOUT_S`` come from the environment.
+            ``PREDICTOR_TIMEOUT_S`` come from the environment. ``PREDICTOR_SLOTS``: predictor calls one
+            worker makes at once (default: one less than its threads, so one is always free for ``/livez``).
 
     Returns:
         The Flask app (gunicorn entry: ``flask_app:create_app()``).
@@ -73,10 +82,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         PREDICTOR_URL=os.environ.get("PREDICTOR_URL", DEFAULT_PREDICTOR_URL),
         MODEL_NAME=os.environ.get("MODEL_NAME", "deepguard"),
         MAX_CONTENT_LENGTH=int(os.environ.get("MAX_CONTENT_LENGTH", DEFAULT_MAX_UPLOAD_BYTES)),
-        PREDICTOR_TIMEOUT_S=float(os.environ.get("PREDICTOR_TIMEOUT_S", "30")),
+        PREDICTOR_TIMEOUT_S=float(os.environ.get("PREDICTOR_TIMEOUT_S", DEFAULT_PREDICTOR_TIMEOUT_S)),
+        PREDICTOR_SLOTS=max(1, web_threads() - 1),
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})
+    # gunicorn queues requests for a worker's threads: were every thread waiting on a hung predictor, /livez
+    # would queue behind them and the pod get restarted. A request finding no free slot gets a 503 at once.
+    slots = threading.BoundedSemaphore(app.config["PREDICTOR_SLOTS"])
     client = PredictorClient(app.config["PREDICTOR_URL"], app.config["MODEL_NAME"],
                              app.config["PREDICTOR_TIMEOUT_S"])
     max_mb = app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
@@ -97,12 +110,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if sniff_image_format(data) is None:
             return _error(415, f"This file is not an image this service reads; upload a {ACCEPTED_FORMATS} "
                                "file.")
+        if not slots.acquire(blocking=False):
+            return _busy()
         try:
             prediction = client.predict(data)
         except PredictorError as exc:
             if exc.status >= 500:
                 log.warning("predictor error for %r: %s", upload.filename, exc.message)
             return _error(exc.status, exc.message)
+        finally:
+            slots.release()
         return jsonify({"label": prediction.label, "fake_probability": prediction.fake_probability,
                         "model_version": prediction.model_version,
                         "synthetic_data": prediction.synthetic_data})
@@ -114,10 +131,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
-        status = client.status()
+        if not slots.acquire(blocking=False):
+            return _busy()
+        try:
+            status = client.status()
+        finally:
+            slots.release()
         body = {"status": "ok" if status.ready else "unavailable", "predictor": status.detail,
                 "predictor_ready": status.ready, "model_version": status.model_version}
         return jsonify(body), 200 if status.ready else 503
+
+    def _busy() -> tuple[Response, int]:
+        response, status = _error(503, "The detector is busy with other uploads; try again in a moment.")
+        response.headers["Retry-After"] = "1"
+        return response, status
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 
-bind = f"{os.environ.get('WEB_HOST', '0.0.0.0')}:{os.environ.get('WEB_PORT', '5000')}"
+from flask_app import web_threads
+
+# Loopback unless told otherwise: the chart and the image set WEB_HOST=0.0.0.0.
+bind = f"{os.environ.get('WEB_HOST', '127.0.0.1')}:{os.environ.get('WEB_PORT', '5000')}"
 # The app waits on the predictor over HTTP, so threads (not more processes) carry the concurrency.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = web_threads()
 timeout = 60
 graceful_timeout = 10
 keepalive = 5

@@ -12,6 +12,8 @@ import requests
 # The predictor prefixes its messages with where the problem is ("input 'image' item 0: ..."); a web user
 # uploaded one file, so only the reason is shown.
 _ITEM_PREFIX = re.compile(r"^input '[^']*'(?: item \d+)?: ")
+# Readiness checks are cheap on a healthy predictor; a slow answer is as good as none for a probe.
+STATUS_TIMEOUT_S = 2.0
 
 
 class PredictorError(Exception):
@@ -45,7 +47,7 @@ class PredictorStatus:
 class PredictorClient:
     """Calls ``POST /v2/models/<name>/infer`` with one base64 image; keeps one connection per thread."""
 
-    def __init__(self, base_url: str, model_name: str = "deepguard", timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, model_name: str, timeout_s: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.timeout_s = timeout_s
@@ -100,10 +102,10 @@ class PredictorClient:
         """Ask the predictor whether the model is ready and which version it serves."""
         url = f"{self.base_url}/v2/models/{self.model_name}"
         try:
-            ready = self._session.get(f"{url}/ready", timeout=5)
+            ready = self._session.get(f"{url}/ready", timeout=STATUS_TIMEOUT_S)
             if ready.status_code != 200 or not ready.json().get("ready"):
                 return PredictorStatus(False, None, f"model not ready (HTTP {ready.status_code})")
-            versions = self._session.get(url, timeout=5).json().get("versions") or [None]
+            versions = self._session.get(url, timeout=STATUS_TIMEOUT_S).json().get("versions") or [None]
             return PredictorStatus(True, versions[0], "ready")
         except requests.RequestException as exc:
             return PredictorStatus(False, None, f"unreachable ({type(exc).__name__})")

@@ -71,7 +71,8 @@ class ServingSettings:
         "app.kubernetes.io/component": "predictor", "app.kubernetes.io/part-of": "deepguard"})
     deploymentMode: str = "Serverless"  # noqa: N815 - the chart's camelCase keys, one-to-one
     image: str = "ghcr.io/deepguard/predictor:0.1.0"
-    args: list[str] = field(default_factory=lambda: ["--model-uri", "/mnt/models"])
+    args: list[str] = field(default_factory=lambda: ["--model-uri", "/mnt/models", "--http-host", "0.0.0.0",
+                                                     "--no-reload"])
     imagePullPolicy: str = "IfNotPresent"  # noqa: N815
     imagePullSecrets: list[str] = field(default_factory=list)  # noqa: N815
     port: int = DEFAULT_PREDICTOR_PORT

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -16,6 +18,47 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 class ImageError(DeepGuardError):
     """Bytes that are not a usable image; the message says why."""
+
+
+@contextlib.contextmanager
+def _image_errors() -> Iterator[None]:
+    """Turn Pillow's exceptions into ``ImageError`` with a reason a user can read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"decompression bomb refused: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"corrupt or truncated image: {exc}") from None
+
+
+def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open image bytes lazily: format and size come from the header, no pixel is decoded yet.
+
+    Args:
+        data: The encoded file (JPEG, PNG, WebP, ... anything Pillow reads).
+        max_pixels: Refuse images whose header claims more pixels than this (decompression bombs).
+
+    Returns:
+        The opened image; ``load()`` decodes it.
+
+    Raises:
+        ImageError: for empty, non-image and oversized inputs.
+    """
+    if not data:
+        raise ImageError("empty file")
+    with _image_errors():
+        image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"decompression bomb refused: {width}x{height} pixels exceeds the limit of "
+                         f"{max_pixels} pixels")
+    return image
 
 
 def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -31,27 +74,9 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     Raises:
         ImageError: with a reason a user can read.
     """
-    if not data:
-        raise ImageError("empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(f"decompression bomb refused: {width}x{height} pixels exceeds the limit of "
-                                 f"{max_pixels} pixels")
-            image.load()
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"decompression bomb refused: {exc}") from None
-    except Image.DecompressionBombWarning as exc:
-        raise ImageError(f"decompression bomb refused: {exc}") from None
-    except Image.UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image: {exc}") from None
+    image = read_header(data, max_pixels=max_pixels)
+    with _image_errors():
+        image.load()
     return image
 
 

@@ -5,6 +5,11 @@ folder such as KServe's ``/mnt/models``) and serves it with ``kserve.ModelServer
 through ``stages.imaging.decode_for_model``, the function training's data went through, and the N images of a
 request are scored by one model call. ``POST /v2/repository/models/deepguard/load`` re-resolves the URI and
 swaps the new model in while requests keep being served.
+
+Nothing that costs CPU runs on the event loop: decoding runs in a thread pool sized to the cores and the model
+in its own thread, so health checks answer while the largest allowed request is decoded. Requests that arrive
+while the model is busy are scored together in its next call (:class:`MicroBatcher`). Every request has a
+budget checked before the work: body bytes (413), images, bytes per image and pixels per request (400).
 """
 
 from __future__ import annotations
@@ -13,27 +18,37 @@ import argparse
 import asyncio
 import base64
 import binascii
+import collections
 import logging
+import math
 import os
 import re
+import struct
 import sys
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer, model_server
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
-from starlette.responses import JSONResponse
+from kserve.protocol.infer_type import InferInput, RequestedOutput, deserialize_bytes_tensor
+from kserve.protocol.rest.v2_endpoints import V2Endpoints
+from kserve.utils.numpy_codec import to_np_dtype
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from stages.cli import configure_logging
 from stages.errors import DeepGuardError
-from stages.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_for_model, to_model_input
+from stages.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_for_model, read_header, to_model_input
 from stages.labels import decide, names
 from stages.modelstore import (
     ModelLoadError,
@@ -57,15 +72,42 @@ _WARMUP_BATCHES = (1, 2, 64)
 _VERSIONED_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/.*)?$")
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+# Room for the JSON around the base64 images in a request body.
+_BODY_OVERHEAD_BYTES = 64 * 1024
+# Error messages quote at most this much of what a client sent: a body is never echoed back.
+_MAX_QUOTE_CHARS = 60
+_MAX_MESSAGE_CHARS = 300
+
+
+def _quote(value: Any) -> str:
+    """``repr(value)``, cut short: names, datatypes and shapes in error messages come from the client."""
+    text = repr(value)
+    return text if len(text) <= _MAX_QUOTE_CHARS else text[:_MAX_QUOTE_CHARS] + "...'"
+
+
+def base64_length(size: int) -> int:
+    """Characters of the base64 encoding of ``size`` bytes."""
+    return 4 * math.ceil(size / 3)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may carry; beyond these the client gets a 400 naming the limit."""
+    """What one request may carry; beyond these the client gets a 413 (body) or a 400 naming the limit."""
 
     max_images: int = 512
     max_image_bytes: int = 10 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # All images of one request together: 120 files of 6000x6000 held the decoders for a minute.
+    max_request_pixels: int = 100_000_000
+    # None: max_images files of max_image_bytes each, base64-encoded, plus the JSON around them.
+    max_request_bytes: int | None = None
+
+    @property
+    def body_bytes(self) -> int:
+        """The largest request body accepted."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return self.max_images * base64_length(self.max_image_bytes) + _BODY_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -97,6 +139,72 @@ class _Scores:
     batch: _Batch
     probabilities: np.ndarray
     labels: list[str]
+
+
+@dataclass(frozen=True)
+class _Job:
+    served: ServedModel
+    images: np.ndarray
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Scores the images of concurrent requests in one model call, in a thread of its own.
+
+    No request waits for a timer: the first one is scored at once, and those that arrive while the model is
+    busy are scored together in its next call (Triton's dynamic batching with no queue delay). That amortises
+    the per-call overhead which otherwise caps single-image throughput at one client's rate.
+    """
+
+    def __init__(self, max_images: int) -> None:
+        self.max_images = max_images
+        self.calls = 0  # model calls made; a test compares it with the requests served
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._worker: asyncio.Task | None = None
+        # One thread: TensorFlow spreads one call over the cores itself; two calls would only contend.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepguard-model")
+
+    async def score(self, served: ServedModel, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """P(FAKE) and class names for ``images``, scored by ``served`` (possibly with other requests')."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Job(served, images, future))
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    def _next_batch(self) -> list[_Job]:
+        """Pending jobs of one model version, up to ``max_images`` images (always at least one job)."""
+        batch = [self._pending.popleft()]
+        count = len(batch[0].images)
+        while (self._pending and self._pending[0].served is batch[0].served
+               and count + len(self._pending[0].images) <= self.max_images):
+            batch.append(self._pending.popleft())
+            count += len(batch[-1].images)
+        return batch
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch = self._next_batch()
+                images = batch[0].images if len(batch) == 1 else np.concatenate([job.images for job in batch])
+                self.calls += 1
+                try:
+                    probabilities, labels = await loop.run_in_executor(self._executor, batch[0].served.score,
+                                                                       images)
+                except Exception as exc:  # the model failed: every request of this call gets the error
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
+                    continue
+                start = 0
+                for job in batch:
+                    end = start + len(job.images)
+                    if not job.future.done():  # done: cancelled because its client went away
+                        job.future.set_result((probabilities[start:end], labels[start:end]))
+                    start = end
+        finally:
+            self._worker = None
 
 
 def resolve_model(uri: str, dest: Path) -> tuple[Path, str]:
@@ -150,6 +258,66 @@ def load_served_model(uri: str) -> ServedModel:
     return served
 
 
+def parse_infer_request(body: bytes, json_length: int, model_name: str) -> InferRequest:
+    """Parse a V2 request: a JSON header of ``json_length`` bytes, then the tensors' bytes (binary extension).
+
+    A plain JSON request is the case ``json_length == len(body)``.
+
+    KServe 0.21's ``InferRequest.from_bytes`` re-encodes BYTES tensors as UTF-8 text, which fails for image
+    files ("Failed to encode"); here they stay ``bytes``. Tensors sent inside the JSON are kept as sent.
+
+    Args:
+        body: The whole request body.
+        json_length: The ``Inference-Header-Content-Length`` header.
+        model_name: The model the request is for.
+
+    Returns:
+        The request, BYTES tensors as NumPy arrays of ``bytes``.
+
+    Raises:
+        InvalidInput: when the header, a tensor's size or the body's length do not agree.
+    """
+    if not 0 < json_length <= len(body):
+        raise InvalidInput(f"{INFERENCE_CONTENT_LENGTH_HEADER} {json_length} is outside the body's "
+                           f"{len(body)} bytes")
+    try:
+        header = orjson.loads(body[:json_length])
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"invalid JSON: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput('expected a JSON object with an "inputs" list')
+    start, inputs = json_length, []
+    for i, tensor in enumerate(header["inputs"]):
+        shape = tensor.get("shape") if isinstance(tensor, dict) else None
+        where = f"inputs[{i}]"
+        # A non-object tensor has no shape, so the first test stops before .get() is called on it.
+        if (not isinstance(shape, list) or not all(type(dim) is int for dim in shape)
+                or not isinstance(tensor.get("name"), str) or not isinstance(tensor.get("datatype"), str)):
+            raise InvalidInput(f'{where}: expected {{"name": ..., "datatype": ..., "shape": [int, ...], '
+                               '"data": [...]}')
+        parameters = tensor.get("parameters") or {}
+        size = parameters.get("binary_data_size")
+        if "data" in tensor:
+            data = tensor["data"]
+        elif isinstance(size, int) and 0 <= size <= len(body) - start:
+            raw = body[start:start + size]
+            start += size
+            dtype = to_np_dtype(tensor["datatype"])
+            if dtype is None:
+                raise InvalidInput(f"{where}: unknown datatype {_quote(tensor['datatype'])}")
+            is_bytes = tensor["datatype"] == "BYTES"
+            data = deserialize_bytes_tensor(raw) if is_bytes else np.frombuffer(raw, dtype)
+        else:
+            raise InvalidInput(f"{where}: no data and no binary_data_size that fits the body")
+        inputs.append(InferInput(tensor["name"], tensor["shape"], tensor["datatype"], data, parameters))
+    if start != len(body):
+        raise InvalidInput(f"the body has {len(body) - start} bytes after the tensors the header describes")
+    outputs = [RequestedOutput(name=output["name"], parameters=output.get("parameters"))
+               for output in header.get("outputs") or []]
+    return InferRequest(model_name=model_name, request_id=header.get("id"), infer_inputs=inputs,
+                        parameters=header.get("parameters"), request_outputs=outputs or None)
+
+
 def _flatten(data: Any) -> list:
     """V2 tensors may be sent nested; the BYTES input is a flat list of N items."""
     if isinstance(data, np.ndarray):
@@ -169,6 +337,10 @@ class DeepGuardModel(Model):
         self.limits = limits
         self.served: ServedModel | None = None
         self._reload_lock = asyncio.Lock()
+        # Decoding is Pillow and NumPy, which release the GIL: one thread per core keeps the event loop free.
+        self.decode_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                               thread_name_prefix="deepguard-decode")
+        self.batcher = MicroBatcher(limits.max_images)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def load(self) -> bool:
@@ -213,26 +385,47 @@ class DeepGuardModel(Model):
         return payload
 
     # ---- request decoding ------------------------------------------------------------------------
-    def _decode_file(self, item: Any, where: str, size: int) -> np.ndarray:
+    def _file_bytes(self, item: Any, where: str) -> bytes:
         if isinstance(item, str):
-            # base64 is 4/3 of the payload: refuse oversized items before decoding them.
-            if len(item) > (self.limits.max_image_bytes * 4) // 3 + 4:
+            # Refuse oversized items before decoding their base64.
+            if len(item) > base64_length(self.limits.max_image_bytes):
                 raise InvalidInput(f"{where}: larger than the limit of {self.limits.max_image_bytes} bytes")
             try:
                 data = base64.b64decode(item, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise InvalidInput(f"{where}: invalid base64 ({exc})") from None
-        elif isinstance(item, bytes):
+        elif isinstance(item, bytes):  # the V2 binary extension carries the file itself
             data = item
         else:
             raise InvalidInput(f"{where}: expected a base64 string, got {type(item).__name__}")
         if len(data) > self.limits.max_image_bytes:
             raise InvalidInput(f"{where}: {len(data)} bytes exceeds the limit of "
                                f"{self.limits.max_image_bytes} bytes")
-        try:
-            return decode_for_model(data, size, max_pixels=self.limits.max_pixels)
-        except ImageError as exc:
-            raise InvalidInput(f"{where}: {exc}") from None
+        return data
+
+    def _check_request_pixels(self, pixels: int, count: int) -> None:
+        if pixels > self.limits.max_request_pixels:
+            raise InvalidInput(f"request: {count} images of {pixels} pixels in all exceed the limit of "
+                               f"{self.limits.max_request_pixels} pixels per request")
+
+    def _decode_files(self, items: list[tuple[str, Any]], size: int) -> np.ndarray:
+        """Decode ``(where, item)`` pairs; every header is read and the pixel budget checked first."""
+        files = [(where, self._file_bytes(item, where)) for where, item in items]
+        pixels = 0
+        for where, data in files:
+            try:
+                width, height = read_header(data, max_pixels=self.limits.max_pixels).size
+            except ImageError as exc:
+                raise InvalidInput(f"{where}: {exc}") from None
+            pixels += width * height
+        self._check_request_pixels(pixels, len(files))
+        images = []
+        for where, data in files:
+            try:
+                images.append(decode_for_model(data, size, max_pixels=self.limits.max_pixels))
+            except ImageError as exc:
+                raise InvalidInput(f"{where}: {exc}") from None
+        return np.stack(images)
 
     def _check_count(self, count: int, what: str) -> None:
         if count == 0:
@@ -246,18 +439,18 @@ class DeepGuardModel(Model):
         if not isinstance(instances, list):
             raise InvalidInput('expected {"instances": [{"image": {"b64": "<base64 image file>"}}, ...]}')
         self._check_count(len(instances), "instances")
-        images = []
+        items = []
         for i, instance in enumerate(instances):
             where = f"instances[{i}]"
             encoded = instance.get("image", instance) if isinstance(instance, dict) else None
             if not isinstance(encoded, dict) or "b64" not in encoded:
                 raise InvalidInput(f'{where}: expected {{"image": {{"b64": "<base64 image file>"}}}}')
-            images.append(self._decode_file(encoded["b64"], where, size))
-        return np.stack(images)
+            items.append((where, encoded["b64"]))
+        return self._decode_files(items, size)
 
     def _v2_images(self, request: InferRequest, size: int) -> np.ndarray:
         if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
-            got = ", ".join(repr(tensor.name) for tensor in request.inputs) or "none"
+            got = ", ".join(_quote(tensor.name) for tensor in request.inputs[:3]) or "none"
             raise InvalidInput(f"expected one input named {INPUT_NAME!r} (BYTES [N] or UINT8 [N,H,W,3]), "
                                f"got {got}")
         tensor = request.inputs[0]
@@ -266,21 +459,22 @@ class DeepGuardModel(Model):
         if tensor.datatype == "BYTES":
             items = _flatten(tensor.as_numpy() if tensor.data is None else tensor.data)
             if len(shape) != 1 or shape[0] != len(items):
-                raise InvalidInput(f"{where}: shape {shape} does not match {len(items)} items; expected [N]")
+                raise InvalidInput(f"{where}: shape {_quote(shape)} does not match {len(items)} items; "
+                                   "expected [N]")
             self._check_count(len(items), where)
-            return np.stack([self._decode_file(item, f"{where} item {i}", size)
-                             for i, item in enumerate(items)])
+            return self._decode_files([(f"{where} item {i}", item) for i, item in enumerate(items)], size)
         if tensor.datatype == "UINT8":
             return self._v2_pixels(tensor, shape, where, size)
-        raise InvalidInput(f"{where}: datatype {tensor.datatype}; expected BYTES or UINT8")
+        raise InvalidInput(f"{where}: datatype {_quote(tensor.datatype)}; expected BYTES or UINT8")
 
     def _v2_pixels(self, tensor: Any, shape: list[int], where: str, size: int) -> np.ndarray:
         if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
-            raise InvalidInput(f"{where}: UINT8 shape {shape}; expected [N, H, W, 3]")
+            raise InvalidInput(f"{where}: UINT8 shape {_quote(shape)}; expected [N, H, W, 3]")
         self._check_count(shape[0], where)
         if shape[1] * shape[2] > self.limits.max_pixels:
             raise InvalidInput(f"{where}: {shape[2]}x{shape[1]} pixels exceeds the limit of "
                                f"{self.limits.max_pixels} pixels")
+        self._check_request_pixels(shape[0] * shape[1] * shape[2], shape[0])
         try:
             values = np.asarray(tensor.as_numpy() if tensor.data is None else tensor.data)
             if values.size != int(np.prod(shape)) or not np.issubdtype(values.dtype, np.integer):
@@ -299,18 +493,21 @@ class DeepGuardModel(Model):
         return np.stack([to_model_input(Image.fromarray(image), size) for image in pixels])
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Batch:
-        """Decode every image of a V1 or V2 request; a bad item raises ``InvalidInput`` naming it."""
+        """Decode every image of a V1 or V2 request in the decode pool; a bad item raises ``InvalidInput``."""
         served = self.served  # one version scores the whole request, even if a reload lands meanwhile
         size = served.metadata.image_size
+        loop = asyncio.get_running_loop()
         if isinstance(payload, InferRequest):
-            return _Batch(served, self._v2_images(payload, size), payload)
+            images = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
+            return _Batch(served, images, payload)
         if isinstance(payload, dict):
-            return _Batch(served, self._v1_images(payload, size), None)
+            images = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
+            return _Batch(served, images, None)
         raise InvalidInput("expected a JSON object body (V1: {\"instances\": [...]})")
 
-    def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
-        """Score the whole batch in one model call."""
-        probabilities, labels = payload.served.score(payload.images)
+    async def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
+        """Score the request's images in one model call, shared with concurrent requests'."""
+        probabilities, labels = await self.batcher.score(payload.served, payload.images)
         return _Scores(payload, probabilities, labels)
 
     def postprocess(self, result: _Scores, headers: dict[str, str] | None = None,
@@ -357,13 +554,20 @@ class VersionedDataPlane(DataPlane):
     """KServe's data plane, plus the served version in ``GET /v2/models/<name>`` and typed decode errors."""
 
     def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> InferRequest:
-        """KServe's decoding; a malformed binary-extension request is the client's error (400), not a 500."""
+        """KServe's decoding, but binary BYTES stay bytes; a malformed request is a 400, not a 500.
+
+        A raw body without the binary-extension header is all JSON (:func:`infer_route` sends those).
+        """
         try:
+            if isinstance(body, bytes):
+                json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, len(body)))
+                return parse_infer_request(body, json_length, model_name)
             return super().decode_inference_request(body, headers, model_name)
-        except (KeyError, ValueError, TypeError, IndexError, InferenceError) as exc:
+        except (KeyError, ValueError, TypeError, IndexError, struct.error, InferenceError) as exc:
             if isinstance(exc, InvalidInput):
                 raise
-            raise InvalidInput(f"malformed inference request: {type(exc).__name__}: {exc}") from None
+            message = f"malformed inference request: {type(exc).__name__}: {exc}"
+            raise InvalidInput(message[:_MAX_MESSAGE_CHARS]) from None
 
     async def model_metadata(self, model_name: str) -> dict:
         """KServe's model metadata with ``versions`` and ``platform`` filled in."""
@@ -393,7 +597,8 @@ class VersionPathMiddleware:
             served = getattr(model, "version", None)
             if served is None or match["version"] != served:
                 detail = f"serving version {served}" if served else "no such model"
-                message = f"model {match['name']!r} version {match['version']!r} is not served ({detail})"
+                message = (f"model {_quote(match['name'])} version {_quote(match['version'])} is not served "
+                           f"({detail})")
                 response = JSONResponse({"error": message}, status_code=404)
                 await response(scope, receive, send)
                 return
@@ -402,15 +607,122 @@ class VersionPathMiddleware:
         await self.app(scope, receive, send)
 
 
+class BodyLimitMiddleware:
+    """Answers 413 to a request body over ``max_bytes`` before anything parses it.
+
+    A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as it arrives.
+    The body read here is handed on to the app, which would have buffered it whole anyway.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        message = f"request body larger than the limit of {self.max_bytes} bytes"
+        await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """ASGI entry: count the body of every HTTP request, then pass it on whole."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client disconnected
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:  # after the body, the app only waits for a disconnect
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class ReloadGuardMiddleware:
+    """Refuses KServe's model repository endpoints (``/v2/repository/...``) when reload is off.
+
+    In the cluster KServe rolls out a new revision for a new champion, so nothing needs the endpoint there;
+    Knative's queue-proxy forwards outside requests from inside the pod, so only switching it off keeps it
+    private.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """ASGI entry: 403 for ``/v2/repository/...``, everything else passes."""
+        if scope["type"] == "http" and scope.get("path", "").startswith("/v2/repository/"):
+            message = "model reload is switched off on this server (--no-reload); roll out a new revision"
+            await JSONResponse({"error": message}, status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def infer_route(dataplane: DataPlane, pool: ThreadPoolExecutor) -> Callable[..., Any]:
+    """``POST /v2/models/<name>/infer`` parsing the body in ``pool``, then handing over to KServe's endpoint.
+
+    FastAPI would parse the JSON body on the event loop: 20 MB of base64 images held every endpoint, liveness
+    included, for 100-300 ms. KServe's endpoint takes an already decoded ``InferRequest`` as it is.
+    """
+    endpoints = V2Endpoints(dataplane)
+
+    async def infer(raw_request: Request, raw_response: Response, model_name: str) -> Any:
+        body = await raw_request.body()
+        headers = dict(raw_request.headers)
+        request = await asyncio.get_running_loop().run_in_executor(
+            pool, dataplane.decode_inference_request, body, headers, model_name)
+        return await endpoints.infer(raw_request, raw_response, model_name, request)
+
+    return infer
+
+
+class DeepGuardServer(ModelServer):
+    """``kserve.ModelServer`` listening on ``http_host`` (KServe 0.21 always binds 0.0.0.0)."""
+
+    def __init__(self, http_host: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.http_host = http_host
+
+    async def _serve(self) -> None:
+        # start() has built the REST server but not started it; uvicorn reads the host when it binds.
+        self._rest_server.config.host = self.http_host
+        await super()._serve()
+
+
 def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer:
-    """Build a ``kserve.ModelServer`` whose model repository reloads ``model`` and reports its version."""
+    """Build the model server whose repository reloads ``model``, with the request guards in front."""
     repository = ReloadingRepository([model])
-    server = ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
-                         enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
-                         enable_latency_logging=args.enable_latency_logging, registered_models=repository)
+    server = DeepGuardServer(http_host=args.http_host, http_port=args.http_port, grpc_port=args.grpc_port,
+                             workers=1, enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
+                             enable_latency_logging=args.enable_latency_logging, registered_models=repository)
     # Replaced before start(): the REST server is built from server.dataplane in start().
     server.dataplane = VersionedDataPlane(model_registry=repository)
-    model_server.app.add_middleware(VersionPathMiddleware, repository=repository)
+    app = model_server.app
+    # Registered before start() adds KServe's routes, so this one answers the path.
+    app.add_api_route("/v2/models/{model_name}/infer", infer_route(server.dataplane, model.decode_pool),
+                      methods=["POST"], response_model=None)
+    app.add_middleware(VersionPathMiddleware, repository=repository)
+    if not args.reload:
+        app.add_middleware(ReloadGuardMiddleware)
+    # Added last, so it runs first: nothing reads a body over the limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.body_bytes)
     return server
 
 
@@ -421,6 +733,11 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--model-uri", "--model_uri", dest="model_uri", default=DEFAULT_MODEL_URI,
                         help="models:/name@alias, models:/name/<version>, or a local MLflow model folder "
                              f"(default: {DEFAULT_MODEL_URI})")
+    parser.add_argument("--http-host", "--http_host", dest="http_host", default="127.0.0.1",
+                        help="address to listen on; the cluster passes 0.0.0.0 (default: %(default)s)")
+    parser.add_argument("--reload", action=argparse.BooleanOptionalAction, default=True,
+                        help="serve POST /v2/repository/models/<name>/load, which `deploy --target local` "
+                             "uses; the cluster passes --no-reload (default: on)")
     limits = Limits()
     parser.add_argument("--max-images", "--max_images", dest="max_images", type=int,
                         default=limits.max_images, help="most images in one request (default: %(default)s)")
@@ -429,6 +746,12 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=int,
                         default=limits.max_pixels,
                         help="refuse images whose header claims more pixels (default: %(default)s)")
+    parser.add_argument("--max-request-pixels", "--max_request_pixels", dest="max_request_pixels", type=int,
+                        default=limits.max_request_pixels,
+                        help="refuse requests whose images claim more pixels in all (default: %(default)s)")
+    parser.add_argument("--max-request-bytes", "--max_request_bytes", dest="max_request_bytes", type=int,
+                        default=None, help="largest request body, answered with a 413 beyond it (default: "
+                                           "max-images files of max-image-bytes, base64-encoded)")
     parser.set_defaults(model_name=MODEL_NAME)
     return parser
 
@@ -444,7 +767,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         model = DeepGuardModel(args.model_name, args.model_uri,
-                               Limits(args.max_images, args.max_image_bytes, args.max_pixels))
+                               Limits(args.max_images, args.max_image_bytes, args.max_pixels,
+                                      args.max_request_pixels, args.max_request_bytes))
         model.load()
     except DeepGuardError as exc:
         log.error("predictor failed: %s", exc)

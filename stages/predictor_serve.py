@@ -2,7 +2,9 @@
 
 The predictor serves ``--model-uri`` (default: the champion) on ``PREDICTOR_PORT`` (8080); the web app runs
 under gunicorn on ``WEB_PORT`` (5000) and calls the predictor over loopback. Each runs in its own process, as
-in the cluster, so the web app never loads TensorFlow.
+in the cluster, so the web app never loads TensorFlow. Both listen on 127.0.0.1 unless ``WEB_HOST`` says
+otherwise (the predictor always: only the web app talks to it). A predictor that exits is started again, up to
+``MAX_RESTARTS`` times in a row with a doubling wait; the web app answers 503 meanwhile.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ log = logging.getLogger("deepguard.serve")
 
 STARTUP_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 30
+# Restarts of a predictor that keeps failing before it is ready again; the count resets once it is.
+MAX_RESTARTS = 5
+FIRST_BACKOFF_S = 1.0
 
 
 def _ready(url: str) -> bool:
@@ -69,11 +74,20 @@ def _stop(processes: list[tuple[str, subprocess.Popen]]) -> None:
     log.info("stopped the predictor and the web app")
 
 
+def _start_predictor(model_uri: str, port: int) -> subprocess.Popen:
+    # Own session: a terminal's Ctrl-C reaches only this supervisor, which stops the children in order.
+    process = subprocess.Popen([sys.executable, "-m", "stages.predictor", "--model-uri", model_uri,
+                                "--http_port", str(port), "--enable_grpc", "false"], start_new_session=True)
+    log.info("starting the predictor (pid %d) for %s on port %d", process.pid, model_uri, port)
+    return process
+
+
 def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> int:
-    """Start the predictor, then the web app; return when a signal arrives or a child exits.
+    """Start the predictor, then the web app; restart a predictor that exits; return on a signal.
 
     Returns:
-        0 after a clean stop on SIGINT/SIGTERM, 1 when a server failed to start or died.
+        0 after a clean stop on SIGINT/SIGTERM, 1 when a server failed to start, the web app died or the
+        predictor failed ``MAX_RESTARTS`` times in a row.
     """
     stopping: list[bool] = []
 
@@ -86,15 +100,11 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
     processes: list[tuple[str, subprocess.Popen]] = []
     repo = Path(__file__).resolve().parents[1]
     predictor_url = f"http://127.0.0.1:{predictor_port}"
+    predictor_ready_url = f"{predictor_url}/v2/models/{MODEL_NAME}/ready"
     web_url = f"http://{'localhost' if web_host in ('0.0.0.0', '127.0.0.1') else web_host}:{web_port}"
     try:
-        # Own sessions: a terminal's Ctrl-C reaches only this supervisor, which stops the children in order.
-        predictor = subprocess.Popen([sys.executable, "-m", "stages.predictor", "--model-uri", model_uri,
-                                      "--http_port", str(predictor_port), "--enable_grpc", "false"],
-                                     start_new_session=True)
-        processes.append(("predictor", predictor))
-        log.info("starting the predictor for %s on port %d", model_uri, predictor_port)
-        if not _wait_ready("predictor", predictor, f"{predictor_url}/v2/models/{MODEL_NAME}/ready", stopping):
+        processes.append(("predictor", _start_predictor(model_uri, predictor_port)))
+        if not _wait_ready("predictor", processes[0][1], predictor_ready_url, stopping):
             return 0 if stopping else 1
         web_env = {**os.environ, "PREDICTOR_URL": predictor_url, "WEB_PORT": str(web_port),
                    "WEB_HOST": web_host}
@@ -109,11 +119,30 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
         log.info("  predictor: http://localhost:%d (V1 /v1/models/%s:predict, V2 /v2/models/%s/infer)",
                  predictor_port, MODEL_NAME, MODEL_NAME)
         log.info("press Ctrl-C to stop both")
+        failures = 0
         while not stopping:
-            for name, process in processes:
-                if process.poll() is not None:
-                    log.error("%s exited with status %s; stopping", name, process.returncode)
+            if web.poll() is not None:
+                log.error("web app exited with status %s; stopping", web.returncode)
+                return 1
+            predictor = processes[0][1]
+            if predictor.poll() is not None:
+                failures += 1
+                if failures > MAX_RESTARTS:
+                    log.error("predictor exited %d times in a row; stopping", failures)
                     return 1
+                backoff = FIRST_BACKOFF_S * 2 ** (failures - 1)
+                log.error("predictor exited with status %s; restart %d of %d in %.0f s (the web app answers "
+                          "503 meanwhile)", predictor.returncode, failures, MAX_RESTARTS, backoff)
+                deadline = time.monotonic() + backoff
+                while time.monotonic() < deadline and not stopping:
+                    time.sleep(0.1)
+                if stopping:
+                    break
+                processes[0] = ("predictor", _start_predictor(model_uri, predictor_port))
+                if _wait_ready("predictor", processes[0][1], predictor_ready_url, stopping):
+                    log.info("predictor is serving again")
+                    failures = 0
+                continue
             time.sleep(0.5)
         return 0
     finally:
@@ -127,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="model to serve (default: MODEL_URI or %(default)s)")
     parser.add_argument("--predictor-port", type=int, default=int(os.environ.get("PREDICTOR_PORT", "8080")))
     parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "5000")))
-    parser.add_argument("--web-host", default=os.environ.get("WEB_HOST", "0.0.0.0"),
+    parser.add_argument("--web-host", default=os.environ.get("WEB_HOST", "127.0.0.1"),
                         help="address the web app listens on (default: %(default)s)")
     args = parser.parse_args(argv)
     configure_logging()

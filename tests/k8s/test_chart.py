@@ -328,3 +328,29 @@ def test_notes_render_with_the_next_commands(tmp_path) -> None:
         assert "airflow dags trigger deepguard_pipeline" in notes
         assert "curl -s http://deepguard.deepguard.svc.cluster.local/v2/models/deepguard" in notes
         assert "canaryTrafficPercent" in notes  # the roll-back command
+
+
+@pytest.mark.parametrize("values_set", ["gpu", "canary"])
+def test_predictor_listens_on_the_pod_address_with_reload_switched_off(values_set: str) -> None:
+    from kserve import model_server
+
+    from stages.predictor import build_parser
+
+    container = find(render(values_set), "InferenceService")["spec"]["predictor"]["containers"][0]
+    args = container["args"][1:] if container["args"][0] == "stages.predictor" else container["args"]
+    parsed = build_parser(model_server.parser).parse_args(args)
+    # The predictor's own default is loopback; in the pod the Service must reach it, the reload endpoint not.
+    assert parsed.http_host == "0.0.0.0"
+    assert parsed.reload is False
+
+
+def test_web_liveness_probe_outlasts_the_predictor_timeout() -> None:
+    from flask_app import DEFAULT_PREDICTOR_TIMEOUT_S
+
+    web = find(render("default"), "Deployment", "deepguard-web")
+    container = web["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["WEB_HOST"] == "0.0.0.0"
+    timeout_s = float(env.get("PREDICTOR_TIMEOUT_S") or DEFAULT_PREDICTOR_TIMEOUT_S)
+    # A web thread waiting on a hung predictor gives up before the next liveness probe is due.
+    assert timeout_s < container["livenessProbe"]["periodSeconds"]

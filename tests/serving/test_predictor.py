@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import socket
 import struct
+import threading
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,7 +21,7 @@ from PIL import Image
 from stages.imaging import decode_for_model
 from stages.labels import decide, names
 from stages.modelstore import download_model, load_model_dir, predict_fake_probability
-from stages.predictor import Limits
+from stages.predictor import Limits, MicroBatcher
 
 TIMEOUT = 60
 
@@ -244,10 +249,18 @@ def _request_cases(good: str) -> list[tuple[str, str, object, str]]:
         ("instances not a list", "v1", {"instances": "x"}, "instances"),
         ("not an object", "v1", [1, 2, 3], "json object"),
         ("string data", "v2", {"inputs": [{**one, "data": "abc"}]}, ""),
+        ("no inputs, 5 MB", "v2", {"image": "A" * 5_000_000}, "inputs"),
+        ("1 MB input name", "v2", {"inputs": [{**one, "name": "A" * 1_000_000}]}, "one input"),
+        ("1 MB datatype", "v2", {"inputs": [{**one, "datatype": "A" * 1_000_000}]}, "datatype"),
+        ("input not an object", "v2", {"inputs": [1]}, "inputs[0]"),
+        ("shape not a list", "v2", {"inputs": [{**one, "shape": None}]}, "shape"),
+        ("uint8 over the request's pixels", "v2", {"inputs": [{"name": "image", "datatype": "UINT8",
+                                                               "shape": [3, 6000, 6000, 3], "data": [0]}]},
+         "pixels per request"),
     ]
 
 
-@pytest.mark.parametrize("case", range(17), ids=[c[0] for c in _request_cases("x")])
+@pytest.mark.parametrize("case", range(len(_request_cases("x"))), ids=[c[0] for c in _request_cases("x")])
 def test_malformed_request_is_a_4xx(predictor, good_file, case):
     name, protocol, body, words = _request_cases(b64(good_file))[case]
     if isinstance(body, bytes):
@@ -256,7 +269,15 @@ def test_malformed_request_is_a_4xx(predictor, good_file, case):
         response = (v2_infer if protocol == "v2" else v1_predict)(predictor.url, json.dumps(body).encode())
     assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
     assert words in response.text.lower() if words.islower() else words in response.text, response.text
+    assert len(response.content) < 1000, "the error quotes the request back"
     _assert_still_serving(predictor, good_file)
+
+
+def _binary_body(size: int, raw: bytes) -> tuple[bytes, dict[str, str]]:
+    """A V2 binary-extension body whose one BYTES input claims ``size`` bytes, followed by ``raw``."""
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": size}}]}).encode()
+    return header + raw, {"inference-header-content-length": str(len(header))}
 
 
 ODD_REQUESTS = [
@@ -271,6 +292,9 @@ ODD_REQUESTS = [
     ("V1 explain (no explainer)", "/v1/models/deepguard:explain", b'{"instances": []}', {}),
     ("V2 version not served", "/v2/models/deepguard/versions/999999/infer", b'{"inputs": []}', {}),
     ("V1 text body", "/v1/models/deepguard:predict", b"hello", {"Content-Type": "text/plain"}),
+    ("binary size past the body", "/v2/models/deepguard/infer", *_binary_body(1000, b"\x03\0\0\0abc")),
+    ("binary bytes after the tensors", "/v2/models/deepguard/infer", *_binary_body(7, b"\x03\0\0\0abcEXTRA")),
+    ("binary item length past its tensor", "/v2/models/deepguard/infer", *_binary_body(7, b"\xff\0\0\0abc")),
 ]
 
 
@@ -297,6 +321,144 @@ def test_unknown_model_is_a_404(predictor, good_file):
     response = requests.post(f"{predictor.url}/v2/models/other/infer", json=v2_body([good_file]),
                              timeout=TIMEOUT)
     assert response.status_code == 404
+
+
+# ---- one request must never freeze the predictor ---------------------------------------------------------
+
+def _big_png(side: int = 6000) -> bytes:
+    """A plain ``side`` x ``side`` PNG: about 120 KB on the wire, 36 MP to decode."""
+    return png_bytes(Image.new("RGB", (side, side), (120, 80, 40)))
+
+
+@pytest.fixture(scope="module")
+def big_png() -> bytes:
+    return _big_png()
+
+
+def test_120_big_pngs_are_refused_by_the_pixel_budget(predictor, big_png, good_file):
+    response = v2_infer(predictor.url, v2_body([big_png] * 120))
+    assert response.status_code == 400, response.text
+    assert "pixels per request" in response.json()["error"]
+    _assert_still_serving(predictor, good_file)
+
+
+def test_pixel_budget_is_checked_before_any_image_is_decoded(predictor, big_png):
+    # Three headers of 36 MP (108 MP > 100 MP); the last file stops after its header. Decoding first would
+    # have answered "truncated" for item 2.
+    response = v2_infer(predictor.url, v2_body([big_png, big_png, big_png[:200]]))
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert "pixels per request" in message and "item 2" not in message, message
+
+
+def test_health_answers_while_a_big_request_decodes(predictor, big_png):
+    result = {}
+
+    def send() -> None:
+        start = time.perf_counter()
+        result["response"] = v2_infer(predictor.url, v2_body([big_png, big_png]))  # 72 MP: inside the budget
+        result["seconds"] = time.perf_counter() - start
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    latencies = []
+    while sender.is_alive():
+        start = time.perf_counter()
+        assert requests.get(f"{predictor.url}/v2/health/live", timeout=TIMEOUT).status_code == 200
+        latencies.append(time.perf_counter() - start)
+        time.sleep(0.02)
+    sender.join()
+    assert result["response"].status_code == 200, result["response"].text
+    # Decoding on the event loop would hold a liveness request for the whole decode.
+    assert len(latencies) >= 3, (latencies, result["seconds"])
+    assert max(latencies) < result["seconds"] / 2, (latencies, result["seconds"])
+
+
+def test_binary_extension_bytes_request_equals_the_json_one(predictor, sample_images):
+    from kserve import InferInput, InferRequest
+
+    files = sample_images.probe[:4]
+    tensor = InferInput("image", [len(files)], "BYTES")
+    tensor.set_data_from_numpy(np.array(files, dtype=np.object_), binary_data=True)
+    body, json_length = InferRequest(model_name="deepguard", infer_inputs=[tensor]).to_rest()
+    response = requests.post(f"{predictor.url}/v2/models/deepguard/infer", data=body, timeout=TIMEOUT,
+                             headers={"Content-Type": "application/octet-stream",
+                                      "Inference-Header-Content-Length": str(json_length)})
+    assert response.status_code == 200, response.text
+    expected = outputs(v2_infer(predictor.url, v2_body(files)))
+    assert outputs(response)["label"] == expected["label"]
+    np.testing.assert_allclose(outputs(response)["fake_probability"], expected["fake_probability"], atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["/v2/models/deepguard/infer", "/v1/models/deepguard:predict",
+                                  "/v2/models/deepguard/versions/999999/infer"])
+def test_errors_never_echo_the_body(predictor, path):
+    body = json.dumps({"not_inputs": "A" * 5_000_000}).encode()
+    response = requests.post(f"{predictor.url}{path}", data=body, timeout=TIMEOUT,
+                             headers={"Content-Type": "application/json"})
+    assert 400 <= response.status_code < 500, response.status_code
+    assert len(response.content) < 1000, response.content[:300]
+
+
+def _non_loopback_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # UDP connect sends nothing: it only picks the outgoing address
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_predictor_listens_on_loopback_only_by_default(predictor):
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    port = int(predictor.url.rsplit(":", 1)[1])
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        assert sock.connect_ex((address, port)) != 0, f"the predictor answers on {address}:{port}"
+
+
+def test_concurrent_single_image_requests_get_their_own_answers(predictor, sample_images, in_process):
+    files = sample_images.probe
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda f: v2_infer(predictor.url, v2_body([f])), files * 3))
+    expected_probabilities, expected_labels = reference(in_process, files * 3)
+    got = [outputs(r)["fake_probability"][0] for r in responses]
+    np.testing.assert_allclose(got, expected_probabilities, atol=1e-5, rtol=0)
+    assert [outputs(r)["label"][0] for r in responses] == expected_labels
+
+
+class _CountingModel:
+    """A ServedModel stand-in for the batcher: records each call's batch; P(FAKE) = first pixel / 255."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def score(self, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        time.sleep(0.02)  # a model call takes a while: requests arriving meanwhile are batched
+        self.batches.append(len(images))
+        first = images[:, 0, 0, 0]
+        return first.astype(np.float32) / 255, [str(value) for value in first]
+
+
+def test_micro_batcher_batches_concurrent_requests_and_keeps_versions_apart():
+    old, new = _CountingModel(), _CountingModel()
+    # A reload lands after the 30th request: later ones are scored by the new version, never with the old.
+    requests_ = [(old if i < 30 else new, np.full((1 + i % 3, 2, 2, 3), i, dtype=np.uint8))
+                 for i in range(40)]
+
+    async def score_all() -> tuple[list, int]:
+        batcher = MicroBatcher(max_images=16)
+        results = await asyncio.gather(*(batcher.score(served, images) for served, images in requests_))
+        return results, batcher.calls
+
+    results, calls = asyncio.run(score_all())
+    for i, ((_, images), (probabilities, labels)) in enumerate(zip(requests_, results, strict=True)):
+        assert labels == [str(i)] * len(images)
+        np.testing.assert_allclose(probabilities, i / 255)
+    assert calls <= 10, calls  # 79 images: batched, not one call per request
+    assert max(old.batches + new.batches) <= 16
+    assert sum(old.batches) == sum(len(images) for served, images in requests_ if served is old)
+    assert sum(new.batches) == sum(len(images) for served, images in requests_ if served is new)
 
 
 def test_no_5xx_was_answered(predictor):

@@ -1,9 +1,10 @@
-"""`make serve`'s supervisor: both servers come up, answer, and both stop on SIGTERM."""
+"""`make serve`'s supervisor: both servers answer, a killed predictor is restarted, SIGTERM stops both."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,11 @@ import time
 import requests
 
 from .serving_helpers import REPO, free_port
+
+
+def _predict(web_port: int, image: bytes) -> requests.Response:
+    url = f"http://127.0.0.1:{web_port}/api/predict"
+    return requests.post(url, timeout=60, files={"image": ("a.jpg", image)})
 
 
 def _listening(port: int) -> bool:
@@ -41,6 +47,24 @@ def test_serve_starts_both_and_sigterm_stops_both(registered_model, sample_image
                                  files={"image": ("a.jpg", sample_images.probe[0])})
         assert response.status_code == 200, response.text
         assert response.json()["model_version"] == registered_model.version
+
+        # A crashed predictor: the web app answers 503 (and stays alive) until the supervisor restarts it.
+        pid = int(re.findall(r"starting the predictor \(pid (\d+)\)", output)[-1])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _predict(web_port, sample_images.probe[0]).status_code == 200:
+            assert time.monotonic() < deadline, "the web app still answers 200 with the predictor killed"
+            time.sleep(0.2)
+        down = _predict(web_port, sample_images.probe[0])
+        assert down.status_code == 503 and "not available" in down.json()["error"], down.text
+        assert requests.get(f"http://127.0.0.1:{web_port}/livez", timeout=5).status_code == 200
+        deadline = time.monotonic() + 240
+        while "predictor is serving again" not in log_file.read_text():
+            assert process.poll() is None, log_file.read_text()
+            assert time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.5)
+        assert "restart 1 of 5" in log_file.read_text()
+        assert _predict(web_port, sample_images.probe[0]).status_code == 200
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0, log_file.read_text()

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import requests
 
-from flask_app import SECURITY_HEADERS, create_app
+from flask_app import DEFAULT_PREDICTOR_TIMEOUT_S, SECURITY_HEADERS, create_app
+
+from .serving_helpers import free_port, running
 
 TIMEOUT = 60
 
@@ -89,3 +95,31 @@ def test_web_app_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             check=True)
     assert result.stdout.strip() == "False False"
+
+
+def test_livez_answers_within_a_second_while_the_predictor_hangs(sample_images, tmp_path):
+    """The predictor is a bare listening socket: connections are accepted and never answered."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {"PREDICTOR_URL": f"http://127.0.0.1:{hung.getsockname()[1]}", "WEB_HOST": "127.0.0.1",
+               "WEB_PORT": str(port), "WEB_WORKERS": "1", "WEB_THREADS": "4"}
+        with running([sys.executable, "-m", "flask_app"], f"{url}/livez", tmp_path / "web.log", env), \
+                ThreadPoolExecutor(8) as pool:
+            started = time.perf_counter()
+            web = SimpleNamespace(url=url)
+            uploads = [pool.submit(upload, web, sample_images.probe[0]) for _ in range(8)]
+            time.sleep(1.0)  # every upload that got a thread is now waiting on the predictor
+            start = time.perf_counter()
+            live = requests.get(f"{url}/livez", timeout=TIMEOUT)
+            livez_s = time.perf_counter() - start
+            statuses = sorted(future.result().status_code for future in uploads)
+            uploads_s = time.perf_counter() - started
+    assert live.status_code == 200
+    assert livez_s < 1.0, f"/livez took {livez_s:.2f} s"
+    # Three of the four threads waited for the predictor until the timeout (504); the rest were told at once
+    # that the detector is busy (503), so a thread stayed free for /livez.
+    assert statuses.count(504) == 3 and set(statuses) == {503, 504}, statuses
+    assert uploads_s < DEFAULT_PREDICTOR_TIMEOUT_S + 3

@@ -101,6 +101,8 @@ canary percent. The ConfigMap "deepguard-serving" carries them as JSON for the d
 installs and the one the deploy stage applies cannot drift (tests/k8s/test_chart_deploy_agree.py compares them).
 */}}
 {{- define "deepguard.predictor.settings" -}}
+{{- /* The predictor listens on loopback unless told: 0.0.0.0 for the pod's port. --no-reload: a new
+champion rolls out as a new revision, so the model repository endpoints stay closed to callers. */ -}}
 {{- $p := .Values.predictor }}
 {{- $gpu := gt (int $p.gpu.count) 0 }}
 name: {{ $p.name }}
@@ -109,10 +111,10 @@ labels:
 deploymentMode: {{ $p.deploymentMode }}
 {{- if $gpu }}
 image: {{ include "deepguard.image" (dict "root" . "repository" $p.gpu.image) }}
-args: [stages.predictor, --model-uri, /mnt/models]
+args: [stages.predictor, --model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
 {{- else }}
 image: {{ include "deepguard.image" (dict "root" . "repository" $p.image) }}
-args: [--model-uri, /mnt/models]
+args: [--model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
 {{- end }}
 imagePullPolicy: {{ .Values.images.pullPolicy }}
 imagePullSecrets: {{ toJson .Values.images.pullSecrets }}

@@ -1,0 +1,81 @@
+"""A predictor started as the chart starts it (--no-reload), with a small body limit: 413s, no reload."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from .serving_helpers import Server, start_predictor
+
+TIMEOUT = 60
+BODY_LIMIT = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def guarded(registered_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log_file = tmp_path_factory.mktemp("guarded") / "predictor.log"
+    manager, url = start_predictor(
+        registered_model, log_file, "--no-reload", "--max-request-bytes", str(BODY_LIMIT)
+    )
+    with manager as process:
+        yield Server(url, process, log_file)
+
+
+def _body(files: list[bytes]) -> bytes:
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [len(files)],
+                    "data": [base64.b64encode(f).decode() for f in files],
+                }
+            ]
+        }
+    ).encode()
+
+
+def _post(url: str, data: object) -> requests.Response:
+    return requests.post(
+        f"{url}/v2/models/deepguard/infer",
+        data=data,
+        timeout=TIMEOUT,
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def test_body_within_the_limit_is_served(guarded, sample_images):
+    body = _body(sample_images.probe)
+    assert len(body) < BODY_LIMIT
+    response = _post(guarded.url, body)
+    assert response.status_code == 200, response.text
+
+
+def test_declared_body_over_the_limit_is_a_413(guarded, sample_images):
+    body = _body(sample_images.probe * 600)
+    assert len(body) > BODY_LIMIT
+    response = _post(guarded.url, body)
+    assert response.status_code == 413, response.text
+    assert f"limit of {BODY_LIMIT} bytes" in response.json()["error"]
+
+
+def test_chunked_body_over_the_limit_is_a_413(guarded, sample_images):
+    body = _body(sample_images.probe * 600)
+    # A generator makes requests send it chunked, without a Content-Length to refuse up front.
+    response = _post(guarded.url, (body[i : i + 65536] for i in range(0, len(body), 65536)))
+    assert response.status_code == 413, response.text
+    assert _post(guarded.url, _body(sample_images.probe[:1])).status_code == 200
+
+
+def test_reload_endpoint_is_closed(guarded, registered_model):
+    for action in ("load", "unload"):
+        response = requests.post(f"{guarded.url}/v2/repository/models/deepguard/{action}", timeout=TIMEOUT)
+        assert response.status_code == 403, response.text
+        assert "--no-reload" in response.json()["error"]
+    served = requests.get(f"{guarded.url}/v2/models/deepguard", timeout=TIMEOUT).json()
+    assert served["versions"] == [registered_model.version]
