@@ -124,9 +124,11 @@ def _api_ready(url: str) -> bool:
         return False
 
 
-def _become_subreaper() -> None:
-    # Orphans of the tree (a stage process whose task supervisor died first) are re-parented to this process
-    # instead of init, so that the shutdown still finds them among its descendants.
+def become_subreaper() -> None:
+    """Adopt the orphans of the tree (Linux), so that :func:`stop_descendants` still finds them.
+
+    A stage process whose task supervisor died first would otherwise be re-parented to init.
+    """
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
@@ -212,7 +214,7 @@ def run(port: int, home: Path, environ: Mapping[str, str], cwd: Path) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    _become_subreaper()
+    become_subreaper()
     log_path = home / "standalone.log"
     log.info("starting Airflow standalone on %s (Airflow home %s; output in %s)", url, home, log_path)
     with log_path.open("ab") as output:
