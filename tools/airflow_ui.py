@@ -34,6 +34,8 @@ DEFAULT_HOME = REPO / ".airflow" / "standalone"
 DAG_ID = "deepguard_pipeline"
 # Written by the simple auth manager the first time it starts in an Airflow home: {"admin": "<password>"}.
 PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+# The local UI's schedule unless DEEPGUARD_SCHEDULE says otherwise: the DAG's word for manual runs only.
+MANUAL_ONLY = "none"
 STARTUP_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 30
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -102,7 +104,7 @@ def standalone_env(environ: Mapping[str, str], *, port: int, home: Path, cwd: Pa
     env.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "300")
     # Manual runs only: with the cluster's @weekly schedule, unpausing the DAG to trigger a run would also
     # start a scheduled run of the full default recipe beside it.
-    env.setdefault("DEEPGUARD_SCHEDULE", "none")
+    env.setdefault("DEEPGUARD_SCHEDULE", MANUAL_ONLY)
     if environ.get("DEEPGUARD_DATA"):
         env["DEEPGUARD_DATA"] = resolve_data(environ["DEEPGUARD_DATA"], cwd)
     return env
@@ -174,16 +176,21 @@ def stop_descendants(timeout_s: float = STOP_TIMEOUT_S) -> None:
 
 
 def _banner(url: str, home: Path, env: Mapping[str, str]) -> None:
-    password = json.loads((home / PASSWORD_FILE).read_text()).get("admin", "(see the password file)")
+    # Standalone writes the file before it starts the API server, unless users are configured otherwise.
+    password_file = home / PASSWORD_FILE
+    password = (
+        json.loads(password_file.read_text()).get("admin", "?")
+        if password_file.is_file()
+        else "(none generated: see [core] simple_auth_manager_users)"
+    )
     schedule = env["DEEPGUARD_SCHEDULE"]
     rule = "=" * 72
     log.info(rule)
     log.info("Airflow UI:  %s   user: admin   password: %s", url, password)
     log.info(
-        "DAG %s: schedule %s%s; unpause it, then Trigger (params form)",
+        "DAG %s: schedule %s; unpause it, then Trigger it with parameters",
         DAG_ID,
-        schedule,
-        " (manual runs only)" if schedule.strip().lower() in {"", "none", "null"} else "",
+        f"{MANUAL_ONLY} (manual runs only)" if schedule == MANUAL_ONLY else schedule,
     )
     log.info("data: %s", env.get("DEEPGUARD_DATA", "(DEEPGUARD_DATA unset: Kaggle or synthetic)"))
     log.info("Airflow home: %s (log: standalone.log)", home)
@@ -242,7 +249,7 @@ def run(port: int, home: Path, environ: Mapping[str, str], cwd: Path) -> int:
                     "\n".join(tail),
                 )
                 return 1
-            if not shown and _api_ready(url) and (home / PASSWORD_FILE).is_file():
+            if not shown and _api_ready(url):
                 _banner(url, home, env)
                 shown = True
             elif not shown and time.monotonic() > deadline:
