@@ -42,6 +42,15 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
+def _failed_task_logs(home: Path, states: dict[str, str]) -> str:
+    """The task states and the end of each failed task's log, for the assertion message."""
+    logs = [f"task states: {states}"]
+    for task_id in [task for task, state in states.items() if state == "failed"]:
+        for log in sorted(home.glob(f"logs/dag_id={DAG_ID}/run_id=*/task_id={task_id}/*.log")):
+            logs.append(f"{log}:\n{log.read_text(errors='replace')[-3000:]}")
+    return "\n".join(logs)
+
+
 def _cmdline(process: psutil.Process) -> list[str]:
     try:
         return process.cmdline()
@@ -143,13 +152,16 @@ def test_make_airflow_runs_a_triggered_dag_and_ctrl_c_stops_it_all(
         state = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}").json()["state"]
         return state if state in ("success", "failed") else None
 
-    assert make_airflow.wait_for("the run finished", finished, RUN_TIMEOUT_S) == "success"
+    state = make_airflow.wait_for("the run finished", finished, RUN_TIMEOUT_S)
     run_s = time.monotonic() - started - startup_s
     instances = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
     states = {ti["task_id"]: ti["state"] for ti in instances}
-    assert states == dict.fromkeys(
-        ["ingest", "preprocess", "features", "train", "evaluate", "register", "deploy"], "success"
-    ), states
+    assert (state, states) == (
+        "success",
+        dict.fromkeys(
+            ["ingest", "preprocess", "features", "train", "evaluate", "register", "deploy"], "success"
+        ),
+    ), _failed_task_logs(Path(airflow_env["AIRFLOW_HOME"]), states)
     runs = api.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["dag_runs"]
     assert [(r["dag_run_id"], r["run_type"]) for r in runs] == [(run_id, "manual")], "a scheduled run started"
     # The relative DEEPGUARD_DATA reached ingest, which read the sample (data_source local has no fallback).
