@@ -90,7 +90,7 @@ k8s-check: setup k8s-tools ## chart lint/template, k8s 1.33 + KServe CRD schemas
 	$(PY) -m pytest tests/k8s
 
 # Orchestration: the Airflow environment (its own venv: Airflow's pins clash with kserve's), the DAG, the images.
-.PHONY: setup-airflow test-dags dag-test hadolint
+.PHONY: setup-airflow airflow test-dags dag-test hadolint
 AIRFLOW_VENV := .venv-airflow
 DAG_TEST_HOME := $(CURDIR)/.airflow/dag-test
 DAG_TEST_DATA ?= $(CURDIR)/../shared/data/cifake-sample.zip
@@ -110,6 +110,12 @@ $(AIRFLOW_VENV)/.installed: requirements/airflow.lock | $(UV)
 	touch $@
 
 setup-airflow: $(AIRFLOW_VENV)/.installed ## create .venv-airflow from its lock (Airflow 3 + cncf.kubernetes provider)
+
+# make airflow: the UI's port (8080 is the predictor's); the execution API follows it.
+AIRFLOW_PORT ?= 8081
+
+airflow: setup setup-airflow ## Airflow UI + local runner on AIRFLOW_PORT (8081); prints URL and password; Ctrl-C stops
+	$(AIRFLOW_VENV)/bin/python -m tools.airflow_ui --port $(AIRFLOW_PORT)
 
 test-dags: setup setup-airflow ## DAG tests in the Airflow env: DagBag, pods, a local run that fails then completes
 	PATH="$(CURDIR)/$(AIRFLOW_VENV)/bin:$(PATH)" $(AIRFLOW_VENV)/bin/python -m pytest tests/dags \

@@ -1,0 +1,1 @@
+"""Developer commands that the Makefile runs outside the pipeline's ML environment (``make airflow``)."""
