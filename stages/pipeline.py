@@ -1,11 +1,14 @@
 """The single stage list: names, commands, inputs, outputs and pod resources; dvc.yaml is generated from it.
 
 `python -m stages.pipeline` prints dvc.yaml; a test fails when the committed file drifts from this list.
-The Airflow DAG builds one task per entry of ``STAGES`` and then ``DEPLOY``.
+The Airflow DAG builds one task per entry of ``STAGES`` and then ``DEPLOY``. A stage's code dependencies are
+not listed by hand: they are the project files its module imports, found by scanning the code (no import).
 """
 
 from __future__ import annotations
 
+import functools
+import modulefinder
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,28 @@ METRICS_FILE = REPORTS_DIR / "metrics.json"
 REGISTRATION_FILE = REPORTS_DIR / "registration.json"
 DEPLOYMENT_FILE = REPORTS_DIR / "deployment.json"
 
-_SHARED = ("stages/config.py", "stages/labels.py")
+# The project root: code dependencies are paths relative to it, as dvc.yaml lists them.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def code_deps(module: str, root: Path = PROJECT_ROOT) -> tuple[str, ...]:
+    """The project files ``module`` imports, directly or through other project modules, itself included.
+
+    Uses the standard library's ``modulefinder``, which reads the bytecode without running it and also sees
+    imports inside functions; searching only ``root`` keeps third-party and standard modules out.
+
+    Args:
+        module: A dotted module name such as ``stages.train``.
+        root: The folder the module's package lives in.
+
+    Returns:
+        Sorted POSIX paths relative to ``root``, e.g. ``("stages/__init__.py", "stages/atomic.py", ...)``.
+    """
+    finder = modulefinder.ModuleFinder(path=[str(root)])
+    finder.run_script(str(root.joinpath(*module.split(".")).with_suffix(".py")))
+    files = {Path(found.__file__) for found in finder.modules.values() if found.__file__}
+    return tuple(sorted(file.relative_to(root).as_posix() for file in files if file.is_relative_to(root)))
 
 
 @dataclass(frozen=True)
@@ -46,7 +70,7 @@ class Stage:
 
     name: str
     description: str
-    deps: tuple[str, ...]
+    inputs: tuple[str, ...]  # data the stage reads; its code dependencies are derived (see ``deps``)
     params: tuple[str, ...]
     resources: Resources
     outs: tuple[str, ...] = ()
@@ -58,6 +82,14 @@ class Stage:
     def module(self) -> str:
         """The module run by ``python -m``."""
         return f"stages.{self.name}"
+
+    @property
+    def deps(self) -> tuple[str, ...]:
+        """What DVC watches: the declared data inputs, then every project file the stage's module imports.
+
+        Computed on first use, so importing this module (the Airflow DAG does) scans no code.
+        """
+        return self.inputs + code_deps(self.module)
 
     @property
     def command(self) -> list[str]:
@@ -73,14 +105,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="ingest",
         description="Fetch CIFAKE (Kaggle, local archive or synthetic); validate and deduplicate images.",
-        deps=(
-            str(SOURCE_MARKER),
-            "stages/ingest.py",
-            "stages/sources.py",
-            "stages/synthetic.py",
-            "stages/imaging.py",
-            *_SHARED,
-        ),
+        inputs=(str(SOURCE_MARKER),),
         params=("data",),
         outs=(str(RAW_DIR),),
         metrics=(str(DATA_REPORT),),
@@ -89,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="preprocess",
         description="Decode to uint8 arrays at native size; stratified train/validation split; test apart.",
-        deps=(str(RAW_DIR), "stages/preprocess.py", "stages/shards.py", "stages/imaging.py", *_SHARED),
+        inputs=(str(RAW_DIR),),
         params=("data.image_size", "split"),
         outs=(str(PROCESSED_DIR),),
         resources=_SMALL,
@@ -97,7 +122,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="features",
         description="Dataset statistics, the augmentation policy and the per-class frequency spectrum.",
-        deps=(str(PROCESSED_DIR), "stages/features.py", "stages/figures.py", "stages/shards.py", *_SHARED),
+        inputs=(str(PROCESSED_DIR),),
         params=("augmentation",),
         outs=(str(FEATURES_DIR),),
         plots=(str(FIGURES_DIR / "spectrum.png"),),
@@ -106,15 +131,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="train",
         description="Train the configured Keras architecture with early stopping; keep the best checkpoint.",
-        deps=(
-            str(PROCESSED_DIR),
-            str(FEATURES_DIR),
-            str(DATA_REPORT),
-            "stages/train.py",
-            "stages/architectures.py",
-            "stages/shards.py",
-            *_SHARED,
-        ),
+        inputs=(str(PROCESSED_DIR), str(FEATURES_DIR), str(DATA_REPORT)),
         params=("model", "training"),
         outs=(str(MODEL_DIR),),
         metrics=(str(TRAINING_REPORT),),
@@ -123,14 +140,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="evaluate",
         description="Threshold chosen on validation; test metrics, confusion matrix, ROC, PR, calibration.",
-        deps=(
-            str(MODEL_DIR),
-            str(PROCESSED_DIR),
-            "stages/evaluate.py",
-            "stages/modelstore.py",
-            "stages/shards.py",
-            *_SHARED,
-        ),
+        inputs=(str(MODEL_DIR), str(PROCESSED_DIR)),
         params=("evaluation",),
         metrics=(str(METRICS_FILE),),
         plots=tuple(
@@ -142,15 +152,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="register",
         description="Log and register the model in MLflow; alias challenger; champion only past the gate.",
-        deps=(
-            str(MODEL_DIR),
-            str(METRICS_FILE),
-            str(PROCESSED_DIR),
-            str(DATA_REPORT),
-            "stages/register.py",
-            "stages/modelstore.py",
-            *_SHARED,
-        ),
+        inputs=(str(MODEL_DIR), str(METRICS_FILE), str(PROCESSED_DIR), str(DATA_REPORT)),
         params=("promotion", "mlflow"),
         uncached=(str(REGISTRATION_FILE),),
         resources=_MEDIUM,
@@ -160,7 +162,7 @@ STAGES: tuple[Stage, ...] = (
 DEPLOY = Stage(
     name="deploy",
     description="Roll the champion out to the KServe InferenceService (canary, then promote or roll back).",
-    deps=("stages/deploy.py",),
+    inputs=(),
     params=("mlflow",),
     resources=_SMALL,
 )
