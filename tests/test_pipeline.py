@@ -68,7 +68,8 @@ def test_a_new_import_becomes_a_dependency(tmp_path: Path) -> None:
     train = tmp_path / "stages/train.py"
     assert "stages/brand_new.py" not in code_deps("stages.train", tmp_path)
     # Imported inside a function, as train imports the architectures: still a dependency.
-    train.write_text(train.read_text() + "\n\ndef _later() -> None:\n    from stages import brand_new  # noqa\n")
+    later = "\n\ndef _later() -> None:\n    from stages import brand_new  # noqa: F401\n"
+    train.write_text(train.read_text() + later)
     code_deps.cache_clear()
     assert "stages/brand_new.py" in code_deps("stages.train", tmp_path)
 
