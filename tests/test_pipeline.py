@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from workspace import TrainedWorkspace, dvc, run_stage, stage_env
+from workspace import TrainedWorkspace, dvc, run_stage
 
 from stages.modelstore import load_keras
 from stages.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
@@ -120,14 +120,6 @@ def test_pipeline_outputs_are_declared_and_complete(trained_workspace: TrainedWo
     assert registration["promoted"] is True
     model = load_keras(root / "models/model.keras")
     assert model.get_layer("mirror"), "model.test_time_flip: true wraps the trained model in flip averaging"
-
-
-@pytest.fixture()
-def workspace_copy(trained_workspace: TrainedWorkspace, tmp_path):  # -> tuple[Path, dict]
-    """A copy of the trained workspace with its own, empty MLflow store."""
-    root = tmp_path / "ws"
-    shutil.copytree(trained_workspace.root, root, ignore=shutil.ignore_patterns("mlruns"))
-    return root, stage_env(root, DEEPGUARD_DATA=trained_workspace.env["DEEPGUARD_DATA"])
 
 
 def test_second_repro_skips_and_a_training_param_reruns_train_onward_only(workspace_copy) -> None:
