@@ -8,7 +8,6 @@ not listed by hand: they are the project files its module imports, found by scan
 from __future__ import annotations
 
 import functools
-import modulefinder
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,8 @@ def code_deps(module: str, root: Path = PROJECT_ROOT) -> tuple[str, ...]:
     Returns:
         Sorted POSIX paths relative to ``root``, e.g. ``("stages/__init__.py", "stages/atomic.py", ...)``.
     """
+    import modulefinder  # here, not at the top: the Airflow DAG imports this module and must stay light
+
     finder = modulefinder.ModuleFinder(path=[str(root)])
     finder.run_script(str(root.joinpath(*module.split(".")).with_suffix(".py")))
     files = {Path(found.__file__) for found in finder.modules.values() if found.__file__}
