@@ -214,7 +214,8 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
     try:
         with archive.open(info) as member:
             data = member.read(MAX_IMAGE_BYTES + 1)  # never more than the limit in memory
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+    # RuntimeError: an encrypted member; NotImplementedError: a compression method zipfile lacks.
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
         raise SourceError(f"{where}: unreadable archive member ({exc})") from None
     _check_size(len(data), where)
     return data

@@ -208,19 +208,23 @@ def test_failed_ingest_keeps_the_previous_good_output(workspace, defective_zip: 
     assert not [p for p in (root / "data").iterdir() if p.name.startswith(".")], "no temporary leftovers"
 
 
-def _claim_size(archive: Path, member: str, size: int) -> Path:
-    """Rewrite the uncompressed size a zip's headers declare for ``member`` (how a zip bomb lies)."""
+def _patch_headers(archive: Path, member: str, central_at: int, local_at: int, value: bytes) -> Path:
+    """Overwrite a field of ``member``'s central-directory and local headers (offsets from each signature)."""
     data = bytearray(archive.read_bytes())
     name = member.encode()
-    for signature, size_at in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):  # central directory, local header
+    for signature, field_at, name_at in ((b"PK\x01\x02", central_at, 46), (b"PK\x03\x04", local_at, 30)):
         start = data.find(signature)
         while start != -1:
-            name_at = start + (46 if signature == b"PK\x01\x02" else 30)
-            if data[name_at:name_at + len(name)] == name:
-                data[start + size_at:start + size_at + 4] = size.to_bytes(4, "little")
+            if data[start + name_at:start + name_at + len(name)] == name:
+                data[start + field_at:start + field_at + len(value)] = value
             start = data.find(signature, start + 4)
     archive.write_bytes(bytes(data))
     return archive
+
+
+def _claim_size(archive: Path, member: str, size: int) -> Path:
+    """Rewrite the uncompressed size the zip's headers declare for ``member`` (how a zip bomb lies)."""
+    return _patch_headers(archive, member, 24, 22, size.to_bytes(4, "little"))
 
 
 def _bomb_zip(path: Path, bomb: bytes, claimed: int | None = None) -> Path:
@@ -265,3 +269,11 @@ def test_oversized_file_in_a_folder_is_refused(tmp_path: Path) -> None:
         file.truncate(sources.MAX_IMAGE_BYTES + 1)  # sparse: no disk used
     with pytest.raises(sources.SourceError, match=r"bomb\.png: 16777217 bytes, over the"):
         list(sources.iter_entries(folder))
+
+
+def test_encrypted_zip_member_is_one_clear_error_cli(workspace, tmp_path: Path) -> None:
+    root, env = workspace
+    archive = _bomb_zip(tmp_path / "locked.zip", jpeg(5))
+    _patch_headers(archive, "train/FAKE/bomb.png", 8, 6, (1).to_bytes(2, "little"))  # flag bit 0: encrypted
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(archive)}, check=False)
+    _fails_with_one_line(result, r"locked\.zip: train/FAKE/bomb\.png: unreadable archive member \(.*encrypt")
