@@ -112,7 +112,7 @@ def test_register_completes_the_version_a_kill_left_instead_of_duplicating_it(wo
     for tag in ("promotion", "promotion_reason"):
         client.delete_model_version_tag(MODEL, "1", tag)
     client.update_run(first.run_id, status="RUNNING")
-    (root / ACTIVE_RUNS_DIR).mkdir()
+    (root / ACTIVE_RUNS_DIR).mkdir(exist_ok=True)  # left empty by the first run
     (root / ACTIVE_RUNS_DIR / "register.json").write_text(json.dumps({"run_id": first.run_id}))
 
     result = run_stage("register", root, env)
