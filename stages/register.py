@@ -147,7 +147,12 @@ def _running(client, run_id: str | None) -> bool:
 
 def _settle_promotion_tags(client, name: str) -> None:
     """Tag ``superseded`` every version still tagged champion that no longer holds the champion alias."""
-    champion = str(client.get_model_version_by_alias(name, CHAMPION).version)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return  # nobody holds the alias (removed by hand): no version can be said to have lost it to another
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.tags.get(PROMOTION) == CHAMPION and str(version.version) != champion:
             reason = f"was champion until v{champion} replaced it"
