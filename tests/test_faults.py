@@ -52,8 +52,14 @@ def _client(env: dict[str, str]) -> mlflow.MlflowClient:
 
 def _start_train_and_wait_until_writing(root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """Start `python -m stages.train`; return once its MLflow run is open and its temporary folder exists."""
-    process = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=root, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     marker = root / ACTIVE_RUNS_DIR / "train.json"
     deadline = time.monotonic() + 300
     while not (marker.is_file() and list(root.glob(".models.*.tmp"))):
@@ -95,11 +101,14 @@ def test_killed_train_leaves_no_temporary_folder_and_no_running_run(workspace_co
 
 
 def _tags(client: mlflow.MlflowClient) -> dict[str, dict[str, str]]:
-    return {v.version: v.tags for v in client.search_model_versions(f"name = '{MODEL}'")}
+    return {str(v.version): v.tags for v in client.search_model_versions(f"name = '{MODEL}'")}
 
 
-def test_register_completes_the_version_a_kill_left_instead_of_duplicating_it(workspace_copy) -> None:
+def test_register_completes_the_version_a_kill_left_instead_of_duplicating_it(
+    workspace_copy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, env = workspace_copy
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])  # MLflow resolves models:/ with it
     client = _client(env)
     run_stage("register", root, env)
     first = client.get_model_version(MODEL, "1")
@@ -119,8 +128,8 @@ def test_register_completes_the_version_a_kill_left_instead_of_duplicating_it(wo
     assert "v1 was registered by an interrupted attempt of this run: completing it" in result.stdout
     assert list(_tags(client)) == ["1"], "no duplicate version"
     assert _tags(client)["1"]["promotion"] == "champion"
-    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
-    assert client.get_model_version_by_alias(MODEL, "challenger").version == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
     assert client.get_run(first.run_id).info.status == "KILLED"
     assert json.loads((root / "reports/registration.json").read_text())["version"] == "1"
 
@@ -133,6 +142,9 @@ def test_register_completes_the_version_a_kill_left_instead_of_duplicating_it(wo
     run_stage("register", root, env)
     tags = _tags(client)
     assert {version: t["promotion"] for version, t in tags.items()} == {
-        "1": "superseded", "2": "abandoned", "3": "champion"}
+        "1": "superseded",
+        "2": "abandoned",
+        "3": "champion",
+    }
     assert tags["1"]["promotion_reason"] == "was champion until v3 replaced it"
-    assert client.get_model_version_by_alias(MODEL, "champion").version == "3"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "3"
