@@ -4,12 +4,48 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def clean_stale(target: Path) -> list[Path]:
+    """Remove what a killed writer of ``target`` left beside it; put back a previous output moved aside.
+
+    Only this target's own names are touched (``.<name>.<8 random characters>.tmp`` and ``.<name>.old``).
+    A workspace has one writer per output at a time (DVC locks the repository, an Airflow run runs its
+    stages in turn), so whatever of ours exists before we start belongs to a writer that died.
+
+    Returns:
+        The paths removed.
+    """
+    old = target.with_name(f".{target.name}.old")
+    if old.exists() and not target.exists():
+        # Killed between the two renames of a folder swap: the previous output is whole, restore it.
+        old.rename(target)
+        log.warning("restored %s from %s, left by an interrupted write", target, old.name)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    stale = [old] if old.exists() else []
+    if target.parent.is_dir():
+        stale += sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
+    for path in stale:
+        _remove(path)
+        log.warning("removed %s, left by an interrupted write of %s", path, target)
+    return stale
 
 
 @contextlib.contextmanager
@@ -17,9 +53,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target`` in one rename.
 
     Works for files and folders: the caller creates whatever it wants at the yielded path.
-    On an exception the temporary path is removed and ``target`` keeps its previous content.
+    On an exception the temporary path is removed and ``target`` keeps its previous content; what a killed
+    process could not remove is removed by the next write of the same target (:func:`clean_stale`).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.rmdir()
     try:
@@ -27,17 +65,13 @@ def atomic_path(target: Path) -> Iterator[Path]:
         if tmp.is_dir() and target.is_dir():
             # A folder cannot replace a folder in one rename: move the old one aside first.
             old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
             tmp.rename(target)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        _remove(tmp)
 
 
 def write_json(path: Path, data: Any) -> None:

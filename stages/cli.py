@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,12 @@ class RedactCredentials(logging.Filter):
         return True
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # Kubernetes stops a pod with SIGTERM: unwinding like Ctrl-C runs the `finally` blocks that remove
+    # temporary outputs and end the MLflow run as KILLED, before the SIGKILL that follows the grace period.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def configure_logging() -> None:
     """Log to stdout once, in the entry point, never with URL credentials; quiet the chattiest libraries."""
     logging.basicConfig(
@@ -78,10 +85,11 @@ def run_stage(
         argv: Arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The process exit code: 0 on success, 2 on an expected error.
+        The process exit code: 0 on success, 2 on an expected error, 130 when interrupted (SIGTERM, Ctrl-C).
     """
     args = parser.parse_args(argv)
     configure_logging()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.workdir is not None:
             # A pipeline run's first stage creates its run folder (an Airflow pod's /workspace/runs/<run id>).
@@ -93,4 +101,8 @@ def run_stage(
         log.error("%s failed: %s", name, exc)
         print(f"stages.{name}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        log.error("%s interrupted (%s): partial outputs removed", name, exc or "SIGINT")
+        print(f"stages.{name}: interrupted", file=sys.stderr)
+        return 130
     return 0

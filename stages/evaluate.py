@@ -141,7 +141,7 @@ def run(params: Params) -> dict:
     result = evaluate(load_keras(MODEL_DIR / MODEL_FILE), params.evaluation)
     write_json(METRICS_FILE, result)
     experiment = tracking.setup(params.mlflow)
-    with tracking.continue_run(load_run_id(), experiment.experiment_id):
+    with tracking.stage_run("evaluate", experiment.experiment_id, load_run_id()):
         mlflow.log_metric("threshold", result["threshold"])
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": v for k, v in result[split].items() if isinstance(v, float)})

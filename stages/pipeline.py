@@ -1,11 +1,13 @@
 """The single stage list: names, commands, inputs, outputs and pod resources; dvc.yaml is generated from it.
 
 `python -m stages.pipeline` prints dvc.yaml; a test fails when the committed file drifts from this list.
-The Airflow DAG builds one task per entry of ``STAGES`` and then ``DEPLOY``.
+The Airflow DAG builds one task per entry of ``STAGES`` and then ``DEPLOY``. A stage's code dependencies are
+not listed by hand: they are the project files its module imports, found by scanning the code (no import).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,30 @@ METRICS_FILE = REPORTS_DIR / "metrics.json"
 REGISTRATION_FILE = REPORTS_DIR / "registration.json"
 DEPLOYMENT_FILE = REPORTS_DIR / "deployment.json"
 
-_SHARED = ("stages/config.py", "stages/labels.py")
+# The project root: code dependencies are paths relative to it, as dvc.yaml lists them.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def code_deps(module: str, root: Path = PROJECT_ROOT) -> tuple[str, ...]:
+    """The project files ``module`` imports, directly or through other project modules, itself included.
+
+    Uses the standard library's ``modulefinder``, which reads the bytecode without running it and also sees
+    imports inside functions; searching only ``root`` keeps third-party and standard modules out.
+
+    Args:
+        module: A dotted module name such as ``stages.train``.
+        root: The folder the module's package lives in.
+
+    Returns:
+        Sorted POSIX paths relative to ``root``, e.g. ``("stages/__init__.py", "stages/atomic.py", ...)``.
+    """
+    import modulefinder  # here, not at the top: the Airflow DAG imports this module and must stay light
+
+    finder = modulefinder.ModuleFinder(path=[str(root)])
+    finder.run_script(str(root.joinpath(*module.split(".")).with_suffix(".py")))
+    files = {Path(found.__file__) for found in finder.modules.values() if found.__file__}
+    return tuple(sorted(file.relative_to(root).as_posix() for file in files if file.is_relative_to(root)))
 
 
 @dataclass(frozen=True)
@@ -46,7 +71,7 @@ class Stage:
 
     name: str
     description: str
-    deps: tuple[str, ...]
+    inputs: tuple[str, ...]  # data the stage reads; its code dependencies are derived (see ``deps``)
     params: tuple[str, ...]
     resources: Resources
     outs: tuple[str, ...] = ()
@@ -62,6 +87,14 @@ class Stage:
         return f"stages.{self.name}"
 
     @property
+    def deps(self) -> tuple[str, ...]:
+        """What DVC watches: the declared data inputs, then every project file the stage's module imports.
+
+        Computed on first use, so importing this module (the Airflow DAG does) scans no code.
+        """
+        return self.inputs + code_deps(self.module)
+
+    @property
     def command(self) -> list[str]:
         """The command a local process or a pod runs (arguments such as ``--set`` are appended)."""
         return ["python", "-m", self.module]
@@ -75,14 +108,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="ingest",
         description="Fetch CIFAKE (Kaggle, local archive or synthetic); validate and deduplicate images.",
-        deps=(
-            str(SOURCE_MARKER),
-            "stages/ingest.py",
-            "stages/sources.py",
-            "stages/synthetic.py",
-            "stages/imaging.py",
-            *_SHARED,
-        ),
+        inputs=(str(SOURCE_MARKER),),
         params=("data",),
         outs=(str(RAW_DIR),),
         metrics=(str(DATA_REPORT),),
@@ -91,7 +117,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="preprocess",
         description="Decode to uint8 arrays at native size; stratified train/validation split; test apart.",
-        deps=(str(RAW_DIR), "stages/preprocess.py", "stages/shards.py", "stages/imaging.py", *_SHARED),
+        inputs=(str(RAW_DIR),),
         params=("data.image_size", "split"),
         outs=(str(PROCESSED_DIR),),
         resources=_SMALL,
@@ -99,7 +125,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="features",
         description="Dataset statistics, the augmentation policy and the per-class frequency spectrum.",
-        deps=(str(PROCESSED_DIR), "stages/features.py", "stages/figures.py", "stages/shards.py", *_SHARED),
+        inputs=(str(PROCESSED_DIR),),
         params=("augmentation",),
         outs=(str(FEATURES_DIR),),
         plots=(str(FIGURES_DIR / "spectrum.png"),),
@@ -108,15 +134,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="train",
         description="Train the configured Keras architecture with early stopping; keep the best checkpoint.",
-        deps=(
-            str(PROCESSED_DIR),
-            str(FEATURES_DIR),
-            str(DATA_REPORT),
-            "stages/train.py",
-            "stages/architectures.py",
-            "stages/shards.py",
-            *_SHARED,
-        ),
+        inputs=(str(PROCESSED_DIR), str(FEATURES_DIR), str(DATA_REPORT)),
         params=("model", "training"),
         outs=(str(MODEL_DIR),),
         metrics=(str(TRAINING_REPORT),),
@@ -125,14 +143,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="evaluate",
         description="Threshold chosen on validation; test metrics, confusion matrix, ROC, PR, calibration.",
-        deps=(
-            str(MODEL_DIR),
-            str(PROCESSED_DIR),
-            "stages/evaluate.py",
-            "stages/modelstore.py",
-            "stages/shards.py",
-            *_SHARED,
-        ),
+        inputs=(str(MODEL_DIR), str(PROCESSED_DIR)),
         params=("evaluation",),
         metrics=(str(METRICS_FILE),),
         plots=tuple(
@@ -144,15 +155,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="register",
         description="Log and register the model in MLflow; alias challenger; champion only past the gate.",
-        deps=(
-            str(MODEL_DIR),
-            str(METRICS_FILE),
-            str(PROCESSED_DIR),
-            str(DATA_REPORT),
-            "stages/register.py",
-            "stages/modelstore.py",
-            *_SHARED,
-        ),
+        inputs=(str(MODEL_DIR), str(METRICS_FILE), str(PROCESSED_DIR), str(DATA_REPORT)),
         params=("promotion", "mlflow"),
         uncached=(str(REGISTRATION_FILE),),
         resources=_MEDIUM,
@@ -162,7 +165,7 @@ STAGES: tuple[Stage, ...] = (
 DEPLOY = Stage(
     name="deploy",
     description="Roll the champion out to the KServe InferenceService (canary, then promote or roll back).",
-    deps=("stages/deploy.py",),
+    inputs=(),
     params=("mlflow",),
     resources=_SMALL,
     kubernetes_api=True,

@@ -3,11 +3,17 @@
 The challenger becomes ``champion`` only when it beats the current champion on the same test data by the gate
 in params (``promotion.metric`` and ``promotion.min_improvement``); the first model becomes champion. A worse
 model stays registered and is not promoted; the log and ``reports/registration.json`` say why.
+
+Every version ends with a ``promotion`` tag: ``champion``, ``rejected``, ``superseded`` (it was champion until
+a better one came) or ``abandoned`` (its registration was killed and never resumed). A version still without
+one was created by an attempt that died before the gate ran: rerunning register on the same training run
+completes that version instead of registering a duplicate.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import asdict, dataclass
@@ -33,6 +39,9 @@ from stages.train import MODEL_FILE, load_run_id
 log = logging.getLogger("deepguard.register")
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+PROMOTION = "promotion"  # the version tag every registration ends with
+GATE = "gate_decision"  # the gate's decision, recorded when the version is created so a resumed run reuses it
+SUPERSEDED, ABANDONED = "superseded", "abandoned"
 TIE_TOLERANCE = 1e-9  # differences below this are float noise, not an improvement
 
 
@@ -99,6 +108,59 @@ def _champion_score(client, name: str, metric: str, test_hash: str) -> tuple[flo
     return float(measured[metric]), str(champion.version)
 
 
+def _resume_unfinished(client, name: str, training_run: str):  # -> ModelVersion | None
+    """Find the version an interrupted register of this model created but never tagged; settle the others.
+
+    The model is named by its training run (``training_run_id`` tag), which stays the same however often
+    register reruns. Any other version without a ``promotion`` tag whose registering run is no longer RUNNING
+    was abandoned by a killed registration: it is tagged ``abandoned`` so that no version stays untagged. One
+    whose run is still RUNNING may be another workspace's registration in progress, and is left alone.
+
+    Returns:
+        The version to complete, or None when this run has none unfinished.
+    """
+    resumed = None
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if PROMOTION in version.tags:
+            continue
+        if version.tags.get("training_run_id") == training_run and GATE in version.tags:
+            resumed = version
+            log.warning(
+                "v%s was registered by an interrupted attempt of this run: completing it", version.version
+            )
+        elif not _running(client, version.run_id):
+            reason = "its registration was interrupted before the gate and never resumed"
+            client.set_model_version_tag(name, version.version, "promotion_reason", reason)
+            client.set_model_version_tag(name, version.version, PROMOTION, ABANDONED)
+            log.warning("v%s: %s; tagged %s", version.version, reason, ABANDONED)
+    return resumed
+
+
+def _running(client, run_id: str | None) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return bool(run_id) and client.get_run(run_id).info.status == "RUNNING"
+    except MlflowException:
+        return False  # the run was deleted: nobody is registering through it
+
+
+def _settle_promotion_tags(client, name: str) -> None:
+    """Tag ``superseded`` every version still tagged champion that no longer holds the champion alias."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return  # nobody holds the alias (removed by hand): no version can be said to have lost it to another
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get(PROMOTION) == CHAMPION and str(version.version) != champion:
+            reason = f"was champion until v{champion} replaced it"
+            client.set_model_version_tag(name, version.version, "promotion_reason", reason)
+            client.set_model_version_tag(name, version.version, PROMOTION, SUPERSEDED)
+            log.info("v%s lost the champion alias to v%s: tagged superseded", version.version, champion)
+
+
 def _signature(image_size: int):  # -> mlflow.models.ModelSignature
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
@@ -134,7 +196,9 @@ def run(params: Params) -> dict:
     champion_value, champion_version = _champion_score(
         client, name, params.promotion.metric, summary["test_hash"]
     )
+    training_run = load_run_id()
     lineage = {
+        "training_run_id": training_run,
         "git_commit": tracking.git_commit(),
         "data_hash": data_report["data_hash"],
         "test_hash": summary["test_hash"],
@@ -145,30 +209,37 @@ def run(params: Params) -> dict:
         "threshold": f"{metrics['threshold']:.6f}",
         **{f"test_{k}": repr(v) for k, v in metrics["test"].items() if isinstance(v, float)},
     }
-    with tracking.continue_run(load_run_id(), experiment.experiment_id) as mlrun:
-        requirements = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
-        info = mlflow.keras.log_model(
-            load_keras(MODEL_DIR / MODEL_FILE),
-            name="model",
-            signature=_signature(params.data.image_size),
-            metadata=metadata.to_dict(),
-            pip_requirements=requirements,
-        )
-        version = mlflow.register_model(info.model_uri, name, tags=lineage).version
+    decision = decide(
+        params.promotion.metric,
+        metrics["test"][params.promotion.metric],
+        champion_value,
+        params.promotion.min_improvement,
+        champion_version,
+    )
+    with tracking.stage_run("register", experiment.experiment_id, training_run) as mlrun:
+        unfinished = _resume_unfinished(client, name, training_run)
+        if unfinished is not None:
+            # The champion may already be this version: the gate's verdict is the one recorded at creation.
+            version, decision = str(unfinished.version), GateDecision(**json.loads(unfinished.tags[GATE]))
+        else:
+            requirements = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
+            info = mlflow.keras.log_model(
+                load_keras(MODEL_DIR / MODEL_FILE),
+                name="model",
+                signature=_signature(params.data.image_size),
+                metadata=metadata.to_dict(),
+                pip_requirements=requirements,
+            )
+            # Created with its lineage tags in one call; from here to the promotion tag every step is
+            # idempotent, so a rerun after a kill anywhere below resumes this version.
+            tags = {**lineage, GATE: json.dumps(asdict(decision))}
+            version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
         client.set_registered_model_alias(name, CHALLENGER, version)
-        decision = decide(
-            params.promotion.metric,
-            metrics["test"][params.promotion.metric],
-            champion_value,
-            params.promotion.min_improvement,
-            champion_version,
-        )
-        client.set_model_version_tag(
-            name, version, "promotion", "champion" if decision.promote else "rejected"
-        )
-        client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+        client.set_model_version_tag(name, version, PROMOTION, CHAMPION if decision.promote else "rejected")
+        _settle_promotion_tags(client, name)
         mlflow.set_tags({"registered_version": version, "promoted": str(decision.promote).lower()})
     record = {
         "model_name": name,

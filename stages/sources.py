@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ NEARBY_ARCHIVES: tuple[Path, ...] = (
     Path("../shared/data/cifake.zip"),
     Path("../shared/data/cifake-sample.zip"),
 )
+# Largest image file ingest reads: a CIFAKE image is 1-3 KB and a 512x512 PNG under 1 MiB, so anything past
+# this is a zip bomb or not a dataset image, and reading it could exhaust memory.
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 
 class SourceError(DeepGuardError):
@@ -187,6 +191,7 @@ def iter_entries(path: Path) -> Iterator[Entry]:
         located = [(where, p) for p in files if (where := _split_class(p.relative_to(path).parts))]
         _check_layout({where for where, _ in located}, str(path))
         for (split, class_name), file in sorted(located, key=lambda item: _order(*item[0], item[1].name)):
+            _check_size(file.stat().st_size, f"{file}")
             yield Entry(split, class_name, file.name, file.read_bytes())
         return
     if not zipfile.is_zipfile(path):
@@ -200,7 +205,31 @@ def iter_entries(path: Path) -> Iterator[Entry]:
         located = [(where, info) for info in infos if (where := _split_class(Path(info.filename).parts))]
         _check_layout({where for where, _ in located}, str(path))
         for (split, class_name), info in sorted(located, key=lambda item: _order(*item[0], item[1].filename)):
-            yield Entry(split, class_name, Path(info.filename).name, archive.read(info))
+            yield Entry(split, class_name, Path(info.filename).name, _read_entry(archive, info, path))
+
+
+def _check_size(size: int, where: str) -> None:
+    if size > MAX_IMAGE_BYTES:
+        raise SourceError(
+            f"{where}: {size} bytes, over the {MAX_IMAGE_BYTES}-byte limit for one image (a zip bomb?)"
+        )
+
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:
+    """Read one member, refusing it by its declared size and again by the bytes it actually inflates to.
+
+    The header alone cannot be trusted: it is written by whoever made the archive.
+    """
+    where = f"{path}: {info.filename}"
+    _check_size(info.file_size, where)
+    try:
+        with archive.open(info) as member:
+            data = member.read(MAX_IMAGE_BYTES + 1)  # never more than the limit in memory
+    # RuntimeError: an encrypted member; NotImplementedError: a compression method zipfile lacks.
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise SourceError(f"{where}: unreadable archive member ({exc})") from None
+    _check_size(len(data), where)
+    return data
 
 
 def fingerprint_bytes(data: bytes) -> str:

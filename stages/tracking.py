@@ -1,22 +1,28 @@
 """MLflow set-up: a local sqlite store by default, MLFLOW_TRACKING_URI or DagsHub when configured.
 
-An unreachable remote gives one clear error within seconds, never a hang.
+An unreachable remote gives one clear error within seconds, never a hang. A stage's run that a kill left
+RUNNING is ended as KILLED by the next stage that runs in the same workspace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from stages.atomic import read_json, write_json
 from stages.config import MlflowParams
 from stages.errors import DeepGuardError, redact_credentials
 
 log = logging.getLogger(__name__)
 
 LOCAL_STORE = Path("mlruns")
+# Workspace-relative: <stage>.json names the MLflow run a stage has open; gone when the stage ends its run.
+ACTIVE_RUNS_DIR = Path(".mlflow-active")
 DAGSHUB_VARS = ("DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO")
 DAGSHUB_HOST = "https://dagshub.com"
 PROBE_TIMEOUT_S = 5
@@ -161,3 +167,62 @@ def continue_run(run_id: str, experiment_id: str):  # -> mlflow.ActiveRun
     except mlflow.exceptions.MlflowException:
         log.warning("training run %s is not in this tracking store; logging to a new run", run_id)
         return mlflow.start_run(experiment_id=experiment_id, tags={"continued_from_run": run_id})
+
+
+def end_abandoned_runs() -> list[str]:
+    """End as KILLED the runs that stages of this workspace opened and never ended (killed by SIGKILL).
+
+    A workspace runs one stage at a time (DVC's lock, Airflow's task order), so a marker that exists when a
+    stage starts was left by a stage that died. Runs in other workspaces are never touched.
+
+    Returns:
+        The ids of the runs ended.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    ended = []
+    for marker in sorted(ACTIVE_RUNS_DIR.glob("*.json")):
+        run_id = read_json(marker)["run_id"]
+        try:
+            status = client.get_run(run_id).info.status
+        except mlflow.exceptions.MlflowException:
+            status = None  # deleted, or recorded against another store: nothing to end here
+        if status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+            log.warning("MLflow run %s of an interrupted %s stage ended as KILLED", run_id, marker.stem)
+            ended.append(run_id)
+        marker.unlink()
+    return ended
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, experiment_id: str, run_id: str | None = None) -> Iterator:  # mlflow.ActiveRun
+    """Open ``stage``'s MLflow run (a new one, or ``run_id`` continued) and end it however the stage ends.
+
+    FINISHED on success, KILLED on SIGTERM or Ctrl-C (see :func:`stages.cli.run_stage`), FAILED on an error;
+    while it is open a marker in the workspace lets the next stage end it if this process is killed outright.
+
+    Args:
+        stage: The stage name, which names the marker.
+        experiment_id: The experiment of a new run.
+        run_id: The run to continue (evaluate and register log beside training), or None for a new run.
+    """
+    import mlflow
+
+    end_abandoned_runs()
+    run = continue_run(run_id, experiment_id) if run_id else mlflow.start_run(experiment_id=experiment_id)
+    marker = ACTIVE_RUNS_DIR / f"{stage}.json"
+    write_json(marker, {"run_id": run.info.run_id, "stage": stage})
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        marker.unlink(missing_ok=True)

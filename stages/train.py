@@ -180,7 +180,7 @@ def run(params: Params) -> dict:
         log.warning("training on %s", data_report["notice"])
 
     experiment = tracking.setup(params.mlflow)
-    with atomic_path(MODEL_DIR) as tmp, mlflow.start_run(experiment_id=experiment.experiment_id) as mlrun:
+    with atomic_path(MODEL_DIR) as tmp, tracking.stage_run("train", experiment.experiment_id) as mlrun:
         tmp.mkdir()
         mlflow.set_tags(
             {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from workspace import TrainedWorkspace, dvc, make_workspace, require_sample, run_stage, stage_env
 
@@ -22,3 +25,11 @@ def trained_workspace(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorksp
     result = dvc(root, env, "repro")
     return TrainedWorkspace(root=root, tracking_uri=env["MLFLOW_TRACKING_URI"], model_name="deepguard",
                             env=env, repro_output=result.stdout + result.stderr)
+
+
+@pytest.fixture()
+def workspace_copy(trained_workspace: TrainedWorkspace, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the trained workspace with its own, empty MLflow store."""
+    root = tmp_path / "ws"
+    shutil.copytree(trained_workspace.root, root, ignore=shutil.ignore_patterns("mlruns"))
+    return root, stage_env(root, DEEPGUARD_DATA=trained_workspace.env["DEEPGUARD_DATA"])

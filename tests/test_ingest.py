@@ -206,3 +206,74 @@ def test_failed_ingest_keeps_the_previous_good_output(workspace, defective_zip: 
     assert (root / "data/raw/index.json").read_text() == before
     assert json.loads(before)["kept"]["train"]["REAL"] == 3
     assert not [p for p in (root / "data").iterdir() if p.name.startswith(".")], "no temporary leftovers"
+
+
+def _patch_headers(archive: Path, member: str, central_at: int, local_at: int, value: bytes) -> Path:
+    """Overwrite a field of ``member``'s central-directory and local headers (offsets from each signature)."""
+    data = bytearray(archive.read_bytes())
+    name = member.encode()
+    for signature, field_at, name_at in ((b"PK\x01\x02", central_at, 46), (b"PK\x03\x04", local_at, 30)):
+        start = data.find(signature)
+        while start != -1:
+            if data[start + name_at:start + name_at + len(name)] == name:
+                data[start + field_at:start + field_at + len(value)] = value
+            start = data.find(signature, start + 4)
+    archive.write_bytes(bytes(data))
+    return archive
+
+
+def _claim_size(archive: Path, member: str, size: int) -> Path:
+    """Rewrite the uncompressed size the zip's headers declare for ``member`` (how a zip bomb lies)."""
+    return _patch_headers(archive, member, 24, 22, size.to_bytes(4, "little"))
+
+
+def _bomb_zip(path: Path, bomb: bytes, claimed: int | None = None) -> Path:
+    """Three good images per split/class plus ``train/FAKE/bomb.png`` (deflated), optionally lying about
+    its size."""
+    files = {f"{split}/{cls}/{i}.jpg": jpeg(hash((split, cls, i)) % 2**32)
+             for split in ("train", "test") for cls in ("REAL", "FAKE") for i in range(3)}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr("train/FAKE/bomb.png", bomb)
+    return path if claimed is None else _claim_size(path, "train/FAKE/bomb.png", claimed)
+
+
+def test_zip_bomb_claiming_gigabytes_is_refused_from_the_header_cli(workspace, tmp_path: Path) -> None:
+    root, env = workspace
+    bomb = _bomb_zip(tmp_path / "bomb.zip", b"\0" * 1000, claimed=4_000_000_000)
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(bomb)}, check=False)
+    _fails_with_one_line(result, r"bomb\.zip: train/FAKE/bomb\.png: 4000000000 bytes, over the \d+-byte")
+    assert "MemoryError" not in result.stdout + result.stderr
+    assert not (root / "data/raw").exists()
+
+
+def test_zip_bomb_inflating_past_the_limit_is_refused(tmp_path: Path) -> None:
+    bomb = _bomb_zip(tmp_path / "bomb.zip", b"\0" * (sources.MAX_IMAGE_BYTES + 1))  # deflates to ~16 KB
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(sources.SourceError, match=r"bomb\.png: 16777217 bytes, over the 16777216-byte limit"):
+        list(sources.iter_entries(bomb))
+
+
+def test_zip_member_inflating_past_its_declared_size_is_refused_while_reading(tmp_path: Path) -> None:
+    """The header claims 1 KB: the bytes are counted while reading, never trusted from the header."""
+    bomb = _bomb_zip(tmp_path / "bomb.zip", b"\0" * (sources.MAX_IMAGE_BYTES + 1), claimed=1000)
+    with pytest.raises(sources.SourceError, match=r"bomb\.png: unreadable archive member"):
+        list(sources.iter_entries(bomb))
+
+
+def test_oversized_file_in_a_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    zipfile.ZipFile(_bomb_zip(tmp_path / "bomb.zip", b"x")).extractall(folder)
+    with (folder / "train/FAKE/bomb.png").open("wb") as file:
+        file.truncate(sources.MAX_IMAGE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(sources.SourceError, match=r"bomb\.png: 16777217 bytes, over the"):
+        list(sources.iter_entries(folder))
+
+
+def test_encrypted_zip_member_is_one_clear_error_cli(workspace, tmp_path: Path) -> None:
+    root, env = workspace
+    archive = _bomb_zip(tmp_path / "locked.zip", jpeg(5))
+    _patch_headers(archive, "train/FAKE/bomb.png", 8, 6, (1).to_bytes(2, "little"))  # flag bit 0: encrypted
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(archive)}, check=False)
+    _fails_with_one_line(result, r"locked\.zip: train/FAKE/bomb\.png: unreadable archive member \(.*encrypt")

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from workspace import TrainedWorkspace, dvc, run_stage, stage_env
+from workspace import TrainedWorkspace, dvc, run_stage
 
 from stages.modelstore import load_keras
-from stages.pipeline import STAGE_NAMES, dvc_yaml
+from stages.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
 
 
 def _client(uri: str) -> mlflow.MlflowClient:
@@ -23,6 +25,60 @@ def test_committed_dvc_yaml_is_generated_from_the_stage_list() -> None:
     from workspace import REPO
 
     assert (REPO / "dvc.yaml").read_text() == dvc_yaml(), "run `make dvc-yaml` after editing the stage list"
+
+
+def _imported_project_files(path: Path, root: Path) -> set[str]:
+    """An independent oracle for code_deps: walk the syntax trees of the project files ``path`` imports."""
+    found, todo = set(), [path]
+    while todo:
+        file = todo.pop()
+        rel = file.relative_to(root).as_posix()
+        if rel in found:
+            continue
+        found.add(rel)
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            for name in names:
+                parts = name.split(".")
+                for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py
+                    for candidate in (root.joinpath(*parts[:i], "__init__.py"),
+                                      root.joinpath(*parts[:i]).with_suffix(".py")):
+                        if candidate.is_file():
+                            todo.append(candidate)
+    return found
+
+
+@pytest.mark.parametrize("stage", [*STAGES, DEPLOY], ids=lambda stage: stage.name)
+def test_dvc_deps_list_every_project_module_the_stage_imports(stage) -> None:
+    from workspace import REPO
+
+    imported = _imported_project_files(REPO / "stages" / f"{stage.name}.py", REPO)
+    missing = imported - set(stage.deps)
+    assert not missing, f"{stage.name} imports {sorted(missing)} but its DVC deps do not list them"
+    assert set(stage.inputs) <= set(stage.deps)
+
+
+def test_a_new_import_becomes_a_dependency(tmp_path: Path) -> None:
+    from workspace import REPO
+
+    shutil.copytree(REPO / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "stages/brand_new.py").write_text('"""A module another engineer adds later."""\n')
+    train = tmp_path / "stages/train.py"
+    assert "stages/brand_new.py" not in code_deps("stages.train", tmp_path)
+    # Imported inside a function, as train imports the architectures: still a dependency.
+    later = "\n\ndef _later() -> None:\n    from stages import brand_new  # noqa: F401\n"
+    train.write_text(train.read_text() + later)
+    code_deps.cache_clear()
+    assert "stages/brand_new.py" in code_deps("stages.train", tmp_path)
+
+
+def test_train_evaluate_and_register_depend_on_what_they_were_missing() -> None:
+    deps = {stage.name: set(stage.deps) for stage in STAGES}
+    assert {"stages/modelstore.py", "stages/tracking.py", "stages/features.py"} <= deps["train"]
+    assert {"stages/train.py", "stages/figures.py"} <= deps["evaluate"]
+    assert {"stages/evaluate.py", "stages/train.py", "stages/shards.py"} <= deps["register"]
 
 
 def test_repro_runs_all_six_stages_in_order(trained_workspace: TrainedWorkspace) -> None:
@@ -64,14 +120,6 @@ def test_pipeline_outputs_are_declared_and_complete(trained_workspace: TrainedWo
     assert registration["promoted"] is True
     model = load_keras(root / "models/model.keras")
     assert model.get_layer("mirror"), "model.test_time_flip: true wraps the trained model in flip averaging"
-
-
-@pytest.fixture()
-def workspace_copy(trained_workspace: TrainedWorkspace, tmp_path):  # -> tuple[Path, dict]
-    """A copy of the trained workspace with its own, empty MLflow store."""
-    root = tmp_path / "ws"
-    shutil.copytree(trained_workspace.root, root, ignore=shutil.ignore_patterns("mlruns"))
-    return root, stage_env(root, DEEPGUARD_DATA=trained_workspace.env["DEEPGUARD_DATA"])
 
 
 def test_second_repro_skips_and_a_training_param_reruns_train_onward_only(workspace_copy) -> None:

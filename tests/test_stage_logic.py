@@ -101,6 +101,17 @@ def test_promotion_gate(challenger: float, champion: float | None, minimum: floa
     assert ("first model" in decision.reason) == (champion is None)
 
 
+def test_default_gate_minimum_is_above_rerun_noise() -> None:
+    """params.yaml's promotion.min_improvement comes from bench/gate_noise_bench.py: rerun noise never
+    promotes, a gain twice the minimum does."""
+    from stages.config import load_params
+
+    minimum = load_params(Path(__file__).resolve().parents[1] / "params.yaml").promotion.min_improvement
+    assert minimum > 0
+    assert not decide("roc_auc", 0.9975 + minimum / 2, 0.9975, minimum, "1").promote
+    assert decide("roc_auc", 0.9975 - 2 * minimum, 0.9975 - 4 * minimum, minimum, "1").promote
+
+
 def test_partial_dagshub_settings_name_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DAGSHUB_USERNAME", "someone")
     monkeypatch.delenv("DAGSHUB_TOKEN", raising=False)

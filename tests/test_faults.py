@@ -1,0 +1,150 @@
+"""Faults lose nothing: no temporary output or RUNNING run after a kill; register resumes, no duplicates."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from workspace import run_stage
+
+from stages.atomic import atomic_path, clean_stale
+from stages.tracking import ACTIVE_RUNS_DIR
+
+MODEL = "deepguard"
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path: Path) -> None:
+    target = tmp_path / "models"
+    (tmp_path / ".models.k1ll3d_1.tmp").mkdir()  # a folder a killed train was filling
+    (tmp_path / ".models.k1ll3d_1.tmp" / "model.keras").write_bytes(b"half")
+    (tmp_path / ".models.zz_99_aa.tmp").write_text("half a file")
+    others = [tmp_path / ".models.json.abcdefgh.tmp", tmp_path / ".models2.abcdefgh.tmp", tmp_path / "x.tmp"]
+    for other in others:  # other targets' temporaries, possibly being written right now: not ours to touch
+        other.write_text("someone else's")
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "model.keras").write_bytes(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["models", *(p.name for p in others)])
+    assert (target / "model.keras").read_bytes() == b"whole"
+
+
+def test_a_folder_moved_aside_by_a_killed_swap_is_restored(tmp_path: Path) -> None:
+    """Killed between the two renames of a folder swap: the previous output is whole and comes back."""
+    target = tmp_path / "models"
+    (tmp_path / ".models.old").mkdir()
+    (tmp_path / ".models.old" / "model.keras").write_bytes(b"previous")
+    (tmp_path / ".models.abcdefgh.tmp").mkdir()  # the new output, never renamed into place
+    assert [p.name for p in clean_stale(target)] == [".models.abcdefgh.tmp"]
+    assert (target / "model.keras").read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+def _client(env: dict[str, str]) -> mlflow.MlflowClient:
+    uri = env["MLFLOW_TRACKING_URI"]
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _start_train_and_wait_until_writing(root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """Start `python -m stages.train`; return once its MLflow run is open and its temporary folder exists."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    marker = root / ACTIVE_RUNS_DIR / "train.json"
+    deadline = time.monotonic() + 300
+    while not (marker.is_file() and list(root.glob(".models.*.tmp"))):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            out, err = process.communicate()
+            pytest.fail(f"train never wrote (exit {process.returncode}):\n{out[-2000:]}{err[-2000:]}")
+        time.sleep(0.1)
+    return process, json.loads(marker.read_text())["run_id"]
+
+
+def test_killed_train_leaves_no_temporary_folder_and_no_running_run(workspace_copy) -> None:
+    root, env = workspace_copy
+    client = _client(env)
+    before = (root / "models/model.keras").read_bytes()
+
+    # SIGTERM (how Kubernetes stops a pod): the stage unwinds at once and says so in one line.
+    process, terminated_run = _start_train_and_wait_until_writing(root, env)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "stages.train: interrupted"
+    assert not list(root.glob(".models.*")), "SIGTERM left a temporary folder"
+    assert client.get_run(terminated_run).info.status == "KILLED"
+    assert (root / "models/model.keras").read_bytes() == before, "the previous good output stays"
+
+    # SIGKILL: nothing runs in the process; the next run of the stage cleans up after it.
+    process, killed_run = _start_train_and_wait_until_writing(root, env)
+    process.kill()
+    process.communicate(timeout=60)
+    assert list(root.glob(".models.*.tmp")) and client.get_run(killed_run).info.status == "RUNNING"
+    result = run_stage("train", root, env)
+    assert not list(root.glob(".models.*")), "the rerun left the killed attempt's temporary folder"
+    assert client.get_run(killed_run).info.status == "KILLED"
+    assert f"MLflow run {killed_run} of an interrupted train stage ended as KILLED" in result.stdout
+    new_run = json.loads((root / "models/run.json").read_text())["run_id"]
+    assert client.get_run(new_run).info.status == "FINISHED"
+    assert not list((root / ACTIVE_RUNS_DIR).iterdir())
+
+
+def _tags(client: mlflow.MlflowClient) -> dict[str, dict[str, str]]:
+    return {str(v.version): v.tags for v in client.search_model_versions(f"name = '{MODEL}'")}
+
+
+def test_register_completes_the_version_a_kill_left_instead_of_duplicating_it(
+    workspace_copy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, env = workspace_copy
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])  # MLflow resolves models:/ with it
+    client = _client(env)
+    run_stage("register", root, env)
+    first = client.get_model_version(MODEL, "1")
+    assert first.tags["promotion"] == "champion"
+
+    # What a SIGKILL right after "version created" leaves: the version with its lineage and the gate's
+    # decision, no alias, no promotion tag; its run RUNNING and named by the workspace's marker.
+    for alias in ("champion", "challenger"):
+        client.delete_registered_model_alias(MODEL, alias)
+    for tag in ("promotion", "promotion_reason"):
+        client.delete_model_version_tag(MODEL, "1", tag)
+    client.update_run(first.run_id, status="RUNNING")
+    (root / ACTIVE_RUNS_DIR).mkdir(exist_ok=True)  # left empty by the first run
+    (root / ACTIVE_RUNS_DIR / "register.json").write_text(json.dumps({"run_id": first.run_id}))
+
+    result = run_stage("register", root, env)
+    assert "v1 was registered by an interrupted attempt of this run: completing it" in result.stdout
+    assert list(_tags(client)) == ["1"], "no duplicate version"
+    assert _tags(client)["1"]["promotion"] == "champion"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    assert json.loads((root / "reports/registration.json").read_text())["version"] == "1"
+
+    # A version whose registration died elsewhere and was never resumed: untagged, its run over.
+    other = client.create_run(client.get_run(first.run_id).info.experiment_id)
+    client.set_terminated(other.info.run_id, "KILLED")
+    client.create_model_version(MODEL, first.source, run_id=other.info.run_id)
+    # Make v1 a weaker champion on this test set, so the next registration is promoted over it.
+    client.set_model_version_tag(MODEL, "1", "test_roc_auc", "0.5")
+    run_stage("register", root, env)
+    tags = _tags(client)
+    assert {version: t["promotion"] for version, t in tags.items()} == {
+        "1": "superseded",
+        "2": "abandoned",
+        "3": "champion",
+    }
+    assert tags["1"]["promotion_reason"] == "was champion until v3 replaced it"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "3"
