@@ -104,11 +104,11 @@ def _tags(client: mlflow.MlflowClient) -> dict[str, dict[str, str]]:
     return {str(v.version): v.tags for v in client.search_model_versions(f"name = '{MODEL}'")}
 
 
-def test_register_completes_the_version_a_kill_left_instead_of_duplicating_it(
-    workspace_copy, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_register_completes_the_version_a_kill_left_instead_of_duplicating_it(workspace_copy) -> None:
     root, env = workspace_copy
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])  # MLflow resolves models:/ with it
+    # The registry resolves a models:/ source with the process-wide tracking URI, which an earlier test may
+    # have set (set_tracking_uri wins over the environment): point it at this workspace's store.
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = _client(env)
     run_stage("register", root, env)
     first = client.get_model_version(MODEL, "1")
