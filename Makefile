@@ -135,7 +135,7 @@ $(VENV)/.installed: requirements/dev.lock | $(UV)
 
 setup: $(VENV)/.installed ## create .venv from the lock file (stages, predictor, web app, test tools)
 
-lint: setup ## ruff
+lint: setup ## ruff check . (the lint step of make test)
 	$(VENV)/bin/ruff check .
 
 chromium: ## Debian chromium for the browser test (apt-get when root and missing; else that test skips)
