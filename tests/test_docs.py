@@ -288,6 +288,14 @@ def test_the_map_names_the_files_a_newcomer_looks_for() -> None:
         "helm/deepguard/templates/predictor/inferenceservice.yaml",
     ):
         assert f"`{path}`" in readme and (REPO / path).is_file(), path
+    map_paths = [
+        span
+        for row in readme.split("## Map of the repository", 1)[1].splitlines()
+        if row.startswith("| `")
+        for span in CODE_SPAN.findall(row.split("|")[1])
+        if "/" in span and not re.search(r"[<{*]", span)
+    ]
+    assert len(map_paths) > 20 and [path for path in map_paths if not (REPO / path).exists()] == []
     assert re.search(r"`stages/imaging\.py`.*resiz.*decode_for_model", readme)
     assert re.search(r"`stages/deploy\.py`.*canary", readme)
 
