@@ -28,7 +28,7 @@ from stages.pipeline import DEPLOY, STAGES, Stage  # noqa: E402
 
 DAG_ID = "deepguard_pipeline"
 
-# Names shared with the Helm chart and k8s/ (README: Deploying to Kubernetes).
+# Names shared with the Helm chart and k8s/ (docs/kubernetes.md: Deploying to Kubernetes).
 NAMESPACE = "deepguard"
 # Stage pods run as SERVICE_ACCOUNT without an API token; a stage marked kubernetes_api in the stage list
 # (deploy) runs as DEPLOY_SERVICE_ACCOUNT, the only one bound to a Role, with its token mounted.
