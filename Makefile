@@ -135,8 +135,9 @@ $(VENV)/.installed: requirements/dev.lock | $(UV)
 
 setup: $(VENV)/.installed ## create .venv from the lock file (stages, predictor, web app, test tools)
 
-lint: setup ## ruff check . (the lint step of make test)
+lint: setup ## ruff check . and ruff format --check . (the lint step of make test)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 chromium: ## Debian chromium for the browser test (apt-get when root and missing; else that test skips)
 	@if [ -x /usr/bin/chromium ]; then :; \

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("dag_parse_bench")
 
-BASELINE_DAG = '''
+BASELINE_DAG = """
 from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, chain
@@ -30,7 +30,7 @@ with DAG(dag_id="baseline", schedule=None, start_date=pendulum.datetime(2026, 1,
                                   cmds=["python", "-m", f"stages.{name}"],
                                   execution_timeout=timedelta(hours=1))
             for name in ("ingest", "preprocess", "features", "train", "evaluate", "register", "deploy")))
-'''
+"""
 
 SAMPLE = """
 import json, sys, time
@@ -47,8 +47,15 @@ print(json.dumps(seconds))
 
 def sample(dag_file: Path, env: dict[str, str]) -> float:
     """One parse of ``dag_file`` in a fresh interpreter, in seconds."""
-    done = subprocess.run([sys.executable, "-c", SAMPLE, str(dag_file)], env=env, cwd=REPO,
-                          capture_output=True, text=True, check=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", SAMPLE, str(dag_file)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return float(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -67,8 +74,13 @@ def main() -> None:
         for i in range(runs):
             times["baseline"].append(sample(baseline_dir / "baseline.py", env))
             times["ours"].append(sample(ours_file, env))
-            log.info("run %d/%d: baseline %.1f ms, ours %.1f ms", i + 1, runs,
-                     times["baseline"][-1] * 1000, times["ours"][-1] * 1000)
+            log.info(
+                "run %d/%d: baseline %.1f ms, ours %.1f ms",
+                i + 1,
+                runs,
+                times["baseline"][-1] * 1000,
+                times["ours"][-1] * 1000,
+            )
     base, ours = statistics.median(times["baseline"]), statistics.median(times["ours"])
     log.info("DAG file parse time, median of %d (Airflow already imported):", runs)
     log.info("  baseline (7 inline KubernetesPodOperators): %.1f ms", base * 1000)

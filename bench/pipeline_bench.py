@@ -43,8 +43,13 @@ def workspace(data: Path) -> tuple[Path, dict[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="deepguard-bench-"))
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")
-    env = {**os.environ, "DEEPGUARD_DATA": str(data.resolve()), "PYTHONPATH": str(root),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "DEEPGUARD_DATA": str(data.resolve()),
+        "PYTHONPATH": str(root),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     return root, env
 
 
@@ -68,11 +73,15 @@ def full(data: Path, overrides: list[str]) -> None:
     for name, seconds, rss in rows:
         print(f"| {name} | {seconds:.1f} | {rss:.0f} |")
     print(f"| **total** | {total:.1f} | |")
-    print(f"\ntraining: {training['epochs_run']} epochs, {training['train_seconds']:.0f} s, "
-          f"{training['train_images_per_second']:.0f} img/s, best epoch {training['best_epoch']}")
+    print(
+        f"\ntraining: {training['epochs_run']} epochs, {training['train_seconds']:.0f} s, "
+        f"{training['train_images_per_second']:.0f} img/s, best epoch {training['best_epoch']}"
+    )
     test = metrics["test"]
-    print(f"test ({test['count']} images): accuracy {test['accuracy']:.4f}, ROC-AUC {test['roc_auc']:.4f}, "
-          f"F1 {test['f1']:.4f}, threshold {metrics['threshold']:.3f} (chosen on validation)")
+    print(
+        f"test ({test['count']} images): accuracy {test['accuracy']:.4f}, ROC-AUC {test['roc_auc']:.4f}, "
+        f"F1 {test['f1']:.4f}, threshold {metrics['threshold']:.3f} (chosen on validation)"
+    )
     print(f"workspace kept at {root}")
 
 
@@ -83,8 +92,10 @@ def memory(data: Path) -> None:
         root, env = workspace(data)
         stage("ingest", root, env, *overrides)
         seconds, rss = stage("preprocess", root, env, *overrides)
-        count = sum(sum(c.values()) for c in json.loads((root / "data/processed/summary.json")
-                                                           .read_text())["counts"].values())
+        count = sum(
+            sum(c.values())
+            for c in json.loads((root / "data/processed/summary.json").read_text())["counts"].values()
+        )
         results[label] = (count, seconds, rss)
         shutil.rmtree(root)
     print("\n| preprocess on | images | wall s | peak RSS MiB |\n|---|---:|---:|---:|")
@@ -113,30 +124,43 @@ def throughput(data: Path, images: int, steps: int) -> None:
         x32 = np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n))).convert("RGB")) for n in names])
     y = np.array([n.split("/")[1] == "FAKE" for n in names], dtype="float32")
     # The seed recipe: images upsampled to 128x128 and stored as float32 in [0, 1] before training.
-    x128 = np.stack([np.asarray(Image.fromarray(img).resize((128, 128), Image.Resampling.BILINEAR))
-                     for img in x32]).astype("float32") / 255.0
+    x128 = (
+        np.stack(
+            [np.asarray(Image.fromarray(img).resize((128, 128), Image.Resampling.BILINEAR)) for img in x32]
+        ).astype("float32")
+        / 255.0
+    )
     batch = params.training.batch_size
 
     def images_per_second(x: np.ndarray, size: int, float_input: bool) -> float:
-        model = build_model(params.model.architecture, image_size=size, dropout=params.model.dropout,
-                            pretrained_weights="none", augmentation=params.augmentation,
-                            mean=[0.5] * 3, variance=[0.0625] * 3, seed=0)
+        model = build_model(
+            params.model.architecture,
+            image_size=size,
+            dropout=params.model.dropout,
+            pretrained_weights="none",
+            augmentation=params.augmentation,
+            mean=[0.5] * 3,
+            variance=[0.0625] * 3,
+            seed=0,
+        )
         if float_input:  # the seed fed float32 in [0, 1]: same network, float input scaled back to 0..255
             inputs = keras.Input((size, size, 3), dtype="float32")
             model = keras.Model(inputs, model(keras.ops.multiply(inputs, 255.0)))
         model.compile(optimizer="adam", loss="binary_crossentropy")
-        model.fit(x[:batch * 2], y[:batch * 2], batch_size=batch, epochs=1, verbose=0)  # warm-up, tracing
+        model.fit(x[: batch * 2], y[: batch * 2], batch_size=batch, epochs=1, verbose=0)  # warm-up, tracing
         runs = []
         for _ in range(3):
             started = time.perf_counter()
-            model.fit(x[:batch * steps], y[:batch * steps], batch_size=batch, epochs=1, verbose=0)
+            model.fit(x[: batch * steps], y[: batch * steps], batch_size=batch, epochs=1, verbose=0)
             runs.append(batch * steps / (time.perf_counter() - started))
         return float(np.median(runs))
 
     seed = images_per_second(x128, 128, True)
     ours = images_per_second(x32, params.data.image_size, False)
-    print(f"\n| recipe ({params.model.architecture}, batch {batch}, median of 3) | train img/s "
-          "| dataset bytes per image |\n|---|---:|---:|")
+    print(
+        f"\n| recipe ({params.model.architecture}, batch {batch}, median of 3) | train img/s "
+        "| dataset bytes per image |\n|---|---:|---:|"
+    )
     print(f"| seed: float32 upsampled to 128x128 | {seed:.0f} | {128 * 128 * 3 * 4} |")
     print(f"| ours: uint8 32x32, scaling in the model | {ours:.0f} | {32 * 32 * 3} |")
     print(f"\nspeed-up x{ours / seed:.1f}; dataset on disk /{128 * 128 * 3 * 4 / (32 * 32 * 3):.0f}")

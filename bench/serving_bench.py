@@ -69,13 +69,21 @@ def build_model_folder(dest: Path) -> str:
     params = load_params(REPO / "params.yaml")
     from stages.architectures import build_model, with_flip_averaging
 
-    model = build_model(params.model.architecture, image_size=32, dropout=params.model.dropout,
-                        pretrained_weights="none", augmentation=params.augmentation, mean=[0.5] * 3,
-                        variance=[0.06] * 3, seed=0)
+    model = build_model(
+        params.model.architecture,
+        image_size=32,
+        dropout=params.model.dropout,
+        pretrained_weights="none",
+        augmentation=params.augmentation,
+        mean=[0.5] * 3,
+        variance=[0.06] * 3,
+        seed=0,
+    )
     if params.model.test_time_flip:
         model = with_flip_averaging(model)
-    metadata = ModelMetadata(threshold=0.5, image_size=32, architecture=model.name, data_source="bench",
-                             synthetic_data=True)
+    metadata = ModelMetadata(
+        threshold=0.5, image_size=32, architecture=model.name, data_source="bench", synthetic_data=True
+    )
     mlflow.keras.save_model(model, str(dest), metadata=metadata.to_dict(), pip_requirements=[])
     return model.name
 
@@ -88,8 +96,9 @@ def free_port() -> int:
 
 def start(command: list[str], env: dict[str, str], ready_url: str, log_path: Path) -> subprocess.Popen:
     with log_path.open("w") as out:
-        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -179,7 +188,7 @@ def main() -> int:
 
         def in_process_batch(i: int) -> None:
             start_index = (i * BATCH) % (len(files) - BATCH)
-            batch = np.stack([decode_for_model(f, 32) for f in files[start_index:start_index + BATCH]])
+            batch = np.stack([decode_for_model(f, 32) for f in files[start_index : start_index + BATCH]])
             predict_fake_probability(model, batch)
 
         naive = timed(naive_one, min(args.requests, 200), warmup=5)
@@ -188,22 +197,47 @@ def main() -> int:
         predictor_url, web_url = f"http://127.0.0.1:{predictor_port}", f"http://127.0.0.1:{web_port}"
         processes = []
         try:
-            processes.append(start(
-                [sys.executable, "-m", "stages.predictor", "--model-uri", str(folder), "--http_port",
-                 str(predictor_port), "--enable_grpc", "false"],
-                {"DEEPGUARD_MODEL_VERSION": "bench"}, f"{predictor_url}/v2/models/deepguard/ready",
-                Path(tmp) / "predictor.log"))
-            processes.append(start(
-                [sys.executable, "-m", "flask_app"],
-                {"PREDICTOR_URL": predictor_url, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(web_port)},
-                f"{web_url}/healthz", Path(tmp) / "web.log"))
+            processes.append(
+                start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "stages.predictor",
+                        "--model-uri",
+                        str(folder),
+                        "--http_port",
+                        str(predictor_port),
+                        "--enable_grpc",
+                        "false",
+                    ],
+                    {"DEEPGUARD_MODEL_VERSION": "bench"},
+                    f"{predictor_url}/v2/models/deepguard/ready",
+                    Path(tmp) / "predictor.log",
+                )
+            )
+            processes.append(
+                start(
+                    [sys.executable, "-m", "flask_app"],
+                    {"PREDICTOR_URL": predictor_url, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(web_port)},
+                    f"{web_url}/healthz",
+                    Path(tmp) / "web.log",
+                )
+            )
             session = requests.Session()
             v2_url = f"{predictor_url}/v2/models/deepguard/infer"
             v1_url = f"{predictor_url}/v1/models/deepguard:predict"
 
             def v2_one(i: int) -> None:
-                body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                                    "data": [encoded[i % len(encoded)]]}]}
+                body = {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "datatype": "BYTES",
+                            "shape": [1],
+                            "data": [encoded[i % len(encoded)]],
+                        }
+                    ]
+                }
                 counter.check(session.post(v2_url, json=body, timeout=60))
 
             def v1_one(i: int) -> None:
@@ -211,13 +245,26 @@ def main() -> int:
                 counter.check(session.post(v1_url, json=body, timeout=60))
 
             def flask_one(i: int) -> None:
-                counter.check(session.post(f"{web_url}/api/predict", timeout=60,
-                                           files={"image": ("x.jpg", files[i % len(files)], "image/jpeg")}))
+                counter.check(
+                    session.post(
+                        f"{web_url}/api/predict",
+                        timeout=60,
+                        files={"image": ("x.jpg", files[i % len(files)], "image/jpeg")},
+                    )
+                )
 
             def v2_batch(i: int) -> None:
                 start_index = (i * BATCH) % (len(encoded) - BATCH)
-                body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [BATCH],
-                                    "data": encoded[start_index:start_index + BATCH]}]}
+                body = {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "datatype": "BYTES",
+                            "shape": [BATCH],
+                            "data": encoded[start_index : start_index + BATCH],
+                        }
+                    ]
+                }
                 counter.check(session.post(v2_url, json=body, timeout=60))
 
             base_one, v2, v1, web = interleaved([in_process_one, v2_one, v1_one, flask_one], args.requests)
@@ -229,8 +276,16 @@ def main() -> int:
 
                 def client(worker: int) -> None:
                     for i in range(worker, total, clients):
-                        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                                            "data": [encoded[i % len(encoded)]]}]}
+                        body = {
+                            "inputs": [
+                                {
+                                    "name": "image",
+                                    "datatype": "BYTES",
+                                    "shape": [1],
+                                    "data": [encoded[i % len(encoded)]],
+                                }
+                            ]
+                        }
                         counter.check(sessions[worker].post(v2_url, json=body, timeout=60))
 
                 start_time = time.perf_counter()
@@ -249,11 +304,15 @@ def main() -> int:
                 process.wait(timeout=30)
 
     base_p50, base_p99 = percentiles(base_one)
-    rows = [("in-process decode + predict_on_batch (baseline)", *percentiles(base_one), 1.0),
-            ("in-process naive model.predict", *percentiles(naive),
-             statistics.median(naive) * 1000 / base_p50)]
-    for name, samples in (("V2 /v2/models/deepguard/infer", v2), ("V1 /v1/models/deepguard:predict", v1),
-                          ("Flask /api/predict (via V2)", web)):
+    rows = [
+        ("in-process decode + predict_on_batch (baseline)", *percentiles(base_one), 1.0),
+        ("in-process naive model.predict", *percentiles(naive), statistics.median(naive) * 1000 / base_p50),
+    ]
+    for name, samples in (
+        ("V2 /v2/models/deepguard/infer", v2),
+        ("V1 /v1/models/deepguard:predict", v1),
+        ("Flask /api/predict (via V2)", web),
+    ):
         p50, p99 = percentiles(samples)
         rows.append((name, p50, p99, p50 / base_p50))
     base_ips = BATCH / statistics.median(base_batch)
@@ -261,19 +320,27 @@ def main() -> int:
     base_rps = 1 / statistics.median(base_one)
 
     print()
-    print(f"Serving benchmark: {architecture} (untrained), CIFAKE JPEGs, loopback, {os.cpu_count()} CPUs; "
-          f"{args.requests} sequential requests per latency row")
+    print(
+        f"Serving benchmark: {architecture} (untrained), CIFAKE JPEGs, loopback, {os.cpu_count()} CPUs; "
+        f"{args.requests} sequential requests per latency row"
+    )
     print(f"{'single image':<50} {'p50 ms':>9} {'p99 ms':>9} {'p50 / baseline':>15}")
     for name, p50, p99, ratio in rows:
         print(f"{name:<50} {p50:>9.2f} {p99:>9.2f} {ratio:>15.2f}")
     print(f"{'throughput':<50} {'baseline':>9} {'served':>9} {'served / base':>15}")
-    print(f"{'images/s, 64 images per request (V2)':<50} {base_ips:>9.0f} {v2_ips:>9.0f} "
-          f"{v2_ips / base_ips:>15.2f}")
-    print(f"{'requests/s, 8 concurrent clients (V2, 1 image)':<50} {base_rps:>9.0f} {concurrent_rps:>9.0f} "
-          f"{concurrent_rps / base_rps:>15.2f}")
+    print(
+        f"{'images/s, 64 images per request (V2)':<50} {base_ips:>9.0f} {v2_ips:>9.0f} "
+        f"{v2_ips / base_ips:>15.2f}"
+    )
+    print(
+        f"{'requests/s, 8 concurrent clients (V2, 1 image)':<50} {base_rps:>9.0f} {concurrent_rps:>9.0f} "
+        f"{concurrent_rps / base_rps:>15.2f}"
+    )
     print(f"{'':<50} {'1 client':>9} {'8 clients':>9} {'8 / 1':>15}")
-    print(f"{'requests/s, single image (V2)':<50} {one_rps:>9.0f} {concurrent_rps:>9.0f} "
-          f"{concurrent_rps / one_rps:>15.2f}")
+    print(
+        f"{'requests/s, single image (V2)':<50} {one_rps:>9.0f} {concurrent_rps:>9.0f} "
+        f"{concurrent_rps / one_rps:>15.2f}"
+    )
     print(f"5xx responses: {counter.errors_5xx}; other non-200: {counter.other}")
     return 0 if counter.errors_5xx == 0 and counter.other == 0 else 1
 

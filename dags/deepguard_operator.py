@@ -57,7 +57,7 @@ class LocalRunner:
         """Rewrite a pod path (``/workspace/runs/x``) to its local folder; other values pass unchanged."""
         for pod_path, local in self.paths.items():
             if value == pod_path or value.startswith(pod_path.rstrip("/") + "/"):
-                return str(local) + value[len(pod_path.rstrip("/")):]
+                return str(local) + value[len(pod_path.rstrip("/")) :]
         return value
 
     def process(self, pod: k8s.V1Pod, environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
@@ -133,8 +133,14 @@ class DeepGuardStageOperator(KubernetesPodOperator):
 
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "local_arguments")
 
-    def __init__(self, *, local_runner: LocalRunner, local_arguments: Sequence[str] | None = None,
-                 run_if_param: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        local_runner: LocalRunner,
+        local_arguments: Sequence[str] | None = None,
+        run_if_param: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.local_runner = local_runner
         self.local_arguments = list(local_arguments) if local_arguments is not None else None
@@ -164,8 +170,15 @@ class DeepGuardStageOperator(KubernetesPodOperator):
 
     def _run(self, argv: list[str], env: dict[str, str]) -> None:
         # Its own process group, so a timeout or a kill stops the stage and anything it started.
-        self._process = subprocess.Popen(argv, env=env, cwd=self.local_runner.cwd, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self._process = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=self.local_runner.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         last = ""
         try:
             assert self._process.stdout is not None

@@ -63,10 +63,12 @@ def _env_json(name: str, default: object) -> object:
 # GPU placement of the train pod, configurable per cluster. The defaults match NVIDIA's GPU operator
 # (node label from GPU feature discovery) and the usual taint that keeps CPU work off GPU nodes.
 GPU_NODE_SELECTOR: dict[str, str] = _env_json(  # type: ignore[assignment]
-    "DEEPGUARD_GPU_NODE_SELECTOR", {"nvidia.com/gpu.present": "true"})
+    "DEEPGUARD_GPU_NODE_SELECTOR", {"nvidia.com/gpu.present": "true"}
+)
 _GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 GPU_TOLERATIONS: list[k8s.V1Toleration] = [
-    k8s.V1Toleration(**spec) for spec in _env_json("DEEPGUARD_GPU_TOLERATIONS", [_GPU_TAINT])  # type: ignore[attr-defined]
+    k8s.V1Toleration(**spec)
+    for spec in _env_json("DEEPGUARD_GPU_TOLERATIONS", [_GPU_TAINT])  # type: ignore[attr-defined]
 ]
 # Retraining schedule: a cron expression or preset; "none" for manual runs only.
 SCHEDULE: str | None = os.environ.get("DEEPGUARD_SCHEDULE", "@weekly")
@@ -86,11 +88,15 @@ MLFLOW_ENV = k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=MLFLOW_SE
 DAGSHUB_ENV = k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=DAGSHUB_SECRET, optional=True))
 KAGGLE_ENV = k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=KAGGLE_SECRET, optional=True))
 POD_SECURITY = k8s.V1PodSecurityContext(
-    run_as_non_root=True, run_as_user=10001, run_as_group=10001, fs_group=10001,
+    run_as_non_root=True,
+    run_as_user=10001,
+    run_as_group=10001,
+    fs_group=10001,
     seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
 )
 CONTAINER_SECURITY = k8s.V1SecurityContext(
-    allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]),
+    allow_privilege_escalation=False,
+    capabilities=k8s.V1Capabilities(drop=["ALL"]),
 )
 POD_ENV = {
     "PYTHONUNBUFFERED": "1",
@@ -119,22 +125,43 @@ OVERRIDES = {
 }
 _FROM_PARAMS_FILE = "(as in params.yaml)"
 PARAMS = {
-    "architecture": Param(None, type=["null", "string"], enum=[None, *get_args(Architecture)],
-                          values_display={None: _FROM_PARAMS_FILE},
-                          title="Architecture", description="Model architecture (empty: params.yaml)."),
-    "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=500,
-                    title="Epochs", description="Training epochs (empty: params.yaml)."),
-    "data_source": Param(None, type=["null", "string"],
-                         enum=[None, *get_args(DataParams.model_fields["source"].annotation)],
-                         values_display={None: _FROM_PARAMS_FILE},
-                         title="Data source",
-                         description="auto, kaggle, local or synthetic (empty: params.yaml)."),
-    "sample_per_class": Param(None, type=["null", "integer"], minimum=1,
-                              title="Sample size",
-                              description="At most this many images per split and class "
-                                          "(empty: params.yaml)."),
-    "deploy": Param(True, type="boolean", title="Deploy",
-                    description="Roll the champion out to the InferenceService after registering."),
+    "architecture": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, *get_args(Architecture)],
+        values_display={None: _FROM_PARAMS_FILE},
+        title="Architecture",
+        description="Model architecture (empty: params.yaml).",
+    ),
+    "epochs": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=500,
+        title="Epochs",
+        description="Training epochs (empty: params.yaml).",
+    ),
+    "data_source": Param(
+        None,
+        type=["null", "string"],
+        enum=[None, *get_args(DataParams.model_fields["source"].annotation)],
+        values_display={None: _FROM_PARAMS_FILE},
+        title="Data source",
+        description="auto, kaggle, local or synthetic (empty: params.yaml).",
+    ),
+    "sample_per_class": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        title="Sample size",
+        description="At most this many images per split and class (empty: params.yaml).",
+    ),
+    "deploy": Param(
+        True,
+        type="boolean",
+        title="Deploy",
+        description="Roll the champion out to the InferenceService after registering.",
+    ),
 }
 _SET_TEMPLATE = "{{{{ '{key}=' ~ (params.{param} | tojson) if params.{param} is not none else '' }}}}"
 
@@ -169,11 +196,17 @@ def _resources(stage: Stage) -> k8s.V1ResourceRequirements:
     if stage.resources.gpu:
         limits["nvidia.com/gpu"] = str(stage.resources.gpu)
     return k8s.V1ResourceRequirements(
-        requests={"cpu": stage.resources.cpu, "memory": stage.resources.memory}, limits=limits)
+        requests={"cpu": stage.resources.cpu, "memory": stage.resources.memory}, limits=limits
+    )
 
 
-def stage_task(stage: Stage, *, extra: tuple[str, ...] = (), local_extra: tuple[str, ...] | None = None,
-               run_if_param: str | None = None) -> DeepGuardStageOperator:
+def stage_task(
+    stage: Stage,
+    *,
+    extra: tuple[str, ...] = (),
+    local_extra: tuple[str, ...] | None = None,
+    run_if_param: str | None = None,
+) -> DeepGuardStageOperator:
     """Build the task of one stage (inside a ``with DAG`` block).
 
     Args:
@@ -186,7 +219,7 @@ def stage_task(stage: Stage, *, extra: tuple[str, ...] = (), local_extra: tuple[
         The operator, with task id and pod name suffix equal to the stage name.
     """
     gpu = stage.resources.gpu > 0
-    image = (STAGE_GPU_IMAGE if gpu else STAGE_IMAGE)
+    image = STAGE_GPU_IMAGE if gpu else STAGE_IMAGE
     image_var = "deepguard_stage_gpu_image" if gpu else "deepguard_stage_image"
     env_from = [MLFLOW_ENV, DAGSHUB_ENV] + ([KAGGLE_ENV] if stage.name == "ingest" else [])
     return DeepGuardStageOperator(
@@ -210,8 +243,11 @@ def stage_task(stage: Stage, *, extra: tuple[str, ...] = (), local_extra: tuple[
         container_security_context=CONTAINER_SECURITY,
         node_selector=dict(GPU_NODE_SELECTOR) if gpu else None,
         tolerations=list(GPU_TOLERATIONS) if gpu else None,
-        labels={"app.kubernetes.io/name": "deepguard", "app.kubernetes.io/component": "pipeline",
-                "deepguard.io/stage": stage.name},
+        labels={
+            "app.kubernetes.io/name": "deepguard",
+            "app.kubernetes.io/component": "pipeline",
+            "deepguard.io/stage": stage.name,
+        },
         execution_timeout=GPU_STAGE_TIMEOUT if gpu else STAGE_TIMEOUT,
         on_finish_action="delete_pod",
         get_logs=True,
@@ -241,6 +277,7 @@ with DAG(
 ) as dag:
     chain(
         *(stage_task(stage) for stage in STAGES),
-        stage_task(DEPLOY, extra=("--target", "kserve"), local_extra=("--target", "local"),
-                   run_if_param="deploy"),
+        stage_task(
+            DEPLOY, extra=("--target", "kserve"), local_extra=("--target", "local"), run_if_param="deploy"
+        ),
     )

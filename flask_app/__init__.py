@@ -35,9 +35,11 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 ACCEPTED_FORMATS = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
 SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
-                                "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-                                "form-action 'self'; frame-ancestors 'none'"),
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
+        "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -90,14 +92,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # gunicorn queues requests for a worker's threads: were every thread waiting on a hung predictor, /livez
     # would queue behind them and the pod get restarted. A request finding no free slot gets a 503 at once.
     slots = threading.BoundedSemaphore(app.config["PREDICTOR_SLOTS"])
-    client = PredictorClient(app.config["PREDICTOR_URL"], app.config["MODEL_NAME"],
-                             app.config["PREDICTOR_TIMEOUT_S"])
+    client = PredictorClient(
+        app.config["PREDICTOR_URL"], app.config["MODEL_NAME"], app.config["PREDICTOR_TIMEOUT_S"]
+    )
     max_mb = app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
 
     @app.get("/")
     def index() -> str:
-        return render_template("index.html", max_mb=f"{max_mb:g}", accepted=ACCEPTED_FORMATS,
-                               max_bytes=app.config["MAX_CONTENT_LENGTH"])
+        return render_template(
+            "index.html",
+            max_mb=f"{max_mb:g}",
+            accepted=ACCEPTED_FORMATS,
+            max_bytes=app.config["MAX_CONTENT_LENGTH"],
+        )
 
     @app.post("/api/predict")
     def predict() -> tuple[Response, int] | Response:
@@ -108,8 +115,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if not data:
             return _error(400, "The file is empty.")
         if sniff_image_format(data) is None:
-            return _error(415, f"This file is not an image this service reads; upload a {ACCEPTED_FORMATS} "
-                               "file.")
+            return _error(
+                415, f"This file is not an image this service reads; upload a {ACCEPTED_FORMATS} file."
+            )
         if not slots.acquire(blocking=False):
             return _busy()
         try:
@@ -120,9 +128,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             return _error(exc.status, exc.message)
         finally:
             slots.release()
-        return jsonify({"label": prediction.label, "fake_probability": prediction.fake_probability,
-                        "model_version": prediction.model_version,
-                        "synthetic_data": prediction.synthetic_data})
+        return jsonify(
+            {
+                "label": prediction.label,
+                "fake_probability": prediction.fake_probability,
+                "model_version": prediction.model_version,
+                "synthetic_data": prediction.synthetic_data,
+            }
+        )
 
     @app.get("/livez")
     def livez() -> tuple[Response, int]:
@@ -137,8 +150,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             status = client.status()
         finally:
             slots.release()
-        body = {"status": "ok" if status.ready else "unavailable", "predictor": status.detail,
-                "predictor_ready": status.ready, "model_version": status.model_version}
+        body = {
+            "status": "ok" if status.ready else "unavailable",
+            "predictor": status.detail,
+            "predictor_ready": status.ready,
+            "model_version": status.model_version,
+        }
         return jsonify(body), 200 if status.ready else 503
 
     def _busy() -> tuple[Response, int]:

@@ -8,8 +8,15 @@ import sys
 
 def main() -> None:
     """Replace this process with gunicorn, so signals (Ctrl-C, SIGTERM) reach it directly."""
-    argv = [sys.executable, "-m", "gunicorn", "--config", "python:flask_app.gunicorn_conf",
-            *sys.argv[1:], "flask_app:create_app()"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:flask_app.gunicorn_conf",
+        *sys.argv[1:],
+        "flask_app:create_app()",
+    ]
     os.execv(sys.executable, argv)
 
 

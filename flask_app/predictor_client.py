@@ -74,8 +74,16 @@ class PredictorClient:
             PredictorError: 422 for an image the predictor could not read, 502/503/504 when the predictor
                 failed, is down or too slow.
         """
-        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                            "data": [base64.b64encode(image).decode("ascii")]}]}
+        body = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "data": [base64.b64encode(image).decode("ascii")],
+                }
+            ]
+        }
         url = f"{self.base_url}/v2/models/{self.model_name}/infer"
         try:
             response = self._session.post(url, json=body, timeout=self.timeout_s)
@@ -91,10 +99,12 @@ class PredictorClient:
             result = response.json()
             outputs = {output["name"]: output["data"] for output in result["outputs"]}
             parameters = result.get("parameters") or {}
-            return Prediction(label=str(outputs["label"][0]),
-                              fake_probability=float(outputs["fake_probability"][0]),
-                              model_version=str(result.get("model_version") or "unknown"),
-                              synthetic_data=bool(parameters.get("synthetic_data", False)))
+            return Prediction(
+                label=str(outputs["label"][0]),
+                fake_probability=float(outputs["fake_probability"][0]),
+                model_version=str(result.get("model_version") or "unknown"),
+                synthetic_data=bool(parameters.get("synthetic_data", False)),
+            )
         except (ValueError, KeyError, IndexError, TypeError):
             raise PredictorError(502, "The detector sent an answer this page does not understand.") from None
 

@@ -50,8 +50,19 @@ def download_wheel(pip: Path, dest: Path) -> Path:
     if wheel.is_file() and hashlib.sha256(wheel.read_bytes()).hexdigest() == WHEEL_SHA256:
         return wheel
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(pip), "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--dest", str(dest), WHEEL_REQUIREMENT], check=True)
+    subprocess.run(
+        [
+            str(pip),
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(dest),
+            WHEEL_REQUIREMENT,
+        ],
+        check=True,
+    )
     _verified(wheel.read_bytes(), WHEEL_SHA256, wheel.name)
     return wheel
 

@@ -66,18 +66,28 @@ class ServingSettings:
     """
 
     name: str = "deepguard"
-    labels: dict[str, str] = field(default_factory=lambda: {
-        "app.kubernetes.io/name": "deepguard", "app.kubernetes.io/instance": "deepguard",
-        "app.kubernetes.io/component": "predictor", "app.kubernetes.io/part-of": "deepguard"})
+    labels: dict[str, str] = field(
+        default_factory=lambda: {
+            "app.kubernetes.io/name": "deepguard",
+            "app.kubernetes.io/instance": "deepguard",
+            "app.kubernetes.io/component": "predictor",
+            "app.kubernetes.io/part-of": "deepguard",
+        }
+    )
     deploymentMode: str = "Serverless"  # noqa: N815 - the chart's camelCase keys, one-to-one
     image: str = "ghcr.io/deepguard/predictor:0.1.0"
-    args: list[str] = field(default_factory=lambda: ["--model-uri", "/mnt/models", "--http-host", "0.0.0.0",
-                                                     "--no-reload"])
+    args: list[str] = field(
+        default_factory=lambda: ["--model-uri", "/mnt/models", "--http-host", "0.0.0.0", "--no-reload"]
+    )
     imagePullPolicy: str = "IfNotPresent"  # noqa: N815
     imagePullSecrets: list[str] = field(default_factory=list)  # noqa: N815
     port: int = DEFAULT_PREDICTOR_PORT
-    resources: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}})
+    resources: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "1", "memory": "2Gi"},
+            "limits": {"cpu": "2", "memory": "4Gi"},
+        }
+    )
     minReplicas: int = 1  # noqa: N815
     maxReplicas: int = 3  # noqa: N815
     serviceAccountName: str = "deepguard-predictor"  # noqa: N815
@@ -85,8 +95,9 @@ class ServingSettings:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     runAsUser: int = 10001  # noqa: N815
     runAsGroup: int = 10001  # noqa: N815
-    artifactUriMap: dict[str, str] = field(default_factory=lambda: {  # noqa: N815
-        "mlflow-artifacts:/": "pvc://deepguard-mlflow/artifacts/"})
+    artifactUriMap: dict[str, str] = field(  # noqa: N815
+        default_factory=lambda: {"mlflow-artifacts:/": "pvc://deepguard-mlflow/artifacts/"}
+    )
 
     @classmethod
     def from_json(cls, text: str) -> ServingSettings:
@@ -95,8 +106,9 @@ class ServingSettings:
             raw = json.loads(text)
             return cls(**raw)
         except (json.JSONDecodeError, TypeError) as exc:
-            raise DeployError(f"serving settings ({SERVING_CONFIGMAP}/{SERVING_KEY}) unreadable: {exc}"
-                              ) from None
+            raise DeployError(
+                f"serving settings ({SERVING_CONFIGMAP}/{SERVING_KEY}) unreadable: {exc}"
+            ) from None
 
     @property
     def canary_supported(self) -> bool:
@@ -151,12 +163,14 @@ def map_artifact_uri(artifact_uri: str, uri_map: dict[str, str]) -> str:
     """
     for prefix in sorted(uri_map, key=len, reverse=True):
         if artifact_uri.startswith(prefix):
-            artifact_uri = uri_map[prefix].rstrip("/") + "/" + artifact_uri[len(prefix):].lstrip("/")
+            artifact_uri = uri_map[prefix].rstrip("/") + "/" + artifact_uri[len(prefix) :].lstrip("/")
             break
     scheme = urlparse(artifact_uri).scheme
     if scheme not in KSERVE_SCHEMES:
-        raise DeployError(f"champion artifacts at {artifact_uri!r} are not reachable by KServe; serve them "
-                          "from the chart's MLflow server (pvc/s3) or map them in predictor.artifactUriMap")
+        raise DeployError(
+            f"champion artifacts at {artifact_uri!r} are not reachable by KServe; serve them "
+            "from the chart's MLflow server (pvc/s3) or map them in predictor.artifactUriMap"
+        )
     return artifact_uri
 
 
@@ -186,11 +200,16 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
 
             artifact_uri = RunsArtifactRepository.get_underlying_uri(artifact_uri)
     except MlflowException as exc:
-        raise DeployError(f"no {CHAMPION_ALIAS} for model {model_name!r} in the registry: "
-                          f"{exc.message.splitlines()[0]}") from None
+        raise DeployError(
+            f"no {CHAMPION_ALIAS} for model {model_name!r} in the registry: {exc.message.splitlines()[0]}"
+        ) from None
     storage_uri = artifact_uri if uri_map is None else map_artifact_uri(artifact_uri, uri_map)
-    return Champion(model_name=model_name, version=str(version.version), artifact_uri=artifact_uri,
-                    storage_uri=storage_uri)
+    return Champion(
+        model_name=model_name,
+        version=str(version.version),
+        artifact_uri=artifact_uri,
+        storage_uri=storage_uri,
+    )
 
 
 def tag_version(champion: Champion, result: DeploymentResult) -> None:
@@ -198,9 +217,13 @@ def tag_version(champion: Champion, result: DeploymentResult) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
-    tags = {"deployment_status": result.status, "deployed_at": result.deployed_at,
-            "deployment_target": result.target, "deployment_storage_uri": result.storage_uri,
-            "deployment_canary_percent": "" if result.canary_percent is None else str(result.canary_percent)}
+    tags = {
+        "deployment_status": result.status,
+        "deployed_at": result.deployed_at,
+        "deployment_target": result.target,
+        "deployment_storage_uri": result.storage_uri,
+        "deployment_canary_percent": "" if result.canary_percent is None else str(result.canary_percent),
+    }
     for key, value in tags.items():
         client.set_model_version_tag(champion.model_name, champion.version, key, value)
 
@@ -214,8 +237,9 @@ def _k8s_model(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{names[key]: value for key, value in data.items()})
 
 
-def build_inference_service(settings: ServingSettings, namespace: str, champion: Champion,
-                            canary_percent: int | None) -> Any:
+def build_inference_service(
+    settings: ServingSettings, namespace: str, champion: Champion, canary_percent: int | None
+) -> Any:
     """Build the InferenceService for ``champion`` with the kserve SDK models.
 
     This is the one place the object is assembled in Python; the chart's ``inferenceservice.yaml`` renders the
@@ -233,24 +257,34 @@ def build_inference_service(settings: ServingSettings, namespace: str, champion:
     from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec
     from kubernetes import client as k8s
 
-    http_get = {"ready": k8s.V1HTTPGetAction(path="/v2/health/ready", port=settings.port),
-                "live": k8s.V1HTTPGetAction(path="/v2/health/live", port=settings.port)}
+    http_get = {
+        "ready": k8s.V1HTTPGetAction(path="/v2/health/ready", port=settings.port),
+        "live": k8s.V1HTTPGetAction(path="/v2/health/live", port=settings.port),
+    }
     container = k8s.V1Container(
         name=CONTAINER_NAME,
         image=settings.image,
         image_pull_policy=settings.imagePullPolicy,
         args=list(settings.args),
         ports=[k8s.V1ContainerPort(container_port=settings.port, protocol="TCP")],
-        env=[k8s.V1EnvVar(name=STORAGE_ENV, value=champion.storage_uri),
-             k8s.V1EnvVar(name=VERSION_ENV, value=champion.version)],
-        resources=k8s.V1ResourceRequirements(requests=dict(settings.resources.get("requests", {})),
-                                             limits=dict(settings.resources.get("limits", {}))),
+        env=[
+            k8s.V1EnvVar(name=STORAGE_ENV, value=champion.storage_uri),
+            k8s.V1EnvVar(name=VERSION_ENV, value=champion.version),
+        ],
+        resources=k8s.V1ResourceRequirements(
+            requests=dict(settings.resources.get("requests", {})),
+            limits=dict(settings.resources.get("limits", {})),
+        ),
         readiness_probe=k8s.V1Probe(http_get=http_get["ready"], period_seconds=5, failure_threshold=3),
-        liveness_probe=k8s.V1Probe(http_get=http_get["live"], initial_delay_seconds=30, period_seconds=10,
-                                   failure_threshold=3),
-        security_context=k8s.V1SecurityContext(allow_privilege_escalation=False,
-                                               read_only_root_filesystem=True, run_as_non_root=True,
-                                               capabilities=k8s.V1Capabilities(drop=["ALL"])),
+        liveness_probe=k8s.V1Probe(
+            http_get=http_get["live"], initial_delay_seconds=30, period_seconds=10, failure_threshold=3
+        ),
+        security_context=k8s.V1SecurityContext(
+            allow_privilege_escalation=False,
+            read_only_root_filesystem=True,
+            run_as_non_root=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
     )
     predictor = V1beta1PredictorSpec(
@@ -258,22 +292,28 @@ def build_inference_service(settings: ServingSettings, namespace: str, champion:
         max_replicas=settings.maxReplicas,
         canary_traffic_percent=canary_percent,
         service_account_name=settings.serviceAccountName,
-        image_pull_secrets=[k8s.V1LocalObjectReference(name=name)
-                            for name in settings.imagePullSecrets] or None,
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=name) for name in settings.imagePullSecrets]
+        or None,
         node_selector=dict(settings.nodeSelector) or None,
         tolerations=[_k8s_model(k8s.V1Toleration, item) for item in settings.tolerations] or None,
-        security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=settings.runAsUser,
-                                                  run_as_group=settings.runAsGroup,
-                                                  seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+        security_context=k8s.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=settings.runAsUser,
+            run_as_group=settings.runAsGroup,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+        ),
         containers=[container],
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
     )
     return V1beta1InferenceService(
         api_version=f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         kind="InferenceService",
-        metadata=k8s.V1ObjectMeta(name=settings.name, namespace=namespace, labels=dict(settings.labels),
-                                  annotations={MODE_ANNOTATION: settings.deploymentMode,
-                                               VERSION_ANNOTATION: champion.version}),
+        metadata=k8s.V1ObjectMeta(
+            name=settings.name,
+            namespace=namespace,
+            labels=dict(settings.labels),
+            annotations={MODE_ANNOTATION: settings.deploymentMode, VERSION_ANNOTATION: champion.version},
+        ),
         spec=V1beta1InferenceServiceSpec(predictor=predictor),
     )
 
@@ -299,8 +339,9 @@ def kube_api_client() -> Any:
         try:
             # KUBECONFIG read now, not at import time as the client's default is (a long-lived process may
             # change it); it may list several files separated by ":".
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
-                                    client_configuration=configuration)
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
         except (config.ConfigException, FileNotFoundError, TypeError) as exc:
             raise DeployError(f"no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}") from None
     return client.ApiClient(configuration)
@@ -337,12 +378,19 @@ def read_serving_settings(api_client: Any, namespace: str) -> ServingSettings:
     """Read the chart's serving settings; fall back to the defaults (with a warning) when absent."""
     from kubernetes.client import CoreV1Api
 
-    config_map = _k8s_call(f"read ConfigMap {namespace}/{SERVING_CONFIGMAP}", lambda: CoreV1Api(
-        api_client).read_namespaced_config_map(SERVING_CONFIGMAP, namespace, _request_timeout=API_TIMEOUT_S),
-        missing_ok=True)
+    config_map = _k8s_call(
+        f"read ConfigMap {namespace}/{SERVING_CONFIGMAP}",
+        lambda: CoreV1Api(api_client).read_namespaced_config_map(
+            SERVING_CONFIGMAP, namespace, _request_timeout=API_TIMEOUT_S
+        ),
+        missing_ok=True,
+    )
     if config_map is None:
-        log.warning("ConfigMap %s/%s not found (chart not installed?): using the chart's defaults",
-                    namespace, SERVING_CONFIGMAP)
+        log.warning(
+            "ConfigMap %s/%s not found (chart not installed?): using the chart's defaults",
+            namespace,
+            SERVING_CONFIGMAP,
+        )
         return ServingSettings()
     return ServingSettings.from_json((config_map.data or {}).get(SERVING_KEY, "{}"))
 
@@ -378,23 +426,47 @@ class InferenceServices:
 
     def get(self, name: str) -> dict[str, Any] | None:
         """The InferenceService, or None when it does not exist."""
-        return _k8s_call(f"get inferenceservice {self.namespace}/{name}", lambda: (
-            self._api.get_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, self.namespace,
-                                                   KSERVE_PLURAL, name, _request_timeout=API_TIMEOUT_S)),
-            missing_ok=True)
+        return _k8s_call(
+            f"get inferenceservice {self.namespace}/{name}",
+            lambda: self._api.get_namespaced_custom_object(
+                KSERVE_GROUP,
+                KSERVE_VERSION,
+                self.namespace,
+                KSERVE_PLURAL,
+                name,
+                _request_timeout=API_TIMEOUT_S,
+            ),
+            missing_ok=True,
+        )
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create the InferenceService."""
-        return _k8s_call(f"create inferenceservice {self.namespace}/{body['metadata']['name']}", lambda: (
-            self._api.create_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, self.namespace,
-                                                      KSERVE_PLURAL, body, _request_timeout=API_TIMEOUT_S)))
+        return _k8s_call(
+            f"create inferenceservice {self.namespace}/{body['metadata']['name']}",
+            lambda: self._api.create_namespaced_custom_object(
+                KSERVE_GROUP,
+                KSERVE_VERSION,
+                self.namespace,
+                KSERVE_PLURAL,
+                body,
+                _request_timeout=API_TIMEOUT_S,
+            ),
+        )
 
     def patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """JSON-merge-patch the InferenceService (the client sends a dict body as merge-patch)."""
-        return _k8s_call(f"patch inferenceservice {self.namespace}/{name}", lambda: (
-            self._api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSION, self.namespace,
-                                                     KSERVE_PLURAL, name, body,
-                                                     _request_timeout=API_TIMEOUT_S)))
+        return _k8s_call(
+            f"patch inferenceservice {self.namespace}/{name}",
+            lambda: self._api.patch_namespaced_custom_object(
+                KSERVE_GROUP,
+                KSERVE_VERSION,
+                self.namespace,
+                KSERVE_PLURAL,
+                name,
+                body,
+                _request_timeout=API_TIMEOUT_S,
+            ),
+        )
 
 
 def wait_ready(services: InferenceServices, name: str, timeout_s: float, poll_s: float) -> bool:
@@ -415,19 +487,28 @@ def replace_patch(wanted: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     A merge patch only adds and overwrites, so keys ``current`` has and ``wanted`` lacks are sent as null
     (removed); lists such as ``containers`` are replaced whole by a merge patch anyway.
     """
+
     def replacing(new: dict[str, Any] | None, old: dict[str, Any] | None) -> dict[str, Any]:
         new, old = new or {}, old or {}
         return {**{key: None for key in old if key not in new}, **new}
 
     wanted_meta, current_meta = wanted.get("metadata", {}), current.get("metadata", {})
-    return {"metadata": {"labels": replacing(wanted_meta.get("labels"), current_meta.get("labels")),
-                         "annotations": replacing(wanted_meta.get("annotations"),
-                                                  current_meta.get("annotations"))},
-            "spec": {"predictor": replacing(wanted["spec"]["predictor"], current["spec"]["predictor"])}}
+    return {
+        "metadata": {
+            "labels": replacing(wanted_meta.get("labels"), current_meta.get("labels")),
+            "annotations": replacing(wanted_meta.get("annotations"), current_meta.get("annotations")),
+        },
+        "spec": {"predictor": replacing(wanted["spec"]["predictor"], current["spec"]["predictor"])},
+    }
 
 
-def rollout(services: InferenceServices, manifest: dict[str, Any], canary_percent: int | None,
-            timeout_s: float, poll_s: float) -> tuple[str, str]:
+def rollout(
+    services: InferenceServices,
+    manifest: dict[str, Any],
+    canary_percent: int | None,
+    timeout_s: float,
+    poll_s: float,
+) -> tuple[str, str]:
     """Apply ``manifest`` with a canary, wait for Ready, then promote or roll back.
 
     Args:
@@ -455,8 +536,14 @@ def rollout(services: InferenceServices, manifest: dict[str, Any], canary_percen
     same_storage = _predictor_env(previous, STORAGE_ENV) == _predictor_env(manifest, STORAGE_ENV)
     if old_version == version and same_storage and is_ready(previous):
         return "unchanged", f"version {version} is already served and Ready"
-    log.info("rolling out version %s (was %s) to %s/%s with %s", version, old_version, services.namespace,
-             name, f"{canary_percent}% canary traffic" if canary_percent is not None else "all traffic")
+    log.info(
+        "rolling out version %s (was %s) to %s/%s with %s",
+        version,
+        old_version,
+        services.namespace,
+        name,
+        f"{canary_percent}% canary traffic" if canary_percent is not None else "all traffic",
+    )
     applied = services.patch(name, replace_patch(manifest, previous))
     if not wait_ready(services, name, timeout_s, poll_s):
         log.warning("version %s not Ready within %gs: restoring version %s", version, timeout_s, old_version)
@@ -474,20 +561,34 @@ def rollout(services: InferenceServices, manifest: dict[str, Any], canary_percen
 # --------------------------------------------------------------------------- targets
 
 
-def deploy_kserve(champion: Champion, settings: ServingSettings, services: InferenceServices,
-                  canary_percent: int | None, timeout_s: float, poll_s: float) -> DeploymentResult:
+def deploy_kserve(
+    champion: Champion,
+    settings: ServingSettings,
+    services: InferenceServices,
+    canary_percent: int | None,
+    timeout_s: float,
+    poll_s: float,
+) -> DeploymentResult:
     """Roll ``champion`` out to the InferenceService described by ``settings``."""
     if canary_percent is not None and not settings.canary_supported:
-        log.warning("deploymentMode %s has no traffic splitting: rolling out without a canary",
-                    settings.deploymentMode)
+        log.warning(
+            "deploymentMode %s has no traffic splitting: rolling out without a canary",
+            settings.deploymentMode,
+        )
         canary_percent = None
     manifest = to_manifest(build_inference_service(settings, services.namespace, champion, canary_percent))
     status, detail = rollout(services, manifest, canary_percent, timeout_s, poll_s)
     if status in ("deployed", "unchanged"):
         canary_percent = None  # a first revision or no change: no traffic was split
-    return DeploymentResult(status=status, target=f"kserve:{services.namespace}/{settings.name}",
-                            model_name=champion.model_name, version=champion.version,
-                            storage_uri=champion.storage_uri, canary_percent=canary_percent, detail=detail)
+    return DeploymentResult(
+        status=status,
+        target=f"kserve:{services.namespace}/{settings.name}",
+        model_name=champion.model_name,
+        version=champion.version,
+        storage_uri=champion.storage_uri,
+        canary_percent=canary_percent,
+        detail=detail,
+    )
 
 
 def predictor_url() -> str:
@@ -500,32 +601,52 @@ def deploy_local(champion: Champion, url: str, model: str, timeout_s: float) -> 
     import requests
 
     shown = redact_credentials(url)  # the report and the log never carry PREDICTOR_URL's user:password
-    result = DeploymentResult(status="reloaded", target=f"local:{shown}", model_name=champion.model_name,
-                              version=champion.version, storage_uri=champion.artifact_uri, endpoint=shown)
+    result = DeploymentResult(
+        status="reloaded",
+        target=f"local:{shown}",
+        model_name=champion.model_name,
+        version=champion.version,
+        storage_uri=champion.artifact_uri,
+        endpoint=shown,
+    )
     try:
         response = requests.post(f"{url}/v2/repository/models/{model}/load", timeout=timeout_s)
     except requests.ConnectionError:
-        log.info("no predictor is running at %s: nothing to reload; `make serve` will serve the champion "
-                 "(version %s) when it starts", shown, champion.version)
+        log.info(
+            "no predictor is running at %s: nothing to reload; `make serve` will serve the champion "
+            "(version %s) when it starts",
+            shown,
+            champion.version,
+        )
         result.status, result.detail = "no_predictor", f"no predictor at {shown}"
         return result
     except requests.RequestException as exc:
         raise DeployError(f"reload request to {url} failed: {type(exc).__name__}") from None
     if response.status_code != 200:
-        raise DeployError(f"predictor at {url} refused the reload: HTTP {response.status_code} "
-                          f"{response.text[:200]}")
+        raise DeployError(
+            f"predictor at {url} refused the reload: HTTP {response.status_code} {response.text[:200]}"
+        )
     metadata = requests.get(f"{url}/v2/models/{model}", timeout=timeout_s).json()
     served = [str(v) for v in metadata.get("versions") or []]
     if champion.version not in served:
-        raise DeployError(f"predictor at {url} serves version(s) {served} after the reload, "
-                          f"expected the champion {champion.version}")
+        raise DeployError(
+            f"predictor at {url} serves version(s) {served} after the reload, "
+            f"expected the champion {champion.version}"
+        )
     result.detail = f"predictor reloaded; serves version {champion.version}"
     return result
 
 
-def run(params: Params, target: str, dry_run: bool = False, timeout_s: float = 600.0,
-        canary_percent: int | None = 20, namespace: str | None = None, settings_file: Path | None = None,
-        poll_s: float = 5.0) -> DeploymentResult:
+def run(
+    params: Params,
+    target: str,
+    dry_run: bool = False,
+    timeout_s: float = 600.0,
+    canary_percent: int | None = 20,
+    namespace: str | None = None,
+    settings_file: Path | None = None,
+    poll_s: float = 5.0,
+) -> DeploymentResult:
     """Roll the champion out and record the outcome.
 
     Args:
@@ -551,16 +672,23 @@ def run(params: Params, target: str, dry_run: bool = False, timeout_s: float = 6
         api_client = kube_api_client()
         settings = read_serving_settings(api_client, namespace)
     settings = settings or ServingSettings()
-    champion = read_champion(params.mlflow.model_name,
-                             settings.artifactUriMap if target == "kserve" or dry_run else None)
+    champion = read_champion(
+        params.mlflow.model_name, settings.artifactUriMap if target == "kserve" or dry_run else None
+    )
     log.info("champion: %s version %s at %s", champion.model_name, champion.version, champion.artifact_uri)
     if dry_run:
-        isvc = build_inference_service(settings, namespace, champion,
-                                       canary_percent if settings.canary_supported else None)
+        isvc = build_inference_service(
+            settings, namespace, champion, canary_percent if settings.canary_supported else None
+        )
         sys.stdout.write(yaml.safe_dump(to_manifest(isvc), sort_keys=False))
-        return DeploymentResult(status="dry_run", target=f"kserve:{namespace}/{settings.name}",
-                                model_name=champion.model_name, version=champion.version,
-                                storage_uri=champion.storage_uri, canary_percent=canary_percent)
+        return DeploymentResult(
+            status="dry_run",
+            target=f"kserve:{namespace}/{settings.name}",
+            model_name=champion.model_name,
+            version=champion.version,
+            storage_uri=champion.storage_uri,
+            canary_percent=canary_percent,
+        )
     if target == "local":
         result = deploy_local(champion, predictor_url(), SERVED_MODEL, timeout_s)
     else:
@@ -589,23 +717,42 @@ def _percent(text: str) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m stages.deploy``: parse arguments, set up logging, call :func:`run`."""
-    parser = stage_parser("deploy", "Roll the MLflow champion out to KServe (canary, promote or roll back), "
-                                    "or reload the local predictor.")
-    parser.add_argument("--target", choices=("kserve", "local"), default=_default_target(),
-                        help="kserve: the InferenceService; local: the predictor at PREDICTOR_URL "
-                             "(default: kserve inside a cluster, else local)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the InferenceService YAML; apply nothing")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds to wait for Ready (default 600)")
-    parser.add_argument("--canary-percent", type=_percent, default=20,
-                        help="traffic share of the new revision before promotion; 0 or 100: no canary "
-                             "(default 20)")
-    parser.add_argument("--namespace", default=None,
-                        help="namespace (default: the pod's, else DEEPGUARD_NAMESPACE, else deepguard)")
-    parser.add_argument("--serving-settings", type=Path, default=None,
-                        help="serving settings JSON (the deepguard-serving ConfigMap's serving.json) "
-                             "instead of reading the ConfigMap")
+    parser = stage_parser(
+        "deploy",
+        "Roll the MLflow champion out to KServe (canary, promote or roll back), "
+        "or reload the local predictor.",
+    )
+    parser.add_argument(
+        "--target",
+        choices=("kserve", "local"),
+        default=_default_target(),
+        help="kserve: the InferenceService; local: the predictor at PREDICTOR_URL "
+        "(default: kserve inside a cluster, else local)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the InferenceService YAML; apply nothing"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for Ready (default 600)"
+    )
+    parser.add_argument(
+        "--canary-percent",
+        type=_percent,
+        default=20,
+        help="traffic share of the new revision before promotion; 0 or 100: no canary (default 20)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=None,
+        help="namespace (default: the pod's, else DEEPGUARD_NAMESPACE, else deepguard)",
+    )
+    parser.add_argument(
+        "--serving-settings",
+        type=Path,
+        default=None,
+        help="serving settings JSON (the deepguard-serving ConfigMap's serving.json) "
+        "instead of reading the ConfigMap",
+    )
     parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
 
     def stage(args: argparse.Namespace, params: Params) -> DeploymentResult:
@@ -615,8 +762,16 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
                     handler.setStream(sys.stderr)
         settings_file = args.serving_settings.resolve() if args.serving_settings else None
-        return run(params, args.target, args.dry_run, args.timeout, args.canary_percent, args.namespace,
-                   settings_file, args.poll)
+        return run(
+            params,
+            args.target,
+            args.dry_run,
+            args.timeout,
+            args.canary_percent,
+            args.namespace,
+            settings_file,
+            args.poll,
+        )
 
     return run_stage("deploy", stage, parser, argv)
 

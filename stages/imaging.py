@@ -56,8 +56,9 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
         image = Image.open(io.BytesIO(data))
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(f"decompression bomb refused: {width}x{height} pixels exceeds the limit of "
-                         f"{max_pixels} pixels")
+        raise ImageError(
+            f"decompression bomb refused: {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
+        )
     return image
 
 

@@ -176,8 +176,11 @@ class MicroBatcher:
         """Pending jobs of one model version, up to ``max_images`` images (always at least one job)."""
         batch = [self._pending.popleft()]
         count = len(batch[0].images)
-        while (self._pending and self._pending[0].served is batch[0].served
-               and count + len(self._pending[0].images) <= self.max_images):
+        while (
+            self._pending
+            and self._pending[0].served is batch[0].served
+            and count + len(self._pending[0].images) <= self.max_images
+        ):
             batch.append(self._pending.popleft())
             count += len(batch[-1].images)
         return batch
@@ -190,8 +193,9 @@ class MicroBatcher:
                 images = batch[0].images if len(batch) == 1 else np.concatenate([job.images for job in batch])
                 self.calls += 1
                 try:
-                    probabilities, labels = await loop.run_in_executor(self._executor, batch[0].served.score,
-                                                                       images)
+                    probabilities, labels = await loop.run_in_executor(
+                        self._executor, batch[0].served.score, images
+                    )
                 except Exception as exc:  # the model failed: every request of this call gets the error
                     for job in batch:
                         if not job.future.done():
@@ -253,8 +257,14 @@ def load_served_model(uri: str) -> ServedModel:
     size = metadata.image_size
     for batch in _WARMUP_BATCHES:
         served.score(np.zeros((batch, size, size, 3), dtype=np.uint8))
-    log.info("loaded %s: version %s, %s, threshold %.4f%s", uri, version, metadata.architecture,
-             metadata.threshold, " (TRAINED ON SYNTHETIC DATA)" if metadata.synthetic_data else "")
+    log.info(
+        "loaded %s: version %s, %s, threshold %.4f%s",
+        uri,
+        version,
+        metadata.architecture,
+        metadata.threshold,
+        " (TRAINED ON SYNTHETIC DATA)" if metadata.synthetic_data else "",
+    )
     return served
 
 
@@ -278,8 +288,9 @@ def parse_infer_request(body: bytes, json_length: int, model_name: str) -> Infer
         InvalidInput: when the header, a tensor's size or the body's length do not agree.
     """
     if not 0 < json_length <= len(body):
-        raise InvalidInput(f"{INFERENCE_CONTENT_LENGTH_HEADER} {json_length} is outside the body's "
-                           f"{len(body)} bytes")
+        raise InvalidInput(
+            f"{INFERENCE_CONTENT_LENGTH_HEADER} {json_length} is outside the body's {len(body)} bytes"
+        )
     try:
         header = orjson.loads(body[:json_length])
     except orjson.JSONDecodeError as exc:
@@ -291,16 +302,21 @@ def parse_infer_request(body: bytes, json_length: int, model_name: str) -> Infer
         shape = tensor.get("shape") if isinstance(tensor, dict) else None
         where = f"inputs[{i}]"
         # A non-object tensor has no shape, so the first test stops before .get() is called on it.
-        if (not isinstance(shape, list) or not all(type(dim) is int for dim in shape)
-                or not isinstance(tensor.get("name"), str) or not isinstance(tensor.get("datatype"), str)):
-            raise InvalidInput(f'{where}: expected {{"name": ..., "datatype": ..., "shape": [int, ...], '
-                               '"data": [...]}')
+        if (
+            not isinstance(shape, list)
+            or not all(type(dim) is int for dim in shape)
+            or not isinstance(tensor.get("name"), str)
+            or not isinstance(tensor.get("datatype"), str)
+        ):
+            raise InvalidInput(
+                f'{where}: expected {{"name": ..., "datatype": ..., "shape": [int, ...], "data": [...]}}'
+            )
         parameters = tensor.get("parameters") or {}
         size = parameters.get("binary_data_size")
         if "data" in tensor:
             data = tensor["data"]
         elif isinstance(size, int) and 0 <= size <= len(body) - start:
-            raw = body[start:start + size]
+            raw = body[start : start + size]
             start += size
             dtype = to_np_dtype(tensor["datatype"])
             if dtype is None:
@@ -312,10 +328,17 @@ def parse_infer_request(body: bytes, json_length: int, model_name: str) -> Infer
         inputs.append(InferInput(tensor["name"], tensor["shape"], tensor["datatype"], data, parameters))
     if start != len(body):
         raise InvalidInput(f"the body has {len(body) - start} bytes after the tensors the header describes")
-    outputs = [RequestedOutput(name=output["name"], parameters=output.get("parameters"))
-               for output in header.get("outputs") or []]
-    return InferRequest(model_name=model_name, request_id=header.get("id"), infer_inputs=inputs,
-                        parameters=header.get("parameters"), request_outputs=outputs or None)
+    outputs = [
+        RequestedOutput(name=output["name"], parameters=output.get("parameters"))
+        for output in header.get("outputs") or []
+    ]
+    return InferRequest(
+        model_name=model_name,
+        request_id=header.get("id"),
+        infer_inputs=inputs,
+        parameters=header.get("parameters"),
+        request_outputs=outputs or None,
+    )
 
 
 def _flatten(data: Any) -> list:
@@ -338,8 +361,9 @@ class DeepGuardModel(Model):
         self.served: ServedModel | None = None
         self._reload_lock = asyncio.Lock()
         # Decoding is Pillow and NumPy, which release the GIL: one thread per core keeps the event loop free.
-        self.decode_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
-                                               thread_name_prefix="deepguard-decode")
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 1, thread_name_prefix="deepguard-decode"
+        )
         self.batcher = MicroBatcher(limits.max_images)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -358,8 +382,12 @@ class DeepGuardModel(Model):
             served = await asyncio.to_thread(load_served_model, self.model_uri)
             previous, self.served = self.served, served
             self.ready = True
-        log.info("reloaded %s: version %s -> %s", self.model_uri,
-                 previous.version if previous else "none", served.version)
+        log.info(
+            "reloaded %s: version %s -> %s",
+            self.model_uri,
+            previous.version if previous else "none",
+            served.version,
+        )
         return served
 
     @property
@@ -373,8 +401,10 @@ class DeepGuardModel(Model):
 
     def get_output_types(self) -> list[dict]:
         """V2 model metadata: P(FAKE) and the class name per image."""
-        return [{"name": OUTPUT_PROBABILITY, "datatype": "FP32", "shape": [-1]},
-                {"name": OUTPUT_LABEL, "datatype": "BYTES", "shape": [-1]}]
+        return [
+            {"name": OUTPUT_PROBABILITY, "datatype": "FP32", "shape": [-1]},
+            {"name": OUTPUT_LABEL, "datatype": "BYTES", "shape": [-1]},
+        ]
 
     async def explain(self, payload: Any, headers: dict[str, str] | None = None) -> dict:
         """There is no explainer: a client asking for one gets a 400, not KServe's 501."""
@@ -399,14 +429,17 @@ class DeepGuardModel(Model):
         else:
             raise InvalidInput(f"{where}: expected a base64 string, got {type(item).__name__}")
         if len(data) > self.limits.max_image_bytes:
-            raise InvalidInput(f"{where}: {len(data)} bytes exceeds the limit of "
-                               f"{self.limits.max_image_bytes} bytes")
+            raise InvalidInput(
+                f"{where}: {len(data)} bytes exceeds the limit of {self.limits.max_image_bytes} bytes"
+            )
         return data
 
     def _check_request_pixels(self, pixels: int, count: int) -> None:
         if pixels > self.limits.max_request_pixels:
-            raise InvalidInput(f"request: {count} images of {pixels} pixels in all exceed the limit of "
-                               f"{self.limits.max_request_pixels} pixels per request")
+            raise InvalidInput(
+                f"request: {count} images of {pixels} pixels in all exceed the limit of "
+                f"{self.limits.max_request_pixels} pixels per request"
+            )
 
     def _decode_files(self, items: list[tuple[str, Any]], size: int) -> np.ndarray:
         """Decode ``(where, item)`` pairs; every header is read and the pixel budget checked first."""
@@ -431,8 +464,9 @@ class DeepGuardModel(Model):
         if count == 0:
             raise InvalidInput(f"{what}: no images in the request")
         if count > self.limits.max_images:
-            raise InvalidInput(f"{what}: {count} images exceeds the limit of {self.limits.max_images} "
-                               "per request")
+            raise InvalidInput(
+                f"{what}: {count} images exceeds the limit of {self.limits.max_images} per request"
+            )
 
     def _v1_images(self, body: dict, size: int) -> np.ndarray:
         instances = body.get("instances")
@@ -451,16 +485,18 @@ class DeepGuardModel(Model):
     def _v2_images(self, request: InferRequest, size: int) -> np.ndarray:
         if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
             got = ", ".join(_quote(tensor.name) for tensor in request.inputs[:3]) or "none"
-            raise InvalidInput(f"expected one input named {INPUT_NAME!r} (BYTES [N] or UINT8 [N,H,W,3]), "
-                               f"got {got}")
+            raise InvalidInput(
+                f"expected one input named {INPUT_NAME!r} (BYTES [N] or UINT8 [N,H,W,3]), got {got}"
+            )
         tensor = request.inputs[0]
         where = f"input {INPUT_NAME!r}"
         shape = list(tensor.shape)
         if tensor.datatype == "BYTES":
             items = _flatten(tensor.as_numpy() if tensor.data is None else tensor.data)
             if len(shape) != 1 or shape[0] != len(items):
-                raise InvalidInput(f"{where}: shape {_quote(shape)} does not match {len(items)} items; "
-                                   "expected [N]")
+                raise InvalidInput(
+                    f"{where}: shape {_quote(shape)} does not match {len(items)} items; expected [N]"
+                )
             self._check_count(len(items), where)
             return self._decode_files([(f"{where} item {i}", item) for i, item in enumerate(items)], size)
         if tensor.datatype == "UINT8":
@@ -472,14 +508,17 @@ class DeepGuardModel(Model):
             raise InvalidInput(f"{where}: UINT8 shape {_quote(shape)}; expected [N, H, W, 3]")
         self._check_count(shape[0], where)
         if shape[1] * shape[2] > self.limits.max_pixels:
-            raise InvalidInput(f"{where}: {shape[2]}x{shape[1]} pixels exceeds the limit of "
-                               f"{self.limits.max_pixels} pixels")
+            raise InvalidInput(
+                f"{where}: {shape[2]}x{shape[1]} pixels exceeds the limit of {self.limits.max_pixels} pixels"
+            )
         self._check_request_pixels(shape[0] * shape[1] * shape[2], shape[0])
         try:
             values = np.asarray(tensor.as_numpy() if tensor.data is None else tensor.data)
             if values.size != int(np.prod(shape)) or not np.issubdtype(values.dtype, np.integer):
-                raise ValueError(f"expected {int(np.prod(shape))} integers, got {values.size} "
-                                 f"values of type {values.dtype}")
+                raise ValueError(
+                    f"expected {int(np.prod(shape))} integers, got {values.size} "
+                    f"values of type {values.dtype}"
+                )
             if values.size and (values.min() < 0 or values.max() > 255):
                 raise ValueError("values outside 0..255")
             pixels = values.astype(np.uint8).reshape(shape)
@@ -503,33 +542,47 @@ class DeepGuardModel(Model):
         if isinstance(payload, dict):
             images = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
             return _Batch(served, images, None)
-        raise InvalidInput("expected a JSON object body (V1: {\"instances\": [...]})")
+        raise InvalidInput('expected a JSON object body (V1: {"instances": [...]})')
 
     async def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
         """Score the request's images in one model call, shared with concurrent requests'."""
         probabilities, labels = await self.batcher.score(payload.served, payload.images)
         return _Scores(payload, probabilities, labels)
 
-    def postprocess(self, result: _Scores, headers: dict[str, str] | None = None,
-                    response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+    def postprocess(
+        self,
+        result: _Scores,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict | InferResponse:
         """Shape the scores as a V1 ``predictions`` list or a V2 response with two outputs."""
         served, count = result.batch.served, len(result.labels)
-        facts = {"model_version": served.version, "threshold": served.metadata.threshold,
-                 "synthetic_data": served.metadata.synthetic_data,
-                 "architecture": served.metadata.architecture}
+        facts = {
+            "model_version": served.version,
+            "threshold": served.metadata.threshold,
+            "synthetic_data": served.metadata.synthetic_data,
+            "architecture": served.metadata.architecture,
+        }
         request = result.batch.v2_request
         if request is None:
-            predictions = [{"label": label, "fake_probability": float(probability)}
-                           for label, probability in zip(result.labels, result.probabilities, strict=True)]
+            predictions = [
+                {"label": label, "fake_probability": float(probability)}
+                for label, probability in zip(result.labels, result.probabilities, strict=True)
+            ]
             return {"predictions": predictions, "model_name": self.name, **facts}
         outputs = [
             InferOutput(OUTPUT_PROBABILITY, [count], "FP32", data=result.probabilities.astype(np.float32)),
             InferOutput(OUTPUT_LABEL, [count], "BYTES", data=np.array(result.labels, dtype=np.object_)),
         ]
-        return InferResponse(response_id=request.id or str(uuid.uuid4()), model_name=self.name,
-                             infer_outputs=outputs, model_version=served.version, parameters=facts,
-                             use_binary_outputs=request.use_binary_outputs,
-                             requested_outputs=request.request_outputs)
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=outputs,
+            model_version=served.version,
+            parameters=facts,
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
 
 
 class ReloadingRepository(ModelRepository):
@@ -597,8 +650,10 @@ class VersionPathMiddleware:
             served = getattr(model, "version", None)
             if served is None or match["version"] != served:
                 detail = f"serving version {served}" if served else "no such model"
-                message = (f"model {_quote(match['name'])} version {_quote(match['version'])} is not served "
-                           f"({detail})")
+                message = (
+                    f"model {_quote(match['name'])} version {_quote(match['version'])} is not served "
+                    f"({detail})"
+                )
                 response = JSONResponse({"error": message}, status_code=404)
                 await response(scope, receive, send)
                 return
@@ -687,7 +742,8 @@ def infer_route(dataplane: DataPlane, pool: ThreadPoolExecutor) -> Callable[...,
         body = await raw_request.body()
         headers = dict(raw_request.headers)
         request = await asyncio.get_running_loop().run_in_executor(
-            pool, dataplane.decode_inference_request, body, headers, model_name)
+            pool, dataplane.decode_inference_request, body, headers, model_name
+        )
         return await endpoints.infer(raw_request, raw_response, model_name, request)
 
     return infer
@@ -709,15 +765,26 @@ class DeepGuardServer(ModelServer):
 def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer:
     """Build the model server whose repository reloads ``model``, with the request guards in front."""
     repository = ReloadingRepository([model])
-    server = DeepGuardServer(http_host=args.http_host, http_port=args.http_port, grpc_port=args.grpc_port,
-                             workers=1, enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
-                             enable_latency_logging=args.enable_latency_logging, registered_models=repository)
+    server = DeepGuardServer(
+        http_host=args.http_host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        registered_models=repository,
+    )
     # Replaced before start(): the REST server is built from server.dataplane in start().
     server.dataplane = VersionedDataPlane(model_registry=repository)
     app = model_server.app
     # Registered before start() adds KServe's routes, so this one answers the path.
-    app.add_api_route("/v2/models/{model_name}/infer", infer_route(server.dataplane, model.decode_pool),
-                      methods=["POST"], response_model=None)
+    app.add_api_route(
+        "/v2/models/{model_name}/infer",
+        infer_route(server.dataplane, model.decode_pool),
+        methods=["POST"],
+        response_model=None,
+    )
     app.add_middleware(VersionPathMiddleware, repository=repository)
     if not args.reload:
         app.add_middleware(ReloadGuardMiddleware)
@@ -728,30 +795,75 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
 
 def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """KServe's model-server options plus ours."""
-    parser = argparse.ArgumentParser(prog="python -m stages.predictor", parents=[kserve_parser],
-                                     description="Serve the DeepGuard champion with KServe (V1 and V2).")
-    parser.add_argument("--model-uri", "--model_uri", dest="model_uri", default=DEFAULT_MODEL_URI,
-                        help="models:/name@alias, models:/name/<version>, or a local MLflow model folder "
-                             f"(default: {DEFAULT_MODEL_URI})")
-    parser.add_argument("--http-host", "--http_host", dest="http_host", default="127.0.0.1",
-                        help="address to listen on; the cluster passes 0.0.0.0 (default: %(default)s)")
-    parser.add_argument("--reload", action=argparse.BooleanOptionalAction, default=True,
-                        help="serve POST /v2/repository/models/<name>/load, which `deploy --target local` "
-                             "uses; the cluster passes --no-reload (default: on)")
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.predictor",
+        parents=[kserve_parser],
+        description="Serve the DeepGuard champion with KServe (V1 and V2).",
+    )
+    parser.add_argument(
+        "--model-uri",
+        "--model_uri",
+        dest="model_uri",
+        default=DEFAULT_MODEL_URI,
+        help="models:/name@alias, models:/name/<version>, or a local MLflow model folder "
+        f"(default: {DEFAULT_MODEL_URI})",
+    )
+    parser.add_argument(
+        "--http-host",
+        "--http_host",
+        dest="http_host",
+        default="127.0.0.1",
+        help="address to listen on; the cluster passes 0.0.0.0 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reload",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve POST /v2/repository/models/<name>/load, which `deploy --target local` "
+        "uses; the cluster passes --no-reload (default: on)",
+    )
     limits = Limits()
-    parser.add_argument("--max-images", "--max_images", dest="max_images", type=int,
-                        default=limits.max_images, help="most images in one request (default: %(default)s)")
-    parser.add_argument("--max-image-bytes", "--max_image_bytes", dest="max_image_bytes", type=int,
-                        default=limits.max_image_bytes, help="largest image file (default: %(default)s)")
-    parser.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=int,
-                        default=limits.max_pixels,
-                        help="refuse images whose header claims more pixels (default: %(default)s)")
-    parser.add_argument("--max-request-pixels", "--max_request_pixels", dest="max_request_pixels", type=int,
-                        default=limits.max_request_pixels,
-                        help="refuse requests whose images claim more pixels in all (default: %(default)s)")
-    parser.add_argument("--max-request-bytes", "--max_request_bytes", dest="max_request_bytes", type=int,
-                        default=None, help="largest request body, answered with a 413 beyond it (default: "
-                                           "max-images files of max-image-bytes, base64-encoded)")
+    parser.add_argument(
+        "--max-images",
+        "--max_images",
+        dest="max_images",
+        type=int,
+        default=limits.max_images,
+        help="most images in one request (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-image-bytes",
+        "--max_image_bytes",
+        dest="max_image_bytes",
+        type=int,
+        default=limits.max_image_bytes,
+        help="largest image file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        "--max_pixels",
+        dest="max_pixels",
+        type=int,
+        default=limits.max_pixels,
+        help="refuse images whose header claims more pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-request-pixels",
+        "--max_request_pixels",
+        dest="max_request_pixels",
+        type=int,
+        default=limits.max_request_pixels,
+        help="refuse requests whose images claim more pixels in all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        "--max_request_bytes",
+        dest="max_request_bytes",
+        type=int,
+        default=None,
+        help="largest request body, answered with a 413 beyond it (default: "
+        "max-images files of max-image-bytes, base64-encoded)",
+    )
     parser.set_defaults(model_name=MODEL_NAME)
     return parser
 
@@ -766,9 +878,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be 1; run more replicas to scale out")
     configure_logging()
     try:
-        model = DeepGuardModel(args.model_name, args.model_uri,
-                               Limits(args.max_images, args.max_image_bytes, args.max_pixels,
-                                      args.max_request_pixels, args.max_request_bytes))
+        model = DeepGuardModel(
+            args.model_name,
+            args.model_uri,
+            Limits(
+                args.max_images,
+                args.max_image_bytes,
+                args.max_pixels,
+                args.max_request_pixels,
+                args.max_request_bytes,
+            ),
+        )
         model.load()
     except DeepGuardError as exc:
         log.error("predictor failed: %s", exc)

@@ -76,8 +76,20 @@ def _stop(processes: list[tuple[str, subprocess.Popen]]) -> None:
 
 def _start_predictor(model_uri: str, port: int) -> subprocess.Popen:
     # Own session: a terminal's Ctrl-C reaches only this supervisor, which stops the children in order.
-    process = subprocess.Popen([sys.executable, "-m", "stages.predictor", "--model-uri", model_uri,
-                                "--http_port", str(port), "--enable_grpc", "false"], start_new_session=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stages.predictor",
+            "--model-uri",
+            model_uri,
+            "--http_port",
+            str(port),
+            "--enable_grpc",
+            "false",
+        ],
+        start_new_session=True,
+    )
     log.info("starting the predictor (pid %d) for %s on port %d", process.pid, model_uri, port)
     return process
 
@@ -106,18 +118,27 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
         processes.append(("predictor", _start_predictor(model_uri, predictor_port)))
         if not _wait_ready("predictor", processes[0][1], predictor_ready_url, stopping):
             return 0 if stopping else 1
-        web_env = {**os.environ, "PREDICTOR_URL": predictor_url, "WEB_PORT": str(web_port),
-                   "WEB_HOST": web_host}
+        web_env = {
+            **os.environ,
+            "PREDICTOR_URL": predictor_url,
+            "WEB_PORT": str(web_port),
+            "WEB_HOST": web_host,
+        }
         # From the repository root, `python -m flask_app` finds the package without installing it.
-        web = subprocess.Popen([sys.executable, "-m", "flask_app"], env=web_env, cwd=repo,
-                               start_new_session=True)
+        web = subprocess.Popen(
+            [sys.executable, "-m", "flask_app"], env=web_env, cwd=repo, start_new_session=True
+        )
         processes.append(("web app", web))
         if not _wait_ready("web app", web, f"http://127.0.0.1:{web_port}/healthz", stopping):
             return 0 if stopping else 1
         log.info("DeepGuard is serving the model %s", model_uri)
         log.info("  web page:  %s/", web_url)
-        log.info("  predictor: http://localhost:%d (V1 /v1/models/%s:predict, V2 /v2/models/%s/infer)",
-                 predictor_port, MODEL_NAME, MODEL_NAME)
+        log.info(
+            "  predictor: http://localhost:%d (V1 /v1/models/%s:predict, V2 /v2/models/%s/infer)",
+            predictor_port,
+            MODEL_NAME,
+            MODEL_NAME,
+        )
         log.info("press Ctrl-C to stop both")
         failures = 0
         while not stopping:
@@ -131,8 +152,14 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
                     log.error("predictor exited %d times in a row; stopping", failures)
                     return 1
                 backoff = FIRST_BACKOFF_S * 2 ** (failures - 1)
-                log.error("predictor exited with status %s; restart %d of %d in %.0f s (the web app answers "
-                          "503 meanwhile)", predictor.returncode, failures, MAX_RESTARTS, backoff)
+                log.error(
+                    "predictor exited with status %s; restart %d of %d in %.0f s (the web app answers "
+                    "503 meanwhile)",
+                    predictor.returncode,
+                    failures,
+                    MAX_RESTARTS,
+                    backoff,
+                )
                 deadline = time.monotonic() + backoff
                 while time.monotonic() < deadline and not stopping:
                     time.sleep(0.1)
@@ -152,12 +179,18 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments (defaults from PREDICTOR_PORT, WEB_PORT, WEB_HOST, MODEL_URI) and serve."""
     parser = argparse.ArgumentParser(prog="python -m stages.predictor_serve", description=__doc__)
-    parser.add_argument("--model-uri", default=os.environ.get("MODEL_URI") or DEFAULT_MODEL_URI,
-                        help="model to serve (default: MODEL_URI or %(default)s)")
+    parser.add_argument(
+        "--model-uri",
+        default=os.environ.get("MODEL_URI") or DEFAULT_MODEL_URI,
+        help="model to serve (default: MODEL_URI or %(default)s)",
+    )
     parser.add_argument("--predictor-port", type=int, default=int(os.environ.get("PREDICTOR_PORT", "8080")))
     parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "5000")))
-    parser.add_argument("--web-host", default=os.environ.get("WEB_HOST", "127.0.0.1"),
-                        help="address the web app listens on (default: %(default)s)")
+    parser.add_argument(
+        "--web-host",
+        default=os.environ.get("WEB_HOST", "127.0.0.1"),
+        help="address the web app listens on (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     return serve(args.model_uri, args.predictor_port, args.web_port, args.web_host)

@@ -23,8 +23,13 @@ def trained_workspace(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorksp
     dvc(root, env, "init", "--no-scm", "-q")
     run_stage("ingest", root, env, "--locate")
     result = dvc(root, env, "repro")
-    return TrainedWorkspace(root=root, tracking_uri=env["MLFLOW_TRACKING_URI"], model_name="deepguard",
-                            env=env, repro_output=result.stdout + result.stderr)
+    return TrainedWorkspace(
+        root=root,
+        tracking_uri=env["MLFLOW_TRACKING_URI"],
+        model_name="deepguard",
+        env=env,
+        repro_output=result.stdout + result.stderr,
+    )
 
 
 @pytest.fixture()

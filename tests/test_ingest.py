@@ -38,8 +38,12 @@ def make_zip(path: Path, files: dict[str, bytes]) -> Path:
 @pytest.fixture()
 def defective_zip(tmp_path: Path) -> Path:
     """Three good images per split/class plus one of each defect ingest must catch."""
-    files = {f"{split}/{cls}/{i}.jpg": jpeg(hash((split, cls, i)) % 2**32)
-             for split in ("train", "test") for cls in ("REAL", "FAKE") for i in range(3)}
+    files = {
+        f"{split}/{cls}/{i}.jpg": jpeg(hash((split, cls, i)) % 2**32)
+        for split in ("train", "test")
+        for cls in ("REAL", "FAKE")
+        for i in range(3)
+    }
     files["train/FAKE/dup.jpg"] = files["train/FAKE/0.jpg"]  # duplicate within train
     files["test/FAKE/leak.jpg"] = files["train/FAKE/1.jpg"]  # test image that is also in train
     files["train/REAL/corrupt.jpg"] = jpeg(99)[:150]
@@ -59,8 +63,11 @@ def test_defects_are_dropped_and_counted(defective_zip: Path, tmp_path: Path) ->
     report = _ingest(defective_zip, tmp_path)
     assert report["duplicates_within_split"] == {"train": {"FAKE": 1}}
     assert report["test_in_train"] == {"test": {"FAKE": 1}}
-    assert report["rejected"] == {"corrupt or truncated image": 1, "mode RGBA, expected RGB": 1,
-                                  "size 40x40, expected 32x32": 1}
+    assert report["rejected"] == {
+        "corrupt or truncated image": 1,
+        "mode RGBA, expected RGB": 1,
+        "size 40x40, expected 32x32": 1,
+    }
     assert report["kept"] == {"test": {"FAKE": 3, "REAL": 3}, "train": {"FAKE": 3, "REAL": 3}}
     names = zipfile.ZipFile(tmp_path / "raw" / ARCHIVE).namelist()
     assert len(names) == 12 and all(n.count("/") == 2 for n in names)
@@ -199,8 +206,9 @@ def test_failed_ingest_keeps_the_previous_good_output(workspace, defective_zip: 
     root, env = workspace
     run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(defective_zip)})
     before = (root / "data/raw/index.json").read_text()
-    only_train = make_zip(tmp_path / "half.zip", {f"train/{c}/{i}.jpg": jpeg(i) for c in ("REAL", "FAKE")
-                                                  for i in range(2)})
+    only_train = make_zip(
+        tmp_path / "half.zip", {f"train/{c}/{i}.jpg": jpeg(i) for c in ("REAL", "FAKE") for i in range(2)}
+    )
     result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(only_train)}, check=False)
     assert result.returncode == 2
     assert (root / "data/raw/index.json").read_text() == before
@@ -215,8 +223,8 @@ def _patch_headers(archive: Path, member: str, central_at: int, local_at: int, v
     for signature, field_at, name_at in ((b"PK\x01\x02", central_at, 46), (b"PK\x03\x04", local_at, 30)):
         start = data.find(signature)
         while start != -1:
-            if data[start + name_at:start + name_at + len(name)] == name:
-                data[start + field_at:start + field_at + len(value)] = value
+            if data[start + name_at : start + name_at + len(name)] == name:
+                data[start + field_at : start + field_at + len(value)] = value
             start = data.find(signature, start + 4)
     archive.write_bytes(bytes(data))
     return archive
@@ -230,8 +238,12 @@ def _claim_size(archive: Path, member: str, size: int) -> Path:
 def _bomb_zip(path: Path, bomb: bytes, claimed: int | None = None) -> Path:
     """Three good images per split/class plus ``train/FAKE/bomb.png`` (deflated), optionally lying about
     its size."""
-    files = {f"{split}/{cls}/{i}.jpg": jpeg(hash((split, cls, i)) % 2**32)
-             for split in ("train", "test") for cls in ("REAL", "FAKE") for i in range(3)}
+    files = {
+        f"{split}/{cls}/{i}.jpg": jpeg(hash((split, cls, i)) % 2**32)
+        for split in ("train", "test")
+        for cls in ("REAL", "FAKE")
+        for i in range(3)
+    }
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in files.items():
             archive.writestr(name, data)

@@ -43,8 +43,10 @@ def _imported_project_files(path: Path, root: Path) -> set[str]:
             for name in names:
                 parts = name.split(".")
                 for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py
-                    for candidate in (root.joinpath(*parts[:i], "__init__.py"),
-                                      root.joinpath(*parts[:i]).with_suffix(".py")):
+                    for candidate in (
+                        root.joinpath(*parts[:i], "__init__.py"),
+                        root.joinpath(*parts[:i]).with_suffix(".py"),
+                    ):
                         if candidate.is_file():
                             todo.append(candidate)
     return found
@@ -89,14 +91,24 @@ def test_repro_runs_all_six_stages_in_order(trained_workspace: TrainedWorkspace)
 def test_pipeline_leaves_a_champion_with_metrics_and_lineage(trained_workspace: TrainedWorkspace) -> None:
     client = _client(trained_workspace.tracking_uri)
     champion = client.get_model_version_by_alias(trained_workspace.model_name, "champion")
-    for tag in ("git_commit", "data_hash", "test_hash", "params_hash", "architecture", "test_accuracy",
-                "test_roc_auc", "threshold"):
+    for tag in (
+        "git_commit",
+        "data_hash",
+        "test_hash",
+        "params_hash",
+        "architecture",
+        "test_accuracy",
+        "test_roc_auc",
+        "threshold",
+    ):
         assert champion.tags.get(tag), f"champion lacks lineage tag {tag}"
     assert champion.tags["synthetic_data"] == "false"
     assert champion.tags["data_source"] == "local"
     assert 0.5 < float(champion.tags["test_roc_auc"]) <= 1.0, "one epoch on real CIFAKE beats chance"
-    assert client.get_model_version_by_alias(trained_workspace.model_name, "challenger").version == \
-        champion.version
+    assert (
+        client.get_model_version_by_alias(trained_workspace.model_name, "challenger").version
+        == champion.version
+    )
     run = client.get_run(champion.run_id)
     assert "test_accuracy" in run.data.metrics and "epoch_val_auc" in run.data.metrics
     assert run.data.params["training.epochs"] == "1"

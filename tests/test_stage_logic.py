@@ -17,8 +17,12 @@ from stages.tracking import TrackingUnavailableError, resolve_tracking_uri
 
 
 def _names(per_class: int) -> list[str]:
-    return [f"{split}/{cls}/{cls}{i:04d}.jpg" for split, n in (("train", per_class), ("test", 7))
-            for cls in ("REAL", "FAKE") for i in range(n)]
+    return [
+        f"{split}/{cls}/{cls}{i:04d}.jpg"
+        for split, n in (("train", per_class), ("test", 7))
+        for cls in ("REAL", "FAKE")
+        for i in range(n)
+    ]
 
 
 def test_split_is_stratified_disjoint_and_deterministic() -> None:
@@ -40,8 +44,10 @@ def test_npy_writer_streams_a_loadable_array(tmp_path: Path) -> None:
         writer.write(rows[:6])
         writer.write(rows[6:])
     assert np.array_equal(np.load(tmp_path / "a.npy", mmap_mode="r"), rows)
-    with pytest.raises(ValueError, match="wrote 3 of 10"), NpyWriter(tmp_path / "b.npy", 10, (4, 4, 3),
-                                                                     np.uint8) as writer:
+    with (
+        pytest.raises(ValueError, match="wrote 3 of 10"),
+        NpyWriter(tmp_path / "b.npy", 10, (4, 4, 3), np.uint8) as writer,
+    ):
         writer.write(rows[:3])
 
 
@@ -87,14 +93,17 @@ def test_expected_calibration_error() -> None:
     assert expected_calibration_error(labels, np.full(10, 0.3), bins=10) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize(("challenger", "champion", "minimum", "promote"), [
-    (0.90, None, 0.0, True),  # first model
-    (0.95, 0.90, 0.0, True),
-    (0.90, 0.90, 0.0, False),  # a tie keeps the champion
-    (0.85, 0.90, 0.0, False),
-    (0.905, 0.90, 0.01, False),  # better, but not by the gate's minimum
-    (0.92, 0.90, 0.01, True),
-])
+@pytest.mark.parametrize(
+    ("challenger", "champion", "minimum", "promote"),
+    [
+        (0.90, None, 0.0, True),  # first model
+        (0.95, 0.90, 0.0, True),
+        (0.90, 0.90, 0.0, False),  # a tie keeps the champion
+        (0.85, 0.90, 0.0, False),
+        (0.905, 0.90, 0.01, False),  # better, but not by the gate's minimum
+        (0.92, 0.90, 0.01, True),
+    ],
+)
 def test_promotion_gate(challenger: float, champion: float | None, minimum: float, promote: bool) -> None:
     decision = decide("roc_auc", challenger, champion, minimum, None if champion is None else "3")
     assert decision.promote is promote

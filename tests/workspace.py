@@ -23,6 +23,7 @@ FULL_ZIP = SHARED / "data" / "cifake.zip"
 # Copied into a workspace so that dvc.yaml's code dependencies resolve there, as in a clone.
 WORKSPACE_FILES = ("stages", "params.yaml", "dvc.yaml", ".dvcignore")
 
+
 def require_sample() -> Path:
     """The shared CIFAKE sample, or a skip that says why."""
     if not SAMPLE_ZIP.is_file():
@@ -33,23 +34,38 @@ def require_sample() -> Path:
 def stage_env(root: Path, **extra: str) -> dict[str, str]:
     """Environment for stage processes: this interpreter first on PATH, the workspace's MLflow store,
     no credentials inherited from the developer's shell."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KAGGLE_", "DAGSHUB_", "MLFLOW_", "DEEPGUARD_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
-               KAGGLE_CONFIG_DIR=str(root / ".no-kaggle"), TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KAGGLE_", "DAGSHUB_", "MLFLOW_", "DEEPGUARD_"))
+    }
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+        KAGGLE_CONFIG_DIR=str(root / ".no-kaggle"),
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONUNBUFFERED="1",
+    )
     env.update(extra)
     return env
 
 
-def run_stage(name: str, root: Path, env: dict[str, str], *args: str,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_stage(
+    name: str, root: Path, env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m stages.<name>`` in a workspace, as DVC or a pod would."""
-    result = subprocess.run([sys.executable, "-m", f"stages.{name}", *args], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", f"stages.{name}", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"stages.{name} exited {result.returncode}:\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"stages.{name} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -67,11 +83,19 @@ def make_workspace(root: Path) -> Path:
 
 def dvc(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run the DVC of this environment in a workspace."""
-    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if result.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} exited {result.returncode}:\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"dvc {' '.join(args)} exited {result.returncode}:\n{result.stdout[-4000:]}\n"
+            f"{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -97,8 +121,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(command: list[str], ready_url: str, log_file: Path, env: dict[str, str],
-            cwd: Path = REPO, timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[subprocess.Popen]:
+def running(
+    command: list[str],
+    ready_url: str,
+    log_file: Path,
+    env: dict[str, str],
+    cwd: Path = REPO,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+) -> Iterator[subprocess.Popen]:
     """Start a server process, wait (bounded) until ``ready_url`` answers 200, and stop it afterwards.
 
     Args:

@@ -21,8 +21,12 @@ def main(argv: list[str]) -> int:
     except MlflowException as exc:
         sys.stderr.write(f"no champion of {name!r} in {tracking_uri}: {exc.message.splitlines()[0]}\n")
         return 1
-    sys.stdout.write(json.dumps({"name": name, "version": str(version.version), "tags": version.tags,
-                                 "source": version.source}) + "\n")
+    sys.stdout.write(
+        json.dumps(
+            {"name": name, "version": str(version.version), "tags": version.tags, "source": version.source}
+        )
+        + "\n"
+    )
     return 0
 
 

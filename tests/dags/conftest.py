@@ -39,19 +39,24 @@ def dag() -> Any:
 @pytest.fixture
 def airflow_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment of an `airflow` command with the local runner, a fresh metadata DB and workspace."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "DAGSHUB_", "KAGGLE_", "AWS_", "DEEPGUARD_", "AIRFLOW"))}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}",
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        **IMPORT_TIMEOUT,
-        "DEEPGUARD_LOCAL_RUNNER": "1",
-        "DEEPGUARD_LOCAL_WORKSPACE": str(tmp_path / "workspace"),
-        "DEEPGUARD_LOCAL_PYTHON": str(ML_PYTHON),
-        "DEEPGUARD_TASK_RETRIES": "0",
-        "DEEPGUARD_SCHEDULE": "none",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "DAGSHUB_", "KAGGLE_", "AWS_", "DEEPGUARD_", "AIRFLOW"))
+    }
+    env.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}",
+            "AIRFLOW_HOME": str(tmp_path / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            **IMPORT_TIMEOUT,
+            "DEEPGUARD_LOCAL_RUNNER": "1",
+            "DEEPGUARD_LOCAL_WORKSPACE": str(tmp_path / "workspace"),
+            "DEEPGUARD_LOCAL_PYTHON": str(ML_PYTHON),
+            "DEEPGUARD_TASK_RETRIES": "0",
+            "DEEPGUARD_SCHEDULE": "none",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
     yield env

@@ -22,8 +22,12 @@ class _UnsetVariables:
         return default
 
 
-def render_task(dag: Any, task_id: str, params: dict[str, Any] | None = None,
-                run_id: str = "manual__2026-01-02T03:04:05.678901+00:00") -> Any:
+def render_task(
+    dag: Any,
+    task_id: str,
+    params: dict[str, Any] | None = None,
+    run_id: str = "manual__2026-01-02T03:04:05.678901+00:00",
+) -> Any:
     """A copy of the task with its templates rendered for a run with these DAG params.
 
     Args:
@@ -39,7 +43,12 @@ def render_task(dag: Any, task_id: str, params: dict[str, Any] | None = None,
     for key, value in (params or {}).items():
         resolved[key] = value
     task = copy.deepcopy(dag.get_task(task_id))
-    context = {"run_id": run_id, "params": resolved.validate(), "var": {"value": _UnsetVariables()},
-               "dag": dag, "task": task}
+    context = {
+        "run_id": run_id,
+        "params": resolved.validate(),
+        "var": {"value": _UnsetVariables()},
+        "dag": dag,
+        "task": task,
+    }
     task.render_template_fields(context, jinja_env=dag.get_template_env())
     return task

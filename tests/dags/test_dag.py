@@ -48,8 +48,14 @@ print(json.dumps({
 def _probe(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPGUARD_")}
     env.update(extra_env or {})
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(DAGS_DIR)], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(DAGS_DIR)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -63,8 +69,12 @@ def test_dag_file_loads_without_errors_or_heavy_imports() -> None:
     # types), the operator beside it, and Airflow's own lazily imported parsing modules.
     ours = {name for name in report["added"] if name in {"stages", "deepguard_operator"}}
     assert ours == {"stages", "deepguard_operator"}
-    unexpected = [name for name in report["added"] if not name.startswith(("airflow", "unusual_prefix", "_"))
-                  and name not in {"stages", "deepguard_operator"}]
+    unexpected = [
+        name
+        for name in report["added"]
+        if not name.startswith(("airflow", "unusual_prefix", "_"))
+        and name not in {"stages", "deepguard_operator"}
+    ]
     assert unexpected == [], f"the DAG file pulled in {unexpected}"
     print(f"DAG file parse time (after Airflow is imported): {report['seconds'] * 1000:.0f} ms")
 
@@ -128,7 +138,8 @@ def test_rendered_pod(dag: Any, stage: Stage) -> None:
     if gpu:
         assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
         assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [
-            ("nvidia.com/gpu", "Exists", "NoSchedule")]
+            ("nvidia.com/gpu", "Exists", "NoSchedule")
+        ]
     else:
         assert not pod.spec.node_selector
         assert not pod.spec.tolerations
@@ -162,8 +173,16 @@ def test_trigger_params_become_overrides_the_stages_accept(dag: Any) -> None:
     assert params.data.sample_per_class == 100
 
 
-@pytest.mark.parametrize("bad", [{"architecture": "ResNet50"}, {"epochs": 0}, {"data_source": "s3"},
-                                 {"sample_per_class": -5}, {"deploy": "yes"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"architecture": "ResNet50"},
+        {"epochs": 0},
+        {"data_source": "s3"},
+        {"sample_per_class": -5},
+        {"deploy": "yes"},
+    ],
+)
 def test_invalid_trigger_params_are_rejected(dag: Any, bad: dict[str, Any]) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -188,12 +207,15 @@ def test_deploy_is_skipped_when_the_param_says_so(dag: Any) -> None:
 
 
 def test_gpu_placement_and_schedule_are_configurable() -> None:
-    report = _probe({
-        "DEEPGUARD_GPU_NODE_SELECTOR": json.dumps({"cloud.google.com/gke-accelerator": "nvidia-l4"}),
-        "DEEPGUARD_GPU_TOLERATIONS": json.dumps([{"key": "gpu", "operator": "Equal", "value": "yes",
-                                                  "effect": "NoExecute"}]),
-        "DEEPGUARD_SCHEDULE": "0 3 * * 1",
-    })
+    report = _probe(
+        {
+            "DEEPGUARD_GPU_NODE_SELECTOR": json.dumps({"cloud.google.com/gke-accelerator": "nvidia-l4"}),
+            "DEEPGUARD_GPU_TOLERATIONS": json.dumps(
+                [{"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoExecute"}]
+            ),
+            "DEEPGUARD_SCHEDULE": "0 3 * * 1",
+        }
+    )
     assert report["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     tolerations = [(t["key"], t["value"], t["effect"]) for t in report["tolerations"]]
     assert tolerations == [("gpu", "yes", "NoExecute")]
@@ -203,13 +225,23 @@ def test_gpu_placement_and_schedule_are_configurable() -> None:
 def test_local_runner_runs_exactly_the_pods_command(dag: Any, tmp_path: Path) -> None:
     from deepguard_operator import LocalRunner
 
-    runner = LocalRunner(python=tmp_path / "venv" / "bin" / "python",
-                         paths={"/workspace": tmp_path / "ws", "/app": REPO}, cwd=REPO,
-                         env_passthrough=("DEEPGUARD_DATA",),
-                         default_env={"MLFLOW_TRACKING_URI": "sqlite:///default.db"})
-    environ = {"PATH": "/usr/bin", "HOME": "/home/me", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-               "AWS_ACCESS_KEY_ID": "key", "KAGGLE_KEY": "kaggle", "DAGSHUB_TOKEN": "token",
-               "DEEPGUARD_DATA": "/data/cifake.zip", "UNRELATED_SECRET": "nope"}
+    runner = LocalRunner(
+        python=tmp_path / "venv" / "bin" / "python",
+        paths={"/workspace": tmp_path / "ws", "/app": REPO},
+        cwd=REPO,
+        env_passthrough=("DEEPGUARD_DATA",),
+        default_env={"MLFLOW_TRACKING_URI": "sqlite:///default.db"},
+    )
+    environ = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/me",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "AWS_ACCESS_KEY_ID": "key",
+        "KAGGLE_KEY": "kaggle",
+        "DAGSHUB_TOKEN": "token",
+        "DEEPGUARD_DATA": "/data/cifake.zip",
+        "UNRELATED_SECRET": "nope",
+    }
     chosen = {"epochs": 1}
     for name, kaggle in (("train", False), ("ingest", True)):
         pod = render_task(dag, name, chosen, run_id=RUN_ID).build_pod_request_obj(dry_run=True)
@@ -217,9 +249,14 @@ def test_local_runner_runs_exactly_the_pods_command(dag: Any, tmp_path: Path) ->
         container = pod.spec.containers[0]
         assert argv[0] == str(runner.python)
         assert argv[1:3] == container.command[1:]
-        assert argv[3:] == ["--params", str(REPO / "params.yaml"), "--workdir",
-                            str(tmp_path / "ws") + RUN_DIR.removeprefix("/workspace"),
-                            "--set", "training.epochs=1"]
+        assert argv[3:] == [
+            "--params",
+            str(REPO / "params.yaml"),
+            "--workdir",
+            str(tmp_path / "ws") + RUN_DIR.removeprefix("/workspace"),
+            "--set",
+            "training.epochs=1",
+        ]
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["AWS_ACCESS_KEY_ID"] == "key"
         assert env["DAGSHUB_TOKEN"] == "token"
@@ -243,7 +280,11 @@ def test_drop_empty_options() -> None:
     from deepguard_operator import drop_empty_options
 
     assert drop_empty_options(["--params", "p", "--set", "", "--set", "a=1", "--set", ""]) == [
-        "--params", "p", "--set", "a=1"]
+        "--params",
+        "p",
+        "--set",
+        "a=1",
+    ]
 
 
 def test_killed_local_stage_stops_with_everything_it_started(dag: Any, tmp_path: Path) -> None:
@@ -254,10 +295,12 @@ def test_killed_local_stage_stops_with_everything_it_started(dag: Any, tmp_path:
     task = render_task(dag, "ingest")
     pid_file = tmp_path / "child.pid"
     # A stage that starts a helper process, then hangs: a timeout or a kill must stop both.
-    script = ("import subprocess, sys, time\n"
-              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
-              "open(sys.argv[1], 'w').write(str(child.pid))\n"
-              "time.sleep(120)\n")
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "open(sys.argv[1], 'w').write(str(child.pid))\n"
+        "time.sleep(120)\n"
+    )
     killer = threading.Timer(3.0, task.on_kill)
     killer.start()
     started = time.monotonic()

@@ -20,8 +20,15 @@ AIRFLOW = Path(sys.executable).parent / "airflow"
 
 def _airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.CompletedProcess[str]:
     with log.open("w") as out:
-        done = subprocess.run([str(AIRFLOW), *args], env=env, cwd=REPO, stdout=out,
-                              stderr=subprocess.STDOUT, text=True, timeout=900)
+        done = subprocess.run(
+            [str(AIRFLOW), *args],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=900,
+        )
     return subprocess.CompletedProcess(done.args, done.returncode, log.read_text(), "")
 
 
@@ -37,7 +44,8 @@ def _runs(workspace: Path) -> set[Path]:
 
 
 def test_failing_stage_fails_the_run_then_a_rerun_after_the_fix_completes(
-        airflow_env: dict[str, str], tmp_path: Path) -> None:
+    airflow_env: dict[str, str], tmp_path: Path
+) -> None:
     if not SAMPLE_ZIP.is_file():
         pytest.skip(f"{SAMPLE_ZIP} not found: the run reads the shared CIFAKE sample (../shared/data)")
     if not ML_PYTHON.is_file():
@@ -66,9 +74,15 @@ def test_failing_stage_fails_the_run_then_a_rerun_after_the_fix_completes(
     registration = json.loads((rerun / "reports" / "registration.json").read_text())
     assert registration["promoted"] is True
     champion = subprocess.run(
-        [str(ML_PYTHON), str(REPO / "tests" / "dags" / "champion.py"),
-         f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}"],
-        capture_output=True, text=True, timeout=300)
+        [
+            str(ML_PYTHON),
+            str(REPO / "tests" / "dags" / "champion.py"),
+            f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert champion.returncode == 0, champion.stderr
     found = json.loads(champion.stdout)
     assert found["version"] == registration["version"]

@@ -18,8 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices"
-                       r"(?:/(?P<name>[^/?]+))?$")
+ISVC_PATH = re.compile(
+    r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices"
+    r"(?:/(?P<name>[^/?]+))?$"
+)
 CONFIGMAP_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps/(?P<name>[^/?]+)$")
 
 
@@ -90,8 +92,9 @@ class FakeCluster:
         if obj is None:
             return None
         status = obj.get("status", {})
-        ready_now = (status.get("observedGeneration") == obj["metadata"]["generation"]
-                     and any(c["status"] == "True" for c in status.get("conditions", [])))
+        ready_now = status.get("observedGeneration") == obj["metadata"]["generation"] and any(
+            c["status"] == "True" for c in status.get("conditions", [])
+        )
         if not ready_now:
             self._reconcile(obj, ready=self.becomes_ready(obj))
         return obj
@@ -125,8 +128,17 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _not_found(self, what: str) -> None:
-            self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-                             "message": f"{what} not found", "code": 404})
+            self._send(
+                404,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "NotFound",
+                    "message": f"{what} not found",
+                    "code": 404,
+                },
+            )
 
         def _record(self) -> tuple[str, Any]:
             length = int(self.headers.get("Content-Length") or 0)
@@ -182,13 +194,20 @@ def fake_kube_api(cluster: FakeCluster, kubeconfig: Path) -> Iterator[str]:
     """Serve ``cluster`` on a free port and write a kubeconfig pointing at it; yields the server URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(cluster))
     url = f"http://127.0.0.1:{server.server_port}"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": url}}],
-        "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-        "contexts": [{"name": "fake",
-                      "context": {"cluster": "fake", "user": "fake", "namespace": "deepguard"}}],
-    }))
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": url}}],
+                "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+                "contexts": [
+                    {"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "deepguard"}}
+                ],
+            }
+        )
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -56,8 +56,9 @@ def values_args(values_set: str, extra: dict[str, str] | None = None) -> list[st
 
 @functools.cache
 def _render_cached(values_set: str, extra: tuple[tuple[str, Any], ...]) -> tuple[dict[str, Any], ...]:
-    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-               *values_args(values_set, dict(extra))).stdout
+    out = helm(
+        "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *values_args(values_set, dict(extra))
+    ).stdout
     return tuple(doc for doc in yaml.safe_load_all(out) if doc)
 
 
@@ -94,8 +95,11 @@ def _forbid_unknown(schema: Any) -> Any:
     """
     if isinstance(schema, dict):
         closed = {key: _forbid_unknown(value) for key, value in schema.items()}
-        if ("properties" in closed and "additionalProperties" not in closed
-                and not closed.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in closed
+            and "additionalProperties" not in closed
+            and not closed.get("x-kubernetes-preserve-unknown-fields")
+        ):
             closed["additionalProperties"] = False
         return closed
     if isinstance(schema, list):
@@ -117,8 +121,10 @@ def isvc_validator() -> jsonschema.Draft7Validator:
 
 def isvc_errors(obj: dict[str, Any]) -> list[str]:
     """Every schema error of an InferenceService, as ``path: message`` lines."""
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in sorted(isvc_validator().iter_errors(obj), key=lambda e: list(map(str, e.path)))]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in sorted(isvc_validator().iter_errors(obj), key=lambda e: list(map(str, e.path)))
+    ]
 
 
 def kubernetes_errors(obj: dict[str, Any]) -> list[str]:

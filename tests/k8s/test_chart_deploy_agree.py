@@ -11,9 +11,12 @@ from k8s_helpers import CHART, NAMESPACE, VALUES_SETS, find, render
 
 from stages import deploy
 
-CHAMPION = deploy.Champion(model_name="deepguard", version="7",
-                           artifact_uri="mlflow-artifacts:/1/models/m/artifacts",
-                           storage_uri="pvc://deepguard-mlflow/artifacts/1/models/m/artifacts")
+CHAMPION = deploy.Champion(
+    model_name="deepguard",
+    version="7",
+    artifact_uri="mlflow-artifacts:/1/models/m/artifacts",
+    storage_uri="pvc://deepguard-mlflow/artifacts/1/models/m/artifacts",
+)
 
 
 def _settings(objects: list[dict]) -> deploy.ServingSettings:

@@ -20,8 +20,17 @@ def test_checkov_finds_no_failed_check_in_the_chart() -> None:
     tool("helm")  # checkov renders the chart with the pinned helm on PATH
     # HELM_NAMESPACE: render into the namespace the chart is installed in (`helm install -n deepguard`).
     env = {**os.environ, "PATH": f"{TOOLS_BIN}{os.pathsep}{os.environ['PATH']}", "HELM_NAMESPACE": NAMESPACE}
-    command = [str(BIN / "checkov"), "-d", str(CHART), "--framework", "helm", "--skip-download",
-               "--output", "json", "--quiet"]
+    command = [
+        str(BIN / "checkov"),
+        "-d",
+        str(CHART),
+        "--framework",
+        "helm",
+        "--skip-download",
+        "--output",
+        "json",
+        "--quiet",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     report = json.loads(result.stdout)
     reports = report if isinstance(report, list) else [report]
@@ -46,8 +55,12 @@ def test_every_checkov_skip_in_the_chart_carries_a_reason() -> None:
 @pytest.mark.skipif(not DOCKERFILES, reason="no images/*/Dockerfile yet")
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_hadolint_reports_no_error(dockerfile: Path) -> None:
-    result = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "error", "--format", "json",
-                             str(dockerfile)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(BIN / "hadolint"), "--failure-threshold", "error", "--format", "json", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     findings = json.loads(result.stdout or "[]")
     errors = [f"{f['line']}: {f['code']} {f['message']}" for f in findings if f["level"] == "error"]
     assert result.returncode == 0 and errors == [], errors

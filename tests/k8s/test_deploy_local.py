@@ -30,15 +30,20 @@ def _register_untrained_model(tracking_uri: str, artifacts: Path, seed: int) -> 
     inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")
     hidden = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1.0 / 255.0)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden), name="UntrainedProbe")
-    metadata = ModelMetadata(threshold=0.5, image_size=32, architecture=model.name, data_source="synthetic",
-                             synthetic_data=True)
+    metadata = ModelMetadata(
+        threshold=0.5, image_size=32, architecture=model.name, data_source="synthetic", synthetic_data=True
+    )
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name("deploy-tests")
-    experiment_id = (experiment.experiment_id if experiment else
-                     mlflow.create_experiment("deploy-tests", artifact_location=artifacts.as_uri()))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else mlflow.create_experiment("deploy-tests", artifact_location=artifacts.as_uri())
+    )
     with mlflow.start_run(experiment_id=experiment_id):
-        info = mlflow.keras.log_model(model, name="model", metadata=metadata.to_dict(), pip_requirements=[],
-                                      registered_model_name=MODEL)
+        info = mlflow.keras.log_model(
+            model, name="model", metadata=metadata.to_dict(), pip_requirements=[], registered_model_name=MODEL
+        )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(MODEL, "champion", version)
     return version
@@ -51,8 +56,17 @@ def _predictor(tracking_uri: str, log_file: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "MLFLOW_"))}
     env.update(MLFLOW_TRACKING_URI=tracking_uri, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, "-m", "stages.predictor", "--model-uri", f"models:/{MODEL}@champion",
-               "--http_port", str(port), "--enable_grpc", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "stages.predictor",
+        "--model-uri",
+        f"models:/{MODEL}@champion",
+        "--http_port",
+        str(port),
+        "--enable_grpc",
+        "false",
+    ]
     with running(command, f"{url}/v2/models/{MODEL}/ready", log_file, env):
         yield url
 
@@ -73,9 +87,23 @@ def test_local_target_reloads_the_new_champion_in_the_running_predictor(tmp_path
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "KUBERNETES_"))}
         env.update(MLFLOW_TRACKING_URI=tracking_uri, PREDICTOR_URL=url, PYTHONPATH=str(REPO))
-        result = subprocess.run([sys.executable, "-m", "stages.deploy", "--target", "local", "--params",
-                                 str(REPO / "params.yaml"), "--workdir", str(tmp_path)], env=env,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stages.deploy",
+                "--target",
+                "local",
+                "--params",
+                str(REPO / "params.yaml"),
+                "--workdir",
+                str(tmp_path),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr
         assert _served(url) == [second]
     tags = mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version(MODEL, second).tags
@@ -111,18 +139,36 @@ def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Pat
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "KUBERNETES_"))}
-        env.update(MLFLOW_TRACKING_URI=tracking_uri, PREDICTOR_URL=f"http://127.0.0.1:{server.server_port}",
-                   PYTHONPATH=str(REPO))
-        result = subprocess.run([sys.executable, "-m", "stages.deploy", "--target", "local", "--params",
-                                 str(REPO / "params.yaml"), "--workdir", str(tmp_path)], env=env,
-                                capture_output=True, text=True, timeout=300)
+        env.update(
+            MLFLOW_TRACKING_URI=tracking_uri,
+            PREDICTOR_URL=f"http://127.0.0.1:{server.server_port}",
+            PYTHONPATH=str(REPO),
+        )
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stages.deploy",
+                "--target",
+                "local",
+                "--params",
+                str(REPO / "params.yaml"),
+                "--workdir",
+                str(tmp_path),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         server.shutdown()
         server.server_close()
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"stages.deploy: error: predictor at http://127.0.0.1:{server.server_port} refused the reload: "
-        f"HTTP {status} no"]
+        f"HTTP {status} no"
+    ]
     assert "deployment_status" not in client.get_model_version(MODEL, "1").tags
 
 

@@ -69,8 +69,9 @@ def _serving_configmap(values_set: str = "default") -> dict[str, Any]:
 
 def _previous_isvc() -> dict[str, Any]:
     """What the chart installed for version 1 (a first champion given at helm install time)."""
-    return find(render("default", predictor__storageUri=STORAGE["1"], predictor__modelVersion="1"),
-                "InferenceService")
+    return find(
+        render("default", predictor__storageUri=STORAGE["1"], predictor__modelVersion="1"), "InferenceService"
+    )
 
 
 def _env(obj: dict[str, Any]) -> dict[str, str]:
@@ -156,13 +157,15 @@ def test_fake_k8s_first_deploy_creates_the_service_from_the_chart_settings(works
 def test_fake_k8s_same_champion_already_ready_is_left_alone(workspace: Path, registry: str) -> None:
     cluster = FakeCluster(becomes_ready=lambda obj: True)
     cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
-    current = find(render("default", predictor__storageUri=STORAGE["2"], predictor__modelVersion="2"),
-                   "InferenceService")
+    current = find(
+        render("default", predictor__storageUri=STORAGE["2"], predictor__modelVersion="2"), "InferenceService"
+    )
     cluster.seed_ready(current)
     import mlflow
 
     mlflow.MlflowClient(tracking_uri=registry, registry_uri=registry).set_model_version_tag(
-        MODEL, "2", "deployed_at", "when it was promoted")
+        MODEL, "2", "deployed_at", "when it was promoted"
+    )
     with fake_kube_api(cluster, workspace / "kubeconfig"):
         result = _run(canary_percent=20, timeout_s=10)
     assert result.status == "unchanged"
@@ -173,7 +176,8 @@ def test_fake_k8s_same_champion_already_ready_is_left_alone(workspace: Path, reg
 def test_fake_k8s_raw_deployment_mode_rolls_out_without_a_canary(workspace: Path) -> None:
     cluster = FakeCluster(becomes_ready=lambda obj: True)
     cluster.config_maps[NS, "deepguard-serving"] = find(
-        render("default", predictor__deploymentMode="RawDeployment"), "ConfigMap", "deepguard-serving")
+        render("default", predictor__deploymentMode="RawDeployment"), "ConfigMap", "deepguard-serving"
+    )
     previous = _previous_isvc()
     previous["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
     cluster.seed_ready(previous)
@@ -194,26 +198,46 @@ def test_replace_patch_removes_what_the_new_spec_lacks() -> None:
     assert patch["metadata"]["annotations"] == {"b": None, "a": "3"}
 
 
-@pytest.mark.parametrize(("uri", "expected"), [
-    ("mlflow-artifacts:/1/models/m-x/artifacts", "pvc://deepguard-mlflow/artifacts/1/models/m-x/artifacts"),
-    ("s3://bucket/mlflow/1/models/m-x/artifacts", "s3://bucket/mlflow/1/models/m-x/artifacts"),
-])
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        (
+            "mlflow-artifacts:/1/models/m-x/artifacts",
+            "pvc://deepguard-mlflow/artifacts/1/models/m-x/artifacts",
+        ),
+        ("s3://bucket/mlflow/1/models/m-x/artifacts", "s3://bucket/mlflow/1/models/m-x/artifacts"),
+    ],
+)
 def test_artifact_uris_map_to_what_kserve_reads(uri: str, expected: str) -> None:
     assert deploy.map_artifact_uri(uri, deploy.ServingSettings().artifactUriMap) == expected
 
 
 def test_a_local_artifact_path_is_refused_with_a_clear_message() -> None:
     with pytest.raises(deploy.DeployError, match="not reachable by KServe"):
-        deploy.map_artifact_uri("/home/me/mlruns/1/models/m-x/artifacts",
-                                deploy.ServingSettings().artifactUriMap)
+        deploy.map_artifact_uri(
+            "/home/me/mlruns/1/models/m-x/artifacts", deploy.ServingSettings().artifactUriMap
+        )
 
 
 def _cli(workspace: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "PREDICTOR_"))}
     environ.update(PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "stages.deploy", "--params", str(REPO / "params.yaml"),
-                           "--workdir", str(workspace), *args], capture_output=True, text=True, env=environ,
-                          timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.deploy",
+            "--params",
+            str(REPO / "params.yaml"),
+            "--workdir",
+            str(workspace),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=300,
+    )
 
 
 def test_dry_run_prints_a_manifest_that_matches_the_kserve_crd(workspace: Path) -> None:
@@ -245,11 +269,22 @@ def test_fake_k8s_rollback_exits_2_with_one_line(workspace: Path) -> None:
     cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
     cluster.seed_ready(copy.deepcopy(_previous_isvc()))
     with fake_kube_api(cluster, workspace / "kubeconfig"):
-        result = _cli(workspace, "--target", "kserve", "--namespace", NS, "--timeout", "1", "--poll", "0.1",
-                      env={"KUBECONFIG": str(workspace / "kubeconfig")})
+        result = _cli(
+            workspace,
+            "--target",
+            "kserve",
+            "--namespace",
+            NS,
+            "--timeout",
+            "1",
+            "--poll",
+            "0.1",
+            env={"KUBECONFIG": str(workspace / "kubeconfig")},
+        )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "stages.deploy: error: version 2 rolled back: not Ready within 1s; restored version 1"]
+        "stages.deploy: error: version 2 rolled back: not Ready within 1s; restored version 1"
+    ]
 
 
 def test_an_unreachable_kubernetes_api_is_one_line_not_a_traceback(workspace: Path) -> None:
@@ -266,5 +301,6 @@ def test_an_unreachable_kubernetes_api_is_one_line_not_a_traceback(workspace: Pa
     result = _cli(workspace, "--target", "kserve", "--namespace", NS, env={"KUBECONFIG": str(kubeconfig)})
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("stages.deploy: error: read ConfigMap deepguard/deepguard-serving: Kubernetes API "
-                           "unreachable")
+    assert line.startswith(
+        "stages.deploy: error: read ConfigMap deepguard/deepguard-serving: Kubernetes API unreachable"
+    )

@@ -12,8 +12,13 @@ VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 
 
 def _k8s_objects() -> list[dict]:
-    kustomized = subprocess.run([str(tool("kubectl")), "kustomize", str(K8S_DIR)], capture_output=True,
-                                text=True, timeout=60, check=True).stdout
+    kustomized = subprocess.run(
+        [str(tool("kubectl")), "kustomize", str(K8S_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     secrets = (K8S_DIR / "secrets.template.yaml").read_text()
     return [d for text in (kustomized, secrets) for d in yaml.safe_load_all(text) if d]
 
@@ -48,8 +53,13 @@ def test_secret_templates_hold_keys_but_no_values() -> None:
 def test_secret_keys_cover_what_the_chart_reads() -> None:
     objects = {o["metadata"]["name"]: o for o in _k8s_objects() if o["kind"] == "Secret"}
     keys = {name: set(obj["stringData"]) for name, obj in objects.items()}
-    assert {"MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL",
-            VALUES["mlflow"]["backendStore"]["postgres"]["secretKey"]} <= keys["deepguard-mlflow"]
+    assert {
+        "MLFLOW_TRACKING_URI",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "MLFLOW_S3_ENDPOINT_URL",
+        VALUES["mlflow"]["backendStore"]["postgres"]["secretKey"],
+    } <= keys["deepguard-mlflow"]
     assert keys["deepguard-kaggle"] == {"KAGGLE_USERNAME", "KAGGLE_KEY"}
     assert keys["deepguard-dagshub"] == {"DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO"}
     for obj in render("canary", mlflow__backendStore__type="postgres"):

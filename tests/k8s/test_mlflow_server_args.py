@@ -25,14 +25,19 @@ def _server_from_chart(volume: Path) -> Iterator[tuple[str, int]]:
     """Run the container's arguments, with the PVC mount (/mlflow) mapped to ``volume`` and a free port."""
     pod = find(render("default"), "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]
     port = free_port()
-    args = [arg.replace("/mlflow", str(volume)).replace("--port=5000", f"--port={port}")
-            .replace("--host=0.0.0.0", "--host=127.0.0.1") for arg in pod["containers"][0]["args"]]
+    args = [
+        arg.replace("/mlflow", str(volume))
+        .replace("--port=5000", f"--port={port}")
+        .replace("--host=0.0.0.0", "--host=127.0.0.1")
+        for arg in pod["containers"][0]["args"]
+    ]
     args = [a if not a.startswith("--workers=") else "--workers=1" for a in args]  # one core is enough here
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_"))}
     url = f"http://127.0.0.1:{port}"
     # The image's ENTRYPOINT is "python -m"; the container args are the module and its arguments.
-    with running([sys.executable, "-m", *args], f"{url}/health", volume / "server.log", env, cwd=volume,
-                 timeout_s=120):
+    with running(
+        [sys.executable, "-m", *args], f"{url}/health", volume / "server.log", env, cwd=volume, timeout_s=120
+    ):
         yield url, port
 
 
@@ -46,8 +51,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 def test_the_service_names_are_accepted_and_other_hosts_refused(mlflow_server: tuple[str, int, Path]) -> None:
     url, port, _ = mlflow_server
     api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
-    for host in ("deepguard-mlflow", f"deepguard-mlflow:{port}", f"deepguard-mlflow.deepguard.svc:{port}",
-                 f"deepguard-mlflow.deepguard.svc.cluster.local:{port}", f"127.0.0.1:{port}"):
+    for host in (
+        "deepguard-mlflow",
+        f"deepguard-mlflow:{port}",
+        f"deepguard-mlflow.deepguard.svc:{port}",
+        f"deepguard-mlflow.deepguard.svc.cluster.local:{port}",
+        f"127.0.0.1:{port}",
+    ):
         assert requests.get(api, headers={"Host": host}, timeout=30).status_code == 200, host
     assert requests.get(api, headers={"Host": "attacker.example"}, timeout=30).status_code == 403
     # Probes reach the pod by IP: /health must not depend on the Host header.
@@ -56,8 +66,8 @@ def test_the_service_names_are_accepted_and_other_hosts_refused(mlflow_server: t
 
 @pytest.mark.parametrize("logged_as", ["logged_model", "run_artifacts"])
 def test_a_registered_model_lands_where_the_pvc_mapping_points(
-        mlflow_server: tuple[str, int, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        logged_as: str) -> None:
+    mlflow_server: tuple[str, int, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged_as: str
+) -> None:
     """register logs a MLflow 3 logged model (models:/m-...); older flows register runs:/ sources."""
     import mlflow
 
@@ -98,8 +108,11 @@ def test_a_registered_model_lands_where_the_pvc_mapping_points(
 
 
 def test_credentials_in_the_tracking_uri_are_used_but_never_printed(
-        mlflow_server: tuple[str, int, Path], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    mlflow_server: tuple[str, int, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A pod's MLFLOW_TRACKING_URI with credentials: MLflow gets them as basic auth, no output shows them."""
     import mlflow
 

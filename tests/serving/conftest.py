@@ -47,17 +47,23 @@ def registered_model(trained_workspace) -> RegisteredModel:
 
     client = MlflowClient(tracking_uri=trained_workspace.tracking_uri)
     version = client.get_model_version_by_alias(trained_workspace.model_name, "champion").version
-    return RegisteredModel(root=trained_workspace.root, tracking_uri=trained_workspace.tracking_uri,
-                           model_name=trained_workspace.model_name, version=str(version))
+    return RegisteredModel(
+        root=trained_workspace.root,
+        tracking_uri=trained_workspace.tracking_uri,
+        model_name=trained_workspace.model_name,
+        version=str(version),
+    )
 
 
 @pytest.fixture(scope="session")
-def predictor(registered_model: RegisteredModel,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def predictor(
+    registered_model: RegisteredModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """The real KServe ModelServer serving the champion, on loopback."""
     log_file = tmp_path_factory.mktemp("predictor") / "predictor.log"
-    manager, url = start_predictor(registered_model, log_file, "--max-images", "300",
-                                   "--max-image-bytes", "2000000")
+    manager, url = start_predictor(
+        registered_model, log_file, "--max-images", "300", "--max-image-bytes", "2000000"
+    )
     with manager as process:
         yield Server(url, process, log_file)
 
@@ -67,9 +73,13 @@ def web(predictor: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """The Flask app under gunicorn (``python -m flask_app``), pointed at the predictor."""
     log_file = tmp_path_factory.mktemp("web") / "web.log"
     port = free_port()
-    env = {"PREDICTOR_URL": predictor.url, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port), "WEB_WORKERS": "1",
-           "MAX_CONTENT_LENGTH": str(2 * 1024 * 1024)}
+    env = {
+        "PREDICTOR_URL": predictor.url,
+        "WEB_HOST": "127.0.0.1",
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": "1",
+        "MAX_CONTENT_LENGTH": str(2 * 1024 * 1024),
+    }
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "flask_app"], f"{url}/healthz", log_file, env) as process:
         yield Server(url, process, log_file)
-

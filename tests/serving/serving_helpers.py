@@ -73,34 +73,46 @@ def train_tiny_model(images: SampleImages, seed: int = 0):  # -> keras.Model
     return model
 
 
-def register_model(model, tracking_uri: str, *, threshold: float, synthetic_data: bool,
-                   alias: str = "champion") -> str:
+def register_model(
+    model, tracking_uri: str, *, threshold: float, synthetic_data: bool, alias: str = "champion"
+) -> str:
     """Log ``model`` as an MLflow Keras model with DeepGuard metadata, register it and set ``alias``."""
     import mlflow
 
     from stages.modelstore import ModelMetadata
 
-    metadata = ModelMetadata(threshold=threshold, image_size=32, architecture=model.name,
-                             data_source="synthetic" if synthetic_data else "local",
-                             synthetic_data=synthetic_data)
+    metadata = ModelMetadata(
+        threshold=threshold,
+        image_size=32,
+        architecture=model.name,
+        data_source="synthetic" if synthetic_data else "local",
+        synthetic_data=synthetic_data,
+    )
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name("serving-tests")
     if experiment is None:
         root = Path(tracking_uri.removeprefix("sqlite:///")).parent
-        experiment_id = mlflow.create_experiment("serving-tests",
-                                                 artifact_location=(root / "artifacts").as_uri())
+        experiment_id = mlflow.create_experiment(
+            "serving-tests", artifact_location=(root / "artifacts").as_uri()
+        )
     else:
         experiment_id = experiment.experiment_id
     with mlflow.start_run(experiment_id=experiment_id):
-        info = mlflow.keras.log_model(model, name="model", metadata=metadata.to_dict(), pip_requirements=[],
-                                      registered_model_name=MODEL_NAME)
+        info = mlflow.keras.log_model(
+            model,
+            name="model",
+            metadata=metadata.to_dict(),
+            pip_requirements=[],
+            registered_model_name=MODEL_NAME,
+        )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, alias, version)
     return version
 
 
-def running(command: list[str], ready_url: str, log_file: Path,
-            env: dict[str, str]) -> contextlib.AbstractContextManager[subprocess.Popen]:
+def running(
+    command: list[str], ready_url: str, log_file: Path, env: dict[str, str]
+) -> contextlib.AbstractContextManager[subprocess.Popen]:
     """:func:`workspace.running` with ``env`` added to this process's environment."""
     return _running(command, ready_url, log_file, {**os.environ, **env})
 
@@ -114,13 +126,23 @@ class Server:
     log_file: Path
 
 
-def start_predictor(registered: RegisteredModel, log_file: Path,
-                    *extra: str) -> tuple[contextlib.AbstractContextManager[subprocess.Popen], str]:
+def start_predictor(
+    registered: RegisteredModel, log_file: Path, *extra: str
+) -> tuple[contextlib.AbstractContextManager[subprocess.Popen], str]:
     """``python -m stages.predictor`` for ``deepguard@champion`` of ``registered`` on a free port."""
     port = free_port()
-    command = [sys.executable, "-m", "stages.predictor",
-               "--model-uri", f"models:/{registered.model_name}@champion",
-               "--http_port", str(port), "--enable_grpc", "false", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "stages.predictor",
+        "--model-uri",
+        f"models:/{registered.model_name}@champion",
+        "--http_port",
+        str(port),
+        "--enable_grpc",
+        "false",
+        *extra,
+    ]
     env = {"MLFLOW_TRACKING_URI": registered.tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
     for name in ("DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO"):
         env[name] = ""

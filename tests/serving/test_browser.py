@@ -12,8 +12,15 @@ import requests
 from .serving_helpers import free_port, running, start_predictor
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = Path(os.environ.get("DEEPGUARD_SCREENSHOTS", "/tmp/deepguard-screenshots"))
 
 
@@ -33,8 +40,9 @@ def browser():
 def test_upload_shows_the_verdict(browser, web, registered_model, sample_images, tmp_path, width, height):
     image = tmp_path / "probe.jpg"
     image.write_bytes(sample_images.probe[-1])
-    expected = requests.post(f"{web.url}/api/predict", files={"image": ("probe.jpg", image.read_bytes())},
-                             timeout=60).json()
+    expected = requests.post(
+        f"{web.url}/api/predict", files={"image": ("probe.jpg", image.read_bytes())}, timeout=60
+    ).json()
 
     page = browser.new_page(viewport={"width": width, "height": height})
     try:
@@ -72,16 +80,26 @@ def synthetic_web(tiny_model, registered_model, tmp_path_factory):
     from stages.modelstore import ModelMetadata
 
     folder = tmp_path_factory.mktemp("synthetic") / "model"
-    metadata = ModelMetadata(threshold=0.5, image_size=32, architecture=tiny_model.name,
-                             data_source="synthetic", synthetic_data=True)
+    metadata = ModelMetadata(
+        threshold=0.5,
+        image_size=32,
+        architecture=tiny_model.name,
+        data_source="synthetic",
+        synthetic_data=True,
+    )
     mlflow.keras.save_model(tiny_model, str(folder), metadata=metadata.to_dict(), pip_requirements=[])
     logs = tmp_path_factory.mktemp("synthetic-logs")
-    manager, predictor_url = start_predictor(registered_model, logs / "predictor.log",
-                                             "--model-uri", str(folder))
+    manager, predictor_url = start_predictor(
+        registered_model, logs / "predictor.log", "--model-uri", str(folder)
+    )
     with manager:
         port = free_port()
-        env = {"PREDICTOR_URL": predictor_url, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port),
-               "WEB_WORKERS": "1"}
+        env = {
+            "PREDICTOR_URL": predictor_url,
+            "WEB_HOST": "127.0.0.1",
+            "WEB_PORT": str(port),
+            "WEB_WORKERS": "1",
+        }
         url = f"http://127.0.0.1:{port}"
         with running([sys.executable, "-m", "flask_app"], f"{url}/healthz", logs / "web.log", env):
             yield url
@@ -94,14 +112,17 @@ def test_drag_and_drop_gives_the_verdict(browser, web, sample_images):
     try:
         page.goto(web.url)
         # A real drop event on the drop zone, carrying the file, as a browser builds it for a dragged file.
-        page.evaluate("""(bytes) => {
+        page.evaluate(
+            """(bytes) => {
             const transfer = new DataTransfer();
             transfer.items.add(new File([new Uint8Array(bytes)], "dropped.jpg", {type: "image/jpeg"}));
             const zone = document.getElementById("drop-zone");
             const init = {dataTransfer: transfer, bubbles: true, cancelable: true};
             zone.dispatchEvent(new DragEvent("dragover", init));
             zone.dispatchEvent(new DragEvent("drop", init));
-        }""", list(data))
+        }""",
+            list(data),
+        )
         page.locator("#result").wait_for(state="visible", timeout=30_000)
         assert page.locator("#verdict").get_attribute("data-label") == expected["label"]
     finally:

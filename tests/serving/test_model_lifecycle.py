@@ -41,15 +41,24 @@ def lifecycle_predictor(own_store, tmp_path_factory):
         yield url
 
 
-def test_reload_swaps_in_the_new_champion_while_serving(lifecycle_predictor, own_store, sample_images,
-                                                        tmp_path_factory):
+def test_reload_swaps_in_the_new_champion_while_serving(
+    lifecycle_predictor, own_store, sample_images, tmp_path_factory
+):
     import base64
 
     import mlflow
 
     url = lifecycle_predictor
-    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(sample_images.probe)],
-                        "data": [base64.b64encode(f).decode() for f in sample_images.probe]}]}
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [len(sample_images.probe)],
+                "data": [base64.b64encode(f).decode() for f in sample_images.probe],
+            }
+        ]
+    }
     assert served_version(url) == [own_store.version]
 
     # A new version trained differently, on "synthetic" data, becomes champion in the registry.
@@ -92,8 +101,9 @@ def test_reload_swaps_in_the_new_champion_while_serving(lifecycle_predictor, own
     assert result["parameters"]["synthetic_data"] is True
     assert result["parameters"]["threshold"] == pytest.approx(0.4)
     mlflow.set_tracking_uri(own_store.tracking_uri)
-    model, metadata = load_model_dir(download_model(f"models:/deepguard/{new_version}",
-                                                    tmp_path_factory.mktemp("new")))
+    model, metadata = load_model_dir(
+        download_model(f"models:/deepguard/{new_version}", tmp_path_factory.mktemp("new"))
+    )
     images = np.stack([decode_for_model(f, metadata.image_size) for f in sample_images.probe])
     expected = predict_fake_probability(model, images)
     got = {o["name"]: o["data"] for o in result["outputs"]}["fake_probability"]
@@ -114,8 +124,16 @@ def test_failed_reload_keeps_the_served_model(lifecycle_predictor, own_store, sa
         assert load.status_code == 503, load.text
         assert "champion" in load.text
         assert served_version(url) == before
-        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                            "data": [base64.b64encode(sample_images.probe[0]).decode()]}]}
+        body = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "data": [base64.b64encode(sample_images.probe[0]).decode()],
+                }
+            ]
+        }
         assert infer(url, body).status_code == 200
     finally:
         client.set_registered_model_alias("deepguard", "champion", before[0])
@@ -129,8 +147,9 @@ def test_unload_then_load_brings_the_model_back(lifecycle_predictor):
     assert requests.get(f"{url}/v2/models/deepguard/ready", timeout=TIMEOUT).json()["ready"] is True
 
 
-def test_local_folder_reports_the_version_from_the_environment(registered_model, sample_images,
-                                                                tmp_path_factory, monkeypatch):
+def test_local_folder_reports_the_version_from_the_environment(
+    registered_model, sample_images, tmp_path_factory, monkeypatch
+):
     """What KServe's storage initializer leaves at /mnt/models: a folder, the version in an env variable."""
     import base64
 
@@ -138,15 +157,24 @@ def test_local_folder_reports_the_version_from_the_environment(registered_model,
 
     mlflow.set_tracking_uri(registered_model.tracking_uri)
     folder = tmp_path_factory.mktemp("mnt") / "models"
-    shutil.copytree(download_model(f"models:/deepguard/{registered_model.version}",
-                                   tmp_path_factory.mktemp("dl")), folder)
+    shutil.copytree(
+        download_model(f"models:/deepguard/{registered_model.version}", tmp_path_factory.mktemp("dl")), folder
+    )
     monkeypatch.setenv("DEEPGUARD_MODEL_VERSION", "42")
     log_file = tmp_path_factory.mktemp("local") / "predictor.log"
     manager, url = start_predictor(registered_model, log_file, "--model-uri", str(folder))
     with manager:
         assert served_version(url) == ["42"]
-        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                            "data": [base64.b64encode(sample_images.probe[0]).decode()]}]}
+        body = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "data": [base64.b64encode(sample_images.probe[0]).decode()],
+                }
+            ]
+        }
         response = infer(url, body)
         assert response.status_code == 200
         assert response.json()["model_version"] == "42"

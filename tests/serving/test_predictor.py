@@ -31,8 +31,11 @@ def b64(data: bytes) -> str:
 
 
 def v2_body(files: list[bytes]) -> dict:
-    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(files)],
-                        "data": [b64(f) for f in files]}]}
+    return {
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [len(files)], "data": [b64(f) for f in files]}
+        ]
+    }
 
 
 def v1_body(files: list[bytes]) -> dict:
@@ -41,15 +44,24 @@ def v1_body(files: list[bytes]) -> dict:
 
 def v2_infer(url: str, body: dict | bytes, **kwargs) -> requests.Response:
     if isinstance(body, bytes):
-        return requests.post(f"{url}/v2/models/deepguard/infer", data=body, timeout=TIMEOUT,
-                             headers={"Content-Type": "application/json"}, **kwargs)
+        return requests.post(
+            f"{url}/v2/models/deepguard/infer",
+            data=body,
+            timeout=TIMEOUT,
+            headers={"Content-Type": "application/json"},
+            **kwargs,
+        )
     return requests.post(f"{url}/v2/models/deepguard/infer", json=body, timeout=TIMEOUT, **kwargs)
 
 
 def v1_predict(url: str, body: dict | bytes) -> requests.Response:
     if isinstance(body, bytes):
-        return requests.post(f"{url}/v1/models/deepguard:predict", data=body, timeout=TIMEOUT,
-                             headers={"Content-Type": "application/json"})
+        return requests.post(
+            f"{url}/v1/models/deepguard:predict",
+            data=body,
+            timeout=TIMEOUT,
+            headers={"Content-Type": "application/json"},
+        )
     return requests.post(f"{url}/v1/models/deepguard:predict", json=body, timeout=TIMEOUT)
 
 
@@ -131,15 +143,24 @@ def test_v2_uint8_tensor_equals_the_encoded_file_route(predictor, sample_images,
     pixels = np.stack([decode_for_model(f, 32) for f in files])
     big = np.stack([np.asarray(Image.fromarray(p).resize((40, 40))) for p in pixels])  # resized on the server
     for tensor in (pixels, big):
-        body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": list(tensor.shape),
-                            "data": tensor.reshape(-1).tolist()}]}
+        body = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "UINT8",
+                    "shape": list(tensor.shape),
+                    "data": tensor.reshape(-1).tolist(),
+                }
+            ]
+        }
         response = v2_infer(predictor.url, body)
         assert response.status_code == 200, response.text
         if tensor is pixels:
             expected, _ = reference(in_process, files)
         else:
-            expected = predict_fake_probability(in_process[0], np.stack(
-                [decode_for_model(png_bytes(Image.fromarray(p)), 32) for p in big]))
+            expected = predict_fake_probability(
+                in_process[0], np.stack([decode_for_model(png_bytes(Image.fromarray(p)), 32) for p in big])
+            )
         np.testing.assert_allclose(outputs(response)["fake_probability"], expected, atol=1e-5, rtol=0)
 
 
@@ -175,13 +196,20 @@ def test_default_limits_accept_256_images_of_10_megabytes():
 
 # ---- bad input: 4xx naming the item, and the server keeps serving ------------------------------------------
 
+
 def _bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _bad_item_cases(good: bytes) -> list[tuple[str, str, str]]:
@@ -238,12 +266,24 @@ def _request_cases(good: str) -> list[tuple[str, str, object, str]]:
         ("no images", "v2", {"inputs": [{**one, "shape": [0], "data": []}]}, "no images"),
         ("too many images", "v2", {"inputs": [{**one, "shape": [301], "data": [good] * 301}]}, "limit"),
         ("too many instances", "v1", {"instances": [{"image": {"b64": good}}] * 301}, "limit"),
-        ("uint8 out of range", "v2", {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 1, 1, 3],
-                                                  "data": [0, 256, 3]}]}, "0..255"),
-        ("uint8 wrong shape", "v2", {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2],
-                                                 "data": [0] * 4}]}, "shape"),
-        ("uint8 bomb", "v2", {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 30000, 30000, 3],
-                                          "data": [0]}]}, "pixels"),
+        (
+            "uint8 out of range",
+            "v2",
+            {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 1, 1, 3], "data": [0, 256, 3]}]},
+            "0..255",
+        ),
+        (
+            "uint8 wrong shape",
+            "v2",
+            {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2], "data": [0] * 4}]},
+            "shape",
+        ),
+        (
+            "uint8 bomb",
+            "v2",
+            {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 30000, 30000, 3], "data": [0]}]},
+            "pixels",
+        ),
         ("no instances", "v1", {"images": []}, "instances"),
         ("instance not an image", "v1", {"instances": [{"image": good}]}, "instances[0]"),
         ("instances not a list", "v1", {"instances": "x"}, "instances"),
@@ -254,9 +294,12 @@ def _request_cases(good: str) -> list[tuple[str, str, object, str]]:
         ("1 MB datatype", "v2", {"inputs": [{**one, "datatype": "A" * 1_000_000}]}, "datatype"),
         ("input not an object", "v2", {"inputs": [1]}, "inputs[0]"),
         ("shape not a list", "v2", {"inputs": [{**one, "shape": None}]}, "shape"),
-        ("uint8 over the request's pixels", "v2", {"inputs": [{"name": "image", "datatype": "UINT8",
-                                                               "shape": [3, 6000, 6000, 3], "data": [0]}]},
-         "pixels per request"),
+        (
+            "uint8 over the request's pixels",
+            "v2",
+            {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [3, 6000, 6000, 3], "data": [0]}]},
+            "pixels per request",
+        ),
     ]
 
 
@@ -275,19 +318,36 @@ def test_malformed_request_is_a_4xx(predictor, good_file, case):
 
 def _binary_body(size: int, raw: bytes) -> tuple[bytes, dict[str, str]]:
     """A V2 binary-extension body whose one BYTES input claims ``size`` bytes, followed by ``raw``."""
-    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                                     "parameters": {"binary_data_size": size}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": size}}
+            ]
+        }
+    ).encode()
     return header + raw, {"inference-header-content-length": str(len(header))}
 
 
 ODD_REQUESTS = [
     # (name, path, raw body, extra headers)
-    ("binary extension without inputs", "/v2/models/deepguard/infer", b'{"a": 1}',
-     {"inference-header-content-length": "8"}),
-    ("binary extension bad length", "/v2/models/deepguard/infer", b'{"a": 1}',
-     {"inference-header-content-length": "abc"}),
-    ("binary extension garbage", "/v2/models/deepguard/infer", b"\xff\x00garbage",
-     {"inference-header-content-length": "3"}),
+    (
+        "binary extension without inputs",
+        "/v2/models/deepguard/infer",
+        b'{"a": 1}',
+        {"inference-header-content-length": "8"},
+    ),
+    (
+        "binary extension bad length",
+        "/v2/models/deepguard/infer",
+        b'{"a": 1}',
+        {"inference-header-content-length": "abc"},
+    ),
+    (
+        "binary extension garbage",
+        "/v2/models/deepguard/infer",
+        b"\xff\x00garbage",
+        {"inference-header-content-length": "3"},
+    ),
     ("not UTF-8", "/v2/models/deepguard/infer", b"\xff\xfe{", {}),
     ("V1 explain (no explainer)", "/v1/models/deepguard:explain", b'{"instances": []}', {}),
     ("V2 version not served", "/v2/models/deepguard/versions/999999/infer", b'{"inputs": []}', {}),
@@ -301,8 +361,12 @@ ODD_REQUESTS = [
 @pytest.mark.parametrize("case", ODD_REQUESTS, ids=[c[0] for c in ODD_REQUESTS])
 def test_odd_request_is_a_4xx(predictor, good_file, case):
     name, path, body, headers = case
-    response = requests.post(f"{predictor.url}{path}", data=body, timeout=TIMEOUT,
-                             headers={"Content-Type": "application/json", **headers})
+    response = requests.post(
+        f"{predictor.url}{path}",
+        data=body,
+        timeout=TIMEOUT,
+        headers={"Content-Type": "application/json", **headers},
+    )
     assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
     _assert_still_serving(predictor, good_file)
 
@@ -318,12 +382,14 @@ def test_versioned_v2_paths_serve_the_served_version(predictor, registered_model
 
 
 def test_unknown_model_is_a_404(predictor, good_file):
-    response = requests.post(f"{predictor.url}/v2/models/other/infer", json=v2_body([good_file]),
-                             timeout=TIMEOUT)
+    response = requests.post(
+        f"{predictor.url}/v2/models/other/infer", json=v2_body([good_file]), timeout=TIMEOUT
+    )
     assert response.status_code == 404
 
 
 # ---- one request must never freeze the predictor ---------------------------------------------------------
+
 
 def _big_png(side: int = 6000) -> bytes:
     """A plain ``side`` x ``side`` PNG: about 120 KB on the wire, 36 MP to decode."""
@@ -381,21 +447,34 @@ def test_binary_extension_bytes_request_equals_the_json_one(predictor, sample_im
     tensor = InferInput("image", [len(files)], "BYTES")
     tensor.set_data_from_numpy(np.array(files, dtype=np.object_), binary_data=True)
     body, json_length = InferRequest(model_name="deepguard", infer_inputs=[tensor]).to_rest()
-    response = requests.post(f"{predictor.url}/v2/models/deepguard/infer", data=body, timeout=TIMEOUT,
-                             headers={"Content-Type": "application/octet-stream",
-                                      "Inference-Header-Content-Length": str(json_length)})
+    response = requests.post(
+        f"{predictor.url}/v2/models/deepguard/infer",
+        data=body,
+        timeout=TIMEOUT,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(json_length),
+        },
+    )
     assert response.status_code == 200, response.text
     expected = outputs(v2_infer(predictor.url, v2_body(files)))
     assert outputs(response)["label"] == expected["label"]
     np.testing.assert_allclose(outputs(response)["fake_probability"], expected["fake_probability"], atol=1e-6)
 
 
-@pytest.mark.parametrize("path", ["/v2/models/deepguard/infer", "/v1/models/deepguard:predict",
-                                  "/v2/models/deepguard/versions/999999/infer"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/deepguard/infer",
+        "/v1/models/deepguard:predict",
+        "/v2/models/deepguard/versions/999999/infer",
+    ],
+)
 def test_errors_never_echo_the_body(predictor, path):
     body = json.dumps({"not_inputs": "A" * 5_000_000}).encode()
-    response = requests.post(f"{predictor.url}{path}", data=body, timeout=TIMEOUT,
-                             headers={"Content-Type": "application/json"})
+    response = requests.post(
+        f"{predictor.url}{path}", data=body, timeout=TIMEOUT, headers={"Content-Type": "application/json"}
+    )
     assert 400 <= response.status_code < 500, response.status_code
     assert len(response.content) < 1000, response.content[:300]
 
@@ -443,8 +522,9 @@ class _CountingModel:
 def test_micro_batcher_batches_concurrent_requests_and_keeps_versions_apart():
     old, new = _CountingModel(), _CountingModel()
     # A reload lands after the 30th request: later ones are scored by the new version, never with the old.
-    requests_ = [(old if i < 30 else new, np.full((1 + i % 3, 2, 2, 3), i, dtype=np.uint8))
-                 for i in range(40)]
+    requests_ = [
+        (old if i < 30 else new, np.full((1 + i % 3, 2, 2, 3), i, dtype=np.uint8)) for i in range(40)
+    ]
 
     async def score_all() -> tuple[list, int]:
         batcher = MicroBatcher(max_images=16)

@@ -29,12 +29,26 @@ def _listening(port: int) -> bool:
 
 def test_serve_starts_both_and_sigterm_stops_both(registered_model, sample_images, tmp_path):
     predictor_port, web_port = free_port(), free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered_model.tracking_uri, "DAGSHUB_USERNAME": "",
-           "DAGSHUB_TOKEN": "", "DAGSHUB_REPO": ""}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registered_model.tracking_uri,
+        "DAGSHUB_USERNAME": "",
+        "DAGSHUB_TOKEN": "",
+        "DAGSHUB_REPO": "",
+    }
     log_file = tmp_path / "serve.log"
     with log_file.open("w") as log:
-        command = [sys.executable, "-m", "stages.predictor_serve", "--predictor-port", str(predictor_port),
-                   "--web-port", str(web_port), "--web-host", "127.0.0.1"]
+        command = [
+            sys.executable,
+            "-m",
+            "stages.predictor_serve",
+            "--predictor-port",
+            str(predictor_port),
+            "--web-port",
+            str(web_port),
+            "--web-host",
+            "127.0.0.1",
+        ]
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
@@ -43,8 +57,11 @@ def test_serve_starts_both_and_sigterm_stops_both(registered_model, sample_image
             time.sleep(0.5)
         output = log_file.read_text()
         assert f"http://localhost:{web_port}/" in output and f"http://localhost:{predictor_port}" in output
-        response = requests.post(f"http://127.0.0.1:{web_port}/api/predict", timeout=60,
-                                 files={"image": ("a.jpg", sample_images.probe[0])})
+        response = requests.post(
+            f"http://127.0.0.1:{web_port}/api/predict",
+            timeout=60,
+            files={"image": ("a.jpg", sample_images.probe[0])},
+        )
         assert response.status_code == 200, response.text
         assert response.json()["model_version"] == registered_model.version
 

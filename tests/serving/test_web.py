@@ -34,21 +34,35 @@ def test_upload_gives_the_predictors_verdict(web, predictor, registered_model, s
         assert set(body) == {"label", "fake_probability", "model_version", "synthetic_data"}
         assert body["model_version"] == registered_model.version
         assert body["synthetic_data"] is False
-        direct = requests.post(f"{predictor.url}/v2/models/deepguard/infer", timeout=TIMEOUT, json={
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                        "data": [base64.b64encode(data).decode()]}]}).json()
+        direct = requests.post(
+            f"{predictor.url}/v2/models/deepguard/infer",
+            timeout=TIMEOUT,
+            json={
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "data": [base64.b64encode(data).decode()],
+                    }
+                ]
+            },
+        ).json()
         outputs = {o["name"]: o["data"][0] for o in direct["outputs"]}
         assert body["label"] == outputs["label"]
         assert body["fake_probability"] == pytest.approx(outputs["fake_probability"], abs=1e-7)
 
 
-@pytest.mark.parametrize(("name", "field", "data", "status", "words"), [
-    ("no file", "file", b"\xff\xd8\xff\xe0", 400, "no file"),
-    ("empty file", "image", b"", 400, "empty"),
-    ("text file", "image", b"%PDF-1.7 not an image at all", 415, "not an image"),
-    ("truncated jpeg", "image", None, 422, "could not be read"),
-    ("too large", "image", b"\xff\xd8\xff" + b"\0" * (2 * 1024 * 1024 + 10), 413, "larger than"),
-])
+@pytest.mark.parametrize(
+    ("name", "field", "data", "status", "words"),
+    [
+        ("no file", "file", b"\xff\xd8\xff\xe0", 400, "no file"),
+        ("empty file", "image", b"", 400, "empty"),
+        ("text file", "image", b"%PDF-1.7 not an image at all", 415, "not an image"),
+        ("truncated jpeg", "image", None, 422, "could not be read"),
+        ("too large", "image", b"\xff\xd8\xff" + b"\0" * (2 * 1024 * 1024 + 10), 413, "larger than"),
+    ],
+)
 def test_bad_upload_gets_a_clear_4xx(web, sample_images, name, field, data, status, words):
     if data is None:
         data = sample_images.probe[0][:300]
@@ -90,10 +104,13 @@ def test_predictor_down_is_a_503_not_a_crash(sample_images):
 
 
 def test_web_app_does_not_import_tensorflow():
-    code = ("import sys, flask_app; flask_app.create_app(); "
-            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            check=True)
+    code = (
+        "import sys, flask_app; flask_app.create_app(); "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert result.stdout.strip() == "False False"
 
 
@@ -104,10 +121,17 @@ def test_livez_answers_within_a_second_while_the_predictor_hangs(sample_images, 
         hung.listen(64)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {"PREDICTOR_URL": f"http://127.0.0.1:{hung.getsockname()[1]}", "WEB_HOST": "127.0.0.1",
-               "WEB_PORT": str(port), "WEB_WORKERS": "1", "WEB_THREADS": "4"}
-        with running([sys.executable, "-m", "flask_app"], f"{url}/livez", tmp_path / "web.log", env), \
-                ThreadPoolExecutor(8) as pool:
+        env = {
+            "PREDICTOR_URL": f"http://127.0.0.1:{hung.getsockname()[1]}",
+            "WEB_HOST": "127.0.0.1",
+            "WEB_PORT": str(port),
+            "WEB_WORKERS": "1",
+            "WEB_THREADS": "4",
+        }
+        with (
+            running([sys.executable, "-m", "flask_app"], f"{url}/livez", tmp_path / "web.log", env),
+            ThreadPoolExecutor(8) as pool,
+        ):
             started = time.perf_counter()
             web = SimpleNamespace(url=url)
             uploads = [pool.submit(upload, web, sample_images.probe[0]) for _ in range(8)]
