@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from flask_app.predictor_client import PredictorClient, PredictorError
 
-log = logging.getLogger("deepguard.web")
+log = logging.getLogger(__name__)
 
 DEFAULT_PREDICTOR_URL = "http://127.0.0.1:8080"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024

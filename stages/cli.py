@@ -13,7 +13,7 @@ from pathlib import Path
 from stages.config import PARAMS_FILE, Params, load_params
 from stages.errors import DeepGuardError, redact_credentials
 
-log = logging.getLogger("deepguard")
+log = logging.getLogger(__name__)
 
 
 def stage_parser(name: str, description: str) -> argparse.ArgumentParser:

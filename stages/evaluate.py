@@ -24,7 +24,7 @@ from stages.pipeline import FIGURES_DIR, METRICS_FILE, MODEL_DIR, PROCESSED_DIR
 from stages.shards import load_split
 from stages.train import MODEL_FILE, load_run_id
 
-log = logging.getLogger("deepguard.evaluate")
+log = logging.getLogger(__name__)
 
 
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, metric: str) -> float:

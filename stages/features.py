@@ -22,7 +22,7 @@ from stages.labels import CLASS_NAMES
 from stages.pipeline import FEATURES_DIR, FIGURES_DIR, PROCESSED_DIR
 from stages.shards import load_split
 
-log = logging.getLogger("deepguard.features")
+log = logging.getLogger(__name__)
 
 CHUNK = 4096
 FEATURES_FILE = "features.json"

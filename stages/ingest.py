@@ -25,7 +25,7 @@ from stages.imaging import ImageError, validate_dataset_image
 from stages.labels import CLASS_NAMES
 from stages.pipeline import DATA_REPORT, RAW_DIR, SOURCE_MARKER
 
-log = logging.getLogger("deepguard.ingest")
+log = logging.getLogger(__name__)
 
 ARCHIVE = "images.zip"
 INDEX = "index.json"

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from stages.errors import DeepGuardError
 from stages.labels import CLASS_NAMES
+
+if TYPE_CHECKING:  # keras is imported lazily, where it is used, so importing this module stays light
+    import keras
 
 KERAS_FILE = Path("data/model.keras")  # inside an MLflow Keras model folder
 
@@ -59,7 +63,7 @@ def read_metadata(model_dir: Path) -> ModelMetadata:
         raise ModelLoadError(f"{mlmodel}: missing DeepGuard metadata ({exc})") from None
 
 
-def load_keras(path: Path):  # -> keras.Model; keras imported lazily so importing this module stays light
+def load_keras(path: Path) -> keras.Model:
     """Load a ``.keras`` file for inference."""
     import keras
 
@@ -70,7 +74,7 @@ def load_keras(path: Path):  # -> keras.Model; keras imported lazily so importin
     return keras.saving.load_model(path, compile=False)
 
 
-def load_model_dir(model_dir: Path):  # -> tuple[keras.Model, ModelMetadata]
+def load_model_dir(model_dir: Path) -> tuple[keras.Model, ModelMetadata]:
     """Load an MLflow Keras model folder (a downloaded registry version or KServe's /mnt/models)."""
     return load_keras(model_dir / KERAS_FILE), read_metadata(model_dir)
 

@@ -59,7 +59,7 @@ from stages.modelstore import (
 )
 from stages.tracking import resolve_tracking_uri
 
-log = logging.getLogger("deepguard.predictor")
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "deepguard"
 DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@champion"

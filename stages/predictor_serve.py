@@ -24,7 +24,7 @@ from pathlib import Path
 from stages.cli import configure_logging
 from stages.predictor import DEFAULT_MODEL_URI, MODEL_NAME
 
-log = logging.getLogger("deepguard.serve")
+log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 30

@@ -27,7 +27,7 @@ from stages.labels import CLASS_NAMES, label_of
 from stages.pipeline import PROCESSED_DIR, RAW_DIR
 from stages.shards import NpyWriter, images_path, labels_path
 
-log = logging.getLogger("deepguard.preprocess")
+log = logging.getLogger(__name__)
 
 CHUNK = 2048  # images decoded before each write: bounds memory at ~6 MB of pixels at 32x32
 

@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,7 +37,12 @@ from stages.pipeline import DATA_REPORT, METRICS_FILE, MODEL_DIR, PROCESSED_DIR,
 from stages.shards import load_split
 from stages.train import MODEL_FILE, load_run_id
 
-log = logging.getLogger("deepguard.register")
+if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.models import ModelSignature
+
+log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTION = "promotion"  # the version tag every registration ends with
@@ -108,7 +114,7 @@ def _champion_score(client, name: str, metric: str, test_hash: str) -> tuple[flo
     return float(measured[metric]), str(champion.version)
 
 
-def _resume_unfinished(client, name: str, training_run: str):  # -> ModelVersion | None
+def _resume_unfinished(client: MlflowClient, name: str, training_run: str) -> ModelVersion | None:
     """Find the version an interrupted register of this model created but never tagged; settle the others.
 
     The model is named by its training run (``training_run_id`` tag), which stays the same however often
@@ -161,7 +167,7 @@ def _settle_promotion_tags(client, name: str) -> None:
             log.info("v%s lost the champion alias to v%s: tagged superseded", version.version, champion)
 
 
-def _signature(image_size: int):  # -> mlflow.models.ModelSignature
+def _signature(image_size: int) -> ModelSignature:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 

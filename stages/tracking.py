@@ -12,11 +12,16 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from stages.atomic import read_json, write_json
 from stages.config import MlflowParams
 from stages.errors import DeepGuardError, redact_credentials
+
+if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
+    from mlflow import ActiveRun
+    from mlflow.entities import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +121,7 @@ def resolve_tracking_uri() -> str:
     return uri
 
 
-def setup(params: MlflowParams):  # -> mlflow.entities.Experiment
+def setup(params: MlflowParams) -> Experiment:
     """Point MLflow at the resolved store and select the experiment (created on first use).
 
     Returns:
@@ -153,7 +158,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def continue_run(run_id: str, experiment_id: str):  # -> mlflow.ActiveRun
+def continue_run(run_id: str, experiment_id: str) -> ActiveRun:
     """Reopen the training run so evaluate and register log beside it.
 
     When the store does not know the run (the model was trained against another store, or restored from

@@ -8,11 +8,13 @@ that evaluate and register continue); ``reports/training.json`` summarises the r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,7 +27,10 @@ from stages.modelstore import load_keras
 from stages.pipeline import DATA_REPORT, FEATURES_DIR, FIGURES_DIR, MODEL_DIR, PROCESSED_DIR, TRAINING_REPORT
 from stages.shards import load_split
 
-log = logging.getLogger("deepguard.train")
+if TYPE_CHECKING:  # keras is imported lazily, in the functions that train
+    import keras
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
@@ -51,9 +56,7 @@ def gpu_count() -> int:
     return 0
 
 
-def _strategy(gpus: int):  # -> a context manager: a distribution scope or a no-op
-    import contextlib
-
+def _strategy(gpus: int) -> contextlib.AbstractContextManager:
     import keras
 
     if gpus > 1 and keras.backend.backend() == "tensorflow":
@@ -90,7 +93,7 @@ def _flatten(prefix: str, value: object) -> dict[str, object]:
     return {prefix.rstrip("."): value}
 
 
-def _mlflow_epoch_logger():  # -> keras.callbacks.Callback
+def _mlflow_epoch_logger() -> keras.callbacks.Callback:
     import keras
     import mlflow
 
@@ -112,7 +115,7 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def epoch_progress_logger():  # -> keras.callbacks.Callback
+def epoch_progress_logger() -> keras.callbacks.Callback:
     """A callback that logs one line per epoch: metrics, time elapsed and an estimate of the time left.
 
     Keras' progress bar needs a terminal; under DVC, make or a pod log stdout is a pipe, and a long train

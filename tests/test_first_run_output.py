@@ -67,7 +67,7 @@ def test_epoch_progress_says_how_long_is_left(monkeypatch: pytest.MonkeyPatch, c
     monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
     callback = train.epoch_progress_logger()
     callback.set_params({"epochs": 18, "steps": 625})
-    with caplog.at_level(logging.INFO, logger="deepguard.train"):
+    with caplog.at_level(logging.INFO, logger="stages.train"):
         callback.on_train_begin()
         callback.on_epoch_end(0, {"loss": 0.5, "val_auc": 0.91, "learning_rate": 0.003})
     assert caplog.messages == ["epoch 1/18: loss 0.5000 val_auc 0.9100 | 2m10s elapsed, about 36m50s left"]
@@ -80,7 +80,7 @@ def test_fit_logs_one_progress_line_per_epoch(caplog) -> None:
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
     model.compile(optimizer="adam", loss="binary_crossentropy")
     x, y = np.random.default_rng(0).normal(size=(32, 4)), np.arange(32) % 2
-    with caplog.at_level(logging.INFO, logger="deepguard.train"):
+    with caplog.at_level(logging.INFO, logger="stages.train"):
         model.fit(x, y, epochs=3, verbose=0, callbacks=[train.epoch_progress_logger()])
     assert [m.split(":")[0] for m in caplog.messages] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert caplog.messages[-1].endswith("about 0s left")

@@ -27,7 +27,7 @@ import psutil
 
 from stages.cli import configure_logging
 
-log = logging.getLogger("deepguard.airflow")
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO / ".airflow" / "standalone"
