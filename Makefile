@@ -15,11 +15,6 @@ UV := $(CURDIR)/.cache/uv-bin/bin/uv
 .PHONY: help run test pipeline dvc-yaml clean serve setup-airflow airflow test-dags dag-test \
 	k8s-tools k8s-check hadolint bench bench-full setup lint chromium
 
-# make serve: the ports of the predictor and the web app (MODEL_URI in the environment serves another model).
-PREDICTOR_PORT ?= 8080
-WEB_PORT ?= 5000
-export PREDICTOR_PORT WEB_PORT
-
 K8S_TOOLS := .cache/k8s-tools
 AIRFLOW_VENV := .venv-airflow
 

@@ -41,7 +41,8 @@ def run_measured(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float
 
 def workspace(data: Path) -> tuple[Path, dict[str, str]]:
     root = Path(tempfile.mkdtemp(prefix="deepguard-bench-"))
-    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("core", "stages"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")
     env = {
         **os.environ,

@@ -28,6 +28,15 @@ from urllib.parse import urlparse
 
 import yaml
 
+from core.names import (
+    CHAMPION,
+    MODEL_VERSION_ENV,
+    PREDICTOR_PORT,
+    PREDICTOR_PORT_ENV,
+    PREDICTOR_URL_ENV,
+    SERVED_MODEL_NAME,
+    STORAGE_URI_ENV,
+)
 from stages.atomic import write_json
 from stages.cli import run_stage, stage_parser
 from stages.config import Params
@@ -36,20 +45,16 @@ from stages.pipeline import DEPLOYMENT_FILE
 
 log = logging.getLogger(__name__)
 
-CHAMPION_ALIAS = "champion"
 SERVING_CONFIGMAP = "deepguard-serving"  # rendered by helm/deepguard/templates/predictor/configmap.yaml
 SERVING_KEY = "serving.json"
 DEFAULT_NAMESPACE = "deepguard"
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 CONTAINER_NAME = "kserve-container"  # KServe injects the storage initializer for this container's STORAGE_URI
-STORAGE_ENV, VERSION_ENV = "STORAGE_URI", "DEEPGUARD_MODEL_VERSION"
 VERSION_ANNOTATION = "deepguard.io/model-version"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # Schemes KServe's default storage initializer (or its PVC mount) can read.
 KSERVE_SCHEMES = ("pvc", "s3", "gs", "hdfs", "webhdfs", "https", "http", "hf")
-DEFAULT_PREDICTOR_PORT = 8080
-SERVED_MODEL = "deepguard"  # the predictor's model name (stages/predictor.py MODEL_NAME), in every V2 path
 
 
 class DeployError(DeepGuardError):
@@ -65,7 +70,7 @@ class ServingSettings:
     tests/k8s checks, so an offline ``--dry-run`` prints what a default install would get.
     """
 
-    name: str = "deepguard"
+    name: str = SERVED_MODEL_NAME
     labels: dict[str, str] = field(
         default_factory=lambda: {
             "app.kubernetes.io/name": "deepguard",
@@ -81,7 +86,7 @@ class ServingSettings:
     )
     imagePullPolicy: str = "IfNotPresent"  # noqa: N815
     imagePullSecrets: list[str] = field(default_factory=list)  # noqa: N815
-    port: int = DEFAULT_PREDICTOR_PORT
+    port: int = PREDICTOR_PORT
     resources: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
             "requests": {"cpu": "1", "memory": "2Gi"},
@@ -192,7 +197,7 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
     mlflow.set_tracking_uri(resolve_tracking_uri())
     client = mlflow.MlflowClient()
     try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        version = client.get_model_version_by_alias(model_name, CHAMPION)
         # A logged model's version resolves to its artifact location; a runs:/ source does not, so follow it.
         artifact_uri = client.get_model_version_download_uri(model_name, version.version)
         if artifact_uri.startswith("runs:/"):
@@ -201,7 +206,7 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
             artifact_uri = RunsArtifactRepository.get_underlying_uri(artifact_uri)
     except MlflowException as exc:
         raise DeployError(
-            f"no {CHAMPION_ALIAS} for model {model_name!r} in the registry: {exc.message.splitlines()[0]}"
+            f"no {CHAMPION} for model {model_name!r} in the registry: {exc.message.splitlines()[0]}"
         ) from None
     storage_uri = artifact_uri if uri_map is None else map_artifact_uri(artifact_uri, uri_map)
     return Champion(
@@ -268,8 +273,8 @@ def build_inference_service(
         args=list(settings.args),
         ports=[k8s.V1ContainerPort(container_port=settings.port, protocol="TCP")],
         env=[
-            k8s.V1EnvVar(name=STORAGE_ENV, value=champion.storage_uri),
-            k8s.V1EnvVar(name=VERSION_ENV, value=champion.version),
+            k8s.V1EnvVar(name=STORAGE_URI_ENV, value=champion.storage_uri),
+            k8s.V1EnvVar(name=MODEL_VERSION_ENV, value=champion.version),
         ],
         resources=k8s.V1ResourceRequirements(
             requests=dict(settings.resources.get("requests", {})),
@@ -522,7 +527,7 @@ def rollout(
         ``(status, detail)``: status is promoted, deployed, unchanged, rolled_back or failed.
     """
     name = manifest["metadata"]["name"]
-    version = _predictor_env(manifest, VERSION_ENV)
+    version = _predictor_env(manifest, MODEL_VERSION_ENV)
     previous = services.get(name)
     if previous is None:
         # The first revision takes all traffic: there is nothing to split with or to roll back to.
@@ -532,8 +537,8 @@ def rollout(
         if wait_ready(services, name, timeout_s, poll_s):
             return "deployed", f"created; Ready within {timeout_s:g}s"
         return "failed", f"created but not Ready within {timeout_s:g}s (nothing to roll back to)"
-    old_version = _predictor_env(previous, VERSION_ENV)
-    same_storage = _predictor_env(previous, STORAGE_ENV) == _predictor_env(manifest, STORAGE_ENV)
+    old_version = _predictor_env(previous, MODEL_VERSION_ENV)
+    same_storage = _predictor_env(previous, STORAGE_URI_ENV) == _predictor_env(manifest, STORAGE_URI_ENV)
     if old_version == version and same_storage and is_ready(previous):
         return "unchanged", f"version {version} is already served and Ready"
     log.info(
@@ -593,7 +598,8 @@ def deploy_kserve(
 
 def predictor_url() -> str:
     """PREDICTOR_URL, else the local predictor on PREDICTOR_PORT."""
-    return os.environ.get("PREDICTOR_URL") or f"http://127.0.0.1:{os.environ.get('PREDICTOR_PORT', '8080')}"
+    port = os.environ.get(PREDICTOR_PORT_ENV, PREDICTOR_PORT)
+    return os.environ.get(PREDICTOR_URL_ENV) or f"http://127.0.0.1:{port}"
 
 
 def deploy_local(champion: Champion, url: str, model: str, timeout_s: float) -> DeploymentResult:
@@ -690,7 +696,7 @@ def run(
             canary_percent=canary_percent,
         )
     if target == "local":
-        result = deploy_local(champion, predictor_url(), SERVED_MODEL, timeout_s)
+        result = deploy_local(champion, predictor_url(), SERVED_MODEL_NAME, timeout_s)
     else:
         services = InferenceServices(api_client or kube_api_client(), namespace)
         result = deploy_kserve(champion, settings, services, canary_percent, timeout_s, poll_s)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.names import DATA_ENV
 from stages import sources, synthetic
 from stages.atomic import atomic_path, write_json
 from stages.cli import run_stage, stage_parser
@@ -206,7 +207,7 @@ def _main(args: argparse.Namespace, params: Params) -> None:
                 log.warning(
                     "%s is beside this checkout; to use it instead, run: %s=%s make run",
                     archive,
-                    sources.DATA_ENV,
+                    DATA_ENV,
                     archive,
                 )
         return

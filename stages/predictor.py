@@ -46,7 +46,9 @@ from kserve.utils.numpy_codec import to_np_dtype
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from core.names import MODEL_VERSION_ENV, SERVED_MODEL_NAME, champion_uri
 from stages.cli import configure_logging
+from stages.config import load_params
 from stages.errors import DeepGuardError
 from stages.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_for_model, read_header, to_model_input
 from stages.labels import decide, names
@@ -61,9 +63,6 @@ from stages.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "deepguard"
-DEFAULT_MODEL_URI = f"models:/{MODEL_NAME}@champion"
-VERSION_ENV = "DEEPGUARD_MODEL_VERSION"
 INPUT_NAME = "image"
 OUTPUT_PROBABILITY = "fake_probability"
 OUTPUT_LABEL = "label"
@@ -241,11 +240,11 @@ def resolve_model(uri: str, dest: Path) -> tuple[Path, str]:
         # Download the resolved version, not the alias: the alias may move between the two calls.
         return download_model(f"models:/{name}/{version}", dest), version
     if _URI_SCHEME.match(uri) and not uri.startswith("file:"):  # runs:/..., s3://..., mlflow-artifacts:/...
-        return download_model(uri, dest), os.environ.get(VERSION_ENV, "unknown")
+        return download_model(uri, dest), os.environ.get(MODEL_VERSION_ENV, "unknown")
     folder = Path(uri.removeprefix("file://"))
     if not folder.is_dir():
         raise ModelLoadError(f"{uri}: no such model folder")
-    return folder, os.environ.get(VERSION_ENV, "unknown")
+    return folder, os.environ.get(MODEL_VERSION_ENV, "unknown")
 
 
 def load_served_model(uri: str) -> ServedModel:
@@ -804,9 +803,9 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--model-uri",
         "--model_uri",
         dest="model_uri",
-        default=DEFAULT_MODEL_URI,
+        default=None,
         help="models:/name@alias, models:/name/<version>, or a local MLflow model folder "
-        f"(default: {DEFAULT_MODEL_URI})",
+        "(default: the champion of params.yaml's mlflow.model_name)",
     )
     parser.add_argument(
         "--http-host",
@@ -864,7 +863,7 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="largest request body, answered with a 413 beyond it (default: "
         "max-images files of max-image-bytes, base64-encoded)",
     )
-    parser.set_defaults(model_name=MODEL_NAME)
+    parser.set_defaults(model_name=SERVED_MODEL_NAME)
     return parser
 
 
@@ -878,9 +877,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be 1; run more replicas to scale out")
     configure_logging()
     try:
+        # params.yaml only when no URI is given: the image has none and is always given /mnt/models.
+        model_uri = args.model_uri or champion_uri(load_params().mlflow.model_name)
         model = DeepGuardModel(
             args.model_name,
-            args.model_uri,
+            model_uri,
             Limits(
                 args.max_images,
                 args.max_image_bytes,

@@ -21,8 +21,19 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.names import (
+    MODEL_NAME_ENV,
+    PREDICTOR_PORT,
+    PREDICTOR_PORT_ENV,
+    PREDICTOR_URL_ENV,
+    SERVED_MODEL_NAME,
+    WEB_PORT,
+    WEB_PORT_ENV,
+    champion_uri,
+)
 from stages.cli import configure_logging
-from stages.predictor import DEFAULT_MODEL_URI, MODEL_NAME
+from stages.config import load_params
+from stages.errors import DeepGuardError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +123,7 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
     processes: list[tuple[str, subprocess.Popen]] = []
     repo = Path(__file__).resolve().parents[1]
     predictor_url = f"http://127.0.0.1:{predictor_port}"
-    predictor_ready_url = f"{predictor_url}/v2/models/{MODEL_NAME}/ready"
+    predictor_ready_url = f"{predictor_url}/v2/models/{SERVED_MODEL_NAME}/ready"
     web_url = f"http://{'localhost' if web_host in ('0.0.0.0', '127.0.0.1') else web_host}:{web_port}"
     try:
         processes.append(("predictor", _start_predictor(model_uri, predictor_port)))
@@ -120,8 +131,9 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
             return 0 if stopping else 1
         web_env = {
             **os.environ,
-            "PREDICTOR_URL": predictor_url,
-            "WEB_PORT": str(web_port),
+            PREDICTOR_URL_ENV: predictor_url,
+            MODEL_NAME_ENV: SERVED_MODEL_NAME,
+            WEB_PORT_ENV: str(web_port),
             "WEB_HOST": web_host,
         }
         # From the repository root, `python -m flask_app` finds the package without installing it.
@@ -136,8 +148,8 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
         log.info(
             "  predictor: http://localhost:%d (V1 /v1/models/%s:predict, V2 /v2/models/%s/infer)",
             predictor_port,
-            MODEL_NAME,
-            MODEL_NAME,
+            SERVED_MODEL_NAME,
+            SERVED_MODEL_NAME,
         )
         log.info("press Ctrl-C to stop both")
         failures = 0
@@ -181,11 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.predictor_serve", description=__doc__)
     parser.add_argument(
         "--model-uri",
-        default=os.environ.get("MODEL_URI") or DEFAULT_MODEL_URI,
-        help="model to serve (default: MODEL_URI or %(default)s)",
+        default=os.environ.get("MODEL_URI"),
+        help="model to serve (default: MODEL_URI, else the champion of params.yaml's mlflow.model_name)",
     )
-    parser.add_argument("--predictor-port", type=int, default=int(os.environ.get("PREDICTOR_PORT", "8080")))
-    parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "5000")))
+    parser.add_argument(
+        "--predictor-port", type=int, default=int(os.environ.get(PREDICTOR_PORT_ENV, PREDICTOR_PORT))
+    )
+    parser.add_argument("--web-port", type=int, default=int(os.environ.get(WEB_PORT_ENV, WEB_PORT)))
     parser.add_argument(
         "--web-host",
         default=os.environ.get("WEB_HOST", "127.0.0.1"),
@@ -193,7 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     configure_logging()
-    return serve(args.model_uri, args.predictor_port, args.web_port, args.web_host)
+    try:
+        model_uri = args.model_uri or champion_uri(load_params().mlflow.model_name)
+    except DeepGuardError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return serve(model_uri, args.predictor_port, args.web_port, args.web_host)
 
 
 if __name__ == "__main__":

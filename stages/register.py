@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.names import CHALLENGER, CHAMPION
 from stages import tracking
 from stages.atomic import read_json, write_json
 from stages.cli import run_stage, stage_parser
@@ -44,7 +45,6 @@ if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTION = "promotion"  # the version tag every registration ends with
 GATE = "gate_decision"  # the gate's decision, recorded when the version is created so a resumed run reuses it
 SUPERSEDED, ABANDONED = "superseded", "abandoned"

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.names import DATA_ENV
 from stages.config import DataParams
 from stages.errors import DeepGuardError
 from stages.labels import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
-DATA_ENV = "DEEPGUARD_DATA"
 SPLIT_FOLDERS: tuple[str, ...] = ("train", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 KAGGLE_CACHE = Path(".cache/kaggle")

@@ -21,7 +21,7 @@ SHARED = REPO.parent / "shared"
 SAMPLE_ZIP = SHARED / "data" / "cifake-sample.zip"
 FULL_ZIP = SHARED / "data" / "cifake.zip"
 # Copied into a workspace so that dvc.yaml's code dependencies resolve there, as in a clone.
-WORKSPACE_FILES = ("stages", "params.yaml", "dvc.yaml", ".dvcignore")
+WORKSPACE_FILES = ("core", "stages", "params.yaml", "dvc.yaml", ".dvcignore")
 
 
 def require_sample() -> Path:

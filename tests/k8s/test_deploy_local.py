@@ -170,9 +170,3 @@ def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Pat
         f"HTTP {status} no"
     ]
     assert "deployment_status" not in client.get_model_version(MODEL, "1").tags
-
-
-def test_the_model_name_reloaded_is_the_one_the_predictor_serves() -> None:
-    from stages import deploy, predictor
-
-    assert deploy.SERVED_MODEL == predictor.MODEL_NAME

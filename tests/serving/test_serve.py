@@ -92,3 +92,25 @@ def test_serve_starts_both_and_sigterm_stops_both(registered_model, sample_image
             process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
+
+
+def test_serve_asks_for_the_champion_of_the_model_named_in_params(tmp_path):
+    """`make serve` without MODEL_URI serves models:/<mlflow.model_name>@champion, whatever that name is."""
+    params, default = (REPO / "params.yaml").read_text(), "  model_name: deepguard\n"
+    assert default in params
+    (tmp_path / "params.yaml").write_text(params.replace(default, "  model_name: renamed\n"))
+    env = {
+        **{key: value for key, value in os.environ.items() if key != "MODEL_URI"},
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}",  # a real, empty registry
+        "PYTHONPATH": str(REPO),
+        "DAGSHUB_USERNAME": "",
+        "DAGSHUB_TOKEN": "",
+        "DAGSHUB_REPO": "",
+    }
+    command = [sys.executable, "-m", "stages.predictor_serve", "--predictor-port", str(free_port())]
+    command += ["--web-port", str(free_port())]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "stages.predictor: error: models:/renamed@champion: cannot resolve alias" in output
+    assert "models:/deepguard@champion" not in output

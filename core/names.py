@@ -1,0 +1,36 @@
+"""The names every layer agrees on: served model name, registry aliases, environment variables, ports."""
+
+from __future__ import annotations
+
+# The name the predictor serves the model under (``/v1/models/<name>``, ``/v2/models/<name>``); the
+# registered model's name is another fact, params ``mlflow.model_name``.
+SERVED_MODEL_NAME = "deepguard"
+
+# MLflow registry aliases: register sets both, deploy and serving read the champion.
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+# Environment variables.
+MODEL_VERSION_ENV = "DEEPGUARD_MODEL_VERSION"  # the registry version the predictor reports
+DATA_ENV = "DEEPGUARD_DATA"  # a local CIFAKE archive for ingest
+STORAGE_URI_ENV = "STORAGE_URI"  # where KServe's storage initializer fetches the model from
+PREDICTOR_URL_ENV = "PREDICTOR_URL"  # the web app's and deploy --target local's predictor
+PREDICTOR_PORT_ENV = "PREDICTOR_PORT"
+WEB_PORT_ENV = "WEB_PORT"
+MODEL_NAME_ENV = "MODEL_NAME"  # the served model name the web app asks for
+
+# Ports: the predictor's is KServe's default HTTP port; the web app's is Flask's.
+PREDICTOR_PORT = 8080
+WEB_PORT = 5000
+
+
+def champion_uri(model_name: str) -> str:
+    """The MLflow URI of a registered model's champion.
+
+    Args:
+        model_name: Registered model name (params ``mlflow.model_name``).
+
+    Returns:
+        ``models:/<model_name>@champion``.
+    """
+    return f"models:/{model_name}@{CHAMPION}"
