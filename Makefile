@@ -37,8 +37,8 @@ pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip 
 	$(PY) -m stages.ingest --locate
 	$(VENV)/bin/dvc repro
 
-dvc-yaml: setup ## regenerate dvc.yaml from the stage list in stages/pipeline.py
-	$(PY) -m stages.pipeline > dvc.yaml
+dvc-yaml: setup ## regenerate dvc.yaml from the stage list in core/pipeline.py
+	$(PY) -m core.pipeline > dvc.yaml
 
 clean: ## remove pipeline outputs and the local MLflow store (keeps the environments)
 	rm -rf data models reports mlruns .dvc/tmp

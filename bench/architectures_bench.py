@@ -18,10 +18,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
+from core.config import AugmentationParams  # noqa: E402
+from core.imaging import decode_for_model  # noqa: E402
+from core.labels import CLASS_NAMES, decide, label_of  # noqa: E402
 from stages.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model  # noqa: E402
-from stages.config import AugmentationParams  # noqa: E402
-from stages.imaging import decode_for_model  # noqa: E402
-from stages.labels import CLASS_NAMES, decide, label_of  # noqa: E402
 
 log = logging.getLogger("bench.architectures")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifake.zip"

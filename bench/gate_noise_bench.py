@@ -32,8 +32,9 @@ import numpy as np  # noqa: E402
 from architectures_bench import load_subset  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from stages.architectures import build_model, with_flip_averaging  # noqa: E402
-from stages.config import load_params  # noqa: E402
+from core.config import load_params  # noqa: E402
+from core.layers import with_flip_averaging  # noqa: E402
+from stages.architectures import build_model  # noqa: E402
 from stages.train import _compile  # noqa: E402  the pipeline's optimiser and schedule, not a copy
 
 log = logging.getLogger("bench.gate_noise")

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stages.pipeline import STAGE_NAMES  # noqa: E402
+from core.pipeline import STAGE_NAMES  # noqa: E402
 
 
 def run_measured(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
@@ -115,8 +115,8 @@ def throughput(data: Path, images: int, steps: int) -> None:
     import numpy as np
     from PIL import Image
 
+    from core.config import load_params
     from stages.architectures import build_model
-    from stages.config import load_params
 
     params = load_params(REPO / "params.yaml")
     with zipfile.ZipFile(data) as archive:

@@ -34,8 +34,8 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stages.imaging import decode_for_model  # noqa: E402
-from stages.modelstore import ModelMetadata, predict_fake_probability  # noqa: E402
+from core.imaging import decode_for_model  # noqa: E402
+from core.modelstore import ModelMetadata, predict_fake_probability  # noqa: E402
 
 log = logging.getLogger("bench.serving")
 SAMPLE_ZIP = REPO / ".." / "shared" / "data" / "cifake-sample.zip"
@@ -64,10 +64,11 @@ def build_model_folder(dest: Path) -> str:
     """Save the default architecture as an MLflow Keras model folder; returns the architecture's name."""
     import mlflow
 
-    from stages.config import load_params
+    from core.config import load_params
 
     params = load_params(REPO / "params.yaml")
-    from stages.architectures import build_model, with_flip_averaging
+    from core.layers import with_flip_averaging
+    from stages.architectures import build_model
 
     model = build_model(
         params.model.architecture,
@@ -168,7 +169,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from stages.modelstore import load_model_dir
+    from core.modelstore import load_model_dir
 
     files = load_images(500)
     encoded = [base64.b64encode(f).decode("ascii") for f in files]

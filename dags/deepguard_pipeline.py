@@ -1,4 +1,4 @@
-"""The DeepGuard Airflow DAG: one KubernetesPodOperator per stage of stages.pipeline.STAGES, then deploy."""
+"""The DeepGuard Airflow DAG: one KubernetesPodOperator per stage of core.pipeline.STAGES, then deploy."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ for _folder in (str(DAGS_DIR), str(REPO_ROOT)):
 
 from deepguard_operator import DeepGuardStageOperator, LocalRunner  # noqa: E402
 
-from stages.config import Architecture, DataParams  # noqa: E402
-from stages.pipeline import DEPLOY, STAGES, Stage  # noqa: E402
+from core.config import Architecture, DataParams  # noqa: E402
+from core.pipeline import DEPLOY, STAGES, Stage  # noqa: E402
 
 DAG_ID = "deepguard_pipeline"
 
@@ -170,7 +170,7 @@ DOC_MD = """
 
 Trains and ships the detector of AI-generated images: **ingest → preprocess → features → train → evaluate →
 register → deploy**, one Kubernetes pod per stage (`python -m stages.<name>`), from the stage list in
-`stages/pipeline.py`.
+`core/pipeline.py`.
 
 * Every run works in its own folder `/workspace/runs/<run id>` on the PVC `deepguard-workspace`.
 * `train` runs the GPU image and requests `nvidia.com/gpu: 1`.

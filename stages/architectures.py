@@ -10,8 +10,9 @@ from typing import get_args
 import keras
 from keras import layers
 
-from stages.config import Architecture, AugmentationParams
-from stages.errors import DeepGuardError
+from core.config import Architecture, AugmentationParams
+from core.errors import DeepGuardError
+from core.layers import OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,6 @@ log = logging.getLogger(__name__)
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 DEFAULT_ARCHITECTURE = "DeepGuardCNN"
-OUTPUT_NAME = "fake_probability"
 # Smallest input side each keras.applications backbone accepts.
 _BACKBONE_MIN_SIZE = {"EfficientNetB0Transfer": 32, "XceptionTransfer": 71}
 
@@ -213,27 +213,6 @@ def _transfer_body(
 
 # --------------------------------------------------------------------------------------------------------
 # Public API
-
-
-@keras.saving.register_keras_serializable(package="deepguard")
-class HorizontalFlip(layers.Layer):
-    """Mirror images left to right, always (unlike ``RandomFlip``, which only acts in training)."""
-
-    def call(self, inputs):
-        return keras.ops.flip(inputs, axis=2)
-
-
-def with_flip_averaging(model: keras.Model) -> keras.Model:
-    """Wrap a trained model so it scores each image as the mean P(FAKE) of the image and its mirror image.
-
-    Test-time augmentation that matches the training flip: twice the inference compute for a steadier score.
-    The wrapper shares the trained weights and keeps the uint8 ``image`` input and the ``fake_probability``
-    output, so every consumer of the model is unchanged.
-    """
-    inputs = keras.Input(model.input_shape[1:], dtype="uint8", name="image")
-    mirrored = HorizontalFlip(name="mirror")(inputs)
-    outputs = layers.Average(dtype="float32", name=OUTPUT_NAME)([model(inputs), model(mirrored)])
-    return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")
 
 
 def _augmentation(x: keras.KerasTensor, augmentation: AugmentationParams, seed: int) -> keras.KerasTensor:

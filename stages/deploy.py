@@ -28,6 +28,10 @@ from urllib.parse import urlparse
 
 import yaml
 
+from core.atomic import write_json
+from core.cli import run_stage, stage_parser
+from core.config import Params
+from core.errors import DeepGuardError, redact_credentials
 from core.names import (
     CHAMPION,
     MODEL_VERSION_ENV,
@@ -37,11 +41,7 @@ from core.names import (
     SERVED_MODEL_NAME,
     STORAGE_URI_ENV,
 )
-from stages.atomic import write_json
-from stages.cli import run_stage, stage_parser
-from stages.config import Params
-from stages.errors import DeepGuardError, redact_credentials
-from stages.pipeline import DEPLOYMENT_FILE
+from core.pipeline import DEPLOYMENT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from stages.tracking import resolve_tracking_uri
+    from core.tracking import resolve_tracking_uri
 
     mlflow.set_tracking_uri(resolve_tracking_uri())
     client = mlflow.MlflowClient()

@@ -13,16 +13,17 @@ import sys
 import numpy as np
 from sklearn import metrics as skm
 
-from stages import tracking
-from stages.atomic import write_json
-from stages.cli import run_stage, stage_parser
-from stages.config import EvaluationParams, Params
+from core import tracking
+from core.atomic import write_json
+from core.cli import run_stage, stage_parser
+from core.config import EvaluationParams, Params
+from core.labels import CLASS_NAMES, FAKE
+from core.metrics import classification_metrics
+from core.modelstore import load_keras, predict_fake_probability
+from core.pipeline import FIGURES_DIR, METRICS_FILE, MODEL_DIR, MODEL_FILE, PROCESSED_DIR
+from core.tracking import load_run_id
 from stages.figures import plt, save_figure
-from stages.labels import CLASS_NAMES, FAKE, decide
-from stages.modelstore import load_keras, predict_fake_probability
-from stages.pipeline import FIGURES_DIR, METRICS_FILE, MODEL_DIR, PROCESSED_DIR
 from stages.shards import load_split
-from stages.train import MODEL_FILE, load_run_id
 
 log = logging.getLogger(__name__)
 
@@ -45,38 +46,6 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, metric: str)
     value, thresholds = value[finite], thresholds[finite]
     best = np.flatnonzero(value == value.max())
     return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
-
-
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
-    """Mean |observed FAKE rate - mean predicted probability| over equal-width bins, weighted by count."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(labels[mask].mean() - probabilities[mask].mean())
-    return float(error)
-
-
-def classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, threshold: float, calibration_bins: int = 10
-) -> dict:
-    """Accuracy, precision, recall, F1 (FAKE positive), ROC-AUC, PR-AUC, Brier, ECE, confusion matrix."""
-    predicted = decide(probabilities, threshold)
-    two_classes = len(np.unique(labels)) == 2
-    return {
-        "accuracy": float(skm.accuracy_score(labels, predicted)),
-        "precision": float(skm.precision_score(labels, predicted, pos_label=FAKE, zero_division=0)),
-        "recall": float(skm.recall_score(labels, predicted, pos_label=FAKE, zero_division=0)),
-        "f1": float(skm.f1_score(labels, predicted, pos_label=FAKE, zero_division=0)),
-        "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if two_classes else float("nan"),
-        "pr_auc": float(skm.average_precision_score(labels, probabilities)) if two_classes else float("nan"),
-        "brier": float(skm.brier_score_loss(labels, probabilities)),
-        "ece": expected_calibration_error(labels, probabilities, calibration_bins),
-        "confusion_matrix": skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
-        "count": int(len(labels)),
-    }
 
 
 def _figures(

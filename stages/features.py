@@ -14,18 +14,17 @@ import sys
 
 import numpy as np
 
-from stages.atomic import atomic_path, write_json
-from stages.cli import run_stage, stage_parser
-from stages.config import Params
+from core.atomic import atomic_path, write_json
+from core.cli import run_stage, stage_parser
+from core.config import Params
+from core.labels import CLASS_NAMES
+from core.pipeline import FEATURES_DIR, FEATURES_FILE, FIGURES_DIR, PROCESSED_DIR
 from stages.figures import plt, save_figure
-from stages.labels import CLASS_NAMES
-from stages.pipeline import FEATURES_DIR, FIGURES_DIR, PROCESSED_DIR
 from stages.shards import load_split
 
 log = logging.getLogger(__name__)
 
 CHUNK = 4096
-FEATURES_FILE = "features.json"
 
 
 def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # stages run without a display: pods, CI, DVC
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stages.atomic import atomic_path  # noqa: E402
+from core.atomic import atomic_path  # noqa: E402
 
 
 def save_figure(figure: plt.Figure, path: Path) -> None:

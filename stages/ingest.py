@@ -17,19 +17,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.atomic import atomic_path, write_json
+from core.cli import run_stage, stage_parser
+from core.config import DataParams, Params
+from core.imaging import ImageError, validate_dataset_image
+from core.labels import CLASS_NAMES
 from core.names import DATA_ENV
+from core.pipeline import ARCHIVE, DATA_REPORT, INDEX, RAW_DIR, SOURCE_MARKER
 from stages import sources, synthetic
-from stages.atomic import atomic_path, write_json
-from stages.cli import run_stage, stage_parser
-from stages.config import DataParams, Params
-from stages.imaging import ImageError, validate_dataset_image
-from stages.labels import CLASS_NAMES
-from stages.pipeline import DATA_REPORT, RAW_DIR, SOURCE_MARKER
 
 log = logging.getLogger(__name__)
 
-ARCHIVE = "images.zip"
-INDEX = "index.json"
 EXAMPLES_KEPT = 20  # rejected files listed by name in the report, per reason
 
 
@@ -153,7 +151,7 @@ def write_source_marker(source: sources.Source) -> None:
     """Write data/source.json only when it changes, so DVC reruns ingest exactly when the source changes."""
     marker = {"kind": source.kind, "location": source.location, "fingerprint": source.fingerprint}
     if SOURCE_MARKER.is_file():
-        from stages.atomic import read_json
+        from core.atomic import read_json
 
         if read_json(SOURCE_MARKER) == marker:
             return

@@ -2,7 +2,7 @@
 
 ``python -m stages.predictor --model-uri models:/deepguard@champion`` loads the model (or a local MLflow model
 folder such as KServe's ``/mnt/models``) and serves it with ``kserve.ModelServer``. Every uploaded image goes
-through ``stages.imaging.decode_for_model``, the function training's data went through, and the N images of a
+through ``core.imaging.decode_for_model``, the function training's data went through, and the N images of a
 request are scored by one model call. ``POST /v2/repository/models/deepguard/load`` re-resolves the URI and
 swaps the new model in while requests keep being served.
 
@@ -46,20 +46,20 @@ from kserve.utils.numpy_codec import to_np_dtype
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.names import MODEL_VERSION_ENV, SERVED_MODEL_NAME, champion_uri
-from stages.cli import configure_logging
-from stages.config import load_params
-from stages.errors import DeepGuardError
-from stages.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_for_model, read_header, to_model_input
-from stages.labels import decide, names
-from stages.modelstore import (
+from core.cli import configure_logging
+from core.config import load_params
+from core.errors import DeepGuardError
+from core.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_for_model, read_header, to_model_input
+from core.labels import decide, names
+from core.modelstore import (
     ModelLoadError,
     ModelMetadata,
     download_model,
     load_model_dir,
     predict_fake_probability,
 )
-from stages.tracking import resolve_tracking_uri
+from core.names import MODEL_VERSION_ENV, SERVED_MODEL_NAME, champion_uri
+from core.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.cli import configure_logging
+from core.config import load_params
+from core.errors import DeepGuardError
 from core.names import (
     MODEL_NAME_ENV,
     PREDICTOR_PORT,
@@ -31,9 +34,6 @@ from core.names import (
     WEB_PORT_ENV,
     champion_uri,
 )
-from stages.cli import configure_logging
-from stages.config import load_params
-from stages.errors import DeepGuardError
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.atomic import atomic_path, read_json, write_json
-from stages.cli import run_stage, stage_parser
-from stages.config import Params, SplitParams
-from stages.imaging import to_model_input
-from stages.ingest import ARCHIVE, INDEX
-from stages.labels import CLASS_NAMES, label_of
-from stages.pipeline import PROCESSED_DIR, RAW_DIR
+from core.atomic import atomic_path, read_json, write_json
+from core.cli import run_stage, stage_parser
+from core.config import Params, SplitParams
+from core.imaging import to_model_input
+from core.labels import CLASS_NAMES, label_of
+from core.pipeline import ARCHIVE, INDEX, PROCESSED_DIR, RAW_DIR
 from stages.shards import NpyWriter, images_path, labels_path
 
 log = logging.getLogger(__name__)

@@ -21,22 +21,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.names import CHALLENGER, CHAMPION
-from stages import tracking
-from stages.atomic import read_json, write_json
-from stages.cli import run_stage, stage_parser
-from stages.config import Params
-from stages.evaluate import classification_metrics
-from stages.modelstore import (
+from core import tracking
+from core.atomic import read_json, write_json
+from core.cli import run_stage, stage_parser
+from core.config import Params
+from core.metrics import classification_metrics
+from core.modelstore import (
     ModelMetadata,
     download_model,
     load_keras,
     load_model_dir,
     predict_fake_probability,
 )
-from stages.pipeline import DATA_REPORT, METRICS_FILE, MODEL_DIR, PROCESSED_DIR, REGISTRATION_FILE
+from core.names import CHALLENGER, CHAMPION
+from core.pipeline import DATA_REPORT, METRICS_FILE, MODEL_DIR, MODEL_FILE, PROCESSED_DIR, REGISTRATION_FILE
+from core.tracking import load_run_id
 from stages.shards import load_split
-from stages.train import MODEL_FILE, load_run_id
 
 if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
     from mlflow import MlflowClient

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.config import DataParams
+from core.errors import DeepGuardError
+from core.labels import CLASS_NAMES
 from core.names import DATA_ENV
-from stages.config import DataParams
-from stages.errors import DeepGuardError
-from stages.labels import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -13,27 +13,32 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stages import tracking
-from stages.atomic import atomic_path, read_json, write_json
-from stages.cli import run_stage, stage_parser
-from stages.config import Params, TrainingParams
-from stages.features import FEATURES_FILE
-from stages.modelstore import load_keras
-from stages.pipeline import DATA_REPORT, FEATURES_DIR, FIGURES_DIR, MODEL_DIR, PROCESSED_DIR, TRAINING_REPORT
+from core import tracking
+from core.atomic import atomic_path, read_json, write_json
+from core.cli import run_stage, stage_parser
+from core.config import Params, TrainingParams
+from core.modelstore import load_keras
+from core.pipeline import (
+    DATA_REPORT,
+    FEATURES_DIR,
+    FEATURES_FILE,
+    FIGURES_DIR,
+    MODEL_DIR,
+    MODEL_FILE,
+    PROCESSED_DIR,
+    RUN_FILE,
+    TRAINING_REPORT,
+)
 from stages.shards import load_split
 
 if TYPE_CHECKING:  # keras is imported lazily, in the functions that train
     import keras
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.keras"
-RUN_FILE = "run.json"
 
 
 def gpu_count() -> int:
@@ -159,7 +164,8 @@ def run(params: Params) -> dict:
     import keras
     import mlflow
 
-    from stages.architectures import build_model, with_flip_averaging
+    from core.layers import with_flip_averaging
+    from stages.architectures import build_model
 
     train_x, train_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "train"))
     val_x, val_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "val"))
@@ -262,11 +268,6 @@ def run(params: Params) -> dict:
     write_json(TRAINING_REPORT, summary)
     log.info("train done: %s", json.dumps(summary))
     return summary
-
-
-def load_run_id(model_dir: Path = MODEL_DIR) -> str:
-    """The MLflow run that trained the model in ``model_dir``."""
-    return read_json(model_dir / RUN_FILE)["run_id"]
 
 
 def _main(args: argparse.Namespace, params: Params) -> None:

@@ -10,9 +10,10 @@ import keras
 import numpy as np
 import pytest
 
+from core import layers
+from core.config import Architecture, AugmentationParams
 from stages import architectures
 from stages.architectures import ARCHITECTURES, PretrainedWeightsError, build_model
-from stages.config import Architecture, AugmentationParams
 
 SIZE = 16  # small images keep the whole file fast; transfer models upsample to their backbone minimum
 NO_AUGMENTATION = AugmentationParams(horizontal_flip=False, translate=0.0, contrast=0.0)
@@ -92,7 +93,7 @@ def test_output_stays_float32_under_mixed_precision() -> None:
         model = _build("DeepGuardCNN")
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert model.get_layer(architectures.OUTPUT_NAME).dtype_policy.compute_dtype == "float32"
+    assert model.get_layer(layers.OUTPUT_NAME).dtype_policy.compute_dtype == "float32"
     assert model.outputs[0].dtype == "float32"
 
 
@@ -118,7 +119,7 @@ def test_saved_and_reloaded_model_gives_identical_predictions_with_augmentation_
 
 def test_flip_averaged_model_scores_the_mean_of_image_and_mirror_image() -> None:
     model = _build("DeepGuardCNN")
-    averaged = architectures.with_flip_averaging(model)
+    averaged = layers.with_flip_averaging(model)
     images, _ = _batch(6, seed=4)
     mirrored = images[:, :, ::-1]
     expected = (model.predict(images, verbose=0) + model.predict(mirrored, verbose=0)) / 2
@@ -131,9 +132,9 @@ def test_flip_averaged_model_scores_the_mean_of_image_and_mirror_image() -> None
 
 
 def test_flip_averaged_model_reloads_through_modelstore(tmp_path: Path) -> None:
-    from stages.modelstore import load_keras
+    from core.modelstore import load_keras
 
-    averaged = architectures.with_flip_averaging(_build("DeepGuardCNN"))
+    averaged = layers.with_flip_averaging(_build("DeepGuardCNN"))
     images, _ = _batch(4, seed=5)
     averaged.save(tmp_path / "model.keras")
     reloaded = load_keras(tmp_path / "model.keras")

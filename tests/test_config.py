@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.config import ConfigError, load_params
+from core.config import ConfigError, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 

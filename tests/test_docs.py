@@ -176,7 +176,7 @@ def accepted_flags(program: Program) -> frozenset[str]:
     """The long flags a program's argparse parser accepts, from its `--help` (one run per program)."""
     if program.module == STAGE_PLACEHOLDER:
         sys.path.insert(0, str(REPO))
-        from stages.cli import stage_parser  # light: argparse and the config loader, no TensorFlow
+        from core.cli import stage_parser  # light: argparse and the config loader, no TensorFlow
 
         return frozenset(FLAG.findall(stage_parser("<name>", "").format_help()))
     python = VENV_PYTHON[program.python]
@@ -284,7 +284,7 @@ def test_every_docs_page_starts_with_what_the_reader_gets() -> None:
 def test_the_map_names_the_files_a_newcomer_looks_for() -> None:
     readme = (REPO / "README.md").read_text()
     for path in (
-        "stages/imaging.py",
+        "core/imaging.py",
         "stages/deploy.py",
         "helm/deepguard/templates/predictor/inferenceservice.yaml",
     ):
@@ -297,7 +297,7 @@ def test_the_map_names_the_files_a_newcomer_looks_for() -> None:
         if "/" in span and not re.search(r"[<{*]", span)
     ]
     assert len(map_paths) > 20 and [path for path in map_paths if not (REPO / path).exists()] == []
-    assert re.search(r"`stages/imaging\.py`.*resiz.*decode_for_model", readme)
+    assert re.search(r"`core/imaging\.py`.*resiz.*decode_for_model", readme)
     assert re.search(r"`stages/deploy\.py`.*canary", readme)
 
 

@@ -13,8 +13,8 @@ import mlflow
 import pytest
 from workspace import run_stage
 
-from stages.atomic import atomic_path, clean_stale
-from stages.tracking import ACTIVE_RUNS_DIR
+from core.atomic import atomic_path, clean_stale
+from core.tracking import ACTIVE_RUNS_DIR
 
 MODEL = "deepguard"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.pipeline import DEPLOY, STAGES
+from core.pipeline import DEPLOY, STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.imaging import ImageError, decode_for_model, validate_dataset_image
+from core.imaging import ImageError, decode_for_model, validate_dataset_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:

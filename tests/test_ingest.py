@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 from workspace import make_workspace, require_sample, run_stage, stage_env
 
+from core.config import load_params
+from core.pipeline import ARCHIVE
 from stages import sources
-from stages.config import load_params
-from stages.ingest import ARCHIVE, ingest
+from stages.ingest import ingest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 import pytest
 from workspace import REPO, free_port
 
-from stages import deploy, tracking
-from stages.cli import run_stage, stage_parser
-from stages.config import Params
-from stages.errors import DeepGuardError, redact_credentials
+from core import tracking
+from core.cli import run_stage, stage_parser
+from core.config import Params
+from core.errors import DeepGuardError, redact_credentials
+from stages import deploy
 
 SECRET = "s3cret-token"
 
@@ -79,7 +80,7 @@ def test_unreachable_tracking_uri_keeps_its_password_out_of_logs_and_error(
 def test_library_log_records_are_redacted_by_the_stage_logging(
     capsys: pytest.CaptureFixture[str], root_logging: None
 ) -> None:
-    from stages.cli import configure_logging
+    from core.cli import configure_logging
 
     configure_logging()
     logging.getLogger("urllib3.connectionpool").warning("Retrying %s", f"http://user:{SECRET}@127.0.0.1:9/x")

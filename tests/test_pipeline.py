@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from workspace import TrainedWorkspace, dvc, run_stage
 
-from stages.modelstore import load_keras
-from stages.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
+from core.modelstore import load_keras
+from core.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
 
 
 def _client(uri: str) -> mlflow.MlflowClient:
@@ -65,22 +65,25 @@ def test_dvc_deps_list_every_project_module_the_stage_imports(stage) -> None:
 def test_a_new_import_becomes_a_dependency(tmp_path: Path) -> None:
     from workspace import REPO
 
-    shutil.copytree(REPO / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "stages/brand_new.py").write_text('"""A module another engineer adds later."""\n')
+    for package in ("core", "stages"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "core/brand_new.py").write_text('"""A module another engineer adds later."""\n')
     train = tmp_path / "stages/train.py"
-    assert "stages/brand_new.py" not in code_deps("stages.train", tmp_path)
+    assert "core/brand_new.py" not in code_deps("stages.train", tmp_path)
+    assert "core/tracking.py" in code_deps("stages.train", tmp_path)
     # Imported inside a function, as train imports the architectures: still a dependency.
-    later = "\n\ndef _later() -> None:\n    from stages import brand_new  # noqa: F401\n"
+    later = "\n\ndef _later() -> None:\n    from core import brand_new  # noqa: F401\n"
     train.write_text(train.read_text() + later)
     code_deps.cache_clear()
-    assert "stages/brand_new.py" in code_deps("stages.train", tmp_path)
+    assert "core/brand_new.py" in code_deps("stages.train", tmp_path)
 
 
 def test_train_evaluate_and_register_depend_on_what_they_were_missing() -> None:
     deps = {stage.name: set(stage.deps) for stage in STAGES}
-    assert {"stages/modelstore.py", "stages/tracking.py", "stages/features.py"} <= deps["train"]
-    assert {"stages/train.py", "stages/figures.py"} <= deps["evaluate"]
-    assert {"stages/evaluate.py", "stages/train.py", "stages/shards.py"} <= deps["register"]
+    train = {"core/modelstore.py", "core/tracking.py", "core/layers.py", "stages/architectures.py"}
+    assert train <= deps["train"]
+    assert {"core/metrics.py", "core/modelstore.py", "stages/figures.py"} <= deps["evaluate"]
+    assert {"core/metrics.py", "core/modelstore.py", "stages/shards.py"} <= deps["register"]
 
 
 def test_repro_runs_all_six_stages_in_order(trained_workspace: TrainedWorkspace) -> None:

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.config import SplitParams
-from stages.evaluate import choose_threshold, classification_metrics, expected_calibration_error
+from core.config import SplitParams
+from core.metrics import classification_metrics, expected_calibration_error
+from core.tracking import TrackingUnavailableError, resolve_tracking_uri
+from stages.evaluate import choose_threshold
 from stages.features import channel_statistics, high_frequency_energy, log_spectra
 from stages.preprocess import split_names
 from stages.register import decide
 from stages.shards import NpyWriter
-from stages.tracking import TrackingUnavailableError, resolve_tracking_uri
 
 
 def _names(per_class: int) -> list[str]:
@@ -113,7 +114,7 @@ def test_promotion_gate(challenger: float, champion: float | None, minimum: floa
 def test_default_gate_minimum_is_above_rerun_noise() -> None:
     """params.yaml's promotion.min_improvement comes from bench/gate_noise_bench.py: rerun noise never
     promotes, a gain twice the minimum does."""
-    from stages.config import load_params
+    from core.config import load_params
 
     minimum = load_params(Path(__file__).resolve().parents[1] / "params.yaml").promotion.min_improvement
     assert minimum > 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from stages.cli import configure_logging
+from core.cli import configure_logging
 
 log = logging.getLogger(__name__)
 

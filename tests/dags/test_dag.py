@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from dagtools import DAGS_DIR, REPO, render_task
 
-from stages.config import load_params
-from stages.pipeline import DEPLOY, STAGES, Stage
+from core.config import load_params
+from core.pipeline import DEPLOY, STAGES, Stage
 
 RUN_ID = "manual__2026-01-02T03:04:05.678901+00:00"
 RUN_DIR = "/workspace/runs/manual__2026-01-02T03-04-05.678901-00-00"
@@ -193,7 +193,7 @@ def test_invalid_trigger_params_are_rejected(dag: Any, bad: dict[str, Any]) -> N
 def test_architecture_choices_are_the_configs(dag: Any) -> None:
     from typing import get_args
 
-    from stages.config import Architecture
+    from core.config import Architecture
 
     assert dag.params.get_param("architecture").schema["enum"] == [None, *get_args(Architecture)]
 

@@ -24,7 +24,7 @@ def _register_untrained_model(tracking_uri: str, artifacts: Path, seed: int) -> 
     import keras
     import mlflow
 
-    from stages.modelstore import ModelMetadata
+    from core.modelstore import ModelMetadata
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")

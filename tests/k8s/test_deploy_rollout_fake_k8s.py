@@ -20,8 +20,8 @@ import yaml
 from fake_kube_api import FakeCluster, fake_kube_api
 from k8s_helpers import REPO, find, isvc_errors, render
 
+from core.config import load_params
 from stages import deploy
-from stages.config import load_params
 
 MODEL = "deepguard"
 NS = "deepguard"

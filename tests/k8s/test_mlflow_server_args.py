@@ -116,8 +116,8 @@ def test_credentials_in_the_tracking_uri_are_used_but_never_printed(
     """A pod's MLFLOW_TRACKING_URI with credentials: MLflow gets them as basic auth, no output shows them."""
     import mlflow
 
+    from core.config import load_params
     from stages import tracking
-    from stages.config import load_params
 
     url, _, _ = mlflow_server
     for name in [n for n in os.environ if n.startswith("DAGSHUB_")]:

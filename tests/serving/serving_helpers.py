@@ -56,7 +56,7 @@ def train_tiny_model(images: SampleImages, seed: int = 0):  # -> keras.Model
     """One epoch of a tiny CNN with the served contract: uint8 in, scaling inside, P(FAKE) out."""
     import keras
 
-    from stages.imaging import decode_for_model
+    from core.imaging import decode_for_model
 
     keras.utils.set_random_seed(seed)
     x = np.stack([decode_for_model(data, 32) for data in images.train])
@@ -79,7 +79,7 @@ def register_model(
     """Log ``model`` as an MLflow Keras model with DeepGuard metadata, register it and set ``alias``."""
     import mlflow
 
-    from stages.modelstore import ModelMetadata
+    from core.modelstore import ModelMetadata
 
     metadata = ModelMetadata(
         threshold=threshold,

@@ -77,7 +77,7 @@ def synthetic_web(tiny_model, registered_model, tmp_path_factory):
     """A predictor serving a model whose metadata says synthetic_data: true, and a web app in front of it."""
     import mlflow
 
-    from stages.modelstore import ModelMetadata
+    from core.modelstore import ModelMetadata
 
     folder = tmp_path_factory.mktemp("synthetic") / "model"
     metadata = ModelMetadata(

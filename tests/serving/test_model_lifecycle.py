@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import requests
 
-from stages.imaging import decode_for_model
-from stages.modelstore import download_model, load_model_dir, predict_fake_probability
+from core.imaging import decode_for_model
+from core.modelstore import download_model, load_model_dir, predict_fake_probability
 
 from .serving_helpers import RegisteredModel, register_model, start_predictor, train_tiny_model
 

@@ -18,9 +18,9 @@ import pytest
 import requests
 from PIL import Image
 
-from stages.imaging import decode_for_model
-from stages.labels import decide, names
-from stages.modelstore import download_model, load_model_dir, predict_fake_probability
+from core.imaging import decode_for_model
+from core.labels import decide, names
+from core.modelstore import download_model, load_model_dir, predict_fake_probability
 from stages.predictor import Limits, MicroBatcher
 
 TIMEOUT = 60

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from stages.errors import DeepGuardError
+from core.errors import DeepGuardError
 
 # Pillow's own limit warns at ~89 MP and errors at twice that; we refuse earlier, before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stages.errors import DeepGuardError
+from core.errors import DeepGuardError
 
 PARAMS_FILE = Path("params.yaml")
 

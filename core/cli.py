@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from stages.config import PARAMS_FILE, Params, load_params
-from stages.errors import DeepGuardError, redact_credentials
+from core.config import PARAMS_FILE, Params, load_params
+from core.errors import DeepGuardError, redact_credentials
 
 log = logging.getLogger(__name__)
 

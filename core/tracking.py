@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from stages.atomic import read_json, write_json
-from stages.config import MlflowParams
-from stages.errors import DeepGuardError, redact_credentials
+from core.atomic import read_json, write_json
+from core.config import MlflowParams
+from core.errors import DeepGuardError, redact_credentials
+from core.pipeline import MODEL_DIR, RUN_FILE
 
 if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
     from mlflow import ActiveRun
@@ -205,7 +206,7 @@ def end_abandoned_runs() -> list[str]:
 def stage_run(stage: str, experiment_id: str, run_id: str | None = None) -> Iterator:  # mlflow.ActiveRun
     """Open ``stage``'s MLflow run (a new one, or ``run_id`` continued) and end it however the stage ends.
 
-    FINISHED on success, KILLED on SIGTERM or Ctrl-C (see :func:`stages.cli.run_stage`), FAILED on an error;
+    FINISHED on success, KILLED on SIGTERM or Ctrl-C (see :func:`core.cli.run_stage`), FAILED on an error;
     while it is open a marker in the workspace lets the next stage end it if this process is killed outright.
 
     Args:
@@ -231,3 +232,15 @@ def stage_run(stage: str, experiment_id: str, run_id: str | None = None) -> Iter
         mlflow.end_run("FINISHED")
     finally:
         marker.unlink(missing_ok=True)
+
+
+def load_run_id(model_dir: Path = MODEL_DIR) -> str:
+    """The MLflow run that trained the model in ``model_dir`` (train writes it; evaluate, register read it).
+
+    Args:
+        model_dir: The train stage's output folder.
+
+    Returns:
+        The run id.
+    """
+    return read_json(model_dir / RUN_FILE)["run_id"]

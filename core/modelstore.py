@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
-from stages.errors import DeepGuardError
-from stages.labels import CLASS_NAMES
+from core.errors import DeepGuardError
+from core.labels import CLASS_NAMES
 
 if TYPE_CHECKING:  # keras is imported lazily, where it is used, so importing this module stays light
     import keras
@@ -67,7 +67,7 @@ def load_keras(path: Path) -> keras.Model:
     """Load a ``.keras`` file for inference."""
     import keras
 
-    import stages.architectures  # noqa: F401  (registers DeepGuard's custom layers for deserialisation)
+    import core.layers  # noqa: F401  (registers DeepGuard's custom layer for deserialisation)
 
     if not path.is_file():
         raise ModelLoadError(f"{path}: model file not found")

@@ -1,0 +1,40 @@
+"""Classification metrics, FAKE positive: what evaluate reports and register's gate compares."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+from core.labels import FAKE, decide
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    """Mean |observed FAKE rate - mean predicted probability| over equal-width bins, weighted by count."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(labels[mask].mean() - probabilities[mask].mean())
+    return float(error)
+
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, calibration_bins: int = 10
+) -> dict:
+    """Accuracy, precision, recall, F1 (FAKE positive), ROC-AUC, PR-AUC, Brier, ECE, confusion matrix."""
+    predicted = decide(probabilities, threshold)
+    two_classes = len(np.unique(labels)) == 2
+    return {
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "precision": float(skm.precision_score(labels, predicted, pos_label=FAKE, zero_division=0)),
+        "recall": float(skm.recall_score(labels, predicted, pos_label=FAKE, zero_division=0)),
+        "f1": float(skm.f1_score(labels, predicted, pos_label=FAKE, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if two_classes else float("nan"),
+        "pr_auc": float(skm.average_precision_score(labels, probabilities)) if two_classes else float("nan"),
+        "brier": float(skm.brier_score_loss(labels, probabilities)),
+        "ece": expected_calibration_error(labels, probabilities, calibration_bins),
+        "confusion_matrix": skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
+        "count": int(len(labels)),
+    }
