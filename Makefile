@@ -46,7 +46,7 @@ clean: ## remove pipeline outputs and the local MLflow store (keeps the environm
 ##@ Serving
 
 serve: setup ## serve the champion: predictor on PREDICTOR_PORT (8080), web page on WEB_PORT (5000); Ctrl-C stops
-	$(PY) -m stages.predictor_serve
+	$(PY) -m serving.serve
 
 ##@ Orchestration
 

@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python bench/serving_bench.py [--requests 1000]``. It builds the default
 architecture (stages.architectures, untrained: latency does not depend on the weights), saves it as an MLflow
-model folder, starts ``python -m stages.predictor`` and the web app under gunicorn on free loopback ports,
+model folder, starts ``python -m serving`` and the web app under gunicorn on free loopback ports,
 and prints one table: single-image latency p50/p99 over N sequential requests, images/s with 64 images per
 request, requests/s with 8 concurrent clients, each beside the in-process baseline with the ratio, the
 single-image requests/s of 8 concurrent clients beside one client's (the micro-batcher's gain; target
@@ -203,7 +203,7 @@ def main() -> int:
                     [
                         sys.executable,
                         "-m",
-                        "stages.predictor",
+                        "serving",
                         "--model-uri",
                         str(folder),
                         "--http_port",

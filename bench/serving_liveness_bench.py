@@ -1,7 +1,7 @@
 """Liveness under the worst load: one client sends 120 x 6000x6000 PNG requests, four send single images.
 
 Run from the repository root: ``python bench/serving_liveness_bench.py [--seconds 30]``. It starts
-``python -m stages.predictor`` on a free loopback port with an untrained default model (as
+``python -m serving`` on a free loopback port with an untrained default model (as
 bench/serving_bench.py does), samples ``GET /v2/health/live`` every 50 ms on an idle server (the baseline),
 then again while the heavy client alternates the 120-image request (over the per-request pixel budget: 400)
 with a 2-image one inside it (72 MP decoded), and four clients send one CIFAKE image per request. It prints
@@ -85,7 +85,7 @@ def main() -> int:
         build_model_folder(folder)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "stages.predictor", "--model-uri", str(folder)]
+        command = [sys.executable, "-m", "serving", "--model-uri", str(folder)]
         command += ["--http_port", str(port), "--enable_grpc", "false"]
         predictor = start(
             command,

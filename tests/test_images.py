@@ -144,7 +144,7 @@ def test_image_structure(dockerfile: Path) -> None:
     entrypoint = json.loads(final.all("ENTRYPOINT")[-1])
     assert entrypoint[:2] == ["python", "-m"]
     if _image(dockerfile) == "predictor":
-        assert entrypoint == ["python", "-m", "stages.predictor"]
+        assert entrypoint == ["python", "-m", "serving"]
 
     # Locked dependencies are installed in an earlier stage, from the lock alone, before any code is copied.
     lock = LOCKS[_image(dockerfile)]

@@ -71,7 +71,7 @@ def test_gpu_values_put_nvidia_gpu_on_the_predictor_and_target_the_gpu_pool() ->
     container = predictor["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["image"] == "ghcr.io/deepguard/stage-gpu:0.1.0"
-    assert container["args"][0] == "stages.predictor"  # stage-gpu's ENTRYPOINT is python -m
+    assert container["args"][0] == "serving"  # stage-gpu's ENTRYPOINT is python -m
     assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in predictor["tolerations"]
     cpu = find(render("canary"), "InferenceService")["spec"]["predictor"]
@@ -422,10 +422,10 @@ def test_notes_render_with_the_next_commands(tmp_path) -> None:
 def test_predictor_listens_on_the_pod_address_with_reload_switched_off(values_set: str) -> None:
     from kserve import model_server
 
-    from stages.predictor import build_parser
+    from serving.__main__ import build_parser
 
     container = find(render(values_set), "InferenceService")["spec"]["predictor"]["containers"][0]
-    args = container["args"][1:] if container["args"][0] == "stages.predictor" else container["args"]
+    args = container["args"][1:] if container["args"][0] == "serving" else container["args"]
     parsed = build_parser(model_server.parser).parse_args(args)
     # The predictor's own default is loopback; in the pod the Service must reach it, the reload endpoint not.
     assert parsed.http_host == "0.0.0.0"

@@ -51,7 +51,7 @@ def _register_untrained_model(tracking_uri: str, artifacts: Path, seed: int) -> 
 
 @contextlib.contextmanager
 def _predictor(tracking_uri: str, log_file: Path) -> Iterator[str]:
-    """The real predictor (python -m stages.predictor) serving deepguard@champion on a free port."""
+    """The real predictor (python -m serving) serving deepguard@champion on a free port."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "MLFLOW_"))}
@@ -59,7 +59,7 @@ def _predictor(tracking_uri: str, log_file: Path) -> Iterator[str]:
     command = [
         sys.executable,
         "-m",
-        "stages.predictor",
+        "serving",
         "--model-uri",
         f"models:/{MODEL}@champion",
         "--http_port",

@@ -111,7 +111,7 @@ labels:
 deploymentMode: {{ $p.deploymentMode }}
 {{- if $gpu }}
 image: {{ include "deepguard.image" (dict "root" . "repository" $p.gpu.image) }}
-args: [stages.predictor, --model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
+args: [serving, --model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
 {{- else }}
 image: {{ include "deepguard.image" (dict "root" . "repository" $p.image) }}
 args: [--model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]

@@ -41,7 +41,7 @@ def test_serve_starts_both_and_sigterm_stops_both(registered_model, sample_image
         command = [
             sys.executable,
             "-m",
-            "stages.predictor_serve",
+            "serving.serve",
             "--predictor-port",
             str(predictor_port),
             "--web-port",
@@ -107,10 +107,10 @@ def test_serve_asks_for_the_champion_of_the_model_named_in_params(tmp_path):
         "DAGSHUB_TOKEN": "",
         "DAGSHUB_REPO": "",
     }
-    command = [sys.executable, "-m", "stages.predictor_serve", "--predictor-port", str(free_port())]
+    command = [sys.executable, "-m", "serving.serve", "--predictor-port", str(free_port())]
     command += ["--web-port", str(free_port())]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert "stages.predictor: error: models:/renamed@champion: cannot resolve alias" in output
+    assert "serving: error: models:/renamed@champion: cannot resolve alias" in output
     assert "models:/deepguard@champion" not in output

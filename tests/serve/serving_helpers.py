@@ -129,12 +129,12 @@ class Server:
 def start_predictor(
     registered: RegisteredModel, log_file: Path, *extra: str
 ) -> tuple[contextlib.AbstractContextManager[subprocess.Popen], str]:
-    """``python -m stages.predictor`` for ``deepguard@champion`` of ``registered`` on a free port."""
+    """``python -m serving`` for ``deepguard@champion`` of ``registered`` on a free port."""
     port = free_port()
     command = [
         sys.executable,
         "-m",
-        "stages.predictor",
+        "serving",
         "--model-uri",
         f"models:/{registered.model_name}@champion",
         "--http_port",

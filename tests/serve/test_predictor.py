@@ -21,7 +21,7 @@ from PIL import Image
 from core.imaging import decode_for_model
 from core.labels import decide, names
 from core.modelstore import download_model, load_model_dir, predict_fake_probability
-from stages.predictor import Limits, MicroBatcher
+from serving.model import Limits, MicroBatcher
 
 TIMEOUT = 60
 

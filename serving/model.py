@@ -1,6 +1,6 @@
 """KServe predictor for the champion: V1 and V2 (Open Inference Protocol) inference, version, hot reload.
 
-``python -m stages.predictor --model-uri models:/deepguard@champion`` loads the model (or a local MLflow model
+``python -m serving --model-uri models:/deepguard@champion`` loads the model (or a local MLflow model
 folder such as KServe's ``/mnt/models``) and serves it with ``kserve.ModelServer``. Every uploaded image goes
 through ``core.imaging.decode_for_model``, the function training's data went through, and the N images of a
 request are scored by one model call. ``POST /v2/repository/models/deepguard/load`` re-resolves the URI and
@@ -14,7 +14,6 @@ budget checked before the work: body bytes (413), images, bytes per image and pi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
@@ -23,11 +22,8 @@ import logging
 import math
 import os
 import re
-import struct
-import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,20 +31,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer, model_server
+from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
-from kserve.errors import InferenceError, InvalidInput, ModelNotFound
-from kserve.model_repository import ModelRepository
-from kserve.protocol.dataplane import DataPlane
+from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, RequestedOutput, deserialize_bytes_tensor
-from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from kserve.utils.numpy_codec import to_np_dtype
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
-from core.cli import configure_logging
-from core.config import load_params
-from core.errors import DeepGuardError
 from core.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_for_model, read_header, to_model_input
 from core.labels import decide, names
 from core.modelstore import (
@@ -58,7 +46,7 @@ from core.modelstore import (
     load_model_dir,
     predict_fake_probability,
 )
-from core.names import MODEL_VERSION_ENV, SERVED_MODEL_NAME, champion_uri
+from core.names import MODEL_VERSION_ENV
 from core.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -68,17 +56,16 @@ OUTPUT_PROBABILITY = "fake_probability"
 OUTPUT_LABEL = "label"
 # Batch sizes the model is traced for at load time, so the first real request pays no tracing.
 _WARMUP_BATCHES = (1, 2, 64)
-_VERSIONED_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/.*)?$")
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 # Room for the JSON around the base64 images in a request body.
 _BODY_OVERHEAD_BYTES = 64 * 1024
 # Error messages quote at most this much of what a client sent: a body is never echoed back.
 _MAX_QUOTE_CHARS = 60
-_MAX_MESSAGE_CHARS = 300
+MAX_MESSAGE_CHARS = 300
 
 
-def _quote(value: Any) -> str:
+def quote(value: Any) -> str:
     """``repr(value)``, cut short: names, datatypes and shapes in error messages come from the client."""
     text = repr(value)
     return text if len(text) <= _MAX_QUOTE_CHARS else text[:_MAX_QUOTE_CHARS] + "...'"
@@ -319,7 +306,7 @@ def parse_infer_request(body: bytes, json_length: int, model_name: str) -> Infer
             start += size
             dtype = to_np_dtype(tensor["datatype"])
             if dtype is None:
-                raise InvalidInput(f"{where}: unknown datatype {_quote(tensor['datatype'])}")
+                raise InvalidInput(f"{where}: unknown datatype {quote(tensor['datatype'])}")
             is_bytes = tensor["datatype"] == "BYTES"
             data = deserialize_bytes_tensor(raw) if is_bytes else np.frombuffer(raw, dtype)
         else:
@@ -483,7 +470,7 @@ class DeepGuardModel(Model):
 
     def _v2_images(self, request: InferRequest, size: int) -> np.ndarray:
         if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
-            got = ", ".join(_quote(tensor.name) for tensor in request.inputs[:3]) or "none"
+            got = ", ".join(quote(tensor.name) for tensor in request.inputs[:3]) or "none"
             raise InvalidInput(
                 f"expected one input named {INPUT_NAME!r} (BYTES [N] or UINT8 [N,H,W,3]), got {got}"
             )
@@ -494,17 +481,17 @@ class DeepGuardModel(Model):
             items = _flatten(tensor.as_numpy() if tensor.data is None else tensor.data)
             if len(shape) != 1 or shape[0] != len(items):
                 raise InvalidInput(
-                    f"{where}: shape {_quote(shape)} does not match {len(items)} items; expected [N]"
+                    f"{where}: shape {quote(shape)} does not match {len(items)} items; expected [N]"
                 )
             self._check_count(len(items), where)
             return self._decode_files([(f"{where} item {i}", item) for i, item in enumerate(items)], size)
         if tensor.datatype == "UINT8":
             return self._v2_pixels(tensor, shape, where, size)
-        raise InvalidInput(f"{where}: datatype {_quote(tensor.datatype)}; expected BYTES or UINT8")
+        raise InvalidInput(f"{where}: datatype {quote(tensor.datatype)}; expected BYTES or UINT8")
 
     def _v2_pixels(self, tensor: Any, shape: list[int], where: str, size: int) -> np.ndarray:
         if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
-            raise InvalidInput(f"{where}: UINT8 shape {_quote(shape)}; expected [N, H, W, 3]")
+            raise InvalidInput(f"{where}: UINT8 shape {quote(shape)}; expected [N, H, W, 3]")
         self._check_count(shape[0], where)
         if shape[1] * shape[2] > self.limits.max_pixels:
             raise InvalidInput(
@@ -582,322 +569,3 @@ class DeepGuardModel(Model):
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )
-
-
-class ReloadingRepository(ModelRepository):
-    """KServe's model repository extension: ``load`` re-resolves the model's URI and swaps it in."""
-
-    def __init__(self, models: Sequence[DeepGuardModel]) -> None:
-        super().__init__()
-        # Kept apart from the served set, so a load after an unload can bring a model back.
-        self._reloadable = {model.name: model for model in models}
-
-    async def load(self, name: str) -> bool:
-        """Reload ``name`` (``POST /v2/repository/models/<name>/load``); the old model serves meanwhile."""
-        model = self._reloadable.get(name)
-        if model is None:
-            raise ModelNotFound(name)
-        await model.reload()
-        self.update(model)
-        return model.ready
-
-
-class VersionedDataPlane(DataPlane):
-    """KServe's data plane, plus the served version in ``GET /v2/models/<name>`` and typed decode errors."""
-
-    def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> InferRequest:
-        """KServe's decoding, but binary BYTES stay bytes; a malformed request is a 400, not a 500.
-
-        A raw body without the binary-extension header is all JSON (:func:`infer_route` sends those).
-        """
-        try:
-            if isinstance(body, bytes):
-                json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, len(body)))
-                return parse_infer_request(body, json_length, model_name)
-            return super().decode_inference_request(body, headers, model_name)
-        except (KeyError, ValueError, TypeError, IndexError, struct.error, InferenceError) as exc:
-            if isinstance(exc, InvalidInput):
-                raise
-            message = f"malformed inference request: {type(exc).__name__}: {exc}"
-            raise InvalidInput(message[:_MAX_MESSAGE_CHARS]) from None
-
-    async def model_metadata(self, model_name: str) -> dict:
-        """KServe's model metadata with ``versions`` and ``platform`` filled in."""
-        metadata = await super().model_metadata(model_name)
-        served_model = self.get_model_from_registry(model_name)
-        metadata["versions"] = [getattr(served_model, "version", "unknown")]
-        metadata["platform"] = "tensorflow_keras"
-        return metadata
-
-
-class VersionPathMiddleware:
-    """Serves ``/v2/models/<name>/versions/<v>/...`` when ``<v>`` is the version served, else a 404.
-
-    KServe answers every versioned V2 path with 501; a client pinning the version it expects should get its
-    answer, or a 404 that says which version is served instead.
-    """
-
-    def __init__(self, app: Any, repository: ModelRepository) -> None:
-        self.app = app
-        self.repository = repository
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        """ASGI entry: rewrite or refuse versioned V2 paths, pass everything else through."""
-        match = _VERSIONED_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
-        if match:
-            model = self.repository.get_model(match["name"])
-            served = getattr(model, "version", None)
-            if served is None or match["version"] != served:
-                detail = f"serving version {served}" if served else "no such model"
-                message = (
-                    f"model {_quote(match['name'])} version {_quote(match['version'])} is not served "
-                    f"({detail})"
-                )
-                response = JSONResponse({"error": message}, status_code=404)
-                await response(scope, receive, send)
-                return
-            path = f"/v2/models/{match['name']}{match['rest'] or ''}"
-            scope = {**scope, "path": path, "raw_path": path.encode()}
-        await self.app(scope, receive, send)
-
-
-class BodyLimitMiddleware:
-    """Answers 413 to a request body over ``max_bytes`` before anything parses it.
-
-    A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as it arrives.
-    The body read here is handed on to the app, which would have buffered it whole anyway.
-    """
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
-        message = f"request body larger than the limit of {self.max_bytes} bytes"
-        await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        """ASGI entry: count the body of every HTTP request, then pass it on whole."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client disconnected
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:  # after the body, the app only waits for a disconnect
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
-class ReloadGuardMiddleware:
-    """Refuses KServe's model repository endpoints (``/v2/repository/...``) when reload is off.
-
-    In the cluster KServe rolls out a new revision for a new champion, so nothing needs the endpoint there;
-    Knative's queue-proxy forwards outside requests from inside the pod, so only switching it off keeps it
-    private.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        """ASGI entry: 403 for ``/v2/repository/...``, everything else passes."""
-        if scope["type"] == "http" and scope.get("path", "").startswith("/v2/repository/"):
-            message = "model reload is switched off on this server (--no-reload); roll out a new revision"
-            await JSONResponse({"error": message}, status_code=403)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def infer_route(dataplane: DataPlane, pool: ThreadPoolExecutor) -> Callable[..., Any]:
-    """``POST /v2/models/<name>/infer`` parsing the body in ``pool``, then handing over to KServe's endpoint.
-
-    FastAPI would parse the JSON body on the event loop: 20 MB of base64 images held every endpoint, liveness
-    included, for 100-300 ms. KServe's endpoint takes an already decoded ``InferRequest`` as it is.
-    """
-    endpoints = V2Endpoints(dataplane)
-
-    async def infer(raw_request: Request, raw_response: Response, model_name: str) -> Any:
-        body = await raw_request.body()
-        headers = dict(raw_request.headers)
-        request = await asyncio.get_running_loop().run_in_executor(
-            pool, dataplane.decode_inference_request, body, headers, model_name
-        )
-        return await endpoints.infer(raw_request, raw_response, model_name, request)
-
-    return infer
-
-
-class DeepGuardServer(ModelServer):
-    """``kserve.ModelServer`` listening on ``http_host`` (KServe 0.21 always binds 0.0.0.0)."""
-
-    def __init__(self, http_host: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.http_host = http_host
-
-    async def _serve(self) -> None:
-        # start() has built the REST server but not started it; uvicorn reads the host when it binds.
-        self._rest_server.config.host = self.http_host
-        await super()._serve()
-
-
-def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer:
-    """Build the model server whose repository reloads ``model``, with the request guards in front."""
-    repository = ReloadingRepository([model])
-    server = DeepGuardServer(
-        http_host=args.http_host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        workers=1,
-        enable_grpc=args.enable_grpc,
-        enable_docs_url=args.enable_docs_url,
-        enable_latency_logging=args.enable_latency_logging,
-        registered_models=repository,
-    )
-    # Replaced before start(): the REST server is built from server.dataplane in start().
-    server.dataplane = VersionedDataPlane(model_registry=repository)
-    app = model_server.app
-    # Registered before start() adds KServe's routes, so this one answers the path.
-    app.add_api_route(
-        "/v2/models/{model_name}/infer",
-        infer_route(server.dataplane, model.decode_pool),
-        methods=["POST"],
-        response_model=None,
-    )
-    app.add_middleware(VersionPathMiddleware, repository=repository)
-    if not args.reload:
-        app.add_middleware(ReloadGuardMiddleware)
-    # Added last, so it runs first: nothing reads a body over the limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.body_bytes)
-    return server
-
-
-def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """KServe's model-server options plus ours."""
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.predictor",
-        parents=[kserve_parser],
-        description="Serve the DeepGuard champion with KServe (V1 and V2).",
-    )
-    parser.add_argument(
-        "--model-uri",
-        "--model_uri",
-        dest="model_uri",
-        default=None,
-        help="models:/name@alias, models:/name/<version>, or a local MLflow model folder "
-        "(default: the champion of params.yaml's mlflow.model_name)",
-    )
-    parser.add_argument(
-        "--http-host",
-        "--http_host",
-        dest="http_host",
-        default="127.0.0.1",
-        help="address to listen on; the cluster passes 0.0.0.0 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--reload",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="serve POST /v2/repository/models/<name>/load, which `deploy --target local` "
-        "uses; the cluster passes --no-reload (default: on)",
-    )
-    limits = Limits()
-    parser.add_argument(
-        "--max-images",
-        "--max_images",
-        dest="max_images",
-        type=int,
-        default=limits.max_images,
-        help="most images in one request (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-image-bytes",
-        "--max_image_bytes",
-        dest="max_image_bytes",
-        type=int,
-        default=limits.max_image_bytes,
-        help="largest image file (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        "--max_pixels",
-        dest="max_pixels",
-        type=int,
-        default=limits.max_pixels,
-        help="refuse images whose header claims more pixels (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-request-pixels",
-        "--max_request_pixels",
-        dest="max_request_pixels",
-        type=int,
-        default=limits.max_request_pixels,
-        help="refuse requests whose images claim more pixels in all (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-request-bytes",
-        "--max_request_bytes",
-        dest="max_request_bytes",
-        type=int,
-        default=None,
-        help="largest request body, answered with a 413 beyond it (default: "
-        "max-images files of max-image-bytes, base64-encoded)",
-    )
-    parser.set_defaults(model_name=SERVED_MODEL_NAME)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, load the model and serve until SIGINT/SIGTERM."""
-    parser = build_parser(model_server.parser)
-    args = parser.parse_args(argv)
-    if args.workers != 1:
-        # Each KServe worker process would need its own copy of the model and its own reload: scale with
-        # replicas (the InferenceService's) instead.
-        parser.error("--workers must be 1; run more replicas to scale out")
-    configure_logging()
-    try:
-        # params.yaml only when no URI is given: the image has none and is always given /mnt/models.
-        model_uri = args.model_uri or champion_uri(load_params().mlflow.model_name)
-        model = DeepGuardModel(
-            args.model_name,
-            model_uri,
-            Limits(
-                args.max_images,
-                args.max_image_bytes,
-                args.max_pixels,
-                args.max_request_pixels,
-                args.max_request_bytes,
-            ),
-        )
-        model.load()
-    except DeepGuardError as exc:
-        log.error("predictor failed: %s", exc)
-        print(f"stages.predictor: error: {exc}", file=sys.stderr)
-        return 2
-    build_server(model, args).start([model])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

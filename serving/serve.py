@@ -91,7 +91,7 @@ def _start_predictor(model_uri: str, port: int) -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "stages.predictor",
+            "serving",
             "--model-uri",
             model_uri,
             "--http_port",
@@ -190,7 +190,7 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments (defaults from PREDICTOR_PORT, WEB_PORT, WEB_HOST, MODEL_URI) and serve."""
-    parser = argparse.ArgumentParser(prog="python -m stages.predictor_serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m serving.serve", description=__doc__)
     parser.add_argument(
         "--model-uri",
         default=os.environ.get("MODEL_URI"),

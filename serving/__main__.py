@@ -1,0 +1,130 @@
+"""``python -m serving``: KServe's model-server options plus ours; load the model, serve until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from kserve import model_server
+
+from core.cli import configure_logging
+from core.config import load_params
+from core.errors import DeepGuardError
+from core.names import SERVED_MODEL_NAME, champion_uri
+from serving.model import DeepGuardModel, Limits
+from serving.server import build_server
+
+log = logging.getLogger(__name__)
+
+
+def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """KServe's model-server options plus ours."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        parents=[kserve_parser],
+        description="Serve the DeepGuard champion with KServe (V1 and V2).",
+    )
+    parser.add_argument(
+        "--model-uri",
+        "--model_uri",
+        dest="model_uri",
+        default=None,
+        help="models:/name@alias, models:/name/<version>, or a local MLflow model folder "
+        "(default: the champion of params.yaml's mlflow.model_name)",
+    )
+    parser.add_argument(
+        "--http-host",
+        "--http_host",
+        dest="http_host",
+        default="127.0.0.1",
+        help="address to listen on; the cluster passes 0.0.0.0 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--reload",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve POST /v2/repository/models/<name>/load, which `deploy --target local` "
+        "uses; the cluster passes --no-reload (default: on)",
+    )
+    limits = Limits()
+    parser.add_argument(
+        "--max-images",
+        "--max_images",
+        dest="max_images",
+        type=int,
+        default=limits.max_images,
+        help="most images in one request (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-image-bytes",
+        "--max_image_bytes",
+        dest="max_image_bytes",
+        type=int,
+        default=limits.max_image_bytes,
+        help="largest image file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        "--max_pixels",
+        dest="max_pixels",
+        type=int,
+        default=limits.max_pixels,
+        help="refuse images whose header claims more pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-request-pixels",
+        "--max_request_pixels",
+        dest="max_request_pixels",
+        type=int,
+        default=limits.max_request_pixels,
+        help="refuse requests whose images claim more pixels in all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        "--max_request_bytes",
+        dest="max_request_bytes",
+        type=int,
+        default=None,
+        help="largest request body, answered with a 413 beyond it (default: "
+        "max-images files of max-image-bytes, base64-encoded)",
+    )
+    parser.set_defaults(model_name=SERVED_MODEL_NAME)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, load the model and serve until SIGINT/SIGTERM."""
+    parser = build_parser(model_server.parser)
+    args = parser.parse_args(argv)
+    if args.workers != 1:
+        # Each KServe worker process would need its own copy of the model and its own reload: scale with
+        # replicas (the InferenceService's) instead.
+        parser.error("--workers must be 1; run more replicas to scale out")
+    configure_logging()
+    try:
+        # params.yaml only when no URI is given: the image has none and is always given /mnt/models.
+        model_uri = args.model_uri or champion_uri(load_params().mlflow.model_name)
+        model = DeepGuardModel(
+            args.model_name,
+            model_uri,
+            Limits(
+                args.max_images,
+                args.max_image_bytes,
+                args.max_pixels,
+                args.max_request_pixels,
+                args.max_request_bytes,
+            ),
+        )
+        model.load()
+    except DeepGuardError as exc:
+        log.error("predictor failed: %s", exc)
+        print(f"serving: error: {exc}", file=sys.stderr)
+        return 2
+    build_server(model, args).start([model])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

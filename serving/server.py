@@ -1,0 +1,234 @@
+"""The KServe glue around the model: model repository with reload, versioned data plane, request guards."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import struct
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kserve import InferRequest, ModelServer, model_server
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.rest.v2_endpoints import V2Endpoints
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serving.model import MAX_MESSAGE_CHARS, DeepGuardModel, parse_infer_request, quote
+
+log = logging.getLogger(__name__)
+
+_VERSIONED_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/.*)?$")
+
+
+class ReloadingRepository(ModelRepository):
+    """KServe's model repository extension: ``load`` re-resolves the model's URI and swaps it in."""
+
+    def __init__(self, models: Sequence[DeepGuardModel]) -> None:
+        super().__init__()
+        # Kept apart from the served set, so a load after an unload can bring a model back.
+        self._reloadable = {model.name: model for model in models}
+
+    async def load(self, name: str) -> bool:
+        """Reload ``name`` (``POST /v2/repository/models/<name>/load``); the old model serves meanwhile."""
+        model = self._reloadable.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        await model.reload()
+        self.update(model)
+        return model.ready
+
+
+class VersionedDataPlane(DataPlane):
+    """KServe's data plane, plus the served version in ``GET /v2/models/<name>`` and typed decode errors."""
+
+    def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> InferRequest:
+        """KServe's decoding, but binary BYTES stay bytes; a malformed request is a 400, not a 500.
+
+        A raw body without the binary-extension header is all JSON (:func:`infer_route` sends those).
+        """
+        try:
+            if isinstance(body, bytes):
+                json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, len(body)))
+                return parse_infer_request(body, json_length, model_name)
+            return super().decode_inference_request(body, headers, model_name)
+        except (KeyError, ValueError, TypeError, IndexError, struct.error, InferenceError) as exc:
+            if isinstance(exc, InvalidInput):
+                raise
+            message = f"malformed inference request: {type(exc).__name__}: {exc}"
+            raise InvalidInput(message[:MAX_MESSAGE_CHARS]) from None
+
+    async def model_metadata(self, model_name: str) -> dict:
+        """KServe's model metadata with ``versions`` and ``platform`` filled in."""
+        metadata = await super().model_metadata(model_name)
+        served_model = self.get_model_from_registry(model_name)
+        metadata["versions"] = [getattr(served_model, "version", "unknown")]
+        metadata["platform"] = "tensorflow_keras"
+        return metadata
+
+
+class VersionPathMiddleware:
+    """Serves ``/v2/models/<name>/versions/<v>/...`` when ``<v>`` is the version served, else a 404.
+
+    KServe answers every versioned V2 path with 501; a client pinning the version it expects should get its
+    answer, or a 404 that says which version is served instead.
+    """
+
+    def __init__(self, app: Any, repository: ModelRepository) -> None:
+        self.app = app
+        self.repository = repository
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """ASGI entry: rewrite or refuse versioned V2 paths, pass everything else through."""
+        match = _VERSIONED_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match:
+            model = self.repository.get_model(match["name"])
+            served = getattr(model, "version", None)
+            if served is None or match["version"] != served:
+                detail = f"serving version {served}" if served else "no such model"
+                message = (
+                    f"model {quote(match['name'])} version {quote(match['version'])} is not served ({detail})"
+                )
+                response = JSONResponse({"error": message}, status_code=404)
+                await response(scope, receive, send)
+                return
+            path = f"/v2/models/{match['name']}{match['rest'] or ''}"
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Answers 413 to a request body over ``max_bytes`` before anything parses it.
+
+    A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as it arrives.
+    The body read here is handed on to the app, which would have buffered it whole anyway.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        message = f"request body larger than the limit of {self.max_bytes} bytes"
+        await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """ASGI entry: count the body of every HTTP request, then pass it on whole."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client disconnected
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:  # after the body, the app only waits for a disconnect
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class ReloadGuardMiddleware:
+    """Refuses KServe's model repository endpoints (``/v2/repository/...``) when reload is off.
+
+    In the cluster KServe rolls out a new revision for a new champion, so nothing needs the endpoint there;
+    Knative's queue-proxy forwards outside requests from inside the pod, so only switching it off keeps it
+    private.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """ASGI entry: 403 for ``/v2/repository/...``, everything else passes."""
+        if scope["type"] == "http" and scope.get("path", "").startswith("/v2/repository/"):
+            message = "model reload is switched off on this server (--no-reload); roll out a new revision"
+            await JSONResponse({"error": message}, status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def infer_route(dataplane: DataPlane, pool: ThreadPoolExecutor) -> Callable[..., Any]:
+    """``POST /v2/models/<name>/infer`` parsing the body in ``pool``, then handing over to KServe's endpoint.
+
+    FastAPI would parse the JSON body on the event loop: 20 MB of base64 images held every endpoint, liveness
+    included, for 100-300 ms. KServe's endpoint takes an already decoded ``InferRequest`` as it is.
+    """
+    endpoints = V2Endpoints(dataplane)
+
+    async def infer(raw_request: Request, raw_response: Response, model_name: str) -> Any:
+        body = await raw_request.body()
+        headers = dict(raw_request.headers)
+        request = await asyncio.get_running_loop().run_in_executor(
+            pool, dataplane.decode_inference_request, body, headers, model_name
+        )
+        return await endpoints.infer(raw_request, raw_response, model_name, request)
+
+    return infer
+
+
+class DeepGuardServer(ModelServer):
+    """``kserve.ModelServer`` listening on ``http_host`` (KServe 0.21 always binds 0.0.0.0)."""
+
+    def __init__(self, http_host: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.http_host = http_host
+
+    async def _serve(self) -> None:
+        # start() has built the REST server but not started it; uvicorn reads the host when it binds.
+        self._rest_server.config.host = self.http_host
+        await super()._serve()
+
+
+def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer:
+    """Build the model server whose repository reloads ``model``, with the request guards in front."""
+    repository = ReloadingRepository([model])
+    server = DeepGuardServer(
+        http_host=args.http_host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        registered_models=repository,
+    )
+    # Replaced before start(): the REST server is built from server.dataplane in start().
+    server.dataplane = VersionedDataPlane(model_registry=repository)
+    app = model_server.app
+    # Registered before start() adds KServe's routes, so this one answers the path.
+    app.add_api_route(
+        "/v2/models/{model_name}/infer",
+        infer_route(server.dataplane, model.decode_pool),
+        methods=["POST"],
+        response_model=None,
+    )
+    app.add_middleware(VersionPathMiddleware, repository=repository)
+    if not args.reload:
+        app.add_middleware(ReloadGuardMiddleware)
+    # Added last, so it runs first: nothing reads a body over the limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.body_bytes)
+    return server
