@@ -16,9 +16,18 @@ from core.errors import DeepGuardError, redact_credentials
 log = logging.getLogger(__name__)
 
 
-def stage_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """Return the argument parser with the options every stage takes."""
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=description)
+def stage_parser(name: str, description: str, module: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser with the options every stage takes.
+
+    Args:
+        name: The stage name.
+        description: The ``--help`` text.
+        module: The module ``python -m`` runs (default: ``stages.<name>``).
+
+    Returns:
+        The parser; its ``prog`` names the module, which error messages repeat.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m {module or f'stages.{name}'}", description=description)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: params.yaml)")
     parser.add_argument(
         "--set",
@@ -88,6 +97,7 @@ def run_stage(
         The process exit code: 0 on success, 2 on an expected error, 130 when interrupted (SIGTERM, Ctrl-C).
     """
     args = parser.parse_args(argv)
+    module = parser.prog.removeprefix("python -m ")
     configure_logging()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -99,10 +109,10 @@ def run_stage(
         main(args, params)
     except DeepGuardError as exc:
         log.error("%s failed: %s", name, exc)
-        print(f"stages.{name}: error: {exc}", file=sys.stderr)
+        print(f"{module}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         log.error("%s interrupted (%s): partial outputs removed", name, exc or "SIGINT")
-        print(f"stages.{name}: interrupted", file=sys.stderr)
+        print(f"{module}: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -55,7 +55,9 @@ def code_deps(module: str, root: Path = PROJECT_ROOT) -> tuple[str, ...]:
     import modulefinder  # here, not at the top: the Airflow DAG imports this module and must stay light
 
     finder = modulefinder.ModuleFinder(path=[str(root)])
-    finder.run_script(str(root.joinpath(*module.split(".")).with_suffix(".py")))
+    path = root.joinpath(*module.split("."))
+    # A package run with `python -m` (deploy) runs its __main__.py.
+    finder.run_script(str(path / "__main__.py" if path.is_dir() else path.with_suffix(".py")))
     files = {Path(found.__file__) for found in finder.modules.values() if found.__file__}
     return tuple(sorted(file.relative_to(root).as_posix() for file in files if file.is_relative_to(root)))
 
@@ -176,6 +178,7 @@ DEPLOY = Stage(
     params=("mlflow",),
     resources=_SMALL,
     kubernetes_api=True,
+    package="deploy",
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

@@ -285,7 +285,7 @@ def test_the_map_names_the_files_a_newcomer_looks_for() -> None:
     readme = (REPO / "README.md").read_text()
     for path in (
         "core/imaging.py",
-        "stages/deploy.py",
+        "deploy/__main__.py",
         "helm/deepguard/templates/predictor/inferenceservice.yaml",
     ):
         assert f"`{path}`" in readme and (REPO / path).is_file(), path
@@ -298,13 +298,13 @@ def test_the_map_names_the_files_a_newcomer_looks_for() -> None:
     ]
     assert len(map_paths) > 20 and [path for path in map_paths if not (REPO / path).exists()] == []
     assert re.search(r"`core/imaging\.py`.*resiz.*decode_for_model", readme)
-    assert re.search(r"`stages/deploy\.py`.*canary", readme)
+    assert re.search(r"`deploy/__main__\.py`.*canary", readme)
 
 
 def test_the_checker_reports_a_bogus_target_flag_and_link() -> None:
     text = (
         "Run `DEEPGUARD_DATA=x.zip make run no-such-target`, then\n"
-        "```bash\n.venv/bin/python -m stages.deploy --dry-run --no-such-flag  # comment --ignored\n"
+        "```bash\n.venv/bin/python -m deploy --dry-run --no-such-flag  # comment --ignored\n"
         "python bench/serving_bench.py \\\n  --requests 3 --bogus-bench-flag\n"
         "python -m stages.<name> [--workdir DIR] [--no-such-stage-flag]\n```\n"
         "Predictor flags: `--max-images` and `--max-imagez`.\n"
@@ -314,7 +314,7 @@ def test_the_checker_reports_a_bogus_target_flag_and_link() -> None:
     assert sorted(problems) == sorted(
         [
             "README.md: `make no-such-target`: no such target in the Makefile",
-            "README.md: `python -m stages.deploy --no-such-flag`: no such flag in its --help",
+            "README.md: `python -m deploy --no-such-flag`: no such flag in its --help",
             "README.md: `python bench/serving_bench.py --bogus-bench-flag`: no such flag in its --help",
             "README.md: `python -m stages.<name> --no-such-stage-flag`: no such flag in its --help",
             "README.md: link (docs/serving.md#nowhere): no heading #nowhere in docs/serving.md",

@@ -14,7 +14,8 @@ from core import tracking
 from core.cli import run_stage, stage_parser
 from core.config import Params
 from core.errors import DeepGuardError, redact_credentials
-from stages import deploy
+from deploy.local import deploy_local
+from deploy.manifest import Champion
 
 SECRET = "s3cret-token"
 
@@ -92,15 +93,15 @@ def test_library_log_records_are_redacted_by_the_stage_logging(
 def test_local_deploy_reports_and_logs_predictor_url_without_credentials(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    champion = deploy.Champion(
+    champion = Champion(
         model_name="deepguard",
         version="3",
         artifact_uri="mlflow-artifacts:/1/m",
         storage_uri="mlflow-artifacts:/1/m",
     )
     url = f"http://user:{SECRET}@127.0.0.1:{free_port()}"  # nothing listens: deploy logs "no predictor"
-    with caplog.at_level(logging.INFO, logger="stages.deploy"):
-        result = deploy.deploy_local(champion, url, "deepguard", timeout_s=5)
+    with caplog.at_level(logging.INFO, logger="deploy"):
+        result = deploy_local(champion, url, "deepguard", timeout_s=5)
     assert result.status == "no_predictor"
     assert result.endpoint == redact_credentials(url) and "***@127.0.0.1" in result.target
     assert "no predictor is running at http://***@127.0.0.1" in caplog.text

@@ -56,7 +56,9 @@ def _imported_project_files(path: Path, root: Path) -> set[str]:
 def test_dvc_deps_list_every_project_module_the_stage_imports(stage) -> None:
     from workspace import REPO
 
-    imported = _imported_project_files(REPO / "stages" / f"{stage.name}.py", REPO)
+    path = REPO.joinpath(*stage.module.split("."))
+    script = path / "__main__.py" if path.is_dir() else path.with_suffix(".py")
+    imported = _imported_project_files(script, REPO)
     missing = imported - set(stage.deps)
     assert not missing, f"{stage.name} imports {sorted(missing)} but its DVC deps do not list them"
     assert set(stage.inputs) <= set(stage.deps)

@@ -1,6 +1,6 @@
 """A FAKE Kubernetes API server on 127.0.0.1: the boundary the deploy stage cannot reach in tests.
 
-It emulates only what ``stages.deploy`` calls: ``GET`` of a ConfigMap and ``GET``/``POST``/``PATCH``
+It emulates only what ``deploy`` calls: ``GET`` of a ConfigMap and ``GET``/``POST``/``PATCH``
 (JSON merge patch) of ``serving.kserve.io/v1beta1`` InferenceServices, with ``metadata.generation`` bumped on
 spec changes and a stand-in for the KServe controller that marks a generation Ready or not, by a policy.
 """

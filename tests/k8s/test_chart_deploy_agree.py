@@ -9,9 +9,9 @@ import pytest
 import yaml
 from k8s_helpers import CHART, NAMESPACE, VALUES_SETS, find, render
 
-from stages import deploy
+from deploy.manifest import Champion, DeployError, ServingSettings, build_inference_service, to_manifest
 
-CHAMPION = deploy.Champion(
+CHAMPION = Champion(
     model_name="deepguard",
     version="7",
     artifact_uri="mlflow-artifacts:/1/models/m/artifacts",
@@ -19,9 +19,9 @@ CHAMPION = deploy.Champion(
 )
 
 
-def _settings(objects: list[dict]) -> deploy.ServingSettings:
+def _settings(objects: list[dict]) -> ServingSettings:
     config_map = find(objects, "ConfigMap", "deepguard-serving")
-    return deploy.ServingSettings.from_json(config_map["data"]["serving.json"])
+    return ServingSettings.from_json(config_map["data"]["serving.json"])
 
 
 @pytest.mark.parametrize("values_set", list(VALUES_SETS))
@@ -35,15 +35,15 @@ def test_deploy_stage_builds_exactly_what_the_chart_renders(values_set: str, can
     if canary is None:  # the values file's own canary setting, if any
         for name in VALUES_SETS[values_set]:
             canary = yaml.safe_load((CHART / name).read_text())["predictor"].get("canaryTrafficPercent")
-    isvc = deploy.build_inference_service(_settings(objects), NAMESPACE, CHAMPION, canary)
-    built = deploy.to_manifest(isvc)
+    isvc = build_inference_service(_settings(objects), NAMESPACE, CHAMPION, canary)
+    built = to_manifest(isvc)
     assert built == from_chart
 
 
 def test_builtin_defaults_equal_the_chart_defaults() -> None:
     """What `--dry-run` uses without a cluster is what a default install would configure."""
     chart = json.loads(find(render("default"), "ConfigMap", "deepguard-serving")["data"]["serving.json"])
-    builtin = dataclasses.asdict(deploy.ServingSettings())
+    builtin = dataclasses.asdict(ServingSettings())
     chart_labels, builtin_labels = chart.pop("labels"), builtin.pop("labels")
     assert builtin == chart
     # Helm adds its own bookkeeping labels (chart version, managed-by); ours must be among them.
@@ -54,14 +54,14 @@ def test_unknown_serving_settings_are_refused() -> None:
     text = find(render("default"), "ConfigMap", "deepguard-serving")["data"]["serving.json"]
     raw = json.loads(text)
     raw["replicas"] = 3
-    with pytest.raises(deploy.DeployError, match="unreadable"):
-        deploy.ServingSettings.from_json(json.dumps(raw))
+    with pytest.raises(DeployError, match="unreadable"):
+        ServingSettings.from_json(json.dumps(raw))
 
 
 def test_a_changed_template_is_caught() -> None:
     """The comparison above can fail: a chart-side difference shows up as an inequality."""
     objects = render("gpu", predictor__storageUri=CHAMPION.storage_uri, predictor__modelVersion="7")
-    built = deploy.to_manifest(deploy.build_inference_service(_settings(objects), NAMESPACE, CHAMPION, None))
+    built = to_manifest(build_inference_service(_settings(objects), NAMESPACE, CHAMPION, None))
     chart = find(objects, "InferenceService")
     chart["spec"]["predictor"]["containers"][0]["readinessProbe"]["periodSeconds"] = 6
     assert built != chart

@@ -1,4 +1,4 @@
-"""``stages.deploy --target local`` with the real predictor: a new champion is reloaded without a restart."""
+"""``deploy --target local`` with the real predictor: a new champion is reloaded without a restart."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_local_target_reloads_the_new_champion_in_the_running_predictor(tmp_path
             [
                 sys.executable,
                 "-m",
-                "stages.deploy",
+                "deploy",
                 "--target",
                 "local",
                 "--params",
@@ -148,7 +148,7 @@ def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Pat
             [
                 sys.executable,
                 "-m",
-                "stages.deploy",
+                "deploy",
                 "--target",
                 "local",
                 "--params",
@@ -166,7 +166,7 @@ def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Pat
         server.server_close()
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"stages.deploy: error: predictor at http://127.0.0.1:{server.server_port} refused the reload: "
+        f"deploy: error: predictor at http://127.0.0.1:{server.server_port} refused the reload: "
         f"HTTP {status} no"
     ]
     assert "deployment_status" not in client.get_model_version(MODEL, "1").tags

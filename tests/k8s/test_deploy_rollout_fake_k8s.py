@@ -21,7 +21,10 @@ from fake_kube_api import FakeCluster, fake_kube_api
 from k8s_helpers import REPO, find, isvc_errors, render
 
 from core.config import load_params
-from stages import deploy
+from deploy.__main__ import run
+from deploy.manifest import DeployError, ServingSettings
+from deploy.registry import DeploymentResult, map_artifact_uri
+from deploy.rollout import replace_patch
 
 MODEL = "deepguard"
 NS = "deepguard"
@@ -78,9 +81,9 @@ def _env(obj: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in obj["spec"]["predictor"]["containers"][0]["env"]}
 
 
-def _run(**kwargs: Any) -> deploy.DeploymentResult:
+def _run(**kwargs: Any) -> DeploymentResult:
     params = load_params(REPO / "params.yaml")
-    return deploy.run(params, "kserve", namespace=NS, poll_s=0.05, **kwargs)
+    return run(params, "kserve", namespace=NS, poll_s=0.05, **kwargs)
 
 
 def test_fake_k8s_canary_becomes_ready_then_is_promoted(workspace: Path, registry: str) -> None:
@@ -125,7 +128,7 @@ def test_fake_k8s_canary_not_ready_before_timeout_is_rolled_back(workspace: Path
     previous = _previous_isvc()
     cluster.seed_ready(previous)
     kubeconfig = workspace / "kubeconfig"
-    with fake_kube_api(cluster, kubeconfig), pytest.raises(deploy.DeployError, match="rolled back"):
+    with fake_kube_api(cluster, kubeconfig), pytest.raises(DeployError, match="rolled back"):
         _run(canary_percent=25, timeout_s=0.5)
 
     canary, restore = cluster.calls("PATCH")
@@ -192,7 +195,7 @@ def test_replace_patch_removes_what_the_new_spec_lacks() -> None:
     predictor = {"canaryTrafficPercent": 10, "nodeSelector": {"x": "y"}, "minReplicas": 1}
     current = {"metadata": {"annotations": {"a": "1", "b": "2"}}, "spec": {"predictor": predictor}}
     wanted = {"metadata": {"annotations": {"a": "3"}}, "spec": {"predictor": {"minReplicas": 2}}}
-    patch = deploy.replace_patch(wanted, current)
+    patch = replace_patch(wanted, current)
     removed = {"canaryTrafficPercent": None, "nodeSelector": None}
     assert patch["spec"]["predictor"] == {**removed, "minReplicas": 2}
     assert patch["metadata"]["annotations"] == {"b": None, "a": "3"}
@@ -209,14 +212,12 @@ def test_replace_patch_removes_what_the_new_spec_lacks() -> None:
     ],
 )
 def test_artifact_uris_map_to_what_kserve_reads(uri: str, expected: str) -> None:
-    assert deploy.map_artifact_uri(uri, deploy.ServingSettings().artifactUriMap) == expected
+    assert map_artifact_uri(uri, ServingSettings().artifactUriMap) == expected
 
 
 def test_a_local_artifact_path_is_refused_with_a_clear_message() -> None:
-    with pytest.raises(deploy.DeployError, match="not reachable by KServe"):
-        deploy.map_artifact_uri(
-            "/home/me/mlruns/1/models/m-x/artifacts", deploy.ServingSettings().artifactUriMap
-        )
+    with pytest.raises(DeployError, match="not reachable by KServe"):
+        map_artifact_uri("/home/me/mlruns/1/models/m-x/artifacts", ServingSettings().artifactUriMap)
 
 
 def _cli(workspace: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -226,7 +227,7 @@ def _cli(workspace: Path, *args: str, env: dict[str, str] | None = None) -> subp
         [
             sys.executable,
             "-m",
-            "stages.deploy",
+            "deploy",
             "--params",
             str(REPO / "params.yaml"),
             "--workdir",
@@ -283,7 +284,7 @@ def test_fake_k8s_rollback_exits_2_with_one_line(workspace: Path) -> None:
         )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "stages.deploy: error: version 2 rolled back: not Ready within 1s; restored version 1"
+        "deploy: error: version 2 rolled back: not Ready within 1s; restored version 1"
     ]
 
 
@@ -302,5 +303,5 @@ def test_an_unreachable_kubernetes_api_is_one_line_not_a_traceback(workspace: Pa
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(
-        "stages.deploy: error: read ConfigMap deepguard/deepguard-serving: Kubernetes API unreachable"
+        "deploy: error: read ConfigMap deepguard/deepguard-serving: Kubernetes API unreachable"
     )

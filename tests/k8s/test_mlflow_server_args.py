@@ -17,7 +17,7 @@ import requests
 from k8s_helpers import REPO, find, render
 from workspace import free_port, running
 
-from stages import deploy
+from deploy.registry import read_champion
 
 
 @contextlib.contextmanager
@@ -96,7 +96,7 @@ def test_a_registered_model_lands_where_the_pvc_mapping_points(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     for name in [n for n in os.environ if n.startswith("DAGSHUB_")]:
         monkeypatch.delenv(name)
-    champion = deploy.read_champion("deepguard", settings["artifactUriMap"])
+    champion = read_champion("deepguard", settings["artifactUriMap"])
     assert champion.version == str(version.version)
     assert champion.artifact_uri.startswith("mlflow-artifacts:/")
     parsed = urlparse(champion.storage_uri)
@@ -116,8 +116,8 @@ def test_credentials_in_the_tracking_uri_are_used_but_never_printed(
     """A pod's MLFLOW_TRACKING_URI with credentials: MLflow gets them as basic auth, no output shows them."""
     import mlflow
 
+    from core import tracking
     from core.config import load_params
-    from stages import tracking
 
     url, _, _ = mlflow_server
     for name in [n for n in os.environ if n.startswith("DAGSHUB_")]:

@@ -97,7 +97,7 @@ imagePullSecrets:
 {{/*
 The serving settings: everything about the InferenceService except the champion (storage URI, version) and the
 canary percent. The ConfigMap "deepguard-serving" carries them as JSON for the deploy stage
-(stages/deploy.py ServingSettings), and inferenceservice.yaml renders from the same dict, so the object the chart
+(deploy/manifest.py ServingSettings), and inferenceservice.yaml renders from the same dict, so the object the chart
 installs and the one the deploy stage applies cannot drift (tests/k8s/test_chart_deploy_agree.py compares them).
 */}}
 {{- define "deepguard.predictor.settings" -}}

@@ -1,0 +1,187 @@
+"""Deploy stage: roll the MLflow champion out to KServe (canary, promote or roll back) or a local predictor.
+
+``python -m deploy [--target kserve|local] [--dry-run] [--timeout S] [--canary-percent P]``
+
+kserve: read the champion (alias ``champion`` of ``mlflow.model_name``), map its artifact location to a URI
+KServe's storage initializer reads (``pvc://`` or ``s3://``), build the InferenceService with the kserve SDK
+models from the chart's serving settings (ConfigMap ``deepguard-serving``), apply it with
+``canaryTrafficPercent``, wait for Ready, then promote to 100 % or restore the previous predictor. The outcome
+is tagged on the model version (``deployment_status``, ``deployed_at``, ...) and written to
+``reports/deployment.json``. local: ask the local predictor to reload the champion over KServe's model
+repository API and check the version it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from core.atomic import write_json
+from core.cli import run_stage, stage_parser
+from core.config import Params
+from core.names import (
+    SERVED_MODEL_NAME,
+)
+from core.pipeline import DEPLOYMENT_FILE
+from deploy.local import deploy_local, predictor_url
+from deploy.manifest import DeployError, ServingSettings, build_inference_service, to_manifest
+from deploy.registry import DeploymentResult, read_champion, tag_version
+from deploy.rollout import (
+    InferenceServices,
+    current_namespace,
+    deploy_kserve,
+    kube_api_client,
+    read_serving_settings,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    params: Params,
+    target: str,
+    dry_run: bool = False,
+    timeout_s: float = 600.0,
+    canary_percent: int | None = 20,
+    namespace: str | None = None,
+    settings_file: Path | None = None,
+    poll_s: float = 5.0,
+) -> DeploymentResult:
+    """Roll the champion out and record the outcome.
+
+    Args:
+        params: Validated params (``mlflow.model_name``).
+        target: ``kserve`` (the InferenceService) or ``local`` (the predictor on PREDICTOR_URL).
+        dry_run: Print the InferenceService manifest (YAML) instead of applying it; no cluster access.
+        timeout_s: Seconds the new revision has to become Ready.
+        canary_percent: Traffic share of the new revision before promotion (None: no canary).
+        namespace: Target namespace (default: the pod's namespace, DEEPGUARD_NAMESPACE or ``deepguard``).
+        settings_file: Serving settings JSON (the ConfigMap's serving.json) instead of the cluster's.
+        poll_s: Seconds between status reads.
+
+    Returns:
+        The deployment result, also written to reports/deployment.json (not for a dry run).
+
+    Raises:
+        DeployError: on a missing champion, an unreachable cluster, or a rollout rolled back or failed.
+    """
+    namespace = namespace or current_namespace()
+    settings = ServingSettings.from_json(settings_file.read_text()) if settings_file else None
+    api_client = None
+    if target == "kserve" and not dry_run and settings is None:
+        api_client = kube_api_client()
+        settings = read_serving_settings(api_client, namespace)
+    settings = settings or ServingSettings()
+    champion = read_champion(
+        params.mlflow.model_name, settings.artifactUriMap if target == "kserve" or dry_run else None
+    )
+    log.info("champion: %s version %s at %s", champion.model_name, champion.version, champion.artifact_uri)
+    if dry_run:
+        isvc = build_inference_service(
+            settings, namespace, champion, canary_percent if settings.canary_supported else None
+        )
+        sys.stdout.write(yaml.safe_dump(to_manifest(isvc), sort_keys=False))
+        return DeploymentResult(
+            status="dry_run",
+            target=f"kserve:{namespace}/{settings.name}",
+            model_name=champion.model_name,
+            version=champion.version,
+            storage_uri=champion.storage_uri,
+            canary_percent=canary_percent,
+        )
+    if target == "local":
+        result = deploy_local(champion, predictor_url(), SERVED_MODEL_NAME, timeout_s)
+    else:
+        services = InferenceServices(api_client or kube_api_client(), namespace)
+        result = deploy_kserve(champion, settings, services, canary_percent, timeout_s, poll_s)
+    write_json(DEPLOYMENT_FILE, asdict(result))
+    if result.status not in ("no_predictor", "unchanged"):  # keep the tags of the rollout that is serving
+        tag_version(champion, result)
+    log.info("deploy: %s: version %s -> %s (%s)", result.status, result.version, result.target, result.detail)
+    if result.status in ("rolled_back", "failed"):
+        raise DeployError(f"version {result.version} {result.status.replace('_', ' ')}: {result.detail}")
+    return result
+
+
+def _default_target() -> str:
+    # Inside a cluster the champion goes to the InferenceService; on a workstation to the local predictor.
+    return "kserve" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+
+
+def _percent(text: str) -> int | None:
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("expected 0..100")
+    return None if value in (0, 100) else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m deploy``: parse arguments, set up logging, call :func:`run`."""
+    parser = stage_parser(
+        "deploy",
+        "Roll the MLflow champion out to KServe (canary, promote or roll back), "
+        "or reload the local predictor.",
+        module="deploy",
+    )
+    parser.add_argument(
+        "--target",
+        choices=("kserve", "local"),
+        default=_default_target(),
+        help="kserve: the InferenceService; local: the predictor at PREDICTOR_URL "
+        "(default: kserve inside a cluster, else local)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the InferenceService YAML; apply nothing"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for Ready (default 600)"
+    )
+    parser.add_argument(
+        "--canary-percent",
+        type=_percent,
+        default=20,
+        help="traffic share of the new revision before promotion; 0 or 100: no canary (default 20)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=None,
+        help="namespace (default: the pod's, else DEEPGUARD_NAMESPACE, else deepguard)",
+    )
+    parser.add_argument(
+        "--serving-settings",
+        type=Path,
+        default=None,
+        help="serving settings JSON (the deepguard-serving ConfigMap's serving.json) "
+        "instead of reading the ConfigMap",
+    )
+    parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
+
+    def stage(args: argparse.Namespace, params: Params) -> DeploymentResult:
+        if args.dry_run:
+            # stdout carries only the manifest, so it can be piped to `kubectl apply -f -`.
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                    handler.setStream(sys.stderr)
+        settings_file = args.serving_settings.resolve() if args.serving_settings else None
+        return run(
+            params,
+            args.target,
+            args.dry_run,
+            args.timeout,
+            args.canary_percent,
+            args.namespace,
+            settings_file,
+            args.poll,
+        )
+
+    return run_stage("deploy", stage, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

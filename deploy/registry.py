@@ -1,0 +1,120 @@
+"""The champion in the MLflow registry: read it, map its artifacts to a KServe URI, tag the rollout."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlparse
+
+from core.names import (
+    CHAMPION,
+)
+from deploy.manifest import KSERVE_SCHEMES, Champion, DeployError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeploymentResult:
+    """What reports/deployment.json records."""
+
+    status: str  # promoted | deployed | unchanged | rolled_back | failed | reloaded | no_predictor | dry_run
+    target: str
+    model_name: str
+    version: str
+    storage_uri: str = ""
+    canary_percent: int | None = None
+    endpoint: str = ""
+    deployed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------- champion and storage URI
+
+
+def map_artifact_uri(artifact_uri: str, uri_map: dict[str, str]) -> str:
+    """Turn an MLflow artifact URI into a URI KServe's storage initializer can read.
+
+    ``mlflow-artifacts:/`` (the tracking server's proxied store) is rewritten by the longest matching prefix
+    of ``uri_map`` (the chart maps it to ``pvc://<mlflow-claim>/artifacts/`` or the S3 destination); ``s3://``
+    and the other KServe schemes pass as they are.
+
+    Args:
+        artifact_uri: The model version's download URI from MLflow.
+        uri_map: Prefix -> replacement, from the serving settings.
+
+    Returns:
+        The storage URI for the InferenceService.
+
+    Raises:
+        DeployError: when no mapping applies and KServe cannot read the URI (a local path, file:, ...).
+    """
+    for prefix in sorted(uri_map, key=len, reverse=True):
+        if artifact_uri.startswith(prefix):
+            artifact_uri = uri_map[prefix].rstrip("/") + "/" + artifact_uri[len(prefix) :].lstrip("/")
+            break
+    scheme = urlparse(artifact_uri).scheme
+    if scheme not in KSERVE_SCHEMES:
+        raise DeployError(
+            f"champion artifacts at {artifact_uri!r} are not reachable by KServe; serve them "
+            "from the chart's MLflow server (pvc/s3) or map them in predictor.artifactUriMap"
+        )
+    return artifact_uri
+
+
+def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
+    """Resolve the champion alias in the MLflow registry (MLFLOW_TRACKING_URI / DagsHub / local store).
+
+    Args:
+        model_name: Registered model name (params ``mlflow.model_name``).
+        uri_map: Artifact-URI prefix map for KServe (None: keep the URI, for the local predictor).
+
+    Returns:
+        The champion's version, artifact URI and storage URI.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from core.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri())
+    client = mlflow.MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION)
+        # A logged model's version resolves to its artifact location; a runs:/ source does not, so follow it.
+        artifact_uri = client.get_model_version_download_uri(model_name, version.version)
+        if artifact_uri.startswith("runs:/"):
+            from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+            artifact_uri = RunsArtifactRepository.get_underlying_uri(artifact_uri)
+    except MlflowException as exc:
+        raise DeployError(
+            f"no {CHAMPION} for model {model_name!r} in the registry: {exc.message.splitlines()[0]}"
+        ) from None
+    storage_uri = artifact_uri if uri_map is None else map_artifact_uri(artifact_uri, uri_map)
+    return Champion(
+        model_name=model_name,
+        version=str(version.version),
+        artifact_uri=artifact_uri,
+        storage_uri=storage_uri,
+    )
+
+
+def tag_version(champion: Champion, result: DeploymentResult) -> None:
+    """Record the outcome on the model version, so the registry shows what is deployed where."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    tags = {
+        "deployment_status": result.status,
+        "deployed_at": result.deployed_at,
+        "deployment_target": result.target,
+        "deployment_storage_uri": result.storage_uri,
+        "deployment_canary_percent": "" if result.canary_percent is None else str(result.canary_percent),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(champion.model_name, champion.version, key, value)
+
+
+# --------------------------------------------------------------------------- InferenceService construction
