@@ -40,7 +40,7 @@ def project_imports(path: Path, ours: tuple[str, ...]) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from core import config` imports the module core.config; `from core.names import X`: core.names.
+            # `from core import config` imports core.config; `from core.names import X`: core.names.
             if "." in node.module:
                 found.add(node.module)
             else:
