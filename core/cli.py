@@ -64,6 +64,25 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+class EntryPointName(logging.Filter):
+    """Names the records of ``python -m stages.train`` after ``stages.train``, not ``__main__``.
+
+    Modules log under ``__name__``, which is ``__main__`` for the module run with ``-m``; its import name
+    tells a reader which stage or server wrote the line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        self.entry_point = spec.name.removesuffix(".__main__") if spec else "__main__"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rename a ``__main__`` record; never drops one."""
+        if record.name == "__main__":
+            record.name = self.entry_point
+        return True
+
+
 def configure_logging() -> None:
     """Log to stdout once, in the entry point, never with URL credentials; quiet the chattiest libraries."""
     logging.basicConfig(
@@ -74,6 +93,7 @@ def configure_logging() -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactCredentials())
+        handler.addFilter(EntryPointName())
     for noisy in ("urllib3", "git", "matplotlib", "PIL", "h5py", "absl", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -46,6 +46,7 @@ def test_newcomer_with_shared_beside_is_offered_the_archive_in_the_first_lines(t
     first = "\n".join(lines[:3])
     assert "data source: synthetic" in first
     assert "SYNTHETIC DATA" in first
+    assert " stages.ingest: " in first and "__main__" not in first  # the logger is named after the stage
     assert "run: DEEPGUARD_DATA=../shared/data/cifake.zip make run" in first
 
 
