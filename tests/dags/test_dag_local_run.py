@@ -87,4 +87,4 @@ def test_failing_stage_fails_the_run_then_a_rerun_after_the_fix_completes(
     found = json.loads(champion.stdout)
     assert found["version"] == registration["version"]
     assert found["tags"]["data_source"] == "local"
-    assert "Local runner:" in fixed.stdout and "deploy" in fixed.stdout
+    assert "Local runner:" in fixed.stdout and "-m deploy --params" in fixed.stdout
