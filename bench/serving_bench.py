@@ -114,6 +114,11 @@ def start(command: list[str], env: dict[str, str], ready_url: str, log_path: Pat
     raise RuntimeError(f"{ready_url} not ready in time")
 
 
+def v2_body(items: list[str]) -> dict:
+    """A V2 request carrying ``items`` (base64 image files) as the BYTES input ``image``."""
+    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(items)], "data": items}]}
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     """p50 and p99 in milliseconds."""
     return float(np.percentile(samples, 50) * 1000), float(np.percentile(samples, 99) * 1000)
@@ -229,16 +234,7 @@ def main() -> int:
             v1_url = f"{predictor_url}/v1/models/deepguard:predict"
 
             def v2_one(i: int) -> None:
-                body = {
-                    "inputs": [
-                        {
-                            "name": "image",
-                            "datatype": "BYTES",
-                            "shape": [1],
-                            "data": [encoded[i % len(encoded)]],
-                        }
-                    ]
-                }
+                body = v2_body([encoded[i % len(encoded)]])
                 counter.check(session.post(v2_url, json=body, timeout=60))
 
             def v1_one(i: int) -> None:
@@ -256,16 +252,7 @@ def main() -> int:
 
             def v2_batch(i: int) -> None:
                 start_index = (i * BATCH) % (len(encoded) - BATCH)
-                body = {
-                    "inputs": [
-                        {
-                            "name": "image",
-                            "datatype": "BYTES",
-                            "shape": [BATCH],
-                            "data": encoded[start_index : start_index + BATCH],
-                        }
-                    ]
-                }
+                body = v2_body(encoded[start_index : start_index + BATCH])
                 counter.check(session.post(v2_url, json=body, timeout=60))
 
             base_one, v2, v1, web = interleaved([in_process_one, v2_one, v1_one, flask_one], args.requests)
@@ -277,16 +264,7 @@ def main() -> int:
 
                 def client(worker: int) -> None:
                     for i in range(worker, total, clients):
-                        body = {
-                            "inputs": [
-                                {
-                                    "name": "image",
-                                    "datatype": "BYTES",
-                                    "shape": [1],
-                                    "data": [encoded[i % len(encoded)]],
-                                }
-                            ]
-                        }
+                        body = v2_body([encoded[i % len(encoded)]])
                         counter.check(sessions[worker].post(v2_url, json=body, timeout=60))
 
                 start_time = time.perf_counter()
