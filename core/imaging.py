@@ -6,6 +6,7 @@ import contextlib
 import io
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -92,20 +93,59 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# How uploads of another size are brought to the model's size; the robustness set resizes the same way.
+RESAMPLING = Image.Resampling.BILINEAR
+
+
+def resize(image: Image.Image, size: tuple[int, int], method: Image.Resampling = RESAMPLING) -> Image.Image:
+    """Resize (antialiased): the one resampling function of serving, evaluation and augmentation."""
+    return image if image.size == size else image.resize(size, method)
+
+
 def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     """Return the ``(size, size, 3)`` uint8 array the model takes; scaling to [0, 1] is inside the model.
 
     Images of another size are resized (antialiased bilinear), which is a no-op for native CIFAKE images.
     """
-    rgb = to_rgb(image)
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.asarray(resize(to_rgb(image), (size, size)), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class InputFacts:
+    """What an upload was before it became the model's input: the facts behind domain notes and monitoring."""
+
+    width: int
+    height: int
+    format: str  # Pillow's format name (PNG, JPEG, WEBP, ...), or "RAW" for a pixel tensor
+    mode: str  # Pillow's mode before conversion to RGB (RGB, RGBA, L, P, ...)
+    had_alpha: bool  # transparency was composited on white
+    frames: int  # >1: an animation of which only the first frame was scored
+
+
+def facts_of(image: Image.Image) -> InputFacts:
+    """The :class:`InputFacts` of an opened image (before :func:`to_rgb`)."""
+    had_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    return InputFacts(
+        width=image.size[0],
+        height=image.size[1],
+        format=image.format or "RAW",
+        mode=image.mode,
+        had_alpha=had_alpha,
+        frames=int(getattr(image, "n_frames", 1)),
+    )
+
+
+def decode_upload(
+    data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, InputFacts]:
+    """Decode an uploaded file into the model's input array and the facts of the original."""
+    image = open_image(data, max_pixels=max_pixels)
+    return to_model_input(image, size), facts_of(image)
 
 
 def decode_for_model(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode any image file into the model's input array: what serving does to an upload."""
-    return to_model_input(open_image(data, max_pixels=max_pixels), size)
+    return decode_upload(data, size, max_pixels=max_pixels)[0]
 
 
 def validate_dataset_image(data: bytes, size: int) -> np.ndarray:

@@ -8,6 +8,9 @@ import numpy as np
 CLASS_NAMES: tuple[str, str] = ("REAL", "FAKE")
 REAL, FAKE = 0, 1
 DEFAULT_THRESHOLD = 0.5
+# The three-way verdict: a decided class name, or UNCERTAIN between the two band edges.
+UNCERTAIN = "UNCERTAIN"
+VERDICTS: tuple[str, str, str] = (*CLASS_NAMES, UNCERTAIN)
 
 
 def label_of(class_name: str) -> int:
@@ -23,3 +26,16 @@ def decide(fake_probability: np.ndarray, threshold: float) -> np.ndarray:
 def names(labels: np.ndarray) -> list[str]:
     """Map integer labels to class names."""
     return [CLASS_NAMES[int(label)] for label in labels]
+
+
+def verdicts(fake_probability: np.ndarray, real_below: float, fake_above: float) -> list[str]:
+    """Three-way verdict: FAKE at or above ``fake_above``, REAL at or below ``real_below``, else UNCERTAIN.
+
+    The band edges are chosen on validation by evaluate (``real_below <= threshold <= fake_above``); with
+    both equal to the threshold there is no uncertain band and the verdict is the binary label.
+    """
+    p = np.asarray(fake_probability)
+    out = np.full(p.shape, UNCERTAIN, dtype=object)
+    out[p <= real_below] = CLASS_NAMES[REAL]
+    out[p >= fake_above] = CLASS_NAMES[FAKE]
+    return [str(v) for v in out.reshape(-1)]

@@ -36,6 +36,19 @@ class ModelMetadata:
     data_source: str
     synthetic_data: bool
     class_names: tuple[str, ...] = CLASS_NAMES
+    # The uncertain band (see core.labels.verdicts); None for models registered before it: no band.
+    real_below: float | None = None
+    fake_above: float | None = None
+    # The temperature built into the saved model's output (1.0: uncalibrated); informational for servers.
+    temperature: float = 1.0
+
+    @property
+    def bands(self) -> tuple[float, float]:
+        """``(real_below, fake_above)``; the threshold for both when the model has no uncertain band."""
+        return (
+            self.threshold if self.real_below is None else self.real_below,
+            self.threshold if self.fake_above is None else self.fake_above,
+        )
 
     def to_dict(self) -> dict:
         """Plain types for YAML/JSON."""
@@ -43,12 +56,13 @@ class ModelMetadata:
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelMetadata:
-        """Read the dict written by :meth:`to_dict`."""
+        """Read the dict written by :meth:`to_dict` (optional keys default for older models)."""
         fields = {
             key: raw[key]
             for key in ("threshold", "image_size", "architecture", "data_source", "synthetic_data")
         }
-        return cls(**fields, class_names=tuple(raw.get("class_names", CLASS_NAMES)))
+        optional = {key: raw[key] for key in ("real_below", "fake_above", "temperature") if key in raw}
+        return cls(**fields, **optional, class_names=tuple(raw.get("class_names", CLASS_NAMES)))
 
 
 def read_metadata(model_dir: Path) -> ModelMetadata:

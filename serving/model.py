@@ -37,8 +37,16 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, RequestedOutput, deserialize_bytes_tensor
 from kserve.utils.numpy_codec import to_np_dtype
 
-from core.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_for_model, read_header, to_model_input
-from core.labels import decide, names
+from core.imaging import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    InputFacts,
+    decode_upload,
+    facts_of,
+    read_header,
+    to_model_input,
+)
+from core.labels import decide, names, verdicts
 from core.modelstore import (
     ModelLoadError,
     ModelMetadata,
@@ -54,6 +62,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_PROBABILITY = "fake_probability"
 OUTPUT_LABEL = "label"
+OUTPUT_VERDICT = "verdict"
 # Batch sizes the model is traced for at load time, so the first real request pays no tracing.
 _WARMUP_BATCHES = (1, 2, 64)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
@@ -117,6 +126,7 @@ class _Batch:
 
     served: ServedModel
     images: np.ndarray
+    facts: list[InputFacts]  # per image: what the upload was before it became the model's input
     v2_request: Any  # kserve InferRequest for V2, None for V1
 
 
@@ -125,6 +135,11 @@ class _Scores:
     batch: _Batch
     probabilities: np.ndarray
     labels: list[str]
+
+    @property
+    def verdicts(self) -> list[str]:
+        """REAL, FAKE or UNCERTAIN per image, from the served model's bands."""
+        return verdicts(self.probabilities, *self.batch.served.metadata.bands)
 
 
 @dataclass(frozen=True)
@@ -386,10 +401,11 @@ class DeepGuardModel(Model):
         return [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
-        """V2 model metadata: P(FAKE) and the class name per image."""
+        """V2 model metadata: P(FAKE), the class name and the three-way verdict per image."""
         return [
             {"name": OUTPUT_PROBABILITY, "datatype": "FP32", "shape": [-1]},
             {"name": OUTPUT_LABEL, "datatype": "BYTES", "shape": [-1]},
+            {"name": OUTPUT_VERDICT, "datatype": "BYTES", "shape": [-1]},
         ]
 
     async def explain(self, payload: Any, headers: dict[str, str] | None = None) -> dict:
@@ -427,7 +443,7 @@ class DeepGuardModel(Model):
                 f"{self.limits.max_request_pixels} pixels per request"
             )
 
-    def _decode_files(self, items: list[tuple[str, Any]], size: int) -> np.ndarray:
+    def _decode_files(self, items: list[tuple[str, Any]], size: int) -> tuple[np.ndarray, list[InputFacts]]:
         """Decode ``(where, item)`` pairs; every header is read and the pixel budget checked first."""
         files = [(where, self._file_bytes(item, where)) for where, item in items]
         pixels = 0
@@ -438,13 +454,15 @@ class DeepGuardModel(Model):
                 raise InvalidInput(f"{where}: {exc}") from None
             pixels += width * height
         self._check_request_pixels(pixels, len(files))
-        images = []
+        images, facts = [], []
         for where, data in files:
             try:
-                images.append(decode_for_model(data, size, max_pixels=self.limits.max_pixels))
+                image, fact = decode_upload(data, size, max_pixels=self.limits.max_pixels)
             except ImageError as exc:
                 raise InvalidInput(f"{where}: {exc}") from None
-        return np.stack(images)
+            images.append(image)
+            facts.append(fact)
+        return np.stack(images), facts
 
     def _check_count(self, count: int, what: str) -> None:
         if count == 0:
@@ -454,7 +472,7 @@ class DeepGuardModel(Model):
                 f"{what}: {count} images exceeds the limit of {self.limits.max_images} per request"
             )
 
-    def _v1_images(self, body: dict, size: int) -> np.ndarray:
+    def _v1_images(self, body: dict, size: int) -> tuple[np.ndarray, list[InputFacts]]:
         instances = body.get("instances")
         if not isinstance(instances, list):
             raise InvalidInput('expected {"instances": [{"image": {"b64": "<base64 image file>"}}, ...]}')
@@ -468,7 +486,7 @@ class DeepGuardModel(Model):
             items.append((where, encoded["b64"]))
         return self._decode_files(items, size)
 
-    def _v2_images(self, request: InferRequest, size: int) -> np.ndarray:
+    def _v2_images(self, request: InferRequest, size: int) -> tuple[np.ndarray, list[InputFacts]]:
         if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
             got = ", ".join(quote(tensor.name) for tensor in request.inputs[:3]) or "none"
             raise InvalidInput(
@@ -489,7 +507,9 @@ class DeepGuardModel(Model):
             return self._v2_pixels(tensor, shape, where, size)
         raise InvalidInput(f"{where}: datatype {quote(tensor.datatype)}; expected BYTES or UINT8")
 
-    def _v2_pixels(self, tensor: Any, shape: list[int], where: str, size: int) -> np.ndarray:
+    def _v2_pixels(
+        self, tensor: Any, shape: list[int], where: str, size: int
+    ) -> tuple[np.ndarray, list[InputFacts]]:
         if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
             raise InvalidInput(f"{where}: UINT8 shape {quote(shape)}; expected [N, H, W, 3]")
         self._check_count(shape[0], where)
@@ -510,12 +530,13 @@ class DeepGuardModel(Model):
             pixels = values.astype(np.uint8).reshape(shape)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(f"{where}: {exc}") from None
-        if shape[1:3] == [size, size]:
-            return pixels
         from PIL import Image
 
+        facts = [facts_of(Image.fromarray(pixels[0]))] * shape[0]
+        if shape[1:3] == [size, size]:
+            return pixels, facts
         # Other sizes are resized exactly as an uploaded file of that size would be.
-        return np.stack([to_model_input(Image.fromarray(image), size) for image in pixels])
+        return np.stack([to_model_input(Image.fromarray(image), size) for image in pixels]), facts
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Batch:
         """Decode every image of a V1 or V2 request in the decode pool; a bad item raises ``InvalidInput``."""
@@ -523,11 +544,11 @@ class DeepGuardModel(Model):
         size = served.metadata.image_size
         loop = asyncio.get_running_loop()
         if isinstance(payload, InferRequest):
-            images = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
-            return _Batch(served, images, payload)
+            images, facts = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
+            return _Batch(served, images, facts, payload)
         if isinstance(payload, dict):
-            images = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
-            return _Batch(served, images, None)
+            images, facts = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
+            return _Batch(served, images, facts, None)
         raise InvalidInput('expected a JSON object body (V1: {"instances": [...]})')
 
     async def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
@@ -541,8 +562,9 @@ class DeepGuardModel(Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> dict | InferResponse:
-        """Shape the scores as a V1 ``predictions`` list or a V2 response with two outputs."""
+        """Shape the scores as a V1 ``predictions`` list or a V2 response (probability, label, verdict)."""
         served, count = result.batch.served, len(result.labels)
+        verdict = result.verdicts
         facts = {
             "model_version": served.version,
             "threshold": served.metadata.threshold,
@@ -552,13 +574,16 @@ class DeepGuardModel(Model):
         request = result.batch.v2_request
         if request is None:
             predictions = [
-                {"label": label, "fake_probability": float(probability)}
-                for label, probability in zip(result.labels, result.probabilities, strict=True)
+                {"label": label, "verdict": decided, "fake_probability": float(probability)}
+                for label, decided, probability in zip(
+                    result.labels, verdict, result.probabilities, strict=True
+                )
             ]
             return {"predictions": predictions, "model_name": self.name, **facts}
         outputs = [
             InferOutput(OUTPUT_PROBABILITY, [count], "FP32", data=result.probabilities.astype(np.float32)),
             InferOutput(OUTPUT_LABEL, [count], "BYTES", data=np.array(result.labels, dtype=np.object_)),
+            InferOutput(OUTPUT_VERDICT, [count], "BYTES", data=np.array(verdict, dtype=np.object_)),
         ]
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),

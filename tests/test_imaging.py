@@ -71,3 +71,20 @@ def test_dataset_validation_is_strict() -> None:
         validate_dataset_image(encode(Image.new("RGBA", (32, 32))), 32)
     with pytest.raises(ImageError, match="size 33x32, expected 32x32"):
         validate_dataset_image(encode(Image.new("RGB", (33, 32))), 32)
+
+
+def test_upload_facts_name_what_was_dropped() -> None:
+    from core.imaging import decode_upload
+
+    buffer = io.BytesIO()
+    frames = [Image.new("RGBA", (64, 40), (255, 0, 0, 0)), Image.new("RGBA", (64, 40), (0, 0, 255, 255))]
+    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
+    image, facts = decode_upload(buffer.getvalue(), 32)
+    assert image.shape == (32, 32, 3)
+    assert (facts.width, facts.height, facts.format, facts.had_alpha, facts.frames) == (
+        64,
+        40,
+        "PNG",
+        True,
+        2,
+    )

@@ -119,6 +119,8 @@ def test_v2_round_trip_matches_the_in_process_model(predictor, registered_model,
     expected_probabilities, expected_labels = reference(in_process, files)
     np.testing.assert_allclose(by_name["fake_probability"]["data"], expected_probabilities, atol=1e-5, rtol=0)
     assert by_name["label"]["data"] == expected_labels
+    # The registered test model has no uncertain band (evaluate sets none on it): the verdict is the label.
+    assert by_name["verdict"]["data"] == expected_labels
     # The model learned something from one epoch: the probe images' scores are not all the same.
     assert np.ptp(expected_probabilities) > 1e-3
 
@@ -131,7 +133,7 @@ def test_v1_round_trip_matches_the_in_process_model(predictor, registered_model,
     assert body["model_version"] == registered_model.version
     predictions = body["predictions"]
     assert len(predictions) == len(files)
-    assert set(predictions[0]) == {"label", "fake_probability"}
+    assert set(predictions[0]) == {"label", "verdict", "fake_probability"}
     expected_probabilities, expected_labels = reference(in_process, files)
     got = [p["fake_probability"] for p in predictions]
     np.testing.assert_allclose(got, expected_probabilities, atol=1e-5, rtol=0)
@@ -170,7 +172,7 @@ def test_metadata_health_and_metrics(predictor, registered_model):
     body = metadata.json()
     assert body["versions"] == [registered_model.version]
     assert [tensor["name"] for tensor in body["inputs"]] == ["image"]
-    assert [tensor["name"] for tensor in body["outputs"]] == ["fake_probability", "label"]
+    assert [tensor["name"] for tensor in body["outputs"]] == ["fake_probability", "label", "verdict"]
     assert requests.get(f"{predictor.url}/v2/health/ready", timeout=TIMEOUT).json() == {"ready": True}
     assert requests.get(f"{predictor.url}/v2/models/deepguard/ready", timeout=TIMEOUT).json()["ready"] is True
     metrics = requests.get(f"{predictor.url}/metrics", timeout=TIMEOUT)

@@ -1,0 +1,38 @@
+"""Compact per-image statistics: what the predictor records per served image and drift is measured on.
+
+The same function describes the training/test reference (features stage, drift monitor) and the served
+inputs (predictor), so the two distributions are comparable by construction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Luminance weights (ITU-R BT.601), as the features stage's spectrum uses.
+LUMINANCE = np.array([0.299, 0.587, 0.114])
+STAT_NAMES: tuple[str, ...] = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "hf_energy")
+
+
+def high_frequency_mask(height: int, width: int) -> np.ndarray:
+    """The outer band of a centred spectrum: radius beyond half the Nyquist radius."""
+    yy, xx = np.mgrid[:height, :width]
+    return np.hypot(yy - height // 2, xx - width // 2) > min(height, width) / 4
+
+
+def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image statistics of uint8 images ``(N, H, W, 3)``.
+
+    Returns:
+        ``STAT_NAMES`` -> float64 ``(N,)``: per-channel mean and standard deviation of pixels scaled to
+        [0, 1], and ``hf_energy``, the mean log-magnitude of the luminance spectrum in the outer band (where
+        generator artifacts show and blur or resizing removes them).
+    """
+    pixels = np.asarray(images, dtype=np.float64) / 255.0
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected images (N, H, W, 3), got shape {pixels.shape}")
+    means = pixels.mean(axis=(1, 2))
+    stds = pixels.std(axis=(1, 2))
+    spectrum = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(pixels @ LUMINANCE), axes=(1, 2))))
+    hf = spectrum[:, high_frequency_mask(*pixels.shape[1:3])].mean(axis=1)
+    columns = [*means.T, *stds.T, hf]
+    return dict(zip(STAT_NAMES, columns, strict=True))
