@@ -3,8 +3,8 @@
 ``python -m deploy [--target kserve|local] [--dry-run] [--timeout S] [--canary-percent P]``
 
 kserve: read the champion (alias ``champion`` of ``mlflow.model_name``), map its artifact location to a URI
-KServe's storage initializer reads (``pvc://`` or ``s3://``), build the InferenceService with the kserve SDK
-models from the chart's serving settings (ConfigMap ``deepguard-serving``), apply it with
+KServe's storage initializer reads (``pvc://`` or ``s3://``), take the chart's InferenceService from its
+ConfigMap ``deepguard-serving`` and patch in the champion (deploy/manifest.py), apply it with
 ``canaryTrafficPercent``, wait for Ready, then promote to 100 % or restore the previous predictor. The outcome
 is tagged on the model version (``deployment_status``, ``deployed_at``, ...) and written to
 ``reports/deployment.json``. local: ask the local predictor to reload the champion over KServe's model
@@ -30,14 +30,14 @@ from core.names import (
 )
 from core.pipeline import DEPLOYMENT_FILE
 from deploy.local import deploy_local, predictor_url
-from deploy.manifest import DeployError, ServingSettings, build_inference_service, to_manifest
+from deploy.manifest import DeployError, ServingConfig, rollout_manifest
 from deploy.registry import DeploymentResult, read_champion, tag_version
 from deploy.rollout import (
     InferenceServices,
     current_namespace,
     deploy_kserve,
     kube_api_client,
-    read_serving_settings,
+    read_serving_config,
 )
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def run(
     timeout_s: float = 600.0,
     canary_percent: int | None = 20,
     namespace: str | None = None,
-    settings_file: Path | None = None,
+    serving_config: Path | None = None,
     poll_s: float = 5.0,
 ) -> DeploymentResult:
     """Roll the champion out and record the outcome.
@@ -62,7 +62,8 @@ def run(
         timeout_s: Seconds the new revision has to become Ready.
         canary_percent: Traffic share of the new revision before promotion (None: no canary).
         namespace: Target namespace (default: the pod's namespace, DEEPGUARD_NAMESPACE or ``deepguard``).
-        settings_file: Serving settings JSON (the ConfigMap's serving.json) instead of the cluster's.
+        serving_config: The chart's serving ConfigMap as a YAML file, instead of the cluster's (needed by a
+            dry run without a cluster).
         poll_s: Seconds between status reads.
 
     Returns:
@@ -72,24 +73,27 @@ def run(
         DeployError: on a missing champion, an unreachable cluster, or a rollout rolled back or failed.
     """
     namespace = namespace or current_namespace()
-    settings = ServingSettings.from_json(settings_file.read_text()) if settings_file else None
+    config = ServingConfig.from_file(serving_config) if serving_config else None
     api_client = None
-    if target == "kserve" and not dry_run and settings is None:
+    if dry_run and config is None:
+        raise DeployError(
+            "a dry run needs the chart's serving ConfigMap: --serving-config FILE, from `helm template "
+            "deepguard helm/deepguard -s templates/predictor/configmap.yaml > FILE`"
+        )
+    if target == "kserve" and config is None:
         api_client = kube_api_client()
-        settings = read_serving_settings(api_client, namespace)
-    settings = settings or ServingSettings()
-    champion = read_champion(
-        params.mlflow.model_name, settings.artifactUriMap if target == "kserve" or dry_run else None
-    )
+        config = read_serving_config(api_client, namespace)
+    uri_map = config.artifact_uri_map if config and (target == "kserve" or dry_run) else None
+    champion = read_champion(params.mlflow.model_name, uri_map)
     log.info("champion: %s version %s at %s", champion.model_name, champion.version, champion.artifact_uri)
     if dry_run:
-        isvc = build_inference_service(
-            settings, namespace, champion, canary_percent if settings.canary_supported else None
+        manifest = rollout_manifest(
+            config, namespace, champion, canary_percent if config.canary_supported else None
         )
-        sys.stdout.write(yaml.safe_dump(to_manifest(isvc), sort_keys=False))
+        sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False))
         return DeploymentResult(
             status="dry_run",
-            target=f"kserve:{namespace}/{settings.name}",
+            target=f"kserve:{namespace}/{config.name}",
             model_name=champion.model_name,
             version=champion.version,
             storage_uri=champion.storage_uri,
@@ -99,7 +103,7 @@ def run(
         result = deploy_local(champion, predictor_url(), SERVED_MODEL_NAME, timeout_s)
     else:
         services = InferenceServices(api_client or kube_api_client(), namespace)
-        result = deploy_kserve(champion, settings, services, canary_percent, timeout_s, poll_s)
+        result = deploy_kserve(champion, config, services, canary_percent, timeout_s, poll_s)
     write_json(DEPLOYMENT_FILE, asdict(result))
     if result.status not in ("no_predictor", "unchanged"):  # keep the tags of the rollout that is serving
         tag_version(champion, result)
@@ -154,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         help="namespace (default: the pod's, else DEEPGUARD_NAMESPACE, else deepguard)",
     )
     parser.add_argument(
-        "--serving-settings",
+        "--serving-config",
         type=Path,
         default=None,
-        help="serving settings JSON (the deepguard-serving ConfigMap's serving.json) "
-        "instead of reading the ConfigMap",
+        help="the chart's deepguard-serving ConfigMap as YAML (helm template -s "
+        "templates/predictor/configmap.yaml) instead of reading it from the cluster",
     )
     parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
 
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             for handler in logging.getLogger().handlers:
                 if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
                     handler.setStream(sys.stderr)
-        settings_file = args.serving_settings.resolve() if args.serving_settings else None
+        serving_config = args.serving_config.resolve() if args.serving_config else None
         return run(
             params,
             args.target,
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             args.timeout,
             args.canary_percent,
             args.namespace,
-            settings_file,
+            serving_config,
             args.poll,
         )
 

@@ -1,26 +1,25 @@
-"""The InferenceService the deploy step applies: serving settings (the chart's ConfigMap) + the champion."""
+"""The InferenceService the deploy step applies: the chart's, with this rollout's champion patched in."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from core.errors import DeepGuardError
-from core.names import (
-    MODEL_VERSION_ENV,
-    PREDICTOR_PORT,
-    SERVED_MODEL_NAME,
-    STORAGE_URI_ENV,
-)
+from core.names import MODEL_VERSION_ENV, STORAGE_URI_ENV
 
 log = logging.getLogger(__name__)
 
 
 SERVING_CONFIGMAP = "deepguard-serving"  # rendered by helm/deepguard/templates/predictor/configmap.yaml
-SERVING_KEY = "serving.json"
+MANIFEST_KEY = "inferenceservice.json"  # the chart's InferenceService without a champion
+ARTIFACT_MAP_KEY = "artifact-uri-map.json"  # where KServe reads MLflow's artifacts
 DEFAULT_NAMESPACE = "deepguard"
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -36,63 +35,56 @@ class DeployError(DeepGuardError):
 
 
 @dataclass(frozen=True)
-class ServingSettings:
-    """Everything about the InferenceService except the champion and the canary percent.
+class ServingConfig:
+    """What the chart hands the deploy stage: its InferenceService without a champion, and the artifact map.
 
-    The chart renders the same fields (``deepguard.predictor.settings`` in ``_helpers.tpl``) into the
-    ConfigMap ``deepguard-serving``; the defaults here equal the chart's default values, which
-    tests/k8s checks, so an offline ``--dry-run`` prints what a default install would get.
+    The chart is the one builder of the InferenceService (``deepguard.predictor.inferenceservice`` in
+    ``_helpers.tpl``); deploy changes only what changes per rollout (:func:`rollout_manifest`).
     """
 
-    name: str = SERVED_MODEL_NAME
-    labels: dict[str, str] = field(
-        default_factory=lambda: {
-            "app.kubernetes.io/name": "deepguard",
-            "app.kubernetes.io/instance": "deepguard",
-            "app.kubernetes.io/component": "predictor",
-            "app.kubernetes.io/part-of": "deepguard",
-        }
-    )
-    deploymentMode: str = "Serverless"  # noqa: N815 - the chart's camelCase keys, one-to-one
-    image: str = "ghcr.io/deepguard/predictor:0.1.0"
-    args: list[str] = field(
-        default_factory=lambda: ["--model-uri", "/mnt/models", "--http-host", "0.0.0.0", "--no-reload"]
-    )
-    imagePullPolicy: str = "IfNotPresent"  # noqa: N815
-    imagePullSecrets: list[str] = field(default_factory=list)  # noqa: N815
-    port: int = PREDICTOR_PORT
-    resources: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {
-            "requests": {"cpu": "1", "memory": "2Gi"},
-            "limits": {"cpu": "2", "memory": "4Gi"},
-        }
-    )
-    minReplicas: int = 1  # noqa: N815
-    maxReplicas: int = 3  # noqa: N815
-    serviceAccountName: str = "deepguard-predictor"  # noqa: N815
-    nodeSelector: dict[str, str] = field(default_factory=dict)  # noqa: N815
-    tolerations: list[dict[str, Any]] = field(default_factory=list)
-    runAsUser: int = 10001  # noqa: N815
-    runAsGroup: int = 10001  # noqa: N815
-    artifactUriMap: dict[str, str] = field(  # noqa: N815
-        default_factory=lambda: {"mlflow-artifacts:/": "pvc://deepguard-mlflow/artifacts/"}
-    )
+    base: dict[str, Any]
+    artifact_uri_map: dict[str, str]
 
     @classmethod
-    def from_json(cls, text: str) -> ServingSettings:
-        """Parse the ConfigMap's ``serving.json``; unknown keys are an error (chart and stage out of step)."""
+    def from_config_map(cls, data: dict[str, str] | None, where: str) -> ServingConfig:
+        """Read the ConfigMap's ``data``; a missing or unreadable key is a one-line error naming it."""
+        data = data or {}
         try:
-            raw = json.loads(text)
-            return cls(**raw)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise DeployError(
-                f"serving settings ({SERVING_CONFIGMAP}/{SERVING_KEY}) unreadable: {exc}"
-            ) from None
+            base = json.loads(data[MANIFEST_KEY])
+            uri_map = json.loads(data.get(ARTIFACT_MAP_KEY, "{}"))
+        except KeyError:
+            raise DeployError(f"{where}: no {MANIFEST_KEY} (a chart older than this deploy stage?)") from None
+        except json.JSONDecodeError as exc:
+            raise DeployError(f"{where}: unreadable JSON: {exc}") from None
+        if not isinstance(base, dict) or base.get("kind") != "InferenceService":
+            raise DeployError(f"{where}: {MANIFEST_KEY} is not an InferenceService")
+        return cls(base=base, artifact_uri_map=dict(uri_map))
+
+    @classmethod
+    def from_file(cls, path: Path) -> ServingConfig:
+        """Read the ConfigMap as ``helm template ... -s templates/predictor/configmap.yaml`` prints it."""
+        try:
+            config_map = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise DeployError(f"{path}: cannot read the serving ConfigMap: {exc}") from None
+        if not isinstance(config_map, dict) or config_map.get("kind") != "ConfigMap":
+            raise DeployError(f"{path}: expected the {SERVING_CONFIGMAP} ConfigMap (YAML)")
+        return cls.from_config_map(config_map.get("data"), str(path))
+
+    @property
+    def name(self) -> str:
+        """The InferenceService's name."""
+        return self.base["metadata"]["name"]
+
+    @property
+    def deployment_mode(self) -> str:
+        """KServe's deployment mode annotation (Serverless unless the chart says otherwise)."""
+        return self.base["metadata"].get("annotations", {}).get(MODE_ANNOTATION, "Serverless")
 
     @property
     def canary_supported(self) -> bool:
         """Traffic splitting needs Knative revisions (Serverless mode)."""
-        return self.deploymentMode == "Serverless"
+        return self.deployment_mode == "Serverless"
 
 
 @dataclass(frozen=True)
@@ -105,98 +97,37 @@ class Champion:
     storage_uri: str
 
 
-def _k8s_model(cls: type, data: dict[str, Any]) -> Any:
-    """Build a flat kubernetes/kserve model from its camelCase JSON form (the chart's notation)."""
-    names = {json_key: attr for attr, json_key in cls.attribute_map.items()}
-    return cls(**{names[key]: value for key, value in data.items()})
+def rollout_manifest(
+    config: ServingConfig, namespace: str, champion: Champion, canary_percent: int | None
+) -> dict[str, Any]:
+    """The chart's InferenceService with this rollout's champion, namespace and canary share.
 
-
-def build_inference_service(
-    settings: ServingSettings, namespace: str, champion: Champion, canary_percent: int | None
-) -> Any:
-    """Build the InferenceService for ``champion`` with the kserve SDK models.
-
-    This is the one place the object is assembled in Python; the chart's ``inferenceservice.yaml`` renders the
-    same shape from the same settings (tests/k8s/test_chart_deploy_agree.py renders both and compares).
+    Only these change per rollout: the namespace, the version annotation, the predictor container's
+    ``STORAGE_URI`` and ``DEEPGUARD_MODEL_VERSION``, and ``canaryTrafficPercent``; the rest is the chart's.
 
     Args:
-        settings: The chart's serving settings.
+        config: The chart's serving ConfigMap.
         namespace: Namespace of the InferenceService.
         champion: Version and storage URI to serve.
         canary_percent: Traffic share of the new revision, or None for all traffic.
 
     Returns:
-        A ``kserve.V1beta1InferenceService``.
+        The manifest (a new dict; ``config`` is not changed).
+
+    Raises:
+        DeployError: when the chart's InferenceService has no ``kserve-container``.
     """
-    from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec
-    from kubernetes import client as k8s
-
-    http_get = {
-        "ready": k8s.V1HTTPGetAction(path="/v2/health/ready", port=settings.port),
-        "live": k8s.V1HTTPGetAction(path="/v2/health/live", port=settings.port),
-    }
-    container = k8s.V1Container(
-        name=CONTAINER_NAME,
-        image=settings.image,
-        image_pull_policy=settings.imagePullPolicy,
-        args=list(settings.args),
-        ports=[k8s.V1ContainerPort(container_port=settings.port, protocol="TCP")],
-        env=[
-            k8s.V1EnvVar(name=STORAGE_URI_ENV, value=champion.storage_uri),
-            k8s.V1EnvVar(name=MODEL_VERSION_ENV, value=champion.version),
-        ],
-        resources=k8s.V1ResourceRequirements(
-            requests=dict(settings.resources.get("requests", {})),
-            limits=dict(settings.resources.get("limits", {})),
-        ),
-        readiness_probe=k8s.V1Probe(http_get=http_get["ready"], period_seconds=5, failure_threshold=3),
-        liveness_probe=k8s.V1Probe(
-            http_get=http_get["live"], initial_delay_seconds=30, period_seconds=10, failure_threshold=3
-        ),
-        security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False,
-            read_only_root_filesystem=True,
-            run_as_non_root=True,
-            capabilities=k8s.V1Capabilities(drop=["ALL"]),
-        ),
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
-    )
-    predictor = V1beta1PredictorSpec(
-        min_replicas=settings.minReplicas,
-        max_replicas=settings.maxReplicas,
-        canary_traffic_percent=canary_percent,
-        service_account_name=settings.serviceAccountName,
-        image_pull_secrets=[k8s.V1LocalObjectReference(name=name) for name in settings.imagePullSecrets]
-        or None,
-        node_selector=dict(settings.nodeSelector) or None,
-        tolerations=[_k8s_model(k8s.V1Toleration, item) for item in settings.tolerations] or None,
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=settings.runAsUser,
-            run_as_group=settings.runAsGroup,
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
-        containers=[container],
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
-    )
-    return V1beta1InferenceService(
-        api_version=f"{KSERVE_GROUP}/{KSERVE_VERSION}",
-        kind="InferenceService",
-        metadata=k8s.V1ObjectMeta(
-            name=settings.name,
-            namespace=namespace,
-            labels=dict(settings.labels),
-            annotations={MODE_ANNOTATION: settings.deploymentMode, VERSION_ANNOTATION: champion.version},
-        ),
-        spec=V1beta1InferenceServiceSpec(predictor=predictor),
-    )
-
-
-def to_manifest(isvc: Any) -> dict[str, Any]:
-    """The JSON form of an SDK object (camelCase keys, None fields dropped) as the API server expects it."""
-    from kubernetes.client import ApiClient
-
-    return ApiClient().sanitize_for_serialization(isvc)
-
-
-# --------------------------------------------------------------------------- cluster access and rollout
+    manifest = copy.deepcopy(config.base)
+    manifest["metadata"]["namespace"] = namespace
+    manifest["metadata"].setdefault("annotations", {})[VERSION_ANNOTATION] = champion.version
+    predictor = manifest["spec"]["predictor"]
+    predictor.pop("canaryTrafficPercent", None)
+    if canary_percent is not None:
+        predictor["canaryTrafficPercent"] = canary_percent
+    containers = [c for c in predictor.get("containers", []) if c.get("name") == CONTAINER_NAME]
+    if not containers:
+        raise DeployError(f"the chart's InferenceService has no container named {CONTAINER_NAME!r}")
+    values = {STORAGE_URI_ENV: champion.storage_uri, MODEL_VERSION_ENV: champion.version}
+    env = [item for item in containers[0].get("env", []) if item.get("name") not in values]
+    containers[0]["env"] = [*({"name": k, "value": v} for k, v in values.items()), *env]
+    return manifest

@@ -19,12 +19,10 @@ from deploy.manifest import (
     KSERVE_PLURAL,
     KSERVE_VERSION,
     SERVING_CONFIGMAP,
-    SERVING_KEY,
     Champion,
     DeployError,
-    ServingSettings,
-    build_inference_service,
-    to_manifest,
+    ServingConfig,
+    rollout_manifest,
 )
 from deploy.registry import DeploymentResult
 
@@ -77,8 +75,8 @@ def _k8s_call(what: str, call: Callable[[], Any], missing_ok: bool = False) -> A
         raise DeployError(f"{what}: Kubernetes API unreachable ({type(exc).__name__})") from None
 
 
-def read_serving_settings(api_client: Any, namespace: str) -> ServingSettings:
-    """Read the chart's serving settings; fall back to the defaults (with a warning) when absent."""
+def read_serving_config(api_client: Any, namespace: str) -> ServingConfig:
+    """Read the chart's serving ConfigMap (its InferenceService without a champion)."""
     from kubernetes.client import CoreV1Api
 
     config_map = _k8s_call(
@@ -88,14 +86,10 @@ def read_serving_settings(api_client: Any, namespace: str) -> ServingSettings:
         ),
         missing_ok=True,
     )
+    where = f"ConfigMap {namespace}/{SERVING_CONFIGMAP}"
     if config_map is None:
-        log.warning(
-            "ConfigMap %s/%s not found (chart not installed?): using the chart's defaults",
-            namespace,
-            SERVING_CONFIGMAP,
-        )
-        return ServingSettings()
-    return ServingSettings.from_json((config_map.data or {}).get(SERVING_KEY, "{}"))
+        raise DeployError(f"{where} not found: install the chart (helm/deepguard) in {namespace} first")
+    return ServingConfig.from_config_map(config_map.data, where)
 
 
 def _predictor_env(obj: dict[str, Any], name: str) -> str | None:
@@ -266,26 +260,26 @@ def rollout(
 
 def deploy_kserve(
     champion: Champion,
-    settings: ServingSettings,
+    config: ServingConfig,
     services: InferenceServices,
     canary_percent: int | None,
     timeout_s: float,
     poll_s: float,
 ) -> DeploymentResult:
-    """Roll ``champion`` out to the InferenceService described by ``settings``."""
-    if canary_percent is not None and not settings.canary_supported:
+    """Roll ``champion`` out to the chart's InferenceService (``config``)."""
+    if canary_percent is not None and not config.canary_supported:
         log.warning(
             "deploymentMode %s has no traffic splitting: rolling out without a canary",
-            settings.deploymentMode,
+            config.deployment_mode,
         )
         canary_percent = None
-    manifest = to_manifest(build_inference_service(settings, services.namespace, champion, canary_percent))
+    manifest = rollout_manifest(config, services.namespace, champion, canary_percent)
     status, detail = rollout(services, manifest, canary_percent, timeout_s, poll_s)
     if status in ("deployed", "unchanged"):
         canary_percent = None  # a first revision or no change: no traffic was split
     return DeploymentResult(
         status=status,
-        target=f"kserve:{services.namespace}/{settings.name}",
+        target=f"kserve:{services.namespace}/{config.name}",
         model_name=champion.model_name,
         version=champion.version,
         storage_uri=champion.storage_uri,

@@ -86,8 +86,8 @@ def test_canary_values_set_the_traffic_split_and_the_s3_artifact_mapping() -> No
     env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
     assert env["STORAGE_URI"].startswith("s3://")
     assert env["DEEPGUARD_MODEL_VERSION"] == "2"
-    settings = json.loads(find(objects, "ConfigMap", "deepguard-serving")["data"]["serving.json"])
-    assert settings["artifactUriMap"] == {"mlflow-artifacts:/": "s3://deepguard-mlflow/artifacts/"}
+    uri_map = json.loads(find(objects, "ConfigMap", "deepguard-serving")["data"]["artifact-uri-map.json"])
+    assert uri_map == {"mlflow-artifacts:/": "s3://deepguard-mlflow/artifacts/"}
     mlflow_pod = find(objects, "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]
     mlflow_args = mlflow_pod["containers"][0]["args"]
     assert "--artifacts-destination=s3://deepguard-mlflow/artifacts" in mlflow_args

@@ -22,7 +22,7 @@ from k8s_helpers import REPO, find, isvc_errors, render
 
 from core.config import load_params
 from deploy.__main__ import run
-from deploy.manifest import DeployError, ServingSettings
+from deploy.manifest import DeployError
 from deploy.registry import DeploymentResult, map_artifact_uri
 from deploy.rollout import replace_patch
 
@@ -212,12 +212,16 @@ def test_replace_patch_removes_what_the_new_spec_lacks() -> None:
     ],
 )
 def test_artifact_uris_map_to_what_kserve_reads(uri: str, expected: str) -> None:
-    assert map_artifact_uri(uri, ServingSettings().artifactUriMap) == expected
+    assert map_artifact_uri(uri, _chart_uri_map()) == expected
 
 
 def test_a_local_artifact_path_is_refused_with_a_clear_message() -> None:
     with pytest.raises(DeployError, match="not reachable by KServe"):
-        map_artifact_uri("/home/me/mlruns/1/models/m-x/artifacts", ServingSettings().artifactUriMap)
+        map_artifact_uri("/home/me/mlruns/1/models/m-x/artifacts", _chart_uri_map())
+
+
+def _chart_uri_map() -> dict[str, str]:
+    return json.loads(_serving_configmap()["data"]["artifact-uri-map.json"])
 
 
 def _cli(workspace: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -242,7 +246,18 @@ def _cli(workspace: Path, *args: str, env: dict[str, str] | None = None) -> subp
 
 
 def test_dry_run_prints_a_manifest_that_matches_the_kserve_crd(workspace: Path) -> None:
-    result = _cli(workspace, "--target", "kserve", "--dry-run", "--canary-percent", "30")
+    config = workspace / "serving.yaml"
+    config.write_text(yaml.safe_dump(_serving_configmap()))
+    result = _cli(
+        workspace,
+        "--target",
+        "kserve",
+        "--dry-run",
+        "--canary-percent",
+        "30",
+        "--serving-config",
+        str(config),
+    )
     assert result.returncode == 0, result.stderr
     manifest = yaml.safe_load(result.stdout)
     assert manifest["kind"] == "InferenceService"
@@ -250,6 +265,23 @@ def test_dry_run_prints_a_manifest_that_matches_the_kserve_crd(workspace: Path) 
     assert _env(manifest) == {"STORAGE_URI": STORAGE["2"], "DEEPGUARD_MODEL_VERSION": "2"}
     assert isvc_errors(manifest) == []
     assert not (workspace / "reports" / "deployment.json").exists()
+
+
+def test_dry_run_without_the_chart_config_names_the_helm_command(workspace: Path) -> None:
+    result = _cli(workspace, "--target", "kserve", "--dry-run")
+    assert result.returncode == 2, result.stderr
+    assert "--serving-config" in result.stderr and "helm template" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fake_k8s_without_the_chart_installed_is_one_line(workspace: Path) -> None:
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    with (
+        fake_kube_api(cluster, workspace / "kubeconfig"),
+        pytest.raises(DeployError, match="install the chart"),
+    ):
+        _run(canary_percent=20, timeout_s=10)
+    assert cluster.calls("POST") == []
 
 
 def test_local_target_without_a_predictor_says_make_serve_and_exits_0(workspace: Path) -> None:

@@ -92,11 +92,11 @@ def test_a_registered_model_lands_where_the_pvc_mapping_points(
     version = client.create_model_version("deepguard", source=source, run_id=run_id, model_id=model_id)
     client.set_registered_model_alias("deepguard", "champion", version.version)
 
-    settings = json.loads(find(render("default"), "ConfigMap", "deepguard-serving")["data"]["serving.json"])
+    data = find(render("default"), "ConfigMap", "deepguard-serving")["data"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     for name in [n for n in os.environ if n.startswith("DAGSHUB_")]:
         monkeypatch.delenv(name)
-    champion = read_champion("deepguard", settings["artifactUriMap"])
+    champion = read_champion("deepguard", json.loads(data["artifact-uri-map.json"]))
     assert champion.version == str(version.version)
     assert champion.artifact_uri.startswith("mlflow-artifacts:/")
     parsed = urlparse(champion.storage_uri)

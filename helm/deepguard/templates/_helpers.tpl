@@ -95,56 +95,118 @@ imagePullSecrets:
 {{- end }}
 
 {{/*
-The serving settings: everything about the InferenceService except the champion (storage URI, version) and the
-canary percent. The ConfigMap "deepguard-serving" carries them as JSON for the deploy stage
-(deploy/manifest.py ServingSettings), and inferenceservice.yaml renders from the same dict, so the object the chart
-installs and the one the deploy stage applies cannot drift (tests/k8s/test_chart_deploy_agree.py compares them).
+The InferenceService, built in one place. Called with (dict "root" . "storageUri" U "modelVersion" V "canary" C):
+inferenceservice.yaml renders it with the first champion from values; configmap.yaml renders it without one
+(empty storageUri/modelVersion, no canary) as the base the deploy stage rolls each new champion out from,
+patching only those three fields (deploy/manifest.py rollout_manifest). A probe or resource change is made here.
+The predictor listens on loopback unless told: 0.0.0.0 for the pod's port. --no-reload: a new champion rolls out
+as a new revision, so the model repository endpoints stay closed to callers.
 */}}
-{{- define "deepguard.predictor.settings" -}}
-{{- /* The predictor listens on loopback unless told: 0.0.0.0 for the pod's port. --no-reload: a new
-champion rolls out as a new revision, so the model repository endpoints stay closed to callers. */ -}}
-{{- $p := .Values.predictor }}
+{{- define "deepguard.predictor.inferenceservice" -}}
+{{- $root := .root }}
+{{- $p := $root.Values.predictor }}
 {{- $gpu := gt (int $p.gpu.count) 0 }}
-name: {{ $p.name }}
-labels:
-  {{- include "deepguard.labels" (dict "root" . "component" "predictor") | nindent 2 }}
-deploymentMode: {{ $p.deploymentMode }}
-{{- if $gpu }}
-image: {{ include "deepguard.image" (dict "root" . "repository" $p.gpu.image) }}
-args: [serving, --model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
-{{- else }}
-image: {{ include "deepguard.image" (dict "root" . "repository" $p.image) }}
-args: [--model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: {{ $p.name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "deepguard.labels" (dict "root" $root "component" "predictor") | nindent 4 }}
+  annotations:
+    serving.kserve.io/deploymentMode: {{ $p.deploymentMode }}
+    deepguard.io/model-version: {{ .modelVersion | quote }}
+spec:
+  predictor:
+    minReplicas: {{ $p.minReplicas }}
+    maxReplicas: {{ $p.maxReplicas }}
+    {{- if not (kindIs "invalid" .canary) }}
+    canaryTrafficPercent: {{ .canary }}
+    {{- end }}
+    serviceAccountName: {{ $p.serviceAccount.name }}
+    {{- with $root.Values.images.pullSecrets }}
+    imagePullSecrets:
+      {{- range . }}
+      - name: {{ . }}
+      {{- end }}
+    {{- end }}
+    {{- $nodeSelector := ternary (merge (dict) $p.nodeSelector $p.gpu.nodeSelector) $p.nodeSelector $gpu }}
+    {{- with $nodeSelector }}
+    nodeSelector:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- $tolerations := ternary (concat $p.tolerations $p.gpu.tolerations) $p.tolerations $gpu }}
+    {{- with $tolerations }}
+    tolerations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    securityContext:
+      runAsNonRoot: true
+      runAsUser: {{ $root.Values.securityContext.runAsUser }}
+      runAsGroup: {{ $root.Values.securityContext.runAsGroup }}
+      seccompProfile:
+        type: RuntimeDefault
+    containers:
+      - name: kserve-container
+        {{- if $gpu }}
+        image: {{ include "deepguard.image" (dict "root" $root "repository" $p.gpu.image) }}
+        args: [serving, --model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
+        {{- else }}
+        image: {{ include "deepguard.image" (dict "root" $root "repository" $p.image) }}
+        args: [--model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
+        {{- end }}
+        imagePullPolicy: {{ $root.Values.images.pullPolicy }}
+        ports:
+          - containerPort: {{ $p.port }}
+            protocol: TCP
+        env:
+          # KServe's webhook injects the storage initializer for a custom container with STORAGE_URI; it
+          # copies the champion's MLflow model folder to /mnt/models before the predictor starts.
+          - name: STORAGE_URI
+            value: {{ .storageUri | quote }}
+          - name: DEEPGUARD_MODEL_VERSION
+            value: {{ .modelVersion | quote }}
+        resources:
+          requests:
+            {{- toYaml $p.resources.requests | nindent 12 }}
+          limits:
+            {{- $limits := ternary (merge (dict $p.gpu.resourceName (int $p.gpu.count)) $p.resources.limits) $p.resources.limits $gpu }}
+            {{- toYaml $limits | nindent 12 }}
+        readinessProbe:
+          httpGet:
+            path: /v2/health/ready
+            port: {{ $p.port }}
+          periodSeconds: 5
+          failureThreshold: 3
+        livenessProbe:
+          httpGet:
+            path: /v2/health/live
+            port: {{ $p.port }}
+          initialDelaySeconds: 30
+          periodSeconds: 10
+          failureThreshold: 3
+        securityContext:
+          {{- include "deepguard.containerSecurityContext" $root | nindent 10 }}
+        volumeMounts:
+          - name: tmp
+            mountPath: /tmp
+    volumes:
+      - name: tmp
+        emptyDir: {}
 {{- end }}
-imagePullPolicy: {{ .Values.images.pullPolicy }}
-imagePullSecrets: {{ toJson .Values.images.pullSecrets }}
-port: {{ $p.port }}
-resources:
-  requests: {{ toJson $p.resources.requests }}
-  {{- if $gpu }}
-  limits: {{ toJson (merge (dict $p.gpu.resourceName (int $p.gpu.count)) $p.resources.limits) }}
-  {{- else }}
-  limits: {{ toJson $p.resources.limits }}
-  {{- end }}
-minReplicas: {{ $p.minReplicas }}
-maxReplicas: {{ $p.maxReplicas }}
-serviceAccountName: {{ $p.serviceAccount.name }}
-{{- if $gpu }}
-nodeSelector: {{ toJson (merge (dict) $p.nodeSelector $p.gpu.nodeSelector) }}
-tolerations: {{ toJson (concat $p.tolerations $p.gpu.tolerations) }}
-{{- else }}
-nodeSelector: {{ toJson $p.nodeSelector }}
-tolerations: {{ toJson $p.tolerations }}
-{{- end }}
-runAsUser: {{ .Values.securityContext.runAsUser }}
-runAsGroup: {{ .Values.securityContext.runAsGroup }}
+
+{{/*
+Where KServe's storage initializer reads MLflow's artifacts: the deploy stage rewrites the champion's
+mlflow-artifacts:/ URI by this map (deploy/registry.py map_artifact_uri).
+*/}}
+{{- define "deepguard.predictor.artifactUriMap" -}}
 {{- $map := dict }}
 {{- if and .Values.mlflow.enabled (eq .Values.mlflow.artifacts.type "pvc") }}
 {{- $_ := set $map "mlflow-artifacts:/" (printf "pvc://%s/artifacts/" (include "deepguard.mlflow.fullname" .)) }}
 {{- else if .Values.mlflow.enabled }}
 {{- $_ := set $map "mlflow-artifacts:/" (printf "%s/" (trimSuffix "/" .Values.mlflow.artifacts.s3Destination)) }}
 {{- end }}
-artifactUriMap: {{ toJson (merge (dict) $p.artifactUriMap $map) }}
+{{- toJson (merge (dict) .Values.predictor.artifactUriMap $map) }}
 {{- end }}
 
 {{/*
