@@ -19,6 +19,7 @@ from core.atomic import read_json, write_json
 from core.config import MlflowParams
 from core.errors import DeepGuardError, redact_credentials
 from core.pipeline import MODEL_DIR, RUN_FILE
+from core.settings import settings
 
 if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
     from mlflow import ActiveRun
@@ -86,20 +87,23 @@ def _probe(url: str, path: str = "") -> None:
 
 
 def _dagshub() -> str:
-    missing = [name for name in DAGSHUB_VARS if not os.environ.get(name)]
+    env = settings()
+    given = {"DAGSHUB_USERNAME": env.dagshub_username, "DAGSHUB_REPO": env.dagshub_repo}
+    missing = [name for name in DAGSHUB_VARS if not given.get(name, env.dagshub_token)]
     if missing:
         needed, absent = ", ".join(DAGSHUB_VARS), ", ".join(missing)
         raise TrackingUnavailableError(f"DagsHub needs {needed}; missing: {absent}")
-    owner, repo = os.environ["DAGSHUB_USERNAME"], os.environ["DAGSHUB_REPO"]
+    owner, repo = env.dagshub_username, env.dagshub_repo
     if "/" in repo:
         owner, repo = repo.split("/", 1)
     _probe(DAGSHUB_HOST)
     import dagshub
     import dagshub.auth
 
-    dagshub.auth.add_app_token(os.environ["DAGSHUB_TOKEN"])
+    dagshub.auth.add_app_token(env.dagshub_token.get_secret_value())
     dagshub.init(repo_owner=owner, repo_name=repo, mlflow=True)
-    return _credentials_to_env(os.environ.get("MLFLOW_TRACKING_URI", f"{DAGSHUB_HOST}/{owner}/{repo}.mlflow"))
+    # dagshub.init sets MLFLOW_TRACKING_URI: read the environment again.
+    return _credentials_to_env(settings().mlflow_tracking_uri or f"{DAGSHUB_HOST}/{owner}/{repo}.mlflow")
 
 
 def resolve_tracking_uri() -> str:
@@ -109,9 +113,10 @@ def resolve_tracking_uri() -> str:
     """
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    if any(os.environ.get(name) for name in DAGSHUB_VARS):
+    env = settings()
+    if env.dagshub_configured:
         return _dagshub()
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = env.mlflow_tracking_uri
     if not uri:
         uri = local_tracking_uri()
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -148,8 +153,8 @@ def setup(params: MlflowParams) -> Experiment:
 
 def git_commit() -> str:
     """The commit the code came from: GIT_COMMIT (set in images) or ``git rev-parse``; "unknown" otherwise."""
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
+    if settings().git_commit:
+        return settings().git_commit
     try:
         here = Path(__file__).resolve().parent
         return subprocess.run(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +28,7 @@ from core.names import (
     SERVED_MODEL_NAME,
 )
 from core.pipeline import DEPLOYMENT_FILE
+from core.settings import settings
 from deploy.local import deploy_local, predictor_url
 from deploy.manifest import DeployError, ServingConfig, rollout_manifest
 from deploy.registry import DeploymentResult, read_champion, tag_version
@@ -115,7 +115,7 @@ def run(
 
 def _default_target() -> str:
     # Inside a cluster the champion goes to the InferenceService; on a workstation to the local predictor.
-    return "kserve" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+    return "kserve" if settings().in_cluster else "local"
 
 
 def _percent(text: str) -> int | None:

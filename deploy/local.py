@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from core.errors import redact_credentials
-from core.names import (
-    PREDICTOR_PORT,
-    PREDICTOR_PORT_ENV,
-    PREDICTOR_URL_ENV,
-)
+from core.settings import settings
 from deploy.manifest import Champion, DeployError
 from deploy.registry import DeploymentResult
 
@@ -19,8 +14,7 @@ log = logging.getLogger(__name__)
 
 def predictor_url() -> str:
     """PREDICTOR_URL, else the local predictor on PREDICTOR_PORT."""
-    port = os.environ.get(PREDICTOR_PORT_ENV, PREDICTOR_PORT)
-    return os.environ.get(PREDICTOR_URL_ENV) or f"http://127.0.0.1:{port}"
+    return settings().local_predictor_url
 
 
 def deploy_local(champion: Champion, url: str, model: str, timeout_s: float) -> DeploymentResult:

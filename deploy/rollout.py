@@ -12,6 +12,7 @@ from core.names import (
     MODEL_VERSION_ENV,
     STORAGE_URI_ENV,
 )
+from core.settings import settings
 from deploy.manifest import (
     DEFAULT_NAMESPACE,
     IN_CLUSTER_NAMESPACE_FILE,
@@ -50,8 +51,8 @@ def kube_api_client() -> Any:
 
 def current_namespace() -> str:
     """The pod's namespace in a cluster, else DEEPGUARD_NAMESPACE, else ``deepguard``."""
-    if "DEEPGUARD_NAMESPACE" in os.environ:
-        return os.environ["DEEPGUARD_NAMESPACE"]
+    if settings().namespace:
+        return settings().namespace
     if IN_CLUSTER_NAMESPACE_FILE.is_file():
         return IN_CLUSTER_NAMESPACE_FILE.read_text().strip()
     return DEFAULT_NAMESPACE

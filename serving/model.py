@@ -54,7 +54,7 @@ from core.modelstore import (
     load_model_dir,
     predict_fake_probability,
 )
-from core.names import MODEL_VERSION_ENV
+from core.settings import settings
 from core.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -242,11 +242,11 @@ def resolve_model(uri: str, dest: Path) -> tuple[Path, str]:
         # Download the resolved version, not the alias: the alias may move between the two calls.
         return download_model(f"models:/{name}/{version}", dest), version
     if _URI_SCHEME.match(uri) and not uri.startswith("file:"):  # runs:/..., s3://..., mlflow-artifacts:/...
-        return download_model(uri, dest), os.environ.get(MODEL_VERSION_ENV, "unknown")
+        return download_model(uri, dest), settings().model_version
     folder = Path(uri.removeprefix("file://"))
     if not folder.is_dir():
         raise ModelLoadError(f"{uri}: no such model folder")
-    return folder, os.environ.get(MODEL_VERSION_ENV, "unknown")
+    return folder, settings().model_version
 
 
 def load_served_model(uri: str) -> ServedModel:

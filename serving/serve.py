@@ -26,14 +26,12 @@ from core.config import load_params
 from core.errors import DeepGuardError
 from core.names import (
     MODEL_NAME_ENV,
-    PREDICTOR_PORT,
-    PREDICTOR_PORT_ENV,
     PREDICTOR_URL_ENV,
     SERVED_MODEL_NAME,
-    WEB_PORT,
     WEB_PORT_ENV,
     champion_uri,
 )
+from core.settings import SettingsError, settings
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +189,20 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments (defaults from PREDICTOR_PORT, WEB_PORT, WEB_HOST, MODEL_URI) and serve."""
     parser = argparse.ArgumentParser(prog="python -m serving.serve", description=__doc__)
+    try:
+        env = settings()
+    except SettingsError as exc:
+        parser.error(str(exc))
     parser.add_argument(
         "--model-uri",
-        default=os.environ.get("MODEL_URI"),
+        default=env.model_uri,
         help="model to serve (default: MODEL_URI, else the champion of params.yaml's mlflow.model_name)",
     )
-    parser.add_argument(
-        "--predictor-port", type=int, default=int(os.environ.get(PREDICTOR_PORT_ENV, PREDICTOR_PORT))
-    )
-    parser.add_argument("--web-port", type=int, default=int(os.environ.get(WEB_PORT_ENV, WEB_PORT)))
+    parser.add_argument("--predictor-port", type=int, default=env.predictor_port)
+    parser.add_argument("--web-port", type=int, default=env.web_port)
     parser.add_argument(
         "--web-host",
-        default=os.environ.get("WEB_HOST", "127.0.0.1"),
+        default=env.web_host,
         help="address the web app listens on (default: %(default)s)",
     )
     args = parser.parse_args(argv)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from core.config import DataParams
 from core.errors import DeepGuardError
 from core.labels import CLASS_NAMES
 from core.names import DATA_ENV
+from core.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,7 @@ class Entry:
 def kaggle_credentials_present() -> bool:
     """True when the kaggle package will find credentials: KAGGLE_USERNAME + KAGGLE_KEY, KAGGLE_API_TOKEN,
     or kaggle.json / access_token in KAGGLE_CONFIG_DIR (default ~/.kaggle)."""
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return True
-    if os.environ.get("KAGGLE_API_TOKEN"):
-        return True
-    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
-    return (config_dir / "kaggle.json").is_file() or (config_dir / "access_token").is_file()
+    return settings().kaggle_credentials
 
 
 def _path_fingerprint(path: Path) -> str:
@@ -103,7 +98,7 @@ def locate(params: DataParams) -> Source:
         {"per_class": params.synthetic_per_class, "size": params.image_size}, sort_keys=True
     )
     choice = params.source
-    env_path = os.environ.get(DATA_ENV)
+    env_path = settings().data
     if choice == "auto":
         if kaggle_credentials_present():
             choice, reason = "kaggle", "Kaggle credentials found"

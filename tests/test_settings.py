@@ -1,0 +1,82 @@
+"""The environment is read in one place (core/settings.py), typed; a bad value is one line naming it."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.settings import Settings, SettingsError
+
+REPO = Path(__file__).resolve().parents[1]
+# The Kubernetes client's own variable, read when the client is configured, is not a DeepGuard setting.
+ALLOWED_READS = {("deploy/rollout.py", "KUBECONFIG")}
+
+
+def test_values_are_typed_and_empty_means_unset() -> None:
+    env = Settings.from_env({"PREDICTOR_PORT": "9000", "DEEPGUARD_DATA": "", "DAGSHUB_TOKEN": "s3cret"})
+    assert env.predictor_port == 9000
+    assert env.local_predictor_url == "http://127.0.0.1:9000"
+    assert env.data is None
+    assert env.dagshub_configured
+    assert "s3cret" not in repr(env)
+
+
+def test_a_bad_value_names_the_variable_not_the_value() -> None:
+    with pytest.raises(SettingsError, match="environment variable PREDICTOR_PORT: Input should be a valid"):
+        Settings.from_env({"PREDICTOR_PORT": "eighty"})
+    with pytest.raises(SettingsError, match="WEB_PORT: Input should be less than or equal to 65535"):
+        Settings.from_env({"WEB_PORT": "70000"})
+
+
+def test_a_command_reports_a_bad_variable_in_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.serve", "--help"],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PREDICTOR_PORT": "eighty"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "environment variable PREDICTOR_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _environ_reads(path: Path) -> list[str]:
+    """Variables a module reads with os.environ[...] / .get / os.getenv (writes with setdefault excluded)."""
+    reads = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        target = None
+        if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
+            if isinstance(node.ctx, ast.Load):
+                target = node.slice
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("os.environ.get", "os.getenv"):
+            target = node.args[0] if node.args else None
+        if target is not None:
+            reads.append(target.value if isinstance(target, ast.Constant) else ast.unparse(target))
+    return reads
+
+
+def test_no_module_reads_the_environment_behind_the_settings_back() -> None:
+    offenders = []
+    for package in ("core", "stages", "serving", "deploy"):
+        for path in sorted((REPO / package).glob("*.py")):
+            relative = path.relative_to(REPO).as_posix()
+            if relative == "core/settings.py":
+                continue
+            offenders += [
+                f"{relative}: {name}"
+                for name in _environ_reads(path)
+                if (relative, name) not in ALLOWED_READS
+            ]
+    assert offenders == []
+
+
+def test_the_scan_sees_a_read(tmp_path: Path) -> None:
+    source = tmp_path / "probe.py"
+    source.write_text('import os\nA = os.environ.get("X")\nB = os.environ["Y"]\nos.environ["Z"] = "1"\n')
+    assert _environ_reads(source) == ["X", "Y"]
