@@ -27,7 +27,10 @@ VALUES_SETS: dict[str, tuple[str, ...]] = {
     "default": (),
     "gpu": ("ci/gpu-values.yaml",),
     "canary": ("ci/canary-values.yaml",),
+    "monitoring": ("ci/monitoring-values.yaml",),
 }
+# Custom resources checked by their own schemas, not by kubernetes-validate (which knows built-in kinds only).
+CUSTOM_GROUPS = ("serving.kserve.io/", "monitoring.coreos.com/")
 
 
 def tool(name: str) -> Path:

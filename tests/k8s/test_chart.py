@@ -1,4 +1,4 @@
-"""The Helm chart: lint, render (default, GPU, canary), strict schema checks, what every object must hold."""
+"""The Helm chart: lint, render (default, GPU, canary, monitoring), strict schemas, what each object holds."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import yaml
 from k8s_helpers import (
     CHART,
+    CUSTOM_GROUPS,
     NAMESPACE,
     VALUES_SETS,
     find,
@@ -37,7 +38,7 @@ def test_helm_lint_strict(values_set: str) -> None:
 @pytest.mark.parametrize("values_set", SETS)
 def test_every_builtin_object_is_valid_kubernetes_1_33_strict(values_set: str) -> None:
     objects = render(values_set)
-    builtin = [o for o in objects if o["kind"] != "InferenceService"]
+    builtin = [o for o in objects if not o["apiVersion"].startswith(CUSTOM_GROUPS)]
     assert len(builtin) >= 15
     errors = [error for obj in builtin for error in kubernetes_errors(obj)]
     assert errors == []
@@ -127,7 +128,7 @@ def test_probe_paths_match_the_predictor_web_and_mlflow_contracts() -> None:
     objects = render("gpu")
     predictor = find(objects, "InferenceService")["spec"]["predictor"]["containers"][0]
     assert predictor["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
-    assert predictor["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    assert predictor["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
     web = find(objects, "Deployment", "deepguard-web")["spec"]["template"]["spec"]["containers"][0]
     assert web["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert web["livenessProbe"]["httpGet"]["path"] == "/livez"  # a predictor outage must not restart it

@@ -33,7 +33,9 @@ def test_a_rollout_equals_the_chart_rendered_with_that_champion(values_set: str,
     from_chart = find(render(values_set, **extra), "InferenceService")
     if canary is None:  # the values file's own canary setting, if any
         for name in VALUES_SETS[values_set]:
-            canary = yaml.safe_load((CHART / name).read_text())["predictor"].get("canaryTrafficPercent")
+            canary = (
+                yaml.safe_load((CHART / name).read_text()).get("predictor", {}).get("canaryTrafficPercent")
+            )
     base = _config(render(values_set))
     assert rollout_manifest(base, NAMESPACE, CHAMPION, canary) == from_chart
 

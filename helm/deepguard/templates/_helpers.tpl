@@ -157,7 +157,9 @@ spec:
         {{- end }}
         imagePullPolicy: {{ $root.Values.images.pullPolicy }}
         ports:
-          - containerPort: {{ $p.port }}
+          # Knative accepts only http1 or h2c as the name; the PodMonitor scrapes /metrics on it.
+          - name: http1
+            containerPort: {{ $p.port }}
             protocol: TCP
         env:
           # KServe's webhook injects the storage initializer for a custom container with STORAGE_URI; it

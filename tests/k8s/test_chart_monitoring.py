@@ -1,0 +1,127 @@
+"""The chart's monitoring objects: rendered only when asked, valid, PromQL checked by a real promtool."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from k8s_helpers import CHART, find, render
+from monitoring_schemas import SCHEMAS
+
+MONITORING_KINDS = ("PodMonitor", "ServiceMonitor", "PrometheusRule")
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool not found: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool not found (apt-get install prometheus)")
+    return path
+
+
+def _errors(obj: dict) -> list[str]:
+    validator = jsonschema.Draft7Validator(SCHEMAS[obj["kind"]])
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+
+
+def test_default_install_renders_no_monitoring_object() -> None:
+    objects = render("default")
+    assert not [o for o in objects if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert not [o for o in objects if o["metadata"]["name"].endswith("-dashboard")]
+
+
+@pytest.mark.parametrize("kind", MONITORING_KINDS)
+def test_monitoring_objects_match_their_schema(kind: str) -> None:
+    obj = find(render("monitoring"), kind)
+    assert _errors(obj) == []
+    assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # monitoring.labels reach them
+
+
+def test_the_schema_check_can_fail() -> None:
+    monitor = find(render("monitoring"), "PodMonitor")
+    monitor["spec"]["podMetricsEndpoints"][0]["intervall"] = "30s"
+    assert any("intervall" in error for error in _errors(monitor))
+
+
+def test_monitors_select_the_predictor_pods_and_the_web_service() -> None:
+    objects = render("monitoring")
+    pod_monitor = find(objects, "PodMonitor")
+    assert pod_monitor["spec"]["selector"]["matchLabels"] == {
+        "serving.kserve.io/inferenceservice": "deepguard"
+    }
+    base = json.loads(find(objects, "ConfigMap", "deepguard-serving")["data"]["inferenceservice.json"])
+    ports = base["spec"]["predictor"]["containers"][0]["ports"]
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in [p["name"] for p in ports]
+    service = find(objects, "Service", "deepguard-web")
+    service_monitor = find(objects, "ServiceMonitor")
+    assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["spec"]["selector"].items()
+    assert service_monitor["spec"]["endpoints"][0]["port"] in [p["name"] for p in service["spec"]["ports"]]
+
+
+def test_network_policies_let_prometheus_scrape() -> None:
+    objects = render("monitoring")
+    for name in ("deepguard-predictor", "deepguard-web"):
+        policy = find(objects, "NetworkPolicy", name)
+        peers = [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from", [])]
+        assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in peers
+
+
+def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    rule = find(render("monitoring"), "PrometheusRule")
+    alerts = [r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert {
+        "DeepGuardPredictorErrors",
+        "DeepGuardPredictorSlow",
+        "DeepGuardNoTraffic",
+        "DeepGuardInputDrift",
+    } <= set(alerts)
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run([_promtool(), "check", "rules", str(rules_file)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alerts)} rules found" in result.stdout
+
+
+def test_a_broken_rule_fails_promtool(tmp_path: Path) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(
+        yaml.safe_dump({"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "rate(x[5m]"}]}]})
+    )
+    result = subprocess.run([_promtool(), "check", "rules", str(rules_file)], capture_output=True, text=True)
+    assert result.returncode != 0
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard."""
+    dashboard = json.loads((CHART / "dashboards" / "deepguard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_grafana_dashboard_configmap_carries_the_dashboard_and_its_queries_parse(tmp_path: Path) -> None:
+    config_map = find(render("monitoring"), "ConfigMap", "deepguard-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["deepguard.json"])["uid"] == "deepguard"
+    queries = dashboard_queries()
+    assert len(queries) >= 8
+    # promtool parses PromQL in rule files: each query becomes a recording rule.
+    records = [{"record": f"deepguard:panel_{i}", "expr": q} for i, q in enumerate(queries)]
+    rules_file = tmp_path / "dashboard-rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
+    result = subprocess.run([_promtool(), "check", "rules", str(rules_file)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def referenced_metrics() -> set[str]:
+    """The deepguard_* series the alerts and the dashboard query, as their metric family names."""
+    rule = find(render("monitoring"), "PrometheusRule")
+    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]] + dashboard_queries()
+    names = {name for expr in exprs for name in re.findall(r"\bdeepguard_[a-z_]+\b", expr)}
+    return {re.sub(r"_(bucket|count|sum)$", "", name) for name in names}
