@@ -84,6 +84,18 @@ class MlflowParams(_Section):
     model_name: str = Field(min_length=1)
 
 
+class CanaryParams(_Section):
+    """How deploy judges a canary from Prometheus (used only when a Prometheus URL is configured)."""
+
+    watch_seconds: float = Field(gt=0)
+    max_error_ratio_increase: float = Field(ge=0.0, le=1.0)
+    max_p99_ratio: float = Field(ge=1.0)
+    p99_slack_seconds: float = Field(ge=0.0)
+    max_score_shift: float = Field(gt=0.0, le=1.0)
+    min_requests: int = Field(ge=1)
+    without_evidence: Literal["promote", "rollback"]
+
+
 class Params(_Section):
     """Every tunable of the pipeline, as read from params.yaml."""
 
@@ -95,6 +107,7 @@ class Params(_Section):
     evaluation: EvaluationParams
     promotion: PromotionParams
     mlflow: MlflowParams
+    canary: CanaryParams
 
     def digest(self) -> str:
         """Return a stable sha256 of the parameters, for lineage tags."""

@@ -59,6 +59,9 @@ class Settings(BaseModel):
     web_host: str = Field("127.0.0.1", alias="WEB_HOST")
     # Deploy.
     namespace: str | None = Field(None, alias="DEEPGUARD_NAMESPACE")
+    prometheus_url: str | None = Field(
+        None, alias="DEEPGUARD_PROMETHEUS_URL", description="judge canaries by the metrics it holds"
+    )
     kubernetes_service_host: str | None = Field(None, alias="KUBERNETES_SERVICE_HOST")
 
     @property

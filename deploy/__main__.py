@@ -14,6 +14,7 @@ repository API and check the version it reports.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from dataclasses import asdict
@@ -23,16 +24,19 @@ import yaml
 
 from core.atomic import write_json
 from core.cli import run_stage, stage_parser
-from core.config import Params
+from core.config import CanaryParams, Params
+from core.errors import redact_credentials
 from core.names import (
     SERVED_MODEL_NAME,
 )
 from core.pipeline import DEPLOYMENT_FILE
 from core.settings import settings
+from deploy.canary import Prometheus, watch
 from deploy.local import deploy_local, predictor_url
 from deploy.manifest import DeployError, ServingConfig, rollout_manifest
 from deploy.registry import DeploymentResult, read_champion, tag_version
 from deploy.rollout import (
+    CanaryAnalysis,
     InferenceServices,
     current_namespace,
     deploy_kserve,
@@ -52,6 +56,7 @@ def run(
     namespace: str | None = None,
     serving_config: Path | None = None,
     poll_s: float = 5.0,
+    prometheus_url: str | None = None,
 ) -> DeploymentResult:
     """Roll the champion out and record the outcome.
 
@@ -65,6 +70,8 @@ def run(
         serving_config: The chart's serving ConfigMap as a YAML file, instead of the cluster's (needed by a
             dry run without a cluster).
         poll_s: Seconds between status reads.
+        prometheus_url: Judge the canary by its metrics there (params ``canary``) before promoting it;
+            default DEEPGUARD_PROMETHEUS_URL; None: promote once Ready.
 
     Returns:
         The deployment result, also written to reports/deployment.json (not for a dry run).
@@ -103,7 +110,8 @@ def run(
         result = deploy_local(champion, predictor_url(), SERVED_MODEL_NAME, timeout_s)
     else:
         services = InferenceServices(api_client or kube_api_client(), namespace)
-        result = deploy_kserve(champion, config, services, canary_percent, timeout_s, poll_s)
+        analysis = _canary_analysis(prometheus_url or settings().prometheus_url, params.canary, poll_s)
+        result = deploy_kserve(champion, config, services, canary_percent, timeout_s, poll_s, analysis)
     write_json(DEPLOYMENT_FILE, asdict(result))
     if result.status not in ("no_predictor", "unchanged"):  # keep the tags of the rollout that is serving
         tag_version(champion, result)
@@ -111,6 +119,16 @@ def run(
     if result.status in ("rolled_back", "failed"):
         raise DeployError(f"version {result.version} {result.status.replace('_', ' ')}: {result.detail}")
     return result
+
+
+def _canary_analysis(url: str | None, bounds: CanaryParams, poll_s: float) -> CanaryAnalysis | None:
+    """Watch canaries in Prometheus at ``url``; without one, say that Ready is all a canary must be."""
+    if not url:
+        log.info("no Prometheus configured (DEEPGUARD_PROMETHEUS_URL): a canary is promoted once Ready")
+        return None
+    prometheus = Prometheus(url)
+    log.info("canaries are judged by Prometheus at %s for %gs", redact_credentials(url), bounds.watch_seconds)
+    return functools.partial(watch, prometheus, bounds=bounds, poll_s=max(poll_s, 1.0) * 3)
 
 
 def _default_target() -> str:
@@ -164,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the chart's deepguard-serving ConfigMap as YAML (helm template -s "
         "templates/predictor/configmap.yaml) instead of reading it from the cluster",
     )
+    parser.add_argument(
+        "--prometheus-url",
+        default=None,
+        help="judge the canary by its metrics there before promoting (default: DEEPGUARD_PROMETHEUS_URL; "
+        "none: promote once Ready); bounds in params.yaml canary:",
+    )
     parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
 
     def stage(args: argparse.Namespace, params: Params) -> DeploymentResult:
@@ -182,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             args.namespace,
             serving_config,
             args.poll,
+            args.prometheus_url,
         )
 
     return run_stage("deploy", stage, parser, argv)

@@ -112,6 +112,8 @@ def tag_version(champion: Champion, result: DeploymentResult) -> None:
         "deployment_target": result.target,
         "deployment_storage_uri": result.storage_uri,
         "deployment_canary_percent": "" if result.canary_percent is None else str(result.canary_percent),
+        # Why: the canary's evidence, or why it was rolled back (MLflow caps a tag at 5000 characters).
+        "deployment_detail": result.detail[:5000],
     }
     for key, value in tags.items():
         client.set_model_version_tag(champion.model_name, champion.version, key, value)

@@ -200,14 +200,27 @@ def replace_patch(wanted: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     }
 
 
+# Judges a Ready canary: (canary revision, stable revision) -> (promote, why). deploy/canary.py watch().
+CanaryAnalysis = Callable[[str, str], tuple[bool, str]]
+
+
+def _ready_revision(obj: dict[str, Any] | None) -> str | None:
+    return (
+        (((obj or {}).get("status") or {}).get("components") or {})
+        .get("predictor", {})
+        .get("latestReadyRevision")
+    )
+
+
 def rollout(
     services: InferenceServices,
     manifest: dict[str, Any],
     canary_percent: int | None,
     timeout_s: float,
     poll_s: float,
+    analysis: CanaryAnalysis | None = None,
 ) -> tuple[str, str]:
-    """Apply ``manifest`` with a canary, wait for Ready, then promote or roll back.
+    """Apply ``manifest`` with a canary, wait for Ready, judge it if asked, then promote or roll back.
 
     Args:
         services: InferenceService calls for the target namespace.
@@ -215,6 +228,7 @@ def rollout(
         canary_percent: The canary share in ``manifest`` (None: no canary step).
         timeout_s: How long the new revision has to become Ready.
         poll_s: Seconds between status reads.
+        analysis: Judges the Ready canary against the stable revision (None: promote once Ready).
 
     Returns:
         ``(status, detail)``: status is promoted, deployed, unchanged, rolled_back or failed.
@@ -249,11 +263,21 @@ def rollout(
         return "rolled_back", f"not Ready within {timeout_s:g}s; restored version {old_version}"
     if canary_percent is None or canary_percent >= 100:
         return "promoted", f"Ready within {timeout_s:g}s; all traffic on version {version}"
-    log.info("canary Ready: promoting version %s to 100%% of traffic", version)
+    evidence = "Ready"
+    if analysis is not None:
+        canary, stable = _ready_revision(services.get(name)), _ready_revision(previous)
+        promote, evidence = analysis(canary or "unknown", stable or "unknown")
+        if not promote:
+            log.warning(
+                "canary version %s refused (%s): restoring version %s", version, evidence, old_version
+            )
+            services.patch(name, replace_patch(previous, services.get(name) or applied))
+            return "rolled_back", f"canary {canary_percent}% {evidence}; restored version {old_version}"
+    log.info("canary %s: promoting version %s to 100%% of traffic", evidence, version)
     services.patch(name, {"spec": {"predictor": {"canaryTrafficPercent": 100}}})
     if not wait_ready(services, name, timeout_s, poll_s):
         return "failed", f"promoted to 100% but not Ready again within {timeout_s:g}s"
-    return "promoted", f"canary {canary_percent}% Ready, then promoted to 100%"
+    return "promoted", f"canary {canary_percent}% {evidence}, then promoted to 100%"
 
 
 # --------------------------------------------------------------------------- targets
@@ -266,8 +290,9 @@ def deploy_kserve(
     canary_percent: int | None,
     timeout_s: float,
     poll_s: float,
+    analysis: CanaryAnalysis | None = None,
 ) -> DeploymentResult:
-    """Roll ``champion`` out to the chart's InferenceService (``config``)."""
+    """Roll ``champion`` out to the chart's InferenceService (``config``); ``analysis`` judges the canary."""
     if canary_percent is not None and not config.canary_supported:
         log.warning(
             "deploymentMode %s has no traffic splitting: rolling out without a canary",
@@ -275,7 +300,7 @@ def deploy_kserve(
         )
         canary_percent = None
     manifest = rollout_manifest(config, services.namespace, champion, canary_percent)
-    status, detail = rollout(services, manifest, canary_percent, timeout_s, poll_s)
+    status, detail = rollout(services, manifest, canary_percent, timeout_s, poll_s, analysis)
     if status in ("deployed", "unchanged"):
         canary_percent = None  # a first revision or no change: no traffic was split
     return DeploymentResult(
