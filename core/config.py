@@ -46,10 +46,28 @@ class SplitParams(_Section):
     seed: int
 
 
+Probability = Field(ge=0.0, le=1.0)
+
+
+class DegradationParams(_Section):
+    """Per-image probabilities of the web degradations training applies in its input pipeline."""
+
+    jpeg: float = Probability
+    resample: float = Probability
+    blur: float = Probability
+    noise: float = Probability
+
+
+# No degradation at all: for callers that build a dataset without params.yaml (tests, benches).
+NO_DEGRADATIONS = DegradationParams(jpeg=0.0, resample=0.0, blur=0.0, noise=0.0)
+
+
 class AugmentationParams(_Section):
     horizontal_flip: bool
     translate: float = Field(ge=0.0, le=0.5)
     contrast: float = Field(ge=0.0, le=1.0)
+    degradations: DegradationParams
+    mixup_alpha: float = Field(ge=0.0, le=1.0)
 
 
 class ModelParams(_Section):
@@ -67,6 +85,9 @@ class TrainingParams(_Section):
     early_stopping_patience: int = Field(ge=1)
     seed: int
     mixed_precision: Literal["auto", "on", "off"]
+    time_budget_minutes: float | None = Field(gt=0.0)
+    label_smoothing: float = Field(ge=0.0, lt=0.5)
+    ema_momentum: float | None = Field(gt=0.0, lt=1.0)
 
 
 class EvaluationParams(_Section):
