@@ -85,7 +85,9 @@ def bench_one(
         image_size=x.shape[1],
         dropout=0.2,
         pretrained_weights="none",
-        augmentation=AugmentationParams(horizontal_flip=True, translate=0.0, contrast=0.0, degradations=NO_DEGRADATIONS, mixup_alpha=0.0),
+        augmentation=AugmentationParams(
+            horizontal_flip=True, translate=0.0, contrast=0.0, degradations=NO_DEGRADATIONS, mixup_alpha=0.0
+        ),
         mean=pixels.mean(axis=0).tolist(),
         variance=pixels.var(axis=0).tolist(),
         seed=42,
