@@ -409,7 +409,8 @@ def train_model(
         started = time.perf_counter()
         plan = None
         epochs = training.epochs
-        if training.time_budget_minutes is not None:
+        # One epoch at most leaves nothing to choose: no probe (the test pipeline's quick runs).
+        if training.time_budget_minutes is not None and training.epochs > 1:
             plan = _budget_plan(model, training, train_ds, val_ds, len(train[1]), len(val[1]))
             epochs = plan.epochs
         _compile(model, training, steps, epochs)
