@@ -58,6 +58,6 @@ def with_flip_averaging(model: keras.Model) -> keras.Model:
     ``fake_probability`` output, so every consumer of the model is unchanged.
     """
     inputs = keras.Input(model.input_shape[1:], dtype="uint8", name="image")
-    scores = model(WithMirror(name="with_mirror")(inputs))
+    scores = model(WithMirror(name="mirror")(inputs))
     outputs = HalvesMean(dtype="float32", name=OUTPUT_NAME)(scores)
     return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")

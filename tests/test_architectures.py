@@ -221,7 +221,5 @@ def test_flip_averaged_model_runs_the_network_once_on_the_batch_and_its_mirror()
     inner = averaged.get_layer(model.name)
     assert len(inner._inbound_nodes) == 1, "one call of the network, not one per view"
     assert inner._inbound_nodes[0].input_tensors[0].shape[0] is None
-    stacked = keras.ops.convert_to_numpy(
-        averaged.get_layer("with_mirror")(np.zeros((3, SIZE, SIZE, 3), "uint8"))
-    )
+    stacked = keras.ops.convert_to_numpy(averaged.get_layer("mirror")(np.zeros((3, SIZE, SIZE, 3), "uint8")))
     assert stacked.shape == (6, SIZE, SIZE, 3)
