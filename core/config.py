@@ -46,10 +46,28 @@ class SplitParams(_Section):
     seed: int
 
 
+Probability = Field(ge=0.0, le=1.0)
+
+
+class DegradationParams(_Section):
+    """Per-image probabilities of the web degradations training applies in its input pipeline."""
+
+    jpeg: float = Probability
+    resample: float = Probability
+    blur: float = Probability
+    noise: float = Probability
+
+
+# No degradation at all: for callers that build a dataset without params.yaml (tests, benches).
+NO_DEGRADATIONS = DegradationParams(jpeg=0.0, resample=0.0, blur=0.0, noise=0.0)
+
+
 class AugmentationParams(_Section):
     horizontal_flip: bool
     translate: float = Field(ge=0.0, le=0.5)
     contrast: float = Field(ge=0.0, le=1.0)
+    degradations: DegradationParams
+    mixup_alpha: float = Field(ge=0.0, le=1.0)
 
 
 class ModelParams(_Section):
@@ -67,6 +85,9 @@ class TrainingParams(_Section):
     early_stopping_patience: int = Field(ge=1)
     seed: int
     mixed_precision: Literal["auto", "on", "off"]
+    time_budget_minutes: float | None = Field(gt=0.0)
+    label_smoothing: float = Field(ge=0.0, lt=0.5)
+    ema_momentum: float | None = Field(gt=0.0, lt=1.0)
 
 
 class EvaluationParams(_Section):
@@ -142,12 +163,46 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def load_params(path: Path = PARAMS_FILE, overrides: list[str] | None = None) -> Params:
+def profile_overrides(path: Path) -> list[str]:
+    """Read a profile (a partial params file, e.g. params-gpu.yaml) as ``key.path=value`` overrides.
+
+    A profile holds only the keys it changes, so params.yaml stays the one place of every other value.
+
+    Args:
+        path: The profile: a YAML mapping shaped like params.yaml.
+
+    Returns:
+        One override per leaf value, for :func:`load_params`.
+
+    Raises:
+        ConfigError: naming the file when it is missing or not a mapping.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+
+    def leaves(prefix: str, node: object) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [item for key, value in node.items() for item in leaves(f"{prefix}{key}.", value)]
+        return [f"{prefix.rstrip('.')}={json.dumps(node)}"]  # JSON is YAML: the value parses back as written
+
+    return leaves("", raw)
+
+
+def load_params(
+    path: Path = PARAMS_FILE, overrides: list[str] | None = None, profile: Path | None = None
+) -> Params:
     """Load and validate params.yaml.
 
     Args:
         path: The params file.
-        overrides: Optional ``key.path=value`` items applied before validation.
+        overrides: Optional ``key.path=value`` items applied before validation (after the profile).
+        profile: Optional partial params file whose values replace those of ``path`` (e.g. params-gpu.yaml).
 
     Returns:
         The validated, frozen parameters.
@@ -163,6 +218,10 @@ def load_params(path: Path = PARAMS_FILE, overrides: list[str] | None = None) ->
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        raw = apply_overrides(raw, profile_overrides(profile) if profile else [])
+    except ConfigError as exc:
+        raise ConfigError(f"{profile}: {exc}") from None
     raw = apply_overrides(raw, overrides or [])
     try:
         return Params.model_validate(raw)

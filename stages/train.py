@@ -1,8 +1,10 @@
 """Stage 4, train: fit the configured architecture, early stopping, keep the best checkpoint, log to MLflow.
 
 Output ``models/``: ``model.keras`` (the best epoch by validation ROC-AUC) and ``run.json`` (the MLflow run
-that evaluate and register continue); ``reports/training.json`` summarises the run. Uses every visible GPU
-(MirroredStrategy across several on the TensorFlow backend; mixed precision on GPU) and the CPU otherwise.
+that evaluate and register continue); ``reports/training.json`` summarises the run, with the epochs the time
+budget chose. Degradations and mixup run in the tf.data input pipeline (stages/augment.py), not in the model.
+Uses every visible GPU (MirroredStrategy across several on the TensorFlow backend; mixed precision on GPU)
+and the CPU otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,6 +36,7 @@ from core.pipeline import (
     RUN_FILE,
     TRAINING_REPORT,
 )
+from stages.augment import training_dataset, validation_dataset
 from stages.shards import load_split
 
 if TYPE_CHECKING:  # keras is imported lazily, in the functions that train
@@ -73,21 +77,28 @@ def _strategy(gpus: int) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _compile(model, params: TrainingParams, steps_per_epoch: int) -> None:
+def _compile(model, params: TrainingParams, steps_per_epoch: int, epochs: int) -> None:
+    """Compile with the recipe: AdamW (optional EMA), warm-up + cosine over ``epochs``, label smoothing."""
     import keras
 
-    total = max(1, params.epochs * steps_per_epoch)
+    total = max(1, epochs * steps_per_epoch)
     warmup = total // 20  # a short warm-up keeps BatchNorm statistics sane at the peak learning rate
     schedule = keras.optimizers.schedules.CosineDecay(
         params.learning_rate / 10,
-        decay_steps=total - warmup,
+        decay_steps=max(1, total - warmup),
         alpha=0.01,
         warmup_target=params.learning_rate,
         warmup_steps=warmup,
     )
+    ema = params.ema_momentum is not None
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay),
-        loss=keras.losses.BinaryCrossentropy(),
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=schedule,
+            weight_decay=params.weight_decay,
+            use_ema=ema,
+            ema_momentum=params.ema_momentum if ema else 0.99,
+        ),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
     )
 
@@ -155,6 +166,278 @@ def epoch_progress_logger() -> keras.callbacks.Callback:
     return EpochProgressLogger()
 
 
+# Steps the throughput probe runs before it starts timing (tracing, the first allocations), then times.
+PROBE_WARMUP_STEPS = 3
+PROBE_TIMED_STEPS = 20
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """How ``training.time_budget_minutes`` was spent: what the probe measured and the epochs it chose."""
+
+    budget_seconds: float
+    probe_seconds: float  # the probe's wall time, tracing included, charged to the budget
+    train_images_per_second: float  # steady-state fit throughput (augmentation included)
+    validation_images_per_second: float
+    setup_seconds: float  # tracing and first steps, paid again by the real fit
+    epoch_seconds: float  # estimated: one pass over train + validation
+    max_epochs: int  # training.epochs
+    epochs: int  # the choice
+
+    def to_dict(self) -> dict[str, float | int]:
+        """The plan as plain JSON values, rounded for the report."""
+        return {k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def plan_epochs(
+    *,
+    budget_seconds: float,
+    spent_seconds: float,
+    setup_seconds: float,
+    epoch_seconds: float,
+    max_epochs: int,
+) -> int:
+    """Epochs that fit the budget: what is left after the probe and the fit's own setup, whole epochs.
+
+    Args:
+        budget_seconds: The whole budget.
+        spent_seconds: Already spent (the probe).
+        setup_seconds: The fit's fixed cost before its first steady step (tracing).
+        epoch_seconds: Estimated seconds per epoch, validation included.
+        max_epochs: Never more than this (``training.epochs``).
+
+    Returns:
+        At least 1 (a budget too small for one epoch still trains one, with a warning from the caller).
+    """
+    left = budget_seconds - spent_seconds - setup_seconds
+    return max(1, min(max_epochs, int(left // epoch_seconds)))
+
+
+class _StepTimer:
+    """Times Keras steps (train or test batches) after a warm-up: the steady rate in batches per second."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.times: list[float] = []
+
+    def tick(self) -> None:
+        self.times.append(time.perf_counter())
+
+    def seconds_per_step(self) -> float:
+        steady = self.times[self.warmup :]
+        return (steady[-1] - steady[0]) / max(1, len(steady) - 1)
+
+
+def _probe(model, training: TrainingParams, train_ds, val_ds, steps_per_epoch: int) -> dict[str, float]:
+    """Fit a few steps and validate a few batches to time them; the model's weights are put back after.
+
+    Returns:
+        ``train_step``, ``val_step`` (seconds per batch, steady state), ``setup`` (first steps' excess)
+        and ``wall`` (the probe's whole time).
+    """
+    import keras
+
+    started = time.perf_counter()
+    initial = model.get_weights()
+    _compile(model, training, steps_per_epoch, training.epochs)
+    train_timer, val_timer = _StepTimer(PROBE_WARMUP_STEPS), _StepTimer(PROBE_WARMUP_STEPS)
+    fit_started = time.perf_counter()
+    timers = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: train_timer.tick(),
+        on_test_batch_end=lambda batch, logs: val_timer.tick(),
+    )
+    steps = PROBE_WARMUP_STEPS + PROBE_TIMED_STEPS
+    model.fit(
+        train_ds.repeat().take(steps),
+        validation_data=val_ds.repeat().take(steps),
+        epochs=1,
+        shuffle=False,  # the dataset shuffles itself
+        callbacks=[timers],
+        verbose=0,
+    )
+    model.set_weights(initial)  # the probe only measures: training starts from the same initial weights
+    train_step = train_timer.seconds_per_step()
+    return {
+        "train_step": train_step,
+        "val_step": val_timer.seconds_per_step(),
+        "setup": max(
+            0.0, train_timer.times[PROBE_WARMUP_STEPS] - fit_started - (PROBE_WARMUP_STEPS + 1) * train_step
+        ),
+        "wall": time.perf_counter() - started,
+    }
+
+
+def _budget_plan(
+    model, training: TrainingParams, train_ds, val_ds, train_images: int, val_images: int
+) -> BudgetPlan:
+    """Time the first steps (:func:`_probe`) and choose the epochs that fit ``time_budget_minutes``."""
+    batch = training.batch_size
+    steps, val_steps = -(-train_images // batch), -(-val_images // batch)
+    probe = _probe(model, training, train_ds, val_ds, steps)
+    epoch_seconds = steps * probe["train_step"] + val_steps * probe["val_step"]
+    budget = 60 * training.time_budget_minutes
+    epochs = plan_epochs(
+        budget_seconds=budget,
+        spent_seconds=probe["wall"],
+        setup_seconds=probe["setup"],
+        epoch_seconds=epoch_seconds,
+        max_epochs=training.epochs,
+    )
+    plan = BudgetPlan(
+        budget_seconds=budget,
+        probe_seconds=probe["wall"],
+        train_images_per_second=batch / probe["train_step"],
+        validation_images_per_second=batch / probe["val_step"],
+        setup_seconds=probe["setup"],
+        epoch_seconds=epoch_seconds,
+        max_epochs=training.epochs,
+        epochs=epochs,
+    )
+    log.info(
+        "time budget %s: measured %.0f img/s training, %.0f img/s validation, about %s an epoch: "
+        "%d epoch(s) (at most %d), schedule stretched over them",
+        format_duration(budget),
+        plan.train_images_per_second,
+        plan.validation_images_per_second,
+        format_duration(epoch_seconds),
+        epochs,
+        training.epochs,
+    )
+    if probe["wall"] + probe["setup"] + epoch_seconds > budget:
+        log.warning("time budget %s is too short for one epoch; training one anyway", format_duration(budget))
+    return plan
+
+
+def _budget_guard(budget_seconds: float, started: float) -> keras.callbacks.Callback:
+    """Stop after an epoch when the next one, as long as the last one, would end past the budget.
+
+    The plan's estimate comes from a few steps; a machine that gets busier mid-run must not overrun by much.
+    The last epoch, not the mean, predicts the next: the first one also paid for tracing.
+    """
+    import keras
+
+    class BudgetGuard(keras.callbacks.Callback):
+        """Sets ``stopped_by_budget`` when it ends the fit early."""
+
+        stopped_by_budget = False
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.epoch_started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            now = time.perf_counter()
+            if (
+                epoch + 1 < self.params["epochs"]
+                and now - started + (now - self.epoch_started) > budget_seconds
+            ):
+                log.warning("stopping after epoch %d: the next one would overrun the time budget", epoch + 1)
+                self.stopped_by_budget = True
+                self.model.stop_training = True
+
+    return BudgetGuard()
+
+
+@dataclass
+class Trained:
+    """What :func:`train_model` returns."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    epochs: int  # planned (training.epochs, or the budget's choice)
+    plan: BudgetPlan | None
+    stopped_by_budget: bool
+    fit_seconds: float  # the fit alone, without the probe
+
+
+def train_model(
+    params: Params,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    *,
+    mean: list[float],
+    variance: list[float],
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    verbose: int = 0,
+) -> Trained:
+    """Build, compile and fit the configured model with the recipe of params.yaml: the one training path.
+
+    The augmentation of ``params.augmentation`` runs in the input pipeline (degradations, mixup) and in the
+    model's training-only layers (flip, translation, contrast). With ``training.time_budget_minutes`` a
+    probe times the first steps, then the epochs and the learning-rate schedule are fitted to the budget.
+    With ``training.ema_momentum`` validation and the ``callbacks`` (a checkpoint) see the averaged weights.
+
+    Args:
+        params: The validated parameters.
+        train: uint8 images and 0/1 labels to fit.
+        val: uint8 images and 0/1 labels to validate on after each epoch.
+        mean: Per-channel mean of the training images in [0, 1] scale (the model's Normalization).
+        variance: Per-channel variance, likewise.
+        callbacks: Called after the recipe's own (EMA weight swapping), e.g. checkpoint and early stopping.
+        verbose: Keras' ``fit`` verbosity.
+
+    Returns:
+        The model (last epoch's weights; EMA-averaged when enabled), its history and the plan.
+    """
+    import keras
+
+    from stages.architectures import build_model
+
+    training, augmentation = params.training, params.augmentation
+    gpus = gpu_count()
+    if training.mixed_precision == "on" or (training.mixed_precision == "auto" and gpus):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    train_ds = training_dataset(
+        *train,
+        batch_size=training.batch_size,
+        seed=training.seed,
+        degradations=augmentation.degradations,
+        mixup_alpha=augmentation.mixup_alpha,
+    )
+    val_ds = validation_dataset(*val, batch_size=training.batch_size)
+    steps = -(-len(train[1]) // training.batch_size)
+    with _strategy(gpus):
+        model = build_model(
+            params.model.architecture,
+            image_size=params.data.image_size,
+            dropout=params.model.dropout,
+            pretrained_weights=params.model.pretrained_weights,
+            augmentation=augmentation,
+            mean=mean,
+            variance=variance,
+            seed=training.seed,
+        )
+        started = time.perf_counter()
+        plan = None
+        epochs = training.epochs
+        # One epoch at most leaves nothing to choose: no probe (the test pipeline's quick runs).
+        if training.time_budget_minutes is not None and training.epochs > 1:
+            plan = _budget_plan(model, training, train_ds, val_ds, len(train[1]), len(val[1]))
+            epochs = plan.epochs
+        _compile(model, training, steps, epochs)
+    own: list[keras.callbacks.Callback] = []
+    if training.ema_momentum is not None:
+        # Before the caller's callbacks: validation, checkpoint and early stopping see the averaged weights.
+        own.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    guard = _budget_guard(plan.budget_seconds, started) if plan else None
+    fit_started = time.perf_counter()
+    history = model.fit(
+        train_ds,
+        epochs=epochs,
+        shuffle=False,  # the dataset shuffles itself, reproducibly
+        validation_data=val_ds,
+        callbacks=own + list(callbacks or []) + ([guard] if guard else []),
+        verbose=verbose,
+    )
+    return Trained(
+        model=model,
+        history=history.history,
+        epochs=epochs,
+        plan=plan,
+        stopped_by_budget=bool(guard and guard.stopped_by_budget),
+        fit_seconds=time.perf_counter() - fit_started,
+    )
+
+
 def run(params: Params) -> dict:
     """Run train in the current workspace.
 
@@ -165,7 +448,6 @@ def run(params: Params) -> dict:
     import mlflow
 
     from core.layers import with_flip_averaging
-    from stages.architectures import build_model
 
     train_x, train_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "train"))
     val_x, val_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "val"))
@@ -173,17 +455,19 @@ def run(params: Params) -> dict:
     data_report = read_json(DATA_REPORT)
     training = params.training
     gpus = gpu_count()
-    if training.mixed_precision == "on" or (training.mixed_precision == "auto" and gpus):
-        keras.mixed_precision.set_global_policy("mixed_float16")
     device = f"{gpus} GPU(s)" if gpus else "CPU"
+    budget = (
+        f"{training.time_budget_minutes:g} min budget" if training.time_budget_minutes else "no time budget"
+    )
     log.info(
-        "train: %s on %s (%s backend), %d train / %d val images, up to %d epochs",
+        "train: %s on %s (%s backend), %d train / %d val images, up to %d epochs (%s)",
         params.model.architecture,
         device,
         keras.backend.backend(),
         len(train_x),
         len(val_x),
         training.epochs,
+        budget,
     )
     if data_report["synthetic"]:
         log.warning("training on %s", data_report["notice"])
@@ -212,20 +496,6 @@ def run(params: Params) -> dict:
         if (FIGURES_DIR / "spectrum.png").is_file():
             mlflow.log_artifact(str(FIGURES_DIR / "spectrum.png"), "figures")
 
-        steps = int(np.ceil(len(train_x) / training.batch_size))
-        with _strategy(gpus):
-            model = build_model(
-                params.model.architecture,
-                image_size=params.data.image_size,
-                dropout=params.model.dropout,
-                pretrained_weights=params.model.pretrained_weights,
-                augmentation=params.augmentation,
-                mean=features["mean"],
-                variance=features["variance"],
-                seed=training.seed,
-            )
-            _compile(model, training, steps)
-        mlflow.log_param("parameter_count", model.count_params())
         checkpoint = tmp / MODEL_FILE
         callbacks = [
             keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True),
@@ -236,35 +506,41 @@ def run(params: Params) -> dict:
             epoch_progress_logger(),
         ]
         started = time.perf_counter()
-        history = model.fit(
-            train_x,
-            train_y.astype("float32"),
-            batch_size=training.batch_size,
-            epochs=training.epochs,
-            validation_data=(val_x, val_y.astype("float32")),
-            shuffle=True,
+        trained = train_model(
+            params,
+            (train_x, train_y),
+            (val_x, val_y),
+            mean=features["mean"],
+            variance=features["variance"],
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 0,  # not a terminal: epoch_progress_logger's lines
         )
         seconds = time.perf_counter() - started
+        model, history = trained.model, trained.history
+        mlflow.log_param("parameter_count", model.count_params())
         if params.model.test_time_flip:
             with_flip_averaging(load_keras(checkpoint)).save(checkpoint)
-        val_auc = history.history["val_auc"]
+        val_auc = history["val_auc"]
         best = int(np.argmax(val_auc))
         summary = {
             "architecture": params.model.architecture,
             "parameters": int(model.count_params()),
             "device": device,
+            "epochs_planned": trained.epochs,
             "epochs_run": len(val_auc),
             "best_epoch": best + 1,
             "best_val_auc": float(val_auc[best]),
-            "best_val_accuracy": float(history.history["val_accuracy"][best]),
+            "best_val_accuracy": float(history["val_accuracy"][best]),
             "train_seconds": round(seconds, 1),
-            "train_images_per_second": round(len(val_auc) * len(train_x) / seconds, 1),
+            "train_images_per_second": round(len(val_auc) * len(train_x) / trained.fit_seconds, 1),
+            "time_budget": trained.plan.to_dict() if trained.plan else None,
+            "stopped_by_budget": trained.stopped_by_budget,
         }
         write_json(tmp / RUN_FILE, {"run_id": mlrun.info.run_id, "experiment_id": experiment.experiment_id})
         mlflow.log_metrics({f"train_{k}": v for k, v in summary.items() if isinstance(v, int | float)})
-        mlflow.log_dict(history.history, "training/history.json")
+        if trained.plan:
+            mlflow.log_dict(trained.plan.to_dict(), "training/time_budget.json")
+        mlflow.log_dict(history, "training/history.json")
     write_json(TRAINING_REPORT, summary)
     log.info("train done: %s", json.dumps(summary))
     return summary

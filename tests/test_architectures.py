@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 
 from core import layers
-from core.config import Architecture, AugmentationParams
+from core.config import NO_DEGRADATIONS, Architecture, AugmentationParams
 from stages import architectures
 from stages.architectures import ARCHITECTURES, PretrainedWeightsError, build_model
 
 SIZE = 16  # small images keep the whole file fast; transfer models upsample to their backbone minimum
-NO_AUGMENTATION = AugmentationParams(horizontal_flip=False, translate=0.0, contrast=0.0)
-FULL_AUGMENTATION = AugmentationParams(horizontal_flip=True, translate=0.125, contrast=0.3)
+NO_AUGMENTATION = AugmentationParams(
+    horizontal_flip=False, translate=0.0, contrast=0.0, degradations=NO_DEGRADATIONS, mixup_alpha=0.0
+)
+FULL_AUGMENTATION = AugmentationParams(
+    horizontal_flip=True, translate=0.125, contrast=0.3, degradations=NO_DEGRADATIONS, mixup_alpha=0.0
+)
 TRANSFER = ("EfficientNetB0Transfer", "XceptionTransfer")
 
 
@@ -209,3 +213,13 @@ def test_scratch_architectures_ignore_pretrained_weights_setting() -> None:
     # The default params say "imagenet"; a from-scratch model must not try to download anything.
     model = _build("SimpleCNN", pretrained_weights="imagenet")
     assert model.name == "SimpleCNN"
+
+
+def test_flip_averaged_model_runs_the_network_once_on_the_batch_and_its_mirror() -> None:
+    model = _build("DeepGuardCNN")
+    averaged = layers.with_flip_averaging(model)
+    inner = averaged.get_layer(model.name)
+    assert len(inner._inbound_nodes) == 1, "one call of the network, not one per view"
+    assert inner._inbound_nodes[0].input_tensors[0].shape[0] is None
+    stacked = keras.ops.convert_to_numpy(averaged.get_layer("mirror")(np.zeros((3, SIZE, SIZE, 3), "uint8")))
+    assert stacked.shape == (6, SIZE, SIZE, 3)

@@ -1,0 +1,167 @@
+"""Training's input pipeline: shuffled batches, random web degradations and mixup, on the fly, seeded.
+
+The degradations are the ones uploads go through (re-saved JPEGs, images resized up or down and brought back
+to the model's size the way the predictor does it, blur, sensor noise). They reuse ``core.degrade``'s PIL
+primitives and ``core.imaging.resize``, so training sees exactly what serving and the robustness report see.
+They run in the ``tf.data`` pipeline (a ``tf.numpy_function`` per batch, in parallel with the model's step),
+never in the saved model and never on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from core.config import DegradationParams
+from core.degrade import blur, jpeg, noise, rescale
+from core.imaging import open_image, resize
+
+# Ranges of the random degradations (params.yaml sets only how often each happens).
+JPEG_QUALITY = (40, 95)  # inclusive; web re-encoders rarely go below 40 or above 95
+RESAMPLE_FACTOR = (0.5, 4.0)  # drawn log-uniformly: as many downscales as enlargements
+RESAMPLE_METHODS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+BLUR_RADIUS = (0.3, 1.0)  # "mild": beyond ~1 px a 32x32 image loses the artifacts the model looks for
+NOISE_SIGMA = (2.0, 8.0)  # in 0..255 units
+
+
+def active(degradations: DegradationParams) -> bool:
+    """Whether any degradation has a non-zero probability."""
+    return any(p > 0 for p in degradations.model_dump().values())
+
+
+def degrade_images(
+    images: np.ndarray, degradations: DegradationParams, rng: np.random.Generator
+) -> np.ndarray:
+    """Apply each degradation with its probability to each uint8 ``(S, S, 3)`` image, in upload order.
+
+    Every random number is drawn for every image whether or not its degradation applies, so the same seed
+    gives the same draws under any probabilities.
+
+    Args:
+        images: uint8 ``(N, S, S, 3)`` model-size images.
+        degradations: The probability of each degradation.
+        rng: The generator to draw from.
+
+    Returns:
+        The degraded images, same shape and dtype.
+    """
+    n = len(images)
+    chances = [degradations.resample, degradations.blur, degradations.noise, degradations.jpeg]
+    applies = rng.random((n, 4)) < chances
+    factors = np.exp(rng.uniform(np.log(RESAMPLE_FACTOR[0]), np.log(RESAMPLE_FACTOR[1]), n))
+    methods = rng.integers(len(RESAMPLE_METHODS), size=n)
+    radii = rng.uniform(*BLUR_RADIUS, n)
+    sigmas = rng.uniform(*NOISE_SIGMA, n)
+    noise_seeds = rng.integers(2**31, size=n)
+    qualities = rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, size=n)
+    out = np.array(images, dtype=np.uint8)
+    size = images.shape[2], images.shape[1]
+    for i in np.flatnonzero(applies.any(axis=1)):
+        resample, blurred, noisy, compressed = applies[i]
+        picture = Image.fromarray(out[i])
+        if resample:
+            # Edited elsewhere at another size, then resized to the model's size by the predictor.
+            picture = resize(rescale(picture, float(factors[i]), RESAMPLE_METHODS[methods[i]]), size)
+        if blurred:
+            picture = blur(picture, float(radii[i]))
+        if noisy:
+            picture = noise(picture, float(sigmas[i]), int(noise_seeds[i]))
+        if compressed:
+            # Last, as an upload is compressed after any editing; decoded as the predictor decodes uploads.
+            picture = open_image(jpeg(picture, int(qualities[i])))
+        out[i] = np.asarray(picture.convert("RGB"), dtype=np.uint8)
+    return out
+
+
+def augment_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    seed: int,
+    degradations: DegradationParams,
+    mixup_alpha: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Degrade each image at random, then mix pairs of images and labels (mixup), seeded per batch.
+
+    Args:
+        images: uint8 ``(N, S, S, 3)``.
+        labels: ``(N,)`` 0 (REAL) / 1 (FAKE).
+        seed: Seeds this batch's draws; the same seed gives the same batch.
+        degradations: The probability of each degradation.
+        mixup_alpha: Mixup's Beta(alpha, alpha) parameter; 0 disables mixup.
+
+    Returns:
+        The new uint8 images and float32 labels (fractional where mixup blended two images).
+    """
+    rng = np.random.default_rng(int(seed) & 0xFFFFFFFFFFFFFFFF)
+    labels = np.asarray(labels, dtype=np.float32)
+    if active(degradations):
+        images = degrade_images(images, degradations, rng)
+    if mixup_alpha > 0 and len(images) > 1:
+        weight = rng.beta(mixup_alpha, mixup_alpha, len(images)).astype(np.float32)
+        partner = rng.permutation(len(images))
+        w = weight[:, None, None, None]
+        # The model takes uint8 images, so the blend is rounded back to uint8 (at most half a grey level off).
+        images = np.rint(w * images + (1 - w) * images[partner]).astype(np.uint8)
+        labels = weight * labels + (1 - weight) * labels[partner]
+    return np.asarray(images, dtype=np.uint8), labels
+
+
+def training_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    degradations: DegradationParams,
+    mixup_alpha: float,
+):
+    """A ``tf.data`` pipeline of shuffled, augmented ``(uint8 images, float32 labels)`` batches.
+
+    Reshuffled and redrawn every epoch, reproducibly for a given seed. The shuffle moves indices, not
+    images, and the augmentation runs in parallel with training, ahead of it (prefetch).
+
+    Args:
+        images: uint8 ``(N, S, S, 3)`` (a memory map is read once, into the pipeline).
+        labels: ``(N,)`` 0/1 labels.
+        batch_size: Images per batch (the last batch of an epoch may be smaller).
+        seed: Seeds the shuffle and every batch's augmentation draws.
+        degradations: The probability of each degradation.
+        mixup_alpha: Mixup's Beta parameter; 0 disables it.
+
+    Returns:
+        A ``tf.data.Dataset`` Keras' ``fit`` iterates once per epoch.
+    """
+    import tensorflow as tf
+
+    images = tf.constant(np.asarray(images, dtype=np.uint8))
+    labels = tf.constant(np.asarray(labels, dtype=np.float32))
+    shape = tuple(images.shape[1:])
+    order = tf.data.Dataset.range(len(labels)).shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    batches = order.batch(batch_size).map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
+    if active(degradations) or mixup_alpha > 0:
+        # One int64 seed per batch, new ones every epoch, the same sequence for the same seed.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+        def augment(batch: tuple, batch_seed):
+            x, y = tf.numpy_function(
+                lambda xs, ys, s: augment_batch(xs, ys, s, degradations, mixup_alpha),
+                [batch[0], batch[1], batch_seed],
+                (tf.uint8, tf.float32),
+                stateful=False,
+            )
+            x.set_shape((None, *shape))
+            y.set_shape((None,))
+            return x, y
+
+        batches = tf.data.Dataset.zip(batches, seeds).map(
+            augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def validation_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int):
+    """Unshuffled, unaugmented ``(uint8 images, float32 labels)`` batches for validation."""
+    import tensorflow as tf
+
+    data = (np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.float32))
+    return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,134 @@
+"""Unit tests for stages.augment: each training degradation, mixup, seeding, and the tf.data pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import degrade
+from core.config import NO_DEGRADATIONS, DegradationParams
+from core.imaging import decode_for_model, resize
+from stages import augment
+from stages.augment import augment_batch, degrade_images, training_dataset
+
+SIZE = 32
+
+
+def _images(n: int = 6, seed: int = 0) -> np.ndarray:
+    """Smooth gradients with texture: JPEG, blur and resampling all visibly change them."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, SIZE)
+    base = (ramp[None, :, None] + ramp[:, None, None]) / 2 + np.zeros((SIZE, SIZE, 3))
+    return np.clip(base[None] + rng.normal(0, 25, (n, SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+
+
+def _only(name: str) -> DegradationParams:
+    return NO_DEGRADATIONS.model_copy(update={name: 1.0})
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(5)
+
+
+def test_probability_zero_leaves_images_untouched() -> None:
+    images = _images()
+    np.testing.assert_array_equal(degrade_images(images, NO_DEGRADATIONS, _rng()), images)
+    out, labels = augment_batch(images, np.arange(6) % 2, 3, NO_DEGRADATIONS, 0.0)
+    np.testing.assert_array_equal(out, images)
+    np.testing.assert_array_equal(labels, np.arange(6) % 2)
+
+
+def test_jpeg_with_probability_one_is_the_predictors_decode_of_a_reencoded_upload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(augment, "JPEG_QUALITY", (60, 60))
+    images = _images()
+    out = degrade_images(images, _only("jpeg"), _rng())
+    for image, got in zip(images, out, strict=True):
+        np.testing.assert_array_equal(got, decode_for_model(degrade.jpeg(Image.fromarray(image), 60), SIZE))
+        assert not np.array_equal(got, image)
+
+
+def test_jpeg_quality_is_drawn_from_its_range() -> None:
+    images = _images(4)
+    out = degrade_images(images, _only("jpeg"), _rng())
+    for image, got in zip(images, out, strict=True):
+        candidates = (
+            decode_for_model(degrade.jpeg(Image.fromarray(image), q), SIZE)
+            for q in range(augment.JPEG_QUALITY[0], augment.JPEG_QUALITY[1] + 1)
+        )
+        assert any(np.array_equal(got, c) for c in candidates)
+
+
+@pytest.mark.parametrize("method", augment.RESAMPLE_METHODS)
+@pytest.mark.parametrize("factor", [0.5, 4.0])
+def test_resample_goes_through_another_size_and_back_the_way_the_predictor_resizes(
+    monkeypatch: pytest.MonkeyPatch, factor: float, method: Image.Resampling
+) -> None:
+    monkeypatch.setattr(augment, "RESAMPLE_FACTOR", (factor, factor))
+    monkeypatch.setattr(augment, "RESAMPLE_METHODS", (method,))
+    images = _images(3)
+    out = degrade_images(images, _only("resample"), _rng())
+    for image, got in zip(images, out, strict=True):
+        resized = degrade.rescale(Image.fromarray(image), factor, method)
+        assert resized.size == (round(SIZE * factor),) * 2
+        np.testing.assert_array_equal(got, np.asarray(resize(resized, (SIZE, SIZE))))
+        assert not np.array_equal(got, image)
+
+
+def test_blur_smooths_and_noise_adds_zero_mean_noise_of_the_drawn_strength(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(augment, "BLUR_RADIUS", (1.0, 1.0))
+    monkeypatch.setattr(augment, "NOISE_SIGMA", (6.0, 6.0))
+    images = _images()
+    blurred = degrade_images(images, _only("blur"), _rng())
+    for image, got in zip(images, blurred, strict=True):
+        np.testing.assert_array_equal(got, np.asarray(degrade.blur(Image.fromarray(image), 1.0)))
+    rough = np.abs(np.diff(images.astype(float), axis=2)).mean()
+    assert np.abs(np.diff(blurred.astype(float), axis=2)).mean() < rough / 2
+    noisy = degrade_images(images, _only("noise"), _rng())
+    difference = noisy.astype(float) - images
+    assert abs(difference.mean()) < 0.5 and 5.0 < difference.std() < 7.0
+
+
+def test_same_seed_same_batch_other_seed_other_batch() -> None:
+    images, labels = _images(8), np.arange(8) % 2
+    all_of_them = DegradationParams(jpeg=0.5, resample=0.5, blur=0.5, noise=0.5)
+    first = augment_batch(images, labels, 11, all_of_them, 0.4)
+    second = augment_batch(images, labels, 11, all_of_them, 0.4)
+    other = augment_batch(images, labels, 12, all_of_them, 0.4)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_mixup_blends_images_and_labels_with_the_same_weights() -> None:
+    images = np.stack([np.full((SIZE, SIZE, 3), v, np.uint8) for v in (0, 200, 0, 200)])
+    labels = np.array([0, 1, 0, 1])
+    out, mixed = augment_batch(images, labels, 4, NO_DEGRADATIONS, 0.4)
+    assert mixed.dtype == np.float32 and not set(mixed.tolist()) <= {0.0, 1.0}
+    # A plain image of value v stays plain; with REAL=0 and FAKE=200 its value is 200 * its label.
+    np.testing.assert_allclose(out[:, 0, 0, 0], 200 * mixed, atol=0.51)
+    assert np.all(out == out[:, :1, :1, :1])
+
+
+def test_training_dataset_shuffles_every_image_once_per_epoch_reproducibly() -> None:
+    images = _images(20)
+    labels = np.arange(20) % 2
+    params = {
+        "batch_size": 8,
+        "degradations": DegradationParams(jpeg=0.5, resample=0.0, blur=0.0, noise=0.0),
+        "mixup_alpha": 0.0,
+    }
+    dataset = training_dataset(images, labels, seed=3, **params)
+    epochs = [[(x.numpy(), y.numpy()) for x, y in dataset] for _ in range(2)]
+    again = [(x.numpy(), y.numpy()) for x, y in training_dataset(images, labels, seed=3, **params)]
+    assert [len(y) for _, y in epochs[0]] == [8, 8, 4]
+    assert sorted(np.concatenate([y for _, y in epochs[0]]).tolist()) == sorted(labels.tolist())
+    for (x1, y1), (x2, y2) in zip(epochs[0], again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(epochs[0][0][0], epochs[1][0][0]), "each epoch reshuffles and redraws"
+    assert epochs[0][0][0].dtype == np.uint8

@@ -1,0 +1,148 @@
+"""stages.train's recipe on tiny data: time budget, EMA, label smoothing, augmentation placement."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from core.config import NO_DEGRADATIONS, Params, load_params
+from stages import train
+from stages.architectures import build_model
+from stages.train import plan_epochs, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 16
+
+
+def _params(*overrides: str) -> Params:
+    base = ["data.image_size=16", "model.architecture=SimpleCNN", "training.batch_size=16"]
+    return load_params(REPO / "params.yaml", [*base, *overrides])
+
+
+def _data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    base = np.where(labels[:, None, None, None] == 1, 170, 80)
+    return np.clip(base + rng.normal(0, 30, (n, SIZE, SIZE, 3)), 0, 255).astype(np.uint8), labels
+
+
+def _fit(params: Params, n: int = 64) -> train.Trained:
+    return train_model(params, _data(n), _data(32, seed=1), mean=[0.5] * 3, variance=[0.05] * 3)
+
+
+def test_plan_epochs_fits_whole_epochs_into_what_is_left_of_the_budget() -> None:
+    kwargs = {"budget_seconds": 600.0, "spent_seconds": 20.0, "setup_seconds": 10.0, "max_epochs": 100}
+    assert plan_epochs(epoch_seconds=57.0, **kwargs) == 10  # 570 s left
+    assert plan_epochs(epoch_seconds=114.0, **kwargs) == 5  # half the throughput, half the epochs
+    assert plan_epochs(epoch_seconds=1.0, **kwargs) == 100  # capped by training.epochs
+    assert plan_epochs(epoch_seconds=5000.0, **kwargs) == 1  # never zero
+
+
+@pytest.mark.parametrize(("train_step", "expected"), [(5.0, 5), (2.5, 11)])
+def test_budget_chooses_epochs_and_schedule_from_the_probed_throughput(
+    monkeypatch: pytest.MonkeyPatch, train_step: float, expected: int
+) -> None:
+    """A fake probe reports a slow or a fast machine; the fit then runs the epochs that budget allows."""
+    probed: list[bool] = []
+
+    def fake_probe(model, training, train_ds, val_ds, steps_per_epoch):
+        probed.append(True)
+        return {"train_step": train_step, "val_step": 0.1, "setup": 0.0, "wall": 0.5}
+
+    monkeypatch.setattr(train, "_probe", fake_probe)
+    # 64 images / 16 = 4 steps, 32 val images = 2 steps: an epoch "takes" 4 x step + 0.2 s; 119.5 s are left.
+    trained = _fit(_params("training.time_budget_minutes=2", "training.epochs=40"))
+    assert probed and trained.plan is not None
+    assert trained.epochs == trained.plan.epochs == expected
+    assert trained.plan.train_images_per_second == pytest.approx(16 / train_step)
+    assert len(trained.history["val_auc"]) == expected
+    schedule = trained.model.optimizer._learning_rate
+    assert schedule.warmup_steps + schedule.decay_steps == expected * 4, (
+        "the schedule spans the chosen epochs"
+    )
+
+
+def test_tiny_real_budget_measures_throughput_and_ends_within_it() -> None:
+    budget_minutes = 0.75
+    started = time.perf_counter()
+    trained = _fit(_params(f"training.time_budget_minutes={budget_minutes}", "training.epochs=500"), n=256)
+    elapsed = time.perf_counter() - started
+    plan = trained.plan
+    assert plan is not None and plan.train_images_per_second > 0 and plan.probe_seconds > 0
+    assert plan.epochs == plan_epochs(
+        budget_seconds=plan.budget_seconds,
+        spent_seconds=plan.probe_seconds,
+        setup_seconds=plan.setup_seconds,
+        epoch_seconds=plan.epoch_seconds,
+        max_epochs=500,
+    )
+    assert plan.epoch_seconds == pytest.approx(
+        16 * 256 / 16 / plan.train_images_per_second + 2 * 16 / plan.validation_images_per_second, rel=0.01
+    )
+    assert 1 < plan.epochs < 500
+    assert len(trained.history["val_auc"]) <= plan.epochs
+    # The estimate comes from a few steps on a shared machine: allow one epoch and the model build of slack.
+    assert elapsed < plan.budget_seconds + plan.epoch_seconds + 15
+
+
+def test_without_budget_the_configured_epochs_run_and_no_probe_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(train, "_probe", lambda *args: pytest.fail("probed without a budget"))
+    trained = _fit(_params("training.time_budget_minutes=null", "training.epochs=2"))
+    assert trained.plan is None and trained.epochs == 2 and len(trained.history["loss"]) == 2
+
+
+def test_degradations_and_mixup_stay_out_of_the_trained_model(tmp_path: Path) -> None:
+    params = _params(
+        "training.time_budget_minutes=null",
+        "training.epochs=1",
+        "augmentation.degradations={jpeg: 1.0, resample: 1.0, blur: 1.0, noise: 1.0}",
+        "augmentation.mixup_alpha=0.4",
+    )
+    trained = _fit(params)
+    plain = build_model(
+        "SimpleCNN",
+        image_size=SIZE,
+        dropout=0.2,
+        pretrained_weights="none",
+        augmentation=params.augmentation.model_copy(
+            update={"degradations": NO_DEGRADATIONS, "mixup_alpha": 0}
+        ),
+        mean=[0.5] * 3,
+        variance=[0.05] * 3,
+        seed=1,
+    )
+    assert [type(layer).__name__ for layer in trained.model.layers] == [
+        type(x).__name__ for x in plain.layers
+    ]
+    trained.model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    images = _data(8, seed=2)[0]
+    # Inference is deterministic and equals the in-memory model: nothing random runs at predict time.
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0), trained.model.predict(images, verbose=0), rtol=0, atol=1e-6
+    )
+    np.testing.assert_array_equal(reloaded.predict(images, verbose=0), reloaded.predict(images, verbose=0))
+
+
+def test_ema_leaves_the_averaged_weights_in_the_model_and_label_smoothing_reaches_the_loss() -> None:
+    trained = _fit(
+        _params(
+            "training.time_budget_minutes=null",
+            "training.epochs=2",
+            "training.ema_momentum=0.9",
+            "training.label_smoothing=0.1",
+        )
+    )
+    optimizer = trained.model.optimizer
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.9
+    for weight, average in zip(
+        trained.model.trainable_variables, optimizer._model_variables_moving_average, strict=True
+    ):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(weight), keras.ops.convert_to_numpy(average))
+    assert trained.model.loss.label_smoothing == 0.1
