@@ -164,11 +164,14 @@ def _champion_score(
         return ChampionScore(None, None, None)
     tag = champion.tags.get(f"test_{metric}")
     robust = champion.tags.get(f"degraded_mean_{degraded_metric(metric)}")
-    if champion.tags.get("test_hash") == test_hash and tag is not None:
+    # Its degraded mean is comparable when measured on the same draw: same test split, same sample size.
+    same_sample = champion.tags.get("robustness_sample", str(robustness_sample)) == str(robustness_sample)
+    if champion.tags.get("test_hash") == test_hash and tag is not None and same_sample:
         # A champion registered before robustness reports has no degraded-mean tag: the check is skipped.
         return ChampionScore(float(tag), None if robust is None else float(robust), str(champion.version))
     log.info(
-        "champion v%s was measured on other test data: re-evaluating it on this test split", champion.version
+        "champion v%s was measured on other test data or sample: re-evaluating it on this test split",
+        champion.version,
     )
     model, metadata = load_model_dir(download_model(f"models:/{name}/{champion.version}"))
     test_x, test_y = load_split(PROCESSED_DIR, "test")
@@ -287,6 +290,7 @@ def run(params: Params) -> dict:
         **{f"test_{k}": repr(v) for k, v in metrics["test"].items() if isinstance(v, float)},
         # The degraded means travel with the version, so that a later challenger is gated against them.
         **{f"degraded_mean_{k}": repr(v) for k, v in robust.items() if v is not None},
+        "robustness_sample": str(params.evaluation.robustness_sample),
     }
     decision = decide(
         params.promotion.metric,
