@@ -90,14 +90,25 @@ class TrainingParams(_Section):
     ema_momentum: float | None = Field(gt=0.0, lt=1.0)
 
 
+class ExtraSetParams(_Section):
+    """One extra evaluation set: a folder or zip with ``REAL/`` and ``FAKE/`` image folders."""
+
+    # Used in metric names (``extra_<name>_accuracy``), so only characters MLflow and DVC keep as they are.
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    path: str = Field(min_length=1)
+
+
 class EvaluationParams(_Section):
     threshold_metric: Literal["accuracy", "f1"]
     calibration_bins: int = Field(ge=2, le=100)
+    robustness_sample: int | None = Field(ge=1)
+    extra_sets: list[ExtraSetParams]
 
 
 class PromotionParams(_Section):
     metric: Literal["accuracy", "roc_auc", "f1", "precision", "recall"]
     min_improvement: float = Field(ge=0.0)
+    max_robustness_drop: float = Field(ge=0.0)
 
 
 class MlflowParams(_Section):

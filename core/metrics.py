@@ -38,3 +38,26 @@ def classification_metrics(
         "confusion_matrix": skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
         "count": int(len(labels)),
     }
+
+
+def outcome_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    """What each degradation and extra set reports: accuracy, ROC-AUC, fakes called REAL, count.
+
+    Args:
+        labels: Integer labels (FAKE = 1).
+        probabilities: P(FAKE) per image.
+        threshold: FAKE at or above it.
+
+    Returns:
+        ``accuracy``; ``roc_auc`` (None when only one class is present); ``fake_called_real``, the share of
+        FAKE images decided REAL (None without FAKE images): the miss that matters most to a user; ``count``.
+    """
+    labels = np.asarray(labels)
+    predicted = decide(probabilities, threshold)
+    fakes = labels == FAKE
+    return {
+        "accuracy": float(np.mean(predicted == labels)) if len(labels) else None,
+        "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if len(np.unique(labels)) == 2 else None,
+        "fake_called_real": float(np.mean(predicted[fakes] != FAKE)) if fakes.any() else None,
+        "count": int(len(labels)),
+    }

@@ -25,6 +25,7 @@ FIGURES_DIR = REPORTS_DIR / "figures"
 DATA_REPORT = REPORTS_DIR / "data_report.json"
 TRAINING_REPORT = REPORTS_DIR / "training.json"
 METRICS_FILE = REPORTS_DIR / "metrics.json"
+ROBUSTNESS_FILE = REPORTS_DIR / "robustness.json"
 REGISTRATION_FILE = REPORTS_DIR / "registration.json"
 DEPLOYMENT_FILE = REPORTS_DIR / "deployment.json"
 # File names inside those folders: written by one stage, read by the next.
@@ -151,21 +152,28 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="evaluate",
-        description="Threshold chosen on validation; test metrics, confusion matrix, ROC, PR, calibration.",
+        description="Threshold chosen on validation; test metrics, confusion matrix, ROC, PR, calibration, "
+        "robustness under degradations, extra sets.",
         inputs=(str(MODEL_DIR), str(PROCESSED_DIR)),
         params=("evaluation",),
-        metrics=(str(METRICS_FILE),),
+        metrics=(str(METRICS_FILE), str(ROBUSTNESS_FILE)),
         plots=tuple(
             str(FIGURES_DIR / f"{name}.png")
-            for name in ("confusion_matrix", "roc_curve", "pr_curve", "calibration")
+            for name in ("confusion_matrix", "roc_curve", "pr_curve", "calibration", "robustness")
         ),
         resources=_MEDIUM,
     ),
     Stage(
         name="register",
         description="Log and register the model in MLflow; alias challenger; champion only past the gate.",
-        inputs=(str(MODEL_DIR), str(METRICS_FILE), str(PROCESSED_DIR), str(DATA_REPORT)),
-        params=("promotion", "mlflow"),
+        inputs=(
+            str(MODEL_DIR),
+            str(METRICS_FILE),
+            str(ROBUSTNESS_FILE),
+            str(PROCESSED_DIR),
+            str(DATA_REPORT),
+        ),
+        params=("promotion", "mlflow", "evaluation.robustness_sample"),
         uncached=(str(REGISTRATION_FILE),),
         resources=_MEDIUM,
     ),

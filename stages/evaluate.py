@@ -2,6 +2,8 @@
 
 Outputs ``reports/metrics.json`` (DVC metrics) and PNG figures in ``reports/figures/`` (DVC plots): confusion
 matrix, ROC curve, precision-recall curve and calibration; all are logged to the training run in MLflow.
+The robustness report (``stages/robustness.py``) and the extra sets (``stages/extra_sets.py``) are scored here
+too, with the same model and threshold.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from core.metrics import classification_metrics
 from core.modelstore import load_keras, predict_fake_probability
 from core.pipeline import FIGURES_DIR, METRICS_FILE, MODEL_DIR, MODEL_FILE, PROCESSED_DIR
 from core.tracking import load_run_id
+from stages import extra_sets, robustness
 from stages.figures import plt, save_figure
 from stages.shards import load_split
 
@@ -107,7 +110,12 @@ def run(params: Params) -> dict:
     """
     import mlflow
 
-    result = evaluate(load_keras(MODEL_DIR / MODEL_FILE), params.evaluation)
+    extra = extra_sets.check(params.evaluation.extra_sets)  # a bad set fails before any scoring
+    model = load_keras(MODEL_DIR / MODEL_FILE)
+    result = evaluate(model, params.evaluation)
+    size = int(load_split(PROCESSED_DIR, "test")[0].shape[1])
+    result["extra_sets"] = {s.name: extra_sets.score(model, s, result["threshold"], size) for s in extra}
+    robust = robustness.run(model, result["threshold"], params.evaluation)
     write_json(METRICS_FILE, result)
     experiment = tracking.setup(params.mlflow)
     with tracking.stage_run("evaluate", experiment.experiment_id, load_run_id()):
@@ -115,6 +123,8 @@ def run(params: Params) -> dict:
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": v for k, v in result[split].items() if isinstance(v, float)})
         mlflow.log_artifact(str(METRICS_FILE), "evaluation")
+        extra_sets.log_to_mlflow(result["extra_sets"])
+        robustness.log_to_mlflow(robust)
         for figure in sorted(FIGURES_DIR.glob("*.png")):
             mlflow.log_artifact(str(figure), "figures")
     test = result["test"]

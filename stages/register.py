@@ -1,8 +1,10 @@
 """Stage 6, register: log the model to MLflow, register a version, alias it challenger, gate champion.
 
 The challenger becomes ``champion`` only when it beats the current champion on the same test data by the gate
-in params (``promotion.metric`` and ``promotion.min_improvement``); the first model becomes champion. A worse
-model stays registered and is not promoted; the log and ``reports/registration.json`` say why.
+in params (``promotion.metric`` and ``promotion.min_improvement``) and its mean over the robustness report's
+degradations is not worse than the champion's by more than ``promotion.max_robustness_drop``; the first model
+becomes champion. A worse model stays registered and is not promoted; the log and
+``reports/registration.json`` say why.
 
 Every version ends with a ``promotion`` tag: ``champion``, ``rejected``, ``superseded`` (it was champion until
 a better one came) or ``abandoned`` (its registration was killed and never resumed). A version still without
@@ -34,8 +36,17 @@ from core.modelstore import (
     predict_fake_probability,
 )
 from core.names import CHALLENGER, CHAMPION
-from core.pipeline import DATA_REPORT, METRICS_FILE, MODEL_DIR, MODEL_FILE, PROCESSED_DIR, REGISTRATION_FILE
+from core.pipeline import (
+    DATA_REPORT,
+    METRICS_FILE,
+    MODEL_DIR,
+    MODEL_FILE,
+    PROCESSED_DIR,
+    REGISTRATION_FILE,
+    ROBUSTNESS_FILE,
+)
 from core.tracking import load_run_id
+from stages import robustness
 from stages.shards import load_split
 
 if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
@@ -61,6 +72,16 @@ class GateDecision:
     challenger_value: float
     champion_value: float | None
     champion_version: str | None
+    # The robustness check (defaults: decisions recorded before it existed still load on a resumed run).
+    degraded_metric: str | None = None
+    challenger_degraded: float | None = None
+    champion_degraded: float | None = None
+
+
+def degraded_metric(metric: str) -> str:
+    """The degraded-mean metric the robustness check compares: ``metric`` itself when the robustness report
+    has it (accuracy, roc_auc), else accuracy (the report has no precision, recall or F1)."""
+    return metric if metric in robustness.MEAN_METRICS else "accuracy"
 
 
 def decide(
@@ -69,49 +90,101 @@ def decide(
     champion: float | None,
     min_improvement: float,
     champion_version: str | None,
+    *,
+    challenger_degraded: float | None = None,
+    champion_degraded: float | None = None,
+    max_robustness_drop: float = float("inf"),
 ) -> GateDecision:
-    """Apply the gate: promote the first model, or one that beats the champion by at least the minimum.
+    """Apply the gate: promote the first model, or one that beats the champion by at least the minimum
+    without losing more than ``max_robustness_drop`` of the champion's degraded-mean metric.
 
-    ``min_improvement`` 0 still requires a strictly better value: a tie keeps the current champion.
+    ``min_improvement`` 0 still requires a strictly better value: a tie keeps the current champion. The
+    robustness check is skipped (and the reason says so) when either degraded mean is unknown, e.g. for a
+    champion registered before robustness reports existed.
     """
+    robust = degraded_metric(metric)
     if champion is None:
-        return GateDecision(
-            True, "no champion yet: the first model becomes champion", metric, challenger, None, None
-        )
+        reason = "no champion yet: the first model becomes champion"
+        return GateDecision(True, reason, metric, challenger, None, None, robust, challenger_degraded, None)
     gain = challenger - champion
-    if gain > TIE_TOLERANCE and gain >= min_improvement:
+    promote = gain > TIE_TOLERANCE and gain >= min_improvement
+    if not promote:
+        reason = (
+            f"test {metric} {challenger:.5f} vs champion v{champion_version} {champion:.5f} ({gain:+.5f}); "
+            f"the gate needs an improvement > 0 and >= {min_improvement}"
+        )
+    else:
         reason = (
             f"test {metric} {challenger:.5f} beats champion v{champion_version} {champion:.5f} by {gain:+.5f}"
         )
-        return GateDecision(True, reason, metric, challenger, champion, champion_version)
-    reason = (
-        f"test {metric} {challenger:.5f} vs champion v{champion_version} {champion:.5f} ({gain:+.5f}); "
-        f"the gate needs an improvement > 0 and >= {min_improvement}"
+        if challenger_degraded is None or champion_degraded is None:
+            reason += f"; degraded-mean {robust} not compared (unknown for the champion or the challenger)"
+        else:
+            drop = champion_degraded - challenger_degraded
+            promote = drop <= max_robustness_drop + TIE_TOLERANCE
+            reason += (
+                f"; {'' if promote else 'but '}degraded-mean {robust} {challenger_degraded:.5f} vs champion "
+                f"{champion_degraded:.5f} ({-drop:+.5f}) "
+                + ("is within" if promote else "drops more than")
+                + f" promotion.max_robustness_drop {max_robustness_drop}"
+            )
+    return GateDecision(
+        promote,
+        reason,
+        metric,
+        challenger,
+        champion,
+        champion_version,
+        robust,
+        challenger_degraded,
+        champion_degraded,
     )
-    return GateDecision(False, reason, metric, challenger, champion, champion_version)
 
 
-def _champion_score(client, name: str, metric: str, test_hash: str) -> tuple[float | None, str | None]:
-    """The champion's test ``metric`` on the current test data: its tag when the test set is the same,
-    else re-measured by downloading the champion and scoring the current test split."""
+@dataclass(frozen=True)
+class ChampionScore:
+    """What the gate compares of the champion: its test metric and its degraded mean (None: unknown)."""
+
+    value: float | None
+    degraded: float | None
+    version: str | None
+
+
+def _champion_score(
+    client, name: str, metric: str, test_hash: str, robustness_sample: int | None
+) -> ChampionScore:
+    """The champion's test ``metric`` and degraded-mean metric on the current test data: its tags when the
+    test set is the same, else re-measured by downloading the champion and scoring the current test split
+    (the robustness report on the same sample as the challenger's)."""
     from mlflow.exceptions import MlflowException
 
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        return None, None
+        return ChampionScore(None, None, None)
     tag = champion.tags.get(f"test_{metric}")
-    if champion.tags.get("test_hash") == test_hash and tag is not None:
-        return float(tag), str(champion.version)
+    robust = champion.tags.get(f"degraded_mean_{degraded_metric(metric)}")
+    # Its degraded mean is comparable when measured on the same draw: same test split, same sample size.
+    same_sample = champion.tags.get("robustness_sample", str(robustness_sample)) == str(robustness_sample)
+    if champion.tags.get("test_hash") == test_hash and tag is not None and same_sample:
+        # A champion registered before robustness reports has no degraded-mean tag: the check is skipped.
+        return ChampionScore(float(tag), None if robust is None else float(robust), str(champion.version))
     log.info(
-        "champion v%s was measured on other test data: re-evaluating it on this test split", champion.version
+        "champion v%s was measured on other test data or sample: re-evaluating it on this test split",
+        champion.version,
     )
     model, metadata = load_model_dir(download_model(f"models:/{name}/{champion.version}"))
     test_x, test_y = load_split(PROCESSED_DIR, "test")
     measured = classification_metrics(
         np.asarray(test_y), predict_fake_probability(model, test_x), metadata.threshold
     )
-    return float(measured[metric]), str(champion.version)
+    chosen = robustness.sample_indices(np.asarray(test_y), robustness_sample)
+    report = robustness.robustness_report(
+        model, np.asarray(test_x[chosen]), np.asarray(test_y)[chosen], metadata.threshold
+    )
+    return ChampionScore(
+        float(measured[metric]), report["degraded_mean"][degraded_metric(metric)], str(champion.version)
+    )
 
 
 def _resume_unfinished(client: MlflowClient, name: str, training_run: str) -> ModelVersion | None:
@@ -199,8 +272,9 @@ def run(params: Params) -> dict:
     )
     experiment = tracking.setup(params.mlflow)
     client = mlflow.MlflowClient()
-    champion_value, champion_version = _champion_score(
-        client, name, params.promotion.metric, summary["test_hash"]
+    robust = read_json(ROBUSTNESS_FILE)["degraded_mean"]
+    champion = _champion_score(
+        client, name, params.promotion.metric, summary["test_hash"], params.evaluation.robustness_sample
     )
     training_run = load_run_id()
     lineage = {
@@ -214,13 +288,19 @@ def run(params: Params) -> dict:
         "synthetic_data": str(metadata.synthetic_data).lower(),
         "threshold": f"{metrics['threshold']:.6f}",
         **{f"test_{k}": repr(v) for k, v in metrics["test"].items() if isinstance(v, float)},
+        # The degraded means travel with the version, so that a later challenger is gated against them.
+        **{f"degraded_mean_{k}": repr(v) for k, v in robust.items() if v is not None},
+        "robustness_sample": str(params.evaluation.robustness_sample),
     }
     decision = decide(
         params.promotion.metric,
         metrics["test"][params.promotion.metric],
-        champion_value,
+        champion.value,
         params.promotion.min_improvement,
-        champion_version,
+        champion.version,
+        challenger_degraded=robust[degraded_metric(params.promotion.metric)],
+        champion_degraded=champion.degraded,
+        max_robustness_drop=params.promotion.max_robustness_drop,
     )
     with tracking.stage_run("register", experiment.experiment_id, training_run) as mlrun:
         unfinished = _resume_unfinished(client, name, training_run)

@@ -173,6 +173,45 @@ def _check_layout(found: set[tuple[str, str]], where: str) -> None:
         raise SourceError(f"{where}: not in the Kaggle layout train|test/REAL|FAKE: no images in {shown}")
 
 
+# An image file of a source: its path in a folder, or its member of a zip archive.
+Member = Path | zipfile.ZipInfo
+
+
+def _image_members(path: Path) -> list[tuple[tuple[str, ...], Member]]:
+    """Every image file (by suffix) of a folder or zip archive, with its path parts inside it.
+
+    Raises:
+        SourceError: for a path that is neither a folder nor a zip archive.
+    """
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return [(file.relative_to(path).parts, file) for file in files]
+    if not zipfile.is_zipfile(path):
+        raise SourceError(f"{path}: not a zip archive or a folder")
+    with zipfile.ZipFile(path) as archive:
+        return [
+            (Path(info.filename).parts, info)
+            for info in archive.infolist()
+            if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES
+        ]
+
+
+def read_members(path: Path, members: list[Member]) -> Iterator[bytes]:
+    """Yield the bytes of ``members`` of the folder or zip ``path``, in order, each refused past the limit.
+
+    Raises:
+        SourceError: for an oversized or unreadable file.
+    """
+    if path.is_dir():
+        for file in members:
+            _check_size(file.stat().st_size, f"{file}")
+            yield file.read_bytes()
+        return
+    with zipfile.ZipFile(path) as archive:
+        for info in members:
+            yield _read_entry(archive, info, path)
+
+
 def iter_entries(path: Path) -> Iterator[Entry]:
     """Yield the images of a zip archive or folder in the Kaggle layout: train first, then test, sorted.
 
@@ -181,26 +220,37 @@ def iter_entries(path: Path) -> Iterator[Entry]:
     Raises:
         SourceError: for a file that is not a zip, or a wrong layout.
     """
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        located = [(where, p) for p in files if (where := _split_class(p.relative_to(path).parts))]
-        _check_layout({where for where, _ in located}, str(path))
-        for (split, class_name), file in sorted(located, key=lambda item: _order(*item[0], item[1].name)):
-            _check_size(file.stat().st_size, f"{file}")
-            yield Entry(split, class_name, file.name, file.read_bytes())
-        return
-    if not zipfile.is_zipfile(path):
-        raise SourceError(f"{path}: not a zip archive or a folder")
-    with zipfile.ZipFile(path) as archive:
-        infos = [
-            info
-            for info in archive.infolist()
-            if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES
-        ]
-        located = [(where, info) for info in infos if (where := _split_class(Path(info.filename).parts))]
-        _check_layout({where for where, _ in located}, str(path))
-        for (split, class_name), info in sorted(located, key=lambda item: _order(*item[0], item[1].filename)):
-            yield Entry(split, class_name, Path(info.filename).name, _read_entry(archive, info, path))
+    located = [
+        (where, parts[-1], member) for parts, member in _image_members(path) if (where := _split_class(parts))
+    ]
+    _check_layout({where for where, _, _ in located}, str(path))
+    located.sort(key=lambda item: _order(*item[0], item[1]))
+    data = read_members(path, [member for _, _, member in located])
+    for ((split, class_name), name, _), content in zip(located, data, strict=True):
+        yield Entry(split, class_name, name, content)
+
+
+def list_labelled(path: Path) -> list[tuple[str, Member]]:
+    """The images of a folder or zip in the layout ``[top/]REAL|FAKE/<file>``, any size: ``(class, member)``.
+
+    Only lists (no image is read), so a wrong set is refused before any work; read with :func:`read_members`.
+
+    Raises:
+        SourceError: for a missing path, a file that is not a zip, or a class folder without images.
+    """
+    if not path.exists():
+        raise SourceError(f"{path}: no such folder or zip archive")
+    located = [
+        (parts[-2], member)
+        for parts, member in _image_members(path)
+        if len(parts) >= 2 and parts[-2] in CLASS_NAMES
+    ]
+    missing = [name for name in CLASS_NAMES if name not in {class_name for class_name, _ in located}]
+    if missing:
+        raise SourceError(
+            f"{path}: not in the layout REAL/ and FAKE/ image folders: no images in {', '.join(missing)}"
+        )
+    return located
 
 
 def _check_size(size: int, where: str) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from workspace import TrainedWorkspace, dvc, run_stage
 
+from core.degrade import DEGRADATIONS
 from core.modelstore import load_keras
 from core.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
 
@@ -105,6 +106,8 @@ def test_pipeline_leaves_a_champion_with_metrics_and_lineage(trained_workspace: 
         "test_accuracy",
         "test_roc_auc",
         "threshold",
+        "degraded_mean_accuracy",
+        "degraded_mean_roc_auc",
     ):
         assert champion.tags.get(tag), f"champion lacks lineage tag {tag}"
     assert champion.tags["synthetic_data"] == "false"
@@ -127,7 +130,15 @@ def test_pipeline_outputs_are_declared_and_complete(trained_workspace: TrainedWo
     assert {"accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"} <= metrics["test"].keys()
     assert np.sum(metrics["test"]["confusion_matrix"]) == 500
     assert 0.0 < metrics["threshold"] < 1.0
-    for figure in ("confusion_matrix", "roc_curve", "pr_curve", "calibration", "spectrum"):
+    robustness = json.loads((root / "reports/robustness.json").read_text())
+    assert robustness["threshold"] == metrics["threshold"]
+    assert set(robustness["degradations"]) == set(DEGRADATIONS)
+    assert {s["count"] for s in robustness["degradations"].values()} == {500}  # default sample > 250/class
+    assert robustness["degradations"]["clean"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert robustness["degradations"]["clean"]["flipped"] == 0.0
+    assert 0.0 < robustness["degraded_mean"]["roc_auc"] <= 1.0
+    assert metrics["extra_sets"] == {}
+    for figure in ("confusion_matrix", "roc_curve", "pr_curve", "calibration", "spectrum", "robustness"):
         assert (root / "reports/figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((root / "reports/data_report.json").read_text())
     assert report["kept"] == {"test": {"FAKE": 250, "REAL": 250}, "train": {"FAKE": 1000, "REAL": 1000}}
@@ -176,6 +187,40 @@ def test_gate_registers_a_worse_challenger_without_promoting_it(workspace_copy) 
     assert "roc_auc" in challenger.tags["promotion_reason"]
     registration = json.loads((root / "reports/registration.json").read_text())
     assert registration["promoted"] is False
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_gate_refuses_a_cleanly_better_but_fragile_challenger_from_edited_reports(workspace_copy) -> None:
+    """Stand-ins for retrained models: evaluate's reports are edited, register and MLflow are real."""
+    root, env = workspace_copy
+    run_stage("register", root, env)
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("deepguard", "champion")
+    champion_degraded = float(champion.tags["degraded_mean_roc_auc"])
+    metrics, robustness = root / "reports/metrics.json", root / "reports/robustness.json"
+    _edit_json(metrics, lambda m: m["test"].update(roc_auc=m["test"]["roc_auc"] + 0.01))
+    _edit_json(robustness, lambda r: r["degraded_mean"].update(roc_auc=champion_degraded - 0.05))
+    result = run_stage("register", root, env)
+    assert "NOT promoted" in result.stdout
+    challenger = client.get_model_version_by_alias("deepguard", "challenger")
+    assert challenger.tags["promotion"] == "rejected"
+    assert "drops more than promotion.max_robustness_drop" in challenger.tags["promotion_reason"]
+    assert client.get_model_version_by_alias("deepguard", "champion").version == champion.version
+    decision = json.loads((root / "reports/registration.json").read_text())["decision"]
+    assert decision["champion_degraded"] == pytest.approx(champion_degraded)
+    # Within the allowed drop (params.yaml: 0.01), the same clean gain promotes.
+    _edit_json(robustness, lambda r: r["degraded_mean"].update(roc_auc=champion_degraded - 0.005))
+    result = run_stage("register", root, env)
+    assert "new champion" in result.stdout
+    promoted = client.get_model_version_by_alias("deepguard", "champion")
+    assert int(promoted.version) == int(challenger.version) + 1
+    assert "is within promotion.max_robustness_drop" in promoted.tags["promotion_reason"]
+    assert float(promoted.tags["degraded_mean_roc_auc"]) == pytest.approx(champion_degraded - 0.005)
 
 
 def test_unreachable_tracking_server_is_one_clear_error(workspace_copy) -> None:

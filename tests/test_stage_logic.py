@@ -13,7 +13,7 @@ from core.tracking import TrackingUnavailableError, resolve_tracking_uri
 from stages.evaluate import choose_threshold
 from stages.features import channel_statistics, high_frequency_energy, log_spectra
 from stages.preprocess import split_names
-from stages.register import decide
+from stages.register import decide, degraded_metric
 from stages.shards import NpyWriter
 
 
@@ -109,6 +109,59 @@ def test_promotion_gate(challenger: float, champion: float | None, minimum: floa
     decision = decide("roc_auc", challenger, champion, minimum, None if champion is None else "3")
     assert decision.promote is promote
     assert ("first model" in decision.reason) == (champion is None)
+
+
+@pytest.mark.parametrize(
+    ("challenger_degraded", "champion_degraded", "promote", "says"),
+    [
+        (0.80, 0.85, True, "is within"),  # 0.05 below the champion: the allowed drop
+        (0.79, 0.85, False, "drops more than"),  # better on clean test, too fragile under degradations
+        (0.90, 0.85, True, "is within"),  # more robust too
+        (0.50, None, True, "not compared"),  # a champion registered before robustness reports
+    ],
+)
+def test_robustness_gate_refuses_a_cleanly_better_but_fragile_challenger(
+    challenger_degraded: float, champion_degraded: float | None, promote: bool, says: str
+) -> None:
+    decision = decide(
+        "roc_auc",
+        0.95,
+        0.90,
+        0.01,
+        "3",
+        challenger_degraded=challenger_degraded,
+        champion_degraded=champion_degraded,
+        max_robustness_drop=0.05,
+    )
+    assert decision.promote is promote
+    assert "beats champion v3" in decision.reason and says in decision.reason
+    assert decision.degraded_metric == "roc_auc"
+    assert (decision.challenger_degraded, decision.champion_degraded) == (
+        challenger_degraded,
+        champion_degraded,
+    )
+
+
+def test_robustness_gate_never_rescues_a_challenger_worse_on_clean_test() -> None:
+    decision = decide(
+        "accuracy",
+        0.85,
+        0.90,
+        0.0,
+        "3",
+        challenger_degraded=0.99,
+        champion_degraded=0.5,
+        max_robustness_drop=0.0,
+    )
+    assert not decision.promote and "needs an improvement" in decision.reason
+
+
+def test_robustness_gate_compares_accuracy_when_the_report_lacks_the_metric() -> None:
+    assert degraded_metric("roc_auc") == "roc_auc" and degraded_metric("f1") == "accuracy"
+    refused = decide(
+        "f1", 0.95, 0.90, 0.0, "3", challenger_degraded=0.7, champion_degraded=0.8, max_robustness_drop=0.05
+    )
+    assert not refused.promote and "degraded-mean accuracy" in refused.reason
 
 
 def test_default_gate_minimum_is_above_rerun_noise() -> None:

@@ -1,0 +1,190 @@
+"""Unit tier: the robustness report and the extra evaluation sets, scored by a real (hand-set) Keras model."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.config import ConfigError, ExtraSetParams, load_params
+from core.degrade import DEGRADATIONS
+from core.imaging import decode_for_model
+from core.labels import FAKE, REAL
+from core.metrics import outcome_metrics
+from core.modelstore import predict_fake_probability
+from stages import extra_sets, robustness
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRACT_KEYS = {"accuracy", "roc_auc", "flipped", "fake_called_real", "count"}
+
+
+def _images(per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """REAL: smooth colour gradients; FAKE: the same with strong pixel noise (high-frequency energy)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, 32)
+    images, labels = [], []
+    for label in (REAL, FAKE):
+        for _ in range(per_class):
+            base = rng.uniform(40, 200, 3) + 50 * ramp[:, None, None] * rng.uniform(-1, 1, 3)
+            image = np.broadcast_to(base, (32, 32, 3)).astype(np.float64)
+            if label == FAKE:
+                image = image + rng.normal(0, 30, image.shape)
+            images.append(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def detector():  # -> keras.Model
+    """P(FAKE) = sigmoid of the mean squared Laplacian, centred between the two classes of :func:`_images`.
+
+    A real Keras model with weights set by hand: it calls noisy images FAKE, so blur makes it miss fakes.
+    """
+    import keras
+
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    scaled = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    laplacian = keras.layers.Conv2D(1, 3, use_bias=False, name="laplacian")
+    edges = laplacian(scaled)
+    kernel = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float32) / 3.0
+    laplacian.set_weights([np.repeat(kernel[:, :, None, None], 3, axis=2)])
+    energy = keras.layers.GlobalAveragePooling2D()(keras.layers.Multiply()([edges, edges]))
+    images, labels = _images(20, seed=1)
+    measured = keras.Model(inputs, energy).predict_on_batch(images).reshape(-1)
+    centre = float(np.sqrt(measured[labels == REAL].max() * measured[labels == FAKE].min()))
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    outputs = dense(energy)
+    dense.set_weights([np.array([[8.0 / centre]], np.float32), np.array([-8.0], np.float32)])
+    return keras.Model(inputs, outputs)
+
+
+def test_sample_is_stratified_deterministic_and_optional() -> None:
+    labels = np.array([REAL] * 30 + [FAKE] * 5)
+    chosen = robustness.sample_indices(labels, 10)
+    assert np.count_nonzero(labels[chosen] == REAL) == 10
+    assert np.count_nonzero(labels[chosen] == FAKE) == 5  # fewer than asked: all of them
+    assert np.array_equal(chosen, robustness.sample_indices(labels, 10))
+    assert np.array_equal(robustness.sample_indices(labels, None), np.arange(35))
+
+
+def test_report_has_the_contract_and_blur_makes_the_noise_detector_miss_fakes(detector) -> None:
+    images, labels = _images(12)
+    report = robustness.robustness_report(detector, images, labels, 0.5)
+    assert set(report) == {"threshold", "degradations", "degraded_mean"}
+    assert list(report["degradations"]) == list(DEGRADATIONS)
+    assert all(set(scores) == CONTRACT_KEYS for scores in report["degradations"].values())
+    assert set(report["degraded_mean"]) == {"accuracy", "roc_auc"}
+    clean, blurred = report["degradations"]["clean"], report["degradations"]["blur_1.0"]
+    assert clean == {"accuracy": 1.0, "roc_auc": 1.0, "flipped": 0.0, "fake_called_real": 0.0, "count": 24}
+    # Blur removes the noise the detector looks for: fakes are called REAL, half the decisions flip.
+    assert blurred["fake_called_real"] == 1.0 and blurred["flipped"] == 0.5 and blurred["accuracy"] == 0.5
+    degraded = [s["accuracy"] for name, s in report["degradations"].items() if name != "clean"]
+    assert report["degraded_mean"]["accuracy"] == pytest.approx(np.mean(degraded))
+    assert report["degraded_mean"]["accuracy"] < clean["accuracy"]
+    # Reproducible, noise included: the same images give the same report.
+    assert robustness.robustness_report(detector, images, labels, 0.5) == report
+
+
+def test_run_writes_the_report_and_plot_of_the_sampled_test_split(
+    detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, labels = _images(10)
+    processed = tmp_path / "data/processed"
+    processed.mkdir(parents=True)
+    np.save(processed / "test_images.npy", images)
+    np.save(processed / "test_labels.npy", labels)
+    monkeypatch.chdir(tmp_path)
+    params = load_params(REPO / "params.yaml", ["evaluation.robustness_sample=4"]).evaluation
+    report = robustness.run(detector, 0.5, params)
+    written = json.loads((tmp_path / "reports/robustness.json").read_text())
+    assert written == json.loads(json.dumps(report))
+    assert written["threshold"] == 0.5
+    assert {s["count"] for s in written["degradations"].values()} == {8}
+    assert (tmp_path / "reports/figures/robustness.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list((tmp_path / "reports").glob(".*")), "no temporary file left beside the outputs"
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _odd_files(seed: int) -> list[tuple[str, str, bytes]]:
+    """(class, file name, bytes): odd sizes, modes and formats, as photos and other generators come."""
+    rng = np.random.default_rng(seed)
+    smooth = Image.fromarray(np.full((70, 50, 3), 120, np.uint8))
+    noisy = Image.fromarray(rng.integers(0, 256, (17, 33, 3), dtype=np.uint8))
+    return [
+        ("REAL", "photo.jpg", _encode(smooth, "JPEG")),
+        ("REAL", "grey.png", _encode(smooth.convert("L"), "PNG")),
+        ("FAKE", "gen.png", _encode(noisy, "PNG")),
+        ("FAKE", "alpha.png", _encode(noisy.convert("RGBA"), "PNG")),
+        ("FAKE", "big.webp", _encode(noisy.resize((96, 48)), "WEBP")),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["zip", "folder"])
+def test_extra_set_is_scored_as_the_predictor_scores_its_files(detector, tmp_path: Path, kind: str) -> None:
+    files = _odd_files(seed=3)
+    if kind == "zip":
+        path = tmp_path / "other.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for class_name, name, data in files:
+                archive.writestr(f"other/{class_name}/{name}", data)
+            archive.writestr("other/FAKE/notes.txt", "not an image: skipped by suffix")
+    else:
+        path = tmp_path / "other"
+        for class_name, name, data in files:
+            (path / class_name).mkdir(parents=True, exist_ok=True)
+            (path / class_name / name).write_bytes(data)
+        (path / "FAKE" / "broken.png").write_bytes(b"\x89PNG not really")  # left out with a warning
+    [checked] = extra_sets.check([ExtraSetParams(name="other", path=str(path))])
+    result = extra_sets.score(detector, checked, 0.5, 32)
+    inputs = np.stack([decode_for_model(data, 32) for _, _, data in files])
+    labels = np.array([FAKE if class_name == "FAKE" else REAL for class_name, _, _ in files])
+    expected = outcome_metrics(labels, predict_fake_probability(detector, inputs), 0.5)
+    assert result == expected
+    assert result["count"] == 5 and set(result) == {"accuracy", "roc_auc", "count", "fake_called_real"}
+
+
+def test_missing_extra_set_is_one_error_naming_the_set_and_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.zip"
+    with pytest.raises(ConfigError, match=rf"evaluation.extra_sets 'photos': {missing}: no such folder"):
+        extra_sets.check([ExtraSetParams(name="photos", path=str(missing))])
+
+
+def test_folder_without_real_and_fake_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "set/cats").mkdir(parents=True)
+    (tmp_path / "set/cats/a.png").write_bytes(_encode(Image.new("RGB", (8, 8)), "PNG"))
+    (tmp_path / "set/REAL").mkdir()
+    (tmp_path / "set/REAL/b.png").write_bytes(_encode(Image.new("RGB", (8, 8)), "PNG"))
+    with pytest.raises(
+        ConfigError, match=r"'gen2': .*/set: not in the layout REAL/ and FAKE/.*no images in FAKE"
+    ):
+        extra_sets.check([ExtraSetParams(name="gen2", path=str(tmp_path / "set"))])
+
+
+def test_evaluate_refuses_a_bad_set_before_loading_or_scoring_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty workspace: with a good set evaluate would fail on the missing model; a bad set fails first."""
+    from stages import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [f"evaluation.extra_sets=[{{name: photos, path: {tmp_path / 'absent'}}}]"]
+    params = load_params(REPO / "params.yaml", overrides)
+    with pytest.raises(ConfigError, match="extra_sets 'photos'"):
+        evaluate.run(params)
+
+
+def test_extra_set_names_are_checked_by_the_config() -> None:
+    with pytest.raises(ConfigError, match=r"evaluation\.extra_sets\.0\.name"):
+        load_params(REPO / "params.yaml", ["evaluation.extra_sets=[{name: 'a b', path: x}]"])
+    with pytest.raises(ConfigError, match=r"evaluation\.extra_sets\.0\.path"):
+        load_params(REPO / "params.yaml", ["evaluation.extra_sets=[{name: a}]"])
