@@ -18,7 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "stages": {"core", "stages"},
     "serving": {"core", "serving"},
     "deploy": {"core", "deploy"},
-    "flask_app": {"flask_app"},
+    "flask_app": {"flask_app", "core.feedback"},  # the feedback store: standard library only
     "dags": {"core.pipeline", "core.config", "deepguard_operator"},  # the stage list and its config types
     "tools": {"core"},  # developer commands (make airflow)
 }
