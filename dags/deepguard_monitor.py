@@ -24,7 +24,7 @@ from core.pipeline import MONITOR  # noqa: E402
 
 DAG_ID = "deepguard_monitor"
 PIPELINE_DAG_ID = "deepguard_pipeline"
-# params.yaml `monitoring.schedule` (read at parse time: a small file) unless DEEPGUARD_MONITOR_SCHEDULE is set.
+# params.yaml `monitoring.schedule` (read when parsed: a small file) unless DEEPGUARD_MONITOR_SCHEDULE is set.
 SCHEDULE = schedule_from_env(
     "DEEPGUARD_MONITOR_SCHEDULE", load_params(DAGS_DIR.parent / "params.yaml").monitoring.schedule
 )
