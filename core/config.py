@@ -39,6 +39,8 @@ class DataParams(_Section):
     image_size: int = Field(ge=8, le=512)
     sample_per_class: int | None = Field(ge=1)
     synthetic_per_class: int = Field(ge=10)
+    # Accepted user feedback (stages.feedback) merged into the train split: include | exclude.
+    feedback: Literal["include", "exclude"]
 
 
 class SplitParams(_Section):
@@ -128,6 +130,19 @@ class CanaryParams(_Section):
     without_evidence: Literal["promote", "rollback"]
 
 
+class MonitoringParams(_Section):
+    """The drift monitor's window and alarm thresholds (stages.monitor, DAG deepguard_monitor)."""
+
+    window_hours: float = Field(gt=0.0)
+    min_records: int = Field(ge=1)
+    psi_threshold: float = Field(gt=0.0)
+    ks_pvalue: float = Field(gt=0.0, lt=1.0)
+    ks_statistic: float = Field(gt=0.0, le=1.0)
+    ood_share: float = Field(ge=0.0, le=1.0)
+    in_domain_formats: list[str] = Field(min_length=1)
+    schedule: str = Field(min_length=1)
+
+
 class Params(_Section):
     """Every tunable of the pipeline, as read from params.yaml."""
 
@@ -140,6 +155,7 @@ class Params(_Section):
     promotion: PromotionParams
     mlflow: MlflowParams
     canary: CanaryParams
+    monitoring: MonitoringParams
 
     def digest(self) -> str:
         """Return a stable sha256 of the parameters, for lineage tags."""

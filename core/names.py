@@ -18,6 +18,9 @@ PREDICTOR_URL_ENV = "PREDICTOR_URL"  # the web app's and deploy --target local's
 PREDICTOR_PORT_ENV = "PREDICTOR_PORT"
 WEB_PORT_ENV = "WEB_PORT"
 MODEL_NAME_ENV = "MODEL_NAME"  # the served model name the web app asks for
+# Served records (<dir>/records/*.jsonl) and user feedback (<dir>/feedback/); default MONITORING_DIR.
+MONITORING_DIR_ENV = "DEEPGUARD_MONITORING_DIR"
+MONITORING_DIR = "monitoring"  # relative to the workspace; git-ignored
 
 # Ports: the predictor's is KServe's default HTTP port; the web app's is Flask's.
 PREDICTOR_PORT = 8080

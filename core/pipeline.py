@@ -28,6 +28,12 @@ METRICS_FILE = REPORTS_DIR / "metrics.json"
 ROBUSTNESS_FILE = REPORTS_DIR / "robustness.json"
 REGISTRATION_FILE = REPORTS_DIR / "registration.json"
 DEPLOYMENT_FILE = REPORTS_DIR / "deployment.json"
+# The drift reference (evaluate: test-split statistics and scores; register logs it with the version) and
+# the drift monitor's report.
+REFERENCE_FILE = REPORTS_DIR / "reference.json"
+DRIFT_FILE = REPORTS_DIR / "drift.json"
+DRIFT_FIGURE = FIGURES_DIR / "drift.png"
+REFERENCE_ARTIFACT = "monitoring/reference.json"  # in the registered version's MLflow run
 # File names inside those folders: written by one stage, read by the next.
 ARCHIVE = "images.zip"  # in RAW_DIR: the validated images
 INDEX = "index.json"  # in RAW_DIR: each kept image's split and label
@@ -161,6 +167,7 @@ STAGES: tuple[Stage, ...] = (
             str(FIGURES_DIR / f"{name}.png")
             for name in ("confusion_matrix", "roc_curve", "pr_curve", "calibration", "robustness")
         ),
+        uncached=(str(REFERENCE_FILE),),
         resources=_MEDIUM,
     ),
     Stage(
@@ -172,6 +179,7 @@ STAGES: tuple[Stage, ...] = (
             str(ROBUSTNESS_FILE),
             str(PROCESSED_DIR),
             str(DATA_REPORT),
+            str(REFERENCE_FILE),
         ),
         params=("promotion", "mlflow", "evaluation.robustness_sample"),
         uncached=(str(REGISTRATION_FILE),),
@@ -187,6 +195,16 @@ DEPLOY = Stage(
     resources=_SMALL,
     kubernetes_api=True,
     package="deploy",
+)
+
+# Not a pipeline stage: the drift monitor runs on its own schedule (DAG deepguard_monitor) and reads served
+# records and the champion from MLflow, not the outputs of a pipeline run.
+MONITOR = Stage(
+    name="monitor",
+    description="Compare the champion's served inputs and scores with its reference; report drift.",
+    inputs=(),
+    params=("monitoring", "mlflow"),
+    resources=_SMALL,
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

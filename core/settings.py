@@ -20,6 +20,8 @@ from core.errors import DeepGuardError
 from core.names import (
     DATA_ENV,
     MODEL_VERSION_ENV,
+    MONITORING_DIR,
+    MONITORING_DIR_ENV,
     PREDICTOR_PORT,
     PREDICTOR_PORT_ENV,
     PREDICTOR_URL_ENV,
@@ -57,6 +59,8 @@ class Settings(BaseModel):
     predictor_url: str | None = Field(None, alias=PREDICTOR_URL_ENV)
     web_port: int = Field(WEB_PORT, alias=WEB_PORT_ENV, ge=1, le=65535)
     web_host: str = Field("127.0.0.1", alias="WEB_HOST")
+    # Served-input records and user feedback (relative paths: to the workspace).
+    monitoring_dir: Path = Field(Path(MONITORING_DIR), alias=MONITORING_DIR_ENV)
     # Deploy.
     namespace: str | None = Field(None, alias="DEEPGUARD_NAMESPACE")
     prometheus_url: str | None = Field(

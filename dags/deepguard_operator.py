@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 from kubernetes.client import models as k8s
@@ -70,7 +74,8 @@ class LocalRunner:
         Returns:
             The argv and the complete environment of the local process.
         """
-        (container,) = pod.spec.containers
+        # The stage's container comes first; with do_xcom_push the operator appends its XCom sidecar.
+        container = pod.spec.containers[0]
         argv = [self.local_path(part) for part in [*(container.command or []), *(container.args or [])]]
         if argv and argv[0] == "python":
             argv[0] = str(self.python)
@@ -163,10 +168,24 @@ class DeepGuardStageOperator(KubernetesPodOperator):
         if self.local_arguments is not None:
             self.arguments = self.local_arguments
         pod = self.build_pod_request_obj(context, dry_run=True)
-        argv, env = self.local_runner.process(pod, os.environ)
-        self.log.info("Local runner: %s", " ".join(argv))
-        self._run(argv, env)
-        return None
+        if not self.do_xcom_push:
+            argv, env = self.local_runner.process(pod, os.environ)
+            self.log.info("Local runner: %s", " ".join(argv))
+            self._run(argv, env)
+            return None
+        # As in a pod, the stage writes its result to /airflow/xcom/return.json (here a temporary folder),
+        # and that JSON becomes the task's return value.
+        with tempfile.TemporaryDirectory(prefix="deepguard-xcom-") as folder:
+            paths = {**self.local_runner.paths, PodDefaults.XCOM_MOUNT_PATH: Path(folder)}
+            argv, env = dataclasses.replace(self.local_runner, paths=paths).process(pod, os.environ)
+            self.log.info("Local runner: %s", " ".join(argv))
+            self._run(argv, env)
+            result = Path(folder) / "return.json"
+            if not result.is_file():
+                raise AirflowException(
+                    f"stage {self.task_id} wrote no {PodDefaults.XCOM_MOUNT_PATH}/return.json"
+                )
+            return json.loads(result.read_text())
 
     def _run(self, argv: list[str], env: dict[str, str]) -> None:
         # Its own process group, so a timeout or a kill stops the stage and anything it started.

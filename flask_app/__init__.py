@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from flask_app import feedback
 from flask_app.predictor_client import PredictorClient, PredictorError
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})
+    app.register_blueprint(feedback.blueprint)
     # gunicorn queues requests for a worker's threads: were every thread waiting on a hung predictor, /livez
     # would queue behind them and the pod get restarted. A request finding no free slot gets a 503 at once.
     slots = threading.BoundedSemaphore(app.config["PREDICTOR_SLOTS"])

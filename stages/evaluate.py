@@ -19,10 +19,11 @@ from core import tracking
 from core.atomic import write_json
 from core.cli import run_stage, stage_parser
 from core.config import EvaluationParams, Params
+from core.drift import build_reference
 from core.labels import CLASS_NAMES, FAKE
 from core.metrics import classification_metrics
 from core.modelstore import load_keras, predict_fake_probability
-from core.pipeline import FIGURES_DIR, METRICS_FILE, MODEL_DIR, MODEL_FILE, PROCESSED_DIR
+from core.pipeline import FIGURES_DIR, METRICS_FILE, MODEL_DIR, MODEL_FILE, PROCESSED_DIR, REFERENCE_FILE
 from core.tracking import load_run_id
 from stages import extra_sets, robustness
 from stages.figures import plt, save_figure
@@ -82,7 +83,11 @@ def _figures(
 
 
 def evaluate(model, params: EvaluationParams) -> dict:
-    """Score validation and test; the threshold comes from validation only."""
+    """Score validation and test; the threshold comes from validation only.
+
+    Also writes the drift reference (``reports/reference.json``): the test images' statistics and scores,
+    which register logs with the version and the drift monitor compares served traffic with.
+    """
     val_x, val_y = load_split(PROCESSED_DIR, "val")
     test_x, test_y = load_split(PROCESSED_DIR, "test")
     val_p = predict_fake_probability(model, val_x)
@@ -95,6 +100,7 @@ def evaluate(model, params: EvaluationParams) -> dict:
         "val": classification_metrics(np.asarray(val_y), val_p, threshold, params.calibration_bins),
         "test": test,
     }
+    write_json(REFERENCE_FILE, build_reference(test_x, test_p))
     for name, figure in _figures(
         np.asarray(test_y), test_p, threshold, test, params.calibration_bins
     ).items():

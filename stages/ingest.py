@@ -42,6 +42,8 @@ class IngestReport:
     duplicates_within_split: Counter = field(default_factory=Counter)
     test_in_train: Counter = field(default_factory=Counter)
     capped: Counter = field(default_factory=Counter)
+    # Accepted user feedback, by outcome (seen, kept, rejected, duplicate, test_in_train, capped).
+    feedback: Counter | None = None
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def note(self, reason: str, where: str) -> None:
@@ -70,16 +72,26 @@ class IngestReport:
             "duplicates_within_split": nested(self.duplicates_within_split),
             "test_in_train": nested(self.test_in_train),
             "capped_by_sample_per_class": nested(self.capped),
+            "feedback": None
+            if self.feedback is None
+            else {
+                outcome: self.feedback[outcome]
+                for outcome in ("seen", "kept", "rejected", "duplicate", "test_in_train", "capped")
+            },
             "examples": dict(sorted(self.examples.items())),
         }
 
 
 def _entries(source: sources.Source, params: DataParams) -> Iterable[sources.Entry]:
     if source.kind == "synthetic":
-        return synthetic.generate(params.synthetic_per_class, params.image_size)
-    if source.kind == "kaggle":
-        return sources.iter_entries(sources.download_kaggle(source.location))
-    return sources.iter_entries(Path(source.location))
+        entries = synthetic.generate(params.synthetic_per_class, params.image_size)
+    elif source.kind == "kaggle":
+        entries = sources.iter_entries(sources.download_kaggle(source.location))
+    else:
+        entries = sources.iter_entries(Path(source.location))
+    if params.feedback == "include":
+        return sources.with_feedback(entries, sources.feedback_entries(sources.feedback_store()))
+    return entries
 
 
 def ingest(
@@ -88,9 +100,12 @@ def ingest(
     """Validate and deduplicate ``entries`` into ``out_dir/images.zip``; return the data report.
 
     Entries must come train first (as :func:`sources.iter_entries` yields them) so that test images that
-    also occur in train can be found. Duplicates are byte-identical files (same sha256).
+    also occur in train can be found; accepted feedback (train entries of origin ``feedback``) comes last, and
+    is dropped when it is a test image. Duplicates are byte-identical files (same sha256).
     """
-    report = IngestReport(source=source.to_dict())
+    report = IngestReport(
+        source=source.to_dict(), feedback=Counter() if params.feedback == "include" else None
+    )
     seen_in_split: dict[str, set[str]] = defaultdict(set)
     kept_hashes: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,14 +114,21 @@ def ingest(
             key = (entry.split, entry.class_name)
             where = f"{entry.split}/{entry.class_name}/{entry.name}"
             report.seen[key] += 1
+            # Feedback outcomes are counted apart too: one more for the first outcome below that applies.
+            tally = report.feedback if entry.origin == sources.FEEDBACK else Counter()
+            tally["seen"] += 1
             digest = sources.fingerprint_bytes(entry.data)
             if digest in seen_in_split[entry.split]:
                 report.duplicates_within_split[key] += 1
+                tally["duplicate"] += 1
                 report.note("duplicate_within_split", where)
                 continue
             seen_in_split[entry.split].add(digest)
-            if entry.split == "test" and digest in seen_in_split["train"]:
+            # A test image seen in train leaks; so does feedback (always train, read last) seen in test.
+            other = "train" if entry.split == "test" else "test" if entry.origin == sources.FEEDBACK else ""
+            if digest in seen_in_split.get(other, ()):
                 report.test_in_train[key] += 1
+                tally["test_in_train"] += 1
                 report.note("test_in_train", where)
                 continue
             try:
@@ -114,12 +136,15 @@ def ingest(
             except ImageError as exc:
                 reason = str(exc).split(":")[0]
                 report.rejected[reason] += 1
+                tally["rejected"] += 1
                 report.note(reason, f"{where}: {exc}")
                 continue
             if params.sample_per_class is not None and report.kept[key] >= params.sample_per_class:
                 report.capped[key] += 1
+                tally["capped"] += 1
                 continue
             report.kept[key] += 1
+            tally["kept"] += 1
             suffix = Path(entry.name).suffix.lower()
             info = zipfile.ZipInfo(
                 f"{entry.split}/{entry.class_name}/{digest[:16]}{suffix}", date_time=(2020, 1, 1, 0, 0, 0)
@@ -147,9 +172,15 @@ def ingest(
     return result
 
 
-def write_source_marker(source: sources.Source) -> None:
-    """Write data/source.json only when it changes, so DVC reruns ingest exactly when the source changes."""
+def write_source_marker(source: sources.Source, params: DataParams) -> None:
+    """Write data/source.json only when it changes, so DVC reruns ingest exactly when the source changes.
+
+    With ``data.feedback: include`` the marker also holds the accepted feedback's fingerprint: accepting or
+    rejecting an item reruns ingest.
+    """
     marker = {"kind": source.kind, "location": source.location, "fingerprint": source.fingerprint}
+    if params.feedback == "include":
+        marker["feedback"] = sources.feedback_fingerprint(sources.feedback_store())
     if SOURCE_MARKER.is_file():
         from core.atomic import read_json
 
@@ -168,7 +199,7 @@ def run(params: Params) -> dict:
     log.info("data source: %s (%s; %s)", source.kind, source.location, source.reason)
     if source.synthetic:
         log.warning("%s", synthetic.SYNTHETIC_NOTICE)
-    write_source_marker(source)
+    write_source_marker(source, params.data)
     with atomic_path(RAW_DIR) as tmp:
         report = ingest(_entries(source, params.data), params.data, source, tmp)
     write_json(DATA_REPORT, report)
@@ -177,6 +208,8 @@ def run(params: Params) -> dict:
         + _total(report["duplicates_within_split"])
         + _total(report["test_in_train"])
     )
+    if report["feedback"] is not None:
+        log.info("ingest: accepted feedback %s", report["feedback"])
     log.info(
         "ingest done: %d images kept, %d dropped (%d invalid, %d duplicates, %d test-in-train); report %s",
         report["total_kept"],
@@ -196,7 +229,7 @@ def _total(nested: dict[str, dict[str, int]]) -> int:
 def _main(args: argparse.Namespace, params: Params) -> None:
     if args.locate:
         source = sources.locate(params.data)
-        write_source_marker(source)
+        write_source_marker(source, params.data)
         log.info("data source: %s (%s; %s) -> %s", source.kind, source.location, source.reason, SOURCE_MARKER)
         if source.synthetic and params.data.source == "auto":
             # The first lines a newcomer sees: say the data is synthetic and offer real CIFAKE if it is here.

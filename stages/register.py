@@ -42,6 +42,8 @@ from core.pipeline import (
     MODEL_DIR,
     MODEL_FILE,
     PROCESSED_DIR,
+    REFERENCE_ARTIFACT,
+    REFERENCE_FILE,
     REGISTRATION_FILE,
     ROBUSTNESS_FILE,
 )
@@ -320,6 +322,9 @@ def run(params: Params) -> dict:
             # idempotent, so a rerun after a kill anywhere below resumes this version.
             tags = {**lineage, GATE: json.dumps(asdict(decision))}
             version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
+        # The drift monitor's reference, beside the model in the version's run (idempotent: same file).
+        reference = {**read_json(REFERENCE_FILE), "bands": list(metadata.bands), "model_version": version}
+        client.log_dict(client.get_model_version(name, version).run_id, reference, REFERENCE_ARTIFACT)
         client.set_registered_model_alias(name, CHALLENGER, version)
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, version)

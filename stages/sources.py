@@ -11,12 +11,13 @@ import json
 import logging
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.config import DataParams
 from core.errors import DeepGuardError
+from core.feedback import ACCEPTED, FeedbackStore
 from core.labels import CLASS_NAMES
 from core.names import DATA_ENV
 from core.settings import settings
@@ -68,6 +69,7 @@ class Entry:
     class_name: str
     name: str
     data: bytes
+    origin: str = "dataset"  # or FEEDBACK: counted apart in the data report
 
 
 def kaggle_credentials_present() -> bool:
@@ -280,3 +282,41 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
 def fingerprint_bytes(data: bytes) -> str:
     """The content hash used for duplicate detection and lineage."""
     return hashlib.sha256(data).hexdigest()
+
+
+FEEDBACK = "feedback"  # the origin of entries from accepted user feedback
+
+
+def feedback_store() -> FeedbackStore:
+    """The user-feedback store: ``$DEEPGUARD_MONITORING_DIR/feedback`` (default ``monitoring/feedback``)."""
+    return FeedbackStore(settings().monitoring_dir / "feedback")
+
+
+def feedback_fingerprint(store: FeedbackStore) -> str:
+    """Changes exactly when the set of accepted items (or a claim) changes: part of data/source.json."""
+    accepted = sorted(f"{item.id}:{item.claimed_label}" for item in store.items(ACCEPTED))
+    return hashlib.sha256("\n".join(accepted).encode()).hexdigest()
+
+
+def feedback_entries(store: FeedbackStore) -> Iterator[Entry]:
+    """The accepted feedback as train entries of the class the user claimed (a reviewer accepted the claim).
+
+    The bytes are the upload's, unchanged: ingest validates them like any dataset image, so an upload that
+    is not exactly image_size x image_size RGB is rejected and counted, never resized (resampling erases
+    the high-frequency traces the detector learns from).
+    """
+    for item in store.items(ACCEPTED):
+        data = store.image_path(item).read_bytes()
+        _check_size(len(data), str(store.image_path(item)))
+        yield Entry("train", item.claimed_label, f"{item.id}.{item.suffix}", data, origin=FEEDBACK)
+
+
+def with_feedback(entries: Iterable[Entry], feedback: Iterable[Entry]) -> Iterator[Entry]:
+    """Yield ``entries``, then the feedback entries.
+
+    Last, so that ingest knows every dataset image first: a feedback image that is already in train is a
+    duplicate, and one that is in test is dropped as a leak (the test split, which the promotion gate
+    compares models on, never changes because of feedback).
+    """
+    yield from entries
+    yield from feedback

@@ -83,8 +83,8 @@ def test_gpu_pool_notes_match_the_chart_values() -> None:
 
 
 def _dag_constants() -> dict[str, object]:
-    """Module-level string constants of the DAG file (read, not imported: Airflow lives in another venv)."""
-    tree = ast.parse((REPO / "dags" / "deepguard_pipeline.py").read_text())
+    """Module-level constants of dags/deepguard_pods.py (read, not imported: Airflow is another venv)."""
+    tree = ast.parse((REPO / "dags" / "deepguard_pods.py").read_text())
     constants: dict[str, object] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):

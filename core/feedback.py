@@ -1,0 +1,256 @@
+"""The user-feedback store: one image and one JSON record per item, in a folder per review status.
+
+Layout under ``<monitoring dir>/feedback/``: ``pending/``, ``accepted/`` and ``rejected/``, each holding
+``<sha256>.json`` (the record) and ``<sha256>.<ext>`` (the uploaded bytes). The id is the image's sha256, so
+the same image sent twice is one item. The web app writes pending items (``POST /api/feedback``), a reviewer
+moves them (``python -m stages.feedback accept|reject ID``), and ingest reads the accepted ones.
+
+Standard library only: the web image copies this one file of ``core`` (images/web/Dockerfile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
+STATUSES: tuple[str, ...] = (PENDING, ACCEPTED, REJECTED)
+# The classes a user may claim: core.labels.CLASS_NAMES (a test keeps the two equal; this module imports
+# nothing of ours, see above).
+CLAIMS: tuple[str, ...] = ("REAL", "FAKE")
+VERDICTS: tuple[str, ...] = (*CLAIMS, "UNCERTAIN")
+# An upload is a screenshot at most; a CIFAKE image is 1-3 KB. The cap bounds the disk one item takes.
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
+# Pending items waiting for review: past this the store refuses new ones until someone reviews.
+MAX_PENDING = 10_000
+MAX_TEXT = 64  # model_version and similar short strings
+_ID = re.compile(r"[0-9a-f]{64}")
+# File signatures -> the suffix the image is stored under (what ingest and a reviewer's viewer expect).
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+)
+
+
+class FeedbackError(ValueError):
+    """A submission or a command the store refuses; ``field`` names what was wrong."""
+
+    status = 400
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class FeedbackTooLargeError(FeedbackError):
+    """The image is over :data:`MAX_IMAGE_BYTES`."""
+
+    status = 413
+
+
+class FeedbackFullError(FeedbackError):
+    """:data:`MAX_PENDING` items already wait for review."""
+
+    status = 507
+
+
+class FeedbackNotFoundError(FeedbackError):
+    """No item has this id."""
+
+    status = 404
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """One feedback record (the JSON file), plus where it is."""
+
+    id: str
+    claimed_label: str
+    verdict: str
+    fake_probability: float
+    model_version: str
+    ts: str
+    suffix: str
+    size: int
+    status: str = PENDING
+
+    def to_record(self) -> dict:
+        """The JSON record (the status is the folder, not a field)."""
+        record = asdict(self)
+        del record["status"]
+        return record
+
+
+def image_suffix(data: bytes) -> str | None:
+    """The storage suffix of an image by its first bytes (``png``, ``jpg``, ...), or None if not an image.
+
+    WebP is recognised by its RIFF container header.
+    """
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((suffix for signature, suffix in _SIGNATURES if data.startswith(signature)), None)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write beside ``path``, then rename: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class FeedbackStore:
+    """The items under ``root`` (``<monitoring dir>/feedback``).
+
+    Args:
+        root: The feedback folder; created on first write.
+        max_image_bytes: Size cap of one image.
+        max_pending: Count cap of items awaiting review.
+    """
+
+    def __init__(
+        self, root: Path, max_image_bytes: int = MAX_IMAGE_BYTES, max_pending: int = MAX_PENDING
+    ) -> None:
+        self.root = Path(root)
+        self.max_image_bytes = max_image_bytes
+        self.max_pending = max_pending
+
+    def submit(
+        self,
+        image: bytes,
+        claimed_label: str,
+        verdict: str,
+        fake_probability: float | str,
+        model_version: str,
+        now: datetime | None = None,
+    ) -> tuple[FeedbackItem, bool]:
+        """Validate and store a pending item, or find the item this image already is.
+
+        Args:
+            image: The uploaded file's bytes.
+            claimed_label: What the user says the image is: REAL or FAKE.
+            verdict: What the service answered: REAL, FAKE or UNCERTAIN.
+            fake_probability: The P(FAKE) the service answered, in [0, 1].
+            model_version: The registry version that answered.
+            now: The timestamp (default: the current UTC time).
+
+        Returns:
+            ``(item, created)``; ``created`` is False for an image already in the store (any status).
+
+        Raises:
+            FeedbackError: naming the field that is wrong (413 and 507 subclasses for the caps).
+        """
+        if not image:
+            raise FeedbackError("image", "empty file")
+        if len(image) > self.max_image_bytes:
+            limit = self.max_image_bytes
+            raise FeedbackTooLargeError("image", f"{len(image)} bytes, over the limit of {limit}")
+        suffix = image_suffix(image)
+        if suffix is None:
+            raise FeedbackError("image", "not a JPEG, PNG, WebP, GIF or BMP file")
+        if claimed_label not in CLAIMS:
+            raise FeedbackError("claimed_label", f"{claimed_label!r} is not one of {', '.join(CLAIMS)}")
+        if verdict not in VERDICTS:
+            raise FeedbackError("verdict", f"{verdict!r} is not one of {', '.join(VERDICTS)}")
+        try:
+            probability = float(fake_probability)
+        except (TypeError, ValueError):
+            raise FeedbackError("fake_probability", f"{fake_probability!r} is not a number") from None
+        if not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
+            raise FeedbackError("fake_probability", f"{probability} is not in [0, 1]")
+        if not model_version or len(model_version) > MAX_TEXT or not model_version.isprintable():
+            raise FeedbackError("model_version", f"expected 1 to {MAX_TEXT} printable characters")
+        item_id = hashlib.sha256(image).hexdigest()
+        existing = self._find(item_id)
+        if existing is not None:
+            return existing, False
+        if self.count(PENDING) >= self.max_pending:
+            raise FeedbackFullError("feedback", f"{self.max_pending} items already wait for review")
+        stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+        item = FeedbackItem(
+            item_id, claimed_label, verdict, probability, model_version, stamp, suffix, len(image)
+        )
+        folder = self.root / PENDING
+        folder.mkdir(parents=True, exist_ok=True)
+        # Image first, record second: a record always has its image (the record is what makes an item).
+        _write_atomic(folder / f"{item_id}.{suffix}", image)
+        _write_atomic(folder / f"{item_id}.json", json.dumps(item.to_record(), indent=2).encode())
+        return item, True
+
+    def _find(self, item_id: str) -> FeedbackItem | None:
+        for status in STATUSES:
+            record = self.root / status / f"{item_id}.json"
+            if record.is_file():
+                return FeedbackItem(**json.loads(record.read_text()), status=status)
+        return None
+
+    def get(self, item_id: str) -> FeedbackItem:
+        """The item with this id (a unique prefix of at least 8 characters also works).
+
+        Raises:
+            FeedbackNotFoundError: for an unknown or ambiguous id.
+        """
+        if not re.fullmatch(r"[0-9a-f]{8,64}", item_id):
+            raise FeedbackNotFoundError("id", f"{item_id!r} is not a feedback id (8 to 64 hex digits)")
+        matches = [item for item in self.items() if item.id.startswith(item_id)]
+        if len(matches) != 1:
+            found = "no item" if not matches else f"{len(matches)} items"
+            raise FeedbackNotFoundError("id", f"{found} with id {item_id}")
+        return matches[0]
+
+    def items(self, status: str | None = None) -> list[FeedbackItem]:
+        """Every item, or those with ``status``, oldest first."""
+        found = []
+        for name in STATUSES if status is None else (status,):
+            folder = self.root / name
+            if folder.is_dir():
+                for record in folder.glob("*.json"):
+                    if _ID.fullmatch(record.stem):
+                        found.append(FeedbackItem(**json.loads(record.read_text()), status=name))
+        return sorted(found, key=lambda item: (item.ts, item.id))
+
+    def count(self, status: str) -> int:
+        """How many items have ``status`` (no record is read)."""
+        folder = self.root / status
+        return sum(1 for p in folder.glob("*.json") if _ID.fullmatch(p.stem)) if folder.is_dir() else 0
+
+    def image_path(self, item: FeedbackItem) -> Path:
+        """Where the item's image is: beside its record, or where an interrupted :meth:`move` put it."""
+        here = self.root / item.status / f"{item.id}.{item.suffix}"
+        moved = (self.root / status / here.name for status in STATUSES if status != item.status)
+        return next((path for path in moved if path.is_file() and not here.is_file()), here)
+
+    def move(self, item_id: str, status: str) -> FeedbackItem:
+        """Accept or reject an item (a decision can be changed later).
+
+        Returns:
+            The item with its new status.
+
+        Raises:
+            FeedbackError: for an unknown status or an item already there; FeedbackNotFoundError.
+        """
+        if status not in STATUSES:
+            raise FeedbackError("status", f"{status!r} is not one of {', '.join(STATUSES)}")
+        item = self.get(item_id)
+        if item.status == status:
+            raise FeedbackError("id", f"{item.id} is already {status}")
+        folder = self.root / status
+        folder.mkdir(parents=True, exist_ok=True)
+        # Image first, record last: the record's folder is the item's status.
+        os.replace(self.image_path(item), folder / f"{item.id}.{item.suffix}")
+        os.replace(self.root / item.status / f"{item.id}.json", folder / f"{item.id}.json")
+        return FeedbackItem(**item.to_record(), status=status)

@@ -1,0 +1,93 @@
+"""The drift monitor DAG: hourly ``python -m stages.monitor`` in a pod; retrain only when it detects drift."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.providers.standard.operators.python import ShortCircuitOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, chain
+
+DAGS_DIR = Path(__file__).resolve().parent
+# As in deepguard_pipeline.py: this folder and the repository (the stage list, params.yaml) on sys.path.
+for _folder in (str(DAGS_DIR), str(DAGS_DIR.parent)):
+    if _folder not in sys.path:
+        sys.path.append(_folder)
+
+from deepguard_pods import PARAMS_PATH, RETRIES, WORKSPACE_MOUNT, schedule_from_env, stage_task  # noqa: E402
+
+from core.config import load_params  # noqa: E402
+from core.pipeline import MONITOR  # noqa: E402
+
+DAG_ID = "deepguard_monitor"
+PIPELINE_DAG_ID = "deepguard_pipeline"
+# params.yaml `monitoring.schedule` (read when parsed: a small file) unless DEEPGUARD_MONITOR_SCHEDULE is set.
+SCHEDULE = schedule_from_env(
+    "DEEPGUARD_MONITOR_SCHEDULE", load_params(DAGS_DIR.parent / "params.yaml").monitoring.schedule
+)
+# Served records live on the shared volume, where the predictor writes them (docs/orchestration.md); the
+# monitor's own folder keeps the latest reports/drift.json (each run's report is in MLflow).
+MONITORING_DIR = f"{WORKSPACE_MOUNT}/monitoring"
+MONITOR_WORKDIR = f"{WORKSPACE_MOUNT}/monitor"
+XCOM_FILE = "/airflow/xcom/return.json"  # the KubernetesPodOperator's XCom file (do_xcom_push)
+# At most one drift-triggered retraining a day however many hourly checks see drift: the run id is the day.
+TRIGGER_RUN_ID = "drift__{{ dag_run.run_after.strftime('%Y-%m-%d') }}"
+
+DOC_MD = """
+# DeepGuard drift monitor
+
+Every hour (params.yaml `monitoring.schedule`, or `DEEPGUARD_MONITOR_SCHEDULE`) the **monitor** pod compares
+the champion's served images of the last `monitoring.window_hours` with its reference: PSI of the P(FAKE)
+distribution, a KS test per image statistic, the verdict mix and the share of out-of-domain uploads. Its
+report is logged to MLflow and the champion's version is tagged `drift_status`.
+
+Only when drift was detected does **trigger_pipeline** start `deepguard_pipeline` with `{"reason": ...}`
+(at most one such run a day); otherwise the run ends with it skipped.
+"""
+
+
+def drift_detected(ti) -> bool:  # ti: the task instance (Airflow passes context by argument name)
+    """The monitor task's decision (its XCom): True lets trigger_pipeline run."""
+    decision = ti.xcom_pull(task_ids=MONITOR.name) or {}
+    return bool(decision.get("drift"))
+
+
+with DAG(
+    dag_id=DAG_ID,
+    description="Detect drift of the served DeepGuard champion; retrain when it drifted.",
+    doc_md=DOC_MD,
+    schedule=SCHEDULE,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=50),
+    tags=["deepguard", "mlops", "monitoring"],
+    default_args={"owner": "deepguard", "retries": RETRIES, "retry_delay": timedelta(minutes=2)},
+) as dag:
+    arguments = ["--params", PARAMS_PATH, "--workdir", MONITOR_WORKDIR, "--xcom", XCOM_FILE]
+    chain(
+        stage_task(
+            MONITOR,
+            arguments,
+            env={"DEEPGUARD_MONITORING_DIR": MONITORING_DIR},
+            do_xcom_push=True,
+        ),
+        ShortCircuitOperator(
+            task_id="drift_detected",
+            python_callable=drift_detected,
+            doc_md="Continue to trigger_pipeline only when the monitor reported drift.",
+        ),
+        TriggerDagRunOperator(
+            task_id="trigger_pipeline",
+            trigger_dag_id=PIPELINE_DAG_ID,
+            trigger_run_id=TRIGGER_RUN_ID,
+            skip_when_already_exists=True,
+            conf={
+                "reason": "drift: {{ ti.xcom_pull(task_ids='monitor')['reason'] }}",
+            },
+            doc_md="Retrain: start deepguard_pipeline with the drift report's reasons as conf.reason.",
+        ),
+    )

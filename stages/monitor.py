@@ -1,0 +1,229 @@
+"""Drift monitor: compare the champion's served records of the last window with its reference; report.
+
+Reads ``$DEEPGUARD_MONITORING_DIR/records/*.jsonl`` (one JSON object per served image, written by the
+predictor) and the champion's reference (``monitoring/reference.json`` in its MLflow run, logged by register).
+Writes ``reports/drift.json`` and ``reports/figures/drift.png``, logs both to an MLflow run tagged with the
+version, and tags the version ``drift_status``. ``--xcom PATH`` also writes the decision the Airflow DAG
+deepguard_monitor branches on (a KubernetesPodOperator returns ``/airflow/xcom/return.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from core import tracking
+from core.atomic import write_json
+from core.cli import run_stage, stage_parser
+from core.config import Params
+from core.drift import compare
+from core.errors import DeepGuardError
+from core.imagestats import STAT_NAMES
+from core.names import CHAMPION
+from core.pipeline import DRIFT_FIGURE, DRIFT_FILE, REFERENCE_ARTIFACT
+from core.settings import settings
+from stages.figures import plt, save_figure
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("ts", "model_version", "fake_probability", "verdict", "width", "height", "format", *STAT_NAMES)
+
+
+class MonitorError(DeepGuardError):
+    """No champion, or a champion without a drift reference."""
+
+
+def records_dir() -> Path:
+    """``$DEEPGUARD_MONITORING_DIR/records`` (default ``monitoring/records`` in the workspace)."""
+    return settings().monitoring_dir / "records"
+
+
+def iso_time(value: str) -> datetime:
+    """Parse an ISO-8601 time; one without a zone is UTC."""
+    stamp = datetime.fromisoformat(value)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def read_records(folder: Path, start: datetime, end: datetime) -> tuple[list[dict], int]:
+    """The records served in ``[start, end)`` from every ``*.jsonl`` file of ``folder``.
+
+    A line that is not a complete record (a predictor killed mid-write, a hand edit) is skipped and counted,
+    never fatal: monitoring must survive the traffic it watches.
+
+    Returns:
+        ``(records, malformed)``.
+    """
+    records, malformed = [], 0
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict) or any(key not in record for key in REQUIRED):
+                        raise ValueError("incomplete record")
+                    when = iso_time(str(record["ts"]))
+                except ValueError:
+                    malformed += 1
+                    continue
+                if start <= when < end:
+                    records.append(record)
+    return records, malformed
+
+
+def champion_reference(client, model_name: str) -> tuple[str, dict]:  # client: mlflow.MlflowClient
+    """The champion's version and its reference (``monitoring/reference.json`` of its run).
+
+    Raises:
+        MonitorError: when there is no champion or it was registered without a reference.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        raise MonitorError(f"no {CHAMPION} of {model_name!r} in MLflow: run the pipeline first") from None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=REFERENCE_ARTIFACT)
+    except Exception:  # MLflow raises several types for a missing artifact
+        raise MonitorError(
+            f"{model_name} v{champion.version} has no {REFERENCE_ARTIFACT} (registered before drift "
+            "monitoring): rerun evaluate and register"
+        ) from None
+    return str(champion.version), json.loads(Path(path).read_text())
+
+
+def plot_drift(reference: dict, records: list[dict], report: dict) -> plt.Figure:
+    """Score histograms (reference vs window), KS statistic per image statistic, verdict mix."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    bins = np.linspace(0, 1, 21)
+    axes[0].hist(reference["scores"], bins, density=True, alpha=0.5, label="reference (test split)")
+    axes[0].hist([r["fake_probability"] for r in records], bins, density=True, alpha=0.5, label="served")
+    axes[0].set(title=f"P(FAKE): PSI {report['psi']:.3f}", xlabel="P(FAKE)")
+    axes[0].legend()
+    names = list(report["ks"])
+    colours = ["tab:red" if report["ks"][n]["drifted"] else "tab:blue" for n in names]
+    axes[1].barh(names, [report["ks"][n]["statistic"] for n in names], color=colours)
+    axes[1].axvline(report["thresholds"]["ks_statistic"], color="k", ls=":")
+    axes[1].set(title="KS statistic (red: drifted)", xlim=(0, 1))
+    mix = report["verdicts"]
+    positions = np.arange(len(mix["reference"]))
+    axes[2].bar(positions - 0.2, list(mix["reference"].values()), 0.4, label="reference")
+    axes[2].bar(positions + 0.2, list(mix["window"].values()), 0.4, label="served")
+    axes[2].set_xticks(positions, list(mix["reference"]))
+    axes[2].set(title=f"Verdicts; out-of-domain {report['out_of_domain']['share']:.0%}", ylim=(0, 1))
+    axes[2].legend()
+    figure.suptitle(
+        f"{report['model_name']} v{report['model_version']}: {report['status']} "
+        f"({report['records']} served images, last {report['window']['hours']:g} h)"
+    )
+    return figure
+
+
+def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -> dict:
+    """Run the drift monitor in the current workspace.
+
+    Args:
+        params: The validated params (``monitoring`` thresholds, ``mlflow`` names).
+        now: End of the window (default: the current time).
+        xcom: Where to write the DAG's decision (``drift``, ``status``, ``reason``, ``model_version``).
+
+    Returns:
+        The drift report written to reports/drift.json.
+    """
+    import mlflow
+
+    settings = params.monitoring
+    name = params.mlflow.model_name
+    experiment = tracking.setup(params.mlflow)
+    client = mlflow.MlflowClient()
+    version, reference = champion_reference(client, name)
+    end = now or datetime.now(UTC)
+    start = end - timedelta(hours=settings.window_hours)
+    served, malformed = read_records(records_dir(), start, end)
+    records = [r for r in served if str(r["model_version"]) == version]
+    report = compare(reference, records, tuple(reference["bands"]), settings)
+    report.update(
+        model_name=name,
+        model_version=version,
+        window={"start": start.isoformat(), "end": end.isoformat(), "hours": settings.window_hours},
+        other_versions=len(served) - len(records),
+        malformed=malformed,
+    )
+    if malformed:
+        log.warning("monitor: %d malformed record lines skipped in %s", malformed, records_dir())
+    write_json(DRIFT_FILE, report)
+    save_figure(plot_drift(reference, records, report), DRIFT_FIGURE)
+    with tracking.stage_run("monitor", experiment.experiment_id) as mlrun:
+        mlflow.set_tags(
+            {
+                "deepguard.stage": "monitor",
+                "model_name": name,
+                "model_version": version,
+                "drift": report["status"],
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "psi": report["psi"],
+                "out_of_domain_share": report["out_of_domain"]["share"],
+                "records": report["records"],
+                **{f"ks_{stat}": result["statistic"] for stat, result in report["ks"].items()},
+            }
+        )
+        mlflow.log_artifact(str(DRIFT_FILE), "drift")
+        mlflow.log_artifact(str(DRIFT_FIGURE), "drift")
+    client.set_model_version_tag(name, version, "drift_status", report["status"])
+    client.set_model_version_tag(name, version, "drift_checked_at", end.isoformat(timespec="seconds"))
+    client.set_model_version_tag(name, version, "drift_run_id", mlrun.info.run_id)
+    reason = "; ".join(report["reasons"]) or report["status"]
+    if xcom is not None:
+        write_json(
+            xcom,
+            {
+                "drift": report["drift"],
+                "status": report["status"],
+                "reason": reason,
+                "model_version": version,
+            },
+        )
+    ks_max = max(report["ks"].items(), key=lambda item: item[1]["statistic"])
+    log.info(
+        "monitor done: %s v%s %s over %d served images (PSI %.3f, max KS %s %.3f, out-of-domain %.1f%%)%s",
+        name,
+        version,
+        report["status"],
+        report["records"],
+        report["psi"],
+        ks_max[0],
+        ks_max[1]["statistic"],
+        100 * report["out_of_domain"]["share"],
+        f": {reason}" if report["drift"] else "",
+    )
+    return report
+
+
+def _main(args: argparse.Namespace, params: Params) -> None:
+    run(params, now=args.now, xcom=args.xcom.resolve() if args.xcom else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m stages.monitor``."""
+    parser = stage_parser("monitor", __doc__.splitlines()[0])
+    parser.add_argument(
+        "--now", type=iso_time, default=None, help="end of the window, ISO-8601 (default: now)"
+    )
+    parser.add_argument("--xcom", type=Path, default=None, help="also write the decision as JSON here")
+    return run_stage("monitor", _main, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""User feedback: the store, the web route over real HTTP, the review command and ingest's feedback source."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from werkzeug.serving import make_server
+from workspace import free_port, make_workspace, run_stage, stage_env
+
+from core import feedback
+from core.config import load_params
+from core.feedback import ACCEPTED, PENDING, REJECTED, FeedbackError, FeedbackStore
+from core.labels import CLASS_NAMES, VERDICTS
+from core.pipeline import ARCHIVE, DATA_REPORT, RAW_DIR
+from flask_app import create_app
+from flask_app.feedback import TokenBucket
+from stages import sources
+from stages.ingest import ingest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def image_file(seed: int, size: int = 32, fmt: str = "PNG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def submit(store: FeedbackStore, image: bytes, claim: str = "FAKE") -> feedback.FeedbackItem:
+    item, _ = store.submit(image, claim, "REAL", 0.2, "3")
+    return item
+
+
+# --- the store -------------------------------------------------------------------------------------------
+
+
+def test_store_writes_image_and_record_and_deduplicates_by_hash(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path)
+    data = image_file(1)
+    item, created = store.submit(data, "FAKE", "REAL", "0.25", "7")
+    assert created and item.status == PENDING and item.suffix == "png" and item.size == len(data)
+    assert (tmp_path / "pending" / f"{item.id}.png").read_bytes() == data
+    record = json.loads((tmp_path / "pending" / f"{item.id}.json").read_text())
+    assert record["claimed_label"] == "FAKE" and record["verdict"] == "REAL"
+    assert record["fake_probability"] == 0.25 and record["model_version"] == "7" and record["ts"]
+    again, created = store.submit(data, "REAL", "FAKE", 0.9, "8")
+    assert not created and again == item, "the same image is one item, whatever the second claim"
+    store.move(item.id[:10], ACCEPTED)
+    _, created = store.submit(data, "FAKE", "REAL", 0.2, "7")
+    assert not created, "an image already reviewed is not queued again"
+    assert store.count(PENDING) == 0 and store.count(ACCEPTED) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("image", {"image": b""}),
+        ("image", {"image": b"%PDF-1.4 not an image"}),
+        ("claimed_label", {"claimed_label": "fake"}),
+        ("verdict", {"verdict": "MAYBE"}),
+        ("fake_probability", {"fake_probability": "high"}),
+        ("fake_probability", {"fake_probability": 1.5}),
+        ("fake_probability", {"fake_probability": "nan"}),
+        ("model_version", {"model_version": ""}),
+    ],
+)
+def test_store_refuses_bad_fields_naming_them(tmp_path: Path, field: str, kwargs: dict) -> None:
+    good = {
+        "image": image_file(2),
+        "claimed_label": "REAL",
+        "verdict": "FAKE",
+        "fake_probability": 0.8,
+        "model_version": "1",
+    }
+    with pytest.raises(FeedbackError) as caught:
+        FeedbackStore(tmp_path).submit(**{**good, **kwargs})
+    assert caught.value.field == field and str(caught.value).startswith(f"{field}: ")
+    assert not (tmp_path / "pending").exists() or not any((tmp_path / "pending").iterdir())
+
+
+def test_store_caps_size_and_pending_count(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path, max_image_bytes=5000, max_pending=2)
+    with pytest.raises(feedback.FeedbackTooLargeError) as caught:
+        submit(store, image_file(3, size=64))  # ~12 KB PNG of noise
+    assert caught.value.status == 413
+    first, second = submit(store, image_file(4)), submit(store, image_file(5))
+    with pytest.raises(feedback.FeedbackFullError):
+        submit(store, image_file(6))
+    store.move(first.id, REJECTED)
+    assert submit(store, image_file(6)).status == PENDING, "reviewing frees a place"
+    assert {i.id for i in store.items(PENDING)} == {
+        second.id,
+        feedback.hashlib.sha256(image_file(6)).hexdigest(),
+    }
+
+
+def test_move_finds_an_image_left_behind_by_an_interrupted_move(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path)
+    item = submit(store, image_file(7))
+    (tmp_path / ACCEPTED).mkdir()
+    (tmp_path / PENDING / f"{item.id}.png").rename(tmp_path / ACCEPTED / f"{item.id}.png")  # killed here
+    moved = store.move(item.id, ACCEPTED)
+    assert store.image_path(moved).read_bytes() == image_file(7)
+    with pytest.raises(FeedbackError, match="already accepted"):
+        store.move(item.id, ACCEPTED)
+
+
+def test_store_agrees_with_core_labels_and_imports_only_the_standard_library() -> None:
+    assert feedback.CLAIMS == CLASS_NAMES and feedback.VERDICTS == VERDICTS
+    tree = ast.parse((REPO / "core" / "feedback.py").read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported
+    dockerfile = (REPO / "images" / "web" / "Dockerfile").read_text()
+    assert "core/feedback.py" in dockerfile
+
+
+# --- POST /api/feedback over HTTP --------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def web(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The web app on a free port (werkzeug's server, real HTTP); its feedback folder."""
+    folder = tmp_path / "feedback"
+    app = create_app({"FEEDBACK_DIR": str(folder), "FEEDBACK_BURST": 3, "FEEDBACK_PER_MINUTE": 1.0})
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", folder
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def post(url: str, data: bytes | None, **fields: str) -> requests.Response:
+    form = {"claimed_label": "FAKE", "verdict": "REAL", "fake_probability": "0.31", "model_version": "4"}
+    form.update(fields)
+    files = {"image": ("upload.png", data, "image/png")} if data is not None else None
+    return requests.post(
+        f"{url}/api/feedback", data={k: v for k, v in form.items() if v}, files=files, timeout=30
+    )
+
+
+def test_feedback_route_stores_the_item_and_names_bad_fields(web: tuple[str, Path]) -> None:
+    url, folder = web
+    response = post(url, image_file(10))
+    assert response.status_code == 201, response.text
+    item_id = response.json()["id"]
+    assert response.json()["created"] is True
+    record = json.loads((folder / "pending" / f"{item_id}.json").read_text())
+    assert record["claimed_label"] == "FAKE" and record["fake_probability"] == 0.31
+    assert (folder / "pending" / f"{item_id}.png").read_bytes() == image_file(10)
+    assert post(url, image_file(10)).json() == {"id": item_id, "status": "pending", "created": False}
+    missing = post(url, None)
+    assert missing.status_code == 400 and "image" in missing.json()["error"]
+    # The bucket (3) is spent: the next request is refused, whatever it holds, until a token is back.
+    limited = post(url, image_file(11), claimed_label="maybe")
+    assert limited.status_code == 429 and "try again" in limited.json()["error"]
+    assert int(limited.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "words"),
+    [
+        ({"claimed_label": "maybe"}, 400, "claimed_label"),
+        ({"verdict": ""}, 400, "verdict: missing"),
+        ({"fake_probability": "2"}, 400, "fake_probability"),
+        ({"model_version": ""}, 400, "model_version"),
+    ],
+)
+def test_feedback_route_refuses_bad_input(
+    web: tuple[str, Path], fields: dict, status: int, words: str
+) -> None:
+    response = post(web[0], image_file(12), **fields)
+    assert response.status_code == status and words in response.json()["error"], response.text
+    assert not (web[1] / "pending").exists() or not list((web[1] / "pending").iterdir())
+
+
+def test_feedback_route_refuses_an_oversized_image_with_413(tmp_path: Path) -> None:
+    app = create_app({"FEEDBACK_DIR": str(tmp_path)})
+    with app.test_client() as client:  # the 413 path only; HTTP is covered above
+        big = image_file(13)[:20] + bytes(feedback.MAX_IMAGE_BYTES)
+        response = client.post(
+            "/api/feedback",
+            data={
+                "image": (io.BytesIO(big), "x.png"),
+                "claimed_label": "REAL",
+                "verdict": "FAKE",
+                "fake_probability": "0.9",
+                "model_version": "1",
+            },
+        )
+    assert response.status_code == 413 and "image" in response.get_json()["error"]
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    now = [0.0]
+    bucket = TokenBucket(per_minute=6.0, burst=2, clock=lambda: now[0])
+    assert bucket.take("a") == 0 and bucket.take("a") == 0
+    assert bucket.take("a") == pytest.approx(10.0)
+    assert bucket.take("b") == 0, "clients have their own buckets"
+    now[0] = 10.0
+    assert bucket.take("a") == 0
+
+
+# --- python -m stages.feedback -----------------------------------------------------------------------------
+
+
+def test_review_command_lists_accepts_rejects_with_one_line_errors(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    env = stage_env(root)
+    store = FeedbackStore(root / "monitoring" / "feedback")
+    first, second = submit(store, image_file(20)), submit(store, image_file(21), "REAL")
+    listed = run_stage("feedback", root, env, "list")
+    assert first.id[:16] in listed.stdout and second.id[:16] in listed.stdout
+    run_stage("feedback", root, env, "accept", first.id[:12])
+    run_stage("feedback", root, env, "reject", second.id)
+    assert [i.id for i in store.items(ACCEPTED)] == [first.id]
+    assert [i.id for i in store.items(REJECTED)] == [second.id]
+    assert second.id[:16] not in run_stage("feedback", root, env, "list", "--status", "accepted").stdout
+    for args, words in (
+        (("accept", "0" * 12), "no item with id"),
+        (("reject", second.id), "already rejected"),
+    ):
+        failed = run_stage("feedback", root, env, *args, check=False)
+        assert failed.returncode == 2
+        (line,) = failed.stderr.strip().splitlines()
+        assert line.startswith("stages.feedback: error:") and words in line, failed.stderr
+
+
+# --- ingest: accepted feedback as a data source -------------------------------------------------------------
+
+
+def test_ingest_merges_accepted_feedback_validated_and_deduplicated(tmp_path: Path) -> None:
+    dataset = {
+        f"{split}/{cls}/{i}.png": image_file(hash((split, cls, i)) % 2**32)
+        for split in ("train", "test")
+        for cls in ("REAL", "FAKE")
+        for i in range(3)
+    }
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for name, data in dataset.items():
+            out.writestr(name, data)
+    store = FeedbackStore(tmp_path / "feedback")
+    new = submit(store, image_file(30), "FAKE")  # kept, as FAKE
+    big = submit(store, image_file(31, size=64), "REAL")  # not native size: rejected, never resized
+    dup = submit(store, dataset["train/REAL/0.png"], "REAL")  # already in train: a duplicate
+    leak = submit(store, dataset["test/FAKE/1.png"], "FAKE")  # a test image: would leak into train
+    pending = submit(store, image_file(32), "REAL")  # not reviewed: never used
+    for item in (new, big, dup, leak):
+        store.move(item.id, ACCEPTED)
+    source = sources.Source("local", str(archive), "test", "test")
+
+    def run(setting: str) -> dict:
+        params = load_params(REPO / "params.yaml", [f"data.feedback={setting}"]).data
+        entries = sources.iter_entries(archive)
+        if params.feedback == "include":
+            entries = sources.with_feedback(entries, sources.feedback_entries(store))
+        return ingest(entries, params, source, tmp_path / setting)
+
+    report = run("include")
+    assert report["feedback"] == {
+        "seen": 4,
+        "kept": 1,
+        "rejected": 1,
+        "duplicate": 1,
+        "test_in_train": 1,
+        "capped": 0,
+    }
+    assert report["kept"]["train"] == {"FAKE": 4, "REAL": 3}
+    with zipfile.ZipFile(tmp_path / "include" / ARCHIVE) as kept:
+        names = kept.namelist()
+    assert f"train/FAKE/{new.id[:16]}.png" in names
+    assert not any(pending.id[:16] in name for name in names)
+    assert report["test_in_train"] == {"train": {"FAKE": 1}}, "the feedback copy goes, the test image stays"
+    assert report["kept"]["test"] == {"FAKE": 3, "REAL": 3}
+    excluded = run("exclude")
+    assert excluded["feedback"] is None and excluded["kept"]["train"] == {"FAKE": 3, "REAL": 3}
+
+
+def test_ingest_stage_reads_feedback_from_the_monitoring_dir(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    store = FeedbackStore(tmp_path / "mon" / "feedback")
+    accepted = submit(store, image_file(40), "REAL")
+    store.move(accepted.id, ACCEPTED)
+    env = stage_env(root, DEEPGUARD_MONITORING_DIR=str(tmp_path / "mon"))
+    args = (
+        "--set",
+        "data.source=synthetic",
+        "--set",
+        "data.synthetic_per_class=10",
+        "--set",
+        "data.feedback=include",
+    )
+    run_stage("ingest", root, env, *args)
+    report = json.loads((root / DATA_REPORT).read_text())
+    assert report["feedback"]["kept"] == 1
+    marker = json.loads((root / "data" / "source.json").read_text())
+    assert marker["feedback"] == sources.feedback_fingerprint(store)
+    with zipfile.ZipFile(root / RAW_DIR / ARCHIVE) as kept:
+        assert f"train/REAL/{accepted.id[:16]}.png" in kept.namelist()

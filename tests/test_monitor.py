@@ -1,0 +1,183 @@
+"""The drift monitor: statistics on clean and degraded CIFAKE, and the stage against a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from drift_world import records, register_champion, world, write_records
+from workspace import make_workspace, require_sample, run_stage, stage_env
+
+from core.config import load_params
+from core.drift import (
+    DRIFT,
+    INSUFFICIENT,
+    OK,
+    REFERENCE_MAX,
+    build_reference,
+    compare,
+    population_stability_index,
+)
+from core.imagestats import STAT_NAMES
+from core.pipeline import DRIFT_FIGURE, DRIFT_FILE, REFERENCE_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+SETTINGS = load_params(REPO / "params.yaml").monitoring
+
+
+@pytest.fixture(scope="module")
+def cifake():
+    require_sample()
+    return world()
+
+
+@pytest.fixture(scope="module")
+def served(cifake) -> dict[str, list[dict]]:
+    scorer, _, test = cifake
+    return {name: records(name, scorer, test, "1", NOW) for name in ("clean", "blur_1.0", "upscale_4x")}
+
+
+def _compare(reference: dict, rows: list[dict]) -> dict:
+    return compare(reference, rows, tuple(reference["bands"]), SETTINGS)
+
+
+def test_clean_cifake_does_not_drift(cifake, served) -> None:
+    report = _compare(cifake[1], served["clean"])
+    print(f"clean: PSI {report['psi']:.3f}, KS {_ks(report)}")
+    assert report["status"] == OK and report["reasons"] == [] and report["drift"] is False
+    assert report["psi"] < 0.1 and report["out_of_domain"]["share"] == 0.0
+    assert all(result["statistic"] < SETTINGS.ks_statistic for result in report["ks"].values())
+
+
+def test_blurred_uploads_drift_on_high_frequencies_and_scores(cifake, served) -> None:
+    report = _compare(cifake[1], served["blur_1.0"])
+    print(f"blur_1.0: PSI {report['psi']:.3f}, KS {_ks(report)}")
+    assert report["status"] == DRIFT
+    assert report["ks"]["hf_energy"]["drifted"] and report["ks"]["hf_energy"]["statistic"] > 0.5
+    assert report["psi"] > SETTINGS.psi_threshold
+    assert not report["ks"]["mean_r"]["drifted"], "blur keeps the mean colour"
+    assert report["out_of_domain"]["share"] == 0.0, "a blurred 32x32 PNG is in the domain by format and size"
+    assert any(reason.startswith("hf_energy shifted") for reason in report["reasons"])
+
+
+def test_enlarged_uploads_are_out_of_domain(cifake, served) -> None:
+    report = _compare(cifake[1], served["upscale_4x"])
+    print(
+        f"upscale_4x: PSI {report['psi']:.3f}, KS {_ks(report)}, OOD {report['out_of_domain']['share']:.0%}"
+    )
+    assert report["status"] == DRIFT and report["out_of_domain"] == {"count": 500, "share": 1.0}
+    assert any(reason.startswith("out-of-domain inputs: 100.0%") for reason in report["reasons"])
+
+
+def test_too_few_records_is_no_verdict(cifake, served) -> None:
+    report = _compare(cifake[1], served["blur_1.0"][: SETTINGS.min_records - 1])
+    assert report["status"] == INSUFFICIENT and report["drift"] is False and report["reasons"] == []
+
+
+def test_verdict_mix_of_the_reference_uses_the_champions_bands(cifake, served) -> None:
+    report = _compare(cifake[1], served["clean"])
+    scores = np.asarray(cifake[1]["scores"])
+    assert report["verdicts"]["reference"]["FAKE"] == pytest.approx(np.mean(scores >= 0.6))
+    assert report["verdicts"]["reference"]["REAL"] == pytest.approx(np.mean(scores <= 0.4))
+    assert sum(report["verdicts"]["window"].values()) == pytest.approx(1.0)
+
+
+def test_psi_is_zero_for_equal_samples_and_grows_with_the_shift() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.beta(2, 5, 5000)
+    assert population_stability_index(base, base) == pytest.approx(0.0, abs=1e-12)
+    small, large = (population_stability_index(base, np.clip(base + d, 0, 1)) for d in (0.02, 0.2))
+    assert 0 < small < 0.1 < SETTINGS.psi_threshold < large
+
+
+def test_reference_is_sampled_and_rounded() -> None:
+    images = np.random.default_rng(1).integers(0, 256, (REFERENCE_MAX + 5, 8, 8, 3), np.uint8)
+    reference = build_reference(images, np.linspace(0, 1, len(images)))
+    assert reference["count"] == REFERENCE_MAX and len(reference["scores"]) == REFERENCE_MAX
+    assert set(reference["statistics"]) == set(STAT_NAMES) and reference["image_size"] == 8
+    with pytest.raises(ValueError, match="scores"):
+        build_reference(images[:3], np.zeros(2))
+
+
+def _ks(report: dict) -> str:
+    return ", ".join(f"{name} {r['statistic']:.3f} (p {r['pvalue']:.1e})" for name, r in report["ks"].items())
+
+
+# --- python -m stages.monitor against a real MLflow store ------------------------------------------------
+
+
+def test_monitor_stage_reports_to_mlflow_and_tags_the_champion(cifake, served, tmp_path: Path) -> None:
+    import mlflow
+
+    root = make_workspace(tmp_path / "ws")
+    monitoring = tmp_path / "monitoring"
+    env = stage_env(root, DEEPGUARD_MONITORING_DIR=str(monitoring))
+    version = register_champion(env["MLFLOW_TRACKING_URI"], cifake[1])
+    rows = served["blur_1.0"]
+    old = [{**row, "ts": (NOW - timedelta(days=3)).isoformat()} for row in served["clean"][:50]]
+    other = [{**row, "model_version": "99"} for row in served["clean"][:50]]
+    path = write_records(monitoring / "records", rows + old + other)
+    with path.open("a") as out:
+        out.write('{"ts": "2026-12-01T11:59:00+00:00", "model_ver')  # a predictor killed mid-line
+    xcom = tmp_path / "xcom" / "return.json"
+    args = ("--now", NOW.isoformat(), "--xcom", str(xcom))
+    result = run_stage("monitor", root, env, *args)
+    assert "monitor done: deepguard v1 drift over 500 served images" in result.stdout
+
+    report = json.loads((root / DRIFT_FILE).read_text())
+    assert report["status"] == "drift" and report["records"] == 500
+    assert report["other_versions"] == 50 and report["malformed"] == 1, "old records are outside the window"
+    assert (root / DRIFT_FIGURE).stat().st_size > 10_000
+    decision = json.loads(xcom.read_text())
+    assert decision["drift"] is True and decision["model_version"] == version
+    assert "hf_energy shifted" in decision["reason"]
+
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    tags = client.get_model_version("deepguard", version).tags
+    assert tags["drift_status"] == "drift" and tags["drift_checked_at"] == "2026-12-01T12:00:00+00:00"
+    run = client.get_run(tags["drift_run_id"])
+    assert run.data.tags["model_version"] == version and run.data.metrics["psi"] == pytest.approx(
+        report["psi"]
+    )
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "drift")}
+    assert logged == {"drift/drift.json", "drift/drift.png"}
+
+
+def test_monitor_stage_without_champion_or_reference_fails_in_one_line(tmp_path: Path) -> None:
+    import mlflow
+
+    root = make_workspace(tmp_path / "ws")
+    env = stage_env(root)
+    failed = run_stage("monitor", root, env, check=False)
+    assert failed.returncode == 2
+    line = failed.stderr.strip().splitlines()[-1]  # before it: MLflow's own log lines
+    assert line == "stages.monitor: error: no champion of 'deepguard' in MLflow: run the pipeline first"
+
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    run = client.create_run(client.get_experiment_by_name("deepguard").experiment_id)  # the monitor made it
+    client.create_registered_model("deepguard")
+    client.create_model_version("deepguard", f"{run.info.artifact_uri}/model", run.info.run_id)
+    client.set_registered_model_alias("deepguard", "champion", "1")
+    failed = run_stage("monitor", root, env, check=False)
+    line = failed.stderr.strip().splitlines()[-1]  # before it: MLflow's own log lines
+    assert failed.returncode == 2 and "deepguard v1 has no monitoring/reference.json" in line
+
+
+@pytest.mark.slow
+def test_pipeline_logs_the_reference_with_the_registered_version(trained_workspace) -> None:
+    import mlflow
+
+    reference = json.loads((trained_workspace.root / REFERENCE_FILE).read_text())
+    test_size = len(np.load(trained_workspace.root / "data" / "processed" / "test_labels.npy"))
+    assert reference["count"] == min(test_size, REFERENCE_MAX) and reference["image_size"] == 32
+    assert all(0.0 <= s <= 1.0 for s in reference["scores"])
+    client = mlflow.MlflowClient(tracking_uri=trained_workspace.tracking_uri)
+    champion = client.get_model_version_by_alias("deepguard", "champion")
+    logged = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/monitoring/reference.json")
+    assert logged["scores"] == reference["scores"] and logged["model_version"] == str(champion.version)
+    metrics = json.loads((trained_workspace.root / "reports" / "metrics.json").read_text())
+    assert logged["bands"][0] <= metrics["threshold"] <= logged["bands"][1]
