@@ -9,7 +9,7 @@ the sum is rectified, upsampled bilinearly to the input size and scaled to [0, 1
 
 Nothing here depends on layer names: the stage is found by structure (the last convolution with a spatial
 output, descending into nested models), and mirrored branches by the ``HorizontalFlip`` layer their input
-went through.
+went through. The net's sigmoid output gets a gradient that does not vanish where P(FAKE) rounds to 1.0.
 """
 
 from __future__ import annotations
@@ -84,6 +84,43 @@ def _flatten_tensors(value: Any) -> list:
     return [item for item in keras.tree.flatten(value) if isinstance(item, keras.KerasTensor)]
 
 
+def _is_sigmoid_dense(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.Dense) and layer.activation is keras.activations.sigmoid
+
+
+def _sigmoid_with_exact_gradient(logits: Any) -> Any:
+    """``sigmoid`` whose gradient stays nonzero where the output rounds to 1.0 in float32.
+
+    TensorFlow's sigmoid gradient is ``y * (1 - y)`` from the output, which is 0 once ``y == 1.0`` (a logit
+    above ~17): a confidently FAKE image would get no map at all. ``sigmoid(z) * sigmoid(-z)`` is the same
+    derivative without the cancellation. The forward value is unchanged.
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def sigmoid(z: tf.Tensor) -> tuple[tf.Tensor, Any]:
+        return tf.sigmoid(z), lambda upstream: upstream * tf.sigmoid(z) * tf.sigmoid(-z)
+
+    return sigmoid(logits)
+
+
+def _sigmoid_dense_layer(dense: Any) -> Any:
+    """A layer computing ``dense`` (its own weights) through :func:`_sigmoid_with_exact_gradient`."""
+    import keras
+
+    class ExactGradientSigmoidDense(keras.layers.Layer):
+        def call(self, inputs: Any) -> Any:
+            kernel = dense.kernel
+            logits = keras.ops.matmul(keras.ops.cast(inputs, kernel.dtype), kernel)
+            if dense.use_bias:
+                logits = logits + dense.bias
+            return _sigmoid_with_exact_gradient(logits)
+
+    return ExactGradientSigmoidDense(name=f"{dense.name}_exact_gradient", dtype=dense.dtype_policy)
+
+
 def expose_activations(model: Any) -> tuple[Any, list[bool]]:
     """Rebuild ``model`` (sharing its layers and weights) to also output the last convolutional stage.
 
@@ -114,6 +151,8 @@ def expose_activations(model: Any) -> tuple[Any, list[bool]]:
             output, *inner_activations = inner[0](*args, **kwargs)
             activations.extend(inner_activations)
             mirrored.extend(was_flipped != flag for flag in inner[1])
+        elif _is_sigmoid_dense(layer):  # the net's P(FAKE) output
+            output = _sigmoid_dense_layer(layer)(*args, **kwargs)
         else:
             output = layer(*args, **kwargs)
             if layer is target:
