@@ -18,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -34,7 +35,12 @@ import orjson
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferInput, RequestedOutput, deserialize_bytes_tensor
+from kserve.protocol.infer_type import (
+    InferInput,
+    RequestedOutput,
+    deserialize_bytes_tensor,
+    to_http_parameters,
+)
 from kserve.utils.numpy_codec import to_np_dtype
 
 from core.imaging import (
@@ -56,6 +62,7 @@ from core.modelstore import (
 )
 from core.settings import settings
 from core.tracking import resolve_tracking_uri
+from serving.explain import Explainer, ExplainError, build_explainer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,8 @@ INPUT_NAME = "image"
 OUTPUT_PROBABILITY = "fake_probability"
 OUTPUT_LABEL = "label"
 OUTPUT_VERDICT = "verdict"
+OUTPUT_HEATMAP = "heatmap"  # only when the V2 request's parameter "explain" is true
+EXPLAIN_PARAMETER = "explain"
 # Batch sizes the model is traced for at load time, so the first real request pays no tracing.
 _WARMUP_BATCHES = (1, 2, 64)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
@@ -113,11 +122,29 @@ class ServedModel:
     metadata: ModelMetadata
     version: str
     uri: str
+    explainer: Explainer | None = None  # None: the model has no convolutional stage to explain
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Return P(FAKE) and the class names for uint8 images ``(N, size, size, 3)``."""
         probabilities = predict_fake_probability(self.keras_model, images)
         return probabilities, names(decide(probabilities, self.metadata.threshold))
+
+    def explain(self, images: np.ndarray, fake: np.ndarray) -> np.ndarray:
+        """Grad-CAM heatmaps ``(N, size, size)`` in [0, 1] of the evidence for each image's label.
+
+        Args:
+            images: The uint8 images that were scored.
+            fake: Per image, whether its label is FAKE (the map explains the label given).
+
+        Returns:
+            float32 heatmaps in the images' coordinates.
+
+        Raises:
+            InvalidInput: when the model has no explainer.
+        """
+        if self.explainer is None:
+            raise InvalidInput(f"model version {self.version} has no convolutional stage to explain")
+        return self.explainer(images, fake)
 
 
 @dataclass(frozen=True)
@@ -128,6 +155,7 @@ class _Batch:
     images: np.ndarray
     facts: list[InputFacts]  # per image: what the upload was before it became the model's input
     v2_request: Any  # kserve InferRequest for V2, None for V1
+    explain: bool = False  # V2 parameter "explain": add heatmaps to the scores
 
 
 @dataclass(frozen=True)
@@ -135,6 +163,7 @@ class _Scores:
     batch: _Batch
     probabilities: np.ndarray
     labels: list[str]
+    heatmaps: np.ndarray | None = None  # (N, size, size) when an explanation was asked for
 
     @property
     def verdicts(self) -> list[str]:
@@ -172,6 +201,10 @@ class MicroBatcher:
         if self._worker is None:
             self._worker = asyncio.create_task(self._drain())
         return await future
+
+    async def run(self, function: Any, *args: Any) -> Any:
+        """``function(*args)`` in the model thread, between batched calls (the explainer runs there)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     def _next_batch(self) -> list[_Job]:
         """Pending jobs of one model version, up to ``max_images`` images (always at least one job)."""
@@ -258,6 +291,10 @@ def load_served_model(uri: str) -> ServedModel:
     size = metadata.image_size
     for batch in _WARMUP_BATCHES:
         served.score(np.zeros((batch, size, size, 3), dtype=np.uint8))
+    try:  # traced for any batch size here, so the first explanation pays no tracing
+        served = dataclasses.replace(served, explainer=build_explainer(keras_model, size))
+    except ExplainError as exc:
+        log.warning("%s: serving without explanations: %s", uri, exc)
     log.info(
         "loaded %s: version %s, %s, threshold %.4f%s",
         uri,
@@ -342,6 +379,23 @@ def parse_infer_request(body: bytes, json_length: int, model_name: str) -> Infer
     )
 
 
+def explain_requested(request: InferRequest) -> bool:
+    """The V2 request parameter ``explain``: a JSON boolean, absent meaning false.
+
+    Raises:
+        InvalidInput: when it is anything but a boolean (``"true"`` and ``1`` included: no guessing).
+    """
+    parameters = request.parameters or {}
+    if request.from_grpc:
+        parameters = to_http_parameters(parameters)
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f'"parameters" must be a JSON object, got {type(parameters).__name__}')
+    value = parameters.get(EXPLAIN_PARAMETER, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f'parameter "{EXPLAIN_PARAMETER}" must be true or false, got {quote(value)}')
+    return value
+
+
 def _flatten(data: Any) -> list:
     """V2 tensors may be sent nested; the BYTES input is a flat list of N items."""
     if isinstance(data, np.ndarray):
@@ -408,9 +462,16 @@ class DeepGuardModel(Model):
             {"name": OUTPUT_VERDICT, "datatype": "BYTES", "shape": [-1]},
         ]
 
-    async def explain(self, payload: Any, headers: dict[str, str] | None = None) -> dict:
-        """There is no explainer: a client asking for one gets a 400, not KServe's 501."""
-        raise InvalidInput(f"model {self.name!r} has no explainer; use :predict (V1) or /infer (V2)")
+    async def explain(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
+        """V1 ``:explain`` (KServe calls it between preprocess and postprocess): scores and heatmaps.
+
+        The scores come from the same call as ``:predict``'s, so an explanation never changes them; the
+        heatmaps are Grad-CAM of the served model on the same decoded pixels, computed in the model thread.
+        """
+        scores = await self.predict(dataclasses.replace(payload, explain=False), headers)
+        fake = decide(scores.probabilities, payload.served.metadata.threshold).astype(bool)
+        heatmaps = await self.batcher.run(payload.served.explain, payload.images, fake)
+        return dataclasses.replace(scores, batch=payload, heatmaps=heatmaps)
 
     def validate(self, payload: Any) -> Any:
         """Validation happens in :meth:`preprocess`, which knows the model's limits."""
@@ -544,8 +605,9 @@ class DeepGuardModel(Model):
         size = served.metadata.image_size
         loop = asyncio.get_running_loop()
         if isinstance(payload, InferRequest):
+            explain = explain_requested(payload)  # a bad value is refused before any image is decoded
             images, facts = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
-            return _Batch(served, images, facts, payload)
+            return _Batch(served, images, facts, payload, explain)
         if isinstance(payload, dict):
             images, facts = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
             return _Batch(served, images, facts, None)
@@ -553,6 +615,8 @@ class DeepGuardModel(Model):
 
     async def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
         """Score the request's images in one model call, shared with concurrent requests'."""
+        if payload.explain:
+            return await self.explain(payload, headers)
         probabilities, labels = await self.batcher.score(payload.served, payload.images)
         return _Scores(payload, probabilities, labels)
 
@@ -572,6 +636,19 @@ class DeepGuardModel(Model):
             "architecture": served.metadata.architecture,
         }
         request = result.batch.v2_request
+        if request is None and result.heatmaps is not None:
+            explanations = [
+                {
+                    "label": label,
+                    "verdict": decided,
+                    "fake_probability": float(probability),
+                    "heatmap": heatmap.tolist(),
+                }
+                for label, decided, probability, heatmap in zip(
+                    result.labels, verdict, result.probabilities, result.heatmaps, strict=True
+                )
+            ]
+            return {"explanations": explanations, "model_name": self.name, **facts}
         if request is None:
             predictions = [
                 {"label": label, "verdict": decided, "fake_probability": float(probability)}
@@ -585,6 +662,9 @@ class DeepGuardModel(Model):
             InferOutput(OUTPUT_LABEL, [count], "BYTES", data=np.array(result.labels, dtype=np.object_)),
             InferOutput(OUTPUT_VERDICT, [count], "BYTES", data=np.array(verdict, dtype=np.object_)),
         ]
+        if result.heatmaps is not None:
+            heatmaps = result.heatmaps.astype(np.float32)
+            outputs.append(InferOutput(OUTPUT_HEATMAP, list(heatmaps.shape), "FP32", data=heatmaps))
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),
             model_name=self.name,

@@ -351,7 +351,7 @@ ODD_REQUESTS = [
         {"inference-header-content-length": "3"},
     ),
     ("not UTF-8", "/v2/models/deepguard/infer", b"\xff\xfe{", {}),
-    ("V1 explain (no explainer)", "/v1/models/deepguard:explain", b'{"instances": []}', {}),
+    ("V1 explain without images", "/v1/models/deepguard:explain", b'{"instances": []}', {}),
     ("V2 version not served", "/v2/models/deepguard/versions/999999/infer", b'{"inputs": []}', {}),
     ("V1 text body", "/v1/models/deepguard:predict", b"hello", {"Content-Type": "text/plain"}),
     ("binary size past the body", "/v2/models/deepguard/infer", *_binary_body(1000, b"\x03\0\0\0abc")),
