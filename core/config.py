@@ -69,9 +69,16 @@ class TrainingParams(_Section):
     mixed_precision: Literal["auto", "on", "off"]
 
 
+class CalibrationParams(_Section):
+    enabled: bool
+    # Temperature scaling only: one parameter fitted on validation keeps the ranking (ROC-AUC) unchanged.
+    method: Literal["temperature"]
+
+
 class EvaluationParams(_Section):
     threshold_metric: Literal["accuracy", "f1"]
     calibration_bins: int = Field(ge=2, le=100)
+    band_precision: float = Field(gt=0.5, le=1.0)
 
 
 class PromotionParams(_Section):
@@ -92,6 +99,7 @@ class Params(_Section):
     augmentation: AugmentationParams
     model: ModelParams
     training: TrainingParams
+    calibration: CalibrationParams
     evaluation: EvaluationParams
     promotion: PromotionParams
     mlflow: MlflowParams

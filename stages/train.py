@@ -33,6 +33,7 @@ from core.pipeline import (
     RUN_FILE,
     TRAINING_REPORT,
 )
+from stages.calibration import calibrate_saved_model
 from stages.shards import load_split
 
 if TYPE_CHECKING:  # keras is imported lazily, in the functions that train
@@ -249,6 +250,8 @@ def run(params: Params) -> dict:
         seconds = time.perf_counter() - started
         if params.model.test_time_flip:
             with_flip_averaging(load_keras(checkpoint)).save(checkpoint)
+        # Temperature scaling on validation, built into the saved model (stages/calibration.py).
+        calibration = calibrate_saved_model(checkpoint, val_x, val_y, params.calibration)
         val_auc = history.history["val_auc"]
         best = int(np.argmax(val_auc))
         summary = {
@@ -261,6 +264,7 @@ def run(params: Params) -> dict:
             "best_val_accuracy": float(history.history["val_accuracy"][best]),
             "train_seconds": round(seconds, 1),
             "train_images_per_second": round(len(val_auc) * len(train_x) / seconds, 1),
+            **calibration,
         }
         write_json(tmp / RUN_FILE, {"run_id": mlrun.info.run_id, "experiment_id": experiment.experiment_id})
         mlflow.log_metrics({f"train_{k}": v for k, v in summary.items() if isinstance(v, int | float)})
