@@ -90,12 +90,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cifake-sample.zip")
     parser.add_argument("--per-class", type=int, default=None, help="data.sample_per_class (default: all)")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--band-precision", type=float, default=None, help="evaluation.band_precision")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the workspace here (default: temp)")
     parser.add_argument(
         "--report-only", action="store_true", help="print the tables of an existing --workdir"
     )
     args = parser.parse_args()
     overrides = [f"training.epochs={args.epochs}", f"data.sample_per_class={args.per_class or 'null'}"]
+    if args.band_precision is not None:
+        overrides.append(f"evaluation.band_precision={args.band_precision}")
     if args.report_only:
         print(report(args.workdir))
         return

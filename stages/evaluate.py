@@ -128,7 +128,9 @@ def _figures(
         n_bins=bins,
         ax=ax,
         name=f"after, T={calibration['temperature']:.3f} (ECE {after['ece']:.4f})",
+        marker="o",
     )
+    ax.set(xlabel="mean predicted P(FAKE) in the bin", ylabel="observed FAKE rate in the bin")
     ax.set_title("Test reliability before and after calibration")
     ax.legend(loc="upper left", fontsize="small")
     figures["calibration"] = fig
