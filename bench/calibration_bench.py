@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 STAGES = ("ingest", "preprocess", "features", "train", "evaluate")
@@ -84,6 +86,46 @@ def report(workdir: Path) -> str:
     return "\n".join(lines)
 
 
+def compare_methods(workdir: Path, bins: int = 10) -> str:
+    """Temperature (ours) against Platt scaling and isotonic regression, measured on test.
+
+    All three are fitted on the same validation scores of the workspace's model without its temperature.
+    Platt fits ``sigmoid(a * logit(p) + b)`` (two parameters, may move the threshold); isotonic fits a
+    monotone step function (many parameters, ties scores). The baseline is the uncalibrated model.
+    """
+    sys.path.insert(0, str(REPO))
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    from core.layers import without_temperature
+    from core.metrics import calibration_metrics
+    from core.modelstore import load_keras, predict_fake_probability
+    from stages.calibration import apply_temperature, fit_temperature, logit
+    from stages.shards import load_split
+
+    model = without_temperature(load_keras(workdir / "models/model.keras"))
+    scores = {}
+    for split in ("val", "test"):
+        images, labels = load_split(workdir / "data/processed", split)
+        scores[split] = (np.asarray(labels), predict_fake_probability(model, images))
+    (val_y, val_p), (test_y, test_p) = scores["val"], scores["test"]
+    platt = LogisticRegression(C=1e6).fit(logit(val_p)[:, None], val_y)
+    isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(val_p, val_y)
+    calibrated = {
+        "none (baseline)": test_p,
+        "temperature (ours)": apply_temperature(test_p, fit_temperature(val_y, val_p)),
+        "platt": platt.predict_proba(logit(test_p)[:, None])[:, 1],
+        "isotonic": isotonic.predict(test_p),
+    }
+    base = calibration_metrics(test_y, test_p, bins)
+    lines = ["method               test ECE   Brier     NLL    (ratio to baseline: ECE, Brier, NLL)"]
+    for name, p in calibrated.items():
+        m = calibration_metrics(test_y, np.asarray(p), bins)
+        ratios = ", ".join(f"{m[k] / base[k]:.3f}" for k in ("ece", "brier", "nll"))
+        lines.append(f"{name:<19}  {m['ece']:>8.4f}  {m['brier']:.4f}  {m['nll']:.4f}   ({ratios})")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Parse arguments, run the pipeline to evaluate, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,18 +137,25 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="print the tables of an existing --workdir"
     )
+    parser.add_argument(
+        "--compare-methods", action="store_true", help="also compare with Platt and isotonic scaling"
+    )
     args = parser.parse_args()
     overrides = [f"training.epochs={args.epochs}", f"data.sample_per_class={args.per_class or 'null'}"]
     if args.band_precision is not None:
         overrides.append(f"evaluation.band_precision={args.band_precision}")
     if args.report_only:
         print(report(args.workdir))
+        if args.compare_methods:
+            print(compare_methods(args.workdir.resolve()))
         return
     with tempfile.TemporaryDirectory(prefix="calibration-bench-") as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()
         print(f"# data {args.data}, overrides {overrides}, workspace {workdir}", flush=True)
         run_pipeline(workdir, args.data.resolve(), overrides)
         print(report(workdir))
+        if args.compare_methods:
+            print(compare_methods(workdir))
 
 
 if __name__ == "__main__":
