@@ -100,11 +100,18 @@ class ExtraSetParams(_Section):
     path: str = Field(min_length=1)
 
 
+class CalibrationParams(_Section):
+    enabled: bool
+    # Temperature scaling only: one parameter fitted on validation keeps the ranking (ROC-AUC) unchanged.
+    method: Literal["temperature"]
+
+
 class EvaluationParams(_Section):
     threshold_metric: Literal["accuracy", "f1"]
     calibration_bins: int = Field(ge=2, le=100)
     robustness_sample: int | None = Field(ge=1)
     extra_sets: list[ExtraSetParams]
+    band_precision: float = Field(gt=0.5, le=1.0)
 
 
 class PromotionParams(_Section):
@@ -151,6 +158,7 @@ class Params(_Section):
     augmentation: AugmentationParams
     model: ModelParams
     training: TrainingParams
+    calibration: CalibrationParams
     evaluation: EvaluationParams
     promotion: PromotionParams
     mlflow: MlflowParams

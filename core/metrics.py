@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
-from core.labels import FAKE, decide
+from core.labels import FAKE, REAL, decide
 
 
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
@@ -60,4 +60,59 @@ def outcome_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: fl
         "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if len(np.unique(labels)) == 2 else None,
         "fake_called_real": float(np.mean(predicted[fakes] != FAKE)) if fakes.any() else None,
         "count": int(len(labels)),
+    }
+
+
+def calibration_metrics(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> dict[str, float]:
+    """How far P(FAKE) can be read as a probability: ECE (equal-width bins), Brier score and log loss (NLL).
+
+    Args:
+        labels: 0/1 labels, FAKE = 1.
+        probabilities: P(FAKE) per image.
+        bins: Number of equal-width ECE bins.
+
+    Returns:
+        ``{"ece", "brier", "nll"}``; lower is better for all three.
+    """
+    return {
+        "ece": expected_calibration_error(labels, probabilities, bins),
+        "brier": float(skm.brier_score_loss(labels, probabilities)),
+        "nll": float(skm.log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1])),
+    }
+
+
+def band_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, real_below: float, fake_above: float
+) -> dict[str, float | int]:
+    """What the three-way verdict (core.labels.verdicts) does on labelled data.
+
+    Args:
+        labels: 0/1 labels, FAKE = 1.
+        probabilities: P(FAKE) per image.
+        real_below: REAL at or below this score.
+        fake_above: FAKE at or above this score (``real_below < fake_above`` in any band that decides).
+
+    Returns:
+        ``coverage`` (share decided), ``decided_accuracy`` (accuracy on that share), ``real_precision`` and
+        ``fake_precision`` (share of true REAL/FAKE in each band; NaN for an empty band), ``real_coverage``,
+        ``fake_coverage`` (share of all images in each band) and ``count``.
+    """
+    labels = np.asarray(labels)
+    p = np.asarray(probabilities)
+    real, fake = p <= real_below, p >= fake_above
+    real &= ~fake  # only if the edges crossed (evaluate never does): FAKE wins, as in core.labels.verdicts
+
+    def share(mask: np.ndarray, label: int) -> float:
+        return float(np.mean(labels[mask] == label)) if mask.any() else float("nan")
+
+    decided = real | fake
+    correct = np.count_nonzero(real & (labels == REAL)) + np.count_nonzero(fake & (labels == FAKE))
+    return {
+        "coverage": float(decided.mean()) if len(p) else float("nan"),
+        "decided_accuracy": correct / np.count_nonzero(decided) if decided.any() else float("nan"),
+        "real_precision": share(real, REAL),
+        "fake_precision": share(fake, FAKE),
+        "real_coverage": float(real.mean()) if len(p) else float("nan"),
+        "fake_coverage": float(fake.mean()) if len(p) else float("nan"),
+        "count": int(len(p)),
     }

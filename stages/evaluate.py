@@ -1,9 +1,10 @@
-"""Stage 5, evaluate: choose the decision threshold on validation, then measure the test split once.
+"""Stage 5, evaluate: choose the threshold and verdict bands on validation, then measure the test split once.
 
 Outputs ``reports/metrics.json`` (DVC metrics) and PNG figures in ``reports/figures/`` (DVC plots): confusion
-matrix, ROC curve, precision-recall curve and calibration; all are logged to the training run in MLflow.
-The robustness report (``stages/robustness.py``) and the extra sets (``stages/extra_sets.py``) are scored here
-too, with the same model and threshold.
+matrix, ROC curve, precision-recall curve and calibration (reliability before and after the temperature built
+into the model by train); all are logged to the training run in MLflow. The robustness report
+(``stages/robustness.py``) and the extra sets (``stages/extra_sets.py``) are scored here too, with the same
+model and threshold.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from core.atomic import write_json
 from core.cli import run_stage, stage_parser
 from core.config import EvaluationParams, Params
 from core.drift import build_reference
-from core.labels import CLASS_NAMES, FAKE
-from core.metrics import classification_metrics
+from core.labels import CLASS_NAMES, FAKE, REAL
+from core.metrics import band_metrics, calibration_metrics, classification_metrics
 from core.modelstore import load_keras, predict_fake_probability
 from core.pipeline import FIGURES_DIR, METRICS_FILE, MODEL_DIR, MODEL_FILE, PROCESSED_DIR, REFERENCE_FILE
 from core.tracking import load_run_id
@@ -52,8 +53,53 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, metric: str)
     return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
 
 
+def choose_bands(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, precision: float
+) -> tuple[float, float]:
+    """The widest REAL and FAKE bands on the given (validation) data that each reach ``precision``.
+
+    REAL is ``p <= real_below`` with ``real_below < threshold``; FAKE is ``p >= fake_above`` with
+    ``fake_above >= threshold`` (core.labels.verdicts). Every distinct score is a candidate edge; a band's
+    precision is the share of its images with its label, and the widest band reaching the target is kept
+    (coverage only grows as an edge moves toward the threshold, so this covers as much as possible). A band
+    that no edge brings to the target is empty: ``real_below = 0.0`` or ``fake_above = 1.0``.
+
+    Args:
+        labels: Validation labels, FAKE = 1.
+        probabilities: Validation P(FAKE) of the model as served (calibrated).
+        threshold: The binary decision threshold, chosen on the same data.
+        precision: The precision each band must reach (``evaluation.band_precision``).
+
+    Returns:
+        ``(real_below, fake_above)`` with ``real_below <= threshold <= fake_above``.
+    """
+    labels = np.asarray(labels)
+    p = np.asarray(probabilities, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    p, labels = p[order], labels[order]
+    # REAL band {p <= edge}: its size and true REAL count at the last occurrence of each distinct score.
+    last = np.flatnonzero(np.append(p[1:] != p[:-1], True))
+    size = last + 1
+    real_precision = np.cumsum(labels == REAL)[last] / size
+    ok = (real_precision >= precision) & (p[last] < threshold)
+    real_below = float(p[last][ok].max()) if ok.any() else 0.0
+    # FAKE band {p >= edge}: size and true FAKE count from the first occurrence of each distinct score.
+    first = np.flatnonzero(np.insert(p[1:] != p[:-1], 0, True))
+    fakes_from = np.cumsum((labels == FAKE)[::-1])[::-1]
+    fake_precision = fakes_from[first] / (len(p) - first)
+    ok = (fake_precision >= precision) & (p[first] >= threshold)
+    fake_above = float(p[first][ok].min()) if ok.any() else 1.0
+    return min(real_below, threshold), max(fake_above, threshold)
+
+
 def _figures(
-    labels: np.ndarray, probabilities: np.ndarray, threshold: float, test: dict, bins: int
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    uncalibrated: np.ndarray,
+    threshold: float,
+    test: dict,
+    calibration: dict,
+    bins: int,
 ) -> dict[str, plt.Figure]:
     figures: dict[str, plt.Figure] = {}
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
@@ -76,34 +122,69 @@ def _figures(
     fig, ax = plt.subplots(figsize=(4.5, 4))
     from sklearn.calibration import CalibrationDisplay
 
-    CalibrationDisplay.from_predictions(labels, probabilities, n_bins=bins, ax=ax, name="DeepGuard")
-    ax.set_title(f"Test calibration (ECE {test['ece']:.4f})")
+    before, after = calibration["test"]["before"], calibration["test"]["after"]
+    CalibrationDisplay.from_predictions(
+        labels, uncalibrated, n_bins=bins, ax=ax, name=f"before (ECE {before['ece']:.4f})", marker="s"
+    )
+    CalibrationDisplay.from_predictions(
+        labels,
+        probabilities,
+        n_bins=bins,
+        ax=ax,
+        name=f"after, T={calibration['temperature']:.3f} (ECE {after['ece']:.4f})",
+        marker="o",
+    )
+    ax.set(xlabel="mean predicted P(FAKE) in the bin", ylabel="observed FAKE rate in the bin")
+    ax.set_title("Test reliability before and after calibration")
+    ax.legend(loc="upper left", fontsize="small")
     figures["calibration"] = fig
     return figures
 
 
 def evaluate(model, params: EvaluationParams) -> dict:
-    """Score validation and test; the threshold comes from validation only.
+    """Score validation and test; the threshold and the verdict bands come from validation only.
 
-    Also writes the drift reference (``reports/reference.json``): the test images' statistics and scores,
-    which register logs with the version and the drift monitor compares served traffic with.
+    ``model`` is the model as served (with the temperature train built in); the test split is also scored
+    without it, to report calibration before and after. Also writes the drift reference
+    (``reports/reference.json``): the test images' statistics and scores, which register logs with the version
+    and the drift monitor compares served traffic with.
     """
-    val_x, val_y = load_split(PROCESSED_DIR, "val")
-    test_x, test_y = load_split(PROCESSED_DIR, "test")
+    from core.layers import temperature_of, without_temperature
+
+    val_x, val_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "val"))
+    test_x, test_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "test"))
     val_p = predict_fake_probability(model, val_x)
-    threshold = choose_threshold(np.asarray(val_y), val_p, params.threshold_metric)
+    threshold = choose_threshold(val_y, val_p, params.threshold_metric)
+    real_below, fake_above = choose_bands(val_y, val_p, threshold, params.band_precision)
     test_p = predict_fake_probability(model, test_x)
-    test = classification_metrics(np.asarray(test_y), test_p, threshold, params.calibration_bins)
+    test_uncalibrated = predict_fake_probability(without_temperature(model), test_x)
+    test = classification_metrics(test_y, test_p, threshold, params.calibration_bins)
+    calibration = {
+        "temperature": temperature_of(model),
+        "test": {
+            "before": calibration_metrics(test_y, test_uncalibrated, params.calibration_bins),
+            "after": calibration_metrics(test_y, test_p, params.calibration_bins),
+        },
+    }
     result = {
         "threshold": threshold,
         "threshold_metric": params.threshold_metric,
-        "val": classification_metrics(np.asarray(val_y), val_p, threshold, params.calibration_bins),
+        "real_below": real_below,
+        "fake_above": fake_above,
+        "band_precision": params.band_precision,
+        "val": classification_metrics(val_y, val_p, threshold, params.calibration_bins),
         "test": test,
+        "bands": {
+            "val": band_metrics(val_y, val_p, real_below, fake_above),
+            "test": band_metrics(test_y, test_p, real_below, fake_above),
+        },
+        "calibration": calibration,
     }
     write_json(REFERENCE_FILE, build_reference(test_x, test_p))
-    for name, figure in _figures(
-        np.asarray(test_y), test_p, threshold, test, params.calibration_bins
-    ).items():
+    figures = _figures(
+        test_y, test_p, test_uncalibrated, threshold, test, calibration, params.calibration_bins
+    )
+    for name, figure in figures.items():
         save_figure(figure, FIGURES_DIR / f"{name}.png")
     return result
 
@@ -125,21 +206,32 @@ def run(params: Params) -> dict:
     write_json(METRICS_FILE, result)
     experiment = tracking.setup(params.mlflow)
     with tracking.stage_run("evaluate", experiment.experiment_id, load_run_id()):
-        mlflow.log_metric("threshold", result["threshold"])
+        mlflow.log_metrics({key: result[key] for key in ("threshold", "real_below", "fake_above")})
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": v for k, v in result[split].items() if isinstance(v, float)})
+            mlflow.log_metrics({f"{split}_band_{k}": v for k, v in result["bands"][split].items()})
+        for when, values in result["calibration"]["test"].items():
+            mlflow.log_metrics({f"test_{k}_{when}_calibration": v for k, v in values.items()})
         mlflow.log_artifact(str(METRICS_FILE), "evaluation")
         extra_sets.log_to_mlflow(result["extra_sets"])
         robustness.log_to_mlflow(robust)
         for figure in sorted(FIGURES_DIR.glob("*.png")):
             mlflow.log_artifact(str(figure), "figures")
-    test = result["test"]
+    test, bands, calibration = result["test"], result["bands"]["test"], result["calibration"]
     log.info(
-        "evaluate done: threshold %.4f (from validation); test accuracy %.4f, ROC-AUC %.4f, F1 %.4f",
+        "evaluate done: threshold %.4f, bands REAL <= %.4f / FAKE >= %.4f (from validation); test accuracy "
+        "%.4f, ROC-AUC %.4f, F1 %.4f; bands decide %.1f%% at accuracy %.4f; ECE %.4f -> %.4f (T %.3f)",
         result["threshold"],
+        result["real_below"],
+        result["fake_above"],
         test["accuracy"],
         test["roc_auc"],
         test["f1"],
+        100 * bands["coverage"],
+        bands["decided_accuracy"],
+        calibration["test"]["before"]["ece"],
+        calibration["test"]["after"]["ece"],
+        calibration["temperature"],
     )
     return result
 

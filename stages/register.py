@@ -271,6 +271,9 @@ def run(params: Params) -> dict:
         architecture=params.model.architecture,
         data_source=data_report["source"]["kind"],
         synthetic_data=bool(data_report["synthetic"]),
+        real_below=metrics["real_below"],
+        fake_above=metrics["fake_above"],
+        temperature=metrics["calibration"]["temperature"],
     )
     experiment = tracking.setup(params.mlflow)
     client = mlflow.MlflowClient()
@@ -289,6 +292,9 @@ def run(params: Params) -> dict:
         "data_source": metadata.data_source,
         "synthetic_data": str(metadata.synthetic_data).lower(),
         "threshold": f"{metrics['threshold']:.6f}",
+        "real_below": f"{metadata.real_below:.6f}",
+        "fake_above": f"{metadata.fake_above:.6f}",
+        "temperature": f"{metadata.temperature:.6f}",
         **{f"test_{k}": repr(v) for k, v in metrics["test"].items() if isinstance(v, float)},
         # The degraded means travel with the version, so that a later challenger is gated against them.
         **{f"degraded_mean_{k}": repr(v) for k, v in robust.items() if v is not None},

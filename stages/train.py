@@ -37,6 +37,7 @@ from core.pipeline import (
     TRAINING_REPORT,
 )
 from stages.augment import training_dataset, validation_dataset
+from stages.calibration import calibrate_saved_model
 from stages.shards import load_split
 
 if TYPE_CHECKING:  # keras is imported lazily, in the functions that train
@@ -520,6 +521,8 @@ def run(params: Params) -> dict:
         mlflow.log_param("parameter_count", model.count_params())
         if params.model.test_time_flip:
             with_flip_averaging(load_keras(checkpoint)).save(checkpoint)
+        # Temperature scaling on validation, built into the saved model (stages/calibration.py).
+        calibration = calibrate_saved_model(checkpoint, val_x, val_y, params.calibration)
         val_auc = history["val_auc"]
         best = int(np.argmax(val_auc))
         summary = {
@@ -535,6 +538,7 @@ def run(params: Params) -> dict:
             "train_images_per_second": round(len(val_auc) * len(train_x) / trained.fit_seconds, 1),
             "time_budget": trained.plan.to_dict() if trained.plan else None,
             "stopped_by_budget": trained.stopped_by_budget,
+            **calibration,
         }
         write_json(tmp / RUN_FILE, {"run_id": mlrun.info.run_id, "experiment_id": experiment.experiment_id})
         mlflow.log_metrics({f"train_{k}": v for k, v in summary.items() if isinstance(v, int | float)})

@@ -14,6 +14,7 @@ import pytest
 from workspace import TrainedWorkspace, dvc, run_stage
 
 from core.degrade import DEGRADATIONS
+from core.layers import Temperature, without_temperature
 from core.modelstore import load_keras
 from core.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
 
@@ -147,7 +148,11 @@ def test_pipeline_outputs_are_declared_and_complete(trained_workspace: TrainedWo
     registration = json.loads((root / "reports/registration.json").read_text())
     assert registration["promoted"] is True
     model = load_keras(root / "models/model.keras")
-    assert model.get_layer("mirror"), "model.test_time_flip: true wraps the trained model in flip averaging"
+    assert isinstance(model.get_layer("fake_probability"), Temperature), "calibration.enabled: true"
+    flip_averaged = without_temperature(model)
+    assert flip_averaged.get_layer("mirror"), (
+        "model.test_time_flip: true wraps the trained model in flip averaging"
+    )
 
 
 def test_second_repro_skips_and_a_training_param_reruns_train_onward_only(workspace_copy) -> None:
@@ -171,8 +176,9 @@ def test_gate_registers_a_worse_challenger_without_promoting_it(workspace_copy) 
     champion = client.get_model_version_by_alias("deepguard", "champion")
     # Deliberately worse: zero the output layer, so every image gets the same score (ROC-AUC 0.5).
     model = load_keras(root / "models/model.keras")
-    # The trained network sits inside the flip-averaging wrapper.
-    trained = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    # The trained network sits inside the flip-averaging wrapper, inside the calibration wrapper.
+    flip_averaged = without_temperature(model)
+    trained = next((layer for layer in flip_averaged.layers if isinstance(layer, keras.Model)), flip_averaged)
     output = trained.get_layer("fake_probability")
     assert output.get_weights(), "the trained Dense output layer"
     output.set_weights([np.zeros_like(w) for w in output.get_weights()])

@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 
 from core.imaging import decode_for_model
-from core.labels import decide, names
+from core.labels import decide, names, verdicts
 from core.modelstore import download_model, load_model_dir, predict_fake_probability
 from serving.model import Limits, MicroBatcher
 
@@ -119,8 +119,12 @@ def test_v2_round_trip_matches_the_in_process_model(predictor, registered_model,
     expected_probabilities, expected_labels = reference(in_process, files)
     np.testing.assert_allclose(by_name["fake_probability"]["data"], expected_probabilities, atol=1e-5, rtol=0)
     assert by_name["label"]["data"] == expected_labels
-    # The registered test model has no uncertain band (evaluate sets none on it): the verdict is the label.
-    assert by_name["verdict"]["data"] == expected_labels
+    # The verdict uses the bands evaluate chose and register wrote into the version's metadata.
+    metadata = in_process[1]
+    metrics = json.loads((registered_model.root / "reports/metrics.json").read_text())
+    assert metadata.bands == (metrics["real_below"], metrics["fake_above"])
+    served = np.asarray(by_name["fake_probability"]["data"])
+    assert by_name["verdict"]["data"] == verdicts(served, *metadata.bands)
     # The model learned something from one epoch: the probe images' scores are not all the same.
     assert np.ptp(expected_probabilities) > 1e-3
 
