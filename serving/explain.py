@@ -2,14 +2,15 @@
 
 The map explains the model that is served, not the trained net alone: the gradients are those of the served
 output (flip averaging and any calibration layer on top of it included) with respect to the activations of
-the last convolutional stage in *every* call of the trained net, i.e. the image's branch and its mirror
-branch. Each branch's map is mirrored back into image coordinates when its input was mirrored, the branches
-are summed (the served output is their average, so each contributes what it contributes to the score), and
-the sum is rectified, upsampled bilinearly to the input size and scaled to [0, 1] per image.
+the last convolutional stage for the image and for its mirror (one call of the trained net over the batch
+stacked on its mirror, or two calls in older models). The mirror's map is mirrored back into image
+coordinates, the two are summed (the served output is their average: each adds what it adds to the score),
+and the sum is rectified, upsampled bilinearly to the input size and scaled to [0, 1] per image.
 
 Nothing here depends on layer names: the stage is found by structure (the last convolution with a spatial
-output, descending into nested models), and mirrored branches by the ``HorizontalFlip`` layer their input
-went through. The net's sigmoid output gets a gradient that does not vanish where P(FAKE) rounds to 1.0.
+output, descending into nested models), and the mirrored rows by the ``WithMirror`` or ``HorizontalFlip``
+layer their input went through. The net's sigmoid output gets a gradient that does not vanish where P(FAKE)
+rounds to 1.0, and the calibration layer passes the gradient through (it would clip it to zero there).
 """
 
 from __future__ import annotations
@@ -121,52 +122,74 @@ def _sigmoid_dense_layer(dense: Any) -> Any:
     return ExactGradientSigmoidDense(name=f"{dense.name}_exact_gradient", dtype=dense.dtype_policy)
 
 
-def expose_activations(model: Any) -> tuple[Any, list[bool]]:
+# How a call of the stage saw the images: as sent, mirrored, or stacked (the batch, then its mirror: 2N rows).
+AS_SENT, MIRRORED, STACKED = "as_sent", "mirrored", "stacked"
+
+
+def expose_activations(model: Any) -> tuple[Any, list[str]]:
     """Rebuild ``model`` (sharing its layers and weights) to also output the last convolutional stage.
 
     Args:
         model: A Keras functional model with one output.
 
     Returns:
-        A model with outputs ``[model's output, activation, ...]``: one activation ``(N, h, w, C)`` per call
-        of the stage (two under flip averaging), and for each whether the image reached it mirrored.
+        A model with outputs ``[model's output, activation, ...]``: one activation per call of the stage,
+        and for each how the images reached it: ``AS_SENT``, ``MIRRORED`` (flip averaging by two calls, in
+        models saved before the single-pass wrapper) or ``STACKED`` (``(2N, h, w, C)``: batch, then mirror).
 
     Raises:
         ExplainError: when the model has no convolutional stage.
     """
     import keras
 
-    from core.layers import HorizontalFlip
+    from core.layers import HorizontalFlip, Temperature, WithMirror
 
     target = _target_layer(model)
     inner = expose_activations(target) if _is_model(target) else None
     activations: list = []
-    mirrored: list[bool] = []
-    flipped: dict[int, bool] = {}  # id of a symbolic tensor -> whether the image reached it mirrored
+    mirrored: list[str] = []
+    views: dict[int, str] = {}  # id of a symbolic tensor -> how the images reached it
 
     def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
-        # Mirroring is tracked from the input to each call; both branches meet only after the stage.
-        was_flipped = any(flipped.get(id(tensor), False) for tensor in _flatten_tensors((args, kwargs)))
+        # How the images were seen is tracked from the input to each call; views meet only after the stage.
+        seen = {views.get(id(tensor), AS_SENT) for tensor in _flatten_tensors((args, kwargs))}
+        view = STACKED if STACKED in seen else MIRRORED if MIRRORED in seen else AS_SENT
         if layer is target and inner is not None:
             output, *inner_activations = inner[0](*args, **kwargs)
             activations.extend(inner_activations)
-            mirrored.extend(was_flipped != flag for flag in inner[1])
+            mirrored.extend(_compose(view, flag) for flag in inner[1])
         elif _is_sigmoid_dense(layer):  # the net's P(FAKE) output
             output = _sigmoid_dense_layer(layer)(*args, **kwargs)
+        elif isinstance(layer, Temperature):
+            # Calibration is monotonic: its derivative is a positive factor per image, which the per-image
+            # [0, 1] scaling of the map removes. So the gradient passes through unchanged (the clip inside the
+            # layer would zero it for a saturated score) while the value stays the calibrated one.
+            (score,) = args
+            output = score + keras.ops.stop_gradient(layer(score) - score)
         else:
             output = layer(*args, **kwargs)
             if layer is target:
                 activations.append(output)
-                mirrored.append(was_flipped)
-        now_flipped = was_flipped != isinstance(layer, HorizontalFlip)
+                mirrored.append(view)
+        if isinstance(layer, HorizontalFlip):
+            view = _compose(view, MIRRORED)
+        elif isinstance(layer, WithMirror):
+            view = STACKED
         for tensor in _flatten_tensors(output):
-            flipped[id(tensor)] = now_flipped
+            views[id(tensor)] = view
         return output
 
     # clone_function=identity: the rebuilt graph calls the original layers, so it has the served weights.
     rebuilt = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
     exposed = keras.Model(rebuilt.inputs, [rebuilt.outputs[0], *activations], name=f"{model.name}_exposed")
     return exposed, mirrored
+
+
+def _compose(outer: str, inner: str) -> str:
+    """The view of a nested call: a mirror of a mirror is the image as sent."""
+    if STACKED in (outer, inner):
+        return STACKED
+    return MIRRORED if (outer == MIRRORED) != (inner == MIRRORED) else AS_SENT
 
 
 @dataclass(frozen=True)
@@ -231,7 +254,10 @@ def build_explainer(model: Any, image_size: int) -> Explainer:
             # Grad-CAM: channel weights are the spatially averaged gradients.
             weights = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)
             branch = tf.reduce_sum(weights * activation, axis=-1, keepdims=True)
-            if flipped:  # back into the coordinates of the image the client sent
+            if flipped == STACKED:  # rows N..2N-1 saw the mirror: back into the client's coordinates
+                as_sent, mirror = tf.split(branch, 2, axis=0)
+                branch = as_sent + tf.reverse(mirror, axis=[2])
+            elif flipped == MIRRORED:
                 branch = tf.reverse(branch, axis=[2])
             total += tf.image.resize(branch, size, method="bilinear")[..., 0]
         total = tf.nn.relu(total)
@@ -239,7 +265,7 @@ def build_explainer(model: Any, image_size: int) -> Explainer:
         # A map without positive evidence stays zero instead of becoming noise scaled up to 1.
         return tf.math.divide_no_nan(total, peak)
 
-    explainer = Explainer(grad_cam, image_size, len(mirrored))
+    explainer = Explainer(grad_cam, image_size, sum(2 if view == STACKED else 1 for view in mirrored))
     explainer(np.zeros((1, image_size, image_size, 3), dtype=np.uint8), np.ones((1,), dtype=bool))  # trace
     log.info("explainer: Grad-CAM over %d call(s) of the last convolutional stage", len(mirrored))
     return explainer

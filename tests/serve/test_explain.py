@@ -10,6 +10,7 @@ import requests
 from scipy.stats import spearmanr
 
 from core.imaging import decode_for_model, decode_upload
+from core.layers import with_temperature
 from core.modelstore import download_model, load_model_dir
 from serving.explain import ExplainError, build_explainer, expose_activations
 
@@ -61,11 +62,6 @@ def _patch_model(weight: float = 30.0, calibrated: bool = True):  # -> keras.Mod
     import keras
     from keras import layers
 
-    class TemperatureForTest(layers.Layer):
-        def call(self, probability):
-            p = keras.ops.clip(probability, 1e-7, 1 - 1e-7)
-            return keras.ops.sigmoid((keras.ops.log(p) - keras.ops.log1p(-p)) / 1.5)
-
     inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255.0)(inputs)
     red = np.zeros((3, 3, 3, 4), dtype="float32")
@@ -85,8 +81,7 @@ def _patch_model(weight: float = 30.0, calibrated: bool = True):  # -> keras.Mod
     served = flip_averaged(net)
     if not calibrated:
         return served
-    calibrated = TemperatureForTest(name="calibration")(served.output)
-    return keras.Model(served.input, calibrated, name="calibrated")
+    return with_temperature(served, 1.5)  # the calibration layer train puts on top (core/layers.py)
 
 
 def _backgrounds(count: int) -> np.ndarray:
@@ -128,6 +123,16 @@ def test_a_probability_of_exactly_one_still_has_a_map():
     model = _patch_model(weight=200.0, calibrated=False)
     patched = _patched(_backgrounds(2))
     assert np.all(model.predict_on_batch(patched) == 1.0)
+    _assert_peaks_on_the_patch(build_explainer(model, SIZE)(patched, np.ones(2, dtype=bool)))
+
+
+def test_a_saturated_score_under_the_calibration_layer_still_has_a_map():
+    """The temperature layer clips P(FAKE) before its logit, a zero gradient at saturation: the explainer
+    passes the gradient through it (a positive factor the map's scaling removes)."""
+    model = _patch_model(weight=200.0, calibrated=True)
+    patched = _patched(_backgrounds(2))
+    # The net's P(FAKE) is exactly 1.0; the layer's clip keeps the calibrated score just below it.
+    assert np.all(model.predict_on_batch(patched) > 0.9999)
     _assert_peaks_on_the_patch(build_explainer(model, SIZE)(patched, np.ones(2, dtype=bool)))
 
 
