@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 # The name the predictor serves the model under (``/v1/models/<name>``, ``/v2/models/<name>``); the
 # registered model's name is another fact, params ``mlflow.model_name``.
 SERVED_MODEL_NAME = "deepguard"
@@ -18,6 +21,9 @@ PREDICTOR_URL_ENV = "PREDICTOR_URL"  # the web app's and deploy --target local's
 PREDICTOR_PORT_ENV = "PREDICTOR_PORT"
 WEB_PORT_ENV = "WEB_PORT"
 MODEL_NAME_ENV = "MODEL_NAME"  # the served model name the web app asks for
+# Where the predictor writes monitoring records (records/*.jsonl) and the web app stores feedback (feedback/).
+MONITORING_DIR_ENV = "DEEPGUARD_MONITORING_DIR"
+MONITORING_DIR = "monitoring"  # its default, under the workspace (git-ignored)
 
 # Ports: the predictor's is KServe's default HTTP port; the web app's is Flask's.
 PREDICTOR_PORT = 8080
@@ -34,3 +40,8 @@ def champion_uri(model_name: str) -> str:
         ``models:/<model_name>@champion``.
     """
     return f"models:/{model_name}@{CHAMPION}"
+
+
+def monitoring_dir() -> Path:
+    """The monitoring folder: ``$DEEPGUARD_MONITORING_DIR``, else ``monitoring/`` under the working folder."""
+    return Path(os.environ.get(MONITORING_DIR_ENV) or Path.cwd() / MONITORING_DIR)

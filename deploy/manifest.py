@@ -25,6 +25,7 @@ DEFAULT_NAMESPACE = "deepguard"
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 CONTAINER_NAME = "kserve-container"  # KServe injects the storage initializer for this container's STORAGE_URI
+MONITORING_MOUNT = "/var/lib/deepguard/monitoring"  # where a monitoring claim is mounted (the chart agrees)
 VERSION_ANNOTATION = "deepguard.io/model-version"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # Schemes KServe's default storage initializer (or its PVC mount) can read.
@@ -56,7 +57,15 @@ class ServingSettings:
     deploymentMode: str = "Serverless"  # noqa: N815 - the chart's camelCase keys, one-to-one
     image: str = "ghcr.io/deepguard/predictor:0.1.0"
     args: list[str] = field(
-        default_factory=lambda: ["--model-uri", "/mnt/models", "--http-host", "0.0.0.0", "--no-reload"]
+        default_factory=lambda: [
+            "--model-uri",
+            "/mnt/models",
+            "--http-host",
+            "0.0.0.0",
+            "--no-reload",
+            "--monitoring-dir",
+            "/tmp/monitoring",
+        ]
     )
     imagePullPolicy: str = "IfNotPresent"  # noqa: N815
     imagePullSecrets: list[str] = field(default_factory=list)  # noqa: N815
@@ -77,6 +86,8 @@ class ServingSettings:
     artifactUriMap: dict[str, str] = field(  # noqa: N815
         default_factory=lambda: {"mlflow-artifacts:/": "pvc://deepguard-mlflow/artifacts/"}
     )
+    # The claim monitoring records go to (mounted at MONITORING_MOUNT); empty: the pod's /tmp.
+    monitoringClaim: str = ""  # noqa: N815
 
     @classmethod
     def from_json(cls, text: str) -> ServingSettings:
@@ -161,6 +172,11 @@ def build_inference_service(
         ),
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
     )
+    volumes = [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]
+    if settings.monitoringClaim:
+        container.volume_mounts.append(k8s.V1VolumeMount(name="monitoring", mount_path=MONITORING_MOUNT))
+        claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=settings.monitoringClaim)
+        volumes.append(k8s.V1Volume(name="monitoring", persistent_volume_claim=claim))
     predictor = V1beta1PredictorSpec(
         min_replicas=settings.minReplicas,
         max_replicas=settings.maxReplicas,
@@ -177,7 +193,7 @@ def build_inference_service(
             seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
         ),
         containers=[container],
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())],
+        volumes=volumes,
     )
     return V1beta1InferenceService(
         api_version=f"{KSERVE_GROUP}/{KSERVE_VERSION}",

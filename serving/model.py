@@ -56,6 +56,8 @@ from core.modelstore import (
 )
 from core.names import MODEL_VERSION_ENV
 from core.tracking import resolve_tracking_uri
+from serving import metrics
+from serving.records import RecordWriter
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +195,7 @@ class MicroBatcher:
                 batch = self._next_batch()
                 images = batch[0].images if len(batch) == 1 else np.concatenate([job.images for job in batch])
                 self.calls += 1
+                metrics.observe_model_call(len(images))
                 try:
                     probabilities, labels = await loop.run_in_executor(
                         self._executor, batch[0].served.score, images
@@ -355,10 +358,13 @@ def _flatten(data: Any) -> list:
 class DeepGuardModel(Model):
     """The champion behind KServe's V1 and V2 endpoints, swappable at run time."""
 
-    def __init__(self, name: str, model_uri: str, limits: Limits) -> None:
+    def __init__(
+        self, name: str, model_uri: str, limits: Limits, records: RecordWriter | None = None
+    ) -> None:
         super().__init__(name)
         self.model_uri = model_uri
         self.limits = limits
+        self.records = records  # None: no monitoring records (--no-monitoring)
         self.served: ServedModel | None = None
         self._reload_lock = asyncio.Lock()
         # Decoding is Pillow and NumPy, which release the GIL: one thread per core keeps the event loop free.
@@ -371,6 +377,7 @@ class DeepGuardModel(Model):
     def load(self) -> bool:
         """Load the model at start-up; ``ready`` only once it can score."""
         self.served = load_served_model(self.model_uri)
+        metrics.set_model(self.served.version, self.served.metadata.architecture)
         self.ready = True
         return self.ready
 
@@ -382,6 +389,7 @@ class DeepGuardModel(Model):
         async with self._reload_lock:
             served = await asyncio.to_thread(load_served_model, self.model_uri)
             previous, self.served = self.served, served
+            metrics.set_model(served.version, served.metadata.architecture)
             self.ready = True
         log.info(
             "reloaded %s: version %s -> %s",
@@ -543,18 +551,32 @@ class DeepGuardModel(Model):
         served = self.served  # one version scores the whole request, even if a reload lands meanwhile
         size = served.metadata.image_size
         loop = asyncio.get_running_loop()
-        if isinstance(payload, InferRequest):
-            images, facts = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
-            return _Batch(served, images, facts, payload)
-        if isinstance(payload, dict):
-            images, facts = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
-            return _Batch(served, images, facts, None)
-        raise InvalidInput('expected a JSON object body (V1: {"instances": [...]})')
+        try:
+            if isinstance(payload, InferRequest):
+                images, facts = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
+                return _Batch(served, images, facts, payload)
+            if isinstance(payload, dict):
+                images, facts = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
+                return _Batch(served, images, facts, None)
+            raise InvalidInput('expected a JSON object body (V1: {"instances": [...]})')
+        except InvalidInput as exc:
+            metrics.observe_decode_error(exc)
+            raise
 
     async def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
         """Score the request's images in one model call, shared with concurrent requests'."""
         probabilities, labels = await self.batcher.score(payload.served, payload.images)
         return _Scores(payload, probabilities, labels)
+
+    def _observe(self, result: _Scores, verdict: list[str]) -> None:
+        """Metrics and monitoring records of an answered request (records are written in the background)."""
+        batch = result.batch
+        metrics.observe_scores(verdict, result.probabilities, batch.facts)
+        if self.records is not None:
+            protocol = "v1" if batch.v2_request is None else "v2"
+            self.records.submit(
+                batch.served.version, protocol, result.probabilities, verdict, batch.facts, batch.images
+            )
 
     def postprocess(
         self,
@@ -572,6 +594,7 @@ class DeepGuardModel(Model):
             "architecture": served.metadata.architecture,
         }
         request = result.batch.v2_request
+        self._observe(result, verdict)
         if request is None:
             predictions = [
                 {"label": label, "verdict": decided, "fake_probability": float(probability)}

@@ -109,13 +109,18 @@ name: {{ $p.name }}
 labels:
   {{- include "deepguard.labels" (dict "root" . "component" "predictor") | nindent 2 }}
 deploymentMode: {{ $p.deploymentMode }}
+{{- /* Monitoring records go to the claim when one is named, else to the pod's /tmp (lost with the pod). */ -}}
+{{- $records := ternary "/var/lib/deepguard/monitoring" "/tmp/monitoring" (ne $p.monitoring.claimName "") }}
+{{- $monitoring := ternary (list "--monitoring-dir" $records) (list "--no-monitoring") $p.monitoring.enabled }}
+{{- $args := concat (list "--model-uri" "/mnt/models" "--http-host" "0.0.0.0" "--no-reload") $monitoring }}
 {{- if $gpu }}
 image: {{ include "deepguard.image" (dict "root" . "repository" $p.gpu.image) }}
-args: [serving, --model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
+args: {{ toJson (prepend $args "serving") }}
 {{- else }}
 image: {{ include "deepguard.image" (dict "root" . "repository" $p.image) }}
-args: [--model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
+args: {{ toJson $args }}
 {{- end }}
+monitoringClaim: {{ ternary $p.monitoring.claimName "" $p.monitoring.enabled | quote }}
 imagePullPolicy: {{ .Values.images.pullPolicy }}
 imagePullSecrets: {{ toJson .Values.images.pullSecrets }}
 port: {{ $p.port }}
