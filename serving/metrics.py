@@ -7,11 +7,13 @@ names), never from what a client sends, so the number of series stays bounded.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from kserve.errors import InvalidInput
 from prometheus_client import Counter, Histogram, Info
 
 from core.imaging import InputFacts
@@ -93,6 +95,20 @@ def decode_error_reason(message: str) -> str:
 def observe_decode_error(exc: Exception) -> None:
     """Count a request refused while its images were read or decoded."""
     DECODE_ERRORS.labels(decode_error_reason(str(exc))).inc()
+
+
+def counts_decode_errors(preprocess: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wrap a model's ``preprocess``: each ``InvalidInput`` it raises is counted by reason, then re-raised."""
+
+    @functools.wraps(preprocess)
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await preprocess(*args, **kwargs)
+        except InvalidInput as exc:
+            observe_decode_error(exc)
+            raise
+
+    return counted
 
 
 def observe_model_call(images: int) -> None:

@@ -546,22 +546,19 @@ class DeepGuardModel(Model):
         # Other sizes are resized exactly as an uploaded file of that size would be.
         return np.stack([to_model_input(Image.fromarray(image), size) for image in pixels]), facts
 
+    @metrics.counts_decode_errors
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Batch:
         """Decode every image of a V1 or V2 request in the decode pool; a bad item raises ``InvalidInput``."""
         served = self.served  # one version scores the whole request, even if a reload lands meanwhile
         size = served.metadata.image_size
         loop = asyncio.get_running_loop()
-        try:
-            if isinstance(payload, InferRequest):
-                images, facts = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
-                return _Batch(served, images, facts, payload)
-            if isinstance(payload, dict):
-                images, facts = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
-                return _Batch(served, images, facts, None)
-            raise InvalidInput('expected a JSON object body (V1: {"instances": [...]})')
-        except InvalidInput as exc:
-            metrics.observe_decode_error(exc)
-            raise
+        if isinstance(payload, InferRequest):
+            images, facts = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
+            return _Batch(served, images, facts, payload)
+        if isinstance(payload, dict):
+            images, facts = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
+            return _Batch(served, images, facts, None)
+        raise InvalidInput('expected a JSON object body (V1: {"instances": [...]})')
 
     async def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
         """Score the request's images in one model call, shared with concurrent requests'."""
