@@ -282,7 +282,7 @@ def _submit(writer: RecordWriter, count: int, version: str = "7") -> bool:
 
 
 def test_files_rotate_by_size_and_the_oldest_are_deleted(tmp_path):
-    writer = RecordWriter(tmp_path, max_file_bytes=2_000, max_total_bytes=6_000)
+    writer = RecordWriter(tmp_path, max_file_bytes=2_000, max_total_bytes=6_000, flush_interval_s=0)
     for _ in range(40):
         assert _submit(writer, 2)
         wait_for(lambda: writer._queued == 0, "the writer to catch up")
