@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from flask_app import feedback
+from flask_app import feedback, metrics
 from flask_app.predictor_client import PredictorClient, PredictorError
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["PREDICTOR_URL"], app.config["MODEL_NAME"], app.config["PREDICTOR_TIMEOUT_S"]
     )
     max_mb = app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
+    metrics.install(app)
 
     @app.get("/")
     def index() -> str:
@@ -116,6 +117,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         data = upload.read()
         if not data:
             return _error(400, "The file is empty.")
+        metrics.observe_upload(len(data))
         if sniff_image_format(data) is None:
             return _error(
                 415, f"This file is not an image this service reads; upload a {ACCEPTED_FORMATS} file."
@@ -125,6 +127,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         try:
             prediction = client.predict(data)
         except PredictorError as exc:
+            metrics.observe_predictor_error(exc.status)
             if exc.status >= 500:
                 log.warning("predictor error for %r: %s", upload.filename, exc.message)
             return _error(exc.status, exc.message)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flask_app import web_threads
+from flask_app import metrics, web_threads
 
 # Loopback unless told otherwise: the chart and the image set WEB_HOST=0.0.0.0.
 bind = f"{os.environ.get('WEB_HOST', '127.0.0.1')}:{os.environ.get('WEB_PORT', '5000')}"
@@ -24,3 +24,13 @@ limit_request_fields = 50
 # No gunicornc control socket: nothing uses it, a read-only home cannot hold it, and two servers on one
 # machine would fight over the same default path.
 control_socket_disable = True
+
+
+def on_starting(server: object) -> None:
+    """Start the summed metrics from zero: files of a previous server must not add to this one's."""
+    metrics.clear_multiprocess_dir()
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Retire the files of a worker that exited (its counts stay in the totals)."""
+    metrics.worker_exited(worker.pid)

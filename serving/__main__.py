@@ -6,14 +6,17 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from kserve import model_server
 
 from core.cli import configure_logging
 from core.config import load_params
 from core.errors import DeepGuardError
-from core.names import SERVED_MODEL_NAME, champion_uri
+from core.names import MONITORING_DIR_ENV, SERVED_MODEL_NAME, champion_uri
+from core.settings import settings
 from serving.model import DeepGuardModel, Limits
+from serving.records import RecordWriter
 from serving.server import build_server
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,21 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="largest request body, answered with a 413 beyond it (default: "
         "max-images files of max-image-bytes, base64-encoded)",
     )
+    parser.add_argument(
+        "--monitoring-dir",
+        "--monitoring_dir",
+        dest="monitoring_dir",
+        type=Path,
+        default=None,
+        help=f"write a monitoring record per served image under DIR/records/ "
+        f"(default: ${MONITORING_DIR_ENV}, else monitoring/ in the working folder)",
+    )
+    parser.add_argument(
+        "--monitoring",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write monitoring records; --no-monitoring keeps only the Prometheus metrics (default: on)",
+    )
     parser.set_defaults(model_name=SERVED_MODEL_NAME)
     return parser
 
@@ -103,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # replicas (the InferenceService's) instead.
         parser.error("--workers must be 1; run more replicas to scale out")
     configure_logging()
+    records = (
+        RecordWriter(args.monitoring_dir or settings().monitoring_dir.absolute()) if args.monitoring else None
+    )
     try:
         # params.yaml only when no URI is given: the image has none and is always given /mnt/models.
         model_uri = args.model_uri or champion_uri(load_params().mlflow.model_name)
@@ -116,13 +137,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.max_request_pixels,
                 args.max_request_bytes,
             ),
+            records,
         )
         model.load()
     except DeepGuardError as exc:
         log.error("predictor failed: %s", exc)
         print(f"serving: error: {exc}", file=sys.stderr)
         return 2
-    build_server(model, args).start([model])
+    try:
+        build_server(model, args).start([model])
+    finally:
+        # KServe's start() returns once SIGTERM/SIGINT has drained the in-flight requests: their records
+        # are queued by then, and are written before the process exits.
+        if records is not None:
+            records.close()
     return 0
 
 

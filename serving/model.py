@@ -62,7 +62,9 @@ from core.modelstore import (
 )
 from core.settings import settings
 from core.tracking import resolve_tracking_uri
+from serving import metrics
 from serving.explain import Explainer, ExplainError, build_explainer
+from serving.records import RecordWriter
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +228,7 @@ class MicroBatcher:
                 batch = self._next_batch()
                 images = batch[0].images if len(batch) == 1 else np.concatenate([job.images for job in batch])
                 self.calls += 1
+                metrics.observe_model_call(len(images))
                 try:
                     probabilities, labels = await loop.run_in_executor(
                         self._executor, batch[0].served.score, images
@@ -409,10 +412,13 @@ def _flatten(data: Any) -> list:
 class DeepGuardModel(Model):
     """The champion behind KServe's V1 and V2 endpoints, swappable at run time."""
 
-    def __init__(self, name: str, model_uri: str, limits: Limits) -> None:
+    def __init__(
+        self, name: str, model_uri: str, limits: Limits, records: RecordWriter | None = None
+    ) -> None:
         super().__init__(name)
         self.model_uri = model_uri
         self.limits = limits
+        self.records = records  # None: no monitoring records (--no-monitoring)
         self.served: ServedModel | None = None
         self._reload_lock = asyncio.Lock()
         # Decoding is Pillow and NumPy, which release the GIL: one thread per core keeps the event loop free.
@@ -425,6 +431,7 @@ class DeepGuardModel(Model):
     def load(self) -> bool:
         """Load the model at start-up; ``ready`` only once it can score."""
         self.served = load_served_model(self.model_uri)
+        metrics.set_model(self.served.version, self.served.metadata.architecture)
         self.ready = True
         return self.ready
 
@@ -436,6 +443,7 @@ class DeepGuardModel(Model):
         async with self._reload_lock:
             served = await asyncio.to_thread(load_served_model, self.model_uri)
             previous, self.served = self.served, served
+            metrics.set_model(served.version, served.metadata.architecture)
             self.ready = True
         log.info(
             "reloaded %s: version %s -> %s",
@@ -599,6 +607,7 @@ class DeepGuardModel(Model):
         # Other sizes are resized exactly as an uploaded file of that size would be.
         return np.stack([to_model_input(Image.fromarray(image), size) for image in pixels]), facts
 
+    @metrics.counts_decode_errors
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Batch:
         """Decode every image of a V1 or V2 request in the decode pool; a bad item raises ``InvalidInput``."""
         served = self.served  # one version scores the whole request, even if a reload lands meanwhile
@@ -620,6 +629,16 @@ class DeepGuardModel(Model):
         probabilities, labels = await self.batcher.score(payload.served, payload.images)
         return _Scores(payload, probabilities, labels)
 
+    def _observe(self, result: _Scores, verdict: list[str]) -> None:
+        """Metrics and monitoring records of an answered request (records are written in the background)."""
+        batch = result.batch
+        metrics.observe_scores(verdict, result.probabilities, batch.facts)
+        if self.records is not None:
+            protocol = "v1" if batch.v2_request is None else "v2"
+            self.records.submit(
+                batch.served.version, protocol, result.probabilities, verdict, batch.facts, batch.images
+            )
+
     def postprocess(
         self,
         result: _Scores,
@@ -636,6 +655,7 @@ class DeepGuardModel(Model):
             "architecture": served.metadata.architecture,
         }
         request = result.batch.v2_request
+        self._observe(result, verdict)
         if request is None and result.heatmaps is not None:
             explanations = [
                 {

@@ -20,6 +20,7 @@ from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serving.metrics import RequestMetricsMiddleware
 from serving.model import MAX_MESSAGE_CHARS, DeepGuardModel, parse_infer_request, quote
 
 log = logging.getLogger(__name__)
@@ -231,4 +232,6 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
         app.add_middleware(ReloadGuardMiddleware)
     # Added last, so it runs first: nothing reads a body over the limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.body_bytes)
+    # Outermost: times and counts every inference request, the guards' refusals included.
+    app.add_middleware(RequestMetricsMiddleware)
     return server

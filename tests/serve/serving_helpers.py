@@ -143,7 +143,12 @@ def start_predictor(
         "false",
         *extra,
     ]
-    env = {"MLFLOW_TRACKING_URI": registered.tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {
+        "MLFLOW_TRACKING_URI": registered.tracking_uri,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        # Monitoring records beside the log, not in the repository's monitoring/ (a flag overrides it).
+        "DEEPGUARD_MONITORING_DIR": str(log_file.parent / "monitoring"),
+    }
     for name in ("DAGSHUB_USERNAME", "DAGSHUB_TOKEN", "DAGSHUB_REPO"):
         env[name] = ""
     url = f"http://127.0.0.1:{port}"

@@ -106,6 +106,11 @@ as a new revision, so the model repository endpoints stay closed to callers.
 {{- $root := .root }}
 {{- $p := $root.Values.predictor }}
 {{- $gpu := gt (int $p.gpu.count) 0 }}
+{{- /* Monitoring records go to the claim when one is named, else to the pod's /tmp (lost with the pod). */}}
+{{- $claim := ternary $p.monitoring.claimName "" $p.monitoring.enabled }}
+{{- $records := ternary "/var/lib/deepguard/monitoring" "/tmp/monitoring" (ne $claim "") }}
+{{- $monitoring := ternary (list "--monitoring-dir" $records) (list "--no-monitoring") $p.monitoring.enabled }}
+{{- $args := concat (list "--model-uri" "/mnt/models" "--http-host" "0.0.0.0" "--no-reload") $monitoring }}
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 metadata:
@@ -150,10 +155,10 @@ spec:
       - name: kserve-container
         {{- if $gpu }}
         image: {{ include "deepguard.image" (dict "root" $root "repository" $p.gpu.image) }}
-        args: [serving, --model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
+        args: {{ toJson (prepend $args "serving") }}
         {{- else }}
         image: {{ include "deepguard.image" (dict "root" $root "repository" $p.image) }}
-        args: [--model-uri, /mnt/models, --http-host, 0.0.0.0, --no-reload]
+        args: {{ toJson $args }}
         {{- end }}
         imagePullPolicy: {{ $root.Values.images.pullPolicy }}
         ports:
@@ -192,9 +197,18 @@ spec:
         volumeMounts:
           - name: tmp
             mountPath: /tmp
+          {{- if $claim }}
+          - name: monitoring
+            mountPath: /var/lib/deepguard/monitoring
+          {{- end }}
     volumes:
       - name: tmp
         emptyDir: {}
+      {{- if $claim }}
+      - name: monitoring
+        persistentVolumeClaim:
+          claimName: {{ $claim }}
+      {{- end }}
 {{- end }}
 
 {{/*

@@ -1,0 +1,110 @@
+"""The web app's Prometheus metrics at ``GET /metrics``, summed over gunicorn's worker processes.
+
+Under gunicorn each worker is a process with its own counters; prometheus_client's multiprocess mode keeps
+them in files under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds them up, so any worker answering a
+scrape reports the whole server. ``python -m flask_app`` creates that folder before gunicorn starts (the
+variable must be set before prometheus_client is imported), gunicorn_conf.py empties it at start-up and
+retires a dead worker's files. Without the variable (the app in one process) the default registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+REQUESTS = Counter(
+    "deepguard_web_requests_total", "Requests answered, by endpoint and status code.", ["endpoint", "code"]
+)
+REQUEST_SECONDS = Histogram(
+    "deepguard_web_request_duration_seconds",
+    "Time to answer a request, by endpoint.",
+    ["endpoint"],
+    buckets=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+)
+UPLOAD_BYTES = Histogram(
+    "deepguard_web_upload_bytes",
+    "Size of uploaded image files.",
+    buckets=[2**k for k in range(10, 25)],
+)
+PREDICTOR_ERRORS = Counter(
+    "deepguard_web_predictor_errors_total",
+    "Predictor calls that failed, by the status the user was given (502/503/504: predictor unreachable, "
+    "4xx: the predictor refused the image).",
+    ["code"],
+)
+
+
+def multiprocess_dir() -> Path | None:
+    """The multiprocess folder, or None when the app runs in one process."""
+    value = os.environ.get(MULTIPROC_DIR_ENV)
+    return Path(value) if value else None
+
+
+def clear_multiprocess_dir() -> None:
+    """Remove the files a previous server left: their counts must not add to this one's."""
+    folder = multiprocess_dir()
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in folder.glob("*.db"):
+            path.unlink(missing_ok=True)
+
+
+def worker_exited(pid: int) -> None:
+    """Retire a dead worker's files (gunicorn's ``child_exit``); its counters stay in the totals."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus's text format: every worker's, summed, in multiprocess mode."""
+    if multiprocess_dir() is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+def observe_upload(size: int) -> None:
+    """Record the size of an uploaded file."""
+    UPLOAD_BYTES.observe(size)
+
+
+def observe_predictor_error(code: int) -> None:
+    """Count a failed predictor call by the status the user got."""
+    PREDICTOR_ERRORS.labels(str(code)).inc()
+
+
+def install(app: Flask) -> None:
+    """Count and time every request of ``app`` and serve ``GET /metrics``."""
+
+    @app.before_request
+    def start_timer() -> None:
+        g.metrics_start = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        # The route's pattern, not the path: an unknown path must not create a series of its own.
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        start = g.get("metrics_start")
+        if start is not None:
+            REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(exposition(), content_type=CONTENT_TYPE_LATEST)

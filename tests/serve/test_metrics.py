@@ -1,0 +1,407 @@
+"""Prometheus metrics and monitoring records of the real predictor and web app; the record writer."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from core.imagestats import STAT_NAMES
+from core.imaging import InputFacts
+from serving import metrics
+from serving.records import RecordWriter
+
+from .monitoring_helpers import TIMEOUT, moved, own_store, read_records, scrape, value
+from .serving_helpers import free_port, running, start_predictor
+
+RECORD_KEYS = {
+    "ts",
+    "model_version",
+    "protocol",
+    "fake_probability",
+    "verdict",
+    "width",
+    "height",
+    "format",
+    *STAT_NAMES,
+}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def v1(url: str, files: list[bytes]) -> requests.Response:
+    body = {"instances": [{"image": {"b64": b64(f)}} for f in files]}
+    return requests.post(f"{url}/v1/models/deepguard:predict", json=body, timeout=TIMEOUT)
+
+
+def v2(url: str, files: list[bytes]) -> requests.Response:
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [len(files)], "data": [b64(f) for f in files]}
+    return requests.post(f"{url}/v2/models/deepguard/infer", json={"inputs": [tensor]}, timeout=TIMEOUT)
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def wait_for(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def store(tiny_model, tmp_path_factory):
+    return own_store(tiny_model, tmp_path_factory.mktemp("mlflow-metrics"))
+
+
+@pytest.fixture(scope="module")
+def monitored(store, tmp_path_factory):
+    """A predictor writing records to a folder of this module's."""
+    root = tmp_path_factory.mktemp("monitored")
+    manager, url = start_predictor(store, root / "predictor.log", "--monitoring-dir", str(root / "mon"))
+    with manager:
+        yield url, root / "mon"
+
+
+# ---- the predictor's /metrics ---------------------------------------------------------------------
+def test_predictions_inputs_batches_and_latency_move(monitored, store, sample_images):
+    url, _ = monitored
+    before = scrape(url)
+    files = sample_images.probe[:3]
+    answer_v1 = v1(url, files)
+    answer_v2 = v2(url, [png(64, 48)])
+    assert answer_v1.status_code == answer_v2.status_code == 200, answer_v1.text + answer_v2.text
+    after = scrape(url)
+
+    verdicts = [p["verdict"] for p in answer_v1.json()["predictions"]]
+    verdicts += answer_v2.json()["outputs"][2]["data"]
+    for verdict in set(verdicts):
+        assert moved(before, after, "deepguard_predictions_total", verdict=verdict) == verdicts.count(verdict)
+    assert moved(before, after, "deepguard_fake_probability_count") == len(verdicts)
+    assert moved(before, after, "deepguard_inputs_total", format="JPEG") == len(files)
+    assert moved(before, after, "deepguard_inputs_total", format="PNG") == 1
+    # The 64x48 PNG lands above the 32x32 bucket, the native CIFAKE files in it.
+    small = moved(before, after, "deepguard_input_pixels_bucket", le="1024.0")
+    assert small == len(files)
+    assert moved(before, after, "deepguard_model_batch_images_sum") == len(verdicts)
+    for protocol in ("v1", "v2"):
+        assert moved(before, after, "deepguard_request_duration_seconds_count", protocol=protocol) == 1
+        assert moved(before, after, "deepguard_requests_total", protocol=protocol, code="200") == 1
+        assert value(after, "deepguard_request_size_bytes_count", protocol=protocol) > 0
+    info = [labels for name, labels in after if name == "deepguard_model_info"]
+    assert info == [frozenset({("version", store.version), ("architecture", "TinyTestCNN")})]
+    # KServe's own series are still in the same registry.
+    assert any(name.startswith("request_predict_seconds") for name, _ in after)
+
+
+@pytest.mark.parametrize(
+    ("reason", "item"),
+    [
+        ("base64", "not base64!"),
+        ("not_an_image", b64(b"%PDF-1.4 not an image")),
+        ("corrupt", None),  # a truncated JPEG, built from a real file below
+        ("empty", ""),
+    ],
+)
+def test_decode_errors_are_counted_by_reason(monitored, sample_images, reason, item):
+    url, _ = monitored
+    if item is None:
+        item = b64(sample_images.probe[0][:200])
+    before = scrape(url)
+    body = {"instances": [{"image": {"b64": item}}]}
+    response = requests.post(f"{url}/v1/models/deepguard:predict", json=body, timeout=TIMEOUT)
+    assert response.status_code == 400, response.text
+    after = scrape(url)
+    for other in metrics.DECODE_REASONS:
+        grew = moved(before, after, "deepguard_decode_errors_total", reason=other)
+        assert grew == (1 if other == reason else 0), (other, response.text)
+    assert value(after, "deepguard_requests_total", protocol="v1", code="400") > 0
+
+
+def test_a_refused_request_is_counted_with_its_status(monitored):
+    url, _ = monitored
+    before = scrape(url)
+    response = requests.post(f"{url}/v2/models/deepguard/infer", data=b"not json", timeout=TIMEOUT)
+    assert response.status_code == 400
+    after = scrape(url)
+    assert moved(before, after, "deepguard_requests_total", protocol="v2", code="400") == 1
+
+
+def test_decode_error_reasons_match_the_messages_raised():
+    assert metrics.decode_error_reason("x: decompression bomb refused: 9x9 pixels exceeds ...") == (
+        "too_many_pixels"
+    )
+    assert metrics.decode_error_reason("x: 11 bytes exceeds the limit of 10 bytes") == "too_large"
+    assert metrics.decode_error_reason("instances: 600 images exceeds the limit of 512") == "too_many_images"
+    assert metrics.decode_error_reason("something new") == "malformed"
+
+
+# ---- monitoring records ---------------------------------------------------------------------------
+def test_every_served_image_gets_a_record(monitored, store, sample_images):
+    url, folder = monitored
+    already = len(read_records(folder))
+    answer = v2(url, [*sample_images.probe[:2], png(100, 80)])
+    assert answer.status_code == 200, answer.text
+    wait_for(lambda: len(read_records(folder)) >= already + 3, "three records")
+    records = read_records(folder)[-3:]
+    outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+    for record, probability, verdict in zip(
+        records, outputs["fake_probability"], outputs["verdict"], strict=True
+    ):
+        assert set(record) == RECORD_KEYS
+        assert record["model_version"] == store.version
+        assert record["protocol"] == "v2"
+        assert record["verdict"] == verdict
+        assert record["fake_probability"] == pytest.approx(probability, abs=1e-6)
+    assert [(r["width"], r["height"], r["format"]) for r in records] == [
+        (32, 32, "JPEG"),
+        (32, 32, "JPEG"),
+        (100, 80, "PNG"),
+    ]
+    # The flat PNG has one colour: no spread, no high frequencies.
+    assert records[2]["mean_b"] == pytest.approx(200 / 255, abs=0.01)
+    assert records[2]["std_r"] == pytest.approx(0.0, abs=1e-6)
+    assert records[0]["hf_energy"] > records[2]["hf_energy"]
+    assert not list((folder / "records").glob("*.png")), "images are never stored"
+    assert value(scrape(url), "deepguard_records_written_total") >= already + 3
+
+
+def test_unwritable_store_never_fails_a_request(store, sample_images, tmp_path):
+    # records/ is a file, so nothing can be created in it, even by root (who ignores permission bits).
+    (tmp_path / "mon").mkdir()
+    (tmp_path / "mon" / "records").write_text("not a folder")
+    os.chmod(tmp_path / "mon", 0o555)
+    log_file = tmp_path / "predictor.log"
+    manager, url = start_predictor(store, log_file, "--monitoring-dir", str(tmp_path / "mon"))
+    with manager:
+        for _ in range(3):
+            response = v1(url, sample_images.probe[:2])
+            assert response.status_code == 200, response.text
+        wait_for(
+            lambda: value(scrape(url), "deepguard_records_dropped_total", reason="write_error") == 6,
+            "6 records counted as not written",
+        )
+        assert value(scrape(url), "deepguard_records_written_total") == 0
+    log = (tmp_path / "predictor.log").read_text()
+    assert "monitoring records not written" in log
+    assert log.count("monitoring records not written") == 1, "the warning is rate-limited"
+
+
+def test_no_monitoring_writes_no_records_and_a_413_is_counted(store, sample_images, tmp_path):
+    manager, url = start_predictor(
+        store,
+        tmp_path / "predictor.log",
+        "--monitoring-dir",
+        str(tmp_path / "mon"),
+        "--no-monitoring",
+        "--max-request-bytes",
+        "100000",
+    )
+    with manager:
+        assert v1(url, sample_images.probe[:2]).status_code == 200
+        noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(noise).save(buffer, "PNG")  # noise does not compress: 120 KB
+        assert v1(url, [buffer.getvalue()]).status_code == 413
+        after = scrape(url)
+        assert value(after, "deepguard_requests_total", protocol="v1", code="413") == 1
+        assert value(after, "deepguard_requests_total", protocol="v1", code="200") == 1
+        assert value(after, "deepguard_records_written_total") == 0
+    assert not (tmp_path / "mon").exists()
+
+
+def test_sigterm_under_load_loses_no_record(store, sample_images, tmp_path):
+    """Clients keep sending while the predictor gets SIGTERM: every image answered has its record."""
+    folder = tmp_path / "mon"
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--model-uri",
+        f"models:/{store.model_name}@champion",
+        "--http_port",
+        str(port),
+        "--enable_grpc",
+        "false",
+        "--monitoring-dir",
+        str(folder),
+    ]
+    env = {"MLFLOW_TRACKING_URI": store.tracking_uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    url = f"http://127.0.0.1:{port}"
+    answered: list[int] = []
+    stop = threading.Event()
+
+    def client(files: list[bytes]) -> None:
+        while not stop.is_set():
+            try:
+                response = v1(url, files)
+            except requests.RequestException:
+                return  # the server has closed its socket
+            if response.status_code == 200:
+                answered.append(len(response.json()["predictions"]))
+
+    with running(command, f"{url}/v2/models/deepguard/ready", tmp_path / "predictor.log", env) as process:
+        threads = [
+            threading.Thread(target=client, args=(sample_images.probe[: 1 + i * 5],)) for i in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: sum(answered) >= 200, "200 images answered", timeout_s=120)
+        process.send_signal(signal.SIGTERM)
+        stop.set()  # requests in flight now still finish; new ones would only keep connections open
+        assert process.wait(timeout=60) == 0, (tmp_path / "predictor.log").read_text()[-3000:]
+        for thread in threads:
+            thread.join(timeout=60)
+    assert sum(answered) >= 200
+    assert len(read_records(folder)) == sum(answered)
+
+
+# ---- the record writer on its own -----------------------------------------------------------------
+def _submit(writer: RecordWriter, count: int, version: str = "7") -> bool:
+    images = np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    facts = [InputFacts(32, 32, "JPEG", "RGB", False, 1)] * count
+    return writer.submit(version, "v1", np.full(count, 0.25), ["REAL"] * count, facts, images)
+
+
+def test_files_rotate_by_size_and_the_oldest_are_deleted(tmp_path):
+    writer = RecordWriter(tmp_path, max_file_bytes=2_000, max_total_bytes=6_000, flush_interval_s=0)
+    for _ in range(40):
+        assert _submit(writer, 2)
+        wait_for(lambda: writer._queued == 0, "the writer to catch up")
+    writer.close()
+    files = sorted((tmp_path / "records").glob("*.jsonl"))
+    assert len(files) > 1, "rotated by size"
+    assert all(path.stat().st_size <= 2_000 for path in files)
+    assert sum(path.stat().st_size for path in files) <= 6_000 + 2_000
+    assert len(read_records(tmp_path)) < 80, "the oldest files were deleted"
+    sequences = [int(path.stem.rsplit("-", 1)[1]) for path in files]
+    assert sequences == sorted(sequences) and sequences[-1] >= len(files) - 1
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, caplog):
+    writer = RecordWriter(tmp_path, max_queued_images=4)
+    before = metrics.RECORDS_DROPPED.labels("queue_full")._value.get()
+    # Holding the writer's lock keeps its thread from taking anything, so the queue fills.
+    with writer._condition, caplog.at_level(logging.WARNING, logger="serving.records"):
+        start = time.perf_counter()
+        results = [_submit(writer, 2) for _ in range(4)]
+        elapsed = time.perf_counter() - start
+    writer.close()
+    assert results == [True, True, False, False]
+    assert elapsed < 1.0
+    assert metrics.RECORDS_DROPPED.labels("queue_full")._value.get() - before == 4
+    assert "writer is behind" in caplog.text
+    assert len(read_records(tmp_path)) == 4, "what was queued is written at close"
+
+
+def test_close_writes_everything_queued(tmp_path):
+    writer = RecordWriter(tmp_path)
+    for _ in range(50):
+        _submit(writer, 3)
+    writer.close()
+    records = read_records(tmp_path)
+    assert len(records) == 150
+    assert set(records[0]) == RECORD_KEYS
+    assert not _submit(writer, 1), "a closed writer takes nothing"
+
+
+# ---- the web app's /metrics -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def web_two_workers(monitored, tmp_path_factory):
+    """The web app under gunicorn with two worker processes and a metrics folder the test can see."""
+    url, _ = monitored
+    root = tmp_path_factory.mktemp("web-metrics")
+    port = free_port()
+    env = {
+        "PREDICTOR_URL": url,
+        "WEB_HOST": "127.0.0.1",
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(root / "prometheus"),
+    }
+    (root / "prometheus").mkdir()
+    (root / "prometheus" / "counter_1.db").write_bytes(b"left by an earlier server")
+    web_url = f"http://127.0.0.1:{port}"
+    with running([sys.executable, "-m", "flask_app"], f"{web_url}/livez", root / "web.log", env):
+        yield web_url, root / "prometheus"
+
+
+def upload(url: str, data: bytes) -> requests.Response:
+    return requests.post(f"{url}/api/predict", files={"image": ("x.jpg", data)}, timeout=TIMEOUT)
+
+
+def test_web_metrics_sum_over_gunicorn_workers(web_two_workers, sample_images):
+    url, folder = web_two_workers
+    assert not (folder / "counter_1.db").exists(), "a previous server's files are cleared at start"
+    # Both workers must have answered something for the sum to mean anything: counter_<pid>.db files appear
+    # when a worker first counts a request. New connections each time let either worker accept.
+    for _ in range(200):
+        if len(list(folder.glob("counter_*.db"))) >= 2:
+            break
+        requests.get(f"{url}/livez", timeout=TIMEOUT)
+    assert len(list(folder.glob("counter_*.db"))) >= 2, "only one worker answered 200 requests"
+    before = scrape(url)
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda i: upload(url, sample_images.probe[i % 4]).status_code, range(12)))
+    statuses.append(upload(url, b"%PDF-1.4").status_code)
+    assert statuses == [200] * 12 + [415]
+    for _ in range(6):  # each scrape may be answered by either worker: each must report both workers' counts
+        after = scrape(url)
+        assert moved(before, after, "deepguard_web_requests_total", endpoint="/api/predict", code="200") == 12
+    assert value(after, "deepguard_web_requests_total", endpoint="/api/predict", code="415") >= 1
+    assert moved(before, after, "deepguard_web_upload_bytes_count") == 13
+    assert value(after, "deepguard_web_request_duration_seconds_count", endpoint="/api/predict") >= 13
+    requests.get(f"{url}/no/such/page", timeout=TIMEOUT)
+    assert value(scrape(url), "deepguard_web_requests_total", endpoint="unmatched", code="404") >= 1
+
+
+def test_web_counts_predictor_errors(sample_images, tmp_path):
+    port = free_port()
+    env = {
+        "PREDICTOR_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "WEB_HOST": "127.0.0.1",
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": "1",
+    }
+    url = f"http://127.0.0.1:{port}"
+    with running([sys.executable, "-m", "flask_app"], f"{url}/livez", tmp_path / "web.log", env):
+        status = upload(url, sample_images.probe[0]).status_code
+        assert status >= 500
+        assert value(scrape(url), "deepguard_web_predictor_errors_total", code=str(status)) == 1
+
+
+def test_web_metrics_in_one_process_use_the_default_registry(monkeypatch):
+    from flask_app import create_app
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    client = create_app().test_client()
+    client.get("/livez")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'deepguard_web_requests_total{code="200",endpoint="/livez"}' in text
+
+
+def test_stale_multiprocess_files_are_cleared(monkeypatch, tmp_path: Path):
+    from flask_app import metrics as web_metrics
+
+    (tmp_path / "counter_123.db").write_bytes(b"stale")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    web_metrics.clear_multiprocess_dir()
+    assert not list(tmp_path.glob("*.db"))
