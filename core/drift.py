@@ -141,3 +141,14 @@ def compare(
         "out_of_domain": {"count": ood, "share": ood_share},
         "thresholds": params.model_dump(exclude={"schedule"}),
     }
+
+
+def latest_summary(report: dict) -> dict:
+    """What the predictor exports of a drift report: status, drifted or not, the score PSI, the version."""
+    return {
+        "status": report["status"],
+        "drift": report["status"] == DRIFT,
+        "psi": report.get("psi"),
+        "model_version": report.get("model_version"),
+        "ts": report.get("window", {}).get("end"),
+    }

@@ -21,6 +21,9 @@ MODEL_NAME_ENV = "MODEL_NAME"  # the served model name the web app asks for
 # Served records (<dir>/records/*.jsonl) and user feedback (<dir>/feedback/); default MONITORING_DIR.
 MONITORING_DIR_ENV = "DEEPGUARD_MONITORING_DIR"
 MONITORING_DIR = "monitoring"  # relative to the workspace; git-ignored
+# In the monitoring folder: the drift monitor's latest summary, which the predictor exports to Prometheus
+# (deepguard_drift_detected, deepguard_drift_score_psi) for the DeepGuardInputDrift alert.
+DRIFT_LATEST = "drift.json"
 
 # Ports: the predictor's is KServe's default HTTP port; the web app's is Flask's.
 PREDICTOR_PORT = 8080

@@ -15,6 +15,7 @@ from core.config import load_params
 from core.errors import DeepGuardError
 from core.names import MONITORING_DIR_ENV, SERVED_MODEL_NAME, champion_uri
 from core.settings import settings
+from serving import metrics
 from serving.model import DeepGuardModel, Limits
 from serving.records import RecordWriter
 from serving.server import build_server
@@ -121,9 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # replicas (the InferenceService's) instead.
         parser.error("--workers must be 1; run more replicas to scale out")
     configure_logging()
-    records = (
-        RecordWriter(args.monitoring_dir or settings().monitoring_dir.absolute()) if args.monitoring else None
-    )
+    monitoring_dir = args.monitoring_dir or settings().monitoring_dir.absolute()
+    records = RecordWriter(monitoring_dir) if args.monitoring else None
+    if args.monitoring:
+        metrics.watch_drift(Path(monitoring_dir))
     try:
         # params.yaml only when no URI is given: the image has none and is always given /mnt/models.
         model_uri = args.model_uri or champion_uri(load_params().mlflow.model_name)

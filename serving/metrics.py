@@ -8,15 +8,19 @@ names), never from what a client sends, so the number of series stays bounded.
 from __future__ import annotations
 
 import functools
+import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from kserve.errors import InvalidInput
-from prometheus_client import Counter, Histogram, Info
+from prometheus_client import REGISTRY, Counter, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
 
 from core.imaging import InputFacts
+from core.names import DRIFT_LATEST
 
 PREDICTIONS = Counter("deepguard_predictions_total", "Images scored, by verdict.", ["verdict"])
 FAKE_PROBABILITY = Histogram(
@@ -173,3 +177,41 @@ class RequestMetricsMiddleware:
         finally:
             REQUESTS.labels(protocol, str(status)).inc()
             REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - start)
+
+
+class DriftCollector:
+    """``deepguard_drift_detected`` and ``deepguard_drift_score_psi`` from the drift monitor's latest summary.
+
+    The monitor (stages/monitor.py) writes ``drift.json`` into the monitoring folder the predictor records
+    into; it is read at scrape time, so a new report shows without a restart. No file, no series.
+    """
+
+    def __init__(self, monitoring_dir: Path) -> None:
+        self.path = monitoring_dir / DRIFT_LATEST
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Prometheus's collector protocol: yield the gauges (nothing before the first report)."""
+        try:
+            summary = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        labels = ["model_version"]
+        version = [str(summary.get("model_version"))]
+        detected = GaugeMetricFamily(
+            "deepguard_drift_detected", "1 when the latest drift report found drift.", labels=labels
+        )
+        detected.add_metric(version, 1.0 if summary.get("drift") else 0.0)
+        yield detected
+        if summary.get("psi") is not None:
+            psi = GaugeMetricFamily(
+                "deepguard_drift_score_psi",
+                "PSI of P(FAKE) in the latest drift report, against the champion's test scores.",
+                labels=labels,
+            )
+            psi.add_metric(version, float(summary["psi"]))
+            yield psi
+
+
+def watch_drift(monitoring_dir: Path) -> None:
+    """Export the drift monitor's latest summary from ``monitoring_dir`` (once per process)."""
+    REGISTRY.register(DriftCollector(monitoring_dir))

@@ -22,12 +22,12 @@ from core import tracking
 from core.atomic import write_json
 from core.cli import run_stage, stage_parser
 from core.config import Params
-from core.drift import compare
+from core.drift import compare, latest_summary
 from core.errors import DeepGuardError
 from core.imagestats import STAT_NAMES
-from core.names import CHAMPION
+from core.names import CHAMPION, DRIFT_LATEST
 from core.pipeline import DRIFT_FIGURE, DRIFT_FILE, REFERENCE_ARTIFACT
-from core.settings import settings
+from core.settings import settings as environment
 from stages.figures import plt, save_figure
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class MonitorError(DeepGuardError):
 
 def records_dir() -> Path:
     """``$DEEPGUARD_MONITORING_DIR/records`` (default ``monitoring/records`` in the workspace)."""
-    return settings().monitoring_dir / "records"
+    return environment().monitoring_dir / "records"
 
 
 def iso_time(value: str) -> datetime:
@@ -161,6 +161,8 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
     if malformed:
         log.warning("monitor: %d malformed record lines skipped in %s", malformed, records_dir())
     write_json(DRIFT_FILE, report)
+    # Beside the records, where the predictor (same volume in a cluster) picks it up for Prometheus.
+    write_json(environment().monitoring_dir / DRIFT_LATEST, latest_summary(report))
     save_figure(plot_drift(reference, records, report), DRIFT_FIGURE)
     with tracking.stage_run("monitor", experiment.experiment_id) as mlrun:
         mlflow.set_tags(

@@ -132,6 +132,9 @@ def test_monitor_stage_reports_to_mlflow_and_tags_the_champion(cifake, served, t
     assert report["status"] == "drift" and report["records"] == 500
     assert report["other_versions"] == 50 and report["malformed"] == 1, "old records are outside the window"
     assert (root / DRIFT_FIGURE).stat().st_size > 10_000
+    # The summary the predictor exports to Prometheus (serving.metrics.DriftCollector), beside the records.
+    latest = json.loads((monitoring / "drift.json").read_text())
+    assert latest["drift"] is True and latest["psi"] == pytest.approx(report["psi"])
     decision = json.loads(xcom.read_text())
     assert decision["drift"] is True and decision["model_version"] == version
     assert "hf_energy shifted" in decision["reason"]

@@ -125,3 +125,29 @@ def referenced_metrics() -> set[str]:
     exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]] + dashboard_queries()
     names = {name for expr in exprs for name in re.findall(r"\bdeepguard_[a-z_]+\b", expr)}
     return {re.sub(r"_(bucket|count|sum)$", "", name) for name in names}
+
+
+def exported_metrics(tmp_path: Path) -> set[str]:
+    """The deepguard_* families the predictor and the web app export (``_total`` dropped, as for queries)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import flask_app.metrics
+    import serving.metrics
+
+    names = {
+        metric._name
+        for module in (serving.metrics, flask_app.metrics)
+        for metric in vars(module).values()
+        if isinstance(metric, MetricWrapperBase)
+    }
+    (tmp_path / "drift.json").write_text(json.dumps({"status": "drift", "drift": True, "psi": 0.3}))
+    names |= {family.name for family in serving.metrics.DriftCollector(tmp_path).collect()}
+    return {name.removesuffix("_total") for name in names}
+
+
+def test_alerts_and_dashboard_query_only_series_we_export(tmp_path: Path) -> None:
+    """A renamed metric turns this red instead of silently emptying a panel or disarming an alert."""
+    exported = exported_metrics(tmp_path)
+    assert {"deepguard_requests", "deepguard_drift_detected", "deepguard_web_requests"} <= exported
+    referenced = {name.removesuffix("_total") for name in referenced_metrics()}
+    assert referenced - exported == set()
