@@ -27,6 +27,8 @@ TRAINING_REPORT = REPORTS_DIR / "training.json"
 METRICS_FILE = REPORTS_DIR / "metrics.json"
 REGISTRATION_FILE = REPORTS_DIR / "registration.json"
 DEPLOYMENT_FILE = REPORTS_DIR / "deployment.json"
+MODEL_CARD_JSON = REPORTS_DIR / "model_card.json"
+MODEL_CARD_MARKDOWN = REPORTS_DIR / "model_card.md"
 # File names inside those folders: written by one stage, read by the next.
 ARCHIVE = "images.zip"  # in RAW_DIR: the validated images
 INDEX = "index.json"  # in RAW_DIR: each kept image's split and label
@@ -166,7 +168,8 @@ STAGES: tuple[Stage, ...] = (
         description="Log and register the model in MLflow; alias challenger; champion only past the gate.",
         inputs=(str(MODEL_DIR), str(METRICS_FILE), str(PROCESSED_DIR), str(DATA_REPORT)),
         params=("promotion", "mlflow"),
-        uncached=(str(REGISTRATION_FILE),),
+        # The model card (stages/model_card.py) is also logged with the version; these are the local copies.
+        uncached=(str(REGISTRATION_FILE), str(MODEL_CARD_JSON), str(MODEL_CARD_MARKDOWN)),
         resources=_MEDIUM,
     ),
 )

@@ -13,6 +13,7 @@ from core.cli import configure_logging
 from core.config import load_params
 from core.errors import DeepGuardError
 from core.names import SERVED_MODEL_NAME, champion_uri
+from serving.domain import DEFAULT_MARGIN
 from serving.model import DeepGuardModel, Limits
 from serving.server import build_server
 
@@ -90,6 +91,16 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="largest request body, answered with a 413 beyond it (default: "
         "max-images files of max-image-bytes, base64-encoded)",
     )
+    parser.add_argument(
+        "--domain-margin",
+        "--domain_margin",
+        dest="domain_margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        help="an upload unlike the training images gets a decided verdict only this far beyond the "
+        "uncertain band's edge (docs/serving.md: Input-domain notes); 0 switches the policy off "
+        "(default: %(default)s)",
+    )
     parser.set_defaults(model_name=SERVED_MODEL_NAME)
     return parser
 
@@ -116,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.max_request_pixels,
                 args.max_request_bytes,
             ),
+            domain_margin=args.domain_margin,
         )
         model.load()
     except DeepGuardError as exc:

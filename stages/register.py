@@ -36,6 +36,7 @@ from core.modelstore import (
 from core.names import CHALLENGER, CHAMPION
 from core.pipeline import DATA_REPORT, METRICS_FILE, MODEL_DIR, MODEL_FILE, PROCESSED_DIR, REGISTRATION_FILE
 from core.tracking import load_run_id
+from stages import model_card
 from stages.shards import load_split
 
 if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
@@ -240,6 +241,8 @@ def run(params: Params) -> dict:
             # idempotent, so a rerun after a kill anywhere below resumes this version.
             tags = {**lineage, GATE: json.dumps(asdict(decision))}
             version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
+        # Before the aliases: a served version always has its card (stages/model_card.py).
+        model_card.publish(client, params, metadata, lineage, version, mlrun.info.run_id)
         client.set_registered_model_alias(name, CHALLENGER, version)
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, version)

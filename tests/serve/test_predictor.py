@@ -18,9 +18,10 @@ import pytest
 import requests
 from PIL import Image
 
-from core.imaging import decode_for_model
+from core.imaging import decode_for_model, decode_upload
 from core.labels import decide, names
 from core.modelstore import download_model, load_model_dir, predict_fake_probability
+from serving.domain import DEFAULT_MARGIN, domain_verdicts
 from serving.model import Limits, MicroBatcher
 
 TIMEOUT = 60
@@ -119,8 +120,16 @@ def test_v2_round_trip_matches_the_in_process_model(predictor, registered_model,
     expected_probabilities, expected_labels = reference(in_process, files)
     np.testing.assert_allclose(by_name["fake_probability"]["data"], expected_probabilities, atol=1e-5, rtol=0)
     assert by_name["label"]["data"] == expected_labels
-    # The registered test model has no uncertain band (evaluate sets none on it): the verdict is the label.
-    assert by_name["verdict"]["data"] == expected_labels
+    # The registered test model has no uncertain band (evaluate sets none on it): the verdict of a native
+    # image is the label; the odd images get the domain policy's (tests/serve/test_domain_notes.py).
+    metadata = in_process[1]
+    facts = [decode_upload(f, metadata.image_size)[1] for f in files]
+    expected_verdicts = domain_verdicts(
+        expected_probabilities, metadata.bands, facts, metadata.image_size, DEFAULT_MARGIN
+    )
+    assert by_name["verdict"]["data"] == expected_verdicts
+    native = len(sample_images.probe)
+    assert by_name["verdict"]["data"][:native] == expected_labels[:native]
     # The model learned something from one epoch: the probe images' scores are not all the same.
     assert np.ptp(expected_probabilities) > 1e-3
 
@@ -133,7 +142,7 @@ def test_v1_round_trip_matches_the_in_process_model(predictor, registered_model,
     assert body["model_version"] == registered_model.version
     predictions = body["predictions"]
     assert len(predictions) == len(files)
-    assert set(predictions[0]) == {"label", "verdict", "fake_probability"}
+    assert set(predictions[0]) == {"label", "verdict", "fake_probability", "input", "note"}
     expected_probabilities, expected_labels = reference(in_process, files)
     got = [p["fake_probability"] for p in predictions]
     np.testing.assert_allclose(got, expected_probabilities, atol=1e-5, rtol=0)
@@ -172,7 +181,14 @@ def test_metadata_health_and_metrics(predictor, registered_model):
     body = metadata.json()
     assert body["versions"] == [registered_model.version]
     assert [tensor["name"] for tensor in body["inputs"]] == ["image"]
-    assert [tensor["name"] for tensor in body["outputs"]] == ["fake_probability", "label", "verdict"]
+    assert [tensor["name"] for tensor in body["outputs"]] == [
+        "fake_probability",
+        "label",
+        "verdict",
+        "note",
+        "input_size",
+        "input_format",
+    ]
     assert requests.get(f"{predictor.url}/v2/health/ready", timeout=TIMEOUT).json() == {"ready": True}
     assert requests.get(f"{predictor.url}/v2/models/deepguard/ready", timeout=TIMEOUT).json()["ready"] is True
     metrics = requests.get(f"{predictor.url}/metrics", timeout=TIMEOUT)
