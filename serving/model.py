@@ -37,6 +37,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, RequestedOutput, deserialize_bytes_tensor
 from kserve.utils.numpy_codec import to_np_dtype
 
+from core.imagestats import image_statistics
 from core.imaging import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -136,6 +137,8 @@ class _Batch:
     facts: list[InputFacts]  # per image: what the upload was before it became the model's input
     v2_request: Any  # kserve InferRequest for V2, None for V1
     domain_margin: float = DEFAULT_MARGIN  # serving/domain.py: how much clearer a noted image's score must be
+    # core.imagestats.image_statistics of ``images``, computed in the decode pool (domain notes, monitoring).
+    stats: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,18 +148,31 @@ class _Scores:
     labels: list[str]
 
     @property
+    def _fine_detail(self) -> list[float | None]:
+        stats = self.batch.stats
+        return [None] * len(self.batch.facts) if stats is None else [float(v) for v in stats["hf_energy"]]
+
+    @property
     def verdicts(self) -> list[str]:
         """REAL, FAKE or UNCERTAIN per image: the served model's bands and the domain policy."""
         metadata, batch = self.batch.served.metadata, self.batch
         return domain_verdicts(
-            self.probabilities, metadata.bands, batch.facts, metadata.image_size, batch.domain_margin
+            self.probabilities,
+            metadata.bands,
+            batch.facts,
+            metadata.image_size,
+            batch.domain_margin,
+            self._fine_detail,
         )
 
     @property
     def notes(self) -> list[str]:
         """Per image, how the upload differed from the training images ("" when it did not)."""
         size = self.batch.served.metadata.image_size
-        return [domain_note(fact, size) for fact in self.batch.facts]
+        return [
+            domain_note(fact, size, detail)
+            for fact, detail in zip(self.batch.facts, self._fine_detail, strict=True)
+        ]
 
 
 @dataclass(frozen=True)
@@ -586,10 +602,12 @@ class DeepGuardModel(Model):
         loop = asyncio.get_running_loop()
         if isinstance(payload, InferRequest):
             images, facts = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
-            return _Batch(served, images, facts, payload, self.domain_margin)
+            stats = await loop.run_in_executor(self.decode_pool, image_statistics, images)
+            return _Batch(served, images, facts, payload, self.domain_margin, stats)
         if isinstance(payload, dict):
             images, facts = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
-            return _Batch(served, images, facts, None, self.domain_margin)
+            stats = await loop.run_in_executor(self.decode_pool, image_statistics, images)
+            return _Batch(served, images, facts, None, self.domain_margin, stats)
         raise InvalidInput('expected a JSON object body (V1: {"instances": [...]})')
 
     async def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:

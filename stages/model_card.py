@@ -288,7 +288,7 @@ def publish(
     """Build the card of a just-registered version, write it, log it, and put it inside the model folder.
 
     Logged to the active (registering) run under ``model_card/``; ``model_card.json`` is also uploaded to the
-    root of the version's logged model, which is what ``models:/<name>/<version>`` downloads.
+    root of the version's model folder, which is what ``models:/<name>/<version>`` downloads.
 
     Returns:
         The card.
@@ -312,11 +312,14 @@ def publish(
     card_json, card_md = write_card(card)
     mlflow.log_artifact(str(card_json), artifact_path="model_card")
     mlflow.log_artifact(str(card_md), artifact_path="model_card")
-    model_id = client.get_model_version(name, version).model_id
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    # Where models:/<name>/<version> downloads from, whatever the artifact store (local, S3, DagsHub).
+    model_folder = get_artifact_repository(client.get_model_version_download_uri(name, version))
     with tempfile.TemporaryDirectory(prefix="deepguard-card-") as tmp:
         # The file inside the model folder has the fixed name the predictor reads (core.modelstore).
         inside = Path(tmp) / MODEL_CARD_FILE
         write_json(inside, card)
-        client.log_model_artifact(model_id, str(inside))
+        model_folder.log_artifact(str(inside))
     log.info("model card of %s v%s written to %s and logged with the model", name, version, card_md)
     return card

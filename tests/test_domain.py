@@ -10,7 +10,7 @@ from PIL import Image
 
 from core.imaging import InputFacts, decode_upload, jpeg_quality
 from core.labels import verdicts
-from serving.domain import DEFAULT_MARGIN, domain_note, domain_notes, domain_verdict
+from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_note, domain_notes, domain_verdict
 
 NATIVE = InputFacts(
     width=32, height=32, format="JPEG", mode="RGB", had_alpha=False, frames=1, jpeg_quality=75
@@ -107,3 +107,25 @@ def test_margin_zero_switches_the_policy_off():
     noted = facts(width=200, height=100, had_alpha=True)
     for p in np.linspace(0, 1, 21):
         assert domain_verdict(float(p), BANDS, noted, 32, 0.0) == verdicts([p], *BANDS)[0]
+
+
+def test_little_fine_detail_is_noted_and_policed():
+    assert domain_notes(NATIVE, 32, MIN_FINE_DETAIL + 0.01) == []
+    blurred = domain_note(NATIVE, 32, MIN_FINE_DETAIL - 0.01)
+    assert "little fine detail (blurred or smoothed)" in blurred
+    assert domain_verdict(0.75, BANDS, NATIVE, 32, 0.2, MIN_FINE_DETAIL + 0.01) == "FAKE"
+    assert domain_verdict(0.75, BANDS, NATIVE, 32, 0.2, MIN_FINE_DETAIL - 0.01) == "UNCERTAIN"
+
+
+def test_blur_lowers_fine_detail_below_the_threshold_and_training_images_stay_above():
+    """The threshold separates CIFAKE-like detail from a 1-pixel blur (on a textured image)."""
+    from core.degrade import degrade
+    from core.imagestats import image_statistics
+
+    rng = np.random.default_rng(1)
+    # Smooth gradients plus texture: roughly a photo's spectrum at 32x32.
+    base = np.linspace(0, 200, 32)[None, :, None] + rng.normal(0, 25, (16, 32, 32, 3))
+    images = np.clip(base, 0, 255).astype(np.uint8)
+    sharp = image_statistics(images)["hf_energy"]
+    blurred = image_statistics(degrade(images, "blur_1.0"))["hf_energy"]
+    assert (sharp >= MIN_FINE_DETAIL).all() and (blurred < MIN_FINE_DETAIL).all()

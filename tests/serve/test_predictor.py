@@ -18,10 +18,11 @@ import pytest
 import requests
 from PIL import Image
 
+from core.imagestats import image_statistics
 from core.imaging import decode_for_model, decode_upload
 from core.labels import decide, names
 from core.modelstore import download_model, load_model_dir, predict_fake_probability
-from serving.domain import DEFAULT_MARGIN, domain_verdicts
+from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_verdicts
 from serving.model import Limits, MicroBatcher
 
 TIMEOUT = 60
@@ -123,13 +124,20 @@ def test_v2_round_trip_matches_the_in_process_model(predictor, registered_model,
     # The registered test model has no uncertain band (evaluate sets none on it): the verdict of a native
     # image is the label; the odd images get the domain policy's (tests/serve/test_domain_notes.py).
     metadata = in_process[1]
-    facts = [decode_upload(f, metadata.image_size)[1] for f in files]
+    decoded = [decode_upload(f, metadata.image_size) for f in files]
+    fine_detail = image_statistics(np.stack([image for image, _ in decoded]))["hf_energy"]
     expected_verdicts = domain_verdicts(
-        expected_probabilities, metadata.bands, facts, metadata.image_size, DEFAULT_MARGIN
+        expected_probabilities,
+        metadata.bands,
+        [fact for _, fact in decoded],
+        metadata.image_size,
+        DEFAULT_MARGIN,
+        fine_detail,
     )
     assert by_name["verdict"]["data"] == expected_verdicts
-    native = len(sample_images.probe)
-    assert by_name["verdict"]["data"][:native] == expected_labels[:native]
+    native = [i for i in range(len(sample_images.probe)) if fine_detail[i] >= MIN_FINE_DETAIL]
+    assert len(native) >= len(sample_images.probe) - 2
+    assert [by_name["verdict"]["data"][i] for i in native] == [expected_labels[i] for i in native]
     # The model learned something from one epoch: the probe images' scores are not all the same.
     assert np.ptp(expected_probabilities) > 1e-3
 
