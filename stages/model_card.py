@@ -290,6 +290,14 @@ def publish(
     Logged to the active (registering) run under ``model_card/``; ``model_card.json`` is also uploaded to the
     root of the version's model folder, which is what ``models:/<name>/<version>`` downloads.
 
+    Args:
+        client: The MLflow client of the registry.
+        params: The pipeline parameters.
+        metadata: The serving metadata logged with the model.
+        lineage: The version's lineage tags.
+        version: The registered version.
+        run_id: The registering run (the active run).
+
     Returns:
         The card.
     """
