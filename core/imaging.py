@@ -120,6 +120,51 @@ class InputFacts:
     mode: str  # Pillow's mode before conversion to RGB (RGB, RGBA, L, P, ...)
     had_alpha: bool  # transparency was composited on white
     frames: int  # >1: an animation of which only the first frame was scored
+    # JPEG files: the IJG quality (1-100) their luminance table matches; None for other formats.
+    jpeg_quality: int | None = None
+
+
+# The IJG (libjpeg) base luminance quantisation table, which quality 50 uses as is.
+_IJG_LUMINANCE = np.array(
+    [
+        [16, 11, 10, 16, 24, 40, 51, 61],
+        [12, 12, 14, 19, 26, 58, 60, 55],
+        [14, 13, 16, 24, 40, 57, 69, 56],
+        [14, 17, 22, 29, 51, 87, 80, 62],
+        [18, 22, 37, 56, 68, 109, 103, 77],
+        [24, 35, 55, 64, 81, 104, 113, 92],
+        [49, 64, 78, 87, 103, 121, 120, 101],
+        [72, 92, 95, 98, 112, 100, 103, 99],
+    ]
+).reshape(-1)
+# The table each quality 1..100 produces (libjpeg's jpeg_quality_scaling), sorted: order-free comparison.
+_IJG_TABLES = np.sort(
+    np.stack(
+        [
+            np.clip((_IJG_LUMINANCE * (5000 // q if q < 50 else 200 - 2 * q) + 50) // 100, 1, 255)
+            for q in range(1, 101)
+        ]
+    ),
+    axis=1,
+)
+
+
+def jpeg_quality(image: Image.Image) -> int | None:
+    """Estimate a JPEG's encoder quality from its luminance table (read from the header, no decoding).
+
+    Encoders built on libjpeg (Pillow, browsers, most editors) scale one standard table by the quality, so
+    the nearest scaled table names it; other encoders get the nearest equivalent.
+
+    Returns:
+        1-100, or None when the image is not a JPEG.
+    """
+    tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
+    if not tables:
+        return None
+    luminance = np.sort(np.asarray(tables[min(tables)], dtype=np.int64).reshape(-1))
+    if luminance.size != _IJG_LUMINANCE.size:
+        return None
+    return int(np.abs(_IJG_TABLES - luminance).sum(axis=1).argmin()) + 1
 
 
 def facts_of(image: Image.Image) -> InputFacts:
@@ -132,6 +177,7 @@ def facts_of(image: Image.Image) -> InputFacts:
         mode=image.mode,
         had_alpha=had_alpha,
         frames=int(getattr(image, "n_frames", 1)),
+        jpeg_quality=jpeg_quality(image),
     )
 
 

@@ -6,6 +6,8 @@ folder to /mnt/models on a cluster. One ``predict_fake_probability`` is used eve
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +21,11 @@ from core.labels import CLASS_NAMES
 if TYPE_CHECKING:  # keras is imported lazily, where it is used, so importing this module stays light
     import keras
 
+log = logging.getLogger(__name__)
+
 KERAS_FILE = Path("data/model.keras")  # inside an MLflow Keras model folder
+# The version's model card (stages/model_card.py), beside MLmodel: on a cluster /mnt/models/model_card.json.
+MODEL_CARD_FILE = Path("model_card.json")
 
 
 class ModelLoadError(DeepGuardError):
@@ -75,6 +81,25 @@ def read_metadata(model_dir: Path) -> ModelMetadata:
         raise ModelLoadError(f"{model_dir}: no MLmodel file (not an MLflow model folder)") from None
     except (KeyError, TypeError) as exc:
         raise ModelLoadError(f"{mlmodel}: missing DeepGuard metadata ({exc})") from None
+
+
+def read_model_card(model_dir: Path) -> dict | None:
+    """The model card inside an MLflow model folder, or None when the version has none (or it is unreadable).
+
+    A card that cannot be read is logged and served as absent: it documents the model, it does not decide.
+    """
+    path = model_dir / MODEL_CARD_FILE
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable model card, served as absent: %s", path, exc)
+        return None
+    if not isinstance(card, dict):
+        log.warning("%s: the model card is not a JSON object, served as absent", path)
+        return None
+    return card
 
 
 def load_keras(path: Path) -> keras.Model:

@@ -34,6 +34,8 @@ REFERENCE_FILE = REPORTS_DIR / "reference.json"
 DRIFT_FILE = REPORTS_DIR / "drift.json"
 DRIFT_FIGURE = FIGURES_DIR / "drift.png"
 REFERENCE_ARTIFACT = "monitoring/reference.json"  # in the registered version's MLflow run
+MODEL_CARD_JSON = REPORTS_DIR / "model_card.json"
+MODEL_CARD_MARKDOWN = REPORTS_DIR / "model_card.md"
 # File names inside those folders: written by one stage, read by the next.
 ARCHIVE = "images.zip"  # in RAW_DIR: the validated images
 INDEX = "index.json"  # in RAW_DIR: each kept image's split and label
@@ -182,7 +184,8 @@ STAGES: tuple[Stage, ...] = (
             str(REFERENCE_FILE),
         ),
         params=("promotion", "mlflow", "evaluation.robustness_sample"),
-        uncached=(str(REGISTRATION_FILE),),
+        # The model card (stages/model_card.py) is also logged with the version; these are the local copies.
+        uncached=(str(REGISTRATION_FILE), str(MODEL_CARD_JSON), str(MODEL_CARD_MARKDOWN)),
         resources=_MEDIUM,
     ),
 )

@@ -16,6 +16,7 @@ from core.errors import DeepGuardError
 from core.names import MONITORING_DIR_ENV, SERVED_MODEL_NAME, champion_uri
 from core.settings import settings
 from serving import metrics
+from serving.domain import DEFAULT_MARGIN
 from serving.model import DeepGuardModel, Limits
 from serving.records import RecordWriter
 from serving.server import build_server
@@ -109,6 +110,16 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=True,
         help="write monitoring records; --no-monitoring keeps only the Prometheus metrics (default: on)",
     )
+    parser.add_argument(
+        "--domain-margin",
+        "--domain_margin",
+        dest="domain_margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        help="an upload unlike the training images gets a decided verdict only this far beyond the "
+        "uncertain band's edge (docs/serving.md: Input-domain notes); 0 switches the policy off "
+        "(default: %(default)s)",
+    )
     parser.set_defaults(model_name=SERVED_MODEL_NAME)
     return parser
 
@@ -140,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.max_request_bytes,
             ),
             records,
+            domain_margin=args.domain_margin,
         )
         model.load()
     except DeepGuardError as exc:

@@ -25,6 +25,7 @@ import os
 import re
 import tempfile
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from kserve.protocol.infer_type import (
 )
 from kserve.utils.numpy_codec import to_np_dtype
 
+from core.imagestats import image_statistics
 from core.imaging import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -52,17 +54,19 @@ from core.imaging import (
     read_header,
     to_model_input,
 )
-from core.labels import decide, names, verdicts
+from core.labels import decide, names
 from core.modelstore import (
     ModelLoadError,
     ModelMetadata,
     download_model,
     load_model_dir,
     predict_fake_probability,
+    read_model_card,
 )
 from core.settings import settings
 from core.tracking import resolve_tracking_uri
 from serving import metrics
+from serving.domain import DEFAULT_MARGIN, domain_note, domain_verdicts
 from serving.explain import Explainer, ExplainError, build_explainer
 from serving.records import RecordWriter
 
@@ -74,6 +78,10 @@ OUTPUT_LABEL = "label"
 OUTPUT_VERDICT = "verdict"
 OUTPUT_HEATMAP = "heatmap"  # only when the V2 request's parameter "explain" is true
 EXPLAIN_PARAMETER = "explain"
+# Domain notes (serving/domain.py): how each upload differed from the training images.
+OUTPUT_NOTE = "note"
+OUTPUT_INPUT_SIZE = "input_size"
+OUTPUT_INPUT_FORMAT = "input_format"
 # Batch sizes the model is traced for at load time, so the first real request pays no tracing.
 _WARMUP_BATCHES = (1, 2, 64)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
@@ -125,6 +133,7 @@ class ServedModel:
     version: str
     uri: str
     explainer: Explainer | None = None  # None: the model has no convolutional stage to explain
+    card: dict | None = None  # the version's model_card.json (stages/model_card.py), None when it has none
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Return P(FAKE) and the class names for uint8 images ``(N, size, size, 3)``."""
@@ -158,6 +167,9 @@ class _Batch:
     facts: list[InputFacts]  # per image: what the upload was before it became the model's input
     v2_request: Any  # kserve InferRequest for V2, None for V1
     explain: bool = False  # V2 parameter "explain": add heatmaps to the scores
+    domain_margin: float = DEFAULT_MARGIN  # serving/domain.py: how much clearer a noted image's score must be
+    # core.imagestats.image_statistics of ``images``, computed in the decode pool (domain notes, monitoring).
+    stats: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,9 +180,31 @@ class _Scores:
     heatmaps: np.ndarray | None = None  # (N, size, size) when an explanation was asked for
 
     @property
+    def _fine_detail(self) -> list[float | None]:
+        stats = self.batch.stats
+        return [None] * len(self.batch.facts) if stats is None else [float(v) for v in stats["hf_energy"]]
+
+    @property
     def verdicts(self) -> list[str]:
-        """REAL, FAKE or UNCERTAIN per image, from the served model's bands."""
-        return verdicts(self.probabilities, *self.batch.served.metadata.bands)
+        """REAL, FAKE or UNCERTAIN per image: the served model's bands and the domain policy."""
+        metadata, batch = self.batch.served.metadata, self.batch
+        return domain_verdicts(
+            self.probabilities,
+            metadata.bands,
+            batch.facts,
+            metadata.image_size,
+            batch.domain_margin,
+            self._fine_detail,
+        )
+
+    @property
+    def notes(self) -> list[str]:
+        """Per image, how the upload differed from the training images ("" when it did not)."""
+        size = self.batch.served.metadata.image_size
+        return [
+            domain_note(fact, size, detail)
+            for fact, detail in zip(self.batch.facts, self._fine_detail, strict=True)
+        ]
 
 
 @dataclass(frozen=True)
@@ -290,7 +324,8 @@ def load_served_model(uri: str) -> ServedModel:
     with tempfile.TemporaryDirectory(prefix="deepguard-model-") as tmp:
         folder, version = resolve_model(uri, Path(tmp))
         keras_model, metadata = load_model_dir(folder)
-    served = ServedModel(keras_model=keras_model, metadata=metadata, version=version, uri=uri)
+        card = read_model_card(folder)
+    served = ServedModel(keras_model=keras_model, metadata=metadata, version=version, uri=uri, card=card)
     size = metadata.image_size
     for batch in _WARMUP_BATCHES:
         served.score(np.zeros((batch, size, size, 3), dtype=np.uint8))
@@ -413,12 +448,18 @@ class DeepGuardModel(Model):
     """The champion behind KServe's V1 and V2 endpoints, swappable at run time."""
 
     def __init__(
-        self, name: str, model_uri: str, limits: Limits, records: RecordWriter | None = None
+        self,
+        name: str,
+        model_uri: str,
+        limits: Limits,
+        records: RecordWriter | None = None,
+        domain_margin: float = DEFAULT_MARGIN,
     ) -> None:
         super().__init__(name)
         self.model_uri = model_uri
         self.limits = limits
         self.records = records  # None: no monitoring records (--no-monitoring)
+        self.domain_margin = domain_margin
         self.served: ServedModel | None = None
         self._reload_lock = asyncio.Lock()
         # Decoding is Pillow and NumPy, which release the GIL: one thread per core keeps the event loop free.
@@ -463,12 +504,32 @@ class DeepGuardModel(Model):
         return [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
-        """V2 model metadata: P(FAKE), the class name and the three-way verdict per image."""
+        """V2 model metadata: P(FAKE), class name, verdict, domain note and upload size/format per image."""
         return [
             {"name": OUTPUT_PROBABILITY, "datatype": "FP32", "shape": [-1]},
             {"name": OUTPUT_LABEL, "datatype": "BYTES", "shape": [-1]},
             {"name": OUTPUT_VERDICT, "datatype": "BYTES", "shape": [-1]},
+            {"name": OUTPUT_NOTE, "datatype": "BYTES", "shape": [-1]},
+            {"name": OUTPUT_INPUT_SIZE, "datatype": "INT32", "shape": [-1, 2]},
+            {"name": OUTPUT_INPUT_FORMAT, "datatype": "BYTES", "shape": [-1]},
         ]
+
+    def metadata_parameters(self) -> dict:
+        """The ``parameters`` of ``GET /v2/models/<name>``: the served version's facts and model card."""
+        served = self.served
+        if served is None:
+            return {}
+        metadata = served.metadata
+        return {
+            "model_version": served.version,
+            "threshold": metadata.threshold,
+            "real_below": metadata.real_below,
+            "fake_above": metadata.fake_above,
+            "temperature": metadata.temperature,
+            "architecture": metadata.architecture,
+            "synthetic_data": metadata.synthetic_data,
+            "model_card": served.card,
+        }
 
     async def explain(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
         """V1 ``:explain`` (KServe calls it between preprocess and postprocess): scores and heatmaps.
@@ -608,6 +669,14 @@ class DeepGuardModel(Model):
         return np.stack([to_model_input(Image.fromarray(image), size) for image in pixels]), facts
 
     @metrics.counts_decode_errors
+    @staticmethod
+    def _decoded(
+        decode: Callable[[Any, int], tuple[np.ndarray, list[InputFacts]]], payload: Any, size: int
+    ) -> tuple[np.ndarray, list[InputFacts], dict[str, np.ndarray]]:
+        """Decode a request and compute its images' statistics, in one trip to the decode pool."""
+        images, facts = decode(payload, size)
+        return images, facts, image_statistics(images)
+
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Batch:
         """Decode every image of a V1 or V2 request in the decode pool; a bad item raises ``InvalidInput``."""
         served = self.served  # one version scores the whole request, even if a reload lands meanwhile
@@ -615,11 +684,15 @@ class DeepGuardModel(Model):
         loop = asyncio.get_running_loop()
         if isinstance(payload, InferRequest):
             explain = explain_requested(payload)  # a bad value is refused before any image is decoded
-            images, facts = await loop.run_in_executor(self.decode_pool, self._v2_images, payload, size)
-            return _Batch(served, images, facts, payload, explain)
+            images, facts, stats = await loop.run_in_executor(
+                self.decode_pool, self._decoded, self._v2_images, payload, size
+            )
+            return _Batch(served, images, facts, payload, explain, self.domain_margin, stats)
         if isinstance(payload, dict):
-            images, facts = await loop.run_in_executor(self.decode_pool, self._v1_images, payload, size)
-            return _Batch(served, images, facts, None)
+            images, facts, stats = await loop.run_in_executor(
+                self.decode_pool, self._decoded, self._v1_images, payload, size
+            )
+            return _Batch(served, images, facts, None, False, self.domain_margin, stats)
         raise InvalidInput('expected a JSON object body (V1: {"instances": [...]})')
 
     async def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:
@@ -647,7 +720,7 @@ class DeepGuardModel(Model):
     ) -> dict | InferResponse:
         """Shape the scores as a V1 ``predictions`` list or a V2 response (probability, label, verdict)."""
         served, count = result.batch.served, len(result.labels)
-        verdict = result.verdicts
+        verdict, notes, uploads = result.verdicts, result.notes, result.batch.facts
         facts = {
             "model_version": served.version,
             "threshold": served.metadata.threshold,
@@ -671,9 +744,15 @@ class DeepGuardModel(Model):
             return {"explanations": explanations, "model_name": self.name, **facts}
         if request is None:
             predictions = [
-                {"label": label, "verdict": decided, "fake_probability": float(probability)}
-                for label, decided, probability in zip(
-                    result.labels, verdict, result.probabilities, strict=True
+                {
+                    "label": label,
+                    "verdict": decided,
+                    "fake_probability": float(probability),
+                    "input": {"width": upload.width, "height": upload.height, "format": upload.format},
+                    "note": note,
+                }
+                for label, decided, probability, upload, note in zip(
+                    result.labels, verdict, result.probabilities, uploads, notes, strict=True
                 )
             ]
             return {"predictions": predictions, "model_name": self.name, **facts}
@@ -681,6 +760,19 @@ class DeepGuardModel(Model):
             InferOutput(OUTPUT_PROBABILITY, [count], "FP32", data=result.probabilities.astype(np.float32)),
             InferOutput(OUTPUT_LABEL, [count], "BYTES", data=np.array(result.labels, dtype=np.object_)),
             InferOutput(OUTPUT_VERDICT, [count], "BYTES", data=np.array(verdict, dtype=np.object_)),
+            InferOutput(OUTPUT_NOTE, [count], "BYTES", data=np.array(notes, dtype=np.object_)),
+            InferOutput(
+                OUTPUT_INPUT_SIZE,
+                [count, 2],
+                "INT32",
+                data=np.array([[u.width, u.height] for u in uploads], dtype=np.int32).reshape(count, 2),
+            ),
+            InferOutput(
+                OUTPUT_INPUT_FORMAT,
+                [count],
+                "BYTES",
+                data=np.array([u.format for u in uploads], dtype=np.object_),
+            ),
         ]
         if result.heatmaps is not None:
             heatmaps = result.heatmaps.astype(np.float32)

@@ -191,6 +191,23 @@ def infer_route(dataplane: DataPlane, pool: ThreadPoolExecutor) -> Callable[...,
     return infer
 
 
+def metadata_route(dataplane: DataPlane) -> Callable[..., Any]:
+    """``GET /v2/models/<name>``: KServe's model metadata plus ``parameters`` (version facts, model card).
+
+    KServe 0.21 filters its metadata response through ``ModelMetadataResponse``, which has no room for
+    ``parameters``; this route answers the same path first with the dataplane's dict and the model's
+    :meth:`~serving.model.DeepGuardModel.metadata_parameters`.
+    """
+
+    async def model_metadata(model_name: str) -> dict:
+        metadata = await dataplane.model_metadata(model_name)
+        model = dataplane.get_model_from_registry(model_name)
+        parameters = getattr(model, "metadata_parameters", None)
+        return {**metadata, "parameters": parameters() if parameters else {}}
+
+    return model_metadata
+
+
 class DeepGuardServer(ModelServer):
     """``kserve.ModelServer`` listening on ``http_host`` (KServe 0.21 always binds 0.0.0.0)."""
 
@@ -226,6 +243,9 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
         infer_route(server.dataplane, model.decode_pool),
         methods=["POST"],
         response_model=None,
+    )
+    app.add_api_route(
+        "/v2/models/{model_name}", metadata_route(server.dataplane), methods=["GET"], response_model=None
     )
     app.add_middleware(VersionPathMiddleware, repository=repository)
     if not args.reload:

@@ -48,7 +48,7 @@ from core.pipeline import (
     ROBUSTNESS_FILE,
 )
 from core.tracking import load_run_id
-from stages import robustness
+from stages import model_card, robustness
 from stages.shards import load_split
 
 if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
@@ -331,6 +331,8 @@ def run(params: Params) -> dict:
         # The drift monitor's reference, beside the model in the version's run (idempotent: same file).
         reference = {**read_json(REFERENCE_FILE), "bands": list(metadata.bands), "model_version": version}
         client.log_dict(client.get_model_version(name, version).run_id, reference, REFERENCE_ARTIFACT)
+        # Before the aliases: a served version always has its card (stages/model_card.py).
+        model_card.publish(client, params, metadata, lineage, version, mlrun.info.run_id)
         client.set_registered_model_alias(name, CHALLENGER, version)
         if decision.promote:
             client.set_registered_model_alias(name, CHAMPION, version)

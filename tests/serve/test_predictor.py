@@ -18,9 +18,11 @@ import pytest
 import requests
 from PIL import Image
 
-from core.imaging import decode_for_model
+from core.imagestats import image_statistics
+from core.imaging import decode_for_model, decode_upload
 from core.labels import decide, names, verdicts
 from core.modelstore import download_model, load_model_dir, predict_fake_probability
+from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_verdicts
 from serving.model import Limits, MicroBatcher
 
 TIMEOUT = 60
@@ -119,12 +121,26 @@ def test_v2_round_trip_matches_the_in_process_model(predictor, registered_model,
     expected_probabilities, expected_labels = reference(in_process, files)
     np.testing.assert_allclose(by_name["fake_probability"]["data"], expected_probabilities, atol=1e-5, rtol=0)
     assert by_name["label"]["data"] == expected_labels
-    # The verdict uses the bands evaluate chose and register wrote into the version's metadata.
+    # The verdict uses the bands evaluate chose and register wrote into the version's metadata, and the domain
+    # policy for the odd images (tests/serve/test_domain_notes.py).
     metadata = in_process[1]
     metrics = json.loads((registered_model.root / "reports/metrics.json").read_text())
     assert metadata.bands == (metrics["real_below"], metrics["fake_above"])
-    served = np.asarray(by_name["fake_probability"]["data"])
-    assert by_name["verdict"]["data"] == verdicts(served, *metadata.bands)
+    decoded = [decode_upload(f, metadata.image_size) for f in files]
+    fine_detail = image_statistics(np.stack([image for image, _ in decoded]))["hf_energy"]
+    expected_verdicts = domain_verdicts(
+        expected_probabilities,
+        metadata.bands,
+        [fact for _, fact in decoded],
+        metadata.image_size,
+        DEFAULT_MARGIN,
+        fine_detail,
+    )
+    assert by_name["verdict"]["data"] == expected_verdicts
+    native = [i for i in range(len(sample_images.probe)) if fine_detail[i] >= MIN_FINE_DETAIL]
+    assert len(native) >= len(sample_images.probe) - 2
+    band_verdicts = verdicts(np.asarray(by_name["fake_probability"]["data"]), *metadata.bands)
+    assert [by_name["verdict"]["data"][i] for i in native] == [band_verdicts[i] for i in native]
     # The model learned something from one epoch: the probe images' scores are not all the same.
     assert np.ptp(expected_probabilities) > 1e-3
 
@@ -137,7 +153,7 @@ def test_v1_round_trip_matches_the_in_process_model(predictor, registered_model,
     assert body["model_version"] == registered_model.version
     predictions = body["predictions"]
     assert len(predictions) == len(files)
-    assert set(predictions[0]) == {"label", "verdict", "fake_probability"}
+    assert set(predictions[0]) == {"label", "verdict", "fake_probability", "input", "note"}
     expected_probabilities, expected_labels = reference(in_process, files)
     got = [p["fake_probability"] for p in predictions]
     np.testing.assert_allclose(got, expected_probabilities, atol=1e-5, rtol=0)
@@ -176,7 +192,14 @@ def test_metadata_health_and_metrics(predictor, registered_model):
     body = metadata.json()
     assert body["versions"] == [registered_model.version]
     assert [tensor["name"] for tensor in body["inputs"]] == ["image"]
-    assert [tensor["name"] for tensor in body["outputs"]] == ["fake_probability", "label", "verdict"]
+    assert [tensor["name"] for tensor in body["outputs"]] == [
+        "fake_probability",
+        "label",
+        "verdict",
+        "note",
+        "input_size",
+        "input_format",
+    ]
     assert requests.get(f"{predictor.url}/v2/health/ready", timeout=TIMEOUT).json() == {"ready": True}
     assert requests.get(f"{predictor.url}/v2/models/deepguard/ready", timeout=TIMEOUT).json()["ready"] is True
     metrics = requests.get(f"{predictor.url}/metrics", timeout=TIMEOUT)

@@ -1,0 +1,118 @@
+"""Input-domain notes and the verdict policy for uploads unlike the images the model was trained on.
+
+The model saw CIFAKE: 32x32 RGB files, JPEG quality 75 (measured on the archive's quantisation tables).
+An upload that differs (resized, not square, transparent, animated, compressed harder, blurred) still gets its
+P(FAKE) and its binary ``label`` as before, but a plain-English ``note`` says how it differs, and its
+``verdict`` is decided only when P(FAKE) lies beyond the uncertain band's edge by ``margin`` (else UNCERTAIN):
+the same score is never silently trusted as much as a native image's. bench/trust_bench.py measures it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core.imaging import InputFacts
+from core.labels import verdicts
+
+# CIFAKE's files are JPEG quality 75; a JPEG below this lost detail the model learned from.
+MIN_JPEG_QUALITY = 70
+# Resized by more than this factor either way (by the longer side) is far from the training images.
+FAR_SCALE = 2.0
+# core.imagestats hf_energy of the model's input below which an image has little fine detail (blurred, or
+# enlarged then shrunk back). On the CIFAKE sample's test split about 2 % of native images are below it and
+# over 90 % after a 1-pixel Gaussian blur (python bench/trust_bench.py prints the shares).
+MIN_FINE_DETAIL = 0.45
+# How far beyond the band edge P(FAKE) must be for a noted image to get a decided verdict, in probability
+# units. Chosen with bench/trust_bench.py on the sample pipeline's model (docs/benchmarks.md: Confident and
+# wrong): the smallest margin that keeps confident-and-wrong on blurred, enlarged and JPEG q50 uploads under
+# 3 %. Re-measure for another model; 0 switches the policy off.
+DEFAULT_MARGIN = 0.4
+
+
+def domain_notes(facts: InputFacts, size: int, fine_detail: float | None = None) -> list[str]:
+    """How an upload differs from the model's training images, one plain-English phrase per difference.
+
+    Args:
+        facts: What the upload was before it became the model's input.
+        size: The model's input side (the training images' size).
+        fine_detail: ``hf_energy`` of the model's input (core.imagestats), None when not measured.
+
+    Returns:
+        The phrases; empty for a native image (``size`` x ``size``, not compressed harder than training,
+        with the fine detail of a training image).
+    """
+    notes = []
+    width, height = facts.width, facts.height
+    if (width, height) != (size, size):
+        scale = max(width, height) / size
+        how = f"{scale:.3g}x larger" if scale >= 1 else f"{1 / scale:.3g}x smaller"
+        far = " (far from the training images)" if max(scale, 1 / scale) > FAR_SCALE else ""
+        notes.append(f"resized from {width}x{height} to {size}x{size}, {how} than the training images{far}")
+    if width != height:
+        notes.append(f"not square ({width}x{height}): stretched to a square")
+    if facts.had_alpha:
+        notes.append("transparent pixels composited on white")
+    if facts.frames > 1:
+        notes.append(f"animated: only the first of {facts.frames} frames was scored")
+    if facts.jpeg_quality is not None and facts.jpeg_quality < MIN_JPEG_QUALITY:
+        notes.append(
+            f"JPEG quality about {facts.jpeg_quality}, more compressed than the training images (75)"
+        )
+    if fine_detail is not None and fine_detail < MIN_FINE_DETAIL:
+        notes.append("little fine detail (blurred or smoothed), which the model relies on")
+    return notes
+
+
+def domain_note(facts: InputFacts, size: int, fine_detail: float | None = None) -> str:
+    """The ``note`` field: the differences as one sentence, ``""`` for a native image."""
+    notes = domain_notes(facts, size, fine_detail)
+    if not notes:
+        return ""
+    return f"Unlike the training images: {'; '.join(notes)}. The verdict needs a clearer score."
+
+
+def domain_verdict(
+    probability: float,
+    bands: tuple[float, float],
+    facts: InputFacts,
+    size: int,
+    margin: float,
+    fine_detail: float | None = None,
+) -> str:
+    """The served verdict: the band's, with both edges pushed out by ``margin`` for a noted image.
+
+    The one place the domain policy lives: a native image gets :func:`core.labels.verdicts` of the bands;
+    an image with any note is REAL only at or below ``real_below - margin`` and FAKE only at or above
+    ``fake_above + margin``, else UNCERTAIN.
+
+    Args:
+        probability: The calibrated P(FAKE).
+        bands: ``(real_below, fake_above)`` of the served model (``ModelMetadata.bands``).
+        facts: The upload's facts.
+        size: The model's input side.
+        margin: How much clearer a noted image's score must be (0: no policy).
+        fine_detail: ``hf_energy`` of the model's input, None when not measured.
+
+    Returns:
+        REAL, FAKE or UNCERTAIN.
+    """
+    real_below, fake_above = bands
+    if domain_notes(facts, size, fine_detail):
+        real_below, fake_above = real_below - margin, fake_above + margin
+    return verdicts([probability], real_below, fake_above)[0]
+
+
+def domain_verdicts(
+    probabilities: Sequence[float],
+    bands: tuple[float, float],
+    facts: Sequence[InputFacts],
+    size: int,
+    margin: float,
+    fine_detail: Sequence[float] | None = None,
+) -> list[str]:
+    """:func:`domain_verdict` of every image of a request."""
+    details = [None] * len(facts) if fine_detail is None else [float(d) for d in fine_detail]
+    return [
+        domain_verdict(float(p), bands, fact, size, margin, detail)
+        for p, fact, detail in zip(probabilities, facts, details, strict=True)
+    ]

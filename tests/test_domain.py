@@ -1,0 +1,131 @@
+"""Input-domain notes and the verdict policy (serving/domain.py), and the JPEG quality behind one note."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.imaging import InputFacts, decode_upload, jpeg_quality
+from core.labels import verdicts
+from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_note, domain_notes, domain_verdict
+
+NATIVE = InputFacts(
+    width=32, height=32, format="JPEG", mode="RGB", had_alpha=False, frames=1, jpeg_quality=75
+)
+BANDS = (0.3, 0.7)
+
+
+def facts(**changes) -> InputFacts:
+    return InputFacts(**{**NATIVE.__dict__, **changes})
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("quality", [10, 50, 75, 90, 100])
+def test_jpeg_quality_reads_the_encoder_quality_from_the_header(quality):
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    data = encoded(Image.fromarray(pixels), "JPEG", quality=quality)
+    assert jpeg_quality(Image.open(io.BytesIO(data))) == quality
+    assert decode_upload(data, 32)[1].jpeg_quality == quality
+
+
+def test_jpeg_quality_is_none_for_other_formats():
+    assert jpeg_quality(Image.open(io.BytesIO(encoded(Image.new("RGB", (8, 8)), "PNG")))) is None
+
+
+@pytest.mark.parametrize(
+    "upload",
+    [
+        NATIVE,
+        facts(format="PNG", jpeg_quality=None),
+        facts(format="RAW", jpeg_quality=None),
+        facts(jpeg_quality=90),
+    ],
+)
+def test_native_images_get_no_note(upload):
+    assert domain_notes(upload, 32) == []
+    assert domain_note(upload, 32) == ""
+
+
+@pytest.mark.parametrize(
+    ("upload", "phrase"),
+    [
+        (facts(width=128, height=128, format="PNG"), "resized from 128x128 to 32x32, 4x larger"),
+        (facts(width=128, height=128, format="PNG"), "far from the training images"),
+        (facts(width=16, height=16), "resized from 16x16 to 32x32, 2x smaller"),
+        (facts(width=48, height=32), "not square (48x32)"),
+        (facts(format="PNG", mode="RGBA", had_alpha=True), "transparent pixels composited on white"),
+        (facts(format="GIF", frames=12), "only the first of 12 frames"),
+        (facts(jpeg_quality=50), "JPEG quality about 50, more compressed than the training images"),
+    ],
+)
+def test_each_difference_is_named_in_the_note(upload, phrase):
+    note = domain_note(upload, 32)
+    assert phrase in note
+    assert note.startswith("Unlike the training images:")
+
+
+def test_a_factor_of_two_is_not_called_far():
+    assert "far from" not in domain_note(facts(width=64, height=64), 32)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.29, 0.3, 0.31, 0.5, 0.69, 0.7, 0.85, 0.95, 1.0])
+def test_native_image_gets_the_bands_verdict(p):
+    assert domain_verdict(p, BANDS, NATIVE, 32, DEFAULT_MARGIN) == verdicts([p], *BANDS)[0]
+
+
+@pytest.mark.parametrize(
+    ("p", "expected"),
+    [
+        (0.05, "REAL"),
+        (0.09, "REAL"),
+        (0.11, "UNCERTAIN"),
+        (0.5, "UNCERTAIN"),
+        (0.8, "UNCERTAIN"),
+        (0.95, "FAKE"),
+    ],
+)
+def test_noted_image_needs_the_margin_beyond_the_band(p, expected):
+    upscaled = facts(width=128, height=128, format="PNG", jpeg_quality=None)
+    assert domain_verdict(p, BANDS, upscaled, 32, 0.2) == expected
+
+
+def test_a_score_decided_for_a_native_image_is_uncertain_for_a_noted_one():
+    # The policy's point: the same P(FAKE) is not trusted as much for an image unlike the training images.
+    assert domain_verdict(0.75, BANDS, NATIVE, 32, 0.2) == "FAKE"
+    assert domain_verdict(0.75, BANDS, facts(jpeg_quality=40), 32, 0.2) == "UNCERTAIN"
+
+
+def test_margin_zero_switches_the_policy_off():
+    noted = facts(width=200, height=100, had_alpha=True)
+    for p in np.linspace(0, 1, 21):
+        assert domain_verdict(float(p), BANDS, noted, 32, 0.0) == verdicts([p], *BANDS)[0]
+
+
+def test_little_fine_detail_is_noted_and_policed():
+    assert domain_notes(NATIVE, 32, MIN_FINE_DETAIL + 0.01) == []
+    blurred = domain_note(NATIVE, 32, MIN_FINE_DETAIL - 0.01)
+    assert "little fine detail (blurred or smoothed)" in blurred
+    assert domain_verdict(0.75, BANDS, NATIVE, 32, 0.2, MIN_FINE_DETAIL + 0.01) == "FAKE"
+    assert domain_verdict(0.75, BANDS, NATIVE, 32, 0.2, MIN_FINE_DETAIL - 0.01) == "UNCERTAIN"
+
+
+def test_blur_lowers_fine_detail_below_the_threshold_and_training_images_stay_above():
+    """The threshold separates CIFAKE-like detail from a 1-pixel blur (on a textured image)."""
+    from core.degrade import degrade
+    from core.imagestats import image_statistics
+
+    rng = np.random.default_rng(1)
+    # Smooth gradients plus texture: roughly a photo's spectrum at 32x32.
+    base = np.linspace(0, 200, 32)[None, :, None] + rng.normal(0, 25, (16, 32, 32, 3))
+    images = np.clip(base, 0, 255).astype(np.uint8)
+    sharp = image_statistics(images)["hf_energy"]
+    blurred = image_statistics(degrade(images, "blur_1.0"))["hf_energy"]
+    assert (sharp >= MIN_FINE_DETAIL).all() and (blurred < MIN_FINE_DETAIL).all()
