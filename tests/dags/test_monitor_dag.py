@@ -91,7 +91,7 @@ def test_monitor_schedule_is_configurable_by_environment() -> None:
         assert done.stdout.strip().splitlines()[-1] == expected
 
 
-# --- end to end: airflow dags test with the local runner ------------------------------------------------------
+# --- end to end: airflow dags test with the local runner ---------------------------------------------
 
 
 def _airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.CompletedProcess[str]:
