@@ -171,7 +171,7 @@ def test_monitor_stage_without_champion_or_reference_fails_in_one_line(tmp_path:
 
 
 @pytest.mark.slow
-def test_pipeline_logs_the_reference_with_the_registered_version(trained_workspace) -> None:
+def test_pipeline_logs_the_reference_with_the_registered_version(trained_workspace, tmp_path: Path) -> None:
     import mlflow
 
     reference = json.loads((trained_workspace.root / REFERENCE_FILE).read_text())
@@ -180,7 +180,8 @@ def test_pipeline_logs_the_reference_with_the_registered_version(trained_workspa
     assert all(0.0 <= s <= 1.0 for s in reference["scores"])
     client = mlflow.MlflowClient(tracking_uri=trained_workspace.tracking_uri)
     champion = client.get_model_version_by_alias("deepguard", "champion")
-    logged = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/monitoring/reference.json")
+    path = client.download_artifacts(champion.run_id, "monitoring/reference.json", str(tmp_path))
+    logged = json.loads(Path(path).read_text())
     assert logged["scores"] == reference["scores"] and logged["model_version"] == str(champion.version)
     metrics = json.loads((trained_workspace.root / "reports" / "metrics.json").read_text())
     assert logged["bands"][0] <= metrics["threshold"] <= logged["bands"][1]
