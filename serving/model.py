@@ -668,7 +668,6 @@ class DeepGuardModel(Model):
         # Other sizes are resized exactly as an uploaded file of that size would be.
         return np.stack([to_model_input(Image.fromarray(image), size) for image in pixels]), facts
 
-    @metrics.counts_decode_errors
     @staticmethod
     def _decoded(
         decode: Callable[[Any, int], tuple[np.ndarray, list[InputFacts]]], payload: Any, size: int
@@ -677,6 +676,7 @@ class DeepGuardModel(Model):
         images, facts = decode(payload, size)
         return images, facts, image_statistics(images)
 
+    @metrics.counts_decode_errors
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Batch:
         """Decode every image of a V1 or V2 request in the decode pool; a bad item raises ``InvalidInput``."""
         served = self.served  # one version scores the whole request, even if a reload lands meanwhile
