@@ -28,9 +28,9 @@ PIPELINE_DAG_ID = "deepguard_pipeline"
 SCHEDULE = schedule_from_env(
     "DEEPGUARD_MONITOR_SCHEDULE", load_params(DAGS_DIR.parent / "params.yaml").monitoring.schedule
 )
-# Served records live on the shared volume, where the predictor writes them (docs/orchestration.md); the
+# Served records live on the shared volume, where the predictor writes them (DEEPGUARD_MONITORING_DIR in
+# deepguard_pods.POD_ENV; docs/orchestration.md); the
 # monitor's own folder keeps the latest reports/drift.json (each run's report is in MLflow).
-MONITORING_DIR = f"{WORKSPACE_MOUNT}/monitoring"
 MONITOR_WORKDIR = f"{WORKSPACE_MOUNT}/monitor"
 XCOM_FILE = "/airflow/xcom/return.json"  # the KubernetesPodOperator's XCom file (do_xcom_push)
 # At most one drift-triggered retraining a day however many hourly checks see drift: the run id is the day.
@@ -72,7 +72,6 @@ with DAG(
         stage_task(
             MONITOR,
             arguments,
-            env={"DEEPGUARD_MONITORING_DIR": MONITORING_DIR},
             do_xcom_push=True,
         ),
         ShortCircuitOperator(

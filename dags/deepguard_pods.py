@@ -92,6 +92,9 @@ POD_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
     # Lineage: the Airflow run a stage belongs to.
     "DEEPGUARD_RUN_ID": "{{ run_id }}",
+    # Served records and user feedback on the shared volume: the monitor reads the records, ingest the
+    # accepted feedback (data.feedback: include). The chart's predictor and web app write there.
+    "DEEPGUARD_MONITORING_DIR": f"{WORKSPACE_MOUNT}/monitoring",
 }
 
 # The local runner (DEEPGUARD_LOCAL_RUNNER=1): the same pods, mapped onto this checkout.

@@ -198,8 +198,10 @@ spec:
           - name: tmp
             mountPath: /tmp
           {{- if $claim }}
+          # The claim's monitoring/ folder: with the pipeline's claim, where the deepguard_monitor DAG reads.
           - name: monitoring
             mountPath: /var/lib/deepguard/monitoring
+            subPath: monitoring
           {{- end }}
     volumes:
       - name: tmp
