@@ -148,7 +148,17 @@
     outcome.dataset.state = "sending";
     outcome.textContent = "Sending\u2026";
     const data = new FormData();
-    data.append("image", row.file, row.file.name);
+    try {
+      // The bytes themselves, not a reference to the picked file: the body is then complete wherever it
+      // is inspected (Chromium's request interception, which the browser test uses, omits file-backed parts).
+      const bytes = await row.file.arrayBuffer();
+      data.append("image", new Blob([bytes], { type: row.file.type }), row.file.name);
+    } catch (err) {
+      outcome.dataset.state = "failed";
+      outcome.textContent = "Not sent: the image could not be read again; pick it once more.";
+      buttons.forEach((button) => { button.disabled = false; });
+      return;
+    }
     data.append("claimed_label", claim);
     data.append("verdict", row.result.verdict);
     data.append("fake_probability", String(row.result.fake_probability));

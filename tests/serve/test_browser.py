@@ -216,6 +216,15 @@ def heatmap_response(names: list[str], verdicts: list[str]) -> dict:
     }
 
 
+def fulfil_with(answer: dict):
+    """A Playwright route handler answering 200 with ``answer`` as JSON."""
+
+    def handler(route) -> None:
+        route.fulfill(status=200, json=answer)
+
+    return handler
+
+
 def wide_png(path: Path) -> Path:
     """A 64x32 mid-grey PNG: not square, so an overlay that ignored the image's shape would show."""
     Image.new("RGB", (64, 32), (128, 128, 128)).save(path)
@@ -261,10 +270,7 @@ def test_heatmap_toggle_draws_the_overlay_on_the_image(browser, web, tmp_path, w
         page.goto(web.url)
         for count in (1, 2):  # one image: the result card; two: the table
             answer = heatmap_response([path.name for path in files[:count]], ["FAKE", "UNCERTAIN"][:count])
-            page.route(
-                "**/api/predictions",
-                lambda route, answer=answer: route.fulfill(status=200, json=answer),
-            )
+            page.route("**/api/predictions", fulfil_with(answer))
             page.set_input_files("#file-input", [str(path) for path in files[:count]])
             scope = page.locator("#result" if count == 1 else "#batch")
             scope.wait_for(state="visible", timeout=TIMEOUT_MS)
