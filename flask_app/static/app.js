@@ -202,6 +202,12 @@
     return box;
   }
 
+  // "64×32 PNG": what was uploaded, which is what a domain note is about.
+  function inputFacts(result) {
+    const input = result.input;
+    return input ? input.width + "\u00d7" + input.height + " " + input.format : "";
+  }
+
   function verdictWords(element, result) {
     element.textContent = WORDS[result.verdict] || result.verdict;
     element.dataset.verdict = result.verdict;
@@ -217,6 +223,8 @@
     $("probability-bar").className = "bar-fill " + String(result.verdict).toLowerCase();
     $("probability-meter").setAttribute("aria-valuenow", String(p));
     $("probability").textContent = p.toFixed(1) + "%";
+    $("input-facts").textContent = inputFacts(result) ? "Uploaded: " + inputFacts(result) : "";
+    $("input-facts").hidden = !result.input;
     $("note").textContent = result.note || "";
     $("note").hidden = !result.note;
     $("feedback").replaceChildren(feedback(row));
@@ -240,7 +248,7 @@
       const image = cell(tr, "Image", picture(row, THUMB_BOX));
       const name = document.createElement("span");
       name.className = "file-name";
-      name.textContent = result.file;
+      name.textContent = [result.file, inputFacts(result)].filter(Boolean).join(" \u00b7 ");
       image.appendChild(name);
       verdictWords(cell(tr, "Verdict", ""), result);
       cell(tr, "Probability AI-generated", percent(result.fake_probability).toFixed(1) + "%").className = "number";

@@ -141,7 +141,7 @@ def test_batch_table_and_csv_download(browser, web, registered_model, sample_ima
             assert row.locator("td[data-label='Verdict']").inner_text() == WORDS[result["verdict"]]
             probability = row.locator("td[data-label='Probability AI-generated']").inner_text()
             assert probability == f"{round(result['fake_probability'] * 1000) / 10:.1f}%"
-            assert row.locator(".file-name").inner_text() == files[i].name
+            assert row.locator(".file-name").inner_text().startswith(files[i].name)
             assert row.locator("td[data-label='Note']").inner_text() == result["note"]
             assert row.locator("button.wrong").count() >= 1
         page.locator("#batch .frame.loaded").nth(len(files) - 1).wait_for(timeout=TIMEOUT_MS)
@@ -298,12 +298,14 @@ def test_heatmap_toggle_draws_the_overlay_on_the_image(browser, web, tmp_path, w
             assert Image.open(io.BytesIO(plain)).convert("RGB").getpixel((w // 8, h // 8)) == (128, 128, 128)
             if count == 1:
                 assert page.locator("#note").inner_text() == "Enlarged from a smaller image."
+                assert page.locator("#input-facts").inner_text() == "Uploaded: 64\u00d732 PNG"
             else:
                 # The second image has no heatmap: no overlay there; the table shows its "can't tell".
                 assert page.locator("#batch .frame").nth(1).locator("canvas").count() == 0
                 assert page.locator("#batch tbody tr").nth(1).get_attribute("data-verdict") == "UNCERTAIN"
-                note = page.locator("#batch tbody tr").first.locator("td[data-label='Note']")
-                assert note.inner_text() == "Enlarged from a smaller image."
+                first = page.locator("#batch tbody tr").first
+                assert first.locator("td[data-label='Note']").inner_text() == "Enlarged from a smaller image."
+                assert first.locator(".file-name").inner_text() == "wide.png \u00b7 64\u00d732 PNG"
             screenshot(page, f"heatmap-{count}-{width}")
             page.uncheck("#heatmap-toggle")
             assert canvas.is_hidden()
