@@ -103,7 +103,7 @@
       pixels.data[at] = r;
       pixels.data[at + 1] = g;
       pixels.data[at + 2] = b;
-      pixels.data[at + 3] = Math.round(80 + 120 * Math.min(Math.max(value, 0), 1));
+      pixels.data[at + 3] = Math.round(50 + 110 * Math.min(Math.max(value, 0), 1));
     }));
     context.putImageData(pixels, 0, 0);
   }
