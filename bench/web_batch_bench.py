@@ -72,7 +72,7 @@ def main() -> int:
 
             def check(response: requests.Response) -> None:
                 if response.status_code != 200:
-                    failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                    failures.append(f"{response.url} HTTP {response.status_code}: {response.text[:200]}")
 
             def one_by_one(_: int) -> None:
                 for name, data in files:
@@ -82,12 +82,20 @@ def main() -> int:
                 def call(_: int) -> None:
                     parts = [("image", (name, data)) for name, data in files]
                     url = f"{web_url}/api/predictions"
-                    check(session.post(url, files=parts, data={"explain": explain}, timeout=60))
+                    response = session.post(url, files=parts, data={"explain": explain}, timeout=60)
+                    check(response)
+                    if response.status_code != 200 and explain == "true":
+                        failures[-1] += " (explain=true)"
 
                 return call
 
             ways = ["one request per image (baseline)", "one request, all files", "one request, explain=true"]
             samples = interleaved([one_by_one, batch("false"), batch("true")], args.rounds, warmup=2)
+            if failures:
+                # The predictor's first error, its last lines: what failed, not the ASGI stack above it.
+                log_text = (Path(tmp) / "predictor.log").read_text()
+                error = log_text[log_text.find("Traceback") :]
+                print(error[: error.find(" INFO ")][-2000:])
         finally:
             for process in processes:
                 process.terminate()

@@ -274,7 +274,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if not slots.acquire(blocking=False):
             raise PredictorError(503, BUSY_MESSAGE)
         try:
-            return client.predict(files, explain=explain)
+            try:
+                return client.predict(files, explain=explain)
+            except PredictorError as exc:
+                if not (explain and exc.status == 502):
+                    raise
+                # Heatmaps are an extra: when the predictor fails to explain, the verdicts still come back
+                # (the page then hides its toggle). Not after a 503/504: that would double the wait.
+                log.warning("explaining %d file(s) failed (%s); answering without heatmaps", len(files), exc)
+                return client.predict(files, explain=False)
         except PredictorError as exc:
             if exc.status >= 500:
                 log.warning("predictor error for %d file(s): %s", len(files), exc.message)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -378,3 +381,45 @@ def test_livez_answers_within_a_second_while_the_predictor_hangs(sample_images, 
     # that the detector is busy (503), so a thread stayed free for /livez.
     assert statuses.count(504) == 3 and set(statuses) == {503, 504}, statuses
     assert uploads_s < DEFAULT_PREDICTOR_TIMEOUT_S + 3
+
+
+class _ExplainFailsHandler(BaseHTTPRequestHandler):
+    """A stub predictor: a V2 answer for plain requests, HTTP 500 when asked to explain."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        count = body["inputs"][0]["shape"][0]
+        if (body.get("parameters") or {}).get("explain"):
+            self.send_response(500)
+            self.end_headers()
+            return
+        answer = {
+            "model_version": "4",
+            "outputs": [
+                {"name": "fake_probability", "datatype": "FP32", "shape": [count], "data": [0.75] * count},
+                {"name": "label", "datatype": "BYTES", "shape": [count], "data": ["FAKE"] * count},
+            ],
+        }
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:  # keep the test output quiet
+        pass
+
+
+def test_failed_explanation_still_gives_the_verdicts_stub_predictor(sample_images):
+    """A predictor that fails only when explaining (a stub: the real one must not be broken on purpose)."""
+    with ThreadingHTTPServer(("127.0.0.1", 0), _ExplainFailsHandler) as stub:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+        app = create_app({"PREDICTOR_URL": f"http://127.0.0.1:{stub.server_address[1]}"})
+        files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate(sample_images.probe[:3])]
+        response = app.test_client().post("/api/predictions", data={"image": files, "explain": "true"})
+        stub.shutdown()
+    assert response.status_code == 200, response.get_json()
+    results = response.get_json()["results"]
+    assert [r["verdict"] for r in results] == ["FAKE"] * 3
+    assert all(r["heatmap"] is None for r in results)
