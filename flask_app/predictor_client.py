@@ -151,6 +151,13 @@ class PredictorClient:
             session = self._local.session = requests.Session()
         return session
 
+    def _drop_session(self) -> None:
+        """Close this thread's connections; the next call opens a new one."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
     def predict(self, images: Sequence[bytes], *, explain: bool = False) -> Predictions:
         """Score encoded image files in one ``POST /v2/models/<name>/infer``.
 
@@ -188,6 +195,9 @@ class PredictorClient:
             reason, item = self._reason(response)
             raise PredictorError(422, f"could not be read as an image: {reason}.", item)
         if response.status_code != 200:
+            # uvicorn drops the connection after an unhandled error without saying so; reusing it would turn
+            # the next call (the retry without heatmaps, say) into a "not available".
+            self._drop_session()
             raise PredictorError(502, f"The detector failed (HTTP {response.status_code}); try again later.")
         try:
             return parse_infer_response(response.json(), len(images))
