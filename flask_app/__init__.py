@@ -1,4 +1,4 @@
-"""DeepGuard web app: upload an image, see REAL or FAKE and the probability; a thin predictor client."""
+"""DeepGuard web app: upload images, see verdicts, heatmaps and the model card; a thin predictor client."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from flask_app import feedback, metrics
-from flask_app.predictor_client import PredictorClient, PredictorError
+from flask_app.predictor_client import Prediction, Predictions, PredictorClient, PredictorError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREDICTOR_URL = "http://127.0.0.1:8080"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# Several images at once: at most this many files, together at most this many bytes, in one predictor call.
+MAX_BATCH_FILES = 32
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
 # Shorter than the chart's liveness probe period (10 s), so a hung predictor never holds a thread through it.
 DEFAULT_PREDICTOR_TIMEOUT_S = 5.0
 UPLOAD_FIELD = "image"
@@ -34,6 +38,17 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00*", "TIFF"),
 )
 ACCEPTED_FORMATS = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+BUSY_MESSAGE = "The detector is busy with other uploads; try again in a moment."
+# What /model shows about the served model besides its card: (parameter key, label).
+MODEL_FACTS: tuple[tuple[str, str], ...] = (
+    ("model_version", "Version"),
+    ("architecture", "Architecture"),
+    ("threshold", "Decision threshold"),
+    ("real_below", "REAL at or below"),
+    ("fake_above", "FAKE at or above"),
+    ("temperature", "Calibration temperature"),
+    ("synthetic_data", "Trained on synthetic data"),
+)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -69,13 +84,102 @@ def _error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 
 
+class UploadError(Exception):
+    """An upload this app refuses before calling the predictor; ``status`` is the 4xx to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def read_upload(upload: FileStorage, name: str, max_bytes: int) -> bytes:
+    """Read one uploaded file and check it is a non-empty image within the per-file limit.
+
+    Args:
+        upload: The multipart file.
+        name: How messages name the file ("The file", or its file name in a batch).
+        max_bytes: The per-file limit.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        UploadError: 400 empty, 413 too large, 415 not an image we read.
+    """
+    data = upload.read()
+    if not data:
+        raise UploadError(400, f"{name} is empty.")
+    metrics.observe_upload(len(data))
+    if len(data) > max_bytes:
+        raise UploadError(413, f"{name} is larger than the limit of {max_bytes / (1024 * 1024):g} MB.")
+    if sniff_image_format(data) is None:
+        raise UploadError(
+            415, f"{name} is not an image this service reads; upload a {ACCEPTED_FORMATS} file."
+        )
+    return data
+
+
+def parse_explain(value: str | None) -> bool:
+    """The ``explain`` form field: absent or ``false`` -> no heatmaps, ``true`` -> heatmaps.
+
+    Raises:
+        UploadError: 400 for any other value.
+    """
+    if value is None or value.lower() == "false":
+        return False
+    if value.lower() == "true":
+        return True
+    raise UploadError(400, f"explain must be true or false, got {value[:40]!r}.")
+
+
+def prediction_json(name: str, prediction: Prediction) -> dict[str, Any]:
+    """One image's result as the page reads it (``/api/predictions``)."""
+    size = prediction.input_size
+    return {
+        "file": name,
+        "label": prediction.label,
+        "verdict": prediction.verdict,
+        "fake_probability": prediction.fake_probability,
+        "note": prediction.note,
+        "input": None
+        if size is None
+        else {"width": size[0], "height": size[1], "format": prediction.input_format},
+        "heatmap": prediction.heatmap,
+    }
+
+
+def model_facts(parameters: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The serving facts of ``GET /v2/models/<name>`` that /model lists, as label -> text.
+
+    Args:
+        parameters: The metadata's ``parameters`` object ({} when the predictor sends none).
+        metadata: The whole metadata, whose ``versions`` names the version when ``parameters`` does not.
+
+    Returns:
+        The facts the predictor gave, in a fixed order; a missing or null fact is left out.
+    """
+    values = dict(parameters)
+    versions = metadata.get("versions")
+    if values.get("model_version") is None and isinstance(versions, list) and versions:
+        values["model_version"] = versions[0]
+    facts = {}
+    for key, label in MODEL_FACTS:
+        value = values.get(key)
+        if value is None:
+            continue
+        facts[label] = ("yes" if value else "no") if isinstance(value, bool) else str(value)
+    return facts
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app.
 
     Args:
-        config: Overrides; by default ``PREDICTOR_URL``, ``MAX_CONTENT_LENGTH`` (bytes) and
-            ``PREDICTOR_TIMEOUT_S`` come from the environment. ``PREDICTOR_SLOTS``: predictor calls one
-            worker makes at once (default: one less than its threads, so one is always free for ``/livez``).
+        config: Overrides; by default ``PREDICTOR_URL``, ``MAX_CONTENT_LENGTH`` (bytes per file),
+            ``MAX_BATCH_BYTES`` (bytes per request of several files) and ``PREDICTOR_TIMEOUT_S`` come from
+            the environment. ``PREDICTOR_SLOTS``: predictor calls one worker makes at once (default: one
+            less than its threads, so one is always free for ``/livez``).
 
     Returns:
         The Flask app (gunicorn entry: ``flask_app:create_app()``).
@@ -85,6 +189,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         PREDICTOR_URL=os.environ.get("PREDICTOR_URL", DEFAULT_PREDICTOR_URL),
         MODEL_NAME=os.environ.get("MODEL_NAME", "deepguard"),
         MAX_CONTENT_LENGTH=int(os.environ.get("MAX_CONTENT_LENGTH", DEFAULT_MAX_UPLOAD_BYTES)),
+        MAX_BATCH_BYTES=int(os.environ.get("MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES)),
         PREDICTOR_TIMEOUT_S=float(os.environ.get("PREDICTOR_TIMEOUT_S", DEFAULT_PREDICTOR_TIMEOUT_S)),
         PREDICTOR_SLOTS=max(1, web_threads() - 1),
         JSON_SORT_KEYS=False,
@@ -97,7 +202,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     client = PredictorClient(
         app.config["PREDICTOR_URL"], app.config["MODEL_NAME"], app.config["PREDICTOR_TIMEOUT_S"]
     )
-    max_mb = app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
+    max_bytes = app.config["MAX_CONTENT_LENGTH"]
+    max_mb = max_bytes / (1024 * 1024)
+    batch_mb = app.config["MAX_BATCH_BYTES"] / (1024 * 1024)
     metrics.install(app)
 
     @app.get("/")
@@ -106,40 +213,101 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "index.html",
             max_mb=f"{max_mb:g}",
             accepted=ACCEPTED_FORMATS,
-            max_bytes=app.config["MAX_CONTENT_LENGTH"],
+            max_bytes=max_bytes,
+            max_files=MAX_BATCH_FILES,
+            max_batch_bytes=app.config["MAX_BATCH_BYTES"],
         )
 
     @app.post("/api/predict")
     def predict() -> tuple[Response, int] | Response:
+        # The API for one image (scripts use it): its fields stay as they were.
         upload = request.files.get(UPLOAD_FIELD)
         if upload is None:
             return _error(400, f"No file was uploaded (multipart form field {UPLOAD_FIELD!r}).")
-        data = upload.read()
-        if not data:
-            return _error(400, "The file is empty.")
-        metrics.observe_upload(len(data))
-        if sniff_image_format(data) is None:
-            return _error(
-                415, f"This file is not an image this service reads; upload a {ACCEPTED_FORMATS} file."
-            )
-        if not slots.acquire(blocking=False):
-            return _busy()
         try:
-            prediction = client.predict(data)
-        except PredictorError as exc:
-            metrics.observe_predictor_error(exc.status)
-            if exc.status >= 500:
-                log.warning("predictor error for %r: %s", upload.filename, exc.message)
+            data = read_upload(upload, "The file", max_bytes)
+        except UploadError as exc:
             return _error(exc.status, exc.message)
-        finally:
-            slots.release()
+        try:
+            result = call_predictor([data], explain=False)
+        except PredictorError as exc:
+            return _predictor_error(exc, "The file")
+        prediction = result.items[0]
         return jsonify(
             {
                 "label": prediction.label,
                 "fake_probability": prediction.fake_probability,
-                "model_version": prediction.model_version,
-                "synthetic_data": prediction.synthetic_data,
+                "model_version": result.model_version,
+                "synthetic_data": result.synthetic_data,
             }
+        )
+
+    @app.post("/api/predictions")
+    def predictions() -> tuple[Response, int] | Response:
+        # Up to MAX_BATCH_FILES files in field `image`, scored in one predictor call; every check names the
+        # file it failed on, and all run before the predictor is called.
+        request.max_content_length = app.config["MAX_BATCH_BYTES"]
+        uploads = request.files.getlist(UPLOAD_FIELD)
+        if not uploads:
+            return _error(400, f"No file was uploaded (multipart form field {UPLOAD_FIELD!r}).")
+        if len(uploads) > MAX_BATCH_FILES:
+            return _error(413, f"{len(uploads)} files were uploaded; the limit is {MAX_BATCH_FILES} at once.")
+        names = [upload.filename or f"file {i + 1}" for i, upload in enumerate(uploads)]
+        try:
+            explain = parse_explain(request.form.get("explain"))
+            files = [
+                read_upload(upload, name, max_bytes) for upload, name in zip(uploads, names, strict=True)
+            ]
+        except UploadError as exc:
+            return _error(exc.status, exc.message)
+        try:
+            result = call_predictor(files, explain=explain)
+        except PredictorError as exc:
+            named = exc.item is not None and exc.item < len(names)
+            return _predictor_error(exc, names[exc.item] if named else "A file")
+        return jsonify(
+            {
+                "model_version": result.model_version,
+                "synthetic_data": result.synthetic_data,
+                "results": [prediction_json(n, p) for n, p in zip(names, result.items, strict=True)],
+            }
+        )
+
+    def call_predictor(files: list[bytes], *, explain: bool) -> Predictions:
+        """One predictor call in a free slot; a request finding none is told the detector is busy."""
+        if not slots.acquire(blocking=False):
+            raise PredictorError(503, BUSY_MESSAGE)
+        try:
+            try:
+                return client.predict(files, explain=explain)
+            except PredictorError as exc:
+                if not (explain and exc.status == 502):
+                    raise
+                # Heatmaps are an extra: when the predictor fails to explain, the verdicts still come back
+                # (the page then hides its toggle). Not after a 503/504: that would double the wait.
+                log.warning("explaining %d file(s) failed (%s); answering without heatmaps", len(files), exc)
+                return client.predict(files, explain=False)
+        except PredictorError as exc:
+            metrics.observe_predictor_error(exc.status)
+            if exc.status >= 500:
+                log.warning("predictor error for %d file(s): %s", len(files), exc.message)
+            raise
+        finally:
+            slots.release()
+
+    @app.get("/model")
+    def model_card() -> tuple[str, int] | str:
+        try:
+            metadata = client.model_metadata()
+        except PredictorError as exc:
+            return render_template("unavailable.html", message=exc.message, status=exc.status), exc.status
+        parameters = metadata.get("parameters")
+        parameters = parameters if isinstance(parameters, dict) else {}
+        card = parameters.get("model_card")
+        return render_template(
+            "model.html",
+            card=card if isinstance(card, dict) else None,
+            facts=model_facts(parameters, metadata),
         )
 
     @app.get("/livez")
@@ -164,12 +332,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return jsonify(body), 200 if status.ready else 503
 
     def _busy() -> tuple[Response, int]:
-        response, status = _error(503, "The detector is busy with other uploads; try again in a moment.")
+        response, status = _error(503, BUSY_MESSAGE)
         response.headers["Retry-After"] = "1"
         return response, status
 
+    def _predictor_error(exc: PredictorError, unreadable: str) -> tuple[Response, int]:
+        """The JSON error for a failed predictor call; ``unreadable`` names the file the predictor refused."""
+        if exc.message == BUSY_MESSAGE:
+            return _busy()
+        return _error(exc.status, f"{unreadable} {exc.message}" if exc.status == 422 else exc.message)
+
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
+        if request.path == "/api/predictions":
+            return _error(413, f"The files together are larger than the limit of {batch_mb:g} MB.")
         return _error(413, f"The file is larger than the limit of {max_mb:g} MB.")
 
     @app.errorhandler(HTTPException)

@@ -5,32 +5,55 @@ from __future__ import annotations
 import base64
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
-# The predictor prefixes its messages with where the problem is ("input 'image' item 0: ..."); a web user
-# uploaded one file, so only the reason is shown.
-_ITEM_PREFIX = re.compile(r"^input '[^']*'(?: item \d+)?: ")
+# The predictor prefixes its messages with where the problem is ("input 'image' item 3: ..."); the web app
+# names the uploaded file instead, so the prefix is cut and the item number kept.
+_ITEM_PREFIX = re.compile(r"^input '[^']*'(?: item (?P<item>\d+))?: ")
 # Readiness checks are cheap on a healthy predictor; a slow answer is as good as none for a probe.
 STATUS_TIMEOUT_S = 2.0
+HEATMAP_SIZE = 32
 
 
 class PredictorError(Exception):
-    """The predictor refused the image or could not be reached; ``status`` is the HTTP status to answer."""
+    """The predictor refused an image or could not be reached; ``status`` is the HTTP status to answer.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``item`` is the index of the image the predictor named, when it named one.
+    """
+
+    def __init__(self, status: int, message: str, item: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.item = item
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One verdict as the predictor gave it."""
+    """What the predictor said about one image.
+
+    ``note`` is the predictor's domain note ("" when none); ``input_size`` (width, height), ``input_format``
+    and ``heatmap`` (32x32 rows in [0, 1]) are None when the predictor did not send them.
+    """
 
     label: str
+    verdict: str
     fake_probability: float
+    note: str = ""
+    input_size: tuple[int, int] | None = None
+    input_format: str | None = None
+    heatmap: list[list[float]] | None = None
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One V2 response: a prediction per image, in request order, and the model that made them."""
+
+    items: list[Prediction]
     model_version: str
     synthetic_data: bool
 
@@ -44,8 +67,75 @@ class PredictorStatus:
     detail: str
 
 
+def _flat(data: Any) -> list:
+    """V2 JSON tensors may arrive nested or flat (row-major); this reads both."""
+    if isinstance(data, list) and data and isinstance(data[0], list):
+        return [value for row in data for value in _flat(row)]
+    return list(data)
+
+
+def parse_infer_response(result: dict[str, Any], count: int) -> Predictions:
+    """Read a V2 inference response for ``count`` images.
+
+    Outputs added by later predictors (``verdict``, ``note``, ``input_size``, ``input_format``, ``heatmap``)
+    are optional, so the page works against a predictor that lacks them.
+
+    Args:
+        result: The response JSON.
+        count: How many images the request carried.
+
+    Returns:
+        One prediction per image.
+
+    Raises:
+        KeyError, IndexError, ValueError, TypeError: the response does not have that shape.
+    """
+    outputs = {output["name"]: _flat(output["data"]) for output in result["outputs"]}
+    probabilities = [float(p) for p in outputs["fake_probability"]]
+    labels = [str(label) for label in outputs["label"]]
+    if len(probabilities) != count or len(labels) != count:
+        raise ValueError(f"expected {count} predictions, got {len(probabilities)}")
+    verdicts = [str(v) for v in outputs.get("verdict", labels)]
+    notes = [str(n) for n in outputs.get("note", [""] * count)]
+    sizes = outputs.get("input_size")
+    formats = outputs.get("input_format")
+    heatmaps = outputs.get("heatmap")
+    cells = HEATMAP_SIZE * HEATMAP_SIZE
+    if heatmaps is not None and len(heatmaps) != count * cells:
+        raise ValueError(
+            f"heatmap has {len(heatmaps)} values, expected {count}x{HEATMAP_SIZE}x{HEATMAP_SIZE}"
+        )
+    items = []
+    for i in range(count):
+        heatmap = None
+        if heatmaps is not None:
+            values = heatmaps[i * cells : (i + 1) * cells]
+            # Three decimals are finer than any colour step the page draws, and keep 32 heatmaps small.
+            heatmap = [
+                [round(min(max(float(v), 0.0), 1.0), 3) for v in values[row : row + HEATMAP_SIZE]]
+                for row in range(0, cells, HEATMAP_SIZE)
+            ]
+        items.append(
+            Prediction(
+                label=labels[i],
+                verdict=verdicts[i],
+                fake_probability=probabilities[i],
+                note=notes[i],
+                input_size=(int(sizes[2 * i]), int(sizes[2 * i + 1])) if sizes is not None else None,
+                input_format=str(formats[i]) if formats is not None else None,
+                heatmap=heatmap,
+            )
+        )
+    parameters = result.get("parameters") or {}
+    return Predictions(
+        items=items,
+        model_version=str(result.get("model_version") or "unknown"),
+        synthetic_data=bool(parameters.get("synthetic_data", False)),
+    )
+
+
 class PredictorClient:
-    """Calls ``POST /v2/models/<name>/infer`` with one base64 image; keeps one connection per thread."""
+    """Calls the predictor's V2 endpoints with base64 image files; keeps one connection per thread."""
 
     def __init__(self, base_url: str, model_name: str, timeout_s: float) -> None:
         self.base_url = base_url.rstrip("/")
@@ -61,29 +151,39 @@ class PredictorClient:
             session = self._local.session = requests.Session()
         return session
 
-    def predict(self, image: bytes) -> Prediction:
-        """Score one encoded image file.
+    def _drop_session(self) -> None:
+        """Close this thread's connections; the next call opens a new one."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def predict(self, images: Sequence[bytes], *, explain: bool = False) -> Predictions:
+        """Score encoded image files in one ``POST /v2/models/<name>/infer``.
 
         Args:
-            image: The uploaded file's bytes (any format Pillow reads).
+            images: The uploaded files' bytes (any format Pillow reads), in order.
+            explain: Ask for a ``heatmap`` per image (request parameter ``explain``).
 
         Returns:
-            The verdict, probability and model version.
+            A prediction per image and the model version.
 
         Raises:
-            PredictorError: 422 for an image the predictor could not read, 502/503/504 when the predictor
-                failed, is down or too slow.
+            PredictorError: 422 for an image the predictor could not read (``item`` names it), 502/503/504
+                when the predictor failed, is down or too slow.
         """
-        body = {
+        body: dict[str, Any] = {
             "inputs": [
                 {
                     "name": "image",
                     "datatype": "BYTES",
-                    "shape": [1],
-                    "data": [base64.b64encode(image).decode("ascii")],
+                    "shape": [len(images)],
+                    "data": [base64.b64encode(image).decode("ascii") for image in images],
                 }
             ]
         }
+        if explain:
+            body["parameters"] = {"explain": True}
         url = f"{self.base_url}/v2/models/{self.model_name}/infer"
         try:
             response = self._session.post(url, json=body, timeout=self.timeout_s)
@@ -92,21 +192,42 @@ class PredictorClient:
         except requests.ConnectionError:
             raise PredictorError(503, "The detector is not available right now; try again shortly.") from None
         if 400 <= response.status_code < 500:
-            raise PredictorError(422, f"The file could not be read as an image: {self._reason(response)}.")
+            reason, item = self._reason(response)
+            raise PredictorError(422, f"could not be read as an image: {reason}.", item)
         if response.status_code != 200:
+            # uvicorn drops the connection after an unhandled error without saying so; reusing it would turn
+            # the next call (the retry without heatmaps, say) into a "not available".
+            self._drop_session()
             raise PredictorError(502, f"The detector failed (HTTP {response.status_code}); try again later.")
         try:
-            result = response.json()
-            outputs = {output["name"]: output["data"] for output in result["outputs"]}
-            parameters = result.get("parameters") or {}
-            return Prediction(
-                label=str(outputs["label"][0]),
-                fake_probability=float(outputs["fake_probability"][0]),
-                model_version=str(result.get("model_version") or "unknown"),
-                synthetic_data=bool(parameters.get("synthetic_data", False)),
-            )
+            return parse_infer_response(response.json(), len(images))
         except (ValueError, KeyError, IndexError, TypeError):
             raise PredictorError(502, "The detector sent an answer this page does not understand.") from None
+
+    def model_metadata(self) -> dict[str, Any]:
+        """``GET /v2/models/<name>``: the served model's metadata (``parameters.model_card`` when it has one).
+
+        Raises:
+            PredictorError: 503 when the predictor is down, 504 when too slow, 502 for any other failure.
+        """
+        url = f"{self.base_url}/v2/models/{self.model_name}"
+        try:
+            response = self._session.get(url, timeout=STATUS_TIMEOUT_S)
+        except requests.Timeout:
+            raise PredictorError(504, "The detector took too long to answer; try again.") from None
+        except requests.ConnectionError:
+            raise PredictorError(503, "The detector is not available right now; try again shortly.") from None
+        if response.status_code != 200:
+            raise PredictorError(
+                502, f"The detector could not describe its model (HTTP {response.status_code})."
+            )
+        try:
+            metadata = response.json()
+        except ValueError:
+            metadata = None
+        if not isinstance(metadata, dict):
+            raise PredictorError(502, "The detector sent a model description this page does not understand.")
+        return metadata
 
     def status(self) -> PredictorStatus:
         """Ask the predictor whether the model is ready and which version it serves."""
@@ -123,9 +244,14 @@ class PredictorClient:
             return PredictorStatus(False, None, "unexpected answer")
 
     @staticmethod
-    def _reason(response: requests.Response) -> str:
+    def _reason(response: requests.Response) -> tuple[str, int | None]:
+        """The predictor's message without its location prefix, and the item it named."""
         try:
-            message = str(response.json().get("error") or response.json().get("detail") or "")
-        except ValueError:
+            body = response.json()
+            message = str(body.get("error") or body.get("detail") or "")
+        except (ValueError, AttributeError):
             message = ""
-        return _ITEM_PREFIX.sub("", message).strip() or f"rejected (HTTP {response.status_code})"
+        match = _ITEM_PREFIX.match(message)
+        item = int(match["item"]) if match and match["item"] is not None else None
+        reason = _ITEM_PREFIX.sub("", message).strip()
+        return reason or f"rejected (HTTP {response.status_code})", item

@@ -1,22 +1,41 @@
-// DeepGuard upload page: pick or drop a file, preview it, send it to /api/predict, show the verdict.
+// DeepGuard upload page: pick or drop up to data-max-files images, send them to /api/predictions in one
+// request, show each verdict (one image: a card; several: a table) with its heatmap, a CSV of the results
+// and a "this verdict is wrong" button that posts to /api/feedback.
 "use strict";
 
 (function () {
-  const form = document.getElementById("upload-form");
-  const input = document.getElementById("file-input");
-  const zone = document.getElementById("drop-zone");
-  const preview = document.getElementById("preview");
-  const result = document.getElementById("result");
-  const verdict = document.getElementById("verdict");
-  const bar = document.getElementById("probability-bar");
-  const meter = document.getElementById("probability-meter");
-  const probability = document.getElementById("probability");
-  const statusLine = document.getElementById("status");
-  const errorLine = document.getElementById("error");
-  const version = document.getElementById("model-version");
-  const notice = document.getElementById("synthetic-notice");
+  const $ = (id) => document.getElementById(id);
+  const form = $("upload-form");
+  const input = $("file-input");
+  const zone = $("drop-zone");
+  const statusLine = $("status");
+  const errorLine = $("error");
+  const tools = $("tools");
+  const heatmapSwitch = $("heatmap-switch");
+  const heatmapToggle = $("heatmap-toggle");
+  const single = $("result");
+  const batch = $("batch");
+  const rowsBody = batch.querySelector("tbody");
+  const version = $("model-version");
+  const notice = $("synthetic-notice");
   const maxBytes = Number(form.dataset.maxBytes);
-  let previewUrl = null;
+  const maxFiles = Number(form.dataset.maxFiles);
+  const maxBatchBytes = Number(form.dataset.maxBatchBytes);
+  const WORDS = { FAKE: "Likely AI-generated", REAL: "Likely a real photo", UNCERTAIN: "Can't tell" };
+  const CLAIMS = { FAKE: "It's AI-generated", REAL: "It's a real photo" };
+  const OPPOSITE = { FAKE: "REAL", REAL: "FAKE" };
+  // Pictures fit in a square of this many CSS pixels; CIFAKE's 32x32 images are enlarged to it.
+  const SINGLE_BOX = 224;
+  const THUMB_BOX = 72;
+  // Heatmap colours, cold to hot: blue, cyan, yellow, red (the usual reading of a saliency map).
+  const STOPS = [[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]];
+  let shown = null; // the results on the page: { modelVersion, rows: [{ file, result }] }
+  let objectUrls = [];
+  let latest = 0; // only the answer to the latest upload is shown
+
+  function mb(bytes) {
+    return String(Math.round((bytes / 1048576) * 100) / 100);
+  }
 
   function showError(message) {
     errorLine.textContent = message;
@@ -29,47 +48,292 @@
     if (synthetic !== undefined) notice.hidden = !synthetic;
   }
 
-  function showVerdict(body) {
-    const percent = Math.round(body.fake_probability * 1000) / 10;
-    verdict.textContent = body.label === "FAKE" ? "FAKE (AI-generated)" : "REAL (photo)";
-    verdict.dataset.label = body.label;
-    bar.style.width = percent + "%";
-    bar.className = "bar-fill " + (body.label === "FAKE" ? "fake" : "real");
-    meter.setAttribute("aria-valuenow", String(percent));
-    probability.textContent = percent.toFixed(1) + "%";
-    result.hidden = false;
+  function clear() {
+    errorLine.hidden = true;
+    single.hidden = true;
+    batch.hidden = true;
+    tools.hidden = true;
+    rowsBody.replaceChildren();
+    $("picture").replaceChildren();
+    objectUrls.forEach((url) => URL.revokeObjectURL(url));
+    objectUrls = [];
+    shown = null;
+  }
+
+  // The server checks all of this too; checking here saves uploading what it would refuse.
+  function problemWith(files) {
+    if (files.length > maxFiles) {
+      return "You chose " + files.length + " files; up to " + maxFiles + " can be checked at once.";
+    }
+    let total = 0;
+    for (const file of files) {
+      if (file.size === 0) return file.name + " is empty.";
+      if (file.size > maxBytes) return file.name + " is larger than the limit of " + mb(maxBytes) + " MB.";
+      total += file.size;
+    }
+    if (total > maxBatchBytes) {
+      return "The files together are larger than the limit of " + mb(maxBatchBytes) + " MB.";
+    }
+    return null;
+  }
+
+  function percent(probability) {
+    return Math.round(probability * 1000) / 10;
+  }
+
+  function colour(value) {
+    const x = Math.min(Math.max(value, 0), 1) * (STOPS.length - 1);
+    const i = Math.min(Math.floor(x), STOPS.length - 2);
+    const t = x - i;
+    return STOPS[i].map((c, k) => Math.round(c + (STOPS[i + 1][k] - c) * t));
+  }
+
+  // One canvas pixel per heatmap cell; CSS stretches the canvas over the image (smoothly), as the model saw
+  // the whole image stretched to 32x32. Hot cells are more opaque, so the image shows through cold ones.
+  function drawHeatmap(canvas, heatmap) {
+    const height = heatmap.length;
+    const width = heatmap[0].length;
+    canvas.width = width;
+    canvas.height = height;
+    const context = canvas.getContext("2d");
+    const pixels = context.createImageData(width, height);
+    heatmap.forEach((row, y) => row.forEach((value, x) => {
+      const at = (y * width + x) * 4;
+      const [r, g, b] = colour(value);
+      pixels.data[at] = r;
+      pixels.data[at + 1] = g;
+      pixels.data[at + 2] = b;
+      pixels.data[at + 3] = Math.round(50 + 110 * Math.min(Math.max(value, 0), 1));
+    }));
+    context.putImageData(pixels, 0, 0);
+  }
+
+  function picture(row, box) {
+    const frame = document.createElement("div");
+    frame.className = "frame";
+    const img = document.createElement("img");
+    img.alt = "Uploaded image " + row.file.name;
+    frame.appendChild(img);
+    const heatmap = row.result.heatmap;
+    if (Array.isArray(heatmap) && heatmap.length && Array.isArray(heatmap[0])) {
+      const canvas = document.createElement("canvas");
+      canvas.className = "heatmap";
+      canvas.setAttribute("aria-label", "Heatmap: where the model looked for " + row.file.name);
+      drawHeatmap(canvas, heatmap);
+      canvas.hidden = !heatmapToggle.checked;
+      frame.appendChild(canvas);
+    }
+    img.addEventListener("load", () => {
+      const scale = Math.min(box / img.naturalWidth, box / img.naturalHeight);
+      img.style.width = Math.round(img.naturalWidth * scale) + "px";
+      img.style.height = Math.round(img.naturalHeight * scale) + "px";
+      frame.classList.add("loaded");
+    });
+    // The server read the file; this browser cannot draw it (TIFF, say): say so, not a broken image.
+    img.addEventListener("error", () => {
+      const text = document.createElement("span");
+      text.className = "no-preview";
+      text.textContent = "No preview";
+      frame.replaceChildren(text);
+    });
+    const url = URL.createObjectURL(row.file);
+    objectUrls.push(url);
+    img.src = url;
+    return frame;
+  }
+
+  async function sendFeedback(row, claim, box, outcome) {
+    const buttons = box.querySelectorAll("button");
+    buttons.forEach((button) => { button.disabled = true; });
+    outcome.dataset.state = "sending";
+    outcome.textContent = "Sending\u2026";
+    const data = new FormData();
+    try {
+      // The bytes themselves, not a reference to the picked file: the body is then complete wherever it
+      // is inspected (Chromium's request interception, which the browser test uses, omits file-backed parts).
+      const bytes = await row.file.arrayBuffer();
+      data.append("image", new Blob([bytes], { type: row.file.type }), row.file.name);
+    } catch (err) {
+      outcome.dataset.state = "failed";
+      outcome.textContent = "Not sent: the image could not be read again; pick it once more.";
+      buttons.forEach((button) => { button.disabled = false; });
+      return;
+    }
+    data.append("claimed_label", claim);
+    data.append("verdict", row.result.verdict);
+    data.append("fake_probability", String(row.result.fake_probability));
+    data.append("model_version", row.modelVersion);
+    try {
+      const response = await fetch("/api/feedback", { method: "POST", body: data });
+      const body = await response.json().catch(() => ({}));
+      if (response.ok) {
+        outcome.dataset.state = "sent";
+        outcome.textContent = "Thanks, recorded: " + CLAIMS[claim].toLowerCase() + ".";
+        return;
+      }
+      outcome.textContent = "Not sent: " + (body.error || "the server answered HTTP " + response.status + ".");
+    } catch (err) {
+      outcome.textContent = "Not sent: could not reach the server.";
+    }
+    outcome.dataset.state = "failed";
+    buttons.forEach((button) => { button.disabled = false; });
+  }
+
+  // A decided verdict gets "this verdict is wrong" (claiming the other class); "can't tell" asks which.
+  function feedback(row) {
+    const box = document.createElement("div");
+    box.className = "feedback";
+    const outcome = document.createElement("span");
+    outcome.className = "feedback-outcome";
+    outcome.setAttribute("role", "status");
+    const opposite = OPPOSITE[row.result.verdict];
+    const claims = opposite ? [opposite] : ["REAL", "FAKE"];
+    for (const claim of claims) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "wrong";
+      button.dataset.claim = claim;
+      button.textContent = opposite ? "This verdict is wrong" : CLAIMS[claim];
+      button.title = "Tell us: " + CLAIMS[claim].toLowerCase();
+      button.addEventListener("click", () => sendFeedback(row, claim, box, outcome));
+      box.appendChild(button);
+    }
+    box.appendChild(outcome);
+    return box;
+  }
+
+  // "64×32 PNG": what was uploaded, which is what a domain note is about.
+  function inputFacts(result) {
+    const input = result.input;
+    return input ? input.width + "\u00d7" + input.height + " " + input.format : "";
+  }
+
+  function verdictWords(element, result) {
+    element.textContent = WORDS[result.verdict] || result.verdict;
+    element.dataset.verdict = result.verdict;
+    element.classList.add("verdict-words");
+  }
+
+  function showSingle(row) {
+    const result = row.result;
+    const p = percent(result.fake_probability);
+    $("picture").replaceChildren(picture(row, SINGLE_BOX));
+    verdictWords($("verdict"), result);
+    $("probability-bar").style.width = p + "%";
+    $("probability-bar").className = "bar-fill " + String(result.verdict).toLowerCase();
+    $("probability-meter").setAttribute("aria-valuenow", String(p));
+    $("probability").textContent = p.toFixed(1) + "%";
+    $("input-facts").textContent = inputFacts(result) ? "Uploaded: " + inputFacts(result) : "";
+    $("input-facts").hidden = !result.input;
+    $("note").textContent = result.note || "";
+    $("note").hidden = !result.note;
+    $("feedback").replaceChildren(feedback(row));
+    single.hidden = false;
+  }
+
+  function cell(tr, label, content) {
+    const td = document.createElement("td");
+    td.dataset.label = label; // the column name, shown beside the value when a phone stacks the row
+    if (typeof content === "string") td.textContent = content;
+    else td.appendChild(content);
+    tr.appendChild(td);
+    return td;
+  }
+
+  function showTable(rows) {
+    rowsBody.replaceChildren(...rows.map((row) => {
+      const result = row.result;
+      const tr = document.createElement("tr");
+      tr.dataset.verdict = result.verdict;
+      const image = cell(tr, "Image", picture(row, THUMB_BOX));
+      const name = document.createElement("span");
+      name.className = "file-name";
+      name.textContent = [result.file, inputFacts(result)].filter(Boolean).join(" \u00b7 ");
+      image.appendChild(name);
+      verdictWords(cell(tr, "Verdict", ""), result);
+      cell(tr, "Probability AI-generated", percent(result.fake_probability).toFixed(1) + "%").className = "number";
+      cell(tr, "Note", result.note || "").className = "note-cell";
+      cell(tr, "Feedback", feedback(row));
+      return tr;
+    }));
+    $("batch-caption").textContent = rows.length + " images checked by model version " + shown.modelVersion;
+    batch.hidden = false;
+  }
+
+  function show(files, body) {
     statusLine.textContent = "";
     showModel(body.model_version, body.synthetic_data);
+    const rows = body.results.map((result, i) => ({
+      file: files[i], result: result, modelVersion: body.model_version,
+    }));
+    shown = { modelVersion: body.model_version, rows: rows };
+    heatmapToggle.checked = false;
+    heatmapSwitch.hidden = !rows.some((row) => Array.isArray(row.result.heatmap));
+    if (rows.length === 1) showSingle(rows[0]);
+    else showTable(rows);
+    tools.hidden = false;
   }
 
-  async function send(file) {
-    errorLine.hidden = true;
-    result.hidden = true;
-    if (!file) return;
-    if (file.size === 0) return showError("The file is empty.");
-    if (file.size > maxBytes) {
-      return showError("The file is larger than the limit of " + (maxBytes / 1048576) + " MB.");
-    }
-    if (previewUrl) URL.revokeObjectURL(previewUrl);
-    previewUrl = URL.createObjectURL(file);
-    preview.src = previewUrl;
-    preview.hidden = false;
-    statusLine.textContent = "Checking\u2026";
+  async function send(fileList) {
+    const files = Array.from(fileList || []);
+    const ticket = ++latest;
+    clear();
+    if (!files.length) return;
+    const problem = problemWith(files);
+    if (problem) return showError(problem);
+    statusLine.textContent = files.length === 1 ? "Checking\u2026" : "Checking " + files.length + " images\u2026";
     const data = new FormData();
-    data.append("image", file, file.name);
+    files.forEach((file) => data.append("image", file, file.name));
+    data.append("explain", "true");
+    let response;
+    let body;
     try {
-      const response = await fetch("/api/predict", { method: "POST", body: data });
-      const body = await response.json().catch(() => ({}));
-      if (!response.ok) return showError(body.error || "The request failed (HTTP " + response.status + ").");
-      showVerdict(body);
+      response = await fetch("/api/predictions", { method: "POST", body: data });
+      body = await response.json().catch(() => ({}));
     } catch (err) {
-      showError("Could not reach the server; check your connection and try again.");
+      if (ticket === latest) showError("Could not reach the server; check your connection and try again.");
+      return;
     }
+    if (ticket !== latest) return;
+    if (!response.ok) return showError(body.error || "The request failed (HTTP " + response.status + ").");
+    show(files, body);
   }
 
-  input.addEventListener("change", () => send(input.files[0]));
-  // The image failing to render in the browser is not an error: the server decides what it can read.
-  preview.addEventListener("error", () => { preview.hidden = true; });
+  // Cells a spreadsheet would run as a formula (file names come from users) get a leading quote.
+  function csvCell(value) {
+    let text = value === null || value === undefined ? "" : String(value);
+    if (/^[=+\-@\t\r]/.test(text)) text = "'" + text;
+    return /[",\r\n]/.test(text) ? "\"" + text.replace(/"/g, "\"\"") + "\"" : text;
+  }
+
+  function downloadCsv() {
+    if (!shown) return;
+    const header = ["file", "verdict", "fake_probability", "label", "note", "model_version"];
+    const lines = [header].concat(shown.rows.map((row) => [
+      row.result.file, row.result.verdict, row.result.fake_probability, row.result.label, row.result.note,
+      shown.modelVersion,
+    ]));
+    const text = lines.map((line) => line.map(csvCell).join(",")).join("\r\n") + "\r\n";
+    const url = URL.createObjectURL(new Blob([text], { type: "text/csv;charset=utf-8" }));
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = "deepguard-results.csv";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+
+  heatmapToggle.addEventListener("change", () => {
+    document.querySelectorAll("canvas.heatmap").forEach((canvas) => {
+      canvas.hidden = !heatmapToggle.checked;
+    });
+  });
+  $("csv-download").addEventListener("click", downloadCsv);
+  input.addEventListener("change", () => {
+    send(input.files);
+    input.value = ""; // picking the same files again is a new check
+  });
   ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (event) => {
     event.preventDefault();
     zone.classList.add("dragging");
@@ -78,8 +342,8 @@
     event.preventDefault();
     zone.classList.remove("dragging");
   }));
-  zone.addEventListener("drop", (event) => send(event.dataTransfer.files[0]));
-  form.addEventListener("submit", (event) => { event.preventDefault(); send(input.files[0]); });
+  zone.addEventListener("drop", (event) => send(event.dataTransfer.files));
+  form.addEventListener("submit", (event) => { event.preventDefault(); send(input.files); });
 
   fetch("/healthz").then((r) => r.json()).then((body) => {
     if (body.model_version) showModel(body.model_version);

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
 import requests
 
-from flask_app import DEFAULT_PREDICTOR_TIMEOUT_S, SECURITY_HEADERS, create_app
+from core.labels import VERDICTS
+from flask_app import DEFAULT_PREDICTOR_TIMEOUT_S, MAX_BATCH_FILES, SECURITY_HEADERS, create_app
+from flask_app.predictor_client import parse_infer_response
 
 from .serving_helpers import free_port, running
 
@@ -24,6 +30,38 @@ TIMEOUT = 60
 def upload(web, data: bytes, filename: str = "image.jpg", field: str = "image") -> requests.Response:
     files = {field: (filename, data, "application/octet-stream")}
     return requests.post(f"{web.url}/api/predict", files=files, timeout=TIMEOUT)
+
+
+def direct_v2(predictor, files: list[bytes], explain: bool = False) -> dict:
+    """The predictor's own V2 answer for ``files``: what the web app must pass on."""
+    body: dict = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [len(files)],
+                "data": [base64.b64encode(data).decode() for data in files],
+            }
+        ]
+    }
+    if explain:
+        body["parameters"] = {"explain": True}
+    response = requests.post(f"{predictor.url}/v2/models/deepguard/infer", json=body, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    return {o["name"]: o["data"] for o in response.json()["outputs"]}
+
+
+def require_output(outputs: dict, name: str) -> None:
+    """Skip, saying why, when the predictor on this branch does not send an output the page can show."""
+    if name not in outputs:
+        pytest.skip(
+            f"the predictor on this branch has no V2 output {name!r} yet (its feature branch adds it)"
+        )
+
+
+def upload_many(web, files: list[tuple[str, bytes]], **form: str) -> requests.Response:
+    parts = [("image", (name, data, "application/octet-stream")) for name, data in files]
+    return requests.post(f"{web.url}/api/predictions", files=parts, data=form, timeout=TIMEOUT)
 
 
 def test_upload_gives_the_predictors_verdict(web, predictor, registered_model, sample_images):
@@ -72,16 +110,204 @@ def test_bad_upload_gets_a_clear_4xx(web, sample_images, name, field, data, stat
     assert upload(web, sample_images.probe[0]).status_code == 200
 
 
+def test_several_images_go_in_one_request_and_come_back_in_order(
+    web, predictor, registered_model, sample_images
+):
+    files = [(f"probe-{i}.jpg", data) for i, data in enumerate(sample_images.probe[:6])]
+    response = upload_many(web, files)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == registered_model.version
+    assert body["synthetic_data"] is False
+    direct = direct_v2(predictor, [data for _, data in files])
+    assert [r["file"] for r in body["results"]] == [name for name, _ in files]
+    for i, result in enumerate(body["results"]):
+        assert result["verdict"] in VERDICTS
+        assert result["verdict"] == direct["verdict"][i]
+        assert result["label"] == direct["label"][i]
+        assert result["fake_probability"] == pytest.approx(direct["fake_probability"][i], abs=1e-7)
+        assert isinstance(result["note"], str)
+        assert result["heatmap"] is None, "no heatmap unless explain=true"
+
+
+def test_explain_true_gives_a_32x32_heatmap_per_image(web, predictor, sample_images):
+    require_output(direct_v2(predictor, sample_images.probe[:1], explain=True), "heatmap")
+    files = [(f"p{i}.jpg", data) for i, data in enumerate(sample_images.probe[:3])]
+    response = upload_many(web, files, explain="true")
+    assert response.status_code == 200, response.text
+    for result in response.json()["results"]:
+        heatmap = result["heatmap"]
+        assert len(heatmap) == 32 and all(len(row) == 32 for row in heatmap)
+        assert all(0.0 <= value <= 1.0 for row in heatmap for value in row)
+
+
+def test_domain_notes_and_input_facts_are_passed_on(web, predictor, sample_images):
+    outputs = direct_v2(predictor, sample_images.probe[:1])
+    require_output(outputs, "note")
+    response = upload_many(web, [("p.jpg", sample_images.probe[0])])
+    result = response.json()["results"][0]
+    assert result["note"] == outputs["note"][0]
+    if "input_size" in outputs:
+        assert result["input"] == {"width": 32, "height": 32, "format": "JPEG"}
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "form", "status", "words"),
+    [
+        (
+            "too many files",
+            lambda ok: [(f"{i}.jpg", ok) for i in range(MAX_BATCH_FILES + 1)],
+            {},
+            413,
+            "33 files",
+        ),
+        (
+            "a text file",
+            lambda ok: [("a.jpg", ok), ("notes.txt", b"%PDF-1.7 no")],
+            {},
+            415,
+            "notes.txt is not an image",
+        ),
+        ("an empty file", lambda ok: [("a.jpg", ok), ("empty.png", b"")], {}, 400, "empty.png is empty"),
+        (
+            "an oversized file",
+            lambda ok: [("a.jpg", ok), ("big.jpg", b"\xff\xd8\xff" + b"\0" * (2 * 1024 * 1024 + 10))],
+            {},
+            413,
+            "big.jpg is larger than the limit of 2 mb",
+        ),
+        (
+            "a truncated jpeg",
+            lambda ok: [("a.jpg", ok), ("b.jpg", ok), ("cut.jpg", ok[:300])],
+            {},
+            422,
+            "cut.jpg could not be read",
+        ),
+        (
+            "a bad explain value",
+            lambda ok: [("a.jpg", ok)],
+            {"explain": "maybe"},
+            400,
+            "explain must be true or false",
+        ),
+        ("no file", lambda ok: [], {}, 400, "no file"),
+    ],
+)
+def test_bad_batch_gets_a_4xx_naming_the_problem(web, sample_images, name, build, form, status, words):
+    response = upload_many(web, build(sample_images.probe[0]), **form)
+    assert response.status_code == status, (name, response.text)
+    assert words in response.json()["error"].lower(), response.json()
+
+
+def test_batch_over_the_total_byte_limit_is_a_413():
+    app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9", "MAX_BATCH_BYTES": 4096})
+    files = [(io.BytesIO(b"\xff\xd8\xff" + b"\0" * 3000), f"{i}.jpg") for i in range(2)]
+    response = app.test_client().post("/api/predictions", data={"image": files})
+    assert response.status_code == 413
+    assert "together are larger than the limit" in response.get_json()["error"]
+
+
+def test_parse_v2_response_with_every_optional_output():
+    """The page's view of a V2 response that carries the note, input facts and heatmap outputs."""
+    heatmap = [[(x + y) / 62 for x in range(32)] for y in range(32)]
+    response = {
+        "model_version": "7",
+        "parameters": {"synthetic_data": False},
+        "outputs": [
+            {"name": "fake_probability", "datatype": "FP32", "shape": [2], "data": [0.9, 0.5]},
+            {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["FAKE", "FAKE"]},
+            {"name": "verdict", "datatype": "BYTES", "shape": [2], "data": ["FAKE", "UNCERTAIN"]},
+            {"name": "note", "datatype": "BYTES", "shape": [2], "data": ["", "Enlarged from 16x16."]},
+            {"name": "input_size", "datatype": "INT32", "shape": [2, 2], "data": [32, 32, 16, 16]},
+            {"name": "input_format", "datatype": "BYTES", "shape": [2], "data": ["JPEG", "PNG"]},
+            # Flat row-major, as KServe sends tensors; the second heatmap is the first one's complement.
+            {
+                "name": "heatmap",
+                "datatype": "FP32",
+                "shape": [2, 32, 32],
+                "data": [v for row in heatmap for v in row] + [1 - v for row in heatmap for v in row],
+            },
+        ],
+    }
+    first, second = parse_infer_response(response, 2).items
+    assert (first.verdict, second.verdict) == ("FAKE", "UNCERTAIN")
+    assert (first.note, second.note) == ("", "Enlarged from 16x16.")
+    assert (first.input_size, second.input_size) == ((32, 32), (16, 16))
+    assert second.input_format == "PNG"
+    assert first.heatmap[0][31] == pytest.approx(31 / 62, abs=1e-3)
+    assert second.heatmap[31][31] == pytest.approx(0.0, abs=1e-3)
+    bare = {"outputs": response["outputs"][:2], "model_version": "7"}
+    item = parse_infer_response(bare, 2).items[1]
+    assert (item.verdict, item.note, item.heatmap, item.input_size) == ("FAKE", "", None, None)
+    with pytest.raises(ValueError):
+        parse_infer_response(bare, 3)
+
+
+def test_model_card_page_against_the_real_predictor(web, predictor, registered_model):
+    page = requests.get(f"{web.url}/model", timeout=TIMEOUT)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    metadata = requests.get(f"{predictor.url}/v2/models/deepguard", timeout=TIMEOUT).json()
+    card = (metadata.get("parameters") or {}).get("model_card")
+    if card is None:
+        assert "This model has no model card" in page.text
+    else:
+        assert card["title"] in page.text
+    assert f"<dd>{registered_model.version}</dd>" in page.text
+    for header, value in SECURITY_HEADERS.items():
+        assert page.headers[header] == value
+
+
+CARD = {
+    "title": "DeepGuard <CNN> model card",
+    "model_name": "deepguard",
+    "version": "12",
+    "sections": [
+        {"heading": "Intended use", "text": "Screening CIFAKE-like 32x32 images."},
+        {"heading": "Evaluation", "facts": {"accuracy": "0.91", "roc_auc": "0.97"}},
+        {"heading": "Limitations", "list": ["Not proof.", "Degrades on JPEG q50."]},
+    ],
+}
+
+
+def test_model_card_page_renders_every_kind_of_section():
+    """The /model template with a card of the shared shape (text, facts, list), escaped."""
+    from flask import render_template
+
+    app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9"})
+    with app.test_request_context("/model"):
+        html = render_template("model.html", card=CARD, facts={"Version": "12"})
+        empty = render_template("model.html", card=None, facts={})
+    assert "DeepGuard &lt;CNN&gt; model card" in html and "<CNN>" not in html
+    assert "<strong>deepguard</strong> version <strong>12</strong>" in html
+    for heading in ("Intended use", "Evaluation", "Limitations"):
+        assert f"<h2>{heading}</h2>" in html
+    assert "<p>Screening CIFAKE-like 32x32 images.</p>" in html
+    assert "<dt>roc_auc</dt><dd>0.97</dd>" in html
+    assert "<li>Degrades on JPEG q50.</li>" in html
+    assert "This model has no model card" not in html
+    assert "This model has no model card" in empty
+
+
+def test_pages_keep_the_csp_no_inline_script_or_style(web):
+    pages = [requests.get(f"{web.url}{path}", timeout=TIMEOUT) for path in ("/", "/model")]
+    down = create_app({"PREDICTOR_URL": "http://127.0.0.1:9", "PREDICTOR_TIMEOUT_S": 2}).test_client()
+    texts = [page.text for page in pages] + [down.get("/model").get_data(as_text=True)]
+    for text in texts:
+        assert not re.search(r"<script(?![^>]*\bsrc=)", text), "inline script"
+        assert not re.search(r"<style|\sstyle=|\son[a-z]+=", text), "inline style or event handler"
+
+
 def test_page_and_security_headers(web):
     page = requests.get(web.url, timeout=TIMEOUT)
     assert page.status_code == 200
-    assert 'name="image"' in page.text and 'type="file"' in page.text
+    assert 'name="image"' in page.text and 'type="file"' in page.text and "multiple" in page.text
+    assert 'href="/model"' in page.text
     assert 'name="viewport"' in page.text
     for header, value in SECURITY_HEADERS.items():
         assert page.headers[header] == value
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     script = requests.get(f"{web.url}/static/app.js", timeout=TIMEOUT)
-    assert script.status_code == 200 and "/api/predict" in script.text
+    assert script.status_code == 200 and "/api/predictions" in script.text and "/api/feedback" in script.text
 
 
 def test_healthz_reports_the_predictor_and_version(web, registered_model):
@@ -101,6 +327,14 @@ def test_predictor_down_is_a_503_not_a_crash(sample_images):
     response = client.post("/api/predict", data={"image": (io.BytesIO(sample_images.probe[0]), "a.jpg")})
     assert response.status_code == 503
     assert "not available" in response.get_json()["error"]
+    files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate(sample_images.probe[:2])]
+    response = client.post("/api/predictions", data={"image": files})
+    assert response.status_code == 503
+    assert "not available" in response.get_json()["error"]
+    card = client.get("/model")
+    assert card.status_code == 503 and card.content_type.startswith("text/html")
+    assert "not available right now" in card.get_data(as_text=True)
+    assert "Traceback" not in card.get_data(as_text=True)
 
 
 def test_web_app_does_not_import_tensorflow():
@@ -147,3 +381,45 @@ def test_livez_answers_within_a_second_while_the_predictor_hangs(sample_images, 
     # that the detector is busy (503), so a thread stayed free for /livez.
     assert statuses.count(504) == 3 and set(statuses) == {503, 504}, statuses
     assert uploads_s < DEFAULT_PREDICTOR_TIMEOUT_S + 3
+
+
+class _ExplainFailsHandler(BaseHTTPRequestHandler):
+    """A stub predictor: a V2 answer for plain requests, HTTP 500 when asked to explain."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        count = body["inputs"][0]["shape"][0]
+        if (body.get("parameters") or {}).get("explain"):
+            self.send_response(500)
+            self.end_headers()
+            return
+        answer = {
+            "model_version": "4",
+            "outputs": [
+                {"name": "fake_probability", "datatype": "FP32", "shape": [count], "data": [0.75] * count},
+                {"name": "label", "datatype": "BYTES", "shape": [count], "data": ["FAKE"] * count},
+            ],
+        }
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:  # keep the test output quiet
+        pass
+
+
+def test_failed_explanation_still_gives_the_verdicts_stub_predictor(sample_images):
+    """A predictor that fails only when explaining (a stub: the real one must not be broken on purpose)."""
+    with ThreadingHTTPServer(("127.0.0.1", 0), _ExplainFailsHandler) as stub:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+        app = create_app({"PREDICTOR_URL": f"http://127.0.0.1:{stub.server_address[1]}"})
+        files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate(sample_images.probe[:3])]
+        response = app.test_client().post("/api/predictions", data={"image": files, "explain": "true"})
+        stub.shutdown()
+    assert response.status_code == 200, response.get_json()
+    results = response.get_json()["results"]
+    assert [r["verdict"] for r in results] == ["FAKE"] * 3
+    assert all(r["heatmap"] is None for r in results)
