@@ -198,6 +198,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
+def _read_mapping(path: Path) -> dict:
+    """A params-shaped YAML file as a mapping; a missing file, bad YAML or another shape is one line."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
 def profile_overrides(path: Path) -> list[str]:
     """Read a profile (a partial params file, e.g. params-gpu.yaml) as ``key.path=value`` overrides.
 
@@ -212,14 +225,7 @@ def profile_overrides(path: Path) -> list[str]:
     Raises:
         ConfigError: naming the file when it is missing or not a mapping.
     """
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = _read_mapping(path)
 
     def leaves(prefix: str, node: object) -> list[str]:
         if isinstance(node, dict) and node:
@@ -245,14 +251,7 @@ def load_params(
     Raises:
         ConfigError: naming the file and the key path of the first problem found.
     """
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = _read_mapping(path)
     try:
         raw = apply_overrides(raw, profile_overrides(profile) if profile else [])
     except ConfigError as exc:
