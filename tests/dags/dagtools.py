@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,22 @@ SHARED = REPO.parent / "shared"
 SAMPLE_ZIP = SHARED / "data" / "cifake-sample.zip"
 ML_PYTHON = REPO / ".venv" / "bin" / "python"
 DAG_ID = "deepguard_pipeline"
+AIRFLOW = Path(sys.executable).parent / "airflow"  # in the Airflow environment that runs these tests
+
+
+def run_airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.CompletedProcess[str]:
+    """``airflow <args>`` from the repository with ``env``; its output goes to ``log`` and into ``stdout``."""
+    with log.open("w") as out:
+        done = subprocess.run(
+            [str(AIRFLOW), *args],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=900,
+        )
+    return subprocess.CompletedProcess(done.args, done.returncode, log.read_text(), "")
 
 
 class _UnsetVariables:

@@ -5,31 +5,15 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from dagtools import DAG_ID, ML_PYTHON, REPO, SAMPLE_ZIP
+from dagtools import DAG_ID, ML_PYTHON, REPO, SAMPLE_ZIP, run_airflow
 
 pytestmark = pytest.mark.slow
 
 # Small enough for CI, large enough for a real split: per split and class.
 CONF = {"epochs": 1, "data_source": "local", "sample_per_class": 40, "deploy": True}
-AIRFLOW = Path(sys.executable).parent / "airflow"
-
-
-def _airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.CompletedProcess[str]:
-    with log.open("w") as out:
-        done = subprocess.run(
-            [str(AIRFLOW), *args],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=900,
-        )
-    return subprocess.CompletedProcess(done.args, done.returncode, log.read_text(), "")
 
 
 def _closed_port() -> int:
@@ -52,12 +36,12 @@ def test_failing_stage_fails_the_run_then_a_rerun_after_the_fix_completes(
         pytest.skip(f"{ML_PYTHON} not found: run `make setup` (the stages run in the ML environment)")
     workspace = Path(airflow_env["DEEPGUARD_LOCAL_WORKSPACE"])
     env = {**airflow_env, "DEEPGUARD_DATA": str(SAMPLE_ZIP)}
-    migrate = _airflow(env, "db", "migrate", log=tmp_path / "migrate.log")
+    migrate = run_airflow(env, "db", "migrate", log=tmp_path / "migrate.log")
     assert migrate.returncode == 0, migrate.stdout[-3000:]
 
     # The tracking server is down: train, the first stage that needs it, fails.
     broken = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}"}
-    failed = _airflow(broken, "dags", "test", DAG_ID, "-c", json.dumps(CONF), log=tmp_path / "failed.log")
+    failed = run_airflow(broken, "dags", "test", DAG_ID, "-c", json.dumps(CONF), log=tmp_path / "failed.log")
     assert failed.returncode != 0, "a failed stage must fail the run"
     assert "stage train exited with code 2" in failed.stdout
     assert "unreachable" in failed.stdout
@@ -68,7 +52,7 @@ def test_failing_stage_fails_the_run_then_a_rerun_after_the_fix_completes(
     assert not (run / "reports" / "metrics.json").exists(), "a stage after the failed one ran"
 
     # Fixed: the same DAG with the tracking store back completes, registers and deploys (locally).
-    fixed = _airflow(env, "dags", "test", DAG_ID, "-c", json.dumps(CONF), log=tmp_path / "fixed.log")
+    fixed = run_airflow(env, "dags", "test", DAG_ID, "-c", json.dumps(CONF), log=tmp_path / "fixed.log")
     assert fixed.returncode == 0, fixed.stdout[-5000:]
     (rerun,) = _runs(workspace) - {run}
     registration = json.loads((rerun / "reports" / "registration.json").read_text())

@@ -13,12 +13,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from dagtools import DAGS_DIR, ML_PYTHON, REPO, SAMPLE_ZIP, render_task
+from dagtools import DAGS_DIR, ML_PYTHON, REPO, SAMPLE_ZIP, render_task, run_airflow
 
 from core.pipeline import MONITOR
 
 MONITOR_DAG = "deepguard_monitor"
-AIRFLOW = Path(sys.executable).parent / "airflow"
 DRIFT_WORLD = REPO / "tests" / "drift_world.py"
 
 
@@ -94,20 +93,6 @@ def test_monitor_schedule_is_configurable_by_environment() -> None:
 # --- end to end: airflow dags test with the local runner ---------------------------------------------
 
 
-def _airflow(env: dict[str, str], *args: str, log: Path) -> subprocess.CompletedProcess[str]:
-    with log.open("w") as out:
-        done = subprocess.run(
-            [str(AIRFLOW), *args],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=900,
-        )
-    return subprocess.CompletedProcess(done.args, done.returncode, log.read_text(), "")
-
-
 def _pipeline_runs(airflow_home: Path) -> list[tuple[str, dict]]:
     with sqlite3.connect(airflow_home / "airflow.db") as db:
         rows = db.execute("SELECT run_id, conf FROM dag_run WHERE dag_id = 'deepguard_pipeline'").fetchall()
@@ -138,12 +123,12 @@ def test_monitor_dag_end_to_end_clean_then_degraded(airflow_env: dict[str, str],
         )
         assert made.returncode == 0, made.stderr[-3000:]
 
-    assert _airflow(airflow_env, "db", "migrate", log=tmp_path / "migrate.log").returncode == 0
+    assert run_airflow(airflow_env, "db", "migrate", log=tmp_path / "migrate.log").returncode == 0
     # Both DAGs in the metadata DB, as the DAG processor keeps them: the trigger needs deepguard_pipeline.
-    assert _airflow(airflow_env, "dags", "reserialize", log=tmp_path / "reserialize.log").returncode == 0
+    assert run_airflow(airflow_env, "dags", "reserialize", log=tmp_path / "reserialize.log").returncode == 0
 
     serve("clean")
-    clean = _airflow(airflow_env, "dags", "test", MONITOR_DAG, log=tmp_path / "clean.log")
+    clean = run_airflow(airflow_env, "dags", "test", MONITOR_DAG, log=tmp_path / "clean.log")
     assert clean.returncode == 0, clean.stdout[-5000:]
     report = json.loads((workspace / "monitor" / "reports" / "drift.json").read_text())
     print(f"clean: PSI {report['psi']:.3f}, KS {_ks(report)}")
@@ -152,7 +137,7 @@ def test_monitor_dag_end_to_end_clean_then_degraded(airflow_env: dict[str, str],
     assert _pipeline_runs(Path(airflow_env["AIRFLOW_HOME"])) == [], "no drift, no retraining"
 
     serve("upscale_4x")
-    drifted = _airflow(airflow_env, "dags", "test", MONITOR_DAG, log=tmp_path / "drift.log")
+    drifted = run_airflow(airflow_env, "dags", "test", MONITOR_DAG, log=tmp_path / "drift.log")
     assert drifted.returncode == 0, drifted.stdout[-5000:]
     report = json.loads((workspace / "monitor" / "reports" / "drift.json").read_text())
     print(
