@@ -112,6 +112,9 @@ bench: setup setup-airflow ## benchmarks (baseline and ours, with ratios); bench
 		--architectures DeepGuardCNN SimpleCNN DeeperCNN EfficientStyleCNN
 	$(PY) bench/serving_bench.py
 	$(PY) bench/serving_liveness_bench.py
+	$(PY) bench/explain_bench.py
+	$(PY) bench/monitoring_bench.py
+	$(PY) bench/web_batch_bench.py
 	$(AIRFLOW_VENV)/bin/python bench/dag_parse_bench.py
 
 bench-full: setup ## the whole pipeline on BENCH_DATA (default ../shared/data/cifake.zip): wall time, RSS, accuracy
