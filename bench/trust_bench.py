@@ -46,6 +46,7 @@ MEASURED = ("blur_1.0", "upscale_4x", "jpeg_q50")
 DEGRADATIONS = ("clean", *MEASURED)
 SWEEP = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 TIMEOUT = 600
+CHUNK = 256  # images per V2 request: under the predictor's default --max-images (512)
 
 
 def free_port() -> int:
@@ -85,12 +86,17 @@ def serve(workspace: Path, margin: float, log_path: Path) -> tuple[subprocess.Po
 
 
 def infer(url: str, files: list[bytes]) -> dict[str, list]:
-    """One V2 request with every file; the outputs by name."""
-    items = [base64.b64encode(f).decode("ascii") for f in files]
-    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(items)], "data": items}]}
-    response = requests.post(f"{url}/v2/models/deepguard/infer", json=body, timeout=TIMEOUT)
-    response.raise_for_status()
-    return {output["name"]: output["data"] for output in response.json()["outputs"]}
+    """V2 requests of at most CHUNK files each (the predictor's per-request limit); the outputs by name."""
+    outputs: dict[str, list] = {}
+    for start in range(0, len(files), CHUNK):
+        items = [base64.b64encode(f).decode("ascii") for f in files[start : start + CHUNK]]
+        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(items)], "data": items}]}
+        response = requests.post(f"{url}/v2/models/deepguard/infer", json=body, timeout=TIMEOUT)
+        if not response.ok:
+            raise RuntimeError(f"V2 request refused: HTTP {response.status_code} {response.text[:300]}")
+        for output in response.json()["outputs"]:
+            outputs.setdefault(output["name"], []).extend(output["data"])
+    return outputs
 
 
 def scores(verdict: list[str], labels: np.ndarray) -> dict[str, float]:
@@ -115,12 +121,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, default=Path("."), help="pipeline workspace (default: .)")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="margin of the 'on' run")
-    parser.add_argument("--count", type=int, default=None, help="test images to use (default: all)")
+    parser.add_argument("--count", type=int, default=None, help="random test images to use (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     images, labels = load_split(args.workspace / PROCESSED_DIR, "test")
     count = len(images) if args.count is None else min(args.count, len(images))
-    images, labels = np.asarray(images[:count]), np.asarray(labels[:count])
+    # A seeded random subset: the split is stored class by class, so its first images are all one class.
+    pick = np.sort(np.random.default_rng(0).permutation(len(images))[:count])
+    images, labels = np.asarray(images)[pick], np.asarray(labels)[pick]
     files = {
         name: [degraded_file(image, name, seed=i) for i, image in enumerate(images)] for name in DEGRADATIONS
     }

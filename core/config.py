@@ -102,8 +102,9 @@ class ExtraSetParams(_Section):
 
 class CalibrationParams(_Section):
     enabled: bool
-    # Temperature scaling only: one parameter fitted on validation keeps the ranking (ROC-AUC) unchanged.
-    method: Literal["temperature"]
+    # Both fitted on validation, both keep the ranking (ROC-AUC) unchanged: temperature (one parameter) or
+    # platt (temperature and an offset on the logit).
+    method: Literal["temperature", "platt"]
 
 
 class EvaluationParams(_Section):

@@ -65,42 +65,51 @@ def with_flip_averaging(model: keras.Model) -> keras.Model:
 
 @keras.saving.register_keras_serializable(package="deepguard")
 class Temperature(layers.Layer):
-    """Temperature scaling of a probability: ``sigmoid(logit(clip(p)) / T)``, T fitted on validation.
+    """Calibration of a probability: ``sigmoid(logit(clip(p)) / T + bias)``, fitted on validation.
 
-    It acts on the model's output probability (the logit is recovered from it), so it wraps any trained model,
-    flip-averaged or not, and the served ``fake_probability`` is calibrated with no change to serving.
-    ``T > 1`` softens an over-confident model; ranking, and therefore ROC-AUC, is unchanged.
+    With ``bias`` 0 it is temperature scaling (one parameter); with a bias it is Platt scaling
+    (``sigmoid(a * logit + b)`` with ``a = 1 / T``). It acts on the model's output probability (the logit
+    is recovered from it), so it wraps any trained model, flip-averaged or not, and the served
+    ``fake_probability`` is calibrated with no change to serving. ``T > 1`` softens an over-confident
+    model; ``T > 0`` keeps the ranking, and therefore ROC-AUC, unchanged.
     """
 
-    def __init__(self, temperature: float = 1.0, epsilon: float = 1e-7, **kwargs) -> None:
+    def __init__(self, temperature: float = 1.0, epsilon: float = 1e-7, bias: float = 0.0, **kwargs) -> None:
         kwargs.setdefault("dtype", "float32")  # scores near 0 and 1 need float32, even in mixed precision
         super().__init__(**kwargs)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.epsilon = float(epsilon)
+        self.bias = float(bias)
 
     def call(self, inputs):
         p = keras.ops.clip(keras.ops.cast(inputs, "float32"), self.epsilon, 1.0 - self.epsilon)
         logit = keras.ops.log(p) - keras.ops.log1p(-p)
-        return keras.ops.sigmoid(logit / self.temperature)
+        return keras.ops.sigmoid(logit / self.temperature + self.bias)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "temperature": self.temperature, "epsilon": self.epsilon}
+        return {
+            **super().get_config(),
+            "temperature": self.temperature,
+            "epsilon": self.epsilon,
+            "bias": self.bias,
+        }
 
 
-def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
-    """Wrap a trained model so its output is temperature-scaled; input ``image`` and output name unchanged.
+def with_temperature(model: keras.Model, temperature: float, bias: float = 0.0) -> keras.Model:
+    """Wrap a trained model so its output is calibrated; input ``image`` and output name unchanged.
 
     Args:
         model: A model with the uint8 ``image`` input and the P(FAKE) output.
         temperature: The fitted temperature (1.0 leaves probabilities as they are).
+        bias: Platt scaling's offset on the logit (0.0: temperature scaling).
 
     Returns:
         A model whose output layer is a :class:`Temperature` named ``fake_probability``.
     """
     inputs = keras.Input(model.input_shape[1:], dtype="uint8", name="image")
-    outputs = Temperature(temperature, name=OUTPUT_NAME)(model(inputs))
+    outputs = Temperature(temperature, bias=bias, name=OUTPUT_NAME)(model(inputs))
     return keras.Model(inputs, outputs, name=f"{model.name}_calibrated")
 
 
@@ -113,6 +122,12 @@ def temperature_of(model: keras.Model) -> float:
     """The temperature built into ``model`` by :func:`with_temperature`; 1.0 for an uncalibrated model."""
     layer = _temperature_layer(model)
     return layer.temperature if layer is not None else 1.0
+
+
+def calibration_bias_of(model: keras.Model) -> float:
+    """Platt scaling's logit offset built into ``model``; 0.0 for temperature scaling or no calibration."""
+    layer = _temperature_layer(model)
+    return layer.bias if layer is not None else 0.0
 
 
 def without_temperature(model: keras.Model) -> keras.Model:

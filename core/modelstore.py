@@ -45,8 +45,10 @@ class ModelMetadata:
     # The uncertain band (see core.labels.verdicts); None for models registered before it: no band.
     real_below: float | None = None
     fake_above: float | None = None
-    # The temperature built into the saved model's output (1.0: uncalibrated); informational for servers.
+    # The calibration built into the saved model's output, sigmoid(logit / temperature + calibration_bias)
+    # (1.0 and 0.0: uncalibrated; bias 0.0 for temperature scaling); informational for servers.
     temperature: float = 1.0
+    calibration_bias: float = 0.0
 
     @property
     def bands(self) -> tuple[float, float]:
@@ -67,7 +69,11 @@ class ModelMetadata:
             key: raw[key]
             for key in ("threshold", "image_size", "architecture", "data_source", "synthetic_data")
         }
-        optional = {key: raw[key] for key in ("real_below", "fake_above", "temperature") if key in raw}
+        optional = {
+            key: raw[key]
+            for key in ("real_below", "fake_above", "temperature", "calibration_bias")
+            if key in raw
+        }
         return cls(**fields, **optional, class_names=tuple(raw.get("class_names", CLASS_NAMES)))
 
 

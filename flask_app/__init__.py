@@ -47,6 +47,7 @@ MODEL_FACTS: tuple[tuple[str, str], ...] = (
     ("real_below", "REAL at or below"),
     ("fake_above", "FAKE at or above"),
     ("temperature", "Calibration temperature"),
+    ("calibration_bias", "Calibration logit offset"),
     ("synthetic_data", "Trained on synthetic data"),
 )
 

@@ -526,6 +526,7 @@ class DeepGuardModel(Model):
             "real_below": metadata.real_below,
             "fake_above": metadata.fake_above,
             "temperature": metadata.temperature,
+            "calibration_bias": metadata.calibration_bias,
             "architecture": metadata.architecture,
             "synthetic_data": metadata.synthetic_data,
             "model_card": served.card,

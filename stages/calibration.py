@@ -1,8 +1,14 @@
-"""Temperature scaling: fit one temperature on validation and build it into the saved model (train's hook).
+"""Calibration: fit it on validation and build it into the saved model (train's hook).
 
-The fit minimises the validation negative log-likelihood of ``sigmoid(logit(p) / T)`` over ``log T``, where
-``p`` is the trained (flip-averaged) model's P(FAKE). Test data never reaches this module: evaluate measures
-the result on test afterwards.
+Two methods, both monotone in the score (ranking and ROC-AUC unchanged), both one layer
+(core.layers.Temperature):
+
+- ``temperature``: ``sigmoid(logit(p) / T)``, one parameter, fitted over ``log T``;
+- ``platt``: ``sigmoid(logit(p) / T + b)``, two parameters (Platt scaling of the logit), fitted over
+  ``(log T, b)``; it also moves the scores' centre, which a temperature cannot.
+
+Each minimises the validation negative log-likelihood, where ``p`` is the trained (flip-averaged) model's
+P(FAKE). Test data never reaches this module: evaluate measures the result on test afterwards.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit
 
 from core.config import CalibrationParams
@@ -30,14 +36,16 @@ def logit(probabilities: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """``sigmoid(logit(p) / T)``: the numpy twin of core.layers.Temperature."""
-    return expit(logit(probabilities) / temperature)
+def apply_temperature(probabilities: np.ndarray, temperature: float, bias: float = 0.0) -> np.ndarray:
+    """``sigmoid(logit(p) / T + bias)``: the numpy twin of core.layers.Temperature."""
+    return expit(logit(probabilities) / temperature + bias)
 
 
-def negative_log_likelihood(labels: np.ndarray, logits: np.ndarray, temperature: float) -> float:
-    """Mean binary cross-entropy of ``sigmoid(logits / T)`` against 0/1 labels (stable in log space)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
+def negative_log_likelihood(
+    labels: np.ndarray, logits: np.ndarray, temperature: float, bias: float = 0.0
+) -> float:
+    """Mean binary cross-entropy of ``sigmoid(logits / T + bias)`` against 0/1 labels (in log space)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature + bias
     y = np.asarray(labels, dtype=np.float64)
     return float(-np.mean(y * log_expit(z) + (1.0 - y) * log_expit(-z)))
 
@@ -62,10 +70,29 @@ def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+def fit_platt(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
+    """Platt scaling of the logit: the ``(T, bias)`` that minimise the NLL of ``probabilities`` on ``labels``.
+
+    Started from the best temperature (bias 0), so it is never worse than temperature scaling on validation.
+
+    Returns:
+        ``(T, bias)`` with ``T > 0`` (the slope ``1 / T`` stays positive: ranking unchanged).
+    """
+    logits = logit(probabilities)
+    start = np.array([np.log(fit_temperature(labels, probabilities)), 0.0])
+    result = minimize(
+        lambda x: negative_log_likelihood(labels, logits, float(np.exp(x[0])), float(x[1])),
+        start,
+        method="L-BFGS-B",
+        bounds=[LOG_T_BOUNDS, (-10.0, 10.0)],
+    )
+    return float(np.exp(result.x[0])), float(result.x[1])
+
+
 def calibrate_saved_model(
     model_file: Path, val_x: np.ndarray, val_y: np.ndarray, params: CalibrationParams
 ) -> dict[str, float | str]:
-    """Fit the temperature on validation and save ``model_file`` again with it as the output layer.
+    """Fit the calibration on validation and save ``model_file`` again with it as the output layer.
 
     Args:
         model_file: The trained ``.keras`` file; replaced in place (train writes it inside its atomic folder).
@@ -74,8 +101,8 @@ def calibrate_saved_model(
         params: The ``calibration`` section of params.yaml.
 
     Returns:
-        Flat facts for reports/training.json and the MLflow run: the method, the temperature and the
-        validation NLL before and after (equal, with T = 1, when calibration is disabled).
+        Flat facts for reports/training.json and the MLflow run: the method, the temperature, the bias (0 for
+        temperature scaling) and the validation NLL before and after (equal, with T = 1, when disabled).
     """
     from core.layers import with_temperature
 
@@ -88,15 +115,22 @@ def calibrate_saved_model(
         return {
             "calibration_method": "none",
             "temperature": 1.0,
+            "calibration_bias": 0.0,
             "val_nll_before_calibration": before,
             "val_nll_after_calibration": before,
         }
-    temperature = fit_temperature(labels, probabilities)
-    after = negative_log_likelihood(labels, logit(probabilities), temperature)
-    with_temperature(model, temperature).save(model_file)
+    if params.method == "platt":
+        temperature, bias = fit_platt(labels, probabilities)
+    else:
+        temperature, bias = fit_temperature(labels, probabilities), 0.0
+    after = negative_log_likelihood(labels, logit(probabilities), temperature, bias)
+    with_temperature(model, temperature, bias).save(model_file)
     log.info(
-        "calibration: temperature %.4f fitted on %d validation images; validation NLL %.4f -> %.4f",
+        "calibration (%s): temperature %.4f, bias %.4f fitted on %d validation images; "
+        "validation NLL %.4f -> %.4f",
+        params.method,
         temperature,
+        bias,
         len(labels),
         before,
         after,
@@ -104,6 +138,7 @@ def calibrate_saved_model(
     return {
         "calibration_method": params.method,
         "temperature": temperature,
+        "calibration_bias": bias,
         "val_nll_before_calibration": before,
         "val_nll_after_calibration": after,
     }

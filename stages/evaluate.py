@@ -131,7 +131,8 @@ def _figures(
         probabilities,
         n_bins=bins,
         ax=ax,
-        name=f"after, T={calibration['temperature']:.3f} (ECE {after['ece']:.4f})",
+        name=f"after, T={calibration['temperature']:.3f}, b={calibration['bias']:.3f} "
+        f"(ECE {after['ece']:.4f})",
         marker="o",
     )
     ax.set(xlabel="mean predicted P(FAKE) in the bin", ylabel="observed FAKE rate in the bin")
@@ -149,7 +150,7 @@ def evaluate(model, params: EvaluationParams) -> dict:
     (``reports/reference.json``): the test images' statistics and scores, which register logs with the version
     and the drift monitor compares served traffic with.
     """
-    from core.layers import temperature_of, without_temperature
+    from core.layers import calibration_bias_of, temperature_of, without_temperature
 
     val_x, val_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "val"))
     test_x, test_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "test"))
@@ -161,6 +162,7 @@ def evaluate(model, params: EvaluationParams) -> dict:
     test = classification_metrics(test_y, test_p, threshold, params.calibration_bins)
     calibration = {
         "temperature": temperature_of(model),
+        "bias": calibration_bias_of(model),
         "test": {
             "before": calibration_metrics(test_y, test_uncalibrated, params.calibration_bins),
             "after": calibration_metrics(test_y, test_p, params.calibration_bins),
@@ -219,8 +221,9 @@ def run(params: Params) -> dict:
             mlflow.log_artifact(str(figure), "figures")
     test, bands, calibration = result["test"], result["bands"]["test"], result["calibration"]
     log.info(
-        "evaluate done: threshold %.4f, bands REAL <= %.4f / FAKE >= %.4f (from validation); test accuracy "
-        "%.4f, ROC-AUC %.4f, F1 %.4f; bands decide %.1f%% at accuracy %.4f; ECE %.4f -> %.4f (T %.3f)",
+        "evaluate done: threshold %.4f, bands REAL <= %.4f / FAKE >= %.4f (from validation); test "
+        "accuracy %.4f, ROC-AUC %.4f, F1 %.4f; bands decide %.1f%% at accuracy %.4f; ECE %.4f -> %.4f "
+        "(T %.3f, b %.3f)",
         result["threshold"],
         result["real_below"],
         result["fake_above"],
@@ -232,6 +235,7 @@ def run(params: Params) -> dict:
         calibration["test"]["before"]["ece"],
         calibration["test"]["after"]["ece"],
         calibration["temperature"],
+        calibration["bias"],
     )
     return result
 

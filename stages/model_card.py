@@ -128,6 +128,7 @@ def _metrics_section(metadata: ModelMetadata, metrics: Mapping) -> dict:
         "REAL at or below": _number(real_below),
         "FAKE at or above": _number(fake_above),
         "temperature (calibration)": _number(metadata.temperature),
+        "logit offset (calibration)": _number(metadata.calibration_bias),
     }
     if "threshold_metric" in metrics:
         facts["threshold chosen for"] = f"best validation {metrics['threshold_metric']}"

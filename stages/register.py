@@ -274,6 +274,7 @@ def run(params: Params) -> dict:
         real_below=metrics["real_below"],
         fake_above=metrics["fake_above"],
         temperature=metrics["calibration"]["temperature"],
+        calibration_bias=metrics["calibration"]["bias"],
     )
     experiment = tracking.setup(params.mlflow)
     client = mlflow.MlflowClient()
@@ -295,6 +296,7 @@ def run(params: Params) -> dict:
         "real_below": f"{metadata.real_below:.6f}",
         "fake_above": f"{metadata.fake_above:.6f}",
         "temperature": f"{metadata.temperature:.6f}",
+        "calibration_bias": f"{metadata.calibration_bias:.6f}",
         **{f"test_{k}": repr(v) for k, v in metrics["test"].items() if isinstance(v, float)},
         # The degraded means travel with the version, so that a later challenger is gated against them.
         **{f"degraded_mean_{k}": repr(v) for k, v in robust.items() if v is not None},

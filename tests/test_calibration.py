@@ -1,4 +1,4 @@
-"""Calibration and verdict bands: temperature fitted on validation, band edges, their way to the registry."""
+"""Calibration and verdict bands: temperature or Platt on validation, band edges, on to the registry."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from core.modelstore import load_keras, predict_fake_probability
 from stages.calibration import (
     apply_temperature,
     calibrate_saved_model,
+    fit_platt,
     fit_temperature,
     logit,
     negative_log_likelihood,
@@ -24,13 +25,15 @@ from stages.evaluate import choose_bands
 
 REPO = Path(__file__).resolve().parents[1]
 OVERCONFIDENCE = 5.0  # the test model's logits are this many times the true log-odds
+SHIFT = 2.0  # the shifted test model's logits are the true log-odds plus this
 
 
-def _overconfident(seed: int, count: int):  # -> (keras.Model, images, labels)
-    """A model whose logit is 5x the true log-odds of the images it scores, and labels drawn from the truth.
+def _overconfident(seed: int, count: int, scale: float = OVERCONFIDENCE, shift: float = 0.0):
+    """A model whose logit is ``scale`` x the true log-odds (+ ``shift``), and labels drawn from the truth.
 
     The image's mean brightness m sets the true log-odds 8 (m - 0.5); the model outputs
-    ``sigmoid(5 * 8 (m - 0.5))``: right ranking, far too sure.
+    ``sigmoid(scale * 8 (m - 0.5) + shift)``: right ranking, far too sure (or shifted towards FAKE).
+    Returns ``(keras.Model, images, labels)``.
     """
     import keras
 
@@ -45,8 +48,8 @@ def _overconfident(seed: int, count: int):  # -> (keras.Model, images, labels)
     h = keras.layers.GlobalAveragePooling2D()(h)
     dense = keras.layers.Dense(1, activation="sigmoid", name="fake_probability")
     model = keras.Model(inputs, dense(h), name="Overconfident")
-    scale = OVERCONFIDENCE * 8.0
-    dense.set_weights([np.full((3, 1), scale / 3, np.float32), np.array([-scale / 2], np.float32)])
+    slope = scale * 8.0
+    dense.set_weights([np.full((3, 1), slope / 3, np.float32), np.array([shift - slope / 2], np.float32)])
     return model, images, labels
 
 
@@ -95,6 +98,34 @@ def test_saved_model_outputs_sigmoid_of_logit_over_t(tmp_path: Path) -> None:
     assert temperature_of(without_temperature(loaded)) == 1.0
 
 
+def test_platt_undoes_a_shift_that_a_temperature_cannot(tmp_path: Path) -> None:
+    from core.layers import calibration_bias_of, temperature_of
+
+    model, val_x, val_y = _overconfident(seed=4, count=4000, scale=1.0, shift=SHIFT)
+    raw = predict_fake_probability(model, val_x)
+    temperature, bias = fit_platt(val_y, raw)
+    assert bias == pytest.approx(-SHIFT, abs=0.25) and temperature == pytest.approx(1.0, rel=0.15)
+    platt_nll = negative_log_likelihood(val_y, logit(raw), temperature, bias)
+    assert platt_nll < negative_log_likelihood(val_y, logit(raw), fit_temperature(val_y, raw)) - 0.05
+
+    path = tmp_path / "model.keras"
+    model.save(path)
+    facts = calibrate_saved_model(path, val_x, val_y, CalibrationParams(enabled=True, method="platt"))
+    assert (facts["temperature"], facts["calibration_bias"]) == pytest.approx((temperature, bias))
+    loaded = load_keras(path)
+    assert temperature_of(loaded) == pytest.approx(temperature) and calibration_bias_of(
+        loaded
+    ) == pytest.approx(bias)
+    # The saved output is sigmoid(logit / T + b): fails if the bias is dropped, added to p, or its sign flips.
+    np.testing.assert_allclose(
+        predict_fake_probability(loaded, val_x), expit(logit(raw) / temperature + bias), atol=1e-5, rtol=0
+    )
+    _, test_x, test_y = _overconfident(seed=5, count=4000, scale=1.0, shift=SHIFT)
+    test_raw = predict_fake_probability(model, test_x)
+    calibrated = calibration_metrics(test_y, predict_fake_probability(loaded, test_x), bins=10)
+    assert calibrated["ece"] < calibration_metrics(test_y, test_raw, bins=10)["ece"] / 2
+
+
 def test_disabled_calibration_leaves_the_model_alone(tmp_path: Path) -> None:
     from core.layers import temperature_of
 
@@ -108,7 +139,7 @@ def test_disabled_calibration_leaves_the_model_alone(tmp_path: Path) -> None:
 
 def test_an_unknown_calibration_method_names_its_key(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text((REPO / "params.yaml").read_text().replace("method: temperature", "method: isotonic"))
+    path.write_text((REPO / "params.yaml").read_text().replace("method: platt", "method: isotonic"))
     with pytest.raises(ConfigError, match=r"calibration\.method"):
         load_params(path)
     assert load_params(REPO / "params.yaml").evaluation.band_precision == 0.99
@@ -156,10 +187,10 @@ def test_a_band_no_edge_makes_precise_enough_is_empty() -> None:
 
 
 def test_pipeline_fits_t_on_validation_and_registers_the_bands(trained_workspace) -> None:
-    """The real pipeline run (tests/conftest.py): T from validation only; edges travel to the registry."""
+    """The real pipeline run (tests/conftest.py): Platt on validation only; the edges reach the registry."""
     import mlflow
 
-    from core.layers import temperature_of, without_temperature
+    from core.layers import calibration_bias_of, temperature_of, without_temperature
     from core.modelstore import download_model, read_metadata
     from stages.shards import load_split
 
@@ -167,15 +198,19 @@ def test_pipeline_fits_t_on_validation_and_registers_the_bands(trained_workspace
     training = json.loads((root / "reports/training.json").read_text())
     metrics = json.loads((root / "reports/metrics.json").read_text())
     model = load_keras(root / "models/model.keras")
-    assert temperature_of(model) == pytest.approx(training["temperature"])
-    assert metrics["calibration"]["temperature"] == pytest.approx(training["temperature"])
+    assert training["calibration_method"] == "platt"
+    fitted_here = (training["temperature"], training["calibration_bias"])
+    assert (temperature_of(model), calibration_bias_of(model)) == pytest.approx(fitted_here)
+    assert (metrics["calibration"]["temperature"], metrics["calibration"]["bias"]) == pytest.approx(
+        fitted_here
+    )
     uncalibrated = without_temperature(model)
     fitted = {}
     for split in ("val", "test"):
         images, labels = load_split(root / "data/processed", split)
-        fitted[split] = fit_temperature(np.asarray(labels), predict_fake_probability(uncalibrated, images))
-    assert training["temperature"] == pytest.approx(fitted["val"], rel=1e-3)
-    assert fitted["test"] != pytest.approx(fitted["val"], rel=1e-3), "T would differ if fitted on test"
+        fitted[split] = fit_platt(np.asarray(labels), predict_fake_probability(uncalibrated, images))
+    assert fitted_here == pytest.approx(fitted["val"], rel=1e-3, abs=1e-3)
+    assert fitted["test"] != pytest.approx(fitted["val"], rel=1e-3), "T, b would differ if fitted on test"
     assert training["val_nll_after_calibration"] <= training["val_nll_before_calibration"]
 
     assert 0.0 <= metrics["real_below"] <= metrics["threshold"] <= metrics["fake_above"] <= 1.0
@@ -191,10 +226,12 @@ def test_pipeline_fits_t_on_validation_and_registers_the_bands(trained_workspace
     for key in ("real_below", "fake_above"):
         assert float(champion.tags[key]) == pytest.approx(metrics[key], abs=1e-6)
     assert float(champion.tags["temperature"]) == pytest.approx(training["temperature"], abs=1e-6)
+    assert float(champion.tags["calibration_bias"]) == pytest.approx(training["calibration_bias"], abs=1e-6)
     mlflow.set_tracking_uri(trained_workspace.tracking_uri)
     metadata = read_metadata(download_model(f"models:/{trained_workspace.model_name}/{champion.version}"))
     assert metadata.bands == (metrics["real_below"], metrics["fake_above"])
     assert metadata.temperature == pytest.approx(training["temperature"])
+    assert metadata.calibration_bias == pytest.approx(training["calibration_bias"])
     run = client.get_run(champion.run_id)
     assert run.data.metrics["train_temperature"] == pytest.approx(training["temperature"])
     assert "test_ece_before_calibration" in run.data.metrics and "val_band_coverage" in run.data.metrics

@@ -129,6 +129,7 @@ def test_model_metadata_serves_the_version_facts_and_model_card(predictor, regis
             "real_below",
             "fake_above",
             "temperature",
+            "calibration_bias",
             "architecture",
             "synthetic_data",
             "model_card",
@@ -140,6 +141,7 @@ def test_model_metadata_serves_the_version_facts_and_model_card(predictor, regis
             metadata.fake_above,
         )
         assert parameters["temperature"] == metadata.temperature
+        assert parameters["calibration_bias"] == metadata.calibration_bias
         assert parameters["architecture"] == metadata.architecture
         assert parameters["synthetic_data"] is False
         card = parameters["model_card"]
