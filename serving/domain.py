@@ -25,7 +25,7 @@ MIN_FINE_DETAIL = 0.45
 # How far beyond the band edge P(FAKE) must be for a noted image to get a decided verdict, in probability
 # units. Chosen with bench/trust_bench.py on the full-archive model (degradation-trained, Platt-calibrated;
 # docs/benchmarks.md: Confident and wrong): confident-and-wrong on blurred, enlarged and JPEG q50 uploads is
-# 1.6 % with the policy off and 1.0 % at 0.05, at 82 % coverage; from 0.13 no noted image is ever decided.
+# 1.7 % with the policy off and 1.2 % at 0.05, at 82 % coverage; from 0.13 no noted image is ever decided.
 # Never 0 by default: a noted image's verdict must not be silently the same as a native one's. Re-measure for
 # another model; 0 switches the policy off.
 DEFAULT_MARGIN = 0.05
