@@ -1,4 +1,4 @@
-"""Benchmark: calibration before and after temperature scaling, and the verdict bands' coverage and precision.
+"""Benchmark: calibration before and after (Platt or temperature); the bands' coverage and precision.
 
 Runs the real pipeline stages (ingest, preprocess, features, train, evaluate; ``python -m stages.<name>``) in
 a throw-away workspace on a CIFAKE archive, then reads ``reports/metrics.json`` and
@@ -60,7 +60,8 @@ def report(workdir: Path) -> str:
     training = json.loads((workdir / "reports/training.json").read_text())
     before, after = metrics["calibration"]["test"]["before"], metrics["calibration"]["test"]["after"]
     lines = [
-        f"temperature T = {training['temperature']:.4f} (fitted on validation); validation NLL "
+        f"{training['calibration_method']}: T = {training['temperature']:.4f}, "
+        f"b = {training.get('calibration_bias', 0.0):.4f} (fitted on validation); validation NLL "
         f"{training['val_nll_before_calibration']:.4f} -> {training['val_nll_after_calibration']:.4f}",
         f"test images {metrics['test']['count']}, test ROC-AUC {metrics['test']['roc_auc']:.4f}",
         "",
@@ -87,20 +88,20 @@ def report(workdir: Path) -> str:
 
 
 def compare_methods(workdir: Path, bins: int = 10) -> str:
-    """Temperature (ours) against Platt scaling and isotonic regression, measured on test.
+    """Both methods train offers (Platt, temperature) against isotonic regression, measured on test.
 
-    All three are fitted on the same validation scores of the workspace's model without its temperature.
-    Platt fits ``sigmoid(a * logit(p) + b)`` (two parameters, may move the threshold); isotonic fits a
-    monotone step function (many parameters, ties scores). The baseline is the uncalibrated model.
+    All three are fitted on the same validation scores of the workspace's model without its calibration layer,
+    Platt and temperature with train's own fitting functions. Platt fits ``sigmoid(logit(p) / T + b)`` (two
+    parameters); isotonic fits a monotone step function (many parameters, ties scores; not offered by train).
+    The baseline is the uncalibrated model.
     """
     sys.path.insert(0, str(REPO))
     from sklearn.isotonic import IsotonicRegression
-    from sklearn.linear_model import LogisticRegression
 
     from core.layers import without_temperature
     from core.metrics import calibration_metrics
     from core.modelstore import load_keras, predict_fake_probability
-    from stages.calibration import apply_temperature, fit_temperature, logit
+    from stages.calibration import apply_temperature, fit_platt, fit_temperature
     from stages.shards import load_split
 
     model = without_temperature(load_keras(workdir / "models/model.keras"))
@@ -109,12 +110,11 @@ def compare_methods(workdir: Path, bins: int = 10) -> str:
         images, labels = load_split(workdir / "data/processed", split)
         scores[split] = (np.asarray(labels), predict_fake_probability(model, images))
     (val_y, val_p), (test_y, test_p) = scores["val"], scores["test"]
-    platt = LogisticRegression(C=1e6).fit(logit(val_p)[:, None], val_y)
     isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(val_p, val_y)
     calibrated = {
         "none (baseline)": test_p,
-        "temperature (ours)": apply_temperature(test_p, fit_temperature(val_y, val_p)),
-        "platt": platt.predict_proba(logit(test_p)[:, None])[:, 1],
+        "temperature": apply_temperature(test_p, fit_temperature(val_y, val_p)),
+        "platt (default)": apply_temperature(test_p, *fit_platt(val_y, val_p)),
         "isotonic": isotonic.predict(test_p),
     }
     base = calibration_metrics(test_y, test_p, bins)
