@@ -99,9 +99,16 @@ def test_make_run_in_a_fresh_clone_serves_stops_on_ctrl_c_and_reruns_nothing(tmp
     env = _user_env(tmp_path, predictor_port, web_port)
     log_file = tmp_path / "make-run.log"
     with log_file.open("w") as log:
-        # Its own session and process group, like a terminal's foreground job, so Ctrl-C reaches all of it.
+        # Its own session and process group, like a terminal's foreground job, so Ctrl-C reaches all of it;
+        # and, like one, SIGINT not ignored even when this test runs in a background job (which ignores it).
         process = subprocess.Popen(
-            README_COMMAND, cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            README_COMMAND,
+            cwd=clone,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         output = _wait_for(log_file, "press Ctrl-C to stop both", process, SERVING_TIMEOUT_S)

@@ -99,7 +99,8 @@ def make_airflow(airflow_env: dict[str, str], tmp_path: Path) -> Iterator[MakeAi
     env.update({"DEEPGUARD_DATA": data, "PREDICTOR_URL": f"http://127.0.0.1:{_free_port()}"})
     log = tmp_path / "make-airflow.log"
     with log.open("wb") as out:
-        # Its own session, like a terminal's foreground job: the test's Ctrl-C goes to that process group.
+        # Its own session, like a terminal's foreground job: the test's Ctrl-C goes to that process group
+        # (and, like one, SIGINT not ignored even when the tests run in a background job, which ignores it).
         process = subprocess.Popen(
             ["make", "--no-print-directory", "airflow", f"AIRFLOW_PORT={_free_port()}"],
             cwd=REPO,
@@ -107,6 +108,7 @@ def make_airflow(airflow_env: dict[str, str], tmp_path: Path) -> Iterator[MakeAi
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         yield MakeAirflow(process, log)
