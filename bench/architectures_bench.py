@@ -18,10 +18,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from core.config import NO_DEGRADATIONS, AugmentationParams  # noqa: E402
+from core.config import NO_DEGRADATIONS, AugmentationParams, load_params  # noqa: E402
 from core.imaging import decode_for_model  # noqa: E402
 from core.labels import CLASS_NAMES, decide, label_of  # noqa: E402
-from stages.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model  # noqa: E402
+from stages.architectures import ARCHITECTURES, build_model  # noqa: E402
 
 log = logging.getLogger("bench.architectures")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifake.zip"
@@ -131,7 +131,8 @@ def main() -> None:
     train = load_subset(args.data, "train", args.train_per_class, seed=1)
     val = load_subset(args.data, "test", args.val_per_class, seed=2)
     log.info("decoded %d train and %d held-out images from %s", len(train[1]), len(val[1]), args.data)
-    order = [DEFAULT_ARCHITECTURE] + [a for a in args.architectures if a != DEFAULT_ARCHITECTURE]
+    default = load_params(Path(__file__).resolve().parents[1] / "params.yaml").model.architecture
+    order = [default] + [a for a in args.architectures if a != default]
     results = []
     for architecture in order:
         log.info("training %s for %d epochs", architecture, args.epochs)

@@ -1,9 +1,11 @@
-"""Benchmark: proxy training runs, baseline vs each candidate recipe (degradations, EMA, smoothing, mixup).
+"""Benchmark: proxy training runs, the configured recipe vs candidate changes (net, EMA, smoothing, mixup).
 
 Every candidate trains through ``stages.train.train_model`` (the pipeline's one training path) on the same
-CIFAKE subset, for the same epochs, with the same seeds; each is scored on held-out images (the archive's
-``test/``), clean and under every named web degradation of ``core.degrade`` (what the predictor scores after
-a re-saved JPEG, a resize, blur, noise). Prints one table: mean over seeds, and the ratio to the baseline.
+CIFAKE subset with the same seeds, either for the same epochs or (``--budget-minutes``) for the same
+wall-clock budget, the epochs fitted by the pipeline's own time budget; each is scored on held-out images
+(the archive's ``test/``), clean and under every named web degradation of ``core.degrade`` (what the
+predictor scores after a re-saved JPEG, a resize, blur, noise). Prints one table: mean over seeds, and
+the ratio to the baseline.
 """
 
 from __future__ import annotations
@@ -34,22 +36,17 @@ from stages.train import train_model  # noqa: E402
 
 log = logging.getLogger("bench.recipe")
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "cifake.zip"
-# What each candidate changes in params.yaml; everything else is the configured recipe.
+# What each candidate changes in params.yaml; the baseline is the configured recipe as it is.
 CANDIDATES: dict[str, list[str]] = {
     "baseline": [],
-    "degradations": ["augmentation.degradations={jpeg: 0.3, resample: 0.3, blur: 0.15, noise: 0.15}"],
+    "no_degradations": ["augmentation.degradations={jpeg: 0, resample: 0, blur: 0, noise: 0}"],
+    "DeepGuardCNN": ["model.architecture=DeepGuardCNN"],
+    "SimpleCNN": ["model.architecture=SimpleCNN"],
+    "DeeperCNN": ["model.architecture=DeeperCNN"],
     "ema": ["training.ema_momentum=0.99"],
     "label_smoothing": ["training.label_smoothing=0.1"],
     "mixup": ["augmentation.mixup_alpha=0.2"],
 }
-# Every candidate starts from this: no candidate switched on, fixed epochs (no time budget).
-BASE = [
-    "augmentation.degradations={jpeg: 0, resample: 0, blur: 0, noise: 0}",
-    "augmentation.mixup_alpha=0",
-    "training.ema_momentum=null",
-    "training.label_smoothing=0",
-    "training.time_budget_minutes=null",
-]
 
 
 @dataclass(frozen=True)
@@ -61,6 +58,7 @@ class Score:
     degraded_accuracy: float  # mean over the named degradations other than clean
     degraded_roc_auc: float
     images_per_second: float
+    epochs: int  # trained (the budget's choice with --budget-minutes)
 
 
 class _EpochTimer(keras.callbacks.Callback):
@@ -111,6 +109,7 @@ def run_one(
         degraded_accuracy=float(np.mean([d[0] for d in degraded])),
         degraded_roc_auc=float(np.mean([d[1] for d in degraded])),
         images_per_second=len(seconds) * len(train[1]) / sum(seconds),
+        epochs=len(timer.seconds),
     )
 
 
@@ -121,7 +120,15 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=2500)
     parser.add_argument("--val-per-class", type=int, default=500, help="validation, from the zip's train/")
     parser.add_argument("--test-per-class", type=int, default=1000, help="held out, from the zip's test/")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="epochs of every run; with --budget-minutes the most it may fit"
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="train each run for this wall-clock budget (training.time_budget_minutes), not fixed epochs",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="default: params.yaml training.batch_size"
     )
@@ -152,10 +159,11 @@ def main() -> None:
     for candidate in order:
         for seed in args.seeds:
             overrides = [
-                *BASE,
                 *CANDIDATES[candidate],
+                f"training.time_budget_minutes={args.budget_minutes or 'null'}",
                 f"training.epochs={args.epochs}",
                 f"training.seed={seed}",
+                *([f"training.batch_size={args.batch_size}"] if args.batch_size else []),
             ]
             log.info("%s, seed %d (load average %.1f)", candidate, seed, os.getloadavg()[0])
             results.setdefault(candidate, []).append(run_one(overrides, train, val, held_out, test_y))
@@ -164,8 +172,13 @@ def main() -> None:
     def mean(candidate: str, field: str) -> float:
         return float(np.mean([getattr(s, field) for s in results[candidate]]))
 
+    length = (
+        f"{args.budget_minutes:g}-minute budget (at most {args.epochs} epochs)"
+        if args.budget_minutes
+        else (f"{args.epochs} epochs")
+    )
     print(
-        f"\n{len(train[1])} train / {len(test_y)} held-out images, {args.epochs} epochs, batch "
+        f"\n{len(train[1])} train / {len(test_y)} held-out images, {length}, batch "
         f"{args.batch_size or 'from params.yaml'}, seeds "
         f"{' '.join(map(str, args.seeds))}; mean over seeds (min-max AUC); degraded = mean over "
         f"{len(held_out) - 1} web degradations; x = ratio to baseline; load average now "
@@ -173,7 +186,7 @@ def main() -> None:
     )
     header = (
         f"{'candidate':16s} {'acc':>7s} {'auc':>7s} {'auc range':>15s} {'deg acc':>8s} {'deg auc':>8s} "
-        f"{'x deg auc':>9s} {'img/s':>6s} {'x img/s':>7s}"
+        f"{'x deg auc':>9s} {'img/s':>6s} {'x img/s':>7s} {'epochs':>6s}"
     )
     print(header)
     print("-" * len(header))
@@ -185,7 +198,8 @@ def main() -> None:
             f"{mean(candidate, 'degraded_roc_auc'):>8.4f} "
             f"{mean(candidate, 'degraded_roc_auc') / mean('baseline', 'degraded_roc_auc'):>9.3f} "
             f"{mean(candidate, 'images_per_second'):>6.0f} "
-            f"{mean(candidate, 'images_per_second') / mean('baseline', 'images_per_second'):>7.2f}"
+            f"{mean(candidate, 'images_per_second') / mean('baseline', 'images_per_second'):>7.2f} "
+            f"{mean(candidate, 'epochs'):>6.1f}"
         )
 
 

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 # Derived from the config's Literal so the names params.yaml accepts and the models built here cannot drift.
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
-DEFAULT_ARCHITECTURE = "DeepGuardCNN"
 # Smallest input side each keras.applications backbone accepts.
 _BACKBONE_MIN_SIZE = {"EfficientNetB0Transfer": 32, "XceptionTransfer": 71}
 

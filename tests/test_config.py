@@ -22,7 +22,7 @@ def _write(tmp_path: Path, mutate) -> Path:
 
 def test_committed_params_load() -> None:
     params = load_params(REPO / "params.yaml")
-    assert params.model.architecture == "DeepGuardCNN"
+    assert params.model.architecture == "SimpleCNN"
     assert params.mlflow.model_name == "deepguard"
     assert len(params.digest()) == 64
 
