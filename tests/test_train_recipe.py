@@ -89,6 +89,53 @@ def test_tiny_real_budget_measures_throughput_and_ends_within_it() -> None:
     assert elapsed < plan.budget_seconds + plan.epoch_seconds + 15
 
 
+def test_probe_times_at_least_its_minimum_and_puts_the_weights_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 steps of a tiny net take far less than the minimum: the probe keeps stepping until it is reached."""
+    monkeypatch.setattr(train, "PROBE_MIN_SECONDS", 1.5)
+    params = _params("training.time_budget_minutes=1", "training.epochs=3")
+    model = build_model(
+        "SimpleCNN",
+        image_size=SIZE,
+        dropout=0.0,
+        pretrained_weights="none",
+        augmentation=params.augmentation,
+        mean=[0.5] * 3,
+        variance=[0.05] * 3,
+        seed=0,
+    )
+    initial = [w.copy() for w in model.get_weights()]
+    data = train.training_dataset(
+        *_data(64), batch_size=16, seed=0, degradations=NO_DEGRADATIONS, mixup_alpha=0.0
+    )
+    steps: list[int] = []
+    monkeypatch.setattr(
+        train._StepTimer, "seconds_per_step", lambda self: steps.append(len(self.times)) or 0.01
+    )
+    probe = train._probe(model, params.training, data, train.validation_dataset(*_data(32), batch_size=16), 4)
+    assert probe["wall"] >= 1.5
+    assert steps[0] > train.PROBE_WARMUP_STEPS + train.PROBE_TIMED_STEPS + 1, "stopped at the step minimum"
+    assert steps[0] < train.PROBE_MAX_STEPS
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), initial, strict=True))
+
+
+def test_every_epoch_is_one_pass_over_the_training_images() -> None:
+    """The fit iterates one repeated dataset; each epoch still takes exactly ceil(n / batch) steps."""
+
+    class StepsPerEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            counts.append(0)
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            counts[-1] += 1
+
+    counts: list[int] = []
+    params = _params("training.time_budget_minutes=null", "training.epochs=3")
+    train_model(
+        params, _data(70), _data(32, seed=1), mean=[0.5] * 3, variance=[0.05] * 3, callbacks=[StepsPerEpoch()]
+    )
+    assert counts == [5, 5, 5]  # 70 images in batches of 16: four full and one of 6
+
+
 def test_without_budget_the_configured_epochs_run_and_no_probe_is_made(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

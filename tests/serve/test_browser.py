@@ -88,6 +88,8 @@ def test_upload_shows_the_verdict(browser, web, registered_model, sample_images,
     expected = predictions(web, [image], explain="true")
     result = expected["results"][0]
     page = browser.new_page(viewport={"width": width, "height": height})
+    failed: list[str] = []  # every resource the page asks for exists
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     try:
         page.goto(web.url)
         page.locator("#model-version").filter(has_text=registered_model.version).wait_for(timeout=15_000)
@@ -108,6 +110,7 @@ def test_upload_shows_the_verdict(browser, web, registered_model, sample_images,
         assert page.locator("#synthetic-notice").is_hidden()
         assert fits_the_viewport(page, width)
         screenshot(page, f"verdict-{width}")
+        assert failed == []
 
         text = tmp_path / "notes.txt"
         text.write_text("not an image")

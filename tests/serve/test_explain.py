@@ -164,7 +164,8 @@ def test_maps_depend_on_the_learned_weights(champion, sample_images):
     """Adebayo et al. 2018 model-randomisation check on the champion (the pipeline's flip-averaged net).
 
     A method whose maps stay the same when the weights are re-initialised shows the image, not the model.
-    A 4x4 last stage makes one image's rank correlation noisy, so it is averaged over images and 3 draws.
+    A coarse last stage (8x8; 4x4 for DeepGuardCNN) makes one image's rank correlation noisy,
+    so it is averaged over images and 3 draws.
     """
     import keras
 
