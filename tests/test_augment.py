@@ -132,3 +132,27 @@ def test_training_dataset_shuffles_every_image_once_per_epoch_reproducibly() -> 
         np.testing.assert_array_equal(y1, y2)
     assert not np.array_equal(epochs[0][0][0], epochs[1][0][0]), "each epoch reshuffles and redraws"
     assert epochs[0][0][0].dtype == np.uint8
+
+
+def test_repeated_training_dataset_is_one_pass_per_epoch_reproducibly() -> None:
+    """How the fit reads it (train_ds.repeat(), steps_per_epoch): each pass is every image once, redrawn."""
+    images, labels = _images(20), np.arange(20) % 2
+    params = {
+        "batch_size": 8,
+        "degradations": DegradationParams(jpeg=0.5, resample=0.0, blur=0.0, noise=0.0),
+        "mixup_alpha": 0.0,
+    }
+
+    def two_passes() -> list[tuple[np.ndarray, np.ndarray]]:
+        dataset = training_dataset(images, labels, seed=3, **params).repeat()
+        return [(x.numpy(), y.numpy()) for x, y in dataset.take(6)]
+
+    first, again = two_passes(), two_passes()
+    assert [len(y) for _, y in first] == [8, 8, 4, 8, 8, 4]
+    for start in (0, 3):
+        seen = np.concatenate([y for _, y in first[start : start + 3]])
+        assert sorted(seen.tolist()) == sorted(labels.tolist())
+    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(first[0][0], first[3][0]), "each pass reshuffles and redraws"
