@@ -6,8 +6,9 @@ model folder, starts ``python -m serving`` and the web app under gunicorn on fre
 and prints one table: single-image latency p50/p99 over N sequential requests, images/s with 64 images per
 request, requests/s with 8 concurrent clients, each beside the in-process baseline with the ratio, the
 single-image requests/s of 8 concurrent clients beside one client's (the micro-batcher's gain; target
->= 1.6x on 2 cores), and the 5xx count. Baseline and served calls are interleaved, so both see the same
-background load.
+>= 1.6x on 2 cores), and the 5xx count. A KServe ModelServer whose model answers a constant, on the same
+loopback with the same client, shows what the framework and the client cost a request before any of ours.
+Baseline and served calls are interleaved, so both see the same background load.
 """
 
 from __future__ import annotations
@@ -165,16 +166,38 @@ class Counter:
         return response
 
 
+def serve_constant(port: int) -> None:
+    """KServe's ModelServer with a model that answers a constant: what the framework alone costs a request."""
+    from kserve import InferOutput, InferResponse, Model, ModelServer
+
+    class Constant(Model):
+        def __init__(self) -> None:
+            super().__init__("deepguard")
+            self.ready = True
+
+        async def predict(self, payload, headers=None) -> InferResponse:
+            output = InferOutput("fake_probability", [1], "FP32", data=np.array([0.5], dtype=np.float32))
+            return InferResponse(response_id="constant", model_name=self.name, infer_outputs=[output])
+
+    ModelServer(http_port=port, enable_grpc=False, enable_latency_logging=False).start([Constant()])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests per latency row")
     parser.add_argument("--batches", type=int, default=60, help="64-image requests for the throughput row")
     parser.add_argument("--concurrent-requests", type=int, default=1600, help="requests across 8 clients")
+    parser.add_argument("--serve-constant", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_constant:
+        serve_constant(args.serve_constant)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from core.modelstore import load_model_dir
+    from core.modelstore import load_model_dir, set_model_threads
+
+    set_model_threads(1)  # the predictor's default --model-threads: the baseline runs the same model call
 
     files = load_images(500)
     encoded = [base64.b64encode(f).decode("ascii") for f in files]
@@ -229,6 +252,15 @@ def main() -> int:
                     Path(tmp) / "web.log",
                 )
             )
+            constant_url = f"http://127.0.0.1:{free_port()}"
+            processes.append(
+                start(
+                    [sys.executable, __file__, "--serve-constant", constant_url.rsplit(":", 1)[1]],
+                    {},
+                    f"{constant_url}/v2/models/deepguard/ready",
+                    Path(tmp) / "constant.log",
+                )
+            )
             session = requests.Session()
             v2_url = f"{predictor_url}/v2/models/deepguard/infer"
             v1_url = f"{predictor_url}/v1/models/deepguard:predict"
@@ -236,6 +268,11 @@ def main() -> int:
             def v2_one(i: int) -> None:
                 body = v2_body([encoded[i % len(encoded)]])
                 counter.check(session.post(v2_url, json=body, timeout=60))
+
+            def constant_one(i: int) -> None:
+                body = v2_body([encoded[i % len(encoded)]])
+                url = f"{constant_url}/v2/models/deepguard/infer"
+                counter.check(session.post(url, json=body, timeout=60))
 
             def v1_one(i: int) -> None:
                 body = {"instances": [{"image": {"b64": encoded[i % len(encoded)]}}]}
@@ -255,7 +292,9 @@ def main() -> int:
                 body = v2_body(encoded[start_index : start_index + BATCH])
                 counter.check(session.post(v2_url, json=body, timeout=60))
 
-            base_one, v2, v1, web = interleaved([in_process_one, v2_one, v1_one, flask_one], args.requests)
+            base_one, v2, v1, web, constant = interleaved(
+                [in_process_one, v2_one, v1_one, flask_one, constant_one], args.requests
+            )
             base_batch, batched = interleaved([in_process_batch, v2_batch], args.batches, warmup=3)
 
             def clients_rps(clients: int, total: int) -> float:
@@ -291,6 +330,7 @@ def main() -> int:
         ("V2 /v2/models/deepguard/infer", v2),
         ("V1 /v1/models/deepguard:predict", v1),
         ("Flask /api/predict (via V2)", web),
+        ("V2 to KServe with a constant model (no decode)", constant),
     ):
         p50, p99 = percentiles(samples)
         rows.append((name, p50, p99, p50 / base_p50))

@@ -6,6 +6,8 @@ inputs (predictor), so the two distributions are comparable by construction.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Luminance weights (ITU-R BT.601), as the features stage's spectrum uses.
@@ -13,10 +15,13 @@ LUMINANCE = np.array([0.299, 0.587, 0.114])
 STAT_NAMES: tuple[str, ...] = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "hf_energy")
 
 
+@functools.lru_cache(maxsize=8)
 def high_frequency_mask(height: int, width: int) -> np.ndarray:
-    """The outer band of a centred spectrum: radius beyond half the Nyquist radius."""
+    """The outer band of a centred spectrum: radius beyond half the Nyquist radius (read-only, cached)."""
     yy, xx = np.mgrid[:height, :width]
-    return np.hypot(yy - height // 2, xx - width // 2) > min(height, width) / 4
+    mask = np.hypot(yy - height // 2, xx - width // 2) > min(height, width) / 4
+    mask.setflags(write=False)
+    return mask
 
 
 def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:

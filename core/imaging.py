@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,14 +22,17 @@ class ImageError(DeepGuardError):
 
 @contextlib.contextmanager
 def _image_errors() -> Iterator[None]:
-    """Turn Pillow's exceptions into ``ImageError`` with a reason a user can read."""
+    """Turn Pillow's exceptions into ``ImageError`` with a reason a user can read.
+
+    Pillow's own bomb check raises beyond twice ``Image.MAX_IMAGE_PIXELS``; below that, ``read_header``'s
+    ``max_pixels`` refuses. (No ``warnings.catch_warnings()`` here: it swaps process-wide state, which is not
+    thread-safe in the predictor's decode pool, and resets every module's once-only warnings on each call.)
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
+        yield
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageError(f"decompression bomb refused: {exc}") from None
     except Image.UnidentifiedImageError:
         raise ImageError("not an image Pillow can read") from None

@@ -108,6 +108,18 @@ def read_model_card(model_dir: Path) -> dict | None:
     return card
 
 
+def set_model_threads(threads: int) -> None:
+    """Let one model call use at most ``threads`` cores; call before the model is loaded.
+
+    TensorFlow otherwise spreads every call over all cores and keeps its idle workers spinning after it,
+    which a server's other threads (the event loop, image decoding) then wait behind.
+    """
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)  # the networks are chains: nothing to overlap
+
+
 def load_keras(path: Path) -> keras.Model:
     """Load a ``.keras`` file for inference."""
     import keras

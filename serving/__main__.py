@@ -13,6 +13,7 @@ from kserve import model_server
 from core.cli import configure_logging
 from core.config import load_params
 from core.errors import DeepGuardError
+from core.modelstore import set_model_threads
 from core.names import MONITORING_DIR_ENV, SERVED_MODEL_NAME, champion_uri
 from core.settings import settings
 from serving import metrics
@@ -120,7 +121,18 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "uncertain band's edge (docs/serving.md: Input-domain notes); 0 switches the policy off "
         "(default: %(default)s)",
     )
-    parser.set_defaults(model_name=SERVED_MODEL_NAME)
+    parser.add_argument(
+        "--model-threads",
+        "--model_threads",
+        dest="model_threads",
+        type=int,
+        default=1,
+        help="cores one model call may use (TensorFlow intra-op threads); 1 leaves the rest of a small pod "
+        "to decoding and the event loop, and concurrent requests share a call anyway (default: %(default)s)",
+    )
+    # KServe logs three lines per request (its latency line and two timing lines); the Prometheus metrics
+    # carry the same latencies. `--enable_latency_logging true` brings the lines back.
+    parser.set_defaults(model_name=SERVED_MODEL_NAME, enable_latency_logging=False)
     return parser
 
 
@@ -132,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Each KServe worker process would need its own copy of the model and its own reload: scale with
         # replicas (the InferenceService's) instead.
         parser.error("--workers must be 1; run more replicas to scale out")
+    if args.model_threads < 1:
+        parser.error(f"--model-threads must be at least 1, got {args.model_threads}")
     configure_logging()
     monitoring_dir = args.monitoring_dir or settings().monitoring_dir.absolute()
     records = RecordWriter(monitoring_dir) if args.monitoring else None
@@ -153,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             records,
             domain_margin=args.domain_margin,
         )
+        set_model_threads(args.model_threads)
         model.load()
     except DeepGuardError as exc:
         log.error("predictor failed: %s", exc)

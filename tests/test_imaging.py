@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from core.imaging import ImageError, decode_for_model, validate_dataset_image
+from core.imaging import ImageError, decode_for_model, decode_upload, validate_dataset_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -88,3 +89,24 @@ def test_upload_facts_name_what_was_dropped() -> None:
         True,
         2,
     )
+
+
+def test_decoding_does_not_reset_once_only_warnings() -> None:
+    """A warning shown once stays shown once, however many images are decoded in between.
+
+    ``warnings.catch_warnings()`` around every decode reset Python's record of warnings already shown (and
+    swapped process-wide state from the predictor's decode threads): a library's deprecation warning then
+    printed on every request.
+    """
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(buffer, format="PNG")
+
+    def warn() -> None:
+        warnings.warn("something is deprecated", DeprecationWarning, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            warn()
+            decode_upload(buffer.getvalue(), 32)
+    assert len(shown) == 1

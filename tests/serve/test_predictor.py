@@ -22,8 +22,9 @@ from core.imagestats import image_statistics
 from core.imaging import decode_for_model, decode_upload
 from core.labels import decide, names, verdicts
 from core.modelstore import download_model, load_model_dir, predict_fake_probability
+from serving import model as serving_model
 from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_verdicts
-from serving.model import Limits, MicroBatcher
+from serving.model import DeepGuardModel, Limits, MicroBatcher, ServedModel
 
 TIMEOUT = 60
 
@@ -568,6 +569,73 @@ def test_micro_batcher_batches_concurrent_requests_and_keeps_versions_apart():
     assert max(old.batches + new.batches) <= 16
     assert sum(old.batches) == sum(len(images) for served, images in requests_ if served is old)
     assert sum(new.batches) == sum(len(images) for served, images in requests_ if served is new)
+
+
+class _RecordingPool(ThreadPoolExecutor):
+    """A decode pool that counts the jobs handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.jobs = 0
+
+    def submit(self, *args, **kwargs):
+        self.jobs += 1
+        return super().submit(*args, **kwargs)
+
+
+def _flat_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 150)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("files", "in_pool"),
+    [
+        pytest.param(lambda jpeg: [jpeg], False, id="one-small-file-in-place"),
+        pytest.param(lambda jpeg: [jpeg] * serving_model.INLINE_MAX_FILES, False, id="a-few-small-files"),
+        pytest.param(lambda jpeg: [jpeg] * (serving_model.INLINE_MAX_FILES + 1), True, id="more-files"),
+        # A few kilobytes of PNG whose header claims 4 megapixels: decoding it would hold the event loop.
+        pytest.param(lambda jpeg: [_flat_png(2000, 2000)], True, id="small-file-claiming-many-pixels"),
+    ],
+)
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_few_small_files_are_decoded_in_place_the_rest_in_the_pool(sample_images, files, in_pool, protocol):
+    """The decode pool is skipped only for requests that cost less than the trip to it; results are alike."""
+    from kserve import InferRequest
+    from kserve.protocol.infer_type import InferInput
+
+    from core.modelstore import ModelMetadata
+
+    uploads = files(sample_images.probe[0])
+    model = DeepGuardModel("deepguard", "unused", Limits())
+    model.decode_pool = pool = _RecordingPool()
+    metadata = ModelMetadata(0.5, 32, "test", "test", synthetic_data=True)
+    model.served = ServedModel(keras_model=None, metadata=metadata, version="1", uri="unused")
+    if protocol == "v1":
+        payload = v1_body(uploads)
+    else:
+        data = [b64(f) for f in uploads]
+        payload = InferRequest("deepguard", [InferInput("image", [len(data)], "BYTES", data)])
+    batch = asyncio.run(model.preprocess(payload))
+    assert (pool.jobs > 0) is in_pool
+    expected = np.stack([decode_for_model(f, 32) for f in uploads])
+    np.testing.assert_array_equal(batch.images, expected)
+    np.testing.assert_allclose(batch.stats["hf_energy"], image_statistics(expected)["hf_energy"])
+    pool.shutdown()
+
+
+def test_the_log_has_no_line_per_request_but_the_access_line(predictor):
+    """KServe's per-request timing lines are off by default, and no warning repeats once per request.
+
+    Runs after the requests above. Decoding once swapped the process's warning filters on every image, which
+    made a library's one-time deprecation warning print on every request.
+    """
+    log = predictor.log_file.read_text()
+    requests_served = log.count("uvicorn.access")
+    assert requests_served > 50, "too few requests to check"
+    assert log.count("kserve.trace") == 0
+    assert log.count("Warning") <= 5, [line for line in log.splitlines() if "Warning" in line][:5]
 
 
 def test_no_5xx_was_answered(predictor):

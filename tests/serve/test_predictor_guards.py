@@ -79,3 +79,13 @@ def test_reload_endpoint_is_closed(guarded, registered_model):
         assert "--no-reload" in response.json()["error"]
     served = requests.get(f"{guarded.url}/v2/models/deepguard", timeout=TIMEOUT).json()
     assert served["versions"] == [registered_model.version]
+
+
+@pytest.mark.parametrize("argv", [["--model-threads", "0"], ["--workers", "2"]])
+def test_settings_the_predictor_cannot_serve_with_are_refused(argv, capsys):
+    from serving.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert argv[0] in capsys.readouterr().err
