@@ -297,6 +297,14 @@ def test_pages_keep_the_csp_no_inline_script_or_style(web):
         assert not re.search(r"<style|\sstyle=|\son[a-z]+=", text), "inline style or event handler"
 
 
+def test_pages_name_an_icon_so_browsers_ask_for_no_favicon(web):
+    """Without a declared icon, browsers request /favicon.ico, which the app answers 404 (a console error)."""
+    assert requests.get(f"{web.url}/favicon.ico", timeout=TIMEOUT).status_code == 404
+    for path in ("/", "/model"):
+        page = requests.get(f"{web.url}{path}", timeout=TIMEOUT).text
+        assert re.search(r'<link rel="icon" href="data:,">', page), path
+
+
 def test_page_and_security_headers(web):
     page = requests.get(web.url, timeout=TIMEOUT)
     assert page.status_code == 200
