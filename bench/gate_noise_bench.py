@@ -58,7 +58,7 @@ def one_run(
         variance=pixels.var(axis=0).tolist(),
         seed=seed,
     )
-    _compile(model, params.training, -(-len(y) // params.training.batch_size))
+    _compile(model, params.training, -(-len(y) // params.training.batch_size), epochs)
     model.fit(x, y, batch_size=params.training.batch_size, epochs=epochs, shuffle=True, verbose=0)
     if params.model.test_time_flip:
         model = with_flip_averaging(model)

@@ -43,6 +43,8 @@ from stages.shards import load_split
 if TYPE_CHECKING:  # keras is imported lazily, in the functions that train
     import keras
 
+    from stages.schedule import WarmupCosine
+
 log = logging.getLogger(__name__)
 
 
@@ -78,19 +80,20 @@ def _strategy(gpus: int) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _compile(model, params: TrainingParams, steps_per_epoch: int, epochs: int) -> None:
-    """Compile with the recipe: AdamW (optional EMA), warm-up + cosine over ``epochs``, label smoothing."""
+def _compile(model, params: TrainingParams, steps_per_epoch: int, epochs: int) -> WarmupCosine:
+    """Compile with the recipe: AdamW (optional EMA), warm-up + cosine over ``epochs``, label smoothing.
+
+    Returns:
+        The schedule, whose end the time budget moves when it re-plans the epochs.
+    """
     import keras
 
+    from stages.schedule import WarmupCosine
+
     total = max(1, epochs * steps_per_epoch)
-    warmup = total // 20  # a short warm-up keeps BatchNorm statistics sane at the peak learning rate
-    schedule = keras.optimizers.schedules.CosineDecay(
-        params.learning_rate / 10,
-        decay_steps=max(1, total - warmup),
-        alpha=0.01,
-        warmup_target=params.learning_rate,
-        warmup_steps=warmup,
-    )
+    # A short warm-up keeps BatchNorm statistics sane at the peak learning rate; it stays where the first plan
+    # put it when the budget moves the end of the decay.
+    schedule = WarmupCosine(params.learning_rate, warmup_steps=total // 20, total_steps=total, alpha=0.01)
     ema = params.ema_momentum is not None
     model.compile(
         optimizer=keras.optimizers.AdamW(
@@ -102,6 +105,7 @@ def _compile(model, params: TrainingParams, steps_per_epoch: int, epochs: int) -
         loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
     )
+    return schedule
 
 
 def _flatten(prefix: str, value: object) -> dict[str, object]:
@@ -318,33 +322,94 @@ def _budget_plan(
     return plan
 
 
-def _budget_guard(budget_seconds: float, started: float) -> keras.callbacks.Callback:
-    """Stop after an epoch when the next one, as long as the last one, would end past the budget.
+def replan_epochs(
+    *, done: int, elapsed: float, budget_seconds: float, epoch_seconds: list[float], max_epochs: int
+) -> int:
+    """Epochs in all, ``done`` included, that fit the budget after ``done`` measured epochs.
 
-    The plan's estimate comes from a few steps; a machine that gets busier mid-run must not overrun by much.
-    The last epoch, not the mean, predicts the next: the first one also paid for tracing.
+    The next epochs are taken to last as long as the slower of the last epoch and the mean of the last three:
+    a machine that got busier shortens the plan at once, a single slow epoch does not lengthen it for long.
+    The first epoch, which also paid for tracing, counts only while it is the only one.
+
+    Args:
+        done: Epochs finished.
+        elapsed: Seconds since the budget started (the probe included).
+        budget_seconds: The whole budget.
+        epoch_seconds: Measured length of each finished epoch, validation and callbacks included.
+        max_epochs: Never more than this (``training.epochs``).
+
+    Returns:
+        ``done`` when no further epoch fits (the fit stops), else the new total, at most ``max_epochs``.
+    """
+    recent = (epoch_seconds[1:] or epoch_seconds)[-3:]
+    next_epoch = max(epoch_seconds[-1], sum(recent) / len(recent))
+    return min(max_epochs, done + max(0, int((budget_seconds - elapsed) // next_epoch)))
+
+
+def _budget_replanner(
+    plan: BudgetPlan, started: float, schedule: WarmupCosine, steps_per_epoch: int
+) -> keras.callbacks.Callback:
+    """After each epoch, re-plan the epochs from the epochs' measured length and move the schedule's end.
+
+    The probe's estimate comes from a few steps, on a machine whose load can change; the epochs themselves
+    are the better measure. A longer plan stretches the cosine, a shorter one steepens it, so the learning
+    rate still reaches its floor when the budget ends; when no further epoch fits, the fit stops.
     """
     import keras
 
-    class BudgetGuard(keras.callbacks.Callback):
-        """Sets ``stopped_by_budget`` when it ends the fit early."""
+    class BudgetReplanner(keras.callbacks.Callback):
+        """``changes``: each re-plan as ``{after_epoch, epochs, epoch_seconds}``; ``stopped_by_budget``."""
 
-        stopped_by_budget = False
+        def __init__(self) -> None:
+            super().__init__()
+            self.planned = plan.epochs
+            self.changes: list[dict[str, float | int]] = []
+            self.stopped_by_budget = False
+            self.epoch_seconds: list[float] = []
 
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.epoch_started = time.perf_counter()
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.last = time.perf_counter()
+            self.params["epochs"] = self.planned  # progress lines count towards the plan, not the cap
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            now = time.perf_counter()
-            if (
-                epoch + 1 < self.params["epochs"]
-                and now - started + (now - self.epoch_started) > budget_seconds
-            ):
-                log.warning("stopping after epoch %d: the next one would overrun the time budget", epoch + 1)
-                self.stopped_by_budget = True
+            now, done = time.perf_counter(), epoch + 1
+            self.epoch_seconds.append(now - self.last)
+            self.last = now
+            planned = replan_epochs(
+                done=done,
+                elapsed=now - started,
+                budget_seconds=plan.budget_seconds,
+                epoch_seconds=self.epoch_seconds,
+                max_epochs=plan.max_epochs,
+            )
+            if planned == done:
+                if done < self.planned:
+                    log.warning(
+                        "stopping after epoch %d of %d: the next would overrun the time budget",
+                        done,
+                        self.planned,
+                    )
+                    self.stopped_by_budget = True
                 self.model.stop_training = True
+            if planned != self.planned and planned > done:
+                log.info(
+                    "time budget: an epoch takes %s, %s left: %d epochs instead of %d, schedule moved",
+                    format_duration(self.epoch_seconds[-1]),
+                    format_duration(plan.budget_seconds - (now - started)),
+                    planned,
+                    self.planned,
+                )
+                self.changes.append(
+                    {
+                        "after_epoch": done,
+                        "epochs": planned,
+                        "epoch_seconds": round(self.epoch_seconds[-1], 1),
+                    }
+                )
+                schedule.set_total_steps(planned * steps_per_epoch)
+                self.planned = self.params["epochs"] = planned
 
-    return BudgetGuard()
+    return BudgetReplanner()
 
 
 @dataclass
@@ -353,8 +418,9 @@ class Trained:
 
     model: keras.Model
     history: dict[str, list[float]]
-    epochs: int  # planned (training.epochs, or the budget's choice)
-    plan: BudgetPlan | None
+    epochs: int  # planned (training.epochs, or the budget's last plan)
+    plan: BudgetPlan | None  # the probe's first plan
+    replans: list[dict[str, float | int]]  # the budget's changes to it, epoch by epoch
     stopped_by_budget: bool
     fit_seconds: float  # the fit alone, without the probe
 
@@ -373,7 +439,7 @@ def train_model(
 
     The augmentation of ``params.augmentation`` runs in the input pipeline (degradations, mixup) and in the
     model's training-only layers (flip, translation, contrast). With ``training.time_budget_minutes`` a
-    probe times the first steps, then the epochs and the learning-rate schedule are fitted to the budget.
+    probe times the first steps and plans the epochs and the schedule; each epoch then re-plans both.
     With ``training.ema_momentum`` validation and the ``callbacks`` (a checkpoint) see the averaged weights.
 
     Args:
@@ -423,12 +489,12 @@ def train_model(
         if training.time_budget_minutes is not None and training.epochs > 1:
             plan = _budget_plan(model, training, train_ds, val_ds, len(train[1]), len(val[1]))
             epochs = plan.epochs
-        _compile(model, training, steps, epochs)
+        schedule = _compile(model, training, steps, epochs)
     own: list[keras.callbacks.Callback] = []
     if training.ema_momentum is not None:
         # Before the caller's callbacks: validation, checkpoint and early stopping see the averaged weights.
         own.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    guard = _budget_guard(plan.budget_seconds, started) if plan else None
+    replanner = _budget_replanner(plan, started, schedule, steps) if plan else None
     fit_started = time.perf_counter()
     history = model.fit(
         # One iterator for the whole fit: without steps_per_epoch Keras makes a new one every epoch, and the
@@ -436,18 +502,19 @@ def train_model(
         # repeated dataset still reshuffles and redraws each pass; an epoch is still one pass over train.
         train_ds.repeat(),
         steps_per_epoch=steps,
-        epochs=epochs,
+        epochs=plan.max_epochs if plan else epochs,  # the re-planner stops the fit where the budget ends
         shuffle=False,  # the dataset shuffles itself, reproducibly
         validation_data=val_ds,
-        callbacks=own + list(callbacks or []) + ([guard] if guard else []),
+        callbacks=own + list(callbacks or []) + ([replanner] if replanner else []),
         verbose=verbose,
     )
     return Trained(
         model=model,
         history=history.history,
-        epochs=epochs,
+        epochs=replanner.planned if replanner else epochs,
         plan=plan,
-        stopped_by_budget=bool(guard and guard.stopped_by_budget),
+        replans=replanner.changes if replanner else [],
+        stopped_by_budget=bool(replanner and replanner.stopped_by_budget),
         fit_seconds=time.perf_counter() - fit_started,
     )
 
@@ -550,13 +617,16 @@ def run(params: Params) -> dict:
             "train_seconds": round(seconds, 1),
             "train_images_per_second": round(len(val_auc) * len(train_x) / trained.fit_seconds, 1),
             "time_budget": trained.plan.to_dict() if trained.plan else None,
+            "replanned": trained.replans,
             "stopped_by_budget": trained.stopped_by_budget,
             **calibration,
         }
         write_json(tmp / RUN_FILE, {"run_id": mlrun.info.run_id, "experiment_id": experiment.experiment_id})
         mlflow.log_metrics({f"train_{k}": v for k, v in summary.items() if isinstance(v, int | float)})
         if trained.plan:
-            mlflow.log_dict(trained.plan.to_dict(), "training/time_budget.json")
+            mlflow.log_dict(
+                {**trained.plan.to_dict(), "replanned": trained.replans}, "training/time_budget.json"
+            )
         mlflow.log_dict(history, "training/history.json")
     write_json(TRAINING_REPORT, summary)
     log.info("train done: %s", json.dumps(summary))

@@ -12,7 +12,8 @@ import pytest
 from core.config import NO_DEGRADATIONS, Params, load_params
 from stages import train
 from stages.architectures import build_model
-from stages.train import plan_epochs, train_model
+from stages.schedule import WarmupCosine
+from stages.train import plan_epochs, replan_epochs, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -42,28 +43,126 @@ def test_plan_epochs_fits_whole_epochs_into_what_is_left_of_the_budget() -> None
     assert plan_epochs(epoch_seconds=5000.0, **kwargs) == 1  # never zero
 
 
+def test_replan_epochs_counts_the_next_epochs_as_long_as_the_recent_ones() -> None:
+    kwargs = {"budget_seconds": 600.0, "max_epochs": 100}
+    # After the first epoch only it counts, tracing included: 100 s used, 500 s left at 60 s an epoch.
+    assert replan_epochs(done=1, elapsed=100.0, epoch_seconds=[60.0], **kwargs) == 9
+    # Later the first epoch no longer counts; the next takes the mean of the last three (50 s): 6 more fit.
+    assert replan_epochs(done=4, elapsed=300.0, epoch_seconds=[90.0, 60.0, 40.0, 50.0], **kwargs) == 10
+    # ... or the last epoch, when the machine got slower: 100 s an epoch, 3 more fit.
+    assert replan_epochs(done=4, elapsed=300.0, epoch_seconds=[90.0, 40.0, 40.0, 100.0], **kwargs) == 7
+    assert replan_epochs(done=4, elapsed=590.0, epoch_seconds=[90.0, 40.0, 40.0, 40.0], **kwargs) == 4  # stop
+    assert replan_epochs(done=4, elapsed=100.0, epoch_seconds=[1.0] * 4, **kwargs) == 100  # capped
+
+
+def test_the_schedule_reads_its_end_when_the_traced_step_runs() -> None:
+    """The training step is traced once; moving the end must still change the learning rate it computes."""
+    import tensorflow as tf
+
+    schedule = WarmupCosine(0.01, warmup_steps=10, total_steps=110)
+    step = tf.function(schedule)
+    assert float(step(0)) == pytest.approx(0.001)  # warm-up starts at a tenth of the peak
+    assert float(step(10)) == pytest.approx(0.01)
+    assert float(step(60)) == pytest.approx(0.01 * (0.01 + 0.99 * 0.5))  # half-way down the cosine
+    schedule.set_total_steps(60)
+    assert float(step(60)) == pytest.approx(0.01 * 0.01), "the traced step kept the old end"
+    assert schedule.get_config()["total_steps"] == 60
+    assert WarmupCosine.from_config(schedule.get_config()).get_config() == schedule.get_config()
+
+
+class _Clock:
+    """Stands in for ``stages.train``'s ``time``: an epoch takes what the test says, not what the CPU does."""
+
+    def __init__(self, epoch_seconds: list[float]) -> None:
+        self.now = 1000.0
+        self.epoch_seconds = list(epoch_seconds)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    monotonic = perf_counter
+
+    def callback(self) -> keras.callbacks.Callback:
+        clock = self
+
+        class Advance(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                clock.now += clock.epoch_seconds[min(epoch, len(clock.epoch_seconds) - 1)]
+
+        return Advance()
+
+
+def _budget_fit(
+    monkeypatch: pytest.MonkeyPatch, probe_step: float, epoch_seconds: list[float]
+) -> train.Trained:
+    """Fit with a 2-minute budget and at most 12 epochs on a fake clock and a fake probe.
+
+    64 images / 16 = 4 steps and 32 val images = 2 steps: the probe's epoch is 4 x ``probe_step`` + 0.2 s,
+    and 119.5 s are left after it.
+    """
+    clock = _Clock(epoch_seconds)
+    monkeypatch.setattr(train, "time", clock)
+    monkeypatch.setattr(
+        train, "_probe", lambda *args: {"train_step": probe_step, "val_step": 0.1, "setup": 0.0, "wall": 0.5}
+    )
+    params = _params("training.time_budget_minutes=2", "training.epochs=12")
+    return train_model(
+        params,
+        _data(64),
+        _data(32, seed=1),
+        mean=[0.5] * 3,
+        variance=[0.05] * 3,
+        callbacks=[clock.callback()],
+    )
+
+
 @pytest.mark.parametrize(("train_step", "expected"), [(5.0, 5), (2.5, 11)])
 def test_budget_chooses_epochs_and_schedule_from_the_probed_throughput(
     monkeypatch: pytest.MonkeyPatch, train_step: float, expected: int
 ) -> None:
-    """A fake probe reports a slow or a fast machine; the fit then runs the epochs that budget allows."""
-    probed: list[bool] = []
-
-    def fake_probe(model, training, train_ds, val_ds, steps_per_epoch):
-        probed.append(True)
-        return {"train_step": train_step, "val_step": 0.1, "setup": 0.0, "wall": 0.5}
-
-    monkeypatch.setattr(train, "_probe", fake_probe)
-    # 64 images / 16 = 4 steps, 32 val images = 2 steps: an epoch "takes" 4 x step + 0.2 s; 119.5 s are left.
-    trained = _fit(_params("training.time_budget_minutes=2", "training.epochs=40"))
-    assert probed and trained.plan is not None
-    assert trained.epochs == trained.plan.epochs == expected
+    """The probe reports a slow or a fast machine and is right: the fit runs the epochs it planned."""
+    trained = _budget_fit(monkeypatch, train_step, [4 * train_step + 0.2])
+    assert trained.plan is not None and trained.plan.epochs == expected
     assert trained.plan.train_images_per_second == pytest.approx(16 / train_step)
+    assert trained.epochs == expected and not trained.replans and not trained.stopped_by_budget
     assert len(trained.history["val_auc"]) == expected
     schedule = trained.model.optimizer._learning_rate
-    assert schedule.warmup_steps + schedule.decay_steps == expected * 4, (
-        "the schedule spans the chosen epochs"
+    assert schedule.get_config()["total_steps"] == expected * 4, "the schedule spans the chosen epochs"
+    assert schedule.warmup_steps == expected * 4 // 20
+
+
+@pytest.mark.parametrize(
+    ("epoch_seconds", "expected", "replans"),
+    [
+        # Slower than probed (10 s): after epoch 1, 105 s left fit 7 more.
+        ([15.0], 8, [{"after_epoch": 1, "epochs": 8, "epoch_seconds": 15.0}]),
+        # Faster than probed: 1 + 115 // 5 is more than training.epochs allows.
+        ([5.0], 12, [{"after_epoch": 1, "epochs": 12, "epoch_seconds": 5.0}]),
+    ],
+)
+def test_the_budget_replans_from_the_epochs_and_the_schedule_still_ends_at_its_floor(
+    monkeypatch: pytest.MonkeyPatch, epoch_seconds: list[float], expected: int, replans: list[dict]
+) -> None:
+    """A probe that got the machine wrong costs no epochs and cuts no schedule short."""
+    trained = _budget_fit(monkeypatch, 2.45, epoch_seconds)  # the probe plans 11 epochs of 10 s
+    assert trained.plan is not None and trained.plan.epochs == 11
+    assert trained.replans == replans
+    assert trained.epochs == len(trained.history["val_auc"]) == expected
+    assert not trained.stopped_by_budget, "it ended where it planned to, not where the budget cut it"
+    assert trained.model.optimizer.iterations == expected * 4
+    assert float(trained.model.optimizer.learning_rate) == pytest.approx(0.003 * 0.01, rel=1e-3), (
+        "the learning rate reached its floor at the last step"
     )
+
+
+def test_a_machine_slower_than_every_plan_stops_the_fit_within_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The epoch after a re-plan takes longer still: the fit stops before the one that would overrun."""
+    trained = _budget_fit(monkeypatch, 2.45, [20.0, 20.0, 20.0, 45.0])
+    # After epoch 1: 1 + 100 // 20 = 6; after 3 still 6; epoch 4 took 45 s and 15 s are left: stop.
+    assert [change["epochs"] for change in trained.replans] == [6]
+    assert len(trained.history["val_auc"]) == 4 and trained.stopped_by_budget
 
 
 def test_tiny_real_budget_measures_throughput_and_ends_within_it() -> None:
@@ -84,7 +183,7 @@ def test_tiny_real_budget_measures_throughput_and_ends_within_it() -> None:
         16 * 256 / 16 / plan.train_images_per_second + 2 * 16 / plan.validation_images_per_second, rel=0.01
     )
     assert 1 < plan.epochs < 500
-    assert len(trained.history["val_auc"]) <= plan.epochs
+    assert len(trained.history["val_auc"]) <= trained.epochs < 500
     # The estimate comes from a few steps on a shared machine: allow one epoch and the model build of slack.
     assert elapsed < plan.budget_seconds + plan.epoch_seconds + 15
 

@@ -1,0 +1,55 @@
+"""The learning-rate schedule of the recipe: linear warm-up, then cosine decay to a floor at the planned end.
+
+Its end can move while the fit runs: the time budget (stages/train.py) re-plans the number of epochs after
+each one, from the epochs' own measured length, and the decay is stretched or shortened to end with them.
+Keras' ``CosineDecay`` bakes its length into the traced training step; here it is a variable the step reads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="deepguard")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear from ``peak / 10`` to ``peak`` in ``warmup_steps``, then cosine to ``alpha * peak`` at the end.
+
+    Args:
+        peak: The learning rate at the end of the warm-up.
+        warmup_steps: Steps of the linear warm-up (fixed for the whole fit).
+        total_steps: The step at which the decay reaches its floor; :meth:`set_total_steps` moves it.
+        alpha: The floor as a fraction of ``peak``.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, alpha: float = 0.01) -> None:
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.alpha = float(alpha)
+        self.total_steps = keras.Variable(
+            float(max(total_steps, warmup_steps + 1)), dtype="float32", trainable=False, name="total_steps"
+        )
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Move the end of the decay; the next training step already uses it."""
+        self.total_steps.assign(float(max(total_steps, self.warmup_steps + 1)))
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        start = self.peak / 10
+        warming = start + (self.peak - start) * step / max(1, self.warmup_steps)
+        progress = ops.clip((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        decayed = self.peak * (self.alpha + (1.0 - self.alpha) * cosine)
+        return ops.where(step < self.warmup_steps, warming, decayed)
+
+    def get_config(self) -> dict[str, float | int]:
+        """The schedule as it stands (the end where it was last moved)."""
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": int(ops.convert_to_numpy(self.total_steps)),
+            "alpha": self.alpha,
+        }
