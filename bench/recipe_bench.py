@@ -46,6 +46,7 @@ CANDIDATES: dict[str, list[str]] = {
     "ema": ["training.ema_momentum=0.99"],
     "label_smoothing": ["training.label_smoothing=0.1"],
     "mixup": ["augmentation.mixup_alpha=0.2"],
+    "dropout_0.5": ["model.dropout=0.5"],
 }
 
 
