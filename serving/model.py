@@ -736,6 +736,12 @@ class DeepGuardModel(Model):
         if isinstance(payload, dict):
             images, facts, stats = await self._decode_request(self._v1_items(payload), size)
             return _Batch(served, images, facts, None, False, self.domain_margin, stats)
+        if isinstance(payload, bytes | str):  # KServe hands over the raw body of a content type not JSON
+            content_type = quote((headers or {}).get("content-type", "none"))
+            raise InvalidInput(
+                f"expected Content-Type: application/json, got {content_type} "
+                '(V1: {"instances": [{"image": {"b64": "<base64 image file>"}}]})'
+            )
         raise InvalidInput('expected a JSON object body (V1: {"instances": [...]})')
 
     async def predict(self, payload: _Batch, headers: dict[str, str] | None = None) -> _Scores:

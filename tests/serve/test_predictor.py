@@ -401,6 +401,21 @@ def test_odd_request_is_a_4xx(predictor, good_file, case):
     _assert_still_serving(predictor, good_file)
 
 
+def test_a_v1_json_body_sent_without_its_content_type_is_told_so(predictor, good_file):
+    """``curl -d @body.json`` without ``-H`` sends a form content type; KServe passes the raw bytes on."""
+    body = json.dumps({"instances": [{"image": {"b64": base64.b64encode(good_file).decode()}}]})
+    response = requests.post(
+        f"{predictor.url}/v1/models/deepguard:predict",
+        data=body,
+        timeout=TIMEOUT,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(
+        "expected Content-Type: application/json, got 'application/x-www-form-urlencoded'"
+    )
+
+
 def test_versioned_v2_paths_serve_the_served_version(predictor, registered_model, good_file):
     base = f"{predictor.url}/v2/models/deepguard/versions/{registered_model.version}"
     response = requests.post(f"{base}/infer", json=v2_body([good_file]), timeout=TIMEOUT)
