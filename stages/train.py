@@ -329,19 +329,19 @@ def replan_epochs(
 
     The next epochs are taken to last as long as the slower of the last epoch and the mean of the last three:
     a machine that got busier shortens the plan at once, a single slow epoch does not lengthen it for long.
-    The first epoch, which also paid for tracing, counts only while it is the only one.
 
     Args:
         done: Epochs finished.
         elapsed: Seconds since the budget started (the probe included).
         budget_seconds: The whole budget.
-        epoch_seconds: Measured length of each finished epoch, validation and callbacks included.
+        epoch_seconds: Measured length of each finished epoch, validation and callbacks included; the first
+            without the fit's setup (tracing), which later epochs do not pay again.
         max_epochs: Never more than this (``training.epochs``).
 
     Returns:
         ``done`` when no further epoch fits (the fit stops), else the new total, at most ``max_epochs``.
     """
-    recent = (epoch_seconds[1:] or epoch_seconds)[-3:]
+    recent = epoch_seconds[-3:]
     next_epoch = max(epoch_seconds[-1], sum(recent) / len(recent))
     return min(max_epochs, done + max(0, int((budget_seconds - elapsed) // next_epoch)))
 
@@ -373,7 +373,10 @@ def _budget_replanner(
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             now, done = time.perf_counter(), epoch + 1
-            self.epoch_seconds.append(now - self.last)
+            length = now - self.last
+            if not self.epoch_seconds:  # the first epoch also traced the steps: what the probe measured of it
+                length = max(length - plan.setup_seconds, length / 2)
+            self.epoch_seconds.append(length)
             self.last = now
             planned = replan_epochs(
                 done=done,

@@ -45,9 +45,9 @@ def test_plan_epochs_fits_whole_epochs_into_what_is_left_of_the_budget() -> None
 
 def test_replan_epochs_counts_the_next_epochs_as_long_as_the_recent_ones() -> None:
     kwargs = {"budget_seconds": 600.0, "max_epochs": 100}
-    # After the first epoch only it counts, tracing included: 100 s used, 500 s left at 60 s an epoch.
+    # After the first epoch only it counts: 100 s used, 500 s left at 60 s an epoch.
     assert replan_epochs(done=1, elapsed=100.0, epoch_seconds=[60.0], **kwargs) == 9
-    # Later the first epoch no longer counts; the next takes the mean of the last three (50 s): 6 more fit.
+    # Later the next takes the mean of the last three (50 s): 6 more fit.
     assert replan_epochs(done=4, elapsed=300.0, epoch_seconds=[90.0, 60.0, 40.0, 50.0], **kwargs) == 10
     # ... or the last epoch, when the machine got slower: 100 s an epoch, 3 more fit.
     assert replan_epochs(done=4, elapsed=300.0, epoch_seconds=[90.0, 40.0, 40.0, 100.0], **kwargs) == 7
@@ -93,17 +93,19 @@ class _Clock:
 
 
 def _budget_fit(
-    monkeypatch: pytest.MonkeyPatch, probe_step: float, epoch_seconds: list[float]
+    monkeypatch: pytest.MonkeyPatch, probe_step: float, epoch_seconds: list[float], setup: float = 0.0
 ) -> train.Trained:
     """Fit with a 2-minute budget and at most 12 epochs on a fake clock and a fake probe.
 
     64 images / 16 = 4 steps and 32 val images = 2 steps: the probe's epoch is 4 x ``probe_step`` + 0.2 s,
-    and 119.5 s are left after it.
+    and 119.5 s (less ``setup``, the fit's tracing) are left after it.
     """
     clock = _Clock(epoch_seconds)
     monkeypatch.setattr(train, "time", clock)
     monkeypatch.setattr(
-        train, "_probe", lambda *args: {"train_step": probe_step, "val_step": 0.1, "setup": 0.0, "wall": 0.5}
+        train,
+        "_probe",
+        lambda *args: {"train_step": probe_step, "val_step": 0.1, "setup": setup, "wall": 0.5},
     )
     params = _params("training.time_budget_minutes=2", "training.epochs=12")
     return train_model(
@@ -153,6 +155,15 @@ def test_the_budget_replans_from_the_epochs_and_the_schedule_still_ends_at_its_f
     assert float(trained.model.optimizer.learning_rate) == pytest.approx(0.003 * 0.01, rel=1e-3), (
         "the learning rate reached its floor at the last step"
     )
+
+
+def test_the_first_epoch_counts_without_the_tracing_the_probe_measured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Epochs of 10 s after a first of 15 s, 5 of them tracing: the probe's plan stands, no swing."""
+    trained = _budget_fit(monkeypatch, 2.45, [15.0, 10.0], setup=5.0)
+    assert trained.plan is not None and trained.plan.epochs == 11  # (119.5 - 5) // 10
+    assert trained.replans == [] and trained.epochs == len(trained.history["val_auc"]) == 11
 
 
 def test_a_machine_slower_than_every_plan_stops_the_fit_within_the_budget(
