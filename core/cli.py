@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core.config import PARAMS_FILE, Params, load_params
@@ -62,6 +64,40 @@ def _interrupt(signum: int, frame: object) -> None:
     # Kubernetes stops a pod with SIGTERM: unwinding like Ctrl-C runs the `finally` blocks that remove
     # temporary outputs and end the MLflow run as KILLED, before the SIGKILL that follows the grace period.
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_signals_unwind() -> Iterator[None]:
+    """Within: SIGTERM and Ctrl-C raise ``KeyboardInterrupt``, even if they arrive during garbage collection.
+
+    A signal handler runs wherever the main thread is. Inside a weakref callback or a ``__del__``, Python
+    prints the handler's exception and carries on, so the stage would finish as if never stopped; the
+    signal is sent again a moment later, when the main thread is back in ordinary code.
+    """
+    previous_hook = sys.unraisablehook
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def redeliver_dropped_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
+        interrupt = unraisable.exc_value
+        name = interrupt.args[0] if isinstance(interrupt, KeyboardInterrupt) and interrupt.args else None
+        if name not in ("SIGTERM", "SIGINT"):
+            previous_hook(unraisable)
+            return
+        log.warning("%s arrived during garbage collection, which drops it: sending it again", name)
+        again = threading.Timer(0.05, os.kill, (os.getpid(), signal.Signals[name]))
+        again.daemon = True
+        again.start()
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    if previous[signal.SIGINT] is signal.default_int_handler:  # not where the parent ignores Ctrl-C
+        signal.signal(signal.SIGINT, _interrupt)
+    sys.unraisablehook = redeliver_dropped_interrupt
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class EntryPointName(logging.Filter):
@@ -119,20 +155,21 @@ def run_stage(
     args = parser.parse_args(argv)
     module = parser.prog.removeprefix("python -m ")
     configure_logging()
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        if args.workdir is not None:
-            # A pipeline run's first stage creates its run folder (an Airflow pod's /workspace/runs/<run id>).
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            os.chdir(args.workdir)
-        params = load_params(args.params, args.overrides)
-        main(args, params)
-    except DeepGuardError as exc:
-        log.error("%s failed: %s", name, exc)
-        print(f"{module}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        log.error("%s interrupted (%s): partial outputs removed", name, exc or "SIGINT")
-        print(f"{module}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    with _stop_signals_unwind():
+        try:
+            if args.workdir is not None:
+                # A pipeline run's first stage creates its run folder (an Airflow pod's
+                # /workspace/runs/<run id>).
+                args.workdir.mkdir(parents=True, exist_ok=True)
+                os.chdir(args.workdir)
+            params = load_params(args.params, args.overrides)
+            main(args, params)
+        except DeepGuardError as exc:
+            log.error("%s failed: %s", name, exc)
+            print(f"{module}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            log.error("%s interrupted (%s): partial outputs removed", name, exc or "SIGINT")
+            print(f"{module}: interrupted", file=sys.stderr)
+            return 130
+        return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,13 @@ def workspace_copy(trained_workspace: TrainedWorkspace, tmp_path: Path) -> tuple
     root = tmp_path / "ws"
     shutil.copytree(trained_workspace.root, root, ignore=shutil.ignore_patterns("mlruns"))
     return root, stage_env(root, DEEPGUARD_DATA=trained_workspace.env["DEEPGUARD_DATA"])
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Give the root logger back as pytest set it up (the stage CLI reconfigures it with force=True)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

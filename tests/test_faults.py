@@ -11,9 +11,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from workspace import run_stage
+from workspace import REPO, run_stage
 
 from core.atomic import atomic_path, clean_stale
+from core.cli import run_stage as run_stage_cli
+from core.cli import stage_parser
 from core.tracking import ACTIVE_RUNS_DIR
 
 MODEL = "deepguard"
@@ -98,6 +100,59 @@ def test_killed_train_leaves_no_temporary_folder_and_no_running_run(workspace_co
     new_run = json.loads((root / "models/run.json").read_text())["run_id"]
     assert client.get_run(new_run).info.status == "FINISHED"
     assert not list((root / ACTIVE_RUNS_DIR).iterdir())
+
+
+# A stage whose stop signal arrives inside a weakref callback, which is where garbage collection runs Python
+# code at any moment: Python prints the exception the handler raises there and carries on.
+_STOPPED_DURING_GARBAGE_COLLECTION = """
+import signal, sys, time, weakref
+from core.cli import run_stage, stage_parser
+
+class Held:
+    pass
+
+def main(args, params):
+    held = Held()
+    ref = weakref.ref(held, lambda _: signal.raise_signal(signal.Signals[sys.argv[1]]))
+    del held
+    time.sleep(30)
+    print("finished as if never stopped")
+
+sys.exit(run_stage("demo", main, stage_parser("demo", "a stage stopped during garbage collection"), []))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_during_garbage_collection_still_stops_the_stage(signum: signal.Signals) -> None:
+    """CI once saw a SIGTERM land in a weakref callback: train then ran to the end and exited 0."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", _STOPPED_DURING_GARBAGE_COLLECTION, signum.name],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
+    assert f"{signum.name} arrived during garbage collection, which drops it: sending it again" in (
+        result.stdout
+    )
+    assert "finished" not in result.stdout
+    assert time.monotonic() - started < 20, "the stage slept on instead of stopping"
+
+
+def test_a_stage_run_in_process_leaves_the_signal_handlers_as_it_found_them(root_logging: None) -> None:
+    hook, handlers = sys.unraisablehook, [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
+
+    def main(args: object, params: object) -> None:
+        assert signal.getsignal(signal.SIGTERM) is not handlers[0]
+        assert sys.unraisablehook is not hook
+
+    argv = ["--params", str(REPO / "params.yaml")]
+    assert run_stage_cli("demo", main, stage_parser("demo", "test"), argv) == 0
+    assert sys.unraisablehook is hook
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers
 
 
 def _tags(client: mlflow.MlflowClient) -> dict[str, dict[str, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Iterator
 
 import pytest
 from workspace import REPO, free_port
@@ -42,16 +41,6 @@ def test_redact_credentials(text: str, expected: str) -> None:
 def test_errors_never_show_url_credentials() -> None:
     error = DeepGuardError(f"predictor at http://user:{SECRET}@127.0.0.1:9 refused the reload")
     assert str(error) == "predictor at http://***@127.0.0.1:9 refused the reload"
-
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """Give the root logger back as pytest set it up (the stage CLI reconfigures it with force=True)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_unreachable_tracking_uri_keeps_its_password_out_of_logs_and_error(
