@@ -138,7 +138,7 @@ def test_a_stop_signal_during_garbage_collection_still_stops_the_stage(name: str
     )
     assert result.returncode == 130, result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
-    assert f"{name} arrived during garbage collection, which drops it: sending it again" in (result.stdout)
+    assert f"{name} arrived during garbage collection, which drops it: sending it again" in result.stdout
     assert "finished" not in result.stdout
     assert time.monotonic() - started < 20, "the stage slept on instead of stopping"
 
