@@ -53,6 +53,7 @@ def child(images: int, epochs: int, intra: int, inter: int) -> None:
         mean=[0.5] * 3,
         variance=[0.06] * 3,
         seed=0,
+        spectrum_branch=params.model.spectrum_branch,
     )
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="binary_crossentropy")
     seconds: list[float] = []

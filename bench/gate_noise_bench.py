@@ -57,6 +57,7 @@ def one_run(
         mean=pixels.mean(axis=0).tolist(),
         variance=pixels.var(axis=0).tolist(),
         seed=seed,
+        spectrum_branch=params.model.spectrum_branch,
     )
     _compile(model, params.training, -(-len(y) // params.training.batch_size), epochs)
     model.fit(x, y, batch_size=params.training.batch_size, epochs=epochs, shuffle=True, verbose=0)

@@ -143,6 +143,7 @@ def throughput(data: Path, images: int, steps: int) -> None:
             mean=[0.5] * 3,
             variance=[0.0625] * 3,
             seed=0,
+            spectrum_branch=params.model.spectrum_branch,
         )
         if float_input:  # the seed fed float32 in [0, 1]: same network, float input scaled back to 0..255
             inputs = keras.Input((size, size, 3), dtype="float32")

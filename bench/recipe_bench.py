@@ -47,6 +47,7 @@ CANDIDATES: dict[str, list[str]] = {
     "label_smoothing": ["training.label_smoothing=0.1"],
     "mixup": ["augmentation.mixup_alpha=0.2"],
     "dropout_0.5": ["model.dropout=0.5"],
+    "spectrum": ["model.spectrum_branch=true"],
 }
 
 

@@ -80,6 +80,7 @@ def build_model_folder(dest: Path) -> str:
         mean=[0.5] * 3,
         variance=[0.06] * 3,
         seed=0,
+        spectrum_branch=params.model.spectrum_branch,
     )
     if params.model.test_time_flip:
         model = with_flip_averaging(model)

@@ -76,6 +76,7 @@ class ModelParams(_Section):
     architecture: Architecture
     pretrained_weights: str
     dropout: float = Field(ge=0.0, lt=1.0)
+    spectrum_branch: bool
     test_time_flip: bool
 
 

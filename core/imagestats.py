@@ -10,7 +10,7 @@ import functools
 
 import numpy as np
 
-# Luminance weights (ITU-R BT.601), as the features stage's spectrum uses.
+# Luminance weights (ITU-R BT.601) of the spectrum.
 LUMINANCE = np.array([0.299, 0.587, 0.114])
 STAT_NAMES: tuple[str, ...] = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "hf_energy")
 
@@ -22,6 +22,16 @@ def high_frequency_mask(height: int, width: int) -> np.ndarray:
     mask = np.hypot(yy - height // 2, xx - width // 2) > min(height, width) / 4
     mask.setflags(write=False)
     return mask
+
+
+def log_spectrum(pixels: np.ndarray) -> np.ndarray:
+    """Centred log-magnitude 2-D spectrum ``log(1 + |FFT2|)`` of the luminance of images ``(N, H, W, 3)`` in
+    [0, 1]: ``(N, H, W)``, zero frequency at ``(H // 2, W // 2)``.
+
+    The one definition of "the spectrum": the features stage plots its class means, ``hf_energy`` reads its
+    outer band, and the model's optional spectrum branch (``core.layers.LogSpectrum``) computes it in Keras.
+    """
+    return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(pixels @ LUMINANCE), axes=(1, 2))))
 
 
 def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -37,7 +47,6 @@ def image_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
         raise ValueError(f"expected images (N, H, W, 3), got shape {pixels.shape}")
     means = pixels.mean(axis=(1, 2))
     stds = pixels.std(axis=(1, 2))
-    spectrum = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(pixels @ LUMINANCE), axes=(1, 2))))
-    hf = spectrum[:, high_frequency_mask(*pixels.shape[1:3])].mean(axis=1)
+    hf = log_spectrum(pixels)[:, high_frequency_mask(*pixels.shape[1:3])].mean(axis=1)
     columns = [*means.T, *stds.T, hf]
     return dict(zip(STAT_NAMES, columns, strict=True))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from core.imagestats import LUMINANCE
+
 OUTPUT_NAME = "fake_probability"  # the model's output layer: P(FAKE)
 
 
@@ -46,6 +48,30 @@ class HalvesMean(layers.Layer):
     def compute_output_shape(self, input_shape):
         batch = None if input_shape[0] is None else input_shape[0] // 2
         return (batch, *input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="deepguard")
+class LogSpectrum(layers.Layer):
+    """``core.imagestats.log_spectrum`` as a model layer: ``(N, H, W, 3)`` in [0, 1] in, the centred
+    log-magnitude spectrum of the luminance ``(N, H, W)`` out.
+
+    Generator upsampling leaves periodic traces that are single points of this spectrum and spread over the
+    whole image in pixel space. Always float32 (the FFT has no float16 kernel), also under mixed precision.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        luma = keras.ops.tensordot(inputs, keras.ops.convert_to_tensor(LUMINANCE, "float32"), axes=1)
+        real, imag = keras.ops.fft2((luma, keras.ops.zeros_like(luma)))
+        magnitude = keras.ops.log1p(keras.ops.sqrt(real * real + imag * imag))
+        height, width = luma.shape[1], luma.shape[2]
+        return keras.ops.roll(keras.ops.roll(magnitude, height // 2, axis=1), width // 2, axis=2)  # fftshift
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
 
 
 def with_flip_averaging(model: keras.Model) -> keras.Model:

@@ -12,7 +12,7 @@ from keras import layers
 
 from core.config import Architecture, AugmentationParams
 from core.errors import DeepGuardError
-from core.layers import OUTPUT_NAME
+from core.layers import OUTPUT_NAME, LogSpectrum
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,18 @@ def _transfer_body(
     return layers.Dropout(dropout)(x)
 
 
+def _spectrum_branch(x: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
+    """Features of the luminance spectrum: per-frequency standardisation, then one dense layer.
+
+    Each frequency keeps its own input (no pooling, no convolution), so a trace at one frequency is not
+    averaged away; BatchNorm over the flattened spectrum standardises each frequency on its own.
+    """
+    x = layers.Flatten(name="spectrum_flat")(LogSpectrum(name="spectrum")(x))
+    x = layers.BatchNormalization(name="spectrum_standardize")(x)
+    x = layers.Dense(64, activation="relu", name="spectrum_dense")(x)
+    return layers.Dropout(dropout, name="spectrum_dropout")(x)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Public API
 
@@ -245,6 +257,7 @@ def build_model(
     mean: Sequence[float],
     variance: Sequence[float],
     seed: int,
+    spectrum_branch: bool = False,
 ) -> keras.Model:
     """Build an uncompiled model that maps uint8 images (N, S, S, 3) to P(FAKE) (N, 1).
 
@@ -263,6 +276,8 @@ def build_model(
         mean: Per-channel mean of the training images in [0, 1] scale.
         variance: Per-channel variance of the training images in [0, 1] scale.
         seed: Seeds Python, NumPy and the backend (initial weights) and the augmentation layers.
+        spectrum_branch: Also feed the augmented image's log-magnitude luminance spectrum through a dense
+            branch whose features join the body's before the output layer.
 
     Returns:
         The Keras model, named after the architecture.
@@ -282,7 +297,9 @@ def build_model(
     if architecture in _BACKBONE_MIN_SIZE:
         features = _transfer_body(x, architecture, image_size, pretrained_weights, dropout)
     else:
-        x = layers.Normalization(mean=list(mean), variance=list(variance), name="standardize")(x)
-        features = _SCRATCH_BODIES[architecture](x, dropout)
+        standardized = layers.Normalization(mean=list(mean), variance=list(variance), name="standardize")(x)
+        features = _SCRATCH_BODIES[architecture](standardized, dropout)
+    if spectrum_branch:
+        features = layers.Concatenate(name="with_spectrum")([features, _spectrum_branch(x, dropout)])
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(features)
     return keras.Model(inputs, outputs, name=architecture)

@@ -17,6 +17,7 @@ import numpy as np
 from core.atomic import atomic_path, write_json
 from core.cli import run_stage, stage_parser
 from core.config import Params
+from core.imagestats import high_frequency_mask, log_spectrum
 from core.labels import CLASS_NAMES
 from core.pipeline import FEATURES_DIR, FEATURES_FILE, FIGURES_DIR, PROCESSED_DIR
 from stages.figures import plt, save_figure
@@ -46,10 +47,8 @@ def log_spectra(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     height, width = images.shape[1:3]
     sums = np.zeros((len(CLASS_NAMES), height, width))
     counts = np.zeros(len(CLASS_NAMES))
-    weights = np.array([0.299, 0.587, 0.114])
     for start in range(0, len(images), CHUNK):
-        luminance = np.asarray(images[start : start + CHUNK], dtype=np.float64) @ weights / 255.0
-        spectrum = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(luminance), axes=(1, 2))))
+        spectrum = log_spectrum(np.asarray(images[start : start + CHUNK], dtype=np.float64) / 255.0)
         chunk_labels = np.asarray(labels[start : start + CHUNK])
         for label in range(len(CLASS_NAMES)):
             sums[label] += spectrum[chunk_labels == label].sum(axis=0)
@@ -59,10 +58,7 @@ def log_spectra(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def high_frequency_energy(spectrum: np.ndarray) -> float:
     """Mean log-magnitude in the outer band (radius > half the Nyquist radius) of a centred spectrum."""
-    height, width = spectrum.shape
-    yy, xx = np.mgrid[:height, :width]
-    radius = np.hypot(yy - height // 2, xx - width // 2)
-    return float(spectrum[radius > min(height, width) / 4].mean())
+    return float(spectrum[high_frequency_mask(*spectrum.shape)].mean())
 
 
 def plot_spectra(spectra: np.ndarray) -> plt.Figure:

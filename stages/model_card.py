@@ -112,6 +112,7 @@ def _recipe_section(params: Params, lineage: Mapping, training: Mapping) -> dict
         "learning rate": str(params.training.learning_rate),
         "weight decay": str(params.training.weight_decay),
         "augmentation": ", ".join(f"{k}={v}" for k, v in params.augmentation.model_dump().items()),
+        "spectrum branch": str(params.model.spectrum_branch).lower(),
         "test-time flip": str(params.model.test_time_flip).lower(),
         "params hash (sha256 of params.yaml)": str(lineage.get("params_hash", params.digest())),
     }

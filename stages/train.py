@@ -484,6 +484,7 @@ def train_model(
             mean=mean,
             variance=variance,
             seed=training.seed,
+            spectrum_branch=params.model.spectrum_branch,
         )
         started = time.perf_counter()
         plan = None

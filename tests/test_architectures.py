@@ -222,3 +222,51 @@ def test_flip_averaged_model_runs_the_network_once_on_the_batch_and_its_mirror()
     assert inner._inbound_nodes[0].input_tensors[0].shape[0] is None
     stacked = keras.ops.convert_to_numpy(averaged.get_layer("mirror")(np.zeros((3, SIZE, SIZE, 3), "uint8")))
     assert stacked.shape == (6, SIZE, SIZE, 3)
+
+
+def test_log_spectrum_layer_is_the_spectrum_the_features_stage_plots() -> None:
+    from core.imagestats import log_spectrum
+
+    for shape in ((3, SIZE, SIZE, 3), (2, 15, 17, 3)):  # odd sides: the centring shift rounds like fftshift
+        pixels = np.random.default_rng(1).random(shape)
+        ours = keras.ops.convert_to_numpy(layers.LogSpectrum()(pixels.astype("float32")))
+        np.testing.assert_allclose(ours, log_spectrum(pixels), rtol=0, atol=1e-4)
+    # Columns alternating 0/1: the mean (centre) and the highest horizontal frequency (left edge, centre row).
+    stripes = np.tile((np.arange(SIZE) % 2).astype("float32")[None, :, None], (SIZE, 1, 3))[None]
+    spectrum = keras.ops.convert_to_numpy(layers.LogSpectrum()(stripes))[0]
+    assert {tuple(int(i) for i in peak) for peak in np.argwhere(spectrum > 1)} == {
+        (SIZE // 2, 0),
+        (SIZE // 2, SIZE // 2),
+    }
+
+
+def test_spectrum_branch_feeds_the_output_and_round_trips_flip_averaged(tmp_path: Path) -> None:
+    from core.modelstore import load_keras
+
+    plain, model = _build("SimpleCNN"), _build("SimpleCNN", spectrum_branch=True)
+    assert model.get_layer("spectrum").output.shape[1:] == (SIZE, SIZE)
+    assert model.count_params() == plain.count_params() + (SIZE * SIZE * 4 + (SIZE * SIZE + 1) * 64 + 64)
+    images, _ = _batch(8, seed=2)
+    before = model.predict(images, verbose=0)
+    branch = model.get_layer("spectrum_dense")
+    branch.set_weights([np.zeros_like(w) for w in branch.get_weights()])
+    assert not np.allclose(model.predict(images, verbose=0), before, atol=1e-6), (
+        "the branch reaches the output"
+    )
+    averaged = layers.with_flip_averaging(model)
+    averaged.save(tmp_path / "model.keras")
+    reloaded = load_keras(tmp_path / "model.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0), averaged.predict(images, verbose=0), rtol=0, atol=1e-6
+    )
+
+
+def test_spectrum_branch_runs_in_float32_under_mixed_precision() -> None:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _build("SimpleCNN", spectrum_branch=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("spectrum").dtype_policy.compute_dtype == "float32"
+    scores = model.predict(_batch(4)[0], verbose=0)
+    assert scores.dtype == np.float32 and np.all(np.isfinite(scores))

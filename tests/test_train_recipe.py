@@ -303,3 +303,10 @@ def test_ema_leaves_the_averaged_weights_in_the_model_and_label_smoothing_reache
     ):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(weight), keras.ops.convert_to_numpy(average))
     assert trained.model.loss.label_smoothing == 0.1
+
+
+def test_the_configured_spectrum_branch_is_trained_and_saved_with_the_model() -> None:
+    trained = _fit(
+        _params("model.spectrum_branch=true", "training.time_budget_minutes=null", "training.epochs=1")
+    )
+    assert trained.model.get_layer("spectrum").output.shape[1:] == (SIZE, SIZE)
