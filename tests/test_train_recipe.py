@@ -305,7 +305,7 @@ def test_ema_leaves_the_averaged_weights_in_the_model_and_label_smoothing_reache
     assert trained.model.loss.label_smoothing == 0.1
 
 
-def test_the_configured_spectrum_branch_is_trained_and_saved_with_the_model() -> None:
+def test_the_configured_spectrum_branch_is_built_into_the_trained_model() -> None:
     trained = _fit(
         _params("model.spectrum_branch=true", "training.time_budget_minutes=null", "training.epochs=1")
     )
