@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 from core.config import PARAMS_FILE, Params, load_params
 from core.errors import DeepGuardError, redact_credentials
@@ -60,10 +61,33 @@ class RedactCredentials(logging.Filter):
         return True
 
 
-def _interrupt(signum: int, frame: object) -> None:
+# Modules whose database session a stop must not cut short: unwound mid-transaction, the session keeps
+# SQLite's write lock, and ending the MLflow run as KILLED then fails with "database is locked".
+_FINISH_BEFORE_STOPPING = (
+    "sqlalchemy.",
+    "mlflow.store.db.",
+    "mlflow.store.tracking.",
+    "mlflow.store.model_registry.",
+)
+
+
+def _send_again(name: str) -> None:
+    """Send the stop signal ``name`` to this process again in 50 ms, from another thread."""
+    again = threading.Timer(0.05, os.kill, (os.getpid(), signal.Signals[name]))
+    again.daemon = True
+    again.start()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     # Kubernetes stops a pod with SIGTERM: unwinding like Ctrl-C runs the `finally` blocks that remove
     # temporary outputs and end the MLflow run as KILLED, before the SIGKILL that follows the grace period.
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_FINISH_BEFORE_STOPPING):
+            _send_again(name)  # once the database call has returned
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt(name)
 
 
 @contextlib.contextmanager
@@ -72,7 +96,8 @@ def _stop_signals_unwind() -> Iterator[None]:
 
     A signal handler runs wherever the main thread is. Inside a weakref callback or a ``__del__``, Python
     prints the handler's exception and carries on, so the stage would finish as if never stopped; the
-    signal is sent again a moment later, when the main thread is back in ordinary code.
+    signal is sent again a moment later, when the main thread is back in ordinary code. Inside a call to
+    the MLflow store the signal is sent again too, so that the call's database session ends first.
     """
     previous_hook = sys.unraisablehook
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -84,9 +109,7 @@ def _stop_signals_unwind() -> Iterator[None]:
             previous_hook(unraisable)
             return
         log.warning("%s arrived during garbage collection, which drops it: sending it again", name)
-        again = threading.Timer(0.05, os.kill, (os.getpid(), signal.Signals[name]))
-        again.daemon = True
-        again.start()
+        _send_again(name)
 
     signal.signal(signal.SIGTERM, _interrupt)
     if previous[signal.SIGINT] is signal.default_int_handler:  # not where the parent ignores Ctrl-C

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -141,6 +142,58 @@ def test_a_stop_signal_during_garbage_collection_still_stops_the_stage(name: str
     assert f"{name} arrived during garbage collection, which drops it: sending it again" in result.stdout
     assert "finished" not in result.stdout
     assert time.monotonic() - started < 20, "the stage slept on instead of stopping"
+
+
+# A stage stopped while MLflow's database session holds SQLite's write lock: right after a row is written,
+# before the session commits. CI once saw train's SIGTERM land there; ending the run then hit "database is
+# locked" and the stage exited 1 with its run left RUNNING.
+_STOPPED_DURING_A_DATABASE_WRITE = """
+import signal, sys
+import mlflow
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from core import tracking
+from core.cli import run_stage, stage_parser
+
+stopped = []
+
+def stop_after_the_first_param_row(conn, cursor, statement, *rest):
+    if statement.startswith("INSERT INTO params") and not stopped:
+        stopped.append(statement)
+        signal.raise_signal(signal.SIGTERM)
+
+def main(args, params):
+    experiment = tracking.setup(params.mlflow)
+    with tracking.stage_run("demo", experiment.experiment_id) as run:
+        print("run", run.info.run_id, flush=True)
+        event.listen(Engine, "after_cursor_execute", stop_after_the_first_param_row)
+        for step in range(200):
+            mlflow.log_params({f"p{step}_{i}": i for i in range(5)})
+        print("finished as if never stopped")
+
+sys.exit(run_stage("demo", main, stage_parser("demo", "a stage stopped inside a database write"), []))
+"""
+
+
+def test_a_stop_inside_an_mlflow_database_write_still_ends_the_run_as_killed(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_"))}
+    env |= {"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", _STOPPED_DURING_A_DATABASE_WRITE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 130, result.stdout + result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
+    assert "finished" not in result.stdout
+    run_id = result.stdout.split("run ", 1)[1].split()[0]
+    assert mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
+    assert not list((tmp_path / ACTIVE_RUNS_DIR).iterdir())
 
 
 def test_a_stage_run_in_process_leaves_the_signal_handlers_as_it_found_them(root_logging: None) -> None:
