@@ -84,10 +84,10 @@ def robustness_report(model, images: np.ndarray, labels: np.ndarray, threshold: 
             "count": scores["count"],
         }
         log.info(
-            "robustness %-15s accuracy %.4f, flipped %.4f (%d images, %.1f s)",
+            "robustness %-15s accuracy %s, flipped %s (%d images, %.1f s)",
             name,
-            scores["accuracy"] or float("nan"),
-            degradations[name]["flipped"] or 0.0,
+            _four_places(scores["accuracy"]),
+            _four_places(degradations[name]["flipped"]),
             len(labels),
             time.perf_counter() - started,
         )
@@ -120,9 +120,14 @@ def figure(report: dict) -> plt.Figure:
     mean = report["degraded_mean"]
     fig.suptitle(
         f"Robustness at threshold {report['threshold']:.3f}: degraded mean accuracy "
-        f"{mean['accuracy'] or float('nan'):.4f}, ROC-AUC {mean['roc_auc'] or float('nan'):.4f}"
+        f"{_four_places(mean['accuracy'])}, ROC-AUC {_four_places(mean['roc_auc'])}"
     )
     return fig
+
+
+def _four_places(value: float | None) -> str:
+    """A metric for a log line or title: four decimals, or "n/a" where it is undefined (one class only)."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def log_to_mlflow(report: dict) -> None:
@@ -163,7 +168,7 @@ def run(model, threshold: float, params: EvaluationParams) -> dict:
         len(chosen),
         len(report["degradations"]),
         time.perf_counter() - started,
-        report["degraded_mean"]["accuracy"],
-        report["degraded_mean"]["roc_auc"],
+        _four_places(report["degraded_mean"]["accuracy"]),
+        _four_places(report["degraded_mean"]["roc_auc"]),
     )
     return report

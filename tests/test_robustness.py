@@ -90,6 +90,13 @@ def test_report_has_the_contract_and_blur_makes_the_noise_detector_miss_fakes(de
     assert robustness.robustness_report(detector, images, labels, 0.5) == report
 
 
+def test_the_plot_title_shows_a_zero_accuracy_as_zero_and_an_undefined_roc_auc_as_na() -> None:
+    scores = {"accuracy": 0.0, "roc_auc": None, "flipped": 0.0, "fake_called_real": None, "count": 3}
+    mean = {"accuracy": 0.0, "roc_auc": None}
+    fig = robustness.figure({"threshold": 0.5, "degradations": {"clean": scores}, "degraded_mean": mean})
+    assert fig.get_suptitle().endswith("degraded mean accuracy 0.0000, ROC-AUC n/a")
+
+
 def test_run_writes_the_report_and_plot_of_the_sampled_test_split(
     detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
