@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn import metrics as skm
 
 from core.labels import FAKE, REAL, decide
+
+
+def format_metric(value: Any) -> str:
+    """A metric for a reader (log line, plot title, model card): floats to four places, integers as they are,
+    "n/a" where it is undefined (``None``: e.g. ROC-AUC of one class), anything else as its text."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.atomic import atomic_path, read_json, write_json
 from core.config import Params
+from core.metrics import format_metric
 from core.modelstore import MODEL_CARD_FILE, ModelMetadata
 from core.pipeline import (
     DATA_REPORT,
@@ -57,13 +58,6 @@ OUT_OF_SCOPE = [
     "Images from other generators (GANs, newer diffusion models, edited photos): it learned one family.",
     "Screenshots, drawings, documents, faces or any content unlike CIFAR-10's ten object classes.",
 ]
-
-
-def _number(value: Any) -> str:
-    """Format a metric for a reader: integers as they are, floats with 4 significant decimals."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
 def _total(value: Any) -> int:
@@ -118,25 +112,25 @@ def _recipe_section(params: Params, lineage: Mapping, training: Mapping) -> dict
     }
     for key in ("epochs_run", "best_epoch", "parameters", "device", "train_seconds"):
         if key in training:
-            facts[key.replace("_", " ")] = _number(training[key])
+            facts[key.replace("_", " ")] = format_metric(training[key])
     return {"heading": "Training recipe", "facts": facts}
 
 
 def _metrics_section(metadata: ModelMetadata, metrics: Mapping) -> dict:
     real_below, fake_above = metadata.bands
     facts = {
-        "decision threshold": _number(metadata.threshold),
-        "REAL at or below": _number(real_below),
-        "FAKE at or above": _number(fake_above),
-        "temperature (calibration)": _number(metadata.temperature),
-        "logit offset (calibration)": _number(metadata.calibration_bias),
+        "decision threshold": format_metric(metadata.threshold),
+        "REAL at or below": format_metric(real_below),
+        "FAKE at or above": format_metric(fake_above),
+        "temperature (calibration)": format_metric(metadata.temperature),
+        "logit offset (calibration)": format_metric(metadata.calibration_bias),
     }
     if "threshold_metric" in metrics:
         facts["threshold chosen for"] = f"best validation {metrics['threshold_metric']}"
     test = metrics.get("test", {})
     for key in [*METRIC_NAMES, *sorted(set(test) - set(METRIC_NAMES))]:
         if isinstance(test.get(key), int | float) and not isinstance(test.get(key), bool):
-            facts[METRIC_NAMES.get(key, key.replace("_", " "))] = _number(test[key])
+            facts[METRIC_NAMES.get(key, key.replace("_", " "))] = format_metric(test[key])
     text = (
         "On the held-out CIFAKE test split, at the threshold chosen on validation. Between the two band "
         "edges the verdict is UNCERTAIN."
@@ -153,11 +147,11 @@ def _robustness_section(robustness: Mapping | None) -> dict:
     facts = {}
     for name, row in robustness["degradations"].items():
         if isinstance(row, Mapping):
-            parts = [f"{k} {_number(row[k])}" for k in ("accuracy", "roc_auc", "flipped") if k in row]
+            parts = [f"{k} {format_metric(row[k])}" for k in ("accuracy", "roc_auc", "flipped") if k in row]
             facts[name] = ", ".join(parts)
     mean = robustness.get("degraded_mean", {})
     if isinstance(mean, Mapping) and mean:
-        facts["mean over degradations"] = ", ".join(f"{k} {_number(v)}" for k, v in mean.items())
+        facts["mean over degradations"] = ", ".join(f"{k} {format_metric(v)}" for k, v in mean.items())
     text = (
         "Test images re-saved as users' uploads are (JPEG recompression, resizing, blur, noise) and scored "
         "as the predictor scores them; 'flipped' is the share whose label changed."

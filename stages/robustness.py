@@ -16,7 +16,7 @@ from core.atomic import write_json
 from core.config import EvaluationParams
 from core.degrade import DEGRADATIONS, degrade
 from core.labels import decide
-from core.metrics import outcome_metrics
+from core.metrics import format_metric, outcome_metrics
 from core.modelstore import predict_fake_probability
 from core.pipeline import FIGURES_DIR, PROCESSED_DIR, ROBUSTNESS_FILE
 from stages.figures import plt, save_figure
@@ -86,8 +86,8 @@ def robustness_report(model, images: np.ndarray, labels: np.ndarray, threshold: 
         log.info(
             "robustness %-15s accuracy %s, flipped %s (%d images, %.1f s)",
             name,
-            _four_places(scores["accuracy"]),
-            _four_places(degradations[name]["flipped"]),
+            format_metric(scores["accuracy"]),
+            format_metric(degradations[name]["flipped"]),
             len(labels),
             time.perf_counter() - started,
         )
@@ -120,14 +120,9 @@ def figure(report: dict) -> plt.Figure:
     mean = report["degraded_mean"]
     fig.suptitle(
         f"Robustness at threshold {report['threshold']:.3f}: degraded mean accuracy "
-        f"{_four_places(mean['accuracy'])}, ROC-AUC {_four_places(mean['roc_auc'])}"
+        f"{format_metric(mean['accuracy'])}, ROC-AUC {format_metric(mean['roc_auc'])}"
     )
     return fig
-
-
-def _four_places(value: float | None) -> str:
-    """A metric for a log line or title: four decimals, or "n/a" where it is undefined (one class only)."""
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def log_to_mlflow(report: dict) -> None:
@@ -168,7 +163,7 @@ def run(model, threshold: float, params: EvaluationParams) -> dict:
         len(chosen),
         len(report["degradations"]),
         time.perf_counter() - started,
-        _four_places(report["degraded_mean"]["accuracy"]),
-        _four_places(report["degraded_mean"]["roc_auc"]),
+        format_metric(report["degraded_mean"]["accuracy"]),
+        format_metric(report["degraded_mean"]["roc_auc"]),
     )
     return report
