@@ -42,6 +42,7 @@ CANDIDATES: dict[str, list[str]] = {
     "no_degradations": ["augmentation.degradations={jpeg: 0, resample: 0, blur: 0, noise: 0}"],
     "DeepGuardCNN": ["model.architecture=DeepGuardCNN"],
     "SimpleCNN": ["model.architecture=SimpleCNN"],
+    "SimpleBatchNormCNN": ["model.architecture=SimpleBatchNormCNN"],
     "DeeperCNN": ["model.architecture=DeeperCNN"],
     "ema": ["training.ema_momentum=0.99"],
     "label_smoothing": ["training.label_smoothing=0.1"],
@@ -187,7 +188,7 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f}"
     )
     header = (
-        f"{'candidate':16s} {'acc':>7s} {'auc':>7s} {'auc range':>15s} {'deg acc':>8s} {'deg auc':>8s} "
+        f"{'candidate':18s} {'acc':>7s} {'auc':>7s} {'auc range':>15s} {'deg acc':>8s} {'deg auc':>8s} "
         f"{'x deg auc':>9s} {'img/s':>6s} {'x img/s':>7s} {'epochs':>6s}"
     )
     print(header)
@@ -195,7 +196,7 @@ def main() -> None:
     for candidate in order:
         aucs = [s.roc_auc for s in results[candidate]]
         print(
-            f"{candidate:16s} {mean(candidate, 'accuracy'):>7.4f} {mean(candidate, 'roc_auc'):>7.4f} "
+            f"{candidate:18s} {mean(candidate, 'accuracy'):>7.4f} {mean(candidate, 'roc_auc'):>7.4f} "
             f"{min(aucs):>7.4f}-{max(aucs):.4f} {mean(candidate, 'degraded_accuracy'):>8.4f} "
             f"{mean(candidate, 'degraded_roc_auc'):>8.4f} "
             f"{mean(candidate, 'degraded_roc_auc') / mean('baseline', 'degraded_roc_auc'):>9.3f} "

@@ -17,6 +17,7 @@ PARAMS_FILE = Path("params.yaml")
 Architecture = Literal[
     "DeepGuardCNN",
     "SimpleCNN",
+    "SimpleBatchNormCNN",
     "DeeperCNN",
     "EfficientStyleCNN",
     "EfficientNetB0Transfer",

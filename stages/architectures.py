@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import get_args
 
@@ -80,10 +81,16 @@ def _mbconv(x: keras.KerasTensor, filters: int, expand: int, strides: int) -> ke
 # Bodies: each maps the normalised float image to a feature vector (the shared head adds the output).
 
 
-def _simple_cnn(x: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
-    """The seed's basic network: three conv + max-pool stages and a small dense layer."""
+def _simple_cnn(x: keras.KerasTensor, dropout: float, batch_norm: bool = False) -> keras.KerasTensor:
+    """The seed's basic network: three conv + max-pool stages and a small dense layer.
+
+    With ``batch_norm`` each conv is followed by BatchNorm (and loses its bias), at the same compute.
+    """
     for filters in (32, 64, 128):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        if batch_norm:
+            x = _conv_bn(x, filters)
+        else:
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
     x = layers.Dense(128, activation="relu")(x)
@@ -137,6 +144,7 @@ def _deepguard_cnn(
 _SCRATCH_BODIES: dict[str, Callable[[keras.KerasTensor, float], keras.KerasTensor]] = {
     "DeepGuardCNN": _deepguard_cnn,
     "SimpleCNN": _simple_cnn,
+    "SimpleBatchNormCNN": partial(_simple_cnn, batch_norm=True),
     "DeeperCNN": _deeper_cnn,
     "EfficientStyleCNN": _efficient_style_cnn,
 }

@@ -57,7 +57,7 @@ def _build(architecture: str, augmentation: AugmentationParams = NO_AUGMENTATION
 
 def test_architectures_tuple_equals_config_literal_and_each_has_a_builder() -> None:
     assert get_args(Architecture) == ARCHITECTURES
-    assert len(ARCHITECTURES) == 6
+    assert len(ARCHITECTURES) == 7
     builders = set(architectures._SCRATCH_BODIES) | set(architectures._BACKBONE_MIN_SIZE)
     assert builders == set(ARCHITECTURES)
 
@@ -98,6 +98,19 @@ def test_output_stays_float32_under_mixed_precision() -> None:
         keras.mixed_precision.set_global_policy("float32")
     assert model.get_layer(layers.OUTPUT_NAME).dtype_policy.compute_dtype == "float32"
     assert model.outputs[0].dtype == "float32"
+
+
+def test_the_batch_norm_variant_of_simple_cnn_normalises_every_conv_at_the_same_compute() -> None:
+    plain, normalised = _build("SimpleCNN"), _build("SimpleBatchNormCNN")
+
+    def convs(model: keras.Model) -> list[keras.layers.Conv2D]:
+        return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+    assert [c.filters for c in convs(normalised)] == [c.filters for c in convs(plain)] == [32, 64, 128]
+    assert not any(c.use_bias for c in convs(normalised))  # BatchNorm's offset replaces the bias
+    norms = [layer for layer in normalised.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 3
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
 
 
 def test_default_keeps_full_resolution_through_its_first_residual_block() -> None:
