@@ -238,7 +238,7 @@ class _StepTimer:
 
 
 def _probe(model, training: TrainingParams, train_ds, val_ds, steps_per_epoch: int) -> dict[str, float]:
-    """Fit a few steps and validate a few batches to time them; the model's weights are put back after.
+    """Fit a few steps and validate a few batches to time them; the model's state is put back after.
 
     Returns:
         ``train_step``, ``val_step`` (seconds per batch, steady state), ``setup`` (first steps' excess)
@@ -247,7 +247,9 @@ def _probe(model, training: TrainingParams, train_ds, val_ds, steps_per_epoch: i
     import keras
 
     started = time.perf_counter()
-    initial = model.get_weights()
+    # All variables, not just the weights: the random layers' seed states too, which the probe's steps (as
+    # many as fit its minimum time) advance; without them the fit would draw differently on a faster machine.
+    initial = [variable.numpy() for variable in model.variables]
     _compile(model, training, steps_per_epoch, training.epochs)
     train_timer, val_timer = _StepTimer(PROBE_WARMUP_STEPS), _StepTimer(PROBE_WARMUP_STEPS)
     fit_started = time.perf_counter()
@@ -269,7 +271,8 @@ def _probe(model, training: TrainingParams, train_ds, val_ds, steps_per_epoch: i
         callbacks=[timers],
         verbose=0,
     )
-    model.set_weights(initial)  # the probe only measures: training starts from the same initial weights
+    for variable, value in zip(model.variables, initial, strict=True):
+        variable.assign(value)  # the probe only measures: training starts from the same state
     train_step = train_timer.seconds_per_step()
     return {
         "train_step": train_step,
@@ -465,13 +468,19 @@ def train_model(
     gpus = gpu_count()
     if training.mixed_precision == "on" or (training.mixed_precision == "auto" and gpus):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    train_ds = training_dataset(
-        *train,
-        batch_size=training.batch_size,
-        seed=training.seed,
-        degradations=augmentation.degradations,
-        mixup_alpha=augmentation.mixup_alpha,
-    )
+    # Before the datasets: their seeds combine with the global one, which an earlier run may have left
+    # elsewhere, so two runs in one process (the benches, the tests) would differ from each other.
+    keras.utils.set_random_seed(training.seed)
+
+    def train_dataset():
+        return training_dataset(
+            *train,
+            batch_size=training.batch_size,
+            seed=training.seed,
+            degradations=augmentation.degradations,
+            mixup_alpha=augmentation.mixup_alpha,
+        )
+
     val_ds = validation_dataset(*val, batch_size=training.batch_size)
     steps = -(-len(train[1]) // training.batch_size)
     with _strategy(gpus):
@@ -491,7 +500,9 @@ def train_model(
         epochs = training.epochs
         # One epoch at most leaves nothing to choose: no probe (the test pipeline's quick runs).
         if training.time_budget_minutes is not None and training.epochs > 1:
-            plan = _budget_plan(model, training, train_ds, val_ds, len(train[1]), len(val[1]))
+            # The probe gets its own dataset: its passes (as many as fit its minimum time) advance the shuffle
+            # and the degradation draws, which would otherwise make the fit's batches depend on the machine.
+            plan = _budget_plan(model, training, train_dataset(), val_ds, len(train[1]), len(val[1]))
             epochs = plan.epochs
         schedule = _compile(model, training, steps, epochs)
     own: list[keras.callbacks.Callback] = []
@@ -504,7 +515,7 @@ def train_model(
         # One iterator for the whole fit: without steps_per_epoch Keras makes a new one every epoch, and the
         # first step after that sat idle for 2-40 s on 2 CPU cores (up to 40 % of a 10k-image epoch). The
         # repeated dataset still reshuffles and redraws each pass; an epoch is still one pass over train.
-        train_ds.repeat(),
+        train_dataset().repeat(),
         steps_per_epoch=steps,
         epochs=plan.max_epochs if plan else epochs,  # the re-planner stops the fit where the budget ends
         shuffle=False,  # the dataset shuffles itself, reproducibly

@@ -254,6 +254,36 @@ def test_without_budget_the_configured_epochs_run_and_no_probe_is_made(
     assert trained.plan is None and trained.epochs == 2 and len(trained.history["loss"]) == 2
 
 
+def test_without_budget_the_same_seed_trains_the_same_weights_and_another_seed_does_not() -> None:
+    """Fixed epochs make a run repeatable: the seed reaches the weights, the shuffle and every draw."""
+    fixed = ("training.time_budget_minutes=null", "training.epochs=2")
+    assert load_params(REPO / "params.yaml").augmentation.degradations.jpeg > 0  # the draws are exercised
+
+    def weights(seed: int) -> list[np.ndarray]:
+        return _fit(_params(*fixed, f"training.seed={seed}")).model.get_weights()
+
+    first, again, other = weights(3), weights(3), weights(4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_a_budgeted_run_trains_the_same_weights_however_long_its_probe_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The probe's step count follows the machine's speed; the fit that follows must not."""
+    budgeted = _params("training.time_budget_minutes=10", "training.epochs=2", "training.seed=3")
+
+    def fit_after_a_probe_of(seconds: float) -> train.Trained:
+        monkeypatch.setattr(train, "PROBE_MIN_SECONDS", seconds)
+        return _fit(budgeted)
+
+    short, long = fit_after_a_probe_of(0.2), fit_after_a_probe_of(2.0)
+    assert short.epochs == long.epochs == 2  # the same plan: capped by training.epochs
+    assert all(
+        np.array_equal(a, b) for a, b in zip(short.model.get_weights(), long.model.get_weights(), strict=True)
+    )
+
+
 def test_degradations_and_mixup_stay_out_of_the_trained_model(tmp_path: Path) -> None:
     params = _params(
         "training.time_budget_minutes=null",
