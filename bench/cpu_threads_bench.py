@@ -1,8 +1,10 @@
 """Benchmark: training throughput on this CPU under TensorFlow's thread-pool and oneDNN settings.
 
 Each setting runs in a fresh process (oneDNN and the thread pools are fixed when TensorFlow starts): the
-default network fits random 32x32 images; the rate leaves out the first epoch (tracing). The defaults are the
-baseline; every other row prints its ratio to them.
+default network fits random 32x32 images fed the way the pipeline feeds them (``stages.augment``'s ``tf.data``
+pipeline with the configured degradations, one ``fit``); the rate leaves out the first epoch (tracing). Each
+row also prints the cores the process kept busy (CPU time / wall time), which tells a slow setting from a
+slow machine. The defaults are the baseline; every other row prints its ratio to them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def child(images: int, epochs: int, intra: int, inter: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     from core.config import load_params
     from stages.architectures import build_model
+    from stages.augment import training_dataset
 
     params = load_params(REPO / "params.yaml")
     rng = np.random.default_rng(0)
@@ -56,14 +59,23 @@ def child(images: int, epochs: int, intra: int, inter: int) -> None:
         spectrum_branch=params.model.spectrum_branch,
     )
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="binary_crossentropy")
-    seconds: list[float] = []
-    timer = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: seconds.append(-time.perf_counter()),
-        on_epoch_end=lambda epoch, logs: seconds.__setitem__(-1, seconds[-1] + time.perf_counter()),
+    dataset = training_dataset(
+        x,
+        y,
+        batch_size=params.training.batch_size,
+        seed=0,
+        degradations=params.augmentation.degradations,
+        mixup_alpha=params.augmentation.mixup_alpha,
     )
-    model.fit(x, y, batch_size=params.training.batch_size, epochs=epochs, verbose=0, callbacks=[timer])
-    steady = seconds[1:]
-    print(json.dumps({"images_per_second": len(steady) * images / sum(steady)}))
+    marks: list[tuple[float, float]] = []  # (wall, process CPU) at the end of each epoch
+
+    def mark(*_) -> None:
+        marks.append((time.perf_counter(), time.process_time()))
+
+    timer = keras.callbacks.LambdaCallback(on_epoch_end=mark)
+    model.fit(dataset, epochs=epochs, verbose=0, callbacks=[timer])
+    wall, cpu = (marks[-1][i] - marks[0][i] for i in (0, 1))  # epochs 2.. (the first traces)
+    print(json.dumps({"images_per_second": (len(marks) - 1) * images / wall, "cores": cpu / wall}))
 
 
 def main() -> None:
@@ -74,6 +86,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", nargs=2, type=int, metavar=("INTRA", "INTER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first (tracing) is left out of the rate")
     if args.child:
         child(args.images, args.epochs, *args.child)
         return
@@ -83,6 +97,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs; SIMD: {' '.join(simd) or 'unknown'}; load average {os.getloadavg()[0]:.1f}"
     )
     rates: dict[str, list[float]] = {}
+    cores: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for label, env, intra, inter in SETTINGS:
             command = [sys.executable, __file__, "--images", str(args.images), "--epochs", str(args.epochs)]
@@ -93,14 +108,22 @@ def main() -> None:
                 text=True,
                 check=True,
             )
-            rate = json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"]
-            rates.setdefault(label, []).append(rate)
-            print(f"  {label}: {rate:.0f} img/s (load average {os.getloadavg()[0]:.1f})", flush=True)
+            measured = json.loads(result.stdout.strip().splitlines()[-1])
+            rates.setdefault(label, []).append(measured["images_per_second"])
+            cores.setdefault(label, []).append(measured["cores"])
+            print(
+                f"  {label}: {measured['images_per_second']:.0f} img/s on {measured['cores']:.2f} cores "
+                f"(load average {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
     base = statistics.median(rates[SETTINGS[0][0]])
-    print(f"\n{'setting':32s} {'median img/s':>12s} {'x':>5s}  runs")
+    print(f"\n{'setting':32s} {'median img/s':>12s} {'x':>5s} {'cores':>5s}  runs")
     for label, values in rates.items():
         median = statistics.median(values)
-        print(f"{label:32s} {median:>12.0f} {median / base:>5.2f}  {' '.join(f'{v:.0f}' for v in values)}")
+        print(
+            f"{label:32s} {median:>12.0f} {median / base:>5.2f} {statistics.median(cores[label]):>5.2f}  "
+            f"{' '.join(f'{v:.0f}' for v in values)}"
+        )
 
 
 if __name__ == "__main__":
