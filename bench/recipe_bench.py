@@ -26,12 +26,11 @@ sys.path.insert(0, str(REPO / "bench"))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from architectures_bench import load_subset  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from core.config import load_params  # noqa: E402
 from core.degrade import DEGRADATIONS, degrade  # noqa: E402
-from core.labels import decide  # noqa: E402
 from core.layers import with_flip_averaging  # noqa: E402
+from core.metrics import outcome_metrics  # noqa: E402
 from stages.train import train_model  # noqa: E402
 
 log = logging.getLogger("bench.recipe")
@@ -86,11 +85,9 @@ class _EpochTimer(keras.callbacks.Callback):
 
 
 def _scores(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
-    """Accuracy, ROC-AUC and the share of fakes called REAL, at threshold 0.5."""
-    scores = model.predict(images, batch_size=512, verbose=0)[:, 0]
-    verdicts = decide(scores, 0.5)
-    fakes_as_real = float(np.mean(verdicts[labels == 1] == 0))
-    return float(np.mean(verdicts == labels)), float(roc_auc_score(labels, scores)), fakes_as_real
+    """Accuracy, ROC-AUC and the share of fakes called REAL, at threshold 0.5 (as evaluate reports them)."""
+    outcome = outcome_metrics(labels, model.predict(images, batch_size=512, verbose=0)[:, 0], 0.5)
+    return outcome["accuracy"], outcome["roc_auc"], outcome["fake_called_real"]
 
 
 def run_one(
