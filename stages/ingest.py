@@ -104,7 +104,7 @@ def ingest(
     is dropped when it is a test image. Duplicates are byte-identical files (same sha256).
     """
     report = IngestReport(
-        source=source.to_dict(), feedback=Counter() if params.feedback == "include" else None
+        source=source.provenance(), feedback=Counter() if params.feedback == "include" else None
     )
     seen_in_split: dict[str, set[str]] = defaultdict(set)
     kept_hashes: list[str] = []

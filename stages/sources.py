@@ -12,7 +12,7 @@ import logging
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import DataParams
@@ -56,9 +56,14 @@ class Source:
         """True for generated stand-in data (not CIFAKE)."""
         return self.kind == "synthetic"
 
-    def to_dict(self) -> dict:
-        """Plain dict for JSON."""
-        return asdict(self)
+    def provenance(self) -> dict:
+        """Where the data came from, for the data report: kind, location and reason, not the fingerprint.
+
+        Train and register depend on the report, so a fingerprint there would retrain whenever the archive's
+        modification time changes (a copy, a re-download of the same bytes). Ingest reruns on it (through
+        ``data/source.json``) and rewrites the report unchanged when the images are the same.
+        """
+        return {"kind": self.kind, "location": self.location, "reason": self.reason}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -165,6 +166,22 @@ def test_second_repro_skips_and_a_training_param_reruns_train_onward_only(worksp
     changed = dvc(root, env, "repro")
     ran = re.findall(r"Running stage '(\w+)'", changed.stdout)
     assert ran == ["train", "evaluate", "register"]
+
+
+def test_a_touched_archive_with_the_same_images_reruns_ingest_only(workspace_copy) -> None:
+    root, env = workspace_copy
+    archive = root.parent / "cifake-sample.zip"
+    shutil.copyfile(env["DEEPGUARD_DATA"], archive)
+    env = {**env, "DEEPGUARD_DATA": str(archive)}
+    run_stage("ingest", root, env, "--locate")
+    dvc(root, env, "repro")  # a new location: the report names it, so the model is retrained once
+    mtime = archive.stat().st_mtime
+    os.utime(archive, (mtime + 3600, mtime + 3600))  # copied again, re-downloaded: new time, same bytes
+    run_stage("ingest", root, env, "--locate")
+    again = dvc(root, env, "repro")
+    assert re.findall(r"Running stage '(\w+)'", again.stdout) == ["ingest"]
+    marker = json.loads((root / "data/source.json").read_text())
+    assert marker["fingerprint"].endswith(f":{int(mtime) + 3600}")
 
 
 def test_gate_registers_a_worse_challenger_without_promoting_it(workspace_copy) -> None:
