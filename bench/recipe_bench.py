@@ -49,8 +49,11 @@ CANDIDATES: dict[str, list[str]] = {
     "dropout_0.5": ["model.dropout=0.5"],
     "spectrum": ["model.spectrum_branch=true"],
     "learning_rate_x2": ["training.learning_rate=0.006"],
-    "light_degradations": [  # half of each probability
+    "light_degradations": [  # half of each probability of the former default
         "augmentation.degradations={jpeg: 0.15, resample: 0.15, blur: 0.075, noise: 0.075}"
+    ],
+    "former_degradations": [  # the default until 2026-12-04: more JPEG and noise
+        "augmentation.degradations={jpeg: 0.3, resample: 0.3, blur: 0.15, noise: 0.15}"
     ],
 }
 # Issue 12's laundering target: at most 10 % of fakes called REAL after either of these.
