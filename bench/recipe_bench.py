@@ -55,6 +55,9 @@ CANDIDATES: dict[str, list[str]] = {
     "former_degradations": [  # the default until 2026-12-04: more JPEG and noise
         "augmentation.degradations={jpeg: 0.3, resample: 0.3, blur: 0.15, noise: 0.15}"
     ],
+    "laundering_pair_only": [  # resample and blur as the default has them; no JPEG, no noise
+        "augmentation.degradations={jpeg: 0, resample: 0.3, blur: 0.15, noise: 0}"
+    ],
 }
 # Issue 12's laundering target: at most 10 % of fakes called REAL after either of these.
 LAUNDERING = ("blur_0.6", "upscale_4x")
