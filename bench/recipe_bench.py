@@ -40,7 +40,6 @@ CANDIDATES: dict[str, list[str]] = {
     "baseline": [],
     "no_degradations": ["augmentation.degradations={jpeg: 0, resample: 0, blur: 0, noise: 0}"],
     "DeepGuardCNN": ["model.architecture=DeepGuardCNN"],
-    "SimpleCNN": ["model.architecture=SimpleCNN"],
     "SimpleBatchNormCNN": ["model.architecture=SimpleBatchNormCNN"],
     "DeeperCNN": ["model.architecture=DeeperCNN"],
     "ema": ["training.ema_momentum=0.99"],
