@@ -75,8 +75,7 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         process = start(
-            [sys.executable, "-m", "serving", "--model-uri", str(folder), "--http_port", str(port)]
-            + ["--enable_grpc", "false"],
+            [sys.executable, "-m", "serving", "--model-uri", str(folder), "--http_port", str(port)],
             {"DEEPGUARD_MODEL_VERSION": "bench"},
             f"{url}/v2/models/deepguard/ready",
             Path(tmp) / "predictor.log",

@@ -91,8 +91,7 @@ def main() -> int:
                 url = f"http://127.0.0.1:{port}"
                 processes.append(
                     start(
-                        [sys.executable, *command, "--model-uri", str(folder), "--http_port", str(port)]
-                        + ["--enable_grpc", "false"],
+                        [sys.executable, *command, "--model-uri", str(folder), "--http_port", str(port)],
                         {"DEEPGUARD_MODEL_VERSION": "bench"},
                         f"{url}/v2/models/deepguard/ready",
                         Path(tmp) / f"predictor-{i}.log",

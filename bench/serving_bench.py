@@ -6,8 +6,9 @@ model folder, starts ``python -m serving`` and the web app under gunicorn on fre
 and prints one table: single-image latency p50/p99 over N sequential requests, images/s with 64 images per
 request, requests/s with 8 concurrent clients, each beside the in-process baseline with the ratio, the
 single-image requests/s of 8 concurrent clients beside one client's (the micro-batcher's gain; target
->= 1.6x on 2 cores), and the 5xx count. A KServe ModelServer whose model answers a constant, on the same
-loopback with the same client, shows what the framework and the client cost a request before any of ours.
+>= 1.6x on 2 cores), and the 5xx count. V2 is timed over HTTP and over gRPC (``--enable_grpc true``). A
+KServe ModelServer whose model answers a constant, on the same loopback with the same clients, shows what the
+framework and the client cost a request before any of ours.
 Baseline and served calls are interleaved, so both see the same background load.
 """
 
@@ -167,7 +168,25 @@ class Counter:
         return response
 
 
-def serve_constant(port: int) -> None:
+def grpc_request(files: list[bytes]):  # -> ModelInferRequest
+    """A V2 gRPC request carrying ``files`` (image files, not base64) as the BYTES input ``image``."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    contents = pb.InferTensorContents(bytes_contents=files)
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="image", datatype="BYTES", shape=[len(files)], contents=contents
+    )
+    return pb.ModelInferRequest(model_name="deepguard", inputs=[tensor])
+
+
+def grpc_stub(port: int):  # -> GRPCInferenceServiceStub
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+
+def serve_constant(port: int, grpc_port: int) -> None:
     """KServe's ModelServer with a model that answers a constant: what the framework alone costs a request."""
     from kserve import InferOutput, InferResponse, Model, ModelServer
 
@@ -180,7 +199,9 @@ def serve_constant(port: int) -> None:
             output = InferOutput("fake_probability", [1], "FP32", data=np.array([0.5], dtype=np.float32))
             return InferResponse(response_id="constant", model_name=self.name, infer_outputs=[output])
 
-    ModelServer(http_port=port, enable_grpc=False, enable_latency_logging=False).start([Constant()])
+    ModelServer(http_port=port, grpc_port=grpc_port, enable_grpc=True, enable_latency_logging=False).start(
+        [Constant()]
+    )
 
 
 def main() -> int:
@@ -188,10 +209,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests per latency row")
     parser.add_argument("--batches", type=int, default=60, help="64-image requests for the throughput row")
     parser.add_argument("--concurrent-requests", type=int, default=1600, help="requests across 8 clients")
-    parser.add_argument("--serve-constant", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-constant", type=int, nargs=2, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_constant:
-        serve_constant(args.serve_constant)
+        serve_constant(*args.serve_constant)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -223,7 +244,7 @@ def main() -> int:
 
         naive = timed(naive_one, min(args.requests, 200), warmup=5)
 
-        predictor_port, web_port = free_port(), free_port()
+        predictor_port, predictor_grpc_port, web_port = free_port(), free_port(), free_port()
         predictor_url, web_url = f"http://127.0.0.1:{predictor_port}", f"http://127.0.0.1:{web_port}"
         processes = []
         try:
@@ -238,7 +259,9 @@ def main() -> int:
                         "--http_port",
                         str(predictor_port),
                         "--enable_grpc",
-                        "false",
+                        "true",
+                        "--grpc_port",
+                        str(predictor_grpc_port),
                     ],
                     {"DEEPGUARD_MODEL_VERSION": "bench"},
                     f"{predictor_url}/v2/models/deepguard/ready",
@@ -253,10 +276,16 @@ def main() -> int:
                     Path(tmp) / "web.log",
                 )
             )
-            constant_url = f"http://127.0.0.1:{free_port()}"
+            constant_port, constant_grpc_port = free_port(), free_port()
+            constant_url = f"http://127.0.0.1:{constant_port}"
             processes.append(
                 start(
-                    [sys.executable, __file__, "--serve-constant", constant_url.rsplit(":", 1)[1]],
+                    [
+                        sys.executable,
+                        __file__,
+                        "--serve-constant",
+                        *map(str, (constant_port, constant_grpc_port)),
+                    ],
                     {},
                     f"{constant_url}/v2/models/deepguard/ready",
                     Path(tmp) / "constant.log",
@@ -269,6 +298,14 @@ def main() -> int:
             def v2_one(i: int) -> None:
                 body = v2_body([encoded[i % len(encoded)]])
                 counter.check(session.post(v2_url, json=body, timeout=60))
+
+            predictor_grpc, constant_grpc = grpc_stub(predictor_grpc_port), grpc_stub(constant_grpc_port)
+
+            def v2_grpc_one(i: int) -> None:
+                predictor_grpc.ModelInfer(grpc_request([files[i % len(files)]]), timeout=60)
+
+            def constant_grpc_one(i: int) -> None:
+                constant_grpc.ModelInfer(grpc_request([files[i % len(files)]]), timeout=60)
 
             def constant_one(i: int) -> None:
                 body = v2_body([encoded[i % len(encoded)]])
@@ -293,8 +330,9 @@ def main() -> int:
                 body = v2_body(encoded[start_index : start_index + BATCH])
                 counter.check(session.post(v2_url, json=body, timeout=60))
 
-            base_one, v2, v1, web, constant = interleaved(
-                [in_process_one, v2_one, v1_one, flask_one, constant_one], args.requests
+            base_one, v2, v2_grpc, v1, web, constant, constant_grpc = interleaved(
+                [in_process_one, v2_one, v2_grpc_one, v1_one, flask_one, constant_one, constant_grpc_one],
+                args.requests,
             )
             base_batch, batched = interleaved([in_process_batch, v2_batch], args.batches, warmup=3)
 
@@ -329,9 +367,11 @@ def main() -> int:
     ]
     for name, samples in (
         ("V2 /v2/models/deepguard/infer", v2),
+        ("V2 gRPC ModelInfer", v2_grpc),
         ("V1 /v1/models/deepguard:predict", v1),
         ("Flask /api/predict (via V2)", web),
         ("V2 to KServe with a constant model (no decode)", constant),
+        ("V2 gRPC to KServe with a constant model", constant_grpc),
     ):
         p50, p99 = percentiles(samples)
         rows.append((name, p50, p99, p50 / base_p50))

@@ -86,7 +86,7 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "serving", "--model-uri", str(folder)]
-        command += ["--http_port", str(port), "--enable_grpc", "false"]
+        command += ["--http_port", str(port)]
         predictor = start(
             command,
             {"DEEPGUARD_MODEL_VERSION": "bench"},

@@ -67,7 +67,6 @@ def serve(workspace: Path, margin: float, log_path: Path) -> tuple[subprocess.Po
     }
     model_uri = champion_uri(load_params(workspace / "params.yaml").mlflow.model_name)
     command = [sys.executable, "-m", "serving", "--model-uri", model_uri, "--http_port", str(port)]
-    command += ["--enable_grpc", "false"]
     command += ["--domain-margin", str(margin), "--max-images", "1000", "--max-image-bytes", "2000000"]
     with log_path.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -48,7 +48,7 @@ def main() -> int:
             command = ["-m", "serving", "--model-uri", str(folder), "--http_port", str(predictor_port)]
             processes.append(
                 start(
-                    [sys.executable, *command, "--enable_grpc", "false"],
+                    [sys.executable, *command],
                     {"DEEPGUARD_MODEL_VERSION": "bench"},
                     f"{predictor_url}/v2/models/deepguard/ready",
                     Path(tmp) / "predictor.log",

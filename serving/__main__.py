@@ -132,7 +132,9 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     # KServe logs three lines per request (its latency line and two timing lines); the Prometheus metrics
     # carry the same latencies. `--enable_latency_logging true` brings the lines back.
-    parser.set_defaults(model_name=SERVED_MODEL_NAME, enable_latency_logging=False)
+    # V2 over gRPC is opt-in (`--enable_grpc true`, on `--grpc_port`): KServe's gRPC server listens on every
+    # interface whatever --http-host says, and the cluster's InferenceService routes HTTP only.
+    parser.set_defaults(model_name=SERVED_MODEL_NAME, enable_latency_logging=False, enable_grpc=False)
     return parser
 
 
@@ -173,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("predictor failed: %s", exc)
         print(f"serving: error: {exc}", file=sys.stderr)
         return 2
+    if args.enable_grpc:
+        log.warning("V2 over gRPC on port %d of every interface (KServe binds [::])", args.grpc_port)
     try:
         build_server(model, args).start([model])
     finally:

@@ -437,6 +437,11 @@ def explain_requested(request: InferRequest) -> bool:
     return value
 
 
+def _grpc_parameters(facts: dict[str, Any]) -> dict[str, Any]:
+    """Response parameters for gRPC, whose parameter values are bool, int64 or string only: floats as text."""
+    return {key: repr(float(value)) if isinstance(value, float) else value for key, value in facts.items()}
+
+
 def _flatten(data: Any) -> list:
     """V2 tensors may be sent nested; the BYTES input is a flat list of N items."""
     if isinstance(data, np.ndarray):
@@ -831,7 +836,7 @@ class DeepGuardModel(Model):
             model_name=self.name,
             infer_outputs=outputs,
             model_version=served.version,
-            parameters=facts,
+            parameters=_grpc_parameters(facts) if request.from_grpc else facts,
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )

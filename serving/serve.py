@@ -94,8 +94,6 @@ def _start_predictor(model_uri: str, port: int) -> subprocess.Popen:
             model_uri,
             "--http_port",
             str(port),
-            "--enable_grpc",
-            "false",
         ],
         start_new_session=True,
     )

@@ -64,8 +64,6 @@ def _predictor(tracking_uri: str, log_file: Path) -> Iterator[str]:
         f"models:/{MODEL}@champion",
         "--http_port",
         str(port),
-        "--enable_grpc",
-        "false",
     ]
     with running(command, f"{url}/v2/models/{MODEL}/ready", log_file, env):
         yield url

@@ -139,8 +139,6 @@ def start_predictor(
         f"models:/{registered.model_name}@champion",
         "--http_port",
         str(port),
-        "--enable_grpc",
-        "false",
         *extra,
     ]
     env = {

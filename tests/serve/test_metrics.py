@@ -240,8 +240,6 @@ def test_sigterm_under_load_loses_no_record(store, sample_images, tmp_path):
         f"models:/{store.model_name}@champion",
         "--http_port",
         str(port),
-        "--enable_grpc",
-        "false",
         "--monitoring-dir",
         str(folder),
     ]

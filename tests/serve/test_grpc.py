@@ -1,0 +1,118 @@
+"""V2 over gRPC (`--enable_grpc true`): the answers and refusals of V2 over HTTP; off unless asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import requests
+from kserve import InferResponse
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from .serving_helpers import free_port, start_predictor
+from .test_predictor import odd_images, v2_body
+
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def grpc_predictor(
+    registered_model, tmp_path_factory
+) -> Iterator[tuple[pb_grpc.GRPCInferenceServiceStub, str]]:
+    """A second predictor of the same champion with gRPC on: its stub and its log."""
+    log_file = tmp_path_factory.mktemp("grpc-predictor") / "predictor.log"
+    port = free_port()
+    manager, _ = start_predictor(
+        registered_model, log_file, "--enable_grpc", "true", "--grpc_port", str(port)
+    )
+    with manager, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+        yield pb_grpc.GRPCInferenceServiceStub(channel), log_file.read_text()
+
+
+def infer_request(files: list[bytes], name: str = "image", **parameters: bool) -> pb.ModelInferRequest:
+    """A V2 gRPC request with the image files themselves (not base64) as a BYTES input."""
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name=name, datatype="BYTES", shape=[len(files)], contents=pb.InferTensorContents(bytes_contents=files)
+    )
+    return pb.ModelInferRequest(
+        model_name="deepguard",
+        inputs=[tensor],
+        parameters={key: pb.InferParameter(bool_param=value) for key, value in parameters.items()},
+    )
+
+
+def answer(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest) -> InferResponse:
+    return InferResponse.from_grpc(stub.ModelInfer(request, timeout=TIMEOUT))
+
+
+def values(response: InferResponse) -> dict[str, list]:
+    """Output name -> values, BYTES decoded to text."""
+    return {
+        output.name: [v.decode() if isinstance(v, bytes) else v for v in output.as_numpy().tolist()]
+        for output in response.outputs
+    }
+
+
+def test_grpc_answers_exactly_what_http_answers(grpc_predictor, predictor, registered_model, sample_images):
+    stub, log_text = grpc_predictor
+    files = sample_images.probe + odd_images()
+    http = requests.post(f"{predictor.url}/v2/models/deepguard/infer", json=v2_body(files), timeout=TIMEOUT)
+    assert http.status_code == 200, http.text
+    expected = {output["name"]: output["data"] for output in http.json()["outputs"]}
+
+    response = answer(stub, infer_request(files))
+    got = values(response)
+    assert set(got) == set(expected)
+    np.testing.assert_allclose(got.pop("fake_probability"), expected.pop("fake_probability"), atol=1e-6)
+    input_size = np.asarray(got.pop("input_size")).ravel().tolist()
+    assert input_size == expected.pop("input_size")
+    assert got == expected  # label, verdict, note, input_format
+    assert response.model_version == registered_model.version
+    # gRPC parameters hold bool, int64 or string: the threshold travels as text.
+    facts = {
+        key: getattr(value, value.WhichOneof("parameter_choice"))
+        for key, value in response.parameters.items()
+    }
+    assert float(facts.pop("threshold")) == http.json()["parameters"]["threshold"]
+    assert facts == {key: v for key, v in http.json()["parameters"].items() if key != "threshold"}
+    assert "V2 over gRPC on port" in log_text
+
+
+def test_grpc_explain_adds_the_heatmap(grpc_predictor, sample_images):
+    stub, _ = grpc_predictor
+    files = sample_images.probe[:3]
+    plain, explained = answer(stub, infer_request(files)), answer(stub, infer_request(files, explain=True))
+    explained_values = values(explained)
+    heatmap = np.asarray(explained_values.pop("heatmap"), dtype=np.float32)
+    assert heatmap.shape == (3, 32, 32) and heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+    assert explained_values == values(plain)
+
+
+@pytest.mark.parametrize(
+    ("files", "name", "message"),
+    [
+        ([b"not an image"], "image", "input 'image' item 0"),
+        ([b"x"], "pixels", "expected one input named 'image'"),
+        ([], "image", "input 'image'"),
+    ],
+)
+def test_grpc_bad_input_is_invalid_argument_naming_it(grpc_predictor, files, name, message):
+    stub, _ = grpc_predictor
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(infer_request(files, name), timeout=TIMEOUT)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()
+
+
+def test_grpc_is_off_unless_asked_for(predictor):
+    """KServe's gRPC server binds every interface, so the predictor starts it only with --enable_grpc true."""
+    from kserve import model_server
+
+    from serving.__main__ import build_parser
+
+    assert build_parser(model_server.parser).parse_args([]).enable_grpc is False
+    assert "gRPC" not in predictor.log_file.read_text()
