@@ -97,7 +97,7 @@ def test_grpc_explain_adds_the_heatmap(grpc_predictor, sample_images):
     [
         ([b"not an image"], "image", "input 'image' item 0"),
         ([b"x"], "pixels", "expected one input named 'image'"),
-        ([], "image", "input 'image'"),
+        ([], "image", "input 'image': no images in the request"),
     ],
 )
 def test_grpc_bad_input_is_invalid_argument_naming_it(grpc_predictor, files, name, message):
