@@ -19,6 +19,18 @@ from core.errors import DeepGuardError, redact_credentials
 log = logging.getLogger(__name__)
 
 
+def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY.PATH=VALUE`` (repeatable) into ``args.overrides``, for ``core.config.load_params``."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a parameter, e.g. --set training.epochs=1 (repeatable)",
+    )
+
+
 def stage_parser(name: str, description: str, module: str | None = None) -> argparse.ArgumentParser:
     """Return the argument parser with the options every stage takes.
 
@@ -32,14 +44,7 @@ def stage_parser(name: str, description: str, module: str | None = None) -> argp
     """
     parser = argparse.ArgumentParser(prog=f"python -m {module or f'stages.{name}'}", description=description)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: params.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a parameter, e.g. --set training.epochs=1 (repeatable)",
-    )
+    add_overrides_argument(parser)
     parser.add_argument(
         "--workdir",
         type=Path,

@@ -6,6 +6,8 @@ not with the architectures: the predictor loads models without importing any tra
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
@@ -23,6 +25,56 @@ class HorizontalFlip(layers.Layer):
 
     def call(self, inputs):
         return keras.ops.flip(inputs, axis=2)
+
+
+def _take(x, axis: int, start: int, stop: int):
+    """``x[:, start:stop]`` (axis 1) or ``x[:, :, start:stop]`` (axis 2), for any backend."""
+    return x[:, start:stop] if axis == 1 else x[:, :, start:stop]
+
+
+@keras.saving.register_keras_serializable(package="deepguard")
+class RandomShift(layers.Layer):
+    """In training only, shift each image by a whole number of pixels, up to ``factor`` of its side each way.
+
+    What ``RandomTranslation(factor, factor, fill_mode="reflect", interpolation="nearest")`` does (a nearest
+    sample of a shift by ``t`` is a shift by ``round(t)``; the edge is mirrored, ``d c b a | a b c d``), as
+    a sum of the few whole-pixel slices, with the same cost on every backend. Keras' layer runs a general
+    affine resampler, which on the torch backend loops over the images in Python and on JAX gathers per pixel.
+    """
+
+    def __init__(self, factor: float, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.factor = factor
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        ops = keras.ops
+        batch = ops.shape(inputs)[0]
+        for axis in (1, 2):
+            side = inputs.shape[axis]
+            reach = self.factor * side
+            most = min(side - 1, math.floor(reach + 0.5))  # the largest |round(t)| for |t| <= reach
+            if most < 1:
+                continue
+            drawn = keras.random.uniform((batch,), -reach, reach, seed=self.seed_generator)
+            shift = ops.clip(ops.round(drawn), -most, most)
+            ahead, behind = _take(inputs, axis, 0, most), _take(inputs, axis, side - most, side)
+            padded = ops.concatenate([ops.flip(ahead, axis), inputs, ops.flip(behind, axis)], axis=axis)
+            shifted = 0
+            for k in range(-most, most + 1):  # each image keeps the one slice of its own shift
+                chosen = ops.reshape(ops.cast(ops.equal(shift, k), inputs.dtype), (-1, 1, 1, 1))
+                shifted = shifted + chosen * _take(padded, axis, most - k, most - k + side)
+            inputs = shifted
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "factor": self.factor, "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package="deepguard")

@@ -13,7 +13,7 @@ from keras import layers
 
 from core.config import Architecture, AugmentationParams
 from core.errors import DeepGuardError
-from core.layers import OUTPUT_NAME, LogSpectrum
+from core.layers import OUTPUT_NAME, LogSpectrum, RandomShift
 
 log = logging.getLogger(__name__)
 
@@ -239,15 +239,8 @@ def _augmentation(x: keras.KerasTensor, augmentation: AugmentationParams, seed: 
     if augmentation.horizontal_flip:
         x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
     if augmentation.translate > 0:
-        # Nearest interpolation: a bilinear sub-pixel shift would blur the high-frequency generator artifacts.
-        x = layers.RandomTranslation(
-            augmentation.translate,
-            augmentation.translate,
-            fill_mode="reflect",
-            interpolation="nearest",
-            seed=seed + 1,
-            name="augment_translate",
-        )(x)
+        # Whole pixels: a bilinear sub-pixel shift would blur the high-frequency generator artifacts.
+        x = RandomShift(augmentation.translate, seed=seed + 1, name="augment_translate")(x)
     if augmentation.contrast > 0:
         x = layers.RandomContrast(
             augmentation.contrast, value_range=(0.0, 1.0), seed=seed + 2, name="augment_contrast"

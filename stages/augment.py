@@ -3,11 +3,19 @@
 The degradations are the ones uploads go through (re-saved JPEGs, images resized up or down and brought back
 to the model's size the way the predictor does it, blur, sensor noise). They reuse ``core.degrade``'s PIL
 primitives and ``core.imaging.resize``, so training sees exactly what serving and the robustness report see.
-They run in the ``tf.data`` pipeline (a ``tf.numpy_function`` per batch, in parallel with the model's step),
-never in the saved model and never on disk.
+On the TensorFlow backend they run in the ``tf.data`` pipeline (a ``tf.numpy_function`` per batch, in parallel
+with the model's step); on JAX or torch, which have no ``tf.data``, in worker processes feeding a Python
+stream of the same batches (:func:`batch_stream`). Never in the saved model and never on disk.
 """
 
 from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -165,3 +173,69 @@ def validation_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
 
     data = (np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.float32))
     return tf.data.Dataset.from_tensor_slices(data).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def uses_tf_data() -> bool:
+    """Whether training reads :func:`training_dataset` (TensorFlow) or :func:`batch_stream` (JAX, torch)."""
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
+def batch_stream(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    degradations: DegradationParams,
+    mixup_alpha: float,
+    shuffle: bool = True,
+    workers: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless ``(uint8 images, float32 labels)`` batches for the backends without ``tf.data`` (JAX, torch).
+
+    The batches :func:`training_dataset` makes, one pass over the images after another: each pass
+    reshuffled, each batch augmented by :func:`augment_batch` with its own seed, the same stream for the same
+    seed whatever the number of workers. The augmentation runs ahead of the model in ``workers`` processes,
+    spawned rather than forked (the backends' own threads make a fork unsafe); none start when nothing is
+    augmented.
+
+    Args:
+        images: uint8 ``(N, S, S, 3)``.
+        labels: ``(N,)`` 0/1 labels.
+        batch_size: Images per batch (the last batch of a pass may be smaller).
+        seed: Seeds the shuffles and every batch's augmentation draws.
+        degradations: The probability of each degradation.
+        mixup_alpha: Mixup's Beta parameter; 0 disables it.
+        shuffle: False keeps the images' order (endless validation batches).
+        workers: Augmenting processes (default: one per CPU core but one, for the model's own thread).
+
+    Yields:
+        Batches, for ever: Keras' ``fit`` takes as many as ``steps_per_epoch`` says per epoch.
+    """
+    images = np.asarray(images, dtype=np.uint8)
+    labels = np.asarray(labels, dtype=np.float32)
+    count = len(labels)
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+        for epoch in itertools.count():
+            order = np.random.default_rng([seed, epoch]).permutation(count) if shuffle else np.arange(count)
+            for start in range(0, count, batch_size):
+                index = order[start : start + batch_size]
+                batch_seed = np.random.SeedSequence([seed, epoch, start]).generate_state(1, np.uint64)[0]
+                yield images[index], labels[index], int(batch_seed)
+
+    if not (active(degradations) or mixup_alpha > 0):
+        yield from ((x, y) for x, y, _ in batches())
+        return
+    workers = workers or max(1, (os.cpu_count() or 1) - 1)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pending: collections.deque = collections.deque()
+    try:
+        for x, y, batch_seed in batches():
+            pending.append(pool.submit(augment_batch, x, y, batch_seed, degradations, mixup_alpha))
+            if len(pending) > 2 * workers:  # keep every worker busy, in order, a bounded way ahead
+                yield pending.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)  # waits only for the batches being augmented

@@ -2,7 +2,8 @@
 
 Output ``models/``: ``model.keras`` (the best epoch by validation ROC-AUC) and ``run.json`` (the MLflow run
 that evaluate and register continue); ``reports/training.json`` summarises the run, with the epochs the time
-budget chose. Degradations and mixup run in the tf.data input pipeline (stages/augment.py), not in the model.
+budget chose. Degradations and mixup run in the input pipeline (stages/augment.py: tf.data on TensorFlow,
+worker processes on JAX or torch), not in the model.
 Uses every visible GPU (MirroredStrategy across several on the TensorFlow backend; mixed precision on GPU)
 and the CPU otherwise.
 """
@@ -23,7 +24,7 @@ import numpy as np
 from core import tracking
 from core.atomic import atomic_path, read_json, write_json
 from core.cli import run_stage, stage_parser
-from core.config import Params, TrainingParams
+from core.config import NO_DEGRADATIONS, Params, TrainingParams
 from core.modelstore import load_keras
 from core.pipeline import (
     DATA_REPORT,
@@ -36,7 +37,7 @@ from core.pipeline import (
     RUN_FILE,
     TRAINING_REPORT,
 )
-from stages.augment import training_dataset, validation_dataset
+from stages.augment import batch_stream, training_dataset, uses_tf_data, validation_dataset
 from stages.calibration import calibrate_saved_model
 from stages.shards import load_split
 
@@ -240,6 +241,8 @@ class _StepTimer:
 def _probe(model, training: TrainingParams, train_ds, val_ds, steps_per_epoch: int) -> dict[str, float]:
     """Fit a few steps and validate a few batches to time them; the model's state is put back after.
 
+    ``train_ds`` and ``val_ds`` are endless (repeated): the probe takes the steps its minimum time needs.
+
     Returns:
         ``train_step``, ``val_step`` (seconds per batch, steady state), ``setup`` (first steps' excess)
         and ``wall`` (the probe's whole time).
@@ -264,8 +267,10 @@ def _probe(model, training: TrainingParams, train_ds, val_ds, steps_per_epoch: i
         on_train_batch_end=on_train_batch_end, on_test_batch_end=lambda batch, logs: val_timer.tick()
     )
     model.fit(
-        train_ds.repeat().take(PROBE_MAX_STEPS),
-        validation_data=val_ds.repeat().take(PROBE_WARMUP_STEPS + PROBE_TIMED_STEPS),
+        train_ds,
+        steps_per_epoch=PROBE_MAX_STEPS,
+        validation_data=val_ds,
+        validation_steps=PROBE_WARMUP_STEPS + PROBE_TIMED_STEPS,
         epochs=1,
         shuffle=False,  # the dataset shuffles itself
         callbacks=[timers],
@@ -472,16 +477,25 @@ def train_model(
     # elsewhere, so two runs in one process (the benches, the tests) would differ from each other.
     keras.utils.set_random_seed(training.seed)
 
-    def train_dataset():
-        return training_dataset(
-            *train,
-            batch_size=training.batch_size,
-            seed=training.seed,
-            degradations=augmentation.degradations,
-            mixup_alpha=augmentation.mixup_alpha,
-        )
+    tf_data = uses_tf_data()
+    recipe = {"degradations": augmentation.degradations, "mixup_alpha": augmentation.mixup_alpha}
 
-    val_ds = validation_dataset(*val, batch_size=training.batch_size)
+    def train_batches():
+        """Endless: each pass over the training images reshuffled and redrawn; an epoch is one pass."""
+        batching = {"batch_size": training.batch_size, "seed": training.seed, **recipe}
+        return training_dataset(*train, **batching).repeat() if tf_data else batch_stream(*train, **batching)
+
+    def endless_validation():
+        if tf_data:
+            return validation_dataset(*val, batch_size=training.batch_size).repeat()
+        unaugmented = {"degradations": NO_DEGRADATIONS, "mixup_alpha": 0.0, "shuffle": False}
+        return batch_stream(*val, batch_size=training.batch_size, seed=0, **unaugmented)
+
+    if tf_data:
+        validation = {"validation_data": validation_dataset(*val, batch_size=training.batch_size)}
+    else:
+        val_x, val_y = np.asarray(val[0], dtype=np.uint8), np.asarray(val[1], dtype=np.float32)
+        validation = {"validation_data": (val_x, val_y), "validation_batch_size": training.batch_size}
     steps = -(-len(train[1]) // training.batch_size)
     with _strategy(gpus):
         model = build_model(
@@ -502,7 +516,9 @@ def train_model(
         if training.time_budget_minutes is not None and training.epochs > 1:
             # The probe gets its own dataset: its passes (as many as fit its minimum time) advance the shuffle
             # and the degradation draws, which would otherwise make the fit's batches depend on the machine.
-            plan = _budget_plan(model, training, train_dataset(), val_ds, len(train[1]), len(val[1]))
+            plan = _budget_plan(
+                model, training, train_batches(), endless_validation(), len(train[1]), len(val[1])
+            )
             epochs = plan.epochs
         schedule = _compile(model, training, steps, epochs)
     own: list[keras.callbacks.Callback] = []
@@ -514,12 +530,12 @@ def train_model(
     history = model.fit(
         # One iterator for the whole fit: without steps_per_epoch Keras makes a new one every epoch, and the
         # first step after that sat idle for 2-40 s on 2 CPU cores (up to 40 % of a 10k-image epoch). The
-        # repeated dataset still reshuffles and redraws each pass; an epoch is still one pass over train.
-        train_dataset().repeat(),
+        # endless batches still reshuffle and redraw each pass; an epoch is still one pass over train.
+        train_batches(),
         steps_per_epoch=steps,
         epochs=plan.max_epochs if plan else epochs,  # the re-planner stops the fit where the budget ends
-        shuffle=False,  # the dataset shuffles itself, reproducibly
-        validation_data=val_ds,
+        shuffle=False,  # the batches are shuffled already, reproducibly
+        **validation,
         callbacks=own + list(callbacks or []) + ([replanner] if replanner else []),
         verbose=verbose,
     )

@@ -283,3 +283,49 @@ def test_spectrum_branch_runs_in_float32_under_mixed_precision() -> None:
     assert model.get_layer("spectrum").dtype_policy.compute_dtype == "float32"
     scores = model.predict(_batch(4)[0], verbose=0)
     assert scores.dtype == np.float32 and np.all(np.isfinite(scores))
+
+
+def _shifted(images: np.ndarray, dy: int, dx: int, reach: int) -> np.ndarray:
+    """``images`` moved ``dy`` rows down and ``dx`` columns right, edges mirrored (``d c b a | a b c d``)."""
+    padded = np.pad(images, ((0, 0), (reach, reach), (reach, reach), (0, 0)), mode="symmetric")
+    side = images.shape[1]
+    return padded[:, reach - dy : reach - dy + side, reach - dx : reach - dx + side]
+
+
+def test_random_shift_moves_each_image_by_whole_pixels_within_its_reach_with_mirrored_edges() -> None:
+    images = np.random.default_rng(0).random((400, 32, 32, 3)).astype("float32")
+    out = keras.ops.convert_to_numpy(layers.RandomShift(0.0625, seed=3)(images, training=True))
+    shifts = []
+    for image, moved in zip(images, out, strict=True):
+        found = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(_shifted(image[None], dy, dx, 2)[0], moved)
+        ]
+        assert len(found) == 1, "not a whole-pixel shift of at most 2 (0.0625 of 32) each way"
+        shifts.append(found[0])
+    rows, counts = np.unique([dy for dy, _ in shifts], return_counts=True)
+    # round(uniform(-2, 2)): every shift occurs, the two extremes half as often as the others.
+    assert rows.tolist() == [-2, -1, 0, 1, 2]
+    assert counts[0] + counts[-1] < counts[1] + counts[3]
+    np.testing.assert_array_equal(layers.RandomShift(0.0625, seed=3)(images, training=False), images)
+
+
+def test_random_shift_is_what_keras_random_translation_does_with_nearest_pixels_and_mirrored_edges() -> None:
+    """The replaced layer, given the same translations in pixels, moves the image by their rounded values."""
+    images = np.random.default_rng(1).random((1, 32, 32, 3)).astype("float32")
+    keras_layer = keras.layers.RandomTranslation(0.0625, 0.0625, fill_mode="reflect", interpolation="nearest")
+    for ty, tx in ((1.3, -0.4), (-1.7, 1.6), (0.2, -1.2), (1.9, 2.0)):
+        transformation = {"translations": np.array([[tx, ty]], "float32"), "input_shape": images.shape}
+        moved = keras_layer.transform_images(images, transformation, training=True)
+        expected = _shifted(images, round(ty), round(tx), 2)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(moved), expected)
+
+
+def test_translation_augmentation_is_a_random_shift_that_survives_saving(tmp_path: Path) -> None:
+    model = _build("SimpleCNN", augmentation=FULL_AUGMENTATION)
+    assert isinstance(model.get_layer("augment_translate"), layers.RandomShift)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras").get_layer("augment_translate")
+    assert isinstance(reloaded, layers.RandomShift) and reloaded.factor == FULL_AUGMENTATION.translate

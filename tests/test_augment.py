@@ -134,20 +134,34 @@ def test_training_dataset_shuffles_every_image_once_per_epoch_reproducibly() -> 
     assert epochs[0][0][0].dtype == np.uint8
 
 
-def test_repeated_training_dataset_is_one_pass_per_epoch_reproducibly() -> None:
-    """How the fit reads it (train_ds.repeat(), steps_per_epoch): each pass is every image once, redrawn."""
-    images, labels = _images(20), np.arange(20) % 2
-    params = {
+def _two_passes(source: str, images: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Six batches of 8 of 20 images, as the fit reads them: the repeated tf.data pipeline or the stream."""
+    recipe = {
         "batch_size": 8,
-        "degradations": DegradationParams(jpeg=0.5, resample=0.0, blur=0.0, noise=0.0),
+        "seed": 3,
+        "degradations": DegradationParams(jpeg=0.5, resample=0.3, blur=0.0, noise=0.0),
         "mixup_alpha": 0.0,
     }
-
-    def two_passes() -> list[tuple[np.ndarray, np.ndarray]]:
-        dataset = training_dataset(images, labels, seed=3, **params).repeat()
+    if source == "tf.data":
+        dataset = training_dataset(images, labels, **recipe).repeat()
         return [(x.numpy(), y.numpy()) for x, y in dataset.take(6)]
+    stream = augment.batch_stream(images, labels, workers=int(source.split()[0]), **recipe)
+    batches = [next(stream) for _ in range(6)]
+    stream.close()
+    return batches
 
-    first, again = two_passes(), two_passes()
+
+@pytest.mark.parametrize(
+    ("source", "again_from"), [("tf.data", "tf.data"), ("1 worker", "2 workers")], ids=["tf.data", "stream"]
+)
+def test_endless_training_batches_are_one_pass_per_epoch_reproducibly(source: str, again_from: str) -> None:
+    """Both inputs of the fit (steps_per_epoch over endless batches): each pass every image once, redrawn.
+
+    TensorFlow reads the repeated tf.data pipeline; JAX and torch the worker stream, whose batches do not
+    depend on how many workers augment them.
+    """
+    images, labels = _images(20), np.arange(20) % 2
+    first, again = _two_passes(source, images, labels), _two_passes(again_from, images, labels)
     assert [len(y) for _, y in first] == [8, 8, 4, 8, 8, 4]
     for start in (0, 3):
         seen = np.concatenate([y for _, y in first[start : start + 3]])
@@ -155,4 +169,20 @@ def test_repeated_training_dataset_is_one_pass_per_epoch_reproducibly() -> None:
     for (x1, y1), (x2, y2) in zip(first, again, strict=True):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
+    assert first[0][0].dtype == np.uint8 and first[0][1].dtype == np.float32
     assert not np.array_equal(first[0][0], first[3][0]), "each pass reshuffles and redraws"
+    changed = [not any(np.array_equal(x, image) for image in images) for batch, _ in first[:3] for x in batch]
+    assert 0 < sum(changed) < len(changed), "some images degraded, the others as they were"
+
+
+def test_batch_stream_without_augmentation_keeps_the_images_and_starts_no_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(augment, "ProcessPoolExecutor", lambda *a, **k: pytest.fail("started workers"))
+    images, labels = _images(10), np.arange(10) % 2
+    stream = augment.batch_stream(
+        images, labels, batch_size=4, seed=0, degradations=NO_DEGRADATIONS, mixup_alpha=0.0, shuffle=False
+    )
+    batches = [next(stream) for _ in range(4)]
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in batches[:3]]), images)
+    np.testing.assert_array_equal(batches[3][0], images[:4])  # endless: the next pass starts again

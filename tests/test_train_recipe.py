@@ -216,12 +216,13 @@ def test_probe_times_at_least_its_minimum_and_puts_the_weights_back(monkeypatch:
     initial = [w.copy() for w in model.get_weights()]
     data = train.training_dataset(
         *_data(64), batch_size=16, seed=0, degradations=NO_DEGRADATIONS, mixup_alpha=0.0
-    )
+    ).repeat()
     steps: list[int] = []
     monkeypatch.setattr(
         train._StepTimer, "seconds_per_step", lambda self: steps.append(len(self.times)) or 0.01
     )
-    probe = train._probe(model, params.training, data, train.validation_dataset(*_data(32), batch_size=16), 4)
+    validation = train.validation_dataset(*_data(32), batch_size=16).repeat()
+    probe = train._probe(model, params.training, data, validation, 4)
     assert probe["wall"] >= 1.5
     assert steps[0] > train.PROBE_WARMUP_STEPS + train.PROBE_TIMED_STEPS + 1, "stopped at the step minimum"
     assert steps[0] < train.PROBE_MAX_STEPS
@@ -340,3 +341,27 @@ def test_the_configured_spectrum_branch_is_built_into_the_trained_model() -> Non
         _params("model.spectrum_branch=true", "training.time_budget_minutes=null", "training.epochs=1")
     )
     assert trained.model.get_layer("spectrum").output.shape[1:] == (SIZE, SIZE)
+
+
+def test_without_tf_data_the_fit_reads_the_worker_stream_one_pass_per_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The input path of the JAX and torch backends, run here on TensorFlow: same epochs, same recipe."""
+    from stages import augment
+
+    streamed: list[int] = []
+    real_stream = augment.batch_stream
+
+    def counted(*args, **kwargs):
+        streamed.append(kwargs["batch_size"])
+        return real_stream(*args, **kwargs)
+
+    monkeypatch.setattr(train, "uses_tf_data", lambda: False)
+    monkeypatch.setattr(train, "batch_stream", counted)
+    monkeypatch.setattr(train, "training_dataset", lambda *a, **k: pytest.fail("read tf.data"))
+    params = _params("training.time_budget_minutes=10", "training.epochs=2")
+    assert params.augmentation.degradations.jpeg > 0  # workers augment
+    monkeypatch.setattr(train, "PROBE_MIN_SECONDS", 0.2)
+    trained = train_model(params, _data(70), _data(32, seed=1), mean=[0.5] * 3, variance=[0.05] * 3)
+    assert streamed == [16, 16, 16]  # the probe's training and validation batches, then the fit's
+    assert trained.plan is not None and len(trained.history["val_accuracy"]) == 2
