@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -365,3 +366,50 @@ def test_without_tf_data_the_fit_reads_the_worker_stream_one_pass_per_epoch(
     trained = train_model(params, _data(70), _data(32, seed=1), mean=[0.5] * 3, variance=[0.05] * 3)
     assert streamed == [16, 16, 16]  # the probe's training and validation batches, then the fit's
     assert trained.plan is not None and len(trained.history["val_accuracy"]) == 2
+
+
+JAX_TRAINING = """
+import sys
+from pathlib import Path
+import keras
+import numpy as np
+sys.path.insert(0, "tests")
+from test_train_recipe import _data, _params
+from stages.train import train_model
+
+out = Path(sys.argv[1])
+params = _params("training.time_budget_minutes=1", "training.epochs=2")
+trained = train_model(params, _data(70), _data(32, seed=1), mean=[0.5] * 3, variance=[0.05] * 3)
+trained.model.save(out / "model.keras")
+np.save(out / "scores.npy", keras.ops.convert_to_numpy(trained.model(_data(32, seed=2)[0])))
+print(keras.backend.backend(), len(trained.history["val_accuracy"]), trained.plan is not None)
+"""
+
+
+def test_a_model_trained_on_jax_without_tensorflow_scores_the_same_on_tensorflow(tmp_path: Path) -> None:
+    """The lent GPU machine's path on the CPU: JAX, the worker stream, the budget probe, no TensorFlow at all.
+
+    The predictor (TensorFlow) then loads the saved model and scores images as JAX did.
+    """
+    import subprocess
+    import sys
+
+    from core.modelstore import load_keras
+
+    # As on the GPU machine: importing TensorFlow fails, so there is no tf.data.
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text('raise ImportError("no TensorFlow here")\n')
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_TRAINING, str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["jax", "2", "True"]
+    model = load_keras(tmp_path / "model.keras")
+    scores = keras.ops.convert_to_numpy(model(_data(32, seed=2)[0]))
+    np.testing.assert_allclose(scores, np.load(tmp_path / "scores.npy"), rtol=0, atol=1e-5)
