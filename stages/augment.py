@@ -195,11 +195,11 @@ def batch_stream(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless ``(uint8 images, float32 labels)`` batches for the backends without ``tf.data`` (JAX, torch).
 
-    The batches :func:`training_dataset` makes, one pass over the images after another: each pass
-    reshuffled, each batch augmented by :func:`augment_batch` with its own seed, the same stream for the same
-    seed whatever the number of workers. The augmentation runs ahead of the model in ``workers`` processes,
-    spawned rather than forked (the backends' own threads make a fork unsafe); none start when nothing is
-    augmented.
+    Batches made as :func:`training_dataset` makes them (its shuffles and seeds are tf.data's, so not the
+    same ones), one pass over the images after another: each pass reshuffled, each batch augmented by
+    :func:`augment_batch` with its own seed, the same stream for the same seed whatever the number of
+    workers. The augmentation runs ahead of the model in ``workers`` processes, spawned rather than forked
+    (the backends' own threads make a fork unsafe); none start when nothing is augmented.
 
     Args:
         images: uint8 ``(N, S, S, 3)``.
