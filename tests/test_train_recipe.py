@@ -399,7 +399,8 @@ def test_a_model_trained_on_jax_without_tensorflow_scores_the_same_on_tensorflow
     # As on the GPU machine: importing TensorFlow fails, so there is no tf.data.
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text('raise ImportError("no TensorFlow here")\n')
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(tmp_path)}
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
     result = subprocess.run(
         [sys.executable, "-c", JAX_TRAINING, str(tmp_path)],
         cwd=REPO,
