@@ -36,12 +36,16 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         """Move the end of the decay; the next training step already uses it."""
         self.total_steps.assign(float(max(total_steps, self.warmup_steps + 1)))
 
+    def progress(self, step):
+        """How far the decay has come at ``step``: 0 until the warm-up ends, 1 at the planned end."""
+        step = ops.cast(step, "float32")
+        return ops.clip((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+
     def __call__(self, step):
         step = ops.cast(step, "float32")
         start = self.peak / 10
         warming = start + (self.peak - start) * step / max(1, self.warmup_steps)
-        progress = ops.clip((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
-        cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+        cosine = 0.5 * (1.0 + ops.cos(math.pi * self.progress(step)))
         decayed = self.peak * (self.alpha + (1.0 - self.alpha) * cosine)
         return ops.where(step < self.warmup_steps, warming, decayed)
 
@@ -53,3 +57,28 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             "total_steps": int(ops.convert_to_numpy(self.total_steps)),
             "alpha": self.alpha,
         }
+
+
+class EarlyStoppingOnceDecayed(keras.callbacks.EarlyStopping):
+    """Keras' early stopping, counting only the epochs that end in the second half of the schedule's decay.
+
+    Near the peak learning rate the validation metric is noisy and still far from where the decay takes
+    it: on a fast machine, where the time budget planned the 60-epoch cap, plain early stopping (patience 5)
+    ended the default run at epoch 22 of 60 with the learning rate near its peak and lost accuracy
+    (docs/benchmarks.md). Counting starts with the first epoch that ends past the decay's midpoint, wherever
+    the budget has moved the decay's end by then.
+
+    Args:
+        schedule: The fit's learning-rate schedule.
+        **kwargs: Keras' ``EarlyStopping`` arguments (monitor, mode, patience, ...).
+    """
+
+    def __init__(self, schedule: WarmupCosine, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.schedule = schedule
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Count the epoch towards ``patience`` only once the decay is half done."""
+        if float(ops.convert_to_numpy(self.schedule.progress(self.model.optimizer.iterations))) < 0.5:
+            return
+        super().on_epoch_end(epoch, logs)

@@ -451,6 +451,8 @@ def train_model(
     The augmentation of ``params.augmentation`` runs in the input pipeline (degradations, mixup) and in the
     model's training-only layers (flip, translation, contrast). With ``training.time_budget_minutes`` a
     probe times the first steps and plans the epochs and the schedule; each epoch then re-plans both.
+    Early stopping on validation ROC-AUC (``training.early_stopping_patience``) counts only the epochs in
+    the second half of the decay (:class:`stages.schedule.EarlyStoppingOnceDecayed`).
     With ``training.ema_momentum`` validation and the ``callbacks`` (a checkpoint) see the averaged weights.
 
     Args:
@@ -459,7 +461,8 @@ def train_model(
         val: uint8 images and 0/1 labels to validate on after each epoch.
         mean: Per-channel mean of the training images in [0, 1] scale (the model's Normalization).
         variance: Per-channel variance, likewise.
-        callbacks: Called after the recipe's own (EMA weight swapping), e.g. checkpoint and early stopping.
+        callbacks: Called after the recipe's EMA weight swapping and before its early stopping, e.g. a
+            checkpoint.
         verbose: Keras' ``fit`` verbosity.
 
     Returns:
@@ -468,6 +471,7 @@ def train_model(
     import keras
 
     from stages.architectures import build_model
+    from stages.schedule import EarlyStoppingOnceDecayed
 
     training, augmentation = params.training, params.augmentation
     gpus = gpu_count()
@@ -525,6 +529,9 @@ def train_model(
     if training.ema_momentum is not None:
         # Before the caller's callbacks: validation, checkpoint and early stopping see the averaged weights.
         own.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    stopper = EarlyStoppingOnceDecayed(
+        schedule, monitor="val_auc", mode="max", patience=training.early_stopping_patience
+    )
     replanner = _budget_replanner(plan, started, schedule, steps) if plan else None
     fit_started = time.perf_counter()
     history = model.fit(
@@ -536,7 +543,7 @@ def train_model(
         epochs=plan.max_epochs if plan else epochs,  # the re-planner stops the fit where the budget ends
         shuffle=False,  # the batches are shuffled already, reproducibly
         **validation,
-        callbacks=own + list(callbacks or []) + ([replanner] if replanner else []),
+        callbacks=own + list(callbacks or []) + [stopper] + ([replanner] if replanner else []),
         verbose=verbose,
     )
     return Trained(
@@ -611,9 +618,6 @@ def run(params: Params) -> dict:
         checkpoint = tmp / MODEL_FILE
         callbacks = [
             keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_auc", mode="max", save_best_only=True),
-            keras.callbacks.EarlyStopping(
-                monitor="val_auc", mode="max", patience=training.early_stopping_patience
-            ),
             _mlflow_epoch_logger(),
             epoch_progress_logger(),
         ]

@@ -256,6 +256,21 @@ def test_without_budget_the_configured_epochs_run_and_no_probe_is_made(
     assert trained.plan is None and trained.epochs == 2 and len(trained.history["loss"]) == 2
 
 
+def test_early_stopping_counts_only_the_epochs_in_the_second_half_of_the_decay() -> None:
+    """Validation ROC-AUC is 1.0 from the first epoch on this data, so it never improves after it.
+
+    12 epochs of 4 steps: a warm-up of 2 steps, then the decay's midpoint at step 25, passed at the end of
+    epoch 7. Patience 2 then stops the fit after epoch 9; plain early stopping would stop after epoch 3.
+    """
+    trained = _fit(
+        _params(
+            "training.time_budget_minutes=null", "training.epochs=12", "training.early_stopping_patience=2"
+        )
+    )
+    assert trained.history["val_auc"][0] == 1.0
+    assert len(trained.history["val_auc"]) == 9
+
+
 def test_without_budget_the_same_seed_trains_the_same_weights_and_another_seed_does_not() -> None:
     """Fixed epochs make a run repeatable: the seed reaches the weights, the shuffle and every draw."""
     fixed = ("training.time_budget_minutes=null", "training.epochs=2")
