@@ -83,15 +83,39 @@ def _send_again(name: str) -> None:
     again.start()
 
 
+def _inside_store_call(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or one of its callers belongs to the MLflow store (``_FINISH_BEFORE_STOPPING``)."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_FINISH_BEFORE_STOPPING):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _stop_when_the_store_call_returns(name: str) -> None:
+    """Raise ``KeyboardInterrupt(name)`` in the caller of the main thread's outermost MLflow store call.
+
+    A profile function sees each frame return; the first one whose callers are all outside the store is
+    that call's, and an exception raised there surfaces in its caller as if the call had raised it, after
+    the call's database session ended. (Sending the signal again after a delay could land in the next store
+    call each time, and a stage that writes to the store in a loop then finished as if never stopped.)
+    """
+
+    def on_return(frame: FrameType, event: str, arg: object) -> None:
+        if event == "return" and not _inside_store_call(frame.f_back):
+            sys.setprofile(None)
+            raise KeyboardInterrupt(name)
+
+    sys.setprofile(on_return)
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     # Kubernetes stops a pod with SIGTERM: unwinding like Ctrl-C runs the `finally` blocks that remove
     # temporary outputs and end the MLflow run as KILLED, before the SIGKILL that follows the grace period.
     name = signal.Signals(signum).name
-    while frame is not None:
-        if frame.f_globals.get("__name__", "").startswith(_FINISH_BEFORE_STOPPING):
-            _send_again(name)  # once the database call has returned
-            return
-        frame = frame.f_back
+    if _inside_store_call(frame):
+        _stop_when_the_store_call_returns(name)
+        return
     raise KeyboardInterrupt(name)
 
 
@@ -102,7 +126,7 @@ def _stop_signals_unwind() -> Iterator[None]:
     A signal handler runs wherever the main thread is. Inside a weakref callback or a ``__del__``, Python
     prints the handler's exception and carries on, so the stage would finish as if never stopped; the
     signal is sent again a moment later, when the main thread is back in ordinary code. Inside a call to
-    the MLflow store the signal is sent again too, so that the call's database session ends first.
+    the MLflow store the stop waits until that call has returned, so that its database session ends first.
     """
     previous_hook = sys.unraisablehook
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
