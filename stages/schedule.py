@@ -3,6 +3,7 @@
 Its end can move while the fit runs: the time budget (stages/train.py) re-plans the number of epochs after
 each one, from the epochs' own measured length, and the decay is stretched or shortened to end with them.
 Keras' ``CosineDecay`` bakes its length into the traced training step; here it is a variable the step reads.
+Early stopping reads the same schedule, counting only the epochs in the second half of its decay.
 """
 
 from __future__ import annotations
