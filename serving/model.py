@@ -19,6 +19,7 @@ import base64
 import binascii
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -171,7 +172,8 @@ class _Batch:
     v2_request: Any  # kserve InferRequest for V2, None for V1
     explain: bool = False  # V2 parameter "explain": add heatmaps to the scores
     domain_margin: float = DEFAULT_MARGIN  # serving/domain.py: how much clearer a noted image's score must be
-    # core.imagestats.image_statistics of ``images``, computed in the decode pool (domain notes, monitoring).
+    # core.imagestats.image_statistics of ``images`` (domain notes, monitoring): computed in the decode pool,
+    # or, for the images decoded on the event loop, by ``predict`` while the model thread scores them.
     stats: dict[str, np.ndarray] | None = None
 
 
@@ -220,26 +222,35 @@ class _Job:
 class MicroBatcher:
     """Scores the images of concurrent requests in one model call, in a thread of its own.
 
-    No request waits for a timer: the first one is scored at once, and those that arrive while the model is
-    busy are scored together in its next call (Triton's dynamic batching with no queue delay). That amortises
-    the per-call overhead which otherwise caps single-image throughput at one client's rate.
+    No request waits for a timer: the first one is handed to the model thread at once, and those that arrive
+    while the model is busy are scored together in its next call (Triton's dynamic batching with no queue
+    delay). That amortises the per-call overhead which otherwise caps single-image throughput at one client's
+    rate. Each call's completion starts the next one from its callback, with no task in between.
     """
 
     def __init__(self, max_images: int) -> None:
         self.max_images = max_images
         self.calls = 0  # model calls made; a test compares it with the requests served
         self._pending: collections.deque[_Job] = collections.deque()
-        self._worker: asyncio.Task | None = None
+        self._busy = False  # a model call is in flight
         # One thread: TensorFlow spreads one call over the cores itself; two calls would only contend.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepguard-model")
 
-    async def score(self, served: ServedModel, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """P(FAKE) and class names for ``images``, scored by ``served`` (possibly with other requests')."""
+    def submit(self, served: ServedModel, images: np.ndarray) -> asyncio.Future:
+        """Queue ``images`` for ``served``; the model thread starts on them now if it is idle.
+
+        Returns:
+            A future of P(FAKE) and the class names of ``images`` (scored possibly with other requests').
+        """
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Job(served, images, future))
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._drain())
-        return await future
+        if not self._busy:
+            self._call_next()
+        return future
+
+    async def score(self, served: ServedModel, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """P(FAKE) and class names for ``images``, scored by ``served`` (possibly with other requests')."""
+        return await self.submit(served, images)
 
     async def run(self, function: Any, *args: Any) -> Any:
         """``function(*args)`` in the model thread, between batched calls (the explainer runs there)."""
@@ -258,31 +269,37 @@ class MicroBatcher:
             count += len(batch[-1].images)
         return batch
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch = self._next_batch()
-                images = batch[0].images if len(batch) == 1 else np.concatenate([job.images for job in batch])
-                self.calls += 1
-                metrics.observe_model_call(len(images))
-                try:
-                    probabilities, labels = await loop.run_in_executor(
-                        self._executor, batch[0].served.score, images
-                    )
-                except Exception as exc:  # the model failed: every request of this call gets the error
-                    for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
-                    continue
-                start = 0
-                for job in batch:
-                    end = start + len(job.images)
-                    if not job.future.done():  # done: cancelled because its client went away
-                        job.future.set_result((probabilities[start:end], labels[start:end]))
-                    start = end
-        finally:
-            self._worker = None
+    def _call_next(self) -> None:
+        batch = self._next_batch()
+        self.calls += 1
+        metrics.observe_model_call(sum(len(job.images) for job in batch))
+        self._busy = True
+        call = asyncio.get_running_loop().run_in_executor(self._executor, self._score, batch)
+        call.add_done_callback(functools.partial(self._answer, batch))
+
+    @staticmethod
+    def _score(batch: list[_Job]) -> tuple[np.ndarray, list[str]]:
+        """One model call for the batch's images (in the model thread)."""
+        images = batch[0].images if len(batch) == 1 else np.concatenate([job.images for job in batch])
+        return batch[0].served.score(images)
+
+    def _answer(self, batch: list[_Job], call: asyncio.Future) -> None:
+        """Hand each request its share of the call's result (or its error), then start the next call."""
+        self._busy = False
+        error = asyncio.CancelledError() if call.cancelled() else call.exception()
+        start = 0
+        for job in batch:
+            end = start + len(job.images)
+            if job.future.done():  # cancelled because its client went away
+                pass
+            elif error is not None:  # the model failed: every request of this call gets the error
+                job.future.set_exception(error)
+            else:
+                probabilities, labels = call.result()
+                job.future.set_result((probabilities[start:end], labels[start:end]))
+            start = end
+        if self._pending:
+            self._call_next()
 
 
 def resolve_model(uri: str, dest: Path) -> tuple[Path, str]:
@@ -549,7 +566,9 @@ class DeepGuardModel(Model):
         scores = await self.predict(dataclasses.replace(payload, explain=False), headers)
         fake = decide(scores.probabilities, payload.served.metadata.threshold).astype(bool)
         heatmaps = await self.batcher.run(payload.served.explain, payload.images, fake)
-        return dataclasses.replace(scores, batch=payload, heatmaps=heatmaps)
+        return dataclasses.replace(
+            scores, batch=dataclasses.replace(scores.batch, explain=True), heatmaps=heatmaps
+        )
 
     def validate(self, payload: Any) -> Any:
         """Validation happens in :meth:`preprocess`, which knows the model's limits."""
@@ -598,9 +617,9 @@ class DeepGuardModel(Model):
 
     @staticmethod
     def _decode_checked(
-        files: list[tuple[str, bytes, int]], size: int, max_pixels: int
-    ) -> tuple[np.ndarray, list[InputFacts], dict[str, np.ndarray]]:
-        """Decode checked files into model inputs, their upload facts and their statistics."""
+        files: list[tuple[str, bytes, int]], size: int, max_pixels: int, statistics: bool = True
+    ) -> tuple[np.ndarray, list[InputFacts], dict[str, np.ndarray] | None]:
+        """Decode checked files into model inputs, their upload facts and (or None) their statistics."""
         images, facts = [], []
         for where, data, _ in files:
             try:
@@ -610,7 +629,7 @@ class DeepGuardModel(Model):
             images.append(image)
             facts.append(fact)
         stacked = np.stack(images)
-        return stacked, facts, image_statistics(stacked)
+        return stacked, facts, image_statistics(stacked) if statistics else None
 
     def _decode_files(
         self, items: list[tuple[str, Any]], size: int
@@ -620,7 +639,7 @@ class DeepGuardModel(Model):
 
     async def _decode_request(
         self, items: list[tuple[str, Any]], size: int
-    ) -> tuple[np.ndarray, list[InputFacts], dict[str, np.ndarray]]:
+    ) -> tuple[np.ndarray, list[InputFacts], dict[str, np.ndarray] | None]:
         """Decode a request's files on the event loop when they are few and small, else in the decode pool.
 
         Handing a single small image to the pool and back costs about as much as decoding it (two thread
@@ -637,7 +656,8 @@ class DeepGuardModel(Model):
             return await loop.run_in_executor(
                 self.decode_pool, self._decode_checked, files, size, self.limits.max_pixels
             )
-        return self._decode_checked(files, size, self.limits.max_pixels)
+        # The statistics are left to predict, which computes them while the model thread scores the images.
+        return self._decode_checked(files, size, self.limits.max_pixels, statistics=False)
 
     def _check_count(self, count: int, what: str) -> None:
         if count == 0:
@@ -753,7 +773,10 @@ class DeepGuardModel(Model):
         """Score the request's images in one model call, shared with concurrent requests'."""
         if payload.explain:
             return await self.explain(payload, headers)
-        probabilities, labels = await self.batcher.score(payload.served, payload.images)
+        scoring = self.batcher.submit(payload.served, payload.images)  # the model thread starts now
+        if payload.stats is None:  # decoded on the event loop: the statistics overlap the model call
+            payload = dataclasses.replace(payload, stats=image_statistics(payload.images))
+        probabilities, labels = await scoring
         return _Scores(payload, probabilities, labels)
 
     def _observe(self, result: _Scores, verdict: list[str]) -> None:
@@ -763,7 +786,7 @@ class DeepGuardModel(Model):
         if self.records is not None:
             protocol = "v1" if batch.v2_request is None else "v2"
             self.records.submit(
-                batch.served.version, protocol, result.probabilities, verdict, batch.facts, batch.images
+                batch.served.version, protocol, result.probabilities, verdict, batch.facts, batch.stats
             )
 
     def postprocess(

@@ -1,9 +1,10 @@
 """Monitoring records: one JSON line per served image, written in the background, never blocking a request.
 
-A request hands its scores, upload facts and model inputs to :meth:`RecordWriter.submit`, which only appends
-to a bounded in-memory queue (full: the records are dropped and counted, the request is answered anyway). The
-writer thread computes ``core.imagestats.image_statistics`` of the images (the same statistics the drift
-reference is described by), drops the images, and appends the lines to ``<dir>/records/*.jsonl``:
+A request hands its scores, upload facts and the ``core.imagestats.image_statistics`` of its model inputs
+(the statistics the drift reference is described by, which the predictor computes anyway for its domain notes)
+to :meth:`RecordWriter.submit`, which only appends to a bounded in-memory queue (full: the records are dropped
+and counted, the request is answered anyway). The writer thread appends the lines to
+``<dir>/records/*.jsonl``:
 
 * one file per UTC hour, host and process, rotated to a new sequence number beyond ``max_file_bytes``;
 * the folder bounded to ``max_total_bytes``: at each rotation the oldest files are deleted;
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from core.imagestats import STAT_NAMES, image_statistics
+from core.imagestats import STAT_NAMES
 from core.imaging import InputFacts
 from serving import metrics
 
@@ -39,10 +40,10 @@ log = logging.getLogger(__name__)
 RECORDS_FOLDER = "records"
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_TOTAL_BYTES = 1024 * 1024 * 1024
-# Queued model inputs are 3 KB each (32x32x3): 10,000 hold ~30 MB while the writer catches up.
+# A queued image is its facts and a few floats: 10,000 hold a few MB while the writer catches up.
 DEFAULT_MAX_QUEUED_IMAGES = 10_000
-# The writer lets records gather this long (or up to _BATCH_IMAGES images) before one statistics call and one
-# write for all of them: per-request work in the background thread competes with requests for the CPU.
+# The writer lets records gather this long (or up to _BATCH_IMAGES images) before one write for all of them:
+# per-request work in the background thread competes with requests for the CPU.
 DEFAULT_FLUSH_INTERVAL_S = 1.0
 _BATCH_IMAGES = 256
 # A store that stays unwritable warns once per this many seconds, not once per request.
@@ -51,7 +52,7 @@ _WARN_EVERY_S = 60.0
 
 @dataclass(frozen=True)
 class _Entry:
-    """One answered request, as queued: the images go as soon as their statistics are computed."""
+    """One answered request, as queued."""
 
     ts: str
     model_version: str
@@ -59,7 +60,7 @@ class _Entry:
     probabilities: np.ndarray
     verdicts: list[str]
     facts: list[InputFacts]
-    images: np.ndarray
+    stats: dict[str, np.ndarray]  # STAT_NAMES -> (N,)
 
 
 class RecordWriter:
@@ -112,7 +113,7 @@ class RecordWriter:
         probabilities: np.ndarray,
         verdicts: list[str],
         facts: list[InputFacts],
-        images: np.ndarray,
+        stats: dict[str, np.ndarray],
     ) -> bool:
         """Queue the records of one answered request; never blocks, never raises.
 
@@ -122,14 +123,14 @@ class RecordWriter:
             probabilities: P(FAKE) per image.
             verdicts: REAL, FAKE or UNCERTAIN per image.
             facts: The uploads' size and format per image.
-            images: The model inputs, uint8 ``(N, H, W, 3)``: only their statistics are written.
+            stats: ``core.imagestats.image_statistics`` of the model inputs: ``STAT_NAMES`` -> ``(N,)``.
 
         Returns:
             False when the records were dropped (queue full, or the writer closed).
         """
         count = len(verdicts)
         ts = datetime.now(UTC).isoformat(timespec="milliseconds")
-        entry = _Entry(ts, model_version, protocol, probabilities, verdicts, facts, images)
+        entry = _Entry(ts, model_version, protocol, probabilities, verdicts, facts, stats)
         with self._condition:
             if self._closed or self._queued + count > self.max_queued_images:
                 self._dropped_when_full += count
@@ -178,8 +179,9 @@ class RecordWriter:
         self._close_file()
 
     def _write(self, entries: list[_Entry]) -> None:
-        images = entries[0].images if len(entries) == 1 else np.concatenate([e.images for e in entries])
-        stats = {name: column.tolist() for name, column in image_statistics(images).items()}
+        stats = {
+            name: np.concatenate([entry.stats[name] for entry in entries]).tolist() for name in STAT_NAMES
+        }
         lines, i = [], 0
         for entry in entries:
             for probability, verdict, fact in zip(

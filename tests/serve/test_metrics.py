@@ -18,7 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
-from core.imagestats import STAT_NAMES
+from core.imagestats import STAT_NAMES, image_statistics
 from core.imaging import InputFacts
 from flask_app import web_threads
 from serving import metrics
@@ -277,7 +277,9 @@ def test_sigterm_under_load_loses_no_record(store, sample_images, tmp_path):
 def _submit(writer: RecordWriter, count: int, version: str = "7") -> bool:
     images = np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
     facts = [InputFacts(32, 32, "JPEG", "RGB", False, 1)] * count
-    return writer.submit(version, "v1", np.full(count, 0.25), ["REAL"] * count, facts, images)
+    return writer.submit(
+        version, "v1", np.full(count, 0.25), ["REAL"] * count, facts, image_statistics(images)
+    )
 
 
 def test_files_rotate_by_size_and_the_oldest_are_deleted(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import socket
@@ -586,6 +587,30 @@ def test_micro_batcher_batches_concurrent_requests_and_keeps_versions_apart():
     assert sum(new.batches) == sum(len(images) for served, images in requests_ if served is new)
 
 
+class _FailingModel(_CountingModel):
+    def score(self, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        time.sleep(0.02)
+        raise RuntimeError("the model failed")
+
+
+def test_a_failed_model_call_fails_its_requests_and_the_batcher_goes_on():
+    good, bad = _CountingModel(), _FailingModel()
+    images = np.full((1, 2, 2, 3), 7, dtype=np.uint8)
+
+    async def score_all() -> list:
+        batcher = MicroBatcher(max_images=16)
+        first = await asyncio.gather(
+            batcher.score(good, images),  # in flight when the others arrive
+            *(batcher.score(bad, images) for _ in range(3)),  # one call, which fails
+            return_exceptions=True,
+        )
+        return [*first, await batcher.score(good, images)]  # the batcher is idle again
+
+    results = asyncio.run(asyncio.wait_for(score_all(), timeout=TIMEOUT))  # a stuck batcher: TimeoutError
+    assert [type(r).__name__ for r in results] == ["tuple", *["RuntimeError"] * 3, "tuple"]
+    assert good.batches == [1, 1]
+
+
 class _RecordingPool(ThreadPoolExecutor):
     """A decode pool that counts the jobs handed to it."""
 
@@ -636,7 +661,11 @@ def test_few_small_files_are_decoded_in_place_the_rest_in_the_pool(sample_images
     assert (pool.jobs > 0) is in_pool
     expected = np.stack([decode_for_model(f, 32) for f in uploads])
     np.testing.assert_array_equal(batch.images, expected)
-    np.testing.assert_allclose(batch.stats["hf_energy"], image_statistics(expected)["hf_energy"])
+    # Decoded in place, the statistics are left to predict, which computes them while the model scores.
+    assert (batch.stats is not None) is in_pool
+    scores = asyncio.run(model.predict(dataclasses.replace(batch, served=_CountingModel())))
+    np.testing.assert_allclose(scores.batch.stats["hf_energy"], image_statistics(expected)["hf_energy"])
+    np.testing.assert_allclose(scores.probabilities, expected[:, 0, 0, 0] / 255)
     pool.shutdown()
 
 
