@@ -287,16 +287,16 @@ class MicroBatcher:
         """Hand each request its share of the call's result (or its error), then start the next call."""
         self._busy = False
         error = asyncio.CancelledError() if call.cancelled() else call.exception()
+        probabilities, labels = call.result() if error is None else (None, None)
         start = 0
         for job in batch:
             end = start + len(job.images)
             if job.future.done():  # cancelled because its client went away
                 pass
-            elif error is not None:  # the model failed: every request of this call gets the error
-                job.future.set_exception(error)
-            else:
-                probabilities, labels = call.result()
+            elif error is None:
                 job.future.set_result((probabilities[start:end], labels[start:end]))
+            else:  # the model failed: every request of this call gets the error
+                job.future.set_exception(error)
             start = end
         if self._pending:
             self._call_next()

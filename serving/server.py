@@ -17,9 +17,11 @@ from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.rest.v2_datamodels import InferenceResponse
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from timing_asgi import TimingMiddleware
 
 from serving.metrics import RequestMetricsMiddleware
 from serving.model import MAX_MESSAGE_CHARS, DeepGuardModel, parse_infer_request, quote
@@ -181,6 +183,9 @@ def infer_route(dataplane: DataPlane, pool: ThreadPoolExecutor) -> Callable[...,
     FastAPI would parse the JSON body on the event loop: 20 MB of base64 images held every endpoint, liveness
     included, for 100-300 ms. Bodies up to ``INLINE_MAX_BODY_BYTES`` are parsed in place (tens of
     microseconds, less than the trip to the pool). KServe's endpoint takes the decoded ``InferRequest``.
+
+    Its JSON answer (a pydantic ``InferenceResponse``) is written by pydantic's own serialiser: the same JSON
+    FastAPI's generic ``jsonable_encoder`` would write, in ~4 µs instead of ~100 µs for one image's answer.
     """
     endpoints = V2Endpoints(dataplane)
 
@@ -193,7 +198,13 @@ def infer_route(dataplane: DataPlane, pool: ThreadPoolExecutor) -> Callable[...,
             request = await asyncio.get_running_loop().run_in_executor(
                 pool, dataplane.decode_inference_request, body, headers, model_name
             )
-        return await endpoints.infer(raw_request, raw_response, model_name, request)
+        answer = await endpoints.infer(raw_request, raw_response, model_name, request)
+        if not isinstance(answer, InferenceResponse):  # the binary extension's answer: a Response already
+            return answer
+        headers = {
+            k: v for k, v in raw_response.headers.items() if k not in ("content-length", "content-type")
+        }
+        return Response(answer.model_dump_json(by_alias=True), media_type="application/json", headers=headers)
 
     return infer
 
@@ -225,6 +236,11 @@ class DeepGuardServer(ModelServer):
     async def _serve(self) -> None:
         # start() has built the REST server but not started it; uvicorn reads the host when it binds.
         self._rest_server.config.host = self.http_host
+        if not self.enable_latency_logging:
+            # KServe's timing middleware only feeds the latency lines, which are off: spare every request its
+            # clock and CPU-time readings. The app builds its middleware stack at the first request.
+            app = model_server.app
+            app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
         await super()._serve()
 
 

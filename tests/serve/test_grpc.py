@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -21,16 +23,24 @@ TIMEOUT = 60
 @pytest.fixture(scope="module")
 def grpc_predictor(
     registered_model, tmp_path_factory
-) -> Iterator[tuple[pb_grpc.GRPCInferenceServiceStub, str]]:
-    """A second predictor of the same champion with gRPC on: its stub and its log."""
+) -> Iterator[tuple[pb_grpc.GRPCInferenceServiceStub, str, Path]]:
+    """A second predictor of the same champion with the opt-in settings on (gRPC, KServe's latency lines): its
+    stub, its HTTP URL and its log file."""
     log_file = tmp_path_factory.mktemp("grpc-predictor") / "predictor.log"
     port = free_port()
-    manager, _ = start_predictor(
-        registered_model, log_file, "--enable_grpc", "true", "--grpc_port", str(port)
+    manager, url = start_predictor(
+        registered_model,
+        log_file,
+        "--enable_grpc",
+        "true",
+        "--grpc_port",
+        str(port),
+        "--enable_latency_logging",
+        "true",
     )
     with manager, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
-        yield pb_grpc.GRPCInferenceServiceStub(channel), log_file.read_text()
+        yield pb_grpc.GRPCInferenceServiceStub(channel), url, log_file
 
 
 def infer_request(files: list[bytes], name: str = "image", **parameters: bool) -> pb.ModelInferRequest:
@@ -58,7 +68,7 @@ def values(response: InferResponse) -> dict[str, list]:
 
 
 def test_grpc_answers_exactly_what_http_answers(grpc_predictor, predictor, registered_model, sample_images):
-    stub, log_text = grpc_predictor
+    stub, _, log_file = grpc_predictor
     files = sample_images.probe + odd_images()
     http = requests.post(f"{predictor.url}/v2/models/deepguard/infer", json=v2_body(files), timeout=TIMEOUT)
     assert http.status_code == 200, http.text
@@ -79,11 +89,25 @@ def test_grpc_answers_exactly_what_http_answers(grpc_predictor, predictor, regis
     }
     assert float(facts.pop("threshold")) == http.json()["parameters"]["threshold"]
     assert facts == {key: v for key, v in http.json()["parameters"].items() if key != "threshold"}
-    assert "V2 over gRPC on port" in log_text
+    assert "V2 over gRPC on port" in log_file.read_text()
+
+
+def test_latency_logging_true_brings_kserve_timing_lines_back(grpc_predictor, sample_images):
+    """Off by default (no line per request, test_predictor.py), KServe's timing lines come back when asked
+    for: its timing middleware, dropped while they are off, is kept."""
+    _, url, log_file = grpc_predictor
+    http = requests.post(
+        f"{url}/v2/models/deepguard/infer", json=v2_body(sample_images.probe[:1]), timeout=TIMEOUT
+    )
+    assert http.status_code == 200, http.text
+    deadline = time.monotonic() + TIMEOUT
+    while "kserve.trace" not in log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "kserve.trace" in log_file.read_text()
 
 
 def test_grpc_explain_adds_the_heatmap(grpc_predictor, sample_images):
-    stub, _ = grpc_predictor
+    stub, _, _ = grpc_predictor
     files = sample_images.probe[:3]
     plain, explained = answer(stub, infer_request(files)), answer(stub, infer_request(files, explain=True))
     explained_values = values(explained)
@@ -101,7 +125,7 @@ def test_grpc_explain_adds_the_heatmap(grpc_predictor, sample_images):
     ],
 )
 def test_grpc_bad_input_is_invalid_argument_naming_it(grpc_predictor, files, name, message):
-    stub, _ = grpc_predictor
+    stub, _, _ = grpc_predictor
     with pytest.raises(grpc.RpcError) as error:
         stub.ModelInfer(infer_request(files, name), timeout=TIMEOUT)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT

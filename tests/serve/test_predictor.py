@@ -112,6 +112,7 @@ def test_v2_round_trip_matches_the_in_process_model(predictor, registered_model,
     files = sample_images.probe + odd_images()
     response = v2_infer(predictor.url, v2_body(files))
     assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert body["model_name"] == "deepguard"
     assert body["model_version"] == registered_model.version
