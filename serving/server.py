@@ -21,7 +21,6 @@ from kserve.protocol.rest.v2_datamodels import InferenceResponse
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from timing_asgi import TimingMiddleware
 
 from serving.metrics import RequestMetricsMiddleware
 from serving.model import MAX_MESSAGE_CHARS, DeepGuardModel, parse_infer_request, quote
@@ -234,11 +233,6 @@ class DeepGuardServer(ModelServer):
     async def _serve(self) -> None:
         # start() has built the REST server but not started it; uvicorn reads the host when it binds.
         self._rest_server.config.host = self.http_host
-        if not self.enable_latency_logging:
-            # KServe's timing middleware only feeds the latency lines, which are off: spare every request its
-            # clock and CPU-time readings. The app builds its middleware stack at the first request.
-            app = model_server.app
-            app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
         await super()._serve()
 
 

@@ -93,17 +93,22 @@ def test_grpc_answers_exactly_what_http_answers(grpc_predictor, predictor, regis
 
 
 def test_latency_logging_true_brings_kserve_timing_lines_back(grpc_predictor, sample_images):
-    """Off by default (no line per request, test_predictor.py), KServe's timing lines come back when asked
-    for: its timing middleware, dropped while they are off, is kept."""
+    """Off by default (no line per request, test_predictor.py), KServe's latency and timing lines come back
+    when asked for."""
     _, url, log_file = grpc_predictor
     http = requests.post(
         f"{url}/v2/models/deepguard/infer", json=v2_body(sample_images.probe[:1]), timeout=TIMEOUT
     )
     assert http.status_code == 200, http.text
+
+    def trace_lines() -> list[str]:
+        return [line for line in log_file.read_text().splitlines() if "kserve.trace" in line]
+
     deadline = time.monotonic() + TIMEOUT
-    while "kserve.trace" not in log_file.read_text() and time.monotonic() < deadline:
+    while not any("time:wall" in line for line in trace_lines()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "kserve.trace" in log_file.read_text()
+    assert any("preprocess_ms" in line for line in trace_lines()), "the model's latency line"
+    assert any("time:wall" in line for line in trace_lines()), "the timing middleware's line"
 
 
 def test_grpc_explain_adds_the_heatmap(grpc_predictor, sample_images):
