@@ -29,7 +29,7 @@ from architectures_bench import load_subset  # noqa: E402
 
 from core.config import load_params  # noqa: E402
 from core.degrade import DEGRADATIONS, degrade  # noqa: E402
-from core.layers import with_flip_averaging  # noqa: E402
+from core.layers import in_float32, with_flip_averaging  # noqa: E402
 from core.metrics import outcome_metrics  # noqa: E402
 from stages.train import train_model  # noqa: E402
 
@@ -114,7 +114,8 @@ def run_one(
         variance=pixels.var(axis=0).tolist(),
         callbacks=[timer],
     )
-    model = with_flip_averaging(trained.model) if params.model.test_time_flip else trained.model
+    model = in_float32(trained.model)  # scored as the pipeline saves it, whatever precision it trained in
+    model = with_flip_averaging(model) if params.model.test_time_flip else model
     clean = _scores(model, held_out["clean"], labels)
     degraded = {name: _scores(model, images, labels) for name, images in held_out.items() if name != "clean"}
     seconds = timer.seconds[1:] or timer.seconds

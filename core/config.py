@@ -18,6 +18,7 @@ Architecture = Literal[
     "DeepGuardCNN",
     "SimpleCNN",
     "SimpleBatchNormCNN",
+    "VGGStyleCNN",
     "DeeperCNN",
     "EfficientStyleCNN",
     "EfficientNetB0Transfer",

@@ -126,6 +126,21 @@ class LogSpectrum(layers.Layer):
         return tuple(input_shape[:-1])
 
 
+def in_float32(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with the same weights that computes in float32 in every layer.
+
+    Mixed precision is for training: a model saved with its mixed policy would score in half precision
+    wherever it is served (bfloat16 keeps 8 bits of mantissa; a CPU without fast kernels emulates it).
+    """
+
+    def to_float32(layer: layers.Layer) -> layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=to_float32, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def with_flip_averaging(model: keras.Model) -> keras.Model:
     """Wrap a trained model so it scores each image as the mean P(FAKE) of the image and its mirror image.
 

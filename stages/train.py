@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,6 +68,37 @@ def gpu_count() -> int:
 
         return torch.cuda.device_count()
     return 0
+
+
+def cpu_has_amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has AMX bfloat16 tiles (Intel Sapphire Rapids and later), per Linux's CPU flags."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:  # not Linux: no flags to read
+        return False
+    return any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines())
+
+
+def precision_policy(setting: str, gpus: int) -> str:
+    """The Keras dtype policy ``training.mixed_precision`` asks for on this machine.
+
+    Mixed precision keeps the weights in float32 and computes in float16 on a GPU, in bfloat16 on a CPU with
+    AMX bfloat16 tiles when the backend is TensorFlow, whose oneDNN kernels run bfloat16 on them: the default
+    network trained 1.8x as fast there at the same accuracy (docs/benchmarks.md: A fast machine: mixed
+    bfloat16 on AMX). Other CPUs train in float32 (``on`` too, with a warning): float16 has no fast CPU
+    kernels, and bfloat16 without AMX is emulated or fails in oneDNN.
+    """
+    import keras
+
+    if setting == "off":
+        return "float32"
+    if gpus:
+        return "mixed_float16"
+    if keras.backend.backend() == "tensorflow" and cpu_has_amx_bf16():
+        return "mixed_bfloat16"
+    if setting == "on":
+        log.warning("training.mixed_precision: on, but this CPU has no AMX bfloat16 tiles: float32 it is")
+    return "float32"
 
 
 def _strategy(gpus: int) -> contextlib.AbstractContextManager:
@@ -466,7 +498,8 @@ def train_model(
         verbose: Keras' ``fit`` verbosity.
 
     Returns:
-        The model (last epoch's weights; EMA-averaged when enabled), its history and the plan.
+        The model (last epoch's weights; EMA-averaged when enabled; layers in the training precision:
+        :func:`core.layers.in_float32` makes the float32 copy the pipeline saves), its history and the plan.
     """
     import keras
 
@@ -475,8 +508,9 @@ def train_model(
 
     training, augmentation = params.training, params.augmentation
     gpus = gpu_count()
-    if training.mixed_precision == "on" or (training.mixed_precision == "auto" and gpus):
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = precision_policy(training.mixed_precision, gpus)
+    keras.mixed_precision.set_global_policy(policy)
+    log.info("train: dtype policy %s (training.mixed_precision: %s)", policy, training.mixed_precision)
     # Before the datasets: their seeds combine with the global one, which an earlier run may have left
     # elsewhere, so two runs in one process (the benches, the tests) would differ from each other.
     keras.utils.set_random_seed(training.seed)
@@ -546,6 +580,7 @@ def train_model(
         callbacks=own + list(callbacks or []) + [stopper] + ([replanner] if replanner else []),
         verbose=verbose,
     )
+    keras.mixed_precision.set_global_policy("float32")  # what comes after training builds float32 layers
     return Trained(
         model=model,
         history=history.history,
@@ -566,7 +601,7 @@ def run(params: Params) -> dict:
     import keras
     import mlflow
 
-    from core.layers import with_flip_averaging
+    from core.layers import in_float32, with_flip_averaging
 
     train_x, train_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "train"))
     val_x, val_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "val"))
@@ -634,8 +669,8 @@ def run(params: Params) -> dict:
         seconds = time.perf_counter() - started
         model, history = trained.model, trained.history
         mlflow.log_param("parameter_count", model.count_params())
-        if params.model.test_time_flip:
-            with_flip_averaging(load_keras(checkpoint)).save(checkpoint)
+        best_model = in_float32(load_keras(checkpoint))
+        (with_flip_averaging(best_model) if params.model.test_time_flip else best_model).save(checkpoint)
         # Temperature scaling on validation, built into the saved model (stages/calibration.py).
         calibration = calibrate_saved_model(checkpoint, val_x, val_y, params.calibration)
         val_auc = history["val_auc"]

@@ -9,11 +9,13 @@ from typing import get_args
 import keras
 import numpy as np
 import pytest
+from workspace import all_layers
 
 from core import layers
 from core.config import NO_DEGRADATIONS, Architecture, AugmentationParams
 from stages import architectures
 from stages.architectures import ARCHITECTURES, PretrainedWeightsError, build_model
+from stages.train import cpu_has_amx_bf16
 
 SIZE = 16  # small images keep the whole file fast; transfer models upsample to their backbone minimum
 NO_AUGMENTATION = AugmentationParams(
@@ -57,7 +59,7 @@ def _build(architecture: str, augmentation: AugmentationParams = NO_AUGMENTATION
 
 def test_architectures_tuple_equals_config_literal_and_each_has_a_builder() -> None:
     assert get_args(Architecture) == ARCHITECTURES
-    assert len(ARCHITECTURES) == 7
+    assert len(ARCHITECTURES) == 8
     builders = set(architectures._SCRATCH_BODIES) | set(architectures._BACKBONE_MIN_SIZE)
     assert builders == set(ARCHITECTURES)
 
@@ -111,6 +113,37 @@ def test_the_batch_norm_variant_of_simple_cnn_normalises_every_conv_at_the_same_
     norms = [layer for layer in normalised.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(norms) == 3
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
+
+
+def test_the_vgg_style_variant_of_simple_cnn_doubles_each_stage_s_convs() -> None:
+    def convs(model: keras.Model) -> list[int]:
+        return [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+    assert convs(_build("VGGStyleCNN")) == [32, 32, 64, 64, 128, 128]
+    pools = [layer for layer in _build("VGGStyleCNN").layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert len(pools) == 3
+
+
+# The mixed policy training uses on this machine: bfloat16 needs AMX (elsewhere oneDNN may fail on it).
+MIXED = "mixed_bfloat16" if cpu_has_amx_bf16() else "mixed_float16"
+
+
+@pytest.mark.parametrize("architecture", ["VGGStyleCNN", "EfficientNetB0Transfer"])
+def test_a_model_built_in_mixed_precision_has_a_float32_copy_with_its_weights(architecture: str) -> None:
+    keras.mixed_precision.set_global_policy(MIXED)
+    try:
+        mixed = _build(architecture, spectrum_branch=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert MIXED in {layer.dtype_policy.name for layer in all_layers(mixed)}
+    copy = layers.in_float32(mixed)
+    assert {layer.dtype_policy.name for layer in all_layers(copy)} == {"float32"}
+    assert [w.path for w in copy.weights] == [w.path for w in mixed.weights]
+    for ours, theirs in zip(copy.get_weights(), mixed.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    images = _batch(8)[0]
+    # bfloat16 keeps 8 bits of mantissa: the scores agree to about 1 %, not to float32's precision.
+    np.testing.assert_allclose(copy.predict(images, verbose=0), mixed.predict(images, verbose=0), atol=0.03)
 
 
 def test_default_keeps_full_resolution_through_its_first_residual_block() -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from workspace import TrainedWorkspace, dvc, run_stage
+from workspace import TrainedWorkspace, all_layers, dvc, run_stage
 
 from core.degrade import DEGRADATIONS
 from core.layers import Temperature, without_temperature
 from core.modelstore import load_keras
 from core.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
+from stages.train import precision_policy
 
 
 def _client(uri: str) -> mlflow.MlflowClient:
@@ -150,6 +151,10 @@ def test_pipeline_outputs_are_declared_and_complete(trained_workspace: TrainedWo
     assert registration["promoted"] is True
     model = load_keras(root / "models/model.keras")
     assert isinstance(model.get_layer("fake_probability"), Temperature), "calibration.enabled: true"
+    # mixed_precision: auto trains in bfloat16 on a CPU with AMX (this project's CI machines), and the model
+    # trained in whatever precision is saved computing in float32.
+    assert f"dtype policy {precision_policy('auto', gpus=0)}" in trained_workspace.repro_output
+    assert {layer.dtype_policy.name for layer in all_layers(model)} == {"float32"}, "saved in float32"
     flip_averaged = without_temperature(model)
     assert flip_averaged.get_layer("mirror"), (
         "model.test_time_flip: true wraps the trained model in flip averaging"

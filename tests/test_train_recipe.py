@@ -230,6 +230,47 @@ def test_probe_times_at_least_its_minimum_and_puts_the_weights_back(monkeypatch:
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), initial, strict=True))
 
 
+def test_the_cpu_flags_say_whether_it_has_amx_bfloat16_tiles(tmp_path: Path) -> None:
+    sapphire_rapids, zen = tmp_path / "spr", tmp_path / "zen"
+    sapphire_rapids.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n")
+    zen.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\nbugs\t\t: amx_bf16_is_not_a_flag_here\n")
+    assert train.cpu_has_amx_bf16(sapphire_rapids)
+    assert not train.cpu_has_amx_bf16(zen)
+    assert not train.cpu_has_amx_bf16(tmp_path / "no-proc")
+
+
+@pytest.mark.parametrize(
+    ("setting", "gpus", "amx", "policy"),
+    [
+        ("off", 1, True, "float32"),
+        ("off", 0, True, "float32"),
+        ("auto", 1, False, "mixed_float16"),
+        ("on", 1, True, "mixed_float16"),
+        ("auto", 0, True, "mixed_bfloat16"),
+        ("auto", 0, False, "float32"),
+        ("on", 0, False, "float32"),
+    ],
+)
+def test_mixed_precision_is_float16_on_a_gpu_and_bfloat16_on_a_cpu_with_amx(
+    monkeypatch: pytest.MonkeyPatch, setting: str, gpus: int, amx: bool, policy: str
+) -> None:
+    monkeypatch.setattr(train, "cpu_has_amx_bf16", lambda: amx)
+    assert train.precision_policy(setting, gpus) == policy
+
+
+@pytest.mark.skipif(not train.cpu_has_amx_bf16(), reason="bfloat16 training needs a CPU with AMX tiles")
+def test_a_bfloat16_fit_computes_in_bfloat16_and_leaves_the_global_policy_float32() -> None:
+    one_epoch = ("training.time_budget_minutes=null", "training.epochs=1")
+    trained = _fit(_params('training.mixed_precision="on"', *one_epoch))
+    conv = next(layer for layer in trained.model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.dtype_policy.name == "mixed_bfloat16"
+    assert trained.model.get_layer("fake_probability").dtype_policy.compute_dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"  # whatever is built next is float32
+    # The next fit in the same process (a bench's next candidate) trains in the precision it asks for.
+    again = _fit(_params('training.mixed_precision="off"', *one_epoch))
+    assert {layer.dtype_policy.name for layer in again.model.layers} == {"float32"}
+
+
 def test_every_epoch_is_one_pass_over_the_training_images() -> None:
     """The fit iterates one repeated dataset; each epoch still takes exactly ceil(n / batch) steps."""
 

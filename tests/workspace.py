@@ -12,9 +12,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
+
+if TYPE_CHECKING:
+    import keras
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -22,6 +26,18 @@ SAMPLE_ZIP = SHARED / "data" / "cifake-sample.zip"
 FULL_ZIP = SHARED / "data" / "cifake.zip"
 # Copied into a workspace so that dvc.yaml's code dependencies resolve there, as in a clone.
 WORKSPACE_FILES = ("core", "stages", "params.yaml", "dvc.yaml", ".dvcignore")
+
+
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``, including those of the models nested in it."""
+    import keras  # here, not at the top: most tests that use this module never load a model
+
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(all_layers(layer))
+    return found
 
 
 def require_sample() -> Path:
