@@ -3,10 +3,9 @@
 Each setting runs in a fresh process (oneDNN and the thread pools are fixed when TensorFlow starts): the
 default network (or ``--architecture``) fits random 32x32 images fed the way the pipeline feeds them
 (``stages.augment``'s ``tf.data`` pipeline with the configured degradations, one ``fit``); the rate leaves out
-the first epoch (tracing). Each
-row also prints the cores the process kept busy (CPU time / wall time), which tells a slow setting from a
-slow machine. The defaults in float32 are the baseline; every other row prints its ratio to them. The mixed
-bfloat16 row is what ``training.mixed_precision: auto`` picks on a CPU with AMX bfloat16 tiles.
+the first epoch (tracing). Each row also prints the cores the process kept busy (CPU time / wall time), which
+tells a slow setting from a slow machine. The defaults in float32 are the baseline; every other row prints its
+ratio to them. The mixed bfloat16 row is what ``training.mixed_precision: auto`` picks on CPUs with AMX.
 """
 
 from __future__ import annotations

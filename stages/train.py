@@ -97,7 +97,9 @@ def precision_policy(setting: str, gpus: int) -> str:
     if keras.backend.backend() == "tensorflow" and cpu_has_amx_bf16():
         return "mixed_bfloat16"
     if setting == "on":
-        log.warning("training.mixed_precision: on, but this CPU has no AMX bfloat16 tiles: float32 it is")
+        log.warning(
+            "training.mixed_precision: on, but this CPU has no AMX bfloat16 tiles: training in float32"
+        )
     return "float32"
 
 

@@ -151,8 +151,8 @@ def test_pipeline_outputs_are_declared_and_complete(trained_workspace: TrainedWo
     assert registration["promoted"] is True
     model = load_keras(root / "models/model.keras")
     assert isinstance(model.get_layer("fake_probability"), Temperature), "calibration.enabled: true"
-    # mixed_precision: auto trains in bfloat16 on a CPU with AMX (this project's CI machines), and the model
-    # trained in whatever precision is saved computing in float32.
+    # mixed_precision: auto trains in bfloat16 on a CPU with AMX tiles, float32 on others; either way the
+    # saved model computes in float32.
     assert f"dtype policy {precision_policy('auto', gpus=0)}" in trained_workspace.repro_output
     assert {layer.dtype_policy.name for layer in all_layers(model)} == {"float32"}, "saved in float32"
     flip_averaged = without_temperature(model)
