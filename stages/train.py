@@ -570,19 +570,21 @@ def train_model(
     )
     replanner = _budget_replanner(plan, started, schedule, steps) if plan else None
     fit_started = time.perf_counter()
-    history = model.fit(
-        # One iterator for the whole fit: without steps_per_epoch Keras makes a new one every epoch, and the
-        # first step after that sat idle for 2-40 s on 2 CPU cores (up to 40 % of a 10k-image epoch). The
-        # endless batches still reshuffle and redraw each pass; an epoch is still one pass over train.
-        train_batches(),
-        steps_per_epoch=steps,
-        epochs=plan.max_epochs if plan else epochs,  # the re-planner stops the fit where the budget ends
-        shuffle=False,  # the batches are shuffled already, reproducibly
-        **validation,
-        callbacks=own + list(callbacks or []) + [stopper] + ([replanner] if replanner else []),
-        verbose=verbose,
-    )
-    keras.mixed_precision.set_global_policy("float32")  # what comes after training builds float32 layers
+    try:
+        history = model.fit(
+            # One iterator for the whole fit: without steps_per_epoch Keras makes a new one every epoch, and
+            # the first step after that sat idle for 2-40 s on 2 CPU cores (up to 40 % of a 10k-image epoch).
+            # The endless batches still reshuffle and redraw each pass; an epoch is still one pass over train.
+            train_batches(),
+            steps_per_epoch=steps,
+            epochs=plan.max_epochs if plan else epochs,  # the re-planner stops the fit where the budget ends
+            shuffle=False,  # the batches are shuffled already, reproducibly
+            **validation,
+            callbacks=own + list(callbacks or []) + [stopper] + ([replanner] if replanner else []),
+            verbose=verbose,
+        )
+    finally:  # whatever the same process builds next (a bench's next candidate, a test) is float32
+        keras.mixed_precision.set_global_policy("float32")
     return Trained(
         model=model,
         history=history.history,

@@ -271,6 +271,22 @@ def test_a_bfloat16_fit_computes_in_bfloat16_and_leaves_the_global_policy_float3
     assert {layer.dtype_policy.name for layer in again.model.layers} == {"float32"}
 
 
+@pytest.mark.skipif(not train.cpu_has_amx_bf16(), reason="bfloat16 training needs a CPU with AMX tiles")
+def test_a_bfloat16_fit_that_fails_still_leaves_the_global_policy_float32() -> None:
+    class Fails(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            raise RuntimeError("stopped by the test")
+
+    params = _params(
+        'training.mixed_precision="on"', "training.time_budget_minutes=null", "training.epochs=1"
+    )
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        train_model(
+            params, _data(32), _data(16, seed=1), mean=[0.5] * 3, variance=[0.05] * 3, callbacks=[Fails()]
+        )
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 def test_every_epoch_is_one_pass_over_the_training_images() -> None:
     """The fit iterates one repeated dataset; each epoch still takes exactly ceil(n / batch) steps."""
 
