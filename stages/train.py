@@ -512,65 +512,69 @@ def train_model(
     gpus = gpu_count()
     policy = precision_policy(training.mixed_precision, gpus)
     keras.mixed_precision.set_global_policy(policy)
-    log.info("train: dtype policy %s (training.mixed_precision: %s)", policy, training.mixed_precision)
-    # Before the datasets: their seeds combine with the global one, which an earlier run may have left
-    # elsewhere, so two runs in one process (the benches, the tests) would differ from each other.
-    keras.utils.set_random_seed(training.seed)
+    try:  # the finally below puts the global policy back however this ends
+        log.info("train: dtype policy %s (training.mixed_precision: %s)", policy, training.mixed_precision)
+        # Before the datasets: their seeds combine with the global one, which an earlier run may have left
+        # elsewhere, so two runs in one process (the benches, the tests) would differ from each other.
+        keras.utils.set_random_seed(training.seed)
 
-    tf_data = uses_tf_data()
-    recipe = {"degradations": augmentation.degradations, "mixup_alpha": augmentation.mixup_alpha}
+        tf_data = uses_tf_data()
+        recipe = {"degradations": augmentation.degradations, "mixup_alpha": augmentation.mixup_alpha}
 
-    def train_batches():
-        """Endless: each pass over the training images reshuffled and redrawn; an epoch is one pass."""
-        batching = {"batch_size": training.batch_size, "seed": training.seed, **recipe}
-        return training_dataset(*train, **batching).repeat() if tf_data else batch_stream(*train, **batching)
-
-    def endless_validation():
-        if tf_data:
-            return validation_dataset(*val, batch_size=training.batch_size).repeat()
-        unaugmented = {"degradations": NO_DEGRADATIONS, "mixup_alpha": 0.0, "shuffle": False}
-        return batch_stream(*val, batch_size=training.batch_size, seed=0, **unaugmented)
-
-    if tf_data:
-        validation = {"validation_data": validation_dataset(*val, batch_size=training.batch_size)}
-    else:
-        val_x, val_y = np.asarray(val[0], dtype=np.uint8), np.asarray(val[1], dtype=np.float32)
-        validation = {"validation_data": (val_x, val_y), "validation_batch_size": training.batch_size}
-    steps = -(-len(train[1]) // training.batch_size)
-    with _strategy(gpus):
-        model = build_model(
-            params.model.architecture,
-            image_size=params.data.image_size,
-            dropout=params.model.dropout,
-            pretrained_weights=params.model.pretrained_weights,
-            augmentation=augmentation,
-            mean=mean,
-            variance=variance,
-            seed=training.seed,
-            spectrum_branch=params.model.spectrum_branch,
-        )
-        started = time.perf_counter()
-        plan = None
-        epochs = training.epochs
-        # One epoch at most leaves nothing to choose: no probe (the test pipeline's quick runs).
-        if training.time_budget_minutes is not None and training.epochs > 1:
-            # The probe gets its own dataset: its passes (as many as fit its minimum time) advance the shuffle
-            # and the degradation draws, which would otherwise make the fit's batches depend on the machine.
-            plan = _budget_plan(
-                model, training, train_batches(), endless_validation(), len(train[1]), len(val[1])
+        def train_batches():
+            """Endless: each pass over the training images reshuffled and redrawn; an epoch is one pass."""
+            batching = {"batch_size": training.batch_size, "seed": training.seed, **recipe}
+            return (
+                training_dataset(*train, **batching).repeat() if tf_data else batch_stream(*train, **batching)
             )
-            epochs = plan.epochs
-        schedule = _compile(model, training, steps, epochs)
-    own: list[keras.callbacks.Callback] = []
-    if training.ema_momentum is not None:
-        # Before the caller's callbacks: validation, checkpoint and early stopping see the averaged weights.
-        own.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    stopper = EarlyStoppingOnceDecayed(
-        schedule, monitor="val_auc", mode="max", patience=training.early_stopping_patience
-    )
-    replanner = _budget_replanner(plan, started, schedule, steps) if plan else None
-    fit_started = time.perf_counter()
-    try:
+
+        def endless_validation():
+            if tf_data:
+                return validation_dataset(*val, batch_size=training.batch_size).repeat()
+            unaugmented = {"degradations": NO_DEGRADATIONS, "mixup_alpha": 0.0, "shuffle": False}
+            return batch_stream(*val, batch_size=training.batch_size, seed=0, **unaugmented)
+
+        if tf_data:
+            validation = {"validation_data": validation_dataset(*val, batch_size=training.batch_size)}
+        else:
+            val_x, val_y = np.asarray(val[0], dtype=np.uint8), np.asarray(val[1], dtype=np.float32)
+            validation = {"validation_data": (val_x, val_y), "validation_batch_size": training.batch_size}
+        steps = -(-len(train[1]) // training.batch_size)
+        with _strategy(gpus):
+            model = build_model(
+                params.model.architecture,
+                image_size=params.data.image_size,
+                dropout=params.model.dropout,
+                pretrained_weights=params.model.pretrained_weights,
+                augmentation=augmentation,
+                mean=mean,
+                variance=variance,
+                seed=training.seed,
+                spectrum_branch=params.model.spectrum_branch,
+            )
+            started = time.perf_counter()
+            plan = None
+            epochs = training.epochs
+            # One epoch at most leaves nothing to choose: no probe (the test pipeline's quick runs).
+            if training.time_budget_minutes is not None and training.epochs > 1:
+                # The probe gets its own dataset: its passes (as many as fit its minimum time) advance the
+                # shuffle and the degradation draws, which would otherwise make the fit's batches depend on
+                # the machine.
+                plan = _budget_plan(
+                    model, training, train_batches(), endless_validation(), len(train[1]), len(val[1])
+                )
+                epochs = plan.epochs
+            schedule = _compile(model, training, steps, epochs)
+        own: list[keras.callbacks.Callback] = []
+        if training.ema_momentum is not None:
+            # Before the caller's callbacks: validation, checkpoint and early stopping see the averaged
+            # weights.
+            own.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        stopper = EarlyStoppingOnceDecayed(
+            schedule, monitor="val_auc", mode="max", patience=training.early_stopping_patience
+        )
+        replanner = _budget_replanner(plan, started, schedule, steps) if plan else None
+        fit_started = time.perf_counter()
         history = model.fit(
             # One iterator for the whole fit: without steps_per_epoch Keras makes a new one every epoch, and
             # the first step after that sat idle for 2-40 s on 2 CPU cores (up to 40 % of a 10k-image epoch).

@@ -12,7 +12,7 @@ import pytest
 
 from core.config import NO_DEGRADATIONS, Params, load_params
 from stages import train
-from stages.architectures import build_model
+from stages.architectures import PretrainedWeightsError, build_model
 from stages.schedule import WarmupCosine
 from stages.train import plan_epochs, replan_epochs, train_model
 
@@ -284,6 +284,16 @@ def test_a_bfloat16_fit_that_fails_still_leaves_the_global_policy_float32() -> N
         train_model(
             params, _data(32), _data(16, seed=1), mean=[0.5] * 3, variance=[0.05] * 3, callbacks=[Fails()]
         )
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+    # ... and so does one that fails before the fit, while building the model.
+    missing = _params(
+        'training.mixed_precision="on"',
+        "model.architecture=EfficientNetB0Transfer",
+        "model.pretrained_weights=/no/such/weights.h5",
+    )
+    with pytest.raises(PretrainedWeightsError, match="no such weights file"):
+        train_model(missing, _data(32), _data(16, seed=1), mean=[0.5] * 3, variance=[0.05] * 3)
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
