@@ -488,6 +488,8 @@ def train_model(
     Early stopping on validation ROC-AUC (``training.early_stopping_patience``) counts only the epochs in
     the second half of the decay (:class:`stages.schedule.EarlyStoppingOnceDecayed`).
     With ``training.ema_momentum`` validation and the ``callbacks`` (a checkpoint) see the averaged weights.
+    It trains in the dtype policy :func:`precision_policy` picks and puts Keras' global policy back to float32
+    however it ends, so what the process builds next is float32.
 
     Args:
         params: The validated parameters.
