@@ -8,7 +8,10 @@ request, requests/s with 8 concurrent clients, each beside the in-process baseli
 single-image requests/s of 8 concurrent clients beside one client's (the micro-batcher's gain; target
 >= 1.6x on 2 cores), and the 5xx count. V2 is timed over HTTP and over gRPC (``--enable_grpc true``). A
 KServe ModelServer whose model answers a constant, on the same loopback with the same clients, shows what the
-framework and the client cost a request before any of ours.
+framework and the client cost a request before any of ours. The V2 HTTP rows are timed twice: with
+``requests`` (what a typical Python client pays) and with the standard library's ``http.client`` on one
+keep-alive connection (no client library's per-call work), so that the client's share shows apart from
+the server's.
 Baseline and served calls are interleaved, so both see the same background load.
 """
 
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import io
+import json
 import logging
 import os
 import socket
@@ -160,12 +165,25 @@ class Counter:
         self.errors_5xx = 0
         self.other = 0
 
-    def check(self, response: requests.Response) -> requests.Response:
-        if response.status_code >= 500:
+    def check(self, status: int) -> None:
+        if status >= 500:
             self.errors_5xx += 1
-        elif response.status_code != 200:
+        elif status != 200:
             self.other += 1
-        return response
+
+
+class LeanClient:
+    """One keep-alive HTTP/1.1 connection through ``http.client``: a request with no client library."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def post_json(self, path: str, body: dict) -> int:
+        """POST ``body`` as JSON, read the whole answer; returns the status."""
+        self.connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        response.read()
+        return response.status
 
 
 def grpc_request(files: list[bytes]):  # -> ModelInferRequest
@@ -297,7 +315,16 @@ def main() -> int:
 
             def v2_one(i: int) -> None:
                 body = v2_body([encoded[i % len(encoded)]])
-                counter.check(session.post(v2_url, json=body, timeout=60))
+                counter.check(session.post(v2_url, json=body, timeout=60).status_code)
+
+            v2_path = "/v2/models/deepguard/infer"
+            predictor_lean, constant_lean = LeanClient(predictor_port), LeanClient(constant_port)
+
+            def v2_lean_one(i: int) -> None:
+                counter.check(predictor_lean.post_json(v2_path, v2_body([encoded[i % len(encoded)]])))
+
+            def constant_lean_one(i: int) -> None:
+                counter.check(constant_lean.post_json(v2_path, v2_body([encoded[i % len(encoded)]])))
 
             predictor_grpc, constant_grpc = grpc_stub(predictor_grpc_port), grpc_stub(constant_grpc_port)
 
@@ -310,11 +337,11 @@ def main() -> int:
             def constant_one(i: int) -> None:
                 body = v2_body([encoded[i % len(encoded)]])
                 url = f"{constant_url}/v2/models/deepguard/infer"
-                counter.check(session.post(url, json=body, timeout=60))
+                counter.check(session.post(url, json=body, timeout=60).status_code)
 
             def v1_one(i: int) -> None:
                 body = {"instances": [{"image": {"b64": encoded[i % len(encoded)]}}]}
-                counter.check(session.post(v1_url, json=body, timeout=60))
+                counter.check(session.post(v1_url, json=body, timeout=60).status_code)
 
             def flask_one(i: int) -> None:
                 counter.check(
@@ -322,17 +349,27 @@ def main() -> int:
                         f"{web_url}/api/predict",
                         timeout=60,
                         files={"image": ("x.jpg", files[i % len(files)], "image/jpeg")},
-                    )
+                    ).status_code
                 )
 
             def v2_batch(i: int) -> None:
                 start_index = (i * BATCH) % (len(encoded) - BATCH)
                 body = v2_body(encoded[start_index : start_index + BATCH])
-                counter.check(session.post(v2_url, json=body, timeout=60))
+                counter.check(session.post(v2_url, json=body, timeout=60).status_code)
 
-            base_one, v2, v2_grpc, v1, web, constant, constant_grpc = interleaved(
-                [in_process_one, v2_one, v2_grpc_one, v1_one, flask_one, constant_one, constant_grpc_one],
-                args.requests,
+            latency_calls = [
+                in_process_one,
+                v2_one,
+                v2_lean_one,
+                v2_grpc_one,
+                v1_one,
+                flask_one,
+                constant_one,
+                constant_lean_one,
+                constant_grpc_one,
+            ]
+            base_one, v2, v2_lean, v2_grpc, v1, web, constant, constant_lean, constant_grpc = interleaved(
+                latency_calls, args.requests
             )
             base_batch, batched = interleaved([in_process_batch, v2_batch], args.batches, warmup=3)
 
@@ -343,7 +380,7 @@ def main() -> int:
                 def client(worker: int) -> None:
                     for i in range(worker, total, clients):
                         body = v2_body([encoded[i % len(encoded)]])
-                        counter.check(sessions[worker].post(v2_url, json=body, timeout=60))
+                        counter.check(sessions[worker].post(v2_url, json=body, timeout=60).status_code)
 
                 start_time = time.perf_counter()
                 with ThreadPoolExecutor(clients) as pool:
@@ -367,10 +404,12 @@ def main() -> int:
     ]
     for name, samples in (
         ("V2 /v2/models/deepguard/infer", v2),
+        ("V2, http.client instead of requests", v2_lean),
         ("V2 gRPC ModelInfer", v2_grpc),
         ("V1 /v1/models/deepguard:predict", v1),
         ("Flask /api/predict (via V2)", web),
         ("V2 to KServe with a constant model (no decode)", constant),
+        ("V2 to the constant model, http.client", constant_lean),
         ("V2 gRPC to KServe with a constant model", constant_grpc),
     ):
         p50, p99 = percentiles(samples)
