@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.degrade import DEGRADATIONS, degrade, degraded_file
-from core.imagestats import STAT_NAMES, image_statistics
+from core.imagestats import STAT_NAMES, high_frequency_mask, image_statistics, log_spectrum
 from core.labels import verdicts
 from core.modelstore import ModelMetadata
 
@@ -54,3 +54,16 @@ def test_image_statistics_per_image() -> None:
     assert tuple(stats) == STAT_NAMES
     np.testing.assert_allclose(stats["mean_r"], 128 / 255)
     np.testing.assert_allclose(stats["std_g"], 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 32, 3), (3, 31, 33, 3), (2, 64, 17, 3)])
+def test_image_statistics_are_the_plain_definitions(shape: tuple[int, ...]) -> None:
+    """The fast reductions give what the docstring defines: pixel means and deviations per channel, and the
+    mean of the centred spectrum's outer band (odd sides too, where centring is not its own inverse)."""
+    images = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    pixels = images / 255.0
+    band = log_spectrum(pixels)[:, high_frequency_mask(*shape[1:3])].mean(axis=1)
+    expected = [*pixels.mean(axis=(1, 2)).T, *pixels.std(axis=(1, 2)).T, band]
+    stats = image_statistics(images)
+    for name, values in zip(STAT_NAMES, expected, strict=True):
+        np.testing.assert_allclose(stats[name], values, rtol=1e-12, atol=1e-12, err_msg=name)
