@@ -75,12 +75,60 @@ _FINISH_BEFORE_STOPPING = (
     "mlflow.store.model_registry.",
 )
 
+# How long a stop waits before it is sent again, when the main thread has not been seen unwinding on it.
+_RESEND_S = 0.25
 
-def _send_again(name: str) -> None:
-    """Send the stop signal ``name`` to this process again in 50 ms, from another thread."""
-    again = threading.Timer(0.05, os.kill, (os.getpid(), signal.Signals[name]))
-    again.daemon = True
-    again.start()
+
+class _Stop:
+    """The stop signal a stage received, sent again until the main thread is seen unwinding on it.
+
+    A signal handler runs wherever the main thread is, and its ``KeyboardInterrupt`` can be lost there:
+    Python drops it inside a weakref callback or a ``__del__``, and TensorFlow's C++ code swallows it, or
+    turns it into a ``ValueError``, inside a Python call it makes (train then ran to its end and exited 0
+    after a SIGTERM, or exited 1). So the first stop signal starts a thread that sends it to the main thread
+    again every ``_RESEND_S`` until it lands in the ``except`` or ``finally`` blocks that unwind on it, or
+    the stage returns; and a stage that ends any other way after a stop counts as stopped.
+    """
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.settled = threading.Event()
+        self._sender: threading.Thread | None = None
+
+    def receive(self, name: str) -> None:
+        """Remember the first stop signal and start sending it again."""
+        if self.name is None:
+            self.name = name
+            self._sender = threading.Thread(target=self._send_until_settled, name="resend-stop", daemon=True)
+            self._sender.start()
+
+    def _send_until_settled(self) -> None:
+        main = threading.main_thread().ident
+        while not self.settled.wait(_RESEND_S):
+            signal.pthread_kill(main, signal.Signals[self.name])
+
+    def settle(self) -> None:
+        """Stop sending: the stage is unwinding on the stop or has returned."""
+        self.settled.set()
+        if self._sender is not None:
+            self._sender.join()
+
+
+_stop = _Stop()
+
+
+def stop_received() -> str | None:
+    """The stop signal this stage received (``SIGTERM``, ``SIGINT``) or None, whatever it raised since."""
+    return _stop.name
+
+
+def _unwinding_on_a_stop(exc: BaseException | None) -> bool:
+    """Whether ``exc``, the exception being handled, is a stop's ``KeyboardInterrupt`` or follows from one."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _inside_store_call(frame: FrameType | None) -> bool:
@@ -104,7 +152,8 @@ def _stop_when_the_store_call_returns(name: str) -> None:
     def on_return(frame: FrameType, event: str, arg: object) -> None:
         if event == "return" and not _inside_store_call(frame.f_back):
             sys.setprofile(None)
-            raise KeyboardInterrupt(name)
+            if sys.exc_info()[1] is None:  # else an except or finally block runs: the resender tries again
+                raise KeyboardInterrupt(name)
 
     sys.setprofile(on_return)
 
@@ -112,44 +161,58 @@ def _stop_when_the_store_call_returns(name: str) -> None:
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     # Kubernetes stops a pod with SIGTERM: unwinding like Ctrl-C runs the `finally` blocks that remove
     # temporary outputs and end the MLflow run as KILLED, before the SIGKILL that follows the grace period.
-    name = signal.Signals(signum).name
-    if _inside_store_call(frame):
-        _stop_when_the_store_call_returns(name)
+    if _stop.settled.is_set():
         return
-    raise KeyboardInterrupt(name)
+    _stop.receive(signal.Signals(signum).name)
+    handling = sys.exc_info()[1]
+    if handling is not None:
+        # Cleanup runs in except and finally blocks: never cut it short. Unwinding on the stop already, the
+        # resender is done; in some other handler, the resender tries again once it has run.
+        if _unwinding_on_a_stop(handling):
+            _stop.settled.set()
+        return
+    if _inside_store_call(frame):
+        _stop_when_the_store_call_returns(_stop.name)
+        return
+    raise KeyboardInterrupt(_stop.name)
 
 
 @contextlib.contextmanager
-def _stop_signals_unwind() -> Iterator[None]:
-    """Within: SIGTERM and Ctrl-C raise ``KeyboardInterrupt``, even if they arrive during garbage collection.
+def _stop_signals_unwind() -> Iterator[_Stop]:
+    """Within: SIGTERM and Ctrl-C raise ``KeyboardInterrupt`` in the main thread, until it unwinds on one.
 
-    A signal handler runs wherever the main thread is. Inside a weakref callback or a ``__del__``, Python
-    prints the handler's exception and carries on, so the stage would finish as if never stopped; the
-    signal is sent again a moment later, when the main thread is back in ordinary code. Inside a call to
-    the MLflow store the stop waits until that call has returned, so that its database session ends first.
+    See :class:`_Stop` for where the exception can be lost and how it is sent again. Inside a call to the
+    MLflow store the stop waits until that call has returned, so that its database session ends first; in an
+    ``except`` or ``finally`` block it waits until the block has run.
+
+    Yields:
+        The stop: its ``name`` is the signal received, or None.
     """
+    global _stop
+    _stop = _Stop()
     previous_hook = sys.unraisablehook
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
 
-    def redeliver_dropped_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
+    def log_dropped_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
         interrupt = unraisable.exc_value
         name = interrupt.args[0] if isinstance(interrupt, KeyboardInterrupt) and interrupt.args else None
         if name not in ("SIGTERM", "SIGINT"):
             previous_hook(unraisable)
             return
         log.warning("%s arrived during garbage collection, which drops it: sending it again", name)
-        _send_again(name)
 
     signal.signal(signal.SIGTERM, _interrupt)
     if previous[signal.SIGINT] is signal.default_int_handler:  # not where the parent ignores Ctrl-C
         signal.signal(signal.SIGINT, _interrupt)
-    sys.unraisablehook = redeliver_dropped_interrupt
+    sys.unraisablehook = log_dropped_interrupt
     try:
-        yield
+        yield _stop
     finally:
+        _stop.settle()
         sys.unraisablehook = previous_hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _stop = _Stop()
 
 
 class EntryPointName(logging.Filter):
@@ -207,7 +270,7 @@ def run_stage(
     args = parser.parse_args(argv)
     module = parser.prog.removeprefix("python -m ")
     configure_logging()
-    with _stop_signals_unwind():
+    with _stop_signals_unwind() as stop:
         try:
             if args.workdir is not None:
                 # A pipeline run's first stage creates its run folder (an Airflow pod's
@@ -216,12 +279,23 @@ def run_stage(
                 os.chdir(args.workdir)
             params = load_params(args.params, args.overrides)
             main(args, params)
-        except DeepGuardError as exc:
+        except KeyboardInterrupt as exc:
+            return _interrupted(name, module, str(exc) or "SIGINT")
+        except BaseException as exc:
+            if stop.name is not None:  # a library turned the stop into its own error
+                log.warning("%s: the %s surfaced as %s: %s", name, stop.name, type(exc).__name__, exc)
+                return _interrupted(name, module, stop.name)
+            if not isinstance(exc, DeepGuardError):
+                raise
             log.error("%s failed: %s", name, exc)
             print(f"{module}: error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt as exc:
-            log.error("%s interrupted (%s): partial outputs removed", name, exc or "SIGINT")
-            print(f"{module}: interrupted", file=sys.stderr)
-            return 130
+        if stop.name is not None:  # lost on the way and not sent again before the stage ended
+            return _interrupted(name, module, stop.name, "it had finished; its outputs are complete")
         return 0
+
+
+def _interrupted(name: str, module: str, signal_name: str, outputs: str = "partial outputs removed") -> int:
+    log.error("%s interrupted (%s): %s", name, signal_name, outputs)
+    print(f"{module}: interrupted", file=sys.stderr)
+    return 130

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from core.atomic import read_json, write_json
+from core.cli import stop_received
 from core.config import MlflowParams
 from core.errors import DeepGuardError, redact_credentials
 from core.pipeline import MODEL_DIR, RUN_FILE
@@ -227,11 +228,9 @@ def stage_run(stage: str, experiment_id: str, run_id: str | None = None) -> Iter
     write_json(marker, {"run_id": run.info.run_id, "stage": stage})
     try:
         yield run
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as exc:
+        # A stop can surface as another exception (core.cli._Stop); the run was killed all the same.
+        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) or stop_received() else "FAILED")
         raise
     else:
         mlflow.end_run("FINISHED")

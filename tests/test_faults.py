@@ -144,6 +144,88 @@ def test_a_stop_signal_during_garbage_collection_still_stops_the_stage(name: str
     assert time.monotonic() - started < 20, "the stage slept on instead of stopping"
 
 
+# A stage whose stop a library catches: TensorFlow's C++ code swallows an exception raised in a Python call
+# it makes, or turns it into a ValueError (CI saw train exit 0 after a SIGTERM, and once exit 1).
+_STOP_CAUGHT_BY_A_LIBRARY = """
+import signal, sys, time
+from core import tracking
+from core.cli import run_stage, stage_parser
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+def main(args, params):
+    experiment = tracking.setup(params.mlflow)
+    with tracking.stage_run("demo", experiment.experiment_id) as run:
+        print("run", run.info.run_id, flush=True)
+        caught = False
+        try:
+            signal.raise_signal(signal.Signals[sys.argv[1]])
+        except KeyboardInterrupt:
+            caught = True
+        if caught and sys.argv[2] == "turned into an error":
+            raise ValueError("The two structures don't have the same nested structure.")
+        time.sleep(30)
+        print("finished as if never stopped")
+
+sys.exit(run_stage("demo", main, stage_parser("demo", "a stage whose stop a library catches"), []))
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("caught", ["swallowed", "turned into an error"])
+def test_a_stop_a_library_catches_still_stops_the_stage(name: str, caught: str, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_"))}
+    env |= {"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", _STOP_CAUGHT_BY_A_LIBRARY, name, caught],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 130, result.stdout + result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
+    assert "finished" not in result.stdout
+    assert time.monotonic() - started < 25, "the stage slept on instead of stopping"
+    run_id = result.stdout.split("run ", 1)[1].split()[0]
+    assert mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
+
+
+_STOPPED_AGAIN_WHILE_CLEANING_UP = """
+import signal, sys, time
+from core.cli import run_stage, stage_parser
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+def main(args, params):
+    try:
+        signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C pressed twice
+        time.sleep(1)  # and the stop sent again, were it still sent
+        print("cleaned up", flush=True)
+
+sys.exit(run_stage("demo", main, stage_parser("demo", "a stage stopped again while cleaning up"), []))
+"""
+
+
+def test_a_second_stop_does_not_cut_the_cleanup_short() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _STOPPED_AGAIN_WHILE_CLEANING_UP],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "cleaned up" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
+
+
 # A stage stopped while MLflow's database session holds SQLite's write lock: right after a row is written,
 # before the session commits. CI once saw train's SIGTERM land there; ending the run then hit "database is
 # locked" and the stage exited 1 with its run left RUNNING.
