@@ -85,33 +85,47 @@ class _Stop:
     A signal handler runs wherever the main thread is, and its ``KeyboardInterrupt`` can be lost there:
     Python drops it inside a weakref callback or a ``__del__``, and TensorFlow's C++ code swallows it, or
     turns it into a ``ValueError``, inside a Python call it makes (train then ran to its end and exited 0
-    after a SIGTERM, or exited 1). So the first stop signal starts a thread that sends it to the main thread
-    again every ``_RESEND_S`` until it lands in the ``except`` or ``finally`` blocks that unwind on it, or
-    the stage returns; and a stage that ends any other way after a stop counts as stopped.
+    after a SIGTERM, or exited 1). So a stop signal starts a thread that sends it to the main thread again
+    every ``_RESEND_S`` until the handler finds the main thread in an ``except`` or ``finally`` block that
+    unwinds on a stop, or the stage returns; a stop sent again never raises inside such a block, so it never
+    cuts cleanup short. A stage that ends any other way after a stop counts as stopped.
     """
 
     def __init__(self) -> None:
         self.name: str | None = None
-        self.settled = threading.Event()
-        self._sender: threading.Thread | None = None
+        self.finished = False
+        self.resent = False  # the signal the handler is about to see came from the resending thread
+        self._resending: threading.Event | None = None  # set: stop resending
+        self._threads: list[threading.Thread] = []
 
     def receive(self, name: str) -> None:
-        """Remember the first stop signal and start sending it again."""
-        if self.name is None:
-            self.name = name
-            self._sender = threading.Thread(target=self._send_until_settled, name="resend-stop", daemon=True)
-            self._sender.start()
+        """Remember the first stop signal; send this one again until :meth:`stop_resending`."""
+        self.name = self.name or name
+        if self._resending is None:
+            self._resending = threading.Event()
+            again = (self._resending, signal.Signals[name])
+            thread = threading.Thread(target=self._resend, args=again, name="resend-stop", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
-    def _send_until_settled(self) -> None:
+    def _resend(self, done: threading.Event, signum: signal.Signals) -> None:
         main = threading.main_thread().ident
-        while not self.settled.wait(_RESEND_S):
-            signal.pthread_kill(main, signal.Signals[self.name])
+        while not done.wait(_RESEND_S):
+            self.resent = True
+            signal.pthread_kill(main, signum)
+
+    def stop_resending(self) -> None:
+        """The main thread unwinds on the stop: no need to send it again."""
+        if self._resending is not None:
+            self._resending.set()
+            self._resending = None
 
     def settle(self) -> None:
-        """Stop sending: the stage is unwinding on the stop or has returned."""
-        self.settled.set()
-        if self._sender is not None:
-            self._sender.join()
+        """The stage has returned: ignore stop signals from now on, and wait until none is being sent."""
+        self.finished = True
+        self.stop_resending()
+        for thread in self._threads:
+            thread.join()
 
 
 _stop = _Stop()
@@ -161,15 +175,16 @@ def _stop_when_the_store_call_returns(name: str) -> None:
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     # Kubernetes stops a pod with SIGTERM: unwinding like Ctrl-C runs the `finally` blocks that remove
     # temporary outputs and end the MLflow run as KILLED, before the SIGKILL that follows the grace period.
-    if _stop.settled.is_set():
+    if _stop.finished:
         return
+    resent, _stop.resent = _stop.resent, False
     _stop.receive(signal.Signals(signum).name)
     handling = sys.exc_info()[1]
-    if handling is not None:
-        # Cleanup runs in except and finally blocks: never cut it short. Unwinding on the stop already, the
-        # resender is done; in some other handler, the resender tries again once it has run.
+    if resent and handling is not None:
+        # An except or finally block runs: unwinding on the stop already, or some other handler that the
+        # stop, sent again, waits for. Cleanup is never cut short by a stop sent again.
         if _unwinding_on_a_stop(handling):
-            _stop.settled.set()
+            _stop.stop_resending()
         return
     if _inside_store_call(frame):
         _stop_when_the_store_call_returns(_stop.name)
@@ -182,8 +197,7 @@ def _stop_signals_unwind() -> Iterator[_Stop]:
     """Within: SIGTERM and Ctrl-C raise ``KeyboardInterrupt`` in the main thread, until it unwinds on one.
 
     See :class:`_Stop` for where the exception can be lost and how it is sent again. Inside a call to the
-    MLflow store the stop waits until that call has returned, so that its database session ends first; in an
-    ``except`` or ``finally`` block it waits until the block has run.
+    MLflow store the stop waits until that call has returned, so that its database session ends first.
 
     Yields:
         The stop: its ``name`` is the signal received, or None.

@@ -195,7 +195,7 @@ def test_a_stop_a_library_catches_still_stops_the_stage(name: str, caught: str, 
     assert mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
 
 
-_STOPPED_AGAIN_WHILE_CLEANING_UP = """
+_STOP_SENT_AGAIN_WHILE_CLEANING_UP = """
 import signal, sys, time
 from core.cli import run_stage, stage_parser
 
@@ -203,26 +203,29 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def main(args, params):
     try:
-        signal.raise_signal(signal.SIGINT)
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            print("swallowed", flush=True)
+        time.sleep(30)  # where the stop, sent again, lands
     finally:
-        signal.raise_signal(signal.SIGINT)  # Ctrl-C pressed twice
-        time.sleep(1)  # and the stop sent again, were it still sent
+        time.sleep(2)  # cleanup, during which the stop would be sent again if still sent
         print("cleaned up", flush=True)
 
-sys.exit(run_stage("demo", main, stage_parser("demo", "a stage stopped again while cleaning up"), []))
+sys.exit(run_stage("demo", main, stage_parser("demo", "a stage cleaning up after a stop sent again"), []))
 """
 
 
-def test_a_second_stop_does_not_cut_the_cleanup_short() -> None:
+def test_a_stop_sent_again_does_not_cut_the_cleanup_short() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", _STOPPED_AGAIN_WHILE_CLEANING_UP],
+        [sys.executable, "-c", _STOP_SENT_AGAIN_WHILE_CLEANING_UP],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 130, result.stdout + result.stderr
-    assert "cleaned up" in result.stdout
+    assert result.stdout.count("swallowed") == 1 and "cleaned up" in result.stdout
     assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
 
 
