@@ -171,28 +171,32 @@ sys.exit(run_stage("demo", main, stage_parser("demo", "a stage whose stop a libr
 """
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
-@pytest.mark.parametrize("caught", ["swallowed", "turned into an error"])
-def test_a_stop_a_library_catches_still_stops_the_stage(name: str, caught: str, tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _run_demo_stage_with_a_store(script: str, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a demo stage in ``workdir`` with the repository's params.yaml and an MLflow store of its own."""
+    (workdir / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_"))}
-    env |= {"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-c", _STOP_CAUGHT_BY_A_LIBRARY, name, caught],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", script, *args]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _assert_stopped_with_its_run_killed(result: subprocess.CompletedProcess[str], workdir: Path) -> None:
+    """The demo stage exited 130 with the one line, never finished, and its MLflow run ended as KILLED."""
     assert result.returncode == 130, result.stdout + result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
     assert "finished" not in result.stdout
-    assert time.monotonic() - started < 25, "the stage slept on instead of stopping"
     run_id = result.stdout.split("run ", 1)[1].split()[0]
-    assert mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("caught", ["swallowed", "turned into an error"])
+def test_a_stop_a_library_catches_still_stops_the_stage(name: str, caught: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = _run_demo_stage_with_a_store(_STOP_CAUGHT_BY_A_LIBRARY, tmp_path, name, caught)
+    _assert_stopped_with_its_run_killed(result, tmp_path)
+    assert time.monotonic() - started < 25, "the stage slept on instead of stopping"
 
 
 _STOP_SENT_AGAIN_WHILE_CLEANING_UP = """
@@ -266,23 +270,8 @@ sys.exit(run_stage("demo", main, stage_parser("demo", "a stage stopped inside a 
 
 
 def test_a_stop_inside_an_mlflow_database_write_still_ends_the_run_as_killed(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_"))}
-    env |= {"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-c", _STOPPED_DURING_A_DATABASE_WRITE],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 130, result.stdout + result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
-    assert "finished" not in result.stdout
-    run_id = result.stdout.split("run ", 1)[1].split()[0]
-    assert mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
+    result = _run_demo_stage_with_a_store(_STOPPED_DURING_A_DATABASE_WRITE, tmp_path)
+    _assert_stopped_with_its_run_killed(result, tmp_path)
     assert not list((tmp_path / ACTIVE_RUNS_DIR).iterdir())
 
 
