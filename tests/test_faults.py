@@ -200,6 +200,34 @@ def test_a_stop_a_library_catches_still_stops_the_stage(name: str, caught: str, 
     assert time.monotonic() - started < 25, "the stage slept on instead of stopping"
 
 
+def _run_demo_stage(script: str) -> subprocess.CompletedProcess[str]:
+    """Run a demo stage with the repository's params.yaml and no MLflow."""
+    command = [sys.executable, "-c", script]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+_STOP_LOST_AS_THE_STAGE_FINISHES = """
+import signal, sys
+from core.cli import run_stage, stage_parser
+
+def main(args, params):
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    except KeyboardInterrupt:
+        pass  # swallowed, and the stage returns before the stop is sent again
+    print("work complete", flush=True)
+
+sys.exit(run_stage("demo", main, stage_parser("demo", "a stage that finishes after losing its stop"), []))
+"""
+
+
+def test_a_stage_that_finishes_after_losing_its_stop_still_exits_as_stopped() -> None:
+    result = _run_demo_stage(_STOP_LOST_AS_THE_STAGE_FINISHES)
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "work complete" in result.stdout and "its outputs are complete" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
+
+
 _STOP_SENT_AGAIN_WHILE_CLEANING_UP = """
 import signal, sys, time
 from core.cli import run_stage, stage_parser
@@ -222,13 +250,7 @@ sys.exit(run_stage("demo", main, stage_parser("demo", "a stage cleaning up after
 
 
 def test_a_stop_sent_again_does_not_cut_the_cleanup_short() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _STOP_SENT_AGAIN_WHILE_CLEANING_UP],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _run_demo_stage(_STOP_SENT_AGAIN_WHILE_CLEANING_UP)
     assert result.returncode == 130, result.stdout + result.stderr
     assert result.stdout.count("swallowed") == 1 and "cleaned up" in result.stdout
     assert result.stderr.strip().splitlines()[-1] == "stages.demo: interrupted"
