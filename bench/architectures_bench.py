@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from core.config import NO_DEGRADATIONS, AugmentationParams, load_params  # noqa: E402
+from core.config import NO_DEGRADATIONS, NO_TAIL, AugmentationParams, load_params  # noqa: E402
 from core.imaging import decode_for_model  # noqa: E402
 from core.labels import CLASS_NAMES, decide, label_of  # noqa: E402
 from stages.architectures import ARCHITECTURES, build_model  # noqa: E402
@@ -86,7 +86,12 @@ def bench_one(
         dropout=0.2,
         pretrained_weights="none",
         augmentation=AugmentationParams(
-            horizontal_flip=True, translate=0.0, contrast=0.0, degradations=NO_DEGRADATIONS, mixup_alpha=0.0
+            horizontal_flip=True,
+            translate=0.0,
+            contrast=0.0,
+            degradations=NO_DEGRADATIONS,
+            degradation_tail=NO_TAIL,
+            mixup_alpha=0.0,
         ),
         mean=pixels.mean(axis=0).tolist(),
         variance=pixels.var(axis=0).tolist(),

@@ -61,9 +61,22 @@ class DegradationParams(_Section):
     blur: float = Probability
     noise: float = Probability
 
+    def scaled(self, factor: float) -> DegradationParams:
+        """Every probability multiplied by ``factor`` (in [0, 1])."""
+        return DegradationParams(**{name: p * factor for name, p in self.model_dump().items()})
 
-# No degradation at all: for callers that build a dataset without params.yaml (tests, benches).
+
+class DegradationTailParams(_Section):
+    """The end of a fit with fewer degradations: the last ``fraction`` of the planned epochs, each probability
+    times ``scale``."""
+
+    fraction: float = Field(ge=0.0, lt=1.0)
+    scale: float = Field(ge=0.0, le=1.0)
+
+
+# No degradation at all, and no tail: for callers that build a dataset without params.yaml (tests, benches).
 NO_DEGRADATIONS = DegradationParams(jpeg=0.0, resample=0.0, blur=0.0, noise=0.0)
+NO_TAIL = DegradationTailParams(fraction=0.0, scale=1.0)
 
 
 class AugmentationParams(_Section):
@@ -71,6 +84,7 @@ class AugmentationParams(_Section):
     translate: float = Field(ge=0.0, le=0.5)
     contrast: float = Field(ge=0.0, le=1.0)
     degradations: DegradationParams
+    degradation_tail: DegradationTailParams
     mixup_alpha: float = Field(ge=0.0, le=1.0)
 
 

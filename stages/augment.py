@@ -5,7 +5,8 @@ to the model's size the way the predictor does it, blur, sensor noise). They reu
 primitives and ``core.imaging.resize``, so training sees exactly what serving and the robustness report see.
 On the TensorFlow backend they run in the ``tf.data`` pipeline (a ``tf.numpy_function`` per batch, in parallel
 with the model's step); on JAX or torch, which have no ``tf.data``, in worker processes feeding a Python
-stream of the same batches (:func:`batch_stream`). Never in the saved model and never on disk.
+stream of the same batches (:func:`batch_stream`). Never in the saved model and never on disk. Over the last
+epochs of a fit the probabilities can be lowered (:class:`DegradationTail`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from core.config import DegradationParams
+from core.config import DegradationParams, DegradationTailParams
 from core.degrade import blur, jpeg, noise, rescale
 from core.imaging import open_image, resize
 
@@ -35,6 +37,37 @@ NOISE_SIGMA = (2.0, 8.0)  # in 0..255 units
 def active(degradations: DegradationParams) -> bool:
     """Whether any degradation has a non-zero probability."""
     return any(p > 0 for p in degradations.model_dump().values())
+
+
+@dataclass
+class DegradationTail:
+    """The end of a fit with fewer degradations (``augmentation.degradation_tail``), by the batches' numbers.
+
+    :meth:`plan` puts the start at the last ``fraction`` of the planned epochs; train calls it again when the
+    time budget re-plans them. The input pipeline asks :meth:`at` for each batch as it prepares it, so a plan
+    that does not move gives the same batches on every run.
+    """
+
+    fraction: float
+    scale: float
+    start: int | None = None  # the tail's first batch; None: no plan yet
+    first_epoch: int | None = None  # the tail's first epoch, from 1; None: no plan yet, or no tail in it
+
+    @classmethod
+    def from_params(cls, params: DegradationTailParams) -> DegradationTail:
+        return cls(fraction=params.fraction, scale=params.scale)
+
+    def plan(self, epochs: int, steps_per_epoch: int) -> None:
+        """Start the tail at the last ``fraction`` of ``epochs``: none if that is no epoch or scale is 1."""
+        tail = round(epochs * self.fraction) if self.scale < 1 else 0
+        self.start = (epochs - tail) * steps_per_epoch
+        self.first_epoch = epochs - tail + 1 if tail else None
+
+    def at(self, degradations: DegradationParams, batch: int) -> DegradationParams:
+        """The probabilities for batch number ``batch`` of the fit (counting from 0)."""
+        if self.start is None or batch < self.start:
+            return degradations
+        return degradations.scaled(self.scale)
 
 
 def degrade_images(
@@ -122,6 +155,8 @@ def training_dataset(
     seed: int,
     degradations: DegradationParams,
     mixup_alpha: float,
+    endless: bool = False,
+    tail: DegradationTail | None = None,
 ):
     """A ``tf.data`` pipeline of shuffled, augmented ``(uint8 images, float32 labels)`` batches.
 
@@ -135,9 +170,11 @@ def training_dataset(
         seed: Seeds the shuffle and every batch's augmentation draws.
         degradations: The probability of each degradation.
         mixup_alpha: Mixup's Beta parameter; 0 disables it.
+        endless: One pass over the images after another, for ever (a whole fit), instead of one pass.
+        tail: Fewer degradations from a batch on, counting the batches of the whole stream.
 
     Returns:
-        A ``tf.data.Dataset`` Keras' ``fit`` iterates once per epoch.
+        A ``tf.data.Dataset``: one pass (an epoch), or the passes of a whole fit with ``endless``.
     """
     import tensorflow as tf
 
@@ -146,24 +183,29 @@ def training_dataset(
     shape = tuple(images.shape[1:])
     order = tf.data.Dataset.range(len(labels)).shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     batches = order.batch(batch_size).map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
-    if active(degradations) or mixup_alpha > 0:
+    augmenting = active(degradations) or mixup_alpha > 0
+    if augmenting:
         # One int64 seed per batch, new ones every epoch, the same sequence for the same seed.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        batches = tf.data.Dataset.zip(batches, seeds)
+    if endless:
+        batches = batches.repeat()
+    if augmenting:
 
-        def augment(batch: tuple, batch_seed):
+        def augment_numpy(xs, ys, batch_seed, number):
+            chances = tail.at(degradations, int(number)) if tail else degradations
+            return augment_batch(xs, ys, batch_seed, chances, mixup_alpha)
+
+        def augment(number, batch: tuple):
+            (xs, ys), batch_seed = batch
             x, y = tf.numpy_function(
-                lambda xs, ys, s: augment_batch(xs, ys, s, degradations, mixup_alpha),
-                [batch[0], batch[1], batch_seed],
-                (tf.uint8, tf.float32),
-                stateful=False,
+                augment_numpy, [xs, ys, batch_seed, number], (tf.uint8, tf.float32), stateful=False
             )
             x.set_shape((None, *shape))
             y.set_shape((None,))
             return x, y
 
-        batches = tf.data.Dataset.zip(batches, seeds).map(
-            augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
+        batches = batches.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
@@ -192,6 +234,7 @@ def batch_stream(
     mixup_alpha: float,
     shuffle: bool = True,
     workers: int | None = None,
+    tail: DegradationTail | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless ``(uint8 images, float32 labels)`` batches for the backends without ``tf.data`` (JAX, torch).
 
@@ -210,6 +253,7 @@ def batch_stream(
         mixup_alpha: Mixup's Beta parameter; 0 disables it.
         shuffle: False keeps the images' order (endless validation batches).
         workers: Augmenting processes (default: one per CPU core but one, for the model's own thread).
+        tail: Fewer degradations from a batch on, counting the batches of the whole stream.
 
     Yields:
         Batches, for ever: Keras' ``fit`` takes as many as ``steps_per_epoch`` says per epoch.
@@ -233,8 +277,9 @@ def batch_stream(
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     pending: collections.deque = collections.deque()
     try:
-        for x, y, batch_seed in batches():
-            pending.append(pool.submit(augment_batch, x, y, batch_seed, degradations, mixup_alpha))
+        for number, (x, y, batch_seed) in enumerate(batches()):
+            chances = tail.at(degradations, number) if tail else degradations
+            pending.append(pool.submit(augment_batch, x, y, batch_seed, chances, mixup_alpha))
             if len(pending) > 2 * workers:  # keep every worker busy, in order, a bounded way ahead
                 yield pending.popleft().result()
     finally:

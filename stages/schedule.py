@@ -67,7 +67,8 @@ class EarlyStoppingOnceDecayed(keras.callbacks.EarlyStopping):
     it: on a fast machine, where the time budget planned the 60-epoch cap, plain early stopping (patience 5)
     ended the default run at epoch 22 of 60 with the learning rate near its peak and lost accuracy
     (docs/benchmarks.md). Counting starts with the first epoch that ends past the decay's midpoint, wherever
-    the budget has moved the decay's end by then.
+    the budget has moved the decay's end by then, and not before ``first_epoch`` (0-based), which the fit may
+    move: train sets it to the start of the degradation tail, whose validation scores are of another mix.
 
     Args:
         schedule: The fit's learning-rate schedule.
@@ -77,9 +78,12 @@ class EarlyStoppingOnceDecayed(keras.callbacks.EarlyStopping):
     def __init__(self, schedule: WarmupCosine, **kwargs) -> None:
         super().__init__(**kwargs)
         self.schedule = schedule
+        self.first_epoch = 0
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        """Count the epoch towards ``patience`` only once the decay is half done."""
+        """Count the epoch towards ``patience`` only once the decay is half done, and from ``first_epoch``."""
+        if epoch < self.first_epoch:
+            return
         if float(ops.convert_to_numpy(self.schedule.progress(self.model.optimizer.iterations))) < 0.5:
             return
         super().on_epoch_end(epoch, logs)

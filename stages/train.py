@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +39,7 @@ from core.pipeline import (
     RUN_FILE,
     TRAINING_REPORT,
 )
-from stages.augment import batch_stream, training_dataset, uses_tf_data, validation_dataset
+from stages.augment import DegradationTail, batch_stream, training_dataset, uses_tf_data, validation_dataset
 from stages.calibration import calibrate_saved_model
 from stages.shards import load_split
 
@@ -389,13 +390,14 @@ def replan_epochs(
 
 
 def _budget_replanner(
-    plan: BudgetPlan, started: float, schedule: WarmupCosine, steps_per_epoch: int
+    plan: BudgetPlan, started: float, apply_plan: Callable[[int], None]
 ) -> keras.callbacks.Callback:
     """After each epoch, re-plan the epochs from the epochs' measured length and move the schedule's end.
 
     The probe's estimate comes from a few steps, on a machine whose load can change; the epochs themselves
     are the better measure. A longer plan stretches the cosine, a shorter one steepens it, so the learning
     rate still reaches its floor when the budget ends; when no further epoch fits, the fit stops.
+    ``apply_plan(epochs)`` moves the schedule's end and the degradation tail's start to a new plan.
     """
     import keras
 
@@ -451,7 +453,7 @@ def _budget_replanner(
                         "epoch_seconds": round(self.epoch_seconds[-1], 1),
                     }
                 )
-                schedule.set_total_steps(planned * steps_per_epoch)
+                apply_plan(planned)
                 self.planned = self.params["epochs"] = planned
 
     return BudgetReplanner()
@@ -466,6 +468,7 @@ class Trained:
     epochs: int  # planned (training.epochs, or the budget's last plan)
     plan: BudgetPlan | None  # the probe's first plan
     replans: list[dict[str, float | int]]  # the budget's changes to it, epoch by epoch
+    tail_from_epoch: int | None  # the first epoch of augmentation.degradation_tail in the last plan
     stopped_by_budget: bool
     fit_seconds: float  # the fit alone, without the probe
 
@@ -522,13 +525,14 @@ def train_model(
 
         tf_data = uses_tf_data()
         recipe = {"degradations": augmentation.degradations, "mixup_alpha": augmentation.mixup_alpha}
+        tail = DegradationTail.from_params(augmentation.degradation_tail)
 
-        def train_batches():
+        def train_batches(tail: DegradationTail | None = None):
             """Endless: each pass over the training images reshuffled and redrawn; an epoch is one pass."""
-            batching = {"batch_size": training.batch_size, "seed": training.seed, **recipe}
-            return (
-                training_dataset(*train, **batching).repeat() if tf_data else batch_stream(*train, **batching)
-            )
+            batching = {"batch_size": training.batch_size, "seed": training.seed, "tail": tail, **recipe}
+            if tf_data:
+                return training_dataset(*train, endless=True, **batching)
+            return batch_stream(*train, **batching)
 
         def endless_validation():
             if tf_data:
@@ -575,13 +579,31 @@ def train_model(
         stopper = EarlyStoppingOnceDecayed(
             schedule, monitor="val_auc", mode="max", patience=training.early_stopping_patience
         )
-        replanner = _budget_replanner(plan, started, schedule, steps) if plan else None
+
+        def apply_plan(epochs: int) -> None:
+            """The schedule decays to its floor at the end of ``epochs``; the degradation tail ends with it.
+
+            Early stopping waits for the tail: its validation scores are of another training mix.
+            """
+            schedule.set_total_steps(epochs * steps)
+            tail.plan(epochs, steps)
+            stopper.first_epoch = tail.first_epoch - 1 if tail.first_epoch else 0
+
+        apply_plan(epochs)
+        if tail.first_epoch:
+            log.info(
+                "train: epochs %d-%d with the degradations x%g (augmentation.degradation_tail)",
+                tail.first_epoch,
+                epochs,
+                tail.scale,
+            )
+        replanner = _budget_replanner(plan, started, apply_plan) if plan else None
         fit_started = time.perf_counter()
         history = model.fit(
             # One iterator for the whole fit: without steps_per_epoch Keras makes a new one every epoch, and
             # the first step after that sat idle for 2-40 s on 2 CPU cores (up to 40 % of a 10k-image epoch).
             # The endless batches still reshuffle and redraw each pass; an epoch is still one pass over train.
-            train_batches(),
+            train_batches(tail),
             steps_per_epoch=steps,
             epochs=plan.max_epochs if plan else epochs,  # the re-planner stops the fit where the budget ends
             shuffle=False,  # the batches are shuffled already, reproducibly
@@ -597,6 +619,7 @@ def train_model(
         epochs=replanner.planned if replanner else epochs,
         plan=plan,
         replans=replanner.changes if replanner else [],
+        tail_from_epoch=tail.first_epoch,
         stopped_by_budget=bool(replanner and replanner.stopped_by_budget),
         fit_seconds=time.perf_counter() - fit_started,
     )
@@ -698,6 +721,7 @@ def run(params: Params) -> dict:
             "train_images_per_second": round(len(val_auc) * len(train_x) / trained.fit_seconds, 1),
             "time_budget": trained.plan.to_dict() if trained.plan else None,
             "replanned": trained.replans,
+            "degradation_tail_from_epoch": trained.tail_from_epoch,
             "stopped_by_budget": trained.stopped_by_budget,
             **calibration,
         }

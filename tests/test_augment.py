@@ -134,16 +134,19 @@ def test_training_dataset_shuffles_every_image_once_per_epoch_reproducibly() -> 
     assert epochs[0][0][0].dtype == np.uint8
 
 
-def _two_passes(source: str, images: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Six batches of 8 of 20 images, as the fit reads them: the repeated tf.data pipeline or the stream."""
+def _two_passes(
+    source: str, images: np.ndarray, labels: np.ndarray, tail: augment.DegradationTail | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Six batches of 8 of 20 images, as the fit reads them: the endless tf.data pipeline or the stream."""
     recipe = {
         "batch_size": 8,
         "seed": 3,
         "degradations": DegradationParams(jpeg=0.5, resample=0.3, blur=0.0, noise=0.0),
         "mixup_alpha": 0.0,
+        "tail": tail,
     }
     if source == "tf.data":
-        dataset = training_dataset(images, labels, **recipe).repeat()
+        dataset = training_dataset(images, labels, endless=True, **recipe)
         return [(x.numpy(), y.numpy()) for x, y in dataset.take(6)]
     stream = augment.batch_stream(images, labels, workers=int(source.split()[0]), **recipe)
     batches = [next(stream) for _ in range(6)]
@@ -171,8 +174,45 @@ def test_endless_training_batches_are_one_pass_per_epoch_reproducibly(source: st
         np.testing.assert_array_equal(y1, y2)
     assert first[0][0].dtype == np.uint8 and first[0][1].dtype == np.float32
     assert not np.array_equal(first[0][0], first[3][0]), "each pass reshuffles and redraws"
-    changed = [not any(np.array_equal(x, image) for image in images) for batch, _ in first[:3] for x in batch]
-    assert 0 < sum(changed) < len(changed), "some images degraded, the others as they were"
+    kept = _as_they_are(first[:3], images)
+    assert 0 < sum(kept) < len(kept), "some images degraded, the others as they were"
+
+
+def test_the_degradation_tail_is_the_last_fraction_of_the_planned_epochs_and_moves_with_the_plan() -> None:
+    chances = DegradationParams(jpeg=0.2, resample=0.4, blur=0.3, noise=0.1)
+    tail = augment.DegradationTail(fraction=0.2, scale=0.5)
+    assert tail.at(chances, 10**6) == chances, "no plan yet: no tail"
+    tail.plan(epochs=60, steps_per_epoch=10)
+    assert (tail.first_epoch, tail.start) == (49, 480)
+    assert tail.at(chances, 479) == chances
+    assert tail.at(chances, 480) == DegradationParams(jpeg=0.1, resample=0.2, blur=0.15, noise=0.05)
+    tail.plan(epochs=40, steps_per_epoch=10)  # the time budget re-planned
+    assert (tail.first_epoch, tail.start) == (33, 320) and tail.at(chances, 320).resample == 0.2
+    tail.plan(epochs=2, steps_per_epoch=10)  # 0.4 of an epoch: no tail
+    assert tail.first_epoch is None and tail.at(chances, 19) == chances
+    unchanged = augment.DegradationTail(fraction=0.5, scale=1.0)
+    unchanged.plan(epochs=10, steps_per_epoch=10)
+    assert unchanged.first_epoch is None
+
+
+def _as_they_are(batches: list[tuple[np.ndarray, np.ndarray]], images: np.ndarray) -> list[bool]:
+    """For each image of ``batches``: whether it is one of ``images`` unchanged."""
+    return [any(np.array_equal(x, image) for image in images) for batch, _ in batches for x in batch]
+
+
+@pytest.mark.parametrize("source", ["tf.data", "1 worker"], ids=["tf.data", "stream"])
+def test_the_fits_batches_lose_their_degradations_from_the_tails_first_batch(source: str) -> None:
+    """A tail of scale 0 over the second of two planned passes: the first pass as without a tail, the second
+    with every image as it is (reshuffled: the same shuffle as without the tail)."""
+    images, labels = _images(20), np.arange(20) % 2
+    tail = augment.DegradationTail(fraction=0.5, scale=0.0)
+    tail.plan(epochs=2, steps_per_epoch=3)
+    with_tail, without = _two_passes(source, images, labels, tail), _two_passes(source, images, labels)
+    for (x1, y1), (x2, y2) in zip(with_tail[:3], without[:3], strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert all(_as_they_are(with_tail[3:], images))
+    assert not all(_as_they_are(without[3:], images)), "without the tail the second pass is degraded"
 
 
 def test_batch_stream_without_augmentation_keeps_the_images_and_starts_no_workers(

@@ -32,6 +32,10 @@ def _data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(base + rng.normal(0, 30, (n, SIZE, SIZE, 3)), 0, 255).astype(np.uint8), labels
 
 
+# The last quarter of the planned epochs at half the degradations.
+QUARTER_TAIL = ("augmentation.degradation_tail.fraction=0.25", "augmentation.degradation_tail.scale=0.5")
+
+
 def _fit(params: Params, n: int = 64) -> train.Trained:
     return train_model(params, _data(n), _data(32, seed=1), mean=[0.5] * 3, variance=[0.05] * 3)
 
@@ -94,7 +98,11 @@ class _Clock:
 
 
 def _budget_fit(
-    monkeypatch: pytest.MonkeyPatch, probe_step: float, epoch_seconds: list[float], setup: float = 0.0
+    monkeypatch: pytest.MonkeyPatch,
+    probe_step: float,
+    epoch_seconds: list[float],
+    setup: float = 0.0,
+    overrides: tuple[str, ...] = (),
 ) -> train.Trained:
     """Fit with a 2-minute budget and at most 12 epochs on a fake clock and a fake probe.
 
@@ -108,7 +116,7 @@ def _budget_fit(
         "_probe",
         lambda *args: {"train_step": probe_step, "val_step": 0.1, "setup": setup, "wall": 0.5},
     )
-    params = _params("training.time_budget_minutes=2", "training.epochs=12")
+    params = _params("training.time_budget_minutes=2", "training.epochs=12", *overrides)
     return train_model(
         params,
         _data(64),
@@ -146,8 +154,8 @@ def test_budget_chooses_epochs_and_schedule_from_the_probed_throughput(
 def test_the_budget_replans_from_the_epochs_and_the_schedule_still_ends_at_its_floor(
     monkeypatch: pytest.MonkeyPatch, epoch_seconds: list[float], expected: int, replans: list[dict]
 ) -> None:
-    """A probe that got the machine wrong costs no epochs and cuts no schedule short."""
-    trained = _budget_fit(monkeypatch, 2.45, epoch_seconds)  # the probe plans 11 epochs of 10 s
+    """A probe that got the machine wrong costs no epochs and cuts no schedule short, nor the tail."""
+    trained = _budget_fit(monkeypatch, 2.45, epoch_seconds, overrides=QUARTER_TAIL)  # plans 11 epochs of 10 s
     assert trained.plan is not None and trained.plan.epochs == 11
     assert trained.replans == replans
     assert trained.epochs == len(trained.history["val_auc"]) == expected
@@ -156,6 +164,7 @@ def test_the_budget_replans_from_the_epochs_and_the_schedule_still_ends_at_its_f
     assert float(trained.model.optimizer.learning_rate) == pytest.approx(0.003 * 0.01, rel=1e-3), (
         "the learning rate reached its floor at the last step"
     )
+    assert trained.tail_from_epoch == {8: 7, 12: 10}[expected], "the last quarter of the new plan"
 
 
 def test_the_first_epoch_counts_without_the_tracing_the_probe_measured(
@@ -323,19 +332,44 @@ def test_without_budget_the_configured_epochs_run_and_no_probe_is_made(
     assert trained.plan is None and trained.epochs == 2 and len(trained.history["loss"]) == 2
 
 
+TWELVE_EPOCHS_PATIENCE_2 = (
+    "training.time_budget_minutes=null",
+    "training.epochs=12",
+    "training.early_stopping_patience=2",
+)
+
+
 def test_early_stopping_counts_only_the_epochs_in_the_second_half_of_the_decay() -> None:
     """Validation ROC-AUC is 1.0 from the first epoch on this data, so it never improves after it.
 
     12 epochs of 4 steps: a warm-up of 2 steps, then the decay's midpoint at step 25, passed at the end of
     epoch 7. Patience 2 then stops the fit after epoch 9; plain early stopping would stop after epoch 3.
     """
-    trained = _fit(
-        _params(
-            "training.time_budget_minutes=null", "training.epochs=12", "training.early_stopping_patience=2"
-        )
-    )
+    trained = _fit(_params(*TWELVE_EPOCHS_PATIENCE_2, "augmentation.degradation_tail.fraction=0.0"))
     assert trained.history["val_auc"][0] == 1.0
     assert len(trained.history["val_auc"]) == 9
+
+
+def test_early_stopping_waits_for_the_degradation_tail_which_the_fits_batches_get(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same fit with its last quarter (epochs 10-12) at half the degradations.
+
+    Early stopping counts from epoch 10, so patience 2 no longer ends the fit after epoch 9; the fit's batches
+    carry the tail from epoch 10's first step.
+    """
+    datasets: list[dict] = []
+
+    def recorded(*args, **kwargs):
+        datasets.append(kwargs)
+        return real_dataset(*args, **kwargs)
+
+    real_dataset = train.training_dataset
+    monkeypatch.setattr(train, "training_dataset", recorded)
+    trained = _fit(_params(*TWELVE_EPOCHS_PATIENCE_2, *QUARTER_TAIL))
+    assert trained.tail_from_epoch == 10 and len(trained.history["val_auc"]) == 12
+    (fit,) = [kwargs for kwargs in datasets if kwargs["tail"] is not None]
+    assert fit["endless"] and (fit["tail"].start, fit["tail"].scale) == (9 * 4, 0.5)
 
 
 def test_without_budget_the_same_seed_trains_the_same_weights_and_another_seed_does_not() -> None:
