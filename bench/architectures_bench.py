@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from core.config import NO_DEGRADATIONS, NO_TAIL, AugmentationParams, load_params  # noqa: E402
+from core.config import NO_AUGMENTATION, load_params  # noqa: E402
 from core.imaging import decode_for_model  # noqa: E402
 from core.labels import CLASS_NAMES, decide, label_of  # noqa: E402
 from stages.architectures import ARCHITECTURES, build_model  # noqa: E402
@@ -85,14 +85,7 @@ def bench_one(
         image_size=x.shape[1],
         dropout=0.2,
         pretrained_weights="none",
-        augmentation=AugmentationParams(
-            horizontal_flip=True,
-            translate=0.0,
-            contrast=0.0,
-            degradations=NO_DEGRADATIONS,
-            degradation_tail=NO_TAIL,
-            mixup_alpha=0.0,
-        ),
+        augmentation=NO_AUGMENTATION.model_copy(update={"horizontal_flip": True}),
         mean=pixels.mean(axis=0).tolist(),
         variance=pixels.var(axis=0).tolist(),
         seed=42,

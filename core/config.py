@@ -88,6 +88,17 @@ class AugmentationParams(_Section):
     mixup_alpha: float = Field(ge=0.0, le=1.0)
 
 
+# No augmentation at all: for callers that build a model without params.yaml (tests, benches).
+NO_AUGMENTATION = AugmentationParams(
+    horizontal_flip=False,
+    translate=0.0,
+    contrast=0.0,
+    degradations=NO_DEGRADATIONS,
+    degradation_tail=NO_TAIL,
+    mixup_alpha=0.0,
+)
+
+
 class ModelParams(_Section):
     architecture: Architecture
     pretrained_weights: str

@@ -12,27 +12,14 @@ import pytest
 from workspace import all_layers
 
 from core import layers
-from core.config import NO_DEGRADATIONS, NO_TAIL, Architecture, AugmentationParams
+from core.config import NO_AUGMENTATION, Architecture, AugmentationParams
 from stages import architectures
 from stages.architectures import ARCHITECTURES, PretrainedWeightsError, build_model
 from stages.train import cpu_has_amx_bf16
 
 SIZE = 16  # small images keep the whole file fast; transfer models upsample to their backbone minimum
-NO_AUGMENTATION = AugmentationParams(
-    horizontal_flip=False,
-    translate=0.0,
-    contrast=0.0,
-    degradations=NO_DEGRADATIONS,
-    degradation_tail=NO_TAIL,
-    mixup_alpha=0.0,
-)
-FULL_AUGMENTATION = AugmentationParams(
-    horizontal_flip=True,
-    translate=0.125,
-    contrast=0.3,
-    degradations=NO_DEGRADATIONS,
-    degradation_tail=NO_TAIL,
-    mixup_alpha=0.0,
+FULL_AUGMENTATION = NO_AUGMENTATION.model_copy(
+    update={"horizontal_flip": True, "translate": 0.125, "contrast": 0.3}
 )
 TRANSFER = ("EfficientNetB0Transfer", "XceptionTransfer")
 
