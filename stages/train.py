@@ -440,7 +440,7 @@ def _budget_replanner(
                 self.model.stop_training = True
             if planned != self.planned and planned > done:
                 log.info(
-                    "time budget: an epoch takes %s, %s left: %d epochs instead of %d, schedule moved",
+                    "time budget: an epoch takes %s, %s left: %d epochs instead of %d, schedule, tail moved",
                     format_duration(self.epoch_seconds[-1]),
                     format_duration(plan.budget_seconds - (now - started)),
                     planned,
