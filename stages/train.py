@@ -390,14 +390,15 @@ def replan_epochs(
 
 
 def _budget_replanner(
-    plan: BudgetPlan, started: float, apply_plan: Callable[[int], None]
+    plan: BudgetPlan, started: float, apply_plan: Callable[[int], str]
 ) -> keras.callbacks.Callback:
     """After each epoch, re-plan the epochs from the epochs' measured length and move the schedule's end.
 
     The probe's estimate comes from a few steps, on a machine whose load can change; the epochs themselves
     are the better measure. A longer plan stretches the cosine, a shorter one steepens it, so the learning
     rate still reaches its floor when the budget ends; when no further epoch fits, the fit stops.
-    ``apply_plan(epochs)`` moves the schedule's end and the degradation tail's start to a new plan.
+    ``apply_plan(epochs)`` moves the schedule's end and the degradation tail's start to a new plan and says
+    what it moved, for the log.
     """
     import keras
 
@@ -439,12 +440,14 @@ def _budget_replanner(
                     self.stopped_by_budget = True
                 self.model.stop_training = True
             if planned != self.planned and planned > done:
+                moved = apply_plan(planned)
                 log.info(
-                    "time budget: an epoch takes %s, %s left: %d epochs instead of %d, schedule, tail moved",
+                    "time budget: an epoch takes %s, %s left: %d epochs instead of %d; moved %s",
                     format_duration(self.epoch_seconds[-1]),
                     format_duration(plan.budget_seconds - (now - started)),
                     planned,
                     self.planned,
+                    moved,
                 )
                 self.changes.append(
                     {
@@ -453,7 +456,6 @@ def _budget_replanner(
                         "epoch_seconds": round(self.epoch_seconds[-1], 1),
                     }
                 )
-                apply_plan(planned)
                 self.planned = self.params["epochs"] = planned
 
     return BudgetReplanner()
@@ -580,14 +582,18 @@ def train_model(
             schedule, monitor="val_auc", mode="max", patience=training.early_stopping_patience
         )
 
-        def apply_plan(epochs: int) -> None:
+        def apply_plan(epochs: int) -> str:
             """The schedule decays to its floor at the end of ``epochs``; the degradation tail ends with it.
 
-            Early stopping waits for the tail: its validation scores are of another training mix.
+            Early stopping waits for the tail: its validation scores are of another training mix. Returns what
+            moved, for the budget's log line.
             """
             schedule.set_total_steps(epochs * steps)
             tail.plan(epochs, steps)
             stopper.first_epoch = tail.first_epoch - 1 if tail.first_epoch else 0
+            if tail.first_epoch:
+                return f"the schedule's end and the degradation tail (now epochs {tail.first_epoch}-{epochs})"
+            return "the schedule's end"
 
         apply_plan(epochs)
         if tail.first_epoch:

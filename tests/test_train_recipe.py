@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -152,10 +153,15 @@ def test_budget_chooses_epochs_and_schedule_from_the_probed_throughput(
     ],
 )
 def test_the_budget_replans_from_the_epochs_and_the_schedule_still_ends_at_its_floor(
-    monkeypatch: pytest.MonkeyPatch, epoch_seconds: list[float], expected: int, replans: list[dict]
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    epoch_seconds: list[float],
+    expected: int,
+    replans: list[dict],
 ) -> None:
     """A probe that got the machine wrong costs no epochs and cuts no schedule short, nor the tail."""
-    trained = _budget_fit(monkeypatch, 2.45, epoch_seconds, overrides=QUARTER_TAIL)  # plans 11 epochs of 10 s
+    with caplog.at_level(logging.INFO, logger="stages.train"):
+        trained = _budget_fit(monkeypatch, 2.45, epoch_seconds, overrides=QUARTER_TAIL)  # 11 epochs of 10 s
     assert trained.plan is not None and trained.plan.epochs == 11
     assert trained.replans == replans
     assert trained.epochs == len(trained.history["val_auc"]) == expected
@@ -165,6 +171,10 @@ def test_the_budget_replans_from_the_epochs_and_the_schedule_still_ends_at_its_f
         "the learning rate reached its floor at the last step"
     )
     assert trained.tail_from_epoch == {8: 7, 12: 10}[expected], "the last quarter of the new plan"
+    moved = (
+        f"moved the schedule's end and the degradation tail (now epochs {trained.tail_from_epoch}-{expected})"
+    )
+    assert moved in caplog.text
 
 
 def test_the_first_epoch_counts_without_the_tracing_the_probe_measured(
@@ -177,12 +187,15 @@ def test_the_first_epoch_counts_without_the_tracing_the_probe_measured(
 
 
 def test_a_machine_slower_than_every_plan_stops_the_fit_within_the_budget(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The epoch after a re-plan takes longer still: the fit stops before the one that would overrun."""
-    trained = _budget_fit(monkeypatch, 2.45, [20.0, 20.0, 20.0, 45.0])
+    with caplog.at_level(logging.INFO, logger="stages.train"):
+        no_tail = "augmentation.degradation_tail.fraction=0"
+        trained = _budget_fit(monkeypatch, 2.45, [20.0, 20.0, 20.0, 45.0], overrides=(no_tail,))
     # After epoch 1: 1 + 100 // 20 = 6; after 3 still 6; epoch 4 took 45 s and 15 s are left: stop.
     assert [change["epochs"] for change in trained.replans] == [6]
+    assert "6 epochs instead of 11; moved the schedule's end\n" in caplog.text, "no tail to name"
     assert len(trained.history["val_auc"]) == 4 and trained.stopped_by_budget
 
 
