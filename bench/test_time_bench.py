@@ -81,6 +81,12 @@ def main() -> int:
     )
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     args = parser.parse_args()
+    processed = args.workspace / "data" / "processed"
+    paths = [path if path.is_absolute() else args.workspace / path for path in args.models]
+    if not processed.is_dir():
+        parser.error(f"--workspace: no {processed}: run the pipeline there up to preprocess first")
+    if missing := [str(path) for path in paths if not path.is_file()]:
+        parser.error(f"--models: no such file: {', '.join(missing)}")
 
     from core.config import load_params
     from core.metrics import classification_metrics
@@ -89,10 +95,9 @@ def main() -> int:
     from stages.shards import load_split
 
     metric = load_params(args.params).evaluation.threshold_metric
-    processed = args.workspace / "data" / "processed"
     val_x, val_y = (np.asarray(a) for a in load_split(processed, "val"))
     test_x, test_y = (np.asarray(a) for a in load_split(processed, "test"))
-    models = [load_keras(path if path.is_absolute() else args.workspace / path) for path in args.models]
+    models = [load_keras(path) for path in paths]
     served = [(predict_fake_probability(m, val_x), predict_fake_probability(m, test_x)) for m in models]
     net = bare_net(models[0])
 

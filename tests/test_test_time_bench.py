@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,3 +64,24 @@ def test_mirror_pair_at_no_shift_is_the_served_flip_averaged_score() -> None:
     np.testing.assert_allclose(bench.view_scores(net, images, [(0, 0)]), expected, rtol=0, atol=1e-6)
     alone = bench.view_scores(net, images, [(0, 0)], mirror=False)
     assert not np.allclose(alone, expected, atol=1e-6), "the mirror image must change the score"
+
+
+def test_a_missing_workspace_or_model_is_a_one_line_error(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [
+            sys.executable,
+            str(REPO / "bench" / "test_time_bench.py"),
+            "--workspace",
+            str(tmp_path),
+            *args,
+        ]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    no_workspace = run()
+    assert no_workspace.returncode == 2
+    assert f"--workspace: no {tmp_path / 'data' / 'processed'}" in no_workspace.stderr.splitlines()[-1]
+    (tmp_path / "data" / "processed").mkdir(parents=True)
+    no_model = run("--models", "models/model.keras", "/nowhere/seed43.keras")
+    assert no_model.returncode == 2
+    missing = f"{tmp_path / 'models' / 'model.keras'}, /nowhere/seed43.keras"
+    assert no_model.stderr.splitlines()[-1].endswith(f"--models: no such file: {missing}")
