@@ -28,10 +28,11 @@ sys.path[:0] = [str(REPO)]
 
 import numpy as np  # noqa: E402
 
+EVERY_SHIFT = list(itertools.product((-1, 0, 1), repeat=2))  # (rows, columns): every shift of at most 1 px
 SHIFTS = {  # name -> the (rows, columns) shifts whose mirror pairs are averaged
     "mirror pair, shifts of 1 px left and right": [(0, 0), (0, -1), (0, 1)],
     "mirror pair, shifts of 1 px along each axis": [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)],
-    "mirror pair, every shift of at most 1 px": list(itertools.product((-1, 0, 1), repeat=2)),
+    "mirror pair, every shift of at most 1 px": EVERY_SHIFT,
 }
 
 
@@ -46,14 +47,24 @@ def shifted(images: np.ndarray, rows: int, columns: int) -> np.ndarray:
     return padded[:, reach - rows : reach - rows + height, reach - columns : reach - columns + width]
 
 
-def view_scores(net, images: np.ndarray, shifts: list[tuple[int, int]], mirror: bool = True) -> np.ndarray:
-    """The mean P(FAKE) of ``net`` over each shift of ``images`` (and its mirror image, with ``mirror``)."""
+def view_scores(net, images: np.ndarray) -> dict[tuple[int, int, bool], np.ndarray]:
+    """P(FAKE) of ``net`` for every view the ways average, each scored once: ``(rows, columns, mirrored)``."""
     from core.modelstore import predict_fake_probability
 
-    views = [shifted(images, *shift) for shift in shifts]
-    if mirror:
-        views += [view[:, :, ::-1] for view in views]
-    return np.mean([predict_fake_probability(net, view) for view in views], axis=0)
+    scores = {}
+    for rows, columns in EVERY_SHIFT:
+        view = shifted(images, rows, columns)
+        scores[rows, columns, False] = predict_fake_probability(net, view)
+        scores[rows, columns, True] = predict_fake_probability(net, view[:, :, ::-1])
+    return scores
+
+
+def mean_of(
+    scores: dict[tuple[int, int, bool], np.ndarray], shifts: list[tuple[int, int]], mirror: bool = True
+) -> np.ndarray:
+    """The mean score over ``shifts`` of the image (and of its mirror image, with ``mirror``)."""
+    flips = (False, True) if mirror else (False,)
+    return np.mean([scores[rows, columns, flip] for rows, columns in shifts for flip in flips], axis=0)
 
 
 def bare_net(model):
@@ -102,15 +113,10 @@ def main() -> int:
     net = bare_net(models[0])
 
     ways: list[tuple[str, float, tuple[np.ndarray, np.ndarray]]] = [("served (baseline)", 1.0, served[0])]
-    ways.append(
-        (
-            "the net alone, no mirror",
-            0.5,
-            tuple(view_scores(net, x, [(0, 0)], False) for x in (val_x, test_x)),
-        )
-    )
+    views = [view_scores(net, x) for x in (val_x, test_x)]
+    ways.append(("the net alone, no mirror", 0.5, tuple(mean_of(v, [(0, 0)], mirror=False) for v in views)))
     for name, shifts in SHIFTS.items():
-        ways.append((name, len(shifts), tuple(view_scores(net, x, shifts) for x in (val_x, test_x))))
+        ways.append((name, len(shifts), tuple(mean_of(v, shifts) for v in views)))
     for size in range(2, len(models) + 1):
         for combo in itertools.combinations(range(len(models)), size):
             scores = tuple(np.mean([served[i][split] for i in combo], axis=0) for split in (0, 1))
