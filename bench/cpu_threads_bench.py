@@ -73,6 +73,7 @@ def child(images: int, epochs: int, intra: int, inter: int, policy: str, archite
         seed=0,
         degradations=params.augmentation.degradations,
         mixup_alpha=params.augmentation.mixup_alpha,
+        cutmix=params.augmentation.cutmix,
     )
     marks: list[tuple[float, float]] = []  # (wall, process CPU) at the end of each epoch
 

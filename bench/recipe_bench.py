@@ -45,6 +45,7 @@ CANDIDATES: dict[str, list[str]] = {
     "ema": ["training.ema_momentum=0.99"],
     "label_smoothing": ["training.label_smoothing=0.1"],
     "mixup": ["augmentation.mixup_alpha=0.2"],
+    "cutmix": ["augmentation.cutmix=0.5"],
     "dropout_0.5": ["model.dropout=0.5"],
     "spectrum": ["model.spectrum_branch=true"],
     "learning_rate_x2": ["training.learning_rate=0.006"],

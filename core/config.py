@@ -86,6 +86,7 @@ class AugmentationParams(_Section):
     degradations: DegradationParams
     degradation_tail: DegradationTailParams
     mixup_alpha: float = Field(ge=0.0, le=1.0)
+    cutmix: float = Probability
 
 
 # No augmentation at all: for callers that build a model without params.yaml (tests, benches).
@@ -96,6 +97,7 @@ NO_AUGMENTATION = AugmentationParams(
     degradations=NO_DEGRADATIONS,
     degradation_tail=NO_TAIL,
     mixup_alpha=0.0,
+    cutmix=0.0,
 )
 
 

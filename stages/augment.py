@@ -1,4 +1,4 @@
-"""Training's input pipeline: shuffled batches, random web degradations and mixup, on the fly, seeded.
+"""Training's input pipeline: shuffled batches, random web degradations, CutMix and mixup, on the fly, seeded.
 
 The degradations are the ones uploads go through (re-saved JPEGs, images resized up or down and brought back
 to the model's size the way the predictor does it, blur, sensor noise). They reuse ``core.degrade``'s PIL
@@ -120,8 +120,9 @@ def augment_batch(
     seed: int,
     degradations: DegradationParams,
     mixup_alpha: float,
+    cutmix: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Degrade each image at random, then mix pairs of images and labels (mixup), seeded per batch.
+    """Degrade each image at random, then mix pairs of images and labels (CutMix, mixup), seeded per batch.
 
     Args:
         images: uint8 ``(N, S, S, 3)``.
@@ -129,14 +130,17 @@ def augment_batch(
         seed: Seeds this batch's draws; the same seed gives the same batch.
         degradations: The probability of each degradation.
         mixup_alpha: Mixup's Beta(alpha, alpha) parameter; 0 disables mixup.
+        cutmix: The probability that an image gets a patch of another (:func:`cut_and_paste`); 0 disables it.
 
     Returns:
-        The new uint8 images and float32 labels (fractional where mixup blended two images).
+        The new uint8 images and float32 labels (fractional where CutMix or mixup mixed two images).
     """
     rng = np.random.default_rng(int(seed) & 0xFFFFFFFFFFFFFFFF)
     labels = np.asarray(labels, dtype=np.float32)
     if active(degradations):
         images = degrade_images(images, degradations, rng)
+    if cutmix > 0 and len(images) > 1:
+        images, labels = cut_and_paste(images, labels, cutmix, rng)
     if mixup_alpha > 0 and len(images) > 1:
         weight = rng.beta(mixup_alpha, mixup_alpha, len(images)).astype(np.float32)
         partner = rng.permutation(len(images))
@@ -147,6 +151,39 @@ def augment_batch(
     return np.asarray(images, dtype=np.uint8), labels
 
 
+def cut_and_paste(
+    images: np.ndarray, labels: np.ndarray, chance: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """CutMix: paste a square of another image of the batch into some images; labels mixed by area.
+
+    Each image is chosen with probability ``chance``; its square covers a uniform share of its area
+    (CutMix's Beta(1, 1)) at a uniform place inside it, copied from the same place of a random partner.
+    Its label becomes the area-weighted mean of the two labels, so a REAL image with a quarter of a FAKE
+    one pasted in is 0.25 FAKE: the model learns to look for evidence everywhere, not in one place.
+
+    Args:
+        images: uint8 ``(N, S, S, 3)``; not modified.
+        labels: float32 ``(N,)``.
+        chance: The probability that an image gets a patch.
+        rng: The batch's generator.
+
+    Returns:
+        The new images and labels.
+    """
+    out, mixed = images.copy(), labels.copy()
+    side = images.shape[1]
+    partner = rng.permutation(len(images))
+    chosen = np.flatnonzero(rng.random(len(images)) < chance)
+    cuts = np.rint(side * np.sqrt(rng.random(len(chosen)))).astype(int)
+    for i, cut in zip(chosen, cuts, strict=True):
+        top, left = rng.integers(0, side - cut + 1, 2)
+        box = (slice(top, top + cut), slice(left, left + cut))
+        out[(i, *box)] = images[(partner[i], *box)]  # from the originals: no patch of a patch
+        share = cut * cut / side**2
+        mixed[i] = (1 - share) * labels[i] + share * labels[partner[i]]
+    return out, mixed
+
+
 def training_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -155,6 +192,7 @@ def training_dataset(
     seed: int,
     degradations: DegradationParams,
     mixup_alpha: float,
+    cutmix: float = 0.0,
     endless: bool = False,
     tail: DegradationTail | None = None,
 ):
@@ -170,6 +208,7 @@ def training_dataset(
         seed: Seeds the shuffle and every batch's augmentation draws.
         degradations: The probability of each degradation.
         mixup_alpha: Mixup's Beta parameter; 0 disables it.
+        cutmix: The probability of CutMix per image; 0 disables it.
         endless: One pass over the images after another, for ever (a whole fit), instead of one pass.
         tail: Fewer degradations from a batch on, counting the batches of the whole stream.
 
@@ -183,7 +222,7 @@ def training_dataset(
     shape = tuple(images.shape[1:])
     order = tf.data.Dataset.range(len(labels)).shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     batches = order.batch(batch_size).map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)))
-    augmenting = active(degradations) or mixup_alpha > 0
+    augmenting = active(degradations) or mixup_alpha > 0 or cutmix > 0
     if augmenting:
         # One int64 seed per batch, new ones every epoch, the same sequence for the same seed.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
@@ -194,7 +233,7 @@ def training_dataset(
 
         def augment_numpy(xs, ys, batch_seed, number):
             chances = tail.at(degradations, int(number)) if tail else degradations
-            return augment_batch(xs, ys, batch_seed, chances, mixup_alpha)
+            return augment_batch(xs, ys, batch_seed, chances, mixup_alpha, cutmix)
 
         def augment(number, batch: tuple):
             (xs, ys), batch_seed = batch
@@ -232,6 +271,7 @@ def batch_stream(
     seed: int,
     degradations: DegradationParams,
     mixup_alpha: float,
+    cutmix: float = 0.0,
     shuffle: bool = True,
     workers: int | None = None,
     tail: DegradationTail | None = None,
@@ -251,6 +291,7 @@ def batch_stream(
         seed: Seeds the shuffles and every batch's augmentation draws.
         degradations: The probability of each degradation.
         mixup_alpha: Mixup's Beta parameter; 0 disables it.
+        cutmix: The probability of CutMix per image; 0 disables it.
         shuffle: False keeps the images' order (endless validation batches).
         workers: Augmenting processes (default: one per CPU core but one, for the model's own thread).
         tail: Fewer degradations from a batch on, counting the batches of the whole stream.
@@ -270,7 +311,7 @@ def batch_stream(
                 batch_seed = np.random.SeedSequence([seed, epoch, start]).generate_state(1, np.uint64)[0]
                 yield images[index], labels[index], int(batch_seed)
 
-    if not (active(degradations) or mixup_alpha > 0):
+    if not (active(degradations) or mixup_alpha > 0 or cutmix > 0):
         yield from ((x, y) for x, y, _ in batches())
         return
     workers = workers or max(1, (os.cpu_count() or 1) - 1)
@@ -279,7 +320,7 @@ def batch_stream(
     try:
         for number, (x, y, batch_seed) in enumerate(batches()):
             chances = tail.at(degradations, number) if tail else degradations
-            pending.append(pool.submit(augment_batch, x, y, batch_seed, chances, mixup_alpha))
+            pending.append(pool.submit(augment_batch, x, y, batch_seed, chances, mixup_alpha, cutmix))
             if len(pending) > 2 * workers:  # keep every worker busy, in order, a bounded way ahead
                 yield pending.popleft().result()
     finally:

@@ -2,8 +2,8 @@
 
 Output ``models/``: ``model.keras`` (the best epoch by validation ROC-AUC) and ``run.json`` (the MLflow run
 that evaluate and register continue); ``reports/training.json`` summarises the run, with the epochs the time
-budget chose. Degradations and mixup run in the input pipeline (stages/augment.py: tf.data on TensorFlow,
-worker processes on JAX or torch), not in the model.
+budget chose. Degradations, CutMix and mixup run in the input pipeline (stages/augment.py: tf.data on
+TensorFlow, worker processes on JAX or torch), not in the model.
 Uses every visible GPU (MirroredStrategy across several on the TensorFlow backend; mixed precision on GPU)
 and the CPU otherwise.
 """
@@ -487,8 +487,8 @@ def train_model(
 ) -> Trained:
     """Build, compile and fit the configured model with the recipe of params.yaml: the one training path.
 
-    The augmentation of ``params.augmentation`` runs in the input pipeline (degradations, mixup) and in the
-    model's training-only layers (flip, translation, contrast). With ``training.time_budget_minutes`` a
+    The augmentation of ``params.augmentation`` runs in the input pipeline (degradations, CutMix, mixup) and
+    in the model's training-only layers (flip, translation, contrast). With ``training.time_budget_minutes`` a
     probe times the first steps and plans the epochs and the schedule; each epoch then re-plans both.
     Early stopping on validation ROC-AUC (``training.early_stopping_patience``) counts only the epochs in
     the second half of the decay (:class:`stages.schedule.EarlyStoppingOnceDecayed`).
@@ -526,7 +526,11 @@ def train_model(
         keras.utils.set_random_seed(training.seed)
 
         tf_data = uses_tf_data()
-        recipe = {"degradations": augmentation.degradations, "mixup_alpha": augmentation.mixup_alpha}
+        recipe = {
+            "degradations": augmentation.degradations,
+            "mixup_alpha": augmentation.mixup_alpha,
+            "cutmix": augmentation.cutmix,
+        }
         tail = DegradationTail.from_params(augmentation.degradation_tail)
 
         def train_batches(tail: DegradationTail | None = None):

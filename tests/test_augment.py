@@ -1,4 +1,4 @@
-"""Unit tests for stages.augment: each training degradation, mixup, seeding, and the tf.data pipeline."""
+"""Unit tests for stages.augment: each training degradation, CutMix, mixup, seeding, the tf.data pipeline."""
 
 from __future__ import annotations
 
@@ -96,9 +96,9 @@ def test_blur_smooths_and_noise_adds_zero_mean_noise_of_the_drawn_strength(
 def test_same_seed_same_batch_other_seed_other_batch() -> None:
     images, labels = _images(8), np.arange(8) % 2
     all_of_them = DegradationParams(jpeg=0.5, resample=0.5, blur=0.5, noise=0.5)
-    first = augment_batch(images, labels, 11, all_of_them, 0.4)
-    second = augment_batch(images, labels, 11, all_of_them, 0.4)
-    other = augment_batch(images, labels, 12, all_of_them, 0.4)
+    first = augment_batch(images, labels, 11, all_of_them, 0.4, 0.5)
+    second = augment_batch(images, labels, 11, all_of_them, 0.4, 0.5)
+    other = augment_batch(images, labels, 12, all_of_them, 0.4, 0.5)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
     assert not np.array_equal(first[0], other[0])
@@ -112,6 +112,49 @@ def test_mixup_blends_images_and_labels_with_the_same_weights() -> None:
     # A plain image of value v stays plain; with REAL=0 and FAKE=200 its value is 200 * its label.
     np.testing.assert_allclose(out[:, 0, 0, 0], 200 * mixed, atol=0.51)
     assert np.all(out == out[:, :1, :1, :1])
+
+
+def _plain(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images of one value each (10, 20, ...) and alternating labels: a pasted square shows by its value."""
+    values = 10 * np.arange(1, count + 1, dtype=np.uint8)
+    return np.ones((count, SIZE, SIZE, 3), np.uint8) * values[:, None, None, None], np.arange(count) % 2
+
+
+def test_cutmix_pastes_a_square_of_another_image_and_mixes_the_labels_by_its_area() -> None:
+    images, labels = _plain(16)
+    out, mixed = augment_batch(images, labels, 7, NO_DEGRADATIONS, 0.0, 1.0)
+    patched = 0
+    for i in range(16):
+        pasted = out[i, :, :, 0] != images[i, 0, 0, 0]
+        if not pasted.any():
+            assert mixed[i] == labels[i]
+            continue
+        patched += 1
+        rows, cols = np.flatnonzero(pasted.any(axis=1)), np.flatnonzero(pasted.any(axis=0))
+        assert len(rows) == len(cols) and pasted.sum() == len(rows) ** 2, "one square"
+        value = out[i, rows[0], cols[0], 0]
+        assert np.all(out[i][pasted] == value), "from one image, as it was before any paste"
+        partner = list(images[:, 0, 0, 0]).index(value)
+        share = pasted.mean()
+        np.testing.assert_allclose(mixed[i], (1 - share) * labels[i] + share * labels[partner], rtol=1e-6)
+    assert (
+        patched >= 12
+    )  # every image is chosen; a draw of a tiny square or of itself may leave one as it was
+    np.testing.assert_array_equal(augment_batch(images, labels, 7, NO_DEGRADATIONS, 0.0, 0.0)[0], images)
+
+
+@pytest.mark.parametrize("source", ["tf.data", "stream"])
+def test_cutmix_alone_turns_the_augmenting_pipeline_on(source: str) -> None:
+    images, labels = _plain(8)
+    recipe = {"batch_size": 8, "seed": 1, "degradations": NO_DEGRADATIONS, "mixup_alpha": 0.0, "cutmix": 1.0}
+    if source == "tf.data":
+        _, mixed = next(iter(training_dataset(images, labels, **recipe)))
+        mixed = mixed.numpy()
+    else:
+        stream = augment.batch_stream(images, labels, workers=1, **recipe)
+        _, mixed = next(stream)
+        stream.close()
+    assert not set(mixed.tolist()) <= {0.0, 1.0}, "labels mixed by area"
 
 
 def test_training_dataset_shuffles_every_image_once_per_epoch_reproducibly() -> None:

@@ -415,12 +415,13 @@ def test_a_budgeted_run_trains_the_same_weights_however_long_its_probe_ran(
     )
 
 
-def test_degradations_and_mixup_stay_out_of_the_trained_model(tmp_path: Path) -> None:
+def test_degradations_and_mixing_stay_out_of_the_trained_model(tmp_path: Path) -> None:
     params = _params(
         "training.time_budget_minutes=null",
         "training.epochs=1",
         "augmentation.degradations={jpeg: 1.0, resample: 1.0, blur: 1.0, noise: 1.0}",
         "augmentation.mixup_alpha=0.4",
+        "augmentation.cutmix=0.5",
     )
     trained = _fit(params)
     plain = build_model(
@@ -429,7 +430,7 @@ def test_degradations_and_mixup_stay_out_of_the_trained_model(tmp_path: Path) ->
         dropout=0.2,
         pretrained_weights="none",
         augmentation=params.augmentation.model_copy(
-            update={"degradations": NO_DEGRADATIONS, "mixup_alpha": 0}
+            update={"degradations": NO_DEGRADATIONS, "mixup_alpha": 0, "cutmix": 0}
         ),
         mean=[0.5] * 3,
         variance=[0.05] * 3,
