@@ -137,9 +137,8 @@ def test_cutmix_pastes_a_square_of_another_image_and_mixes_the_labels_by_its_are
         partner = list(images[:, 0, 0, 0]).index(value)
         share = pasted.mean()
         np.testing.assert_allclose(mixed[i], (1 - share) * labels[i] + share * labels[partner], rtol=1e-6)
-    assert (
-        patched >= 12
-    )  # every image is chosen; a draw of a tiny square or of itself may leave one as it was
+    # Every image is chosen; a draw of a tiny square or of itself may leave one as it was.
+    assert patched >= 12
     np.testing.assert_array_equal(augment_batch(images, labels, 7, NO_DEGRADATIONS, 0.0, 0.0)[0], images)
 
 
