@@ -68,6 +68,8 @@ from core.tracking import resolve_tracking_uri
 from serving import metrics
 from serving.domain import DEFAULT_MARGIN, domain_note, domain_verdicts
 from serving.explain import Explainer, ExplainError, build_explainer
+from serving.litert import MAX_BATCH as LITERT_MAX_BATCH
+from serving.litert import LiteRTScorer, convert
 from serving.records import RecordWriter
 
 log = logging.getLogger(__name__)
@@ -138,10 +140,14 @@ class ServedModel:
     uri: str
     explainer: Explainer | None = None  # None: the model has no convolutional stage to explain
     card: dict | None = None  # the version's model_card.json (stages/model_card.py), None when it has none
+    litert: LiteRTScorer | None = None  # small calls' scorer (serving/litert.py); None: Keras scores all
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Return P(FAKE) and the class names for uint8 images ``(N, size, size, 3)``."""
-        probabilities = predict_fake_probability(self.keras_model, images)
+        if self.litert is not None and 0 < len(images) <= LITERT_MAX_BATCH:
+            probabilities = self.litert(images)
+        else:
+            probabilities = predict_fake_probability(self.keras_model, images)
         return probabilities, names(decide(probabilities, self.metadata.threshold))
 
     def explain(self, images: np.ndarray, fake: np.ndarray) -> np.ndarray:
@@ -345,8 +351,11 @@ def load_served_model(uri: str) -> ServedModel:
         folder, version = resolve_model(uri, Path(tmp))
         keras_model, metadata = load_model_dir(folder)
         card = read_model_card(folder)
-    served = ServedModel(keras_model=keras_model, metadata=metadata, version=version, uri=uri, card=card)
     size = metadata.image_size
+    litert, runtime = convert(keras_model, size)
+    served = ServedModel(
+        keras_model=keras_model, metadata=metadata, version=version, uri=uri, card=card, litert=litert
+    )
     for batch in _WARMUP_BATCHES:
         served.score(np.zeros((batch, size, size, 3), dtype=np.uint8))
     try:  # traced for any batch size here, so the first explanation pays no tracing
@@ -354,11 +363,12 @@ def load_served_model(uri: str) -> ServedModel:
     except ExplainError as exc:
         log.warning("%s: serving without explanations: %s", uri, exc)
     log.info(
-        "loaded %s: version %s, %s, threshold %.4f%s",
+        "loaded %s: version %s, %s, threshold %.4f, scored by %s%s",
         uri,
         version,
         metadata.architecture,
         metadata.threshold,
+        runtime,
         " (TRAINED ON SYNTHETIC DATA)" if metadata.synthetic_data else "",
     )
     return served
