@@ -1,11 +1,10 @@
 """The served network on LiteRT's interpreter, for the calls of a few images that single-image traffic makes.
 
 A Keras call on a small batch is mostly TensorFlow's per-call work, not the network's: one 32x32 image and
-its mirror through the default ``SimpleCNN`` take about 1 ms through ``predict_on_batch`` and 0.5 ms through
-LiteRT on the same core, and after a pause between requests (how traffic arrives) about 3 ms against 1 ms
-(docs/benchmarks.md, "Serving under load"). The gap closes at four images and turns from eight (64 images:
-28 ms in Keras against 33), so the predictor hands LiteRT calls of at most :data:`MAX_BATCH` images and Keras
-the rest.
+its mirror through the default ``SimpleCNN`` take 2.3-2.8 ms through ``predict_on_batch`` between other
+requests and 1.0-1.3 ms through LiteRT on the same core (1.2 and 0.5 ms back to back; docs/benchmarks.md,
+"Small calls on LiteRT"). The gap closes at four images and turns from about eight (64 images: 28 ms in Keras
+against 33), so the predictor hands LiteRT calls of at most :data:`MAX_BATCH` images and Keras the rest.
 
 The network is converted when it is loaded (Keras' LiteRT export: about a second for the default) and used
 only if it scores a probe batch as Keras does, to :data:`TOLERANCE`. A network the converter cannot take (the
