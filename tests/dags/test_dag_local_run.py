@@ -35,7 +35,10 @@ def test_failing_stage_fails_the_run_then_a_rerun_after_the_fix_completes(
     if not ML_PYTHON.is_file():
         pytest.skip(f"{ML_PYTHON} not found: run `make setup` (the stages run in the ML environment)")
     workspace = Path(airflow_env["DEEPGUARD_LOCAL_WORKSPACE"])
-    env = {**airflow_env, "DEEPGUARD_DATA": str(SAMPLE_ZIP)}
+    # The deploy task reloads the predictor at PREDICTOR_URL (default: the local one on 8080); point it where
+    # nothing listens, so a user's running `make run` is neither reloaded nor asked for the test's version.
+    predictor = f"http://127.0.0.1:{_closed_port()}"
+    env = {**airflow_env, "DEEPGUARD_DATA": str(SAMPLE_ZIP), "PREDICTOR_URL": predictor}
     migrate = run_airflow(env, "db", "migrate", log=tmp_path / "migrate.log")
     assert migrate.returncode == 0, migrate.stdout[-3000:]
 
@@ -72,3 +75,4 @@ def test_failing_stage_fails_the_run_then_a_rerun_after_the_fix_completes(
     assert found["version"] == registration["version"]
     assert found["tags"]["data_source"] == "local"
     assert "Local runner:" in fixed.stdout and "-m deploy --params" in fixed.stdout
+    assert f"no predictor is running at {predictor}: nothing to reload" in fixed.stdout
