@@ -84,7 +84,9 @@ EXPLAIN_PARAMETER = "explain"
 OUTPUT_NOTE = "note"
 OUTPUT_INPUT_SIZE = "input_size"
 OUTPUT_INPUT_FORMAT = "input_format"
-# Batch sizes the model is traced for at load time, so the first real request pays no tracing.
+# Batch sizes scored at load time, so the first real request pays no tracing: 1 and 2 on LiteRT (on Keras
+# when it has none) and 64 on Keras, whose predict function takes any size once traced for two (LiteRT's
+# 8-image probe is the other; tests/serve/test_litert.py checks that no call retraces).
 _WARMUP_BATCHES = (1, 2, 64)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")

@@ -64,6 +64,17 @@ def test_the_load_log_line_names_the_runtime(registered_model, tmp_path, caplog)
     assert f"scored by LiteRT for up to {litert.MAX_BATCH} images" in caplog.text
 
 
+def test_keras_is_traced_at_load_for_the_calls_litert_does_not_take(registered_model, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(registered_model.tracking_uri)
+    served = load_served_model(str(download_model(f"models:/deepguard/{registered_model.version}", tmp_path)))
+    traced = served.keras_model.predict_function.experimental_get_tracing_count()
+    for count in (litert.MAX_BATCH + 1, 7, 33, 300):
+        served.score(np.zeros((count, 32, 32, 3), dtype=np.uint8))
+    assert served.keras_model.predict_function.experimental_get_tracing_count() == traced
+
+
 def _spectrum_network():  # -> keras.Model: the spectrum branch's complex FFT has no LiteRT kernel
     from core.config import load_params
     from core.layers import with_flip_averaging
