@@ -238,7 +238,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from core.modelstore import load_model_dir, set_model_threads
+    from core.modelstore import set_model_threads
     from serving.model import load_served_model
 
     set_model_threads(1)  # the predictor's default --model-threads: the baseline runs the same model call
@@ -249,8 +249,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         folder = Path(tmp) / "model"
         architecture = build_model_folder(folder)
-        model, metadata = load_model_dir(folder)
         served = load_served_model(str(folder))  # as the predictor loads it: LiteRT converted and checked
+        model = served.keras_model
         log.info("model: %s (untrained), %d input files", architecture, len(files))
 
         # ---- baseline: the same model in this process, same decode, no HTTP --------------------------------

@@ -17,14 +17,17 @@ from serving.model import ServedModel, load_served_model
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def champion(registered_model, tmp_path_factory) -> ServedModel:
+def _load_champion(registered_model, dest: Path) -> ServedModel:
     """The pipeline's champion loaded the way the predictor loads it (from its model folder)."""
     import mlflow
 
     mlflow.set_tracking_uri(registered_model.tracking_uri)
-    folder = download_model(f"models:/deepguard/{registered_model.version}", tmp_path_factory.mktemp("m"))
-    return load_served_model(str(folder))
+    return load_served_model(str(download_model(f"models:/deepguard/{registered_model.version}", dest)))
+
+
+@pytest.fixture(scope="module")
+def champion(registered_model, tmp_path_factory) -> ServedModel:
+    return _load_champion(registered_model, tmp_path_factory.mktemp("m"))
 
 
 class _Counting:
@@ -54,21 +57,12 @@ def test_small_calls_of_the_champion_are_scored_by_litert_as_keras_scores_them(c
     assert counting.calls == litert.MAX_BATCH
 
 
-def test_the_load_log_line_names_the_runtime(registered_model, tmp_path, caplog):
-    import mlflow
-
-    mlflow.set_tracking_uri(registered_model.tracking_uri)
-    folder = download_model(f"models:/deepguard/{registered_model.version}", tmp_path)
+def test_a_fresh_load_names_its_runtime_and_keras_is_traced_for_the_calls_litert_does_not_take(
+    registered_model, tmp_path, caplog
+):
     with caplog.at_level(logging.INFO, logger="serving.model"):
-        load_served_model(str(folder))
+        served = _load_champion(registered_model, tmp_path)  # fresh: no call after the load has traced
     assert f"scored by LiteRT for up to {litert.MAX_BATCH} images" in caplog.text
-
-
-def test_keras_is_traced_at_load_for_the_calls_litert_does_not_take(registered_model, tmp_path):
-    import mlflow
-
-    mlflow.set_tracking_uri(registered_model.tracking_uri)
-    served = load_served_model(str(download_model(f"models:/deepguard/{registered_model.version}", tmp_path)))
     traced = served.keras_model.predict_function.experimental_get_tracing_count()
     for count in (litert.MAX_BATCH + 1, 7, 33, 300):
         served.score(np.zeros((count, 32, 32, 3), dtype=np.uint8))
