@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -275,19 +276,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         )
 
     def call_predictor(files: list[bytes], *, explain: bool) -> Predictions:
-        """One predictor call in a free slot; a request finding none is told the detector is busy."""
+        """The files scored in a free slot; a request finding none is told the detector is busy."""
         if not slots.acquire(blocking=False):
             raise PredictorError(503, BUSY_MESSAGE)
         try:
-            try:
-                return client.predict(files, explain=explain)
-            except PredictorError as exc:
-                if not (explain and exc.status == 502):
-                    raise
-                # Heatmaps are an extra: when the predictor fails to explain, the verdicts still come back
-                # (the page then hides its toggle). Not after a 503/504: that would double the wait.
-                log.warning("explaining %d file(s) failed (%s); answering without heatmaps", len(files), exc)
-                return client.predict(files, explain=False)
+            return score(files, explain=explain)
         except PredictorError as exc:
             metrics.observe_predictor_error(exc.status)
             if exc.status >= 500:
@@ -295,6 +288,32 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             raise
         finally:
             slots.release()
+
+    def score(files: list[bytes], *, explain: bool) -> Predictions:
+        """One predictor call, or as many as the predictor's budget per request needs."""
+        try:
+            return client.predict(files, explain=explain)
+        except PredictorError as exc:
+            if not (exc.whole_request and len(files) > 1):
+                # Heatmaps are an extra: when the predictor fails to explain (a 5xx) or cannot (a model
+                # without a convolutional stage: a refusal naming no image), the verdicts still come back and
+                # the page hides its toggle. Not after a 503/504: that would double the wait.
+                cannot = exc.status == 422 and exc.item is None and not exc.whole_request
+                if not (explain and (exc.status == 502 or cannot)):
+                    raise
+                log.warning("explaining %d file(s) failed (%s); answering without heatmaps", len(files), exc)
+                return client.predict(files, explain=False)
+        # Over the predictor's pixels (or bytes) per request (nine 12-megapixel photos exceed its default
+        # 100 M): each half is scored the same way, so a batch takes as many calls as it needs.
+        half = len(files) // 2
+        first = score(files[:half], explain=explain)
+        try:
+            second = score(files[half:], explain=explain)
+        except PredictorError as exc:
+            raise exc.after(half) from None
+        if second.model_version != first.model_version:
+            raise PredictorError(503, "The detector changed models while scoring; try again.")
+        return dataclasses.replace(first, items=first.items + second.items)
 
     @app.get("/model")
     def model_card() -> tuple[str, int] | str:

@@ -14,6 +14,9 @@ import requests
 # The predictor prefixes its messages with where the problem is ("input 'image' item 3: ..."); the web app
 # names the uploaded file instead, so the prefix is cut and the item number kept.
 _ITEM_PREFIX = re.compile(r"^input '[^']*'(?: item (?P<item>\d+))?: ")
+# Its refusals of a request as a whole for its size ("request: 9 images of 108000000 pixels in all exceed
+# ...", "request body larger than ..."): fewer images per request would be accepted.
+_WHOLE_REQUEST_PREFIX = "request"
 # Readiness checks are cheap on a healthy predictor; a slow answer is as good as none for a probe.
 STATUS_TIMEOUT_S = 2.0
 HEATMAP_SIZE = 32
@@ -22,14 +25,23 @@ HEATMAP_SIZE = 32
 class PredictorError(Exception):
     """The predictor refused an image or could not be reached; ``status`` is the HTTP status to answer.
 
-    ``item`` is the index of the image the predictor named, when it named one.
+    ``item`` is the index of the image the predictor named, when it named one; ``whole_request`` is true when
+    the predictor refused the request as a whole for its size (its pixels or bytes per request).
     """
 
-    def __init__(self, status: int, message: str, item: int | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, item: int | None = None, *, whole_request: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.item = item
+        self.whole_request = whole_request
+
+    def after(self, count: int) -> PredictorError:
+        """The same refusal for a request whose first ``count`` images came before this one's."""
+        item = None if self.item is None else self.item + count
+        return PredictorError(self.status, self.message, item, whole_request=self.whole_request)
 
 
 @dataclass(frozen=True)
@@ -193,7 +205,8 @@ class PredictorClient:
             raise PredictorError(503, "The detector is not available right now; try again shortly.") from None
         if 400 <= response.status_code < 500:
             reason, item = self._reason(response)
-            raise PredictorError(422, f"could not be read as an image: {reason}.", item)
+            whole = item is None and reason.startswith(_WHOLE_REQUEST_PREFIX)
+            raise PredictorError(422, f"could not be read as an image: {reason}.", item, whole_request=whole)
         if response.status_code != 200:
             # uvicorn drops the connection after an unhandled error without saying so; reusing it would turn
             # the next call (the retry without heatmaps, say) into a "not available".

@@ -11,9 +11,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import requests
@@ -22,7 +24,7 @@ from core.labels import VERDICTS
 from flask_app import DEFAULT_PREDICTOR_TIMEOUT_S, MAX_BATCH_FILES, SECURITY_HEADERS, create_app
 from flask_app.predictor_client import parse_infer_response
 
-from .serving_helpers import free_port, running
+from .serving_helpers import free_port, running, start_predictor
 
 TIMEOUT = 60
 
@@ -392,14 +394,20 @@ def test_livez_answers_within_a_second_while_the_predictor_hangs(sample_images, 
 
 
 class _ExplainFailsHandler(BaseHTTPRequestHandler):
-    """A stub predictor: a V2 answer for plain requests, HTTP 500 when asked to explain."""
+    """A stub predictor: a V2 answer for plain requests, ``explain_answer`` when asked to explain."""
+
+    explain_answer: tuple[int, dict] = (500, {})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         count = body["inputs"][0]["shape"][0]
         if (body.get("parameters") or {}).get("explain"):
-            self.send_response(500)
+            status, error = self.explain_answer
+            data = json.dumps(error).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
             self.end_headers()
+            self.wfile.write(data)
             return
         answer = {
             "model_version": "4",
@@ -419,9 +427,15 @@ class _ExplainFailsHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_failed_explanation_still_gives_the_verdicts_stub_predictor(sample_images):
-    """A predictor that fails only when explaining (a stub: the real one must not be broken on purpose)."""
-    with ThreadingHTTPServer(("127.0.0.1", 0), _ExplainFailsHandler) as stub:
+@pytest.mark.parametrize(
+    "explain_answer",
+    [(500, {}), (400, {"error": "model version 3 has no convolutional stage to explain"})],
+    ids=["fails to explain", "cannot explain"],
+)
+def test_failed_explanation_still_gives_the_verdicts_stub_predictor(sample_images, explain_answer):
+    """A predictor that fails or refuses only when explaining (a stub: every model of ours can explain)."""
+    handler = type("Handler", (_ExplainFailsHandler,), {"explain_answer": explain_answer})
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as stub:
         threading.Thread(target=stub.serve_forever, daemon=True).start()
         app = create_app({"PREDICTOR_URL": f"http://127.0.0.1:{stub.server_address[1]}"})
         files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate(sample_images.probe[:3])]
@@ -431,3 +445,53 @@ def test_failed_explanation_still_gives_the_verdicts_stub_predictor(sample_image
     results = response.get_json()["results"]
     assert [r["verdict"] for r in results] == ["FAKE"] * 3
     assert all(r["heatmap"] is None for r in results)
+
+
+@pytest.fixture(scope="module")
+def small_budget_predictor(registered_model, tmp_path_factory) -> Iterator[SimpleNamespace]:
+    """The real predictor taking at most two 32x32 images' pixels per request."""
+    log_file = tmp_path_factory.mktemp("small-budget") / "predictor.log"
+    manager, url = start_predictor(registered_model, log_file, "--max-request-pixels", str(2 * 32 * 32))
+    with manager:
+        yield SimpleNamespace(url=url)
+
+
+def test_batch_over_the_predictors_pixels_per_request_is_scored_in_calls_it_takes(
+    small_budget_predictor, predictor, sample_images
+):
+    files = [(f"probe-{i}.jpg", data) for i, data in enumerate(sample_images.probe[:5])]
+    assert (
+        requests.post(  # the predictor refuses the batch as one request
+            f"{small_budget_predictor.url}/v2/models/deepguard/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "BYTES",
+                        "shape": [5],
+                        "data": [base64.b64encode(data).decode() for _, data in files],
+                    }
+                ]
+            },
+            timeout=TIMEOUT,
+        ).status_code
+        == 400
+    )
+    app = create_app({"PREDICTOR_URL": small_budget_predictor.url})
+
+    def post(batch: list[tuple[str, bytes]], explain: str) -> Any:
+        parts = [(io.BytesIO(data), name) for name, data in batch]
+        return app.test_client().post("/api/predictions", data={"image": parts, "explain": explain})
+
+    response = post(files, "true")
+    assert response.status_code == 200, response.get_json()
+    results = response.get_json()["results"]
+    direct = direct_v2(predictor, [data for _, data in files])
+    assert [r["file"] for r in results] == [name for name, _ in files]
+    assert [r["fake_probability"] for r in results] == pytest.approx(direct["fake_probability"], abs=1e-6)
+    assert all(r["heatmap"] is not None for r in results), "each call kept explain=true"
+    # A file the predictor cannot read is still named when it sits in a later call.
+    cut = files[:3] + [("cut.jpg", files[3][1][:300])] + files[4:]
+    response = post(cut, "false")
+    assert response.status_code == 422
+    assert response.get_json()["error"].startswith("cut.jpg could not be read"), response.get_json()
