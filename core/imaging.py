@@ -14,6 +14,9 @@ from core.errors import DeepGuardError
 
 # Pillow's own limit warns at ~89 MP and errors at twice that; we refuse earlier, before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
+# The formats opened at all (Pillow's format names). Others are refused unopened: some of Pillow's readers
+# decode while opening (ICO decodes its embedded PNG), before any pixel limit could be checked.
+READ_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class ImageError(DeepGuardError):
@@ -35,8 +38,10 @@ def _image_errors() -> Iterator[None]:
     except Image.DecompressionBombError as exc:
         raise ImageError(f"decompression bomb refused: {exc}") from None
     except Image.UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"not an image of a format read here ({', '.join(READ_FORMATS)})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's readers raise many types on malformed files (TypeError, struct.error)
         raise ImageError(f"corrupt or truncated image: {exc}") from None
 
 
@@ -56,7 +61,7 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
     if not data:
         raise ImageError("empty file")
     with _image_errors():
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=READ_FORMATS)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(
@@ -188,7 +193,8 @@ def decode_upload(
 ) -> tuple[np.ndarray, InputFacts]:
     """Decode an uploaded file into the model's input array and the facts of the original."""
     image = open_image(data, max_pixels=max_pixels)
-    return to_model_input(image, size), facts_of(image)
+    with _image_errors():  # converting a mode, or counting a TIFF's pages, reads more of the file
+        return to_model_input(image, size), facts_of(image)
 
 
 def decode_for_model(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

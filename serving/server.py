@@ -11,12 +11,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from grpc_interceptor.exceptions import PermissionDenied
 from kserve import InferRequest, ModelServer, model_server
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.v2_datamodels import InferenceResponse
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from starlette.requests import Request
@@ -48,6 +50,26 @@ class ReloadingRepository(ModelRepository):
         await model.reload()
         self.update(model)
         return model.ready
+
+
+RELOAD_OFF_MESSAGE = "model reload is switched off on this server (--no-reload); roll out a new revision"
+
+
+class FrozenRepositoryExtension(ModelRepositoryExtension):
+    """KServe's model repository extension with ``load`` and ``unload`` refused: ``--no-reload``.
+
+    KServe's gRPC servicer calls the extension directly (``RepositoryModelLoad``, ``RepositoryModelUnload``),
+    so refusing here closes both protocols; over HTTP :class:`ReloadGuardMiddleware` answers 403 first. The
+    server's own shutdown unloads through the repository, not through this.
+    """
+
+    async def load(self, model_name: str) -> None:
+        """Refused (gRPC ``PERMISSION_DENIED``)."""
+        raise PermissionDenied(RELOAD_OFF_MESSAGE)
+
+    async def unload(self, model_name: str) -> None:
+        """Refused (gRPC ``PERMISSION_DENIED``)."""
+        raise PermissionDenied(RELOAD_OFF_MESSAGE)
 
 
 class VersionedDataPlane(DataPlane):
@@ -170,8 +192,7 @@ class ReloadGuardMiddleware:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         """ASGI entry: 403 for ``/v2/repository/...``, everything else passes."""
         if scope["type"] == "http" and scope.get("path", "").startswith("/v2/repository/"):
-            message = "model reload is switched off on this server (--no-reload); roll out a new revision"
-            await JSONResponse({"error": message}, status_code=403)(scope, receive, send)
+            await JSONResponse({"error": RELOAD_OFF_MESSAGE}, status_code=403)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -267,6 +288,8 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
     app.add_middleware(VersionPathMiddleware, repository=repository)
     if not args.reload:
         app.add_middleware(ReloadGuardMiddleware)
+        # Replaced before start(), which hands it to the REST and gRPC servers.
+        server.model_repository_extension = FrozenRepositoryExtension(model_registry=repository)
     # Added last, so it runs first: nothing reads a body over the limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.body_bytes)
     # Outermost: times and counts every inference request, the guards' refusals included.

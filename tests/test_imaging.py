@@ -66,6 +66,48 @@ def test_bad_bytes_raise_a_reason(data: bytes, reason: str) -> None:
         decode_for_model(data, 32)
 
 
+def ico_holding(png: bytes) -> bytes:
+    """An ICO file whose one 16x16 entry is ``png`` (Pillow's ICO reader decodes it while opening)."""
+    directory = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22)
+    return struct.pack("<HHH", 0, 1, 1) + directory + png
+
+
+def tiff_with_a_broken_second_page() -> bytes:
+    """Two pages; the second's width and height tags renamed, so only counting the pages fails."""
+    page = Image.new("RGB", (40, 40), "red")
+    buffer = io.BytesIO()
+    page.save(buffer, format="TIFF", save_all=True, append_images=[page.copy()])
+    data = bytearray(buffer.getvalue())
+    first = struct.unpack_from("<I", data, 4)[0]
+    second = struct.unpack_from("<I", data, first + 2 + 12 * struct.unpack_from("<H", data, first)[0])[0]
+    for entry in range(struct.unpack_from("<H", data, second)[0]):
+        where = second + 2 + 12 * entry
+        if struct.unpack_from("<H", data, where)[0] in (256, 257):  # ImageWidth, ImageLength
+            struct.pack_into("<H", data, where, 65000 + entry)
+    return bytes(data)
+
+
+def test_a_format_that_decodes_while_opening_is_refused_unopened() -> None:
+    # A 6300x6300 PNG inside an ICO: opening it decoded 40 M pixels before any limit was checked.
+    huge = encode(Image.new("1", (6300, 6300)))
+    with pytest.raises(ImageError, match="not an image of a format read here"):
+        decode_for_model(ico_holding(huge), 32)
+
+
+def test_a_malformed_later_page_is_a_corrupt_image_not_a_crash() -> None:
+    with pytest.raises(ImageError, match="corrupt or truncated image: Missing dimensions"):
+        decode_upload(tiff_with_a_broken_second_page(), 32)
+
+
+def test_a_phone_photos_multi_picture_jpeg_is_read() -> None:
+    first, second = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
+    buffer = io.BytesIO()
+    first.save(buffer, format="MPO", save_all=True, append_images=[second])
+    pixels, facts = decode_upload(buffer.getvalue(), 32)
+    assert (facts.format, facts.frames) == ("MPO", 2)
+    assert pixels.shape == (32, 32, 3) and pixels[..., 0].mean() > 200  # the first picture, red
+
+
 def test_dataset_validation_is_strict() -> None:
     assert validate_dataset_image(encode(Image.new("RGB", (32, 32))), 32).shape == (32, 32, 3)
     with pytest.raises(ImageError, match="mode RGBA, expected RGB"):

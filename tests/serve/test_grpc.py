@@ -10,9 +10,11 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from kserve import InferResponse
+from kserve import InferInput, InferRequest, InferResponse
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from core.imaging import decode_for_model
 
 from .serving_helpers import free_port, start_predictor
 from .test_predictor import odd_images, v2_body
@@ -90,6 +92,22 @@ def test_grpc_answers_exactly_what_http_answers(grpc_predictor, predictor, regis
     assert float(facts.pop("threshold")) == http.json()["parameters"]["threshold"]
     assert facts == {key: v for key, v in http.json()["parameters"].items() if key != "threshold"}
     assert "V2 over gRPC on port" in log_file.read_text()
+
+
+def test_grpc_request_built_by_kserves_client_is_scored(grpc_predictor, sample_images):
+    """KServe's ``InferInput.set_data_from_numpy`` sends the tensor in ``raw_input_contents`` by default."""
+    stub, _, _ = grpc_predictor
+    files = sample_images.probe[:3]
+    expected = values(answer(stub, infer_request(files)))["fake_probability"]
+    encoded = InferInput("image", [len(files)], "BYTES")
+    encoded.set_data_from_numpy(np.array(files, dtype=np.object_))
+    pixels = InferInput("image", [len(files), 32, 32, 3], "UINT8")
+    pixels.set_data_from_numpy(np.stack([decode_for_model(f, 32) for f in files]))
+    for tensor in (encoded, pixels):
+        request = InferRequest("deepguard", infer_inputs=[tensor], request_id="raw").to_grpc()
+        assert request.raw_input_contents, "the client's default is binary data"
+        got = values(answer(stub, request))["fake_probability"]
+        np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_latency_logging_true_brings_kserve_timing_lines_back(grpc_predictor, sample_images):

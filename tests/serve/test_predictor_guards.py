@@ -6,20 +6,31 @@ import base64
 import json
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import requests
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from .serving_helpers import Server, start_predictor
+from .serving_helpers import Server, free_port, start_predictor
 
 TIMEOUT = 60
 BODY_LIMIT = 1_000_000
+
+
+GRPC_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
 def guarded(registered_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log_file = tmp_path_factory.mktemp("guarded") / "predictor.log"
     manager, url = start_predictor(
-        registered_model, log_file, "--no-reload", "--max-request-bytes", str(BODY_LIMIT)
+        registered_model,
+        log_file,
+        "--no-reload",
+        "--max-request-bytes",
+        str(BODY_LIMIT),
+        *("--enable_grpc", "true", "--grpc_port", str(GRPC_PORT)),
     )
     with manager as process:
         yield Server(url, process, log_file)
@@ -79,6 +90,22 @@ def test_reload_endpoint_is_closed(guarded, registered_model):
         assert "--no-reload" in response.json()["error"]
     served = requests.get(f"{guarded.url}/v2/models/deepguard", timeout=TIMEOUT).json()
     assert served["versions"] == [registered_model.version]
+
+
+def test_reload_is_closed_over_grpc_too(guarded, registered_model):
+    """KServe's gRPC servicer has its own RepositoryModelLoad/Unload; an unload took the model down."""
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for call, request in (
+            (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="deepguard")),
+            (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="deepguard")),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=TIMEOUT)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "--no-reload" in refused.value.details()
+    assert requests.get(f"{guarded.url}/v2/models/deepguard/ready", timeout=TIMEOUT).status_code == 200
+    assert "reloaded" not in guarded.log_file.read_text()
 
 
 @pytest.mark.parametrize("argv", [["--model-threads", "0"], ["--workers", "2"]])
