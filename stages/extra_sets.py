@@ -1,7 +1,7 @@
 """Extra evaluation sets (``evaluation.extra_sets``): other photos or generators, scored like uploads.
 
 Each set is a folder or zip with ``REAL/`` and ``FAKE/`` image folders (an optional top folder is allowed),
-images of any size and format. Every file is decoded the way the predictor decodes an upload
+images of any pixel size and format. Every file is decoded the way the predictor decodes an upload
 (``core.imaging.decode_for_model``) and scored with evaluate's threshold; the results sit beside ``test`` in
 ``reports/metrics.json``. Sets are checked by :func:`check` before evaluate scores anything.
 """
@@ -19,7 +19,7 @@ from core.imaging import ImageError, decode_for_model
 from core.labels import label_of
 from core.metrics import outcome_metrics
 from core.modelstore import predict_fake_probability
-from stages.sources import Member, SourceError, list_labelled, read_members
+from stages.sources import Member, SourceError, list_labelled, read_each
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def check(sets: list[ExtraSetParams]) -> list[ExtraSet]:
 def score(model, extra: ExtraSet, threshold: float, size: int) -> dict:
     """Score one set as the predictor would score its files.
 
-    A file that does not decode is left out with a warning (the predictor would answer it with a 400).
+    A file that does not decode, or is over ``stages.sources.MAX_IMAGE_BYTES`` (never read past it), is
+    left out with a warning naming the set and the file: the predictor would refuse it too.
 
     Args:
         model: The Keras model.
@@ -76,28 +77,31 @@ def score(model, extra: ExtraSet, threshold: float, size: int) -> dict:
     """
     labels: list[int] = []
     probabilities: list[np.ndarray] = []
-    unreadable: list[str] = []
+    left_out: list[str] = []
     members = extra.members
     for start in range(0, len(members), CHUNK):
         chunk = members[start : start + CHUNK]
         images = []
         for (class_name, member), data in zip(
-            chunk, read_members(extra.path, [m for _, m in chunk]), strict=True
+            chunk, read_each(extra.path, [m for _, m in chunk]), strict=True
         ):
+            if isinstance(data, SourceError):  # over the size limit or unreadable; the message names it
+                left_out.append(str(data))
+                continue
             try:
                 images.append(decode_for_model(data, size))
             except ImageError as exc:
-                unreadable.append(f"{getattr(member, 'filename', member)}: {exc}")
+                left_out.append(f"{getattr(member, 'filename', member)}: {exc}")
                 continue
             labels.append(label_of(class_name))
         if images:
             probabilities.append(predict_fake_probability(model, np.stack(images)))
-    if unreadable:
+    if left_out:
         log.warning(
-            "extra set %s: %d files left out, not decodable (first: %s)",
+            "extra set %s: %d files left out, not decodable or over the size limit (first: %s)",
             extra.name,
-            len(unreadable),
-            unreadable[0],
+            len(left_out),
+            left_out[0],
         )
     scores = np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
     result = outcome_metrics(np.asarray(labels), scores, threshold)

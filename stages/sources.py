@@ -33,8 +33,9 @@ NEARBY_ARCHIVES: tuple[Path, ...] = (
     Path("../shared/data/cifake.zip"),
     Path("../shared/data/cifake-sample.zip"),
 )
-# Largest image file ingest reads: a CIFAKE image is 1-3 KB and a 512x512 PNG under 1 MiB, so anything past
-# this is a zip bomb or not a dataset image, and reading it could exhaust memory.
+# Largest image file ingest (and evaluate, in an extra set) reads: a CIFAKE image is 1-3 KB and a 512x512
+# PNG under 1 MiB, so anything past this is a zip bomb or not a dataset image, and reading it could exhaust
+# memory. The predictor would refuse an upload this large too, so an extra set's file over it is left out.
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -203,20 +204,39 @@ def _image_members(path: Path) -> list[tuple[tuple[str, ...], Member]]:
         ]
 
 
+def read_each(path: Path, members: list[Member]) -> Iterator[bytes | SourceError]:
+    """Yield the bytes of each of ``members`` of the folder or zip ``path``, in order, or why it was refused.
+
+    A file over ``MAX_IMAGE_BYTES`` or unreadable is refused on its own, and never more than the limit plus
+    one byte of it is read: the caller decides whether that stops it (ingest) or leaves it out (extra sets).
+    """
+    if path.is_dir():
+        for file in members:
+            try:
+                data: bytes | SourceError = _read_file(file)
+            except SourceError as exc:
+                data = exc
+            yield data
+        return
+    with zipfile.ZipFile(path) as archive:
+        for info in members:
+            try:
+                data = _read_entry(archive, info, path)
+            except SourceError as exc:
+                data = exc
+            yield data
+
+
 def read_members(path: Path, members: list[Member]) -> Iterator[bytes]:
     """Yield the bytes of ``members`` of the folder or zip ``path``, in order, each refused past the limit.
 
     Raises:
         SourceError: for an oversized or unreadable file.
     """
-    if path.is_dir():
-        for file in members:
-            _check_size(file.stat().st_size, f"{file}")
-            yield file.read_bytes()
-        return
-    with zipfile.ZipFile(path) as archive:
-        for info in members:
-            yield _read_entry(archive, info, path)
+    for data in read_each(path, members):
+        if isinstance(data, SourceError):
+            raise data
+        yield data
 
 
 def iter_entries(path: Path) -> Iterator[Entry]:
@@ -265,6 +285,18 @@ def _check_size(size: int, where: str) -> None:
         raise SourceError(
             f"{where}: {size} bytes, over the {MAX_IMAGE_BYTES}-byte limit for one image (a zip bomb?)"
         )
+
+
+def _read_file(file: Path) -> bytes:
+    """Read one file of a folder, refusing it by its size and again by the bytes read (it may have grown)."""
+    try:
+        _check_size(file.stat().st_size, f"{file}")
+        with file.open("rb") as handle:
+            data = handle.read(MAX_IMAGE_BYTES + 1)  # never more than the limit in memory
+    except OSError as exc:
+        raise SourceError(f"{file}: unreadable file ({exc.strerror or exc})") from None
+    _check_size(len(data), f"{file}")
+    return data
 
 
 def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:

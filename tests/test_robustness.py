@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -158,6 +159,39 @@ def test_extra_set_is_scored_as_the_predictor_scores_its_files(detector, tmp_pat
     expected = outcome_metrics(labels, predict_fake_probability(detector, inputs), 0.5)
     assert result == expected
     assert result["count"] == 5 and set(result) == {"accuracy", "roc_auc", "count", "fake_called_real"}
+
+
+@pytest.mark.parametrize("kind", ["zip", "folder"])
+def test_extra_set_file_over_the_size_limit_is_left_out_with_a_warning(
+    detector, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One huge file does not stop evaluate after test was scored: it is left out, like an undecodable one."""
+    from stages.sources import MAX_IMAGE_BYTES
+
+    files = _odd_files(seed=4)
+    huge = b"\0" * (MAX_IMAGE_BYTES + 1)  # deflates to ~16 KB in the zip
+    if kind == "zip":
+        path = tmp_path / "photos.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for class_name, name, data in files:
+                archive.writestr(f"{class_name}/{name}", data)
+            archive.writestr("FAKE/huge.png", huge)
+    else:
+        path = tmp_path / "photos"
+        for class_name, name, data in files:
+            (path / class_name).mkdir(parents=True, exist_ok=True)
+            (path / class_name / name).write_bytes(data)
+        with (path / "FAKE" / "huge.png").open("wb") as file:
+            file.truncate(MAX_IMAGE_BYTES + 1)  # sparse: no disk used
+    [checked] = extra_sets.check([ExtraSetParams(name="photos", path=str(path))])
+    with caplog.at_level("WARNING", logger="stages.extra_sets"):
+        result = extra_sets.score(detector, checked, 0.5, 32)
+    inputs = np.stack([decode_for_model(data, 32) for _, _, data in files])
+    labels = np.array([FAKE if class_name == "FAKE" else REAL for class_name, _, _ in files])
+    assert result == outcome_metrics(labels, predict_fake_probability(detector, inputs), 0.5)
+    assert result["count"] == 5
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert re.search(r"extra set photos: 1 files left out.*huge\.png: 16777217 bytes, over the", warning)
 
 
 def test_missing_extra_set_is_one_error_naming_the_set_and_path(tmp_path: Path) -> None:
