@@ -21,12 +21,18 @@ from PIL import Image
 from core.atomic import atomic_path, read_json, write_json
 from core.cli import run_stage, stage_parser
 from core.config import Params, SplitParams
+from core.errors import DeepGuardError
 from core.imaging import to_model_input
 from core.labels import CLASS_NAMES, label_of
 from core.pipeline import ARCHIVE, INDEX, PROCESSED_DIR, RAW_DIR
 from stages.shards import NpyWriter, images_path, labels_path
 
 log = logging.getLogger(__name__)
+
+
+class SplitError(DeepGuardError):
+    """The raw data cannot be split into train and validation with every class in both."""
+
 
 CHUNK = 2048  # images decoded before each write: bounds memory at ~6 MB of pixels at 32x32
 
@@ -40,9 +46,12 @@ def split_names(names: list[str], params: SplitParams) -> dict[str, list[str]]:
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``; train and val in a seeded shuffled order
-        (classes interleaved), test sorted.
+        (classes interleaved), test sorted. Each class keeps at least one image in train and one in val.
+
+    Raises:
+        SplitError: naming the class and split when a class has fewer than 2 train images.
     """
-    by_class: dict[str, list[str]] = {}
+    by_class: dict[str, list[str]] = {name: [] for name in CLASS_NAMES}
     result: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for name in sorted(names):
         split, class_name, _ = name.split("/")
@@ -53,8 +62,14 @@ def split_names(names: list[str], params: SplitParams) -> dict[str, list[str]]:
     rng = np.random.default_rng(params.seed)
     for class_name in sorted(by_class):
         members = by_class[class_name]
+        if len(members) < 2:
+            # Without one image in each, train's statistics are NaN and training dies far from the cause.
+            raise SplitError(
+                f"train/{class_name}: {len(members)} image(s); each class needs at least 2 train images, "
+                "one for train and one for validation (is data.sample_per_class 1?)"
+            )
         order = rng.permutation(len(members))
-        n_val = max(1, round(len(members) * params.validation_fraction))
+        n_val = min(len(members) - 1, max(1, round(len(members) * params.validation_fraction)))
         result["val"] += [members[i] for i in order[:n_val]]
         result["train"] += [members[i] for i in order[n_val:]]
     for split in ("train", "val"):
@@ -91,7 +106,10 @@ def run(params: Params) -> dict:
         )
     with zipfile.ZipFile(RAW_DIR / ARCHIVE) as archive, atomic_path(PROCESSED_DIR) as tmp:
         tmp.mkdir()
-        splits = split_names(archive.namelist(), params.split)
+        try:
+            splits = split_names(archive.namelist(), params.split)
+        except SplitError as exc:
+            raise SplitError(f"{RAW_DIR / ARCHIVE}: {exc}") from None
         for split, names in splits.items():
             log.info("preprocess: %s: %d images", split, len(names))
             write_split(archive, names, size, tmp, split)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.config import SplitParams
 from core.metrics import classification_metrics, expected_calibration_error
 from core.tracking import TrackingUnavailableError, resolve_tracking_uri
 from stages.evaluate import choose_threshold
 from stages.features import channel_statistics, high_frequency_energy, log_spectra
-from stages.preprocess import split_names
+from stages.preprocess import SplitError, split_names
 from stages.register import decide, degraded_metric
 from stages.shards import NpyWriter
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _names(per_class: int) -> list[str]:
@@ -37,6 +43,47 @@ def test_split_is_stratified_disjoint_and_deterministic() -> None:
     assert not set(first["train"]) & set(first["val"])
     other = split_names(_names(50), SplitParams(validation_fraction=0.2, seed=4))
     assert set(other["val"]) != set(first["val"])
+
+
+def test_split_keeps_every_class_in_train_and_validation() -> None:
+    params = SplitParams(validation_fraction=0.2, seed=3)
+    split = split_names(_names(2), params)
+    for cls in ("REAL", "FAKE"):
+        assert sum(f"/{cls}/" in n for n in split["train"]) == 1
+        assert sum(f"/{cls}/" in n for n in split["val"]) == 1
+
+
+@pytest.mark.parametrize("per_class", [0, 1])
+def test_a_class_with_fewer_than_two_train_images_is_refused_by_name(per_class: int) -> None:
+    """With data.sample_per_class 1 the one image went to validation, and train later died on NaN means."""
+    with pytest.raises(SplitError, match=rf"train/FAKE: {per_class} image\(s\); each class needs at least 2"):
+        split_names(_names(per_class), SplitParams(validation_fraction=0.2, seed=3))
+    names = [n for n in _names(1) if "/REAL/" in n] + [n for n in _names(5) if "train/FAKE/" in n]
+    with pytest.raises(SplitError, match=r"train/REAL: 1 image"):
+        split_names(names, SplitParams(validation_fraction=0.2, seed=3))
+
+
+def test_preprocess_on_one_image_per_class_is_one_line_naming_the_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], root_logging: None
+) -> None:
+    from stages import preprocess
+
+    raw = tmp_path / "data/raw"
+    raw.mkdir(parents=True)
+    with zipfile.ZipFile(raw / "images.zip", "w") as archive:
+        for name in _names(1):
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32)).save(buffer, format="PNG")
+            archive.writestr(name, buffer.getvalue())
+    index = {"image_size": 32, "data_hash": "x", "synthetic": True, "source": {"kind": "synthetic"}}
+    (raw / "index.json").write_text(json.dumps(index))
+    monkeypatch.chdir(tmp_path)
+    assert preprocess.main(["--params", str(REPO / "params.yaml")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "stages.preprocess: error: data/raw/images.zip: train/FAKE: 1 image(s); each class"
+    )
+    assert not (tmp_path / "data/processed").exists()
 
 
 def test_npy_writer_streams_a_loadable_array(tmp_path: Path) -> None:
