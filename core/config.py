@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import DeepGuardError
 
@@ -28,6 +29,25 @@ Architecture = Literal[
 
 class ConfigError(DeepGuardError):
     """params.yaml (or an override) is missing, malformed, or has an unknown or mistyped key."""
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """The YAML loader of params.yaml, profiles and ``--set`` values: safe, and ``1e-3`` is a float.
+
+    PyYAML implements YAML 1.1, whose floats need a dot, so ``learning_rate: 1e-3`` was the string "1e-3" and
+    was refused; YAML 1.2 (and JSON, which a profile's values are turned into) read it as a number.
+    """
+
+
+# Only the form YAML 1.1 lacks (digits, an exponent, no dot) is added; every other scalar resolves as before.
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse params-shaped YAML text with :class:`ParamsLoader`; raises ``yaml.YAMLError`` when malformed."""
+    return yaml.load(text, Loader=ParamsLoader)  # a SafeLoader: builds plain data only, never objects
 
 
 class _Section(BaseModel):
@@ -120,6 +140,14 @@ class TrainingParams(_Section):
     time_budget_minutes: float | None = Field(gt=0.0)
     label_smoothing: float = Field(ge=0.0, lt=0.5)
     ema_momentum: float | None = Field(gt=0.0, lt=1.0)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        # YAML 1.1 reads the documented `on` and `off`, unquoted, as booleans: take them back (this key only).
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 class ExtraSetParams(_Section):
@@ -225,14 +253,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node[part]
         if leaf not in node:
             raise ConfigError(f"override {item!r}: unknown key {key}")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = load_yaml(value)
     return result
 
 
 def _read_mapping(path: Path) -> dict:
     """A params-shaped YAML file as a mapping; a missing file, bad YAML or another shape is one line."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:

@@ -79,3 +79,55 @@ def test_params_hold_no_credentials() -> None:
     text = (REPO / "params.yaml").read_text().lower()
     for word in ("password", "token:", "kaggle_key", "secret"):
         assert word not in text
+
+
+def test_documented_spellings_load_from_the_file(tmp_path: Path) -> None:
+    """YAML 1.1 read unquoted ``off`` as a boolean and ``1e-3`` (no dot) as a string: both were refused."""
+    text = (REPO / "params.yaml").read_text()
+    for before, after in (
+        ("mixed_precision: auto", "mixed_precision: off"),
+        ("learning_rate: 0.003", "learning_rate: 1e-3"),
+    ):
+        assert before in text
+        text = text.replace(before, after)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    params = load_params(path)
+    assert params.training.mixed_precision == "off"
+    assert params.training.learning_rate == 0.001
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("training.mixed_precision=off", "mixed_precision", "off"),
+        ("training.mixed_precision=on", "mixed_precision", "on"),
+        ("training.mixed_precision=auto", "mixed_precision", "auto"),
+        ("training.learning_rate=3e-4", "learning_rate", 0.0003),
+        ("training.learning_rate=1E-3", "learning_rate", 0.001),
+        ("training.weight_decay=5e-2", "weight_decay", 0.05),
+    ],
+)
+def test_documented_spellings_load_from_overrides(override: str, key: str, expected: object) -> None:
+    params = load_params(REPO / "params.yaml", [override])
+    assert getattr(params.training, key) == expected
+
+
+def test_a_profile_value_json_writes_with_an_exponent_is_a_float(tmp_path: Path) -> None:
+    """A profile's values go through JSON, which writes 0.00001 as 1e-05: a string to YAML 1.1."""
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("training:\n  learning_rate: 0.00001\n  mixed_precision: off\n")
+    params = load_params(REPO / "params.yaml", profile=profile)
+    assert params.training.learning_rate == 1e-05 and params.training.mixed_precision == "off"
+
+
+def test_the_spellings_stay_strict_elsewhere() -> None:
+    with pytest.raises(ConfigError, match=r"training\.epochs: .*integer"):
+        load_params(REPO / "params.yaml", ["training.epochs=1e2"])
+    with pytest.raises(ConfigError, match=r"training\.learning_rate"):
+        load_params(REPO / "params.yaml", ["training.learning_rate=1e-3x"])
+    with pytest.raises(ConfigError, match=r"training\.mixed_precision"):
+        load_params(REPO / "params.yaml", ["training.mixed_precision=1"])
+    with pytest.raises(ConfigError, match=r"model\.architecture"):
+        load_params(REPO / "params.yaml", ["model.architecture=off"])  # a boolean, not mapped here
+    assert yaml.safe_load("1e-3") == "1e-3", "PyYAML's own SafeLoader is left as it is"
