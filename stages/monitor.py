@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,8 @@ from stages.figures import plt, save_figure
 log = logging.getLogger(__name__)
 
 REQUIRED = ("ts", "model_version", "fake_probability", "verdict", "width", "height", "format", *STAT_NAMES)
+# The fields core.drift computes with: each must be a finite number (JSON's null, NaN or "0.3" is not one).
+NUMERIC = ("fake_probability", "width", "height", *STAT_NAMES)
 
 
 class MonitorError(DeepGuardError):
@@ -50,11 +53,15 @@ def iso_time(value: str) -> datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_records(folder: Path, start: datetime, end: datetime) -> tuple[list[dict], int]:
     """The records served in ``[start, end)`` from every ``*.jsonl`` file of ``folder``.
 
-    A line that is not a complete record (a predictor killed mid-write, a hand edit) is skipped and counted,
-    never fatal: monitoring must survive the traffic it watches.
+    A line that is not a complete record (a predictor killed mid-write, a hand edit, a null or non-finite
+    number) is skipped and counted, never fatal: monitoring must survive the traffic it watches.
 
     Returns:
         ``(records, malformed)``.
@@ -69,6 +76,8 @@ def read_records(folder: Path, start: datetime, end: datetime) -> tuple[list[dic
                     record = json.loads(line)
                     if not isinstance(record, dict) or any(key not in record for key in REQUIRED):
                         raise ValueError("incomplete record")
+                    if not all(_finite_number(record[key]) for key in NUMERIC):
+                        raise ValueError("a numeric field is not a finite number")
                     when = iso_time(str(record["ts"]))
                 except ValueError:
                     malformed += 1

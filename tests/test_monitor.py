@@ -103,6 +103,36 @@ def test_reference_is_sampled_and_rounded() -> None:
         build_reference(images[:3], np.zeros(2))
 
 
+def test_a_record_with_a_null_or_non_finite_number_is_malformed_not_fatal(tmp_path: Path) -> None:
+    """A null fake_probability crashed the monitor with a TypeError; such a line is skipped and counted."""
+    from stages.monitor import read_records
+
+    good = {
+        "ts": (NOW - timedelta(minutes=1)).isoformat(),
+        "model_version": "1",
+        "fake_probability": 0.25,
+        "verdict": "REAL",
+        "width": 32,
+        "height": 32,
+        "format": "PNG",
+        **dict.fromkeys(STAT_NAMES, 0.5),
+    }
+    bad = [
+        {**good, "fake_probability": None},
+        {**good, "fake_probability": "0.3"},
+        {**good, "fake_probability": True},
+        {**good, "hf_energy": float("nan")},  # json.dumps writes NaN, which json.loads reads back
+        {**good, "mean_r": float("inf")},
+        {**good, "width": None},
+    ]
+    write_records(tmp_path / "records", [good, *bad, good])
+    served, malformed = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW)
+    assert served == [good, good] and malformed == len(bad)
+    rng = np.random.default_rng(0)
+    reference = build_reference(rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), rng.uniform(size=20))
+    assert compare(reference, served, (0.3, 0.7), SETTINGS)["records"] == 2
+
+
 def _ks(report: dict) -> str:
     return ", ".join(f"{name} {r['statistic']:.3f} (p {r['pvalue']:.1e})" for name, r in report["ks"].items())
 
