@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.pipeline import missing_input
+
 log = logging.getLogger(__name__)
 
 
@@ -81,5 +83,13 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON file written by :func:`write_json`."""
-    return json.loads(path.read_text())
+    """Read a JSON file written by :func:`write_json`.
+
+    Raises:
+        MissingInputError: when the file is not there, naming the stage that writes it (a stage run alone).
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise missing_input(path) from None
+    return json.loads(text)

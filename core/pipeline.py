@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from core.errors import DeepGuardError
+
 # Paths are relative to the pipeline workspace (the repository root locally, a run folder on a cluster).
 SOURCE_MARKER = Path("data/source.json")
 RAW_DIR = Path("data/raw")
@@ -211,6 +213,43 @@ MONITOR = Stage(
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+
+
+class MissingInputError(DeepGuardError, FileNotFoundError):
+    """A stage's input is not in the workspace: the message names the file and the stage that writes it."""
+
+
+def writer_of(path: Path) -> Stage | None:
+    """The stage whose declared outputs hold ``path`` (a file inside an output folder included), or None.
+
+    Args:
+        path: Relative to the workspace, or absolute inside the current folder (the workspace).
+    """
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        path = path.relative_to(Path.cwd())
+    for stage in STAGES:
+        for out in (*stage.outs, *stage.metrics, *stage.plots, *stage.uncached):
+            if path == Path(out) or Path(out) in path.parents:
+                return stage
+    return None
+
+
+def missing_input(path: Path) -> MissingInputError:
+    """The one-line error for a stage input that is not there, naming the stage that writes it.
+
+    Args:
+        path: The missing file.
+
+    Returns:
+        The error to raise (``stages.<name>: error: data/raw/index.json: not found; ...`` on the CLI).
+    """
+    stage = writer_of(path)
+    if stage is None:
+        return MissingInputError(f"{path}: not found")
+    return MissingInputError(
+        f"{path}: not found; the {stage.name} stage writes it: run `python -m {stage.module}` "
+        f"(or `dvc repro {stage.name}`) first"
+    )
 
 
 def dvc_yaml() -> str:

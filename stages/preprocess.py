@@ -24,7 +24,7 @@ from core.config import Params, SplitParams
 from core.errors import DeepGuardError
 from core.imaging import to_model_input
 from core.labels import CLASS_NAMES, label_of
-from core.pipeline import ARCHIVE, INDEX, PROCESSED_DIR, RAW_DIR
+from core.pipeline import ARCHIVE, INDEX, PROCESSED_DIR, RAW_DIR, missing_input
 from stages.shards import NpyWriter, images_path, labels_path
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,8 @@ def run(params: Params) -> dict:
         log.warning(
             "raw images are %dx%d; resizing to %dx%d", index["image_size"], index["image_size"], size, size
         )
+    if not (RAW_DIR / ARCHIVE).is_file():
+        raise missing_input(RAW_DIR / ARCHIVE)
     with zipfile.ZipFile(RAW_DIR / ARCHIVE) as archive, atomic_path(PROCESSED_DIR) as tmp:
         tmp.mkdir()
         try:

@@ -12,6 +12,8 @@ from types import TracebackType
 
 import numpy as np
 
+from core.pipeline import missing_input
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
@@ -68,7 +70,14 @@ def labels_path(folder: Path, split: str) -> Path:
 
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Memory-map one split: ``(images uint8 (N, H, W, 3), labels uint8 (N,))``."""
+    """Memory-map one split: ``(images uint8 (N, H, W, 3), labels uint8 (N,))``.
+
+    Raises:
+        MissingInputError: when an array is not there, naming the stage that writes it (a stage run alone).
+    """
+    for path in (images_path(folder, split), labels_path(folder, split)):
+        if not path.is_file():
+            raise missing_input(path)
     return (
         np.load(images_path(folder, split), mmap_mode="r"),
         np.load(labels_path(folder, split), mmap_mode="r"),

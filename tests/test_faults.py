@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +15,11 @@ import mlflow
 import pytest
 from workspace import REPO, run_stage
 
-from core.atomic import atomic_path, clean_stale
+from core.atomic import atomic_path, clean_stale, read_json
 from core.cli import run_stage as run_stage_cli
 from core.cli import stage_parser
+from core.errors import DeepGuardError
+from core.pipeline import STAGES, MissingInputError, writer_of
 from core.tracking import ACTIVE_RUNS_DIR
 
 MODEL = "deepguard"
@@ -46,6 +49,60 @@ def test_a_folder_moved_aside_by_a_killed_swap_is_restored(tmp_path: Path) -> No
     assert [p.name for p in clean_stale(target)] == [".models.abcdefgh.tmp"]
     assert (target / "model.keras").read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+def test_every_declared_output_is_traced_back_to_the_stage_that_writes_it() -> None:
+    for stage in STAGES:
+        for out in (*stage.outs, *stage.metrics, *stage.plots, *stage.uncached):
+            assert writer_of(Path(out)) is stage
+            if not Path(out).suffix:  # a folder: its files too
+                assert writer_of(Path(out) / "inside.json") is stage
+    assert writer_of(Path("data/raw/index.json")).name == "ingest"
+    assert writer_of(Path("data/processed/train_images.npy")).name == "preprocess"
+    assert writer_of(Path("reports/metrics.json")).name == "evaluate"
+    assert writer_of(Path("params.yaml")) is None
+
+
+def test_a_missing_input_names_the_file_and_the_stage_that_writes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    expected = r"^reports/metrics\.json: not found; the evaluate stage writes it"
+    with pytest.raises(MissingInputError, match=expected):
+        read_json(Path("reports/metrics.json"))
+    absolute = tmp_path / "reports/metrics.json"  # inside the workspace: still traced to its stage
+    with pytest.raises(MissingInputError, match=re.escape(f"{absolute}: not found; the evaluate stage")):
+        read_json(absolute)
+    with pytest.raises(MissingInputError, match=r"^elsewhere\.json: not found$"):
+        read_json(Path("elsewhere.json"))
+    assert issubclass(MissingInputError, DeepGuardError) and issubclass(MissingInputError, FileNotFoundError)
+
+
+@pytest.mark.parametrize(
+    ("stage", "missing", "writer"),
+    [
+        ("preprocess", "data/raw/index.json", "ingest"),
+        ("features", "data/processed/train_images.npy", "preprocess"),
+        ("register", "reports/metrics.json", "evaluate"),
+    ],
+)
+def test_a_stage_run_alone_without_its_input_is_one_line(
+    stage: str,
+    missing: str,
+    writer: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    root_logging: None,
+) -> None:
+    """docs/pipeline.md: a stage run on its own stops on bad input with one line and exit 2, no traceback."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(f"stages.{stage}")
+    assert module.main(["--params", str(REPO / "params.yaml")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"stages.{stage}: error: {missing}: not found; the {writer} stage writes it")
 
 
 def _client(env: dict[str, str]) -> mlflow.MlflowClient:
