@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -203,13 +204,82 @@ def replace_patch(wanted: dict[str, Any], current: dict[str, Any]) -> dict[str, 
 # Judges a Ready canary: (canary revision, stable revision) -> (promote, why). deploy/canary.py watch().
 CanaryAnalysis = Callable[[str, str], tuple[bool, str]]
 
+# KServe's rollback: all traffic to the last rolled-out revision at once, the new one keeps none.
+PIN_TO_STABLE = {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
 
-def _ready_revision(obj: dict[str, Any] | None) -> str | None:
-    return (
-        (((obj or {}).get("status") or {}).get("components") or {})
-        .get("predictor", {})
-        .get("latestReadyRevision")
-    )
+
+def _predictor_status(obj: dict[str, Any] | None) -> dict[str, Any]:
+    return (((obj or {}).get("status") or {}).get("components") or {}).get("predictor") or {}
+
+
+def _stable_revision(obj: dict[str, Any]) -> str | None:
+    # KServe tracks the revision that last had all traffic; before a split that is the latest ready one.
+    status = _predictor_status(obj)
+    return status.get("latestRolledoutRevision") or status.get("latestReadyRevision")
+
+
+def _one_line(exc: Exception) -> str:
+    # A DeployError is already one line for the user; anything else is named by its type.
+    return str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
+
+
+def _split_in_progress(obj: dict[str, Any]) -> bool:
+    """A canary share (or KServe's rollback pin, 0) is set: the newest revision does not have all traffic."""
+    percent = obj["spec"]["predictor"].get("canaryTrafficPercent")
+    return percent is not None and percent < 100
+
+
+def _judge_canary(
+    services: InferenceServices,
+    name: str,
+    previous: dict[str, Any],
+    canary_percent: int | None,
+    timeout_s: float,
+    poll_s: float,
+    analysis: CanaryAnalysis | None,
+) -> tuple[bool, str]:
+    """Wait for the new revision to be Ready and judge it: ``(promote, why)``."""
+    if not wait_ready(services, name, timeout_s, poll_s):
+        return False, f"not Ready within {timeout_s:g}s"
+    if canary_percent is None or canary_percent >= 100:
+        return True, "Ready"
+    if analysis is None:
+        return True, f"canary {canary_percent}% Ready"
+    canary = _predictor_status(services.get(name)).get("latestReadyRevision")
+    promote, evidence = analysis(canary or "unknown", _stable_revision(previous) or "unknown")
+    return promote, f"canary {canary_percent}% {evidence}"
+
+
+def _roll_back(
+    services: InferenceServices, name: str, previous: dict[str, Any], timeout_s: float, poll_s: float
+) -> tuple[bool, str]:
+    """Pin all traffic to the stable revision, restore ``previous``'s spec, wait for it to be Ready.
+
+    Restoring the spec alone would route all traffic to the latest Ready revision, the refused one, until
+    the restored revision is Ready; so the pin stays until then, and stays for good when ``previous`` was
+    itself a split (its canary was never judged).
+
+    Returns:
+        ``(restored, what)``.
+    """
+    old_version = _predictor_env(previous, MODEL_VERSION_ENV)
+    services.patch(name, PIN_TO_STABLE)
+    pinned = copy.deepcopy(previous)
+    pinned["spec"]["predictor"]["canaryTrafficPercent"] = 0
+    services.patch(name, replace_patch(pinned, services.get(name) or previous))
+    if not wait_ready(services, name, timeout_s, poll_s):
+        return False, (
+            f"version {old_version} not Ready within {timeout_s:g}s; "
+            "all traffic stays on the last rolled-out revision"
+        )
+    if _split_in_progress(previous):
+        # ``previous`` was itself mid-split (a stopped rollout or a pin): its canary was never judged.
+        return True, "all traffic pinned to the last rolled-out revision"
+    percent = previous["spec"]["predictor"].get("canaryTrafficPercent")
+    services.patch(name, {"spec": {"predictor": {"canaryTrafficPercent": percent}}})
+    if not wait_ready(services, name, timeout_s, poll_s):
+        return False, f"version {old_version} unpinned but not Ready again within {timeout_s:g}s"
+    return True, f"restored version {old_version}"
 
 
 def rollout(
@@ -221,6 +291,10 @@ def rollout(
     analysis: CanaryAnalysis | None = None,
 ) -> tuple[str, str]:
     """Apply ``manifest`` with a canary, wait for Ready, judge it if asked, then promote or roll back.
+
+    A failure while the canary is live (Prometheus or the Kubernetes API unreachable) rolls back as a refusal
+    does. A rerun that finds this version mid-split (a stopped rollout, or KServe's rollback pin) rolls it out
+    again from the start.
 
     Args:
         services: InferenceService calls for the target namespace.
@@ -246,7 +320,7 @@ def rollout(
         return "failed", f"created but not Ready within {timeout_s:g}s (nothing to roll back to)"
     old_version = _predictor_env(previous, MODEL_VERSION_ENV)
     same_storage = _predictor_env(previous, STORAGE_URI_ENV) == _predictor_env(manifest, STORAGE_URI_ENV)
-    if old_version == version and same_storage and is_ready(previous):
+    if old_version == version and same_storage and is_ready(previous) and not _split_in_progress(previous):
         return "unchanged", f"version {version} is already served and Ready"
     log.info(
         "rolling out version %s (was %s) to %s/%s with %s",
@@ -256,28 +330,25 @@ def rollout(
         name,
         f"{canary_percent}% canary traffic" if canary_percent is not None else "all traffic",
     )
-    applied = services.patch(name, replace_patch(manifest, previous))
-    if not wait_ready(services, name, timeout_s, poll_s):
-        log.warning("version %s not Ready within %gs: restoring version %s", version, timeout_s, old_version)
-        services.patch(name, replace_patch(previous, applied))
-        return "rolled_back", f"not Ready within {timeout_s:g}s; restored version {old_version}"
+    services.patch(name, replace_patch(manifest, previous))
+    try:
+        promote, why = _judge_canary(services, name, previous, canary_percent, timeout_s, poll_s, analysis)
+    except Exception as exc:  # whatever stops the judging, an unjudged canary must not keep its traffic
+        promote, why = False, f"canary not judged: {_one_line(exc)}"
+    if not promote:
+        log.warning("version %s refused (%s): restoring version %s", version, why, old_version)
+        try:
+            restored, what = _roll_back(services, name, previous, timeout_s, poll_s)
+        except Exception as exc:
+            return "failed", f"{why}; rollback failed: {_one_line(exc)}"
+        return ("rolled_back" if restored else "failed"), f"{why}; {what}"
     if canary_percent is None or canary_percent >= 100:
         return "promoted", f"Ready within {timeout_s:g}s; all traffic on version {version}"
-    evidence = "Ready"
-    if analysis is not None:
-        canary, stable = _ready_revision(services.get(name)), _ready_revision(previous)
-        promote, evidence = analysis(canary or "unknown", stable or "unknown")
-        if not promote:
-            log.warning(
-                "canary version %s refused (%s): restoring version %s", version, evidence, old_version
-            )
-            services.patch(name, replace_patch(previous, services.get(name) or applied))
-            return "rolled_back", f"canary {canary_percent}% {evidence}; restored version {old_version}"
-    log.info("canary %s: promoting version %s to 100%% of traffic", evidence, version)
+    log.info("%s: promoting version %s to 100%% of traffic", why, version)
     services.patch(name, {"spec": {"predictor": {"canaryTrafficPercent": 100}}})
     if not wait_ready(services, name, timeout_s, poll_s):
         return "failed", f"promoted to 100% but not Ready again within {timeout_s:g}s"
-    return "promoted", f"canary {canary_percent}% {evidence}, then promoted to 100%"
+    return "promoted", f"{why}, then promoted to 100%"
 
 
 # --------------------------------------------------------------------------- targets

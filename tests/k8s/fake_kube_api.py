@@ -2,7 +2,8 @@
 
 It emulates only what ``deploy`` calls: ``GET`` of a ConfigMap and ``GET``/``POST``/``PATCH``
 (JSON merge patch) of ``serving.kserve.io/v1beta1`` InferenceServices, with ``metadata.generation`` bumped on
-spec changes and a stand-in for the KServe controller that marks a generation Ready or not, by a policy.
+spec changes and a stand-in for the KServe controller that marks a generation Ready or not, by a policy,
+and routes traffic as KServe's Serverless mode does with ``canaryTrafficPercent``.
 """
 
 from __future__ import annotations
@@ -53,13 +54,19 @@ class FakeCluster:
     """State of the fake API server: objects, the calls received, and when a generation becomes Ready.
 
     ``becomes_ready(obj)`` plays the KServe controller: called on every GET of an InferenceService whose
-    generation is not yet observed-Ready; True makes the newest revision Ready and take traffic.
+    generation is not yet observed-Ready; True makes the newest revision Ready and take traffic. As Knative
+    does, a new revision is created only when the predictor changes in more than ``canaryTrafficPercent``.
+    ``routes`` records each reconciled traffic split (revision -> percent), ``revisions`` each revision's
+    predictor; ``unavailable`` makes every call answer 503.
     """
 
     becomes_ready: Callable[[dict[str, Any]], bool]
     inference_services: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
+    revisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routes: list[dict[str, int]] = field(default_factory=list)
+    unavailable: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def calls(self, method: str) -> list[Request]:
@@ -74,17 +81,37 @@ class FakeCluster:
         self.inference_services[obj["metadata"]["namespace"], obj["metadata"]["name"]] = obj
 
     def _reconcile(self, obj: dict[str, Any], ready: bool) -> None:
-        generation = obj["metadata"]["generation"]
-        revision = f"{obj['metadata']['name']}-predictor-{generation:05d}"
         status = obj.setdefault("status", {})
         predictor = status.setdefault("components", {}).setdefault("predictor", {})
+        template = {k: v for k, v in obj["spec"]["predictor"].items() if k != "canaryTrafficPercent"}
+        revision = predictor.get("latestCreatedRevision")
+        if revision is None or self.revisions[revision] != template:
+            prefix = f"{obj['metadata']['name']}-predictor-"
+            revision = f"{prefix}{sum(r.startswith(prefix) for r in self.revisions) + 1:05d}"
+            self.revisions[revision] = copy.deepcopy(template)
         predictor["latestCreatedRevision"] = revision
-        status["observedGeneration"] = generation
+        status["observedGeneration"] = obj["metadata"]["generation"]
         if ready:
             predictor["latestReadyRevision"] = revision
             status["conditions"] = [{"type": "Ready", "status": "True"}]
         else:
             status["conditions"] = [{"type": "Ready", "status": "False", "reason": "RevisionMissing"}]
+        self._route(obj["spec"]["predictor"].get("canaryTrafficPercent"), predictor)
+
+    def _route(self, canary_percent: int | None, predictor: dict[str, Any]) -> None:
+        # KServe's ksvc reconciler: the latest *Ready* revision gets the canary share, the last rolled-out one
+        # the rest; without a share (or a rolled-out revision) the latest Ready one gets all traffic.
+        latest, rolled_out = predictor.get("latestReadyRevision"), predictor.get("latestRolledoutRevision")
+        if latest is None:
+            return
+        route = {latest: 100}
+        if canary_percent is not None and rolled_out:
+            route = {latest: canary_percent}
+            route[rolled_out] = route.get(rolled_out, 0) + 100 - canary_percent
+        if canary_percent is None or canary_percent == 100:
+            predictor["latestRolledoutRevision"] = latest  # KServe tracks the last revision with all traffic
+        predictor["traffic"] = [{"revisionName": r, "percent": p} for r, p in route.items()]
+        self.routes.append(route)
 
     def get(self, key: tuple[str, str]) -> dict[str, Any] | None:
         """The stored object after one controller step."""
@@ -147,8 +174,15 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
             cluster.requests.append(Request(self.command, self.path, content_type, copy.deepcopy(body)))
             return content_type, body
 
+        def _unavailable(self) -> bool:
+            if cluster.unavailable:
+                self._send(503, {"kind": "Status", "reason": "ServiceUnavailable", "code": 503})
+            return cluster.unavailable
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self._record()
+            if self._unavailable():
+                return None
             with cluster.lock:
                 if match := CONFIGMAP_PATH.match(self.path):
                     obj = cluster.config_maps.get((match["ns"], match["name"]))
@@ -162,6 +196,8 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             _, body = self._record()
+            if self._unavailable():
+                return None
             match = ISVC_PATH.match(self.path)
             if not match or match["name"]:
                 return self._not_found(self.path)
@@ -173,6 +209,8 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
 
         def do_PATCH(self) -> None:  # noqa: N802
             content_type, body = self._record()
+            if self._unavailable():
+                return None
             match = ISVC_PATH.match(self.path)
             if not match or not match["name"]:
                 return self._not_found(self.path)

@@ -17,20 +17,21 @@ from typing import Any
 
 import pytest
 import yaml
-from fake_kube_api import FakeCluster, fake_kube_api
+from fake_kube_api import FakeCluster, fake_kube_api, merge_patch
 from k8s_helpers import REPO, find, isvc_errors, render
 
 from core.config import load_params
 from deploy.__main__ import run
-from deploy.manifest import DeployError
+from deploy.manifest import Champion, DeployError, ServingConfig, rollout_manifest
 from deploy.registry import DeploymentResult, map_artifact_uri
-from deploy.rollout import replace_patch
+from deploy.rollout import InferenceServices, kube_api_client, replace_patch, rollout
 
 MODEL = "deepguard"
 NS = "deepguard"
 WORDS = {"1": "one", "2": "two"}
 SOURCES = {v: f"mlflow-artifacts:/1/models/m-{w}/artifacts" for v, w in WORDS.items()}
 STORAGE = {v: f"pvc://deepguard-mlflow/artifacts/1/models/m-{w}/artifacts" for v, w in WORDS.items()}
+CHAMPION = Champion(model_name=MODEL, version="2", artifact_uri=SOURCES["2"], storage_uri=STORAGE["2"])
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,10 @@ def _version_tags(registry: str, version: str) -> dict[str, str]:
 
 def _serving_configmap(values_set: str = "default") -> dict[str, Any]:
     return find(render(values_set), "ConfigMap", "deepguard-serving")
+
+
+def _serving_config() -> ServingConfig:
+    return ServingConfig.from_config_map(_serving_configmap()["data"], "chart")
 
 
 def _previous_isvc() -> dict[str, Any]:
@@ -131,15 +136,134 @@ def test_fake_k8s_canary_not_ready_before_timeout_is_rolled_back(workspace: Path
     with fake_kube_api(cluster, kubeconfig), pytest.raises(DeployError, match="rolled back"):
         _run(canary_percent=25, timeout_s=0.5)
 
-    canary, restore = cluster.calls("PATCH")
+    canary, pin, restore, unpin = cluster.calls("PATCH")
     assert canary.body["spec"]["predictor"]["canaryTrafficPercent"] == 25
-    assert restore.body["spec"]["predictor"]["canaryTrafficPercent"] is None  # the canary split is removed
+    # KServe's rollback first: all traffic to the last rolled-out revision, kept while version 1 restarts.
+    assert pin.body == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+    assert _env(restore.body)["DEEPGUARD_MODEL_VERSION"] == "1"
+    assert restore.body["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    # Only once version 1 is Ready again is the pin removed, and with it the canary split.
+    assert unpin.body == {"spec": {"predictor": {"canaryTrafficPercent": None}}}
     final = cluster.inference_services[NS, "deepguard"]
     assert final["spec"] == previous["spec"]  # exactly what served before, version 1 with all traffic
     assert final["metadata"]["annotations"] == previous["metadata"]["annotations"]
     report = json.loads((workspace / "reports" / "deployment.json").read_text())
     assert report["status"] == "rolled_back" and "version 1" in report["detail"]
     assert _version_tags(registry, "2")["deployment_status"] == "rolled_back"
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _version_shares(cluster: FakeCluster, version: str) -> list[int]:
+    """``version``'s share of traffic in each split the fake controller routed, repeats dropped."""
+
+    def served(revision: str) -> str:
+        env = cluster.revisions[revision]["containers"][0]["env"]
+        return next(e["value"] for e in env if e["name"] == "DEEPGUARD_MODEL_VERSION")
+
+    shares = [sum(p for rev, p in route.items() if served(rev) == version) for route in cluster.routes]
+    return [share for i, share in enumerate(shares) if i == 0 or share != shares[i - 1]]
+
+
+def _restored_revision_starts_after(polls: int) -> Any:
+    """Policy: version 2 is Ready at once; version 1, rebuilt by a rollback, after ``polls`` status reads."""
+    count = {"polls": 0}
+
+    def policy(obj: dict[str, Any]) -> bool:
+        if _env(obj)["DEEPGUARD_MODEL_VERSION"] == "2":
+            return True
+        count["polls"] += 1
+        return count["polls"] > polls
+
+    return policy
+
+
+def test_fake_k8s_prometheus_unreachable_mid_canary_rolls_back_and_is_recorded(
+    workspace: Path, registry: str
+) -> None:
+    cluster = FakeCluster(becomes_ready=_restored_revision_starts_after(3))
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    previous = _previous_isvc()
+    cluster.seed_ready(previous)
+    with fake_kube_api(cluster, workspace / "kubeconfig"), pytest.raises(DeployError, match="rolled back"):
+        _run(canary_percent=20, timeout_s=10, prometheus_url=_closed_port_url())
+
+    final = cluster.inference_services[NS, "deepguard"]
+    assert final["spec"] == previous["spec"]  # version 1 with all traffic, no split left behind
+    # The canary had its 20 % and then nothing, not even while version 1's revision was starting again.
+    assert _version_shares(cluster, "2") == [0, 20, 0]
+    assert _version_shares(cluster, "1") == [100, 80, 100]
+    report = json.loads((workspace / "reports" / "deployment.json").read_text())
+    assert report["status"] == "rolled_back"
+    assert "Prometheus" in report["detail"] and "unreachable" in report["detail"]
+    assert report["detail"].endswith("restored version 1")
+    tags = _version_tags(registry, "2")
+    assert tags["deployment_status"] == "rolled_back" and "Prometheus" in tags["deployment_detail"]
+
+
+def test_fake_k8s_rollback_not_ready_fails_and_keeps_traffic_on_the_stable_revision(
+    workspace: Path, registry: str
+) -> None:
+    cluster = FakeCluster(becomes_ready=_restored_revision_starts_after(10**6))
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+    with fake_kube_api(cluster, workspace / "kubeconfig"), pytest.raises(DeployError, match="failed"):
+        _run(canary_percent=20, timeout_s=0.5, prometheus_url=_closed_port_url())
+
+    final = cluster.inference_services[NS, "deepguard"]
+    assert final["spec"]["predictor"]["canaryTrafficPercent"] == 0  # the pin stays: version 2 gets nothing
+    assert _version_shares(cluster, "2") == [0, 20, 0]
+    report = json.loads((workspace / "reports" / "deployment.json").read_text())
+    assert report["status"] == "failed" and "version 1 not Ready within 0.5s" in report["detail"]
+    assert _version_tags(registry, "2")["deployment_status"] == "failed"
+
+
+def test_fake_k8s_a_failed_rollback_names_both_errors_in_one_line(workspace: Path) -> None:
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+
+    def analysis_loses_the_cluster_too(canary: str, stable: str) -> tuple[bool, str]:
+        cluster.unavailable = True
+        raise DeployError("Prometheus at http://prometheus:9090 unreachable (ConnectionError)")
+
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        services = InferenceServices(kube_api_client(), NS)
+        manifest = rollout_manifest(_serving_config(), NS, CHAMPION, 20)
+        status, detail = rollout(services, manifest, 20, 10, 0.05, analysis_loses_the_cluster_too)
+
+    assert status == "failed"
+    assert detail == (
+        "canary not judged: Prometheus at http://prometheus:9090 unreachable (ConnectionError); "
+        "rollback failed: patch inferenceservice deepguard/deepguard: HTTP 503 Service Unavailable"
+    )
+
+
+@pytest.mark.parametrize("percent", [20, 0], ids=["stopped-canary", "rollback-pin"])
+def test_fake_k8s_rerun_with_a_split_in_progress_is_not_unchanged(workspace: Path, percent: int) -> None:
+    """The live object already names version 2, but mid-split: a stopped rollout (20) or KServe's pin (0)."""
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+    key = (NS, "deepguard")
+    live = cluster.inference_services[key]
+    left_behind = rollout_manifest(_serving_config(), NS, CHAMPION, percent)
+    split = merge_patch({k: v for k, v in live.items() if k != "status"}, replace_patch(left_behind, live))
+    cluster.store(key, split, live)
+    cluster.get(key)
+    assert _version_shares(cluster, "2")[-1] == percent  # what the stopped rollout left serving
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        result = _run(canary_percent=20, timeout_s=10)
+
+    assert result.status == "promoted", result.detail  # rolled out again, not reported "unchanged"
+    assert cluster.calls("PATCH")[-1].body == {"spec": {"predictor": {"canaryTrafficPercent": 100}}}
+    assert _version_shares(cluster, "2")[-1] == 100
 
 
 def test_fake_k8s_first_deploy_creates_the_service_from_the_chart_settings(workspace: Path) -> None:
