@@ -1,9 +1,10 @@
 """Extra evaluation sets (``evaluation.extra_sets``): other photos or generators, scored like uploads.
 
 Each set is a folder or zip with ``REAL/`` and ``FAKE/`` image folders (an optional top folder is allowed),
-images of any pixel size and format. Every file is decoded the way the predictor decodes an upload
-(``core.imaging.decode_for_model``) and scored with evaluate's threshold; the results sit beside ``test`` in
-``reports/metrics.json``. Sets are checked by :func:`check` before evaluate scores anything.
+images of any pixel size in a format the predictor reads (``core.imaging.READ_FORMATS``). Every file is
+decoded the way the predictor decodes an upload (``core.imaging.decode_for_model``) and scored with
+evaluate's threshold; the results sit beside ``test`` in ``reports/metrics.json``. Sets are checked by
+:func:`check` before evaluate scores anything.
 """
 
 from __future__ import annotations
