@@ -64,6 +64,12 @@ class FeedbackFullError(FeedbackError):
     status = 507
 
 
+class FeedbackConflictError(FeedbackError):
+    """The image is already in the store with the other claim."""
+
+    status = 409
+
+
 class FeedbackNotFoundError(FeedbackError):
     """No item has this id."""
 
@@ -149,10 +155,12 @@ class FeedbackStore:
             now: The timestamp (default: the current UTC time).
 
         Returns:
-            ``(item, created)``; ``created`` is False for an image already in the store (any status).
+            ``(item, created)``; ``created`` is False for an image already in the store (any status) with the
+            same claim.
 
         Raises:
-            FeedbackError: naming the field that is wrong (413 and 507 subclasses for the caps).
+            FeedbackError: naming the field that is wrong (413 and 507 subclasses for the caps; 409 for an
+                image already reported with the other claim).
         """
         if not image:
             raise FeedbackError("image", "empty file")
@@ -176,6 +184,12 @@ class FeedbackStore:
             raise FeedbackError("model_version", f"expected 1 to {MAX_TEXT} printable characters")
         item_id = hashlib.sha256(image).hexdigest()
         existing = self._find(item_id)
+        if existing is not None and existing.claimed_label != claimed_label:
+            # One image is one item; a second user's opposite claim must not read as recorded.
+            raise FeedbackConflictError(
+                "claimed_label",
+                f"this image was already reported as {existing.claimed_label} ({existing.status})",
+            )
         if existing is not None:
             return existing, False
         if self.count(PENDING) >= self.max_pending:

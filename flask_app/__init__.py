@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from flask_app import feedback, metrics
 from flask_app.predictor_client import Prediction, Predictions, PredictorClient, PredictorError
@@ -179,8 +180,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     Args:
         config: Overrides; by default ``PREDICTOR_URL``, ``MAX_CONTENT_LENGTH`` (bytes per file),
-            ``MAX_BATCH_BYTES`` (bytes per request of several files) and ``PREDICTOR_TIMEOUT_S`` come from
-            the environment. ``PREDICTOR_SLOTS``: predictor calls one worker makes at once (default: one
+            ``MAX_BATCH_BYTES`` (bytes per request of several files), ``PREDICTOR_TIMEOUT_S`` and
+            ``WEB_PROXY_HOPS`` (proxies in front whose ``X-Forwarded-For`` names the client) come from the
+            environment. ``PREDICTOR_SLOTS``: predictor calls one worker makes at once (default: one
             less than its threads, so one is always free for ``/livez``).
 
     Returns:
@@ -194,9 +196,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         MAX_BATCH_BYTES=int(os.environ.get("MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES)),
         PREDICTOR_TIMEOUT_S=float(os.environ.get("PREDICTOR_TIMEOUT_S", DEFAULT_PREDICTOR_TIMEOUT_S)),
         PREDICTOR_SLOTS=max(1, web_threads() - 1),
+        WEB_PROXY_HOPS=int(os.environ.get("WEB_PROXY_HOPS", "0")),
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})
+    if app.config["WEB_PROXY_HOPS"] > 0:
+        # Behind an Ingress every request comes from the proxy's address: the client's is the one the last
+        # WEB_PROXY_HOPS proxies appended to X-Forwarded-For (the feedback rate limit is per client). Only
+        # with a proxy in front: a client reaching the app directly could write the header itself.
+        hops = app.config["WEB_PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.register_blueprint(feedback.blueprint)
     # gunicorn queues requests for a worker's threads: were every thread waiting on a hung predictor, /livez
     # would queue behind them and the pod get restarted. A request finding no free slot gets a 503 at once.

@@ -10,6 +10,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from workspace import free_port, make_workspace, run_stage, stage_env
 
 from core import feedback
 from core.config import load_params
-from core.feedback import ACCEPTED, PENDING, REJECTED, FeedbackError, FeedbackStore
+from core.feedback import ACCEPTED, PENDING, REJECTED, FeedbackConflictError, FeedbackError, FeedbackStore
 from core.labels import CLASS_NAMES, VERDICTS
 from core.pipeline import ARCHIVE, DATA_REPORT, RAW_DIR
 from flask_app import create_app
@@ -55,8 +56,10 @@ def test_store_writes_image_and_record_and_deduplicates_by_hash(tmp_path: Path) 
     record = json.loads((tmp_path / "pending" / f"{item.id}.json").read_text())
     assert record["claimed_label"] == "FAKE" and record["verdict"] == "REAL"
     assert record["fake_probability"] == 0.25 and record["model_version"] == "7" and record["ts"]
-    again, created = store.submit(data, "REAL", "FAKE", 0.9, "8")
-    assert not created and again == item, "the same image is one item, whatever the second claim"
+    again, created = store.submit(data, "FAKE", "UNCERTAIN", 0.6, "8")
+    assert not created and again == item, "the same image and claim is one item"
+    with pytest.raises(FeedbackConflictError, match=r"already reported as FAKE \(pending\)"):
+        store.submit(data, "REAL", "FAKE", 0.9, "8")
     store.move(item.id[:10], ACCEPTED)
     _, created = store.submit(data, "FAKE", "REAL", 0.2, "7")
     assert not created, "an image already reviewed is not queued again"
@@ -211,6 +214,45 @@ def test_feedback_route_refuses_an_oversized_image_with_413(tmp_path: Path) -> N
             },
         )
     assert response.status_code == 413 and "image" in response.get_json()["error"]
+
+
+def test_the_other_claim_on_a_reported_image_is_a_409_naming_the_one_on_record(tmp_path: Path) -> None:
+    client = create_app({"FEEDBACK_DIR": str(tmp_path)}).test_client()
+
+    def claim(label: str) -> Any:
+        form = {
+            "claimed_label": label,
+            "verdict": "UNCERTAIN",
+            "fake_probability": "0.5",
+            "model_version": "4",
+        }
+        return client.post("/api/feedback", data={**form, "image": (io.BytesIO(image_file(40)), "a.png")})
+
+    assert claim("FAKE").status_code == 201
+    conflict = claim("REAL")
+    assert conflict.status_code == 409, conflict.get_json()
+    assert conflict.get_json()["error"] == "claimed_label: this image was already reported as FAKE (pending)."
+
+
+@pytest.mark.parametrize(("hops", "limited"), [(0, True), (1, False)])
+def test_behind_a_proxy_each_client_has_its_own_feedback_limit(
+    tmp_path: Path, hops: int, limited: bool
+) -> None:
+    """Through an Ingress every request comes from the proxy; WEB_PROXY_HOPS reads the client's address."""
+    app = create_app({"FEEDBACK_DIR": str(tmp_path), "FEEDBACK_BURST": 1, "WEB_PROXY_HOPS": hops})
+    form = {"claimed_label": "FAKE", "verdict": "REAL", "fake_probability": "0.31", "model_version": "4"}
+    statuses = [
+        app.test_client()
+        .post(
+            "/api/feedback",
+            data={**form, "image": (io.BytesIO(image_file(30 + client)), "upload.png")},
+            headers={"X-Forwarded-For": f"203.0.113.{client}"},
+            environ_base={"REMOTE_ADDR": "10.0.0.9"},  # the ingress controller's pod
+        )
+        .status_code
+        for client in range(3)
+    ]
+    assert statuses == ([201, 429, 429] if limited else [201, 201, 201])
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

@@ -353,6 +353,19 @@ def test_web_extras_hpa_pdb_ingress_follow_values() -> None:
     assert not [o for o in plain if o["kind"] in ("HorizontalPodAutoscaler", "Ingress")]
 
 
+def test_web_reads_the_client_address_behind_the_ingress_only() -> None:
+    """The feedback rate limit is per client: behind the Ingress that is X-Forwarded-For's last hop."""
+
+    def hops(objects: list[dict]) -> str:
+        container = find(objects, "Deployment", "deepguard-web")["spec"]["template"]["spec"]["containers"][0]
+        return next(env["value"] for env in container["env"] if env["name"] == "WEB_PROXY_HOPS")
+
+    assert hops(render("default")) == "0", "no proxy in front: the header could be forged"
+    assert hops(render("canary")) == "1", "the canary values enable the Ingress"
+    assert hops(render("canary", web__proxyHops=2)) == "2"
+    assert hops(render("canary", web__proxyHops=0)) == "0"
+
+
 def test_mlflow_server_stores_on_its_pvc_or_postgres() -> None:
     objects = render("default")
     container = find(objects, "Deployment", "deepguard-mlflow")["spec"]["template"]["spec"]["containers"][0]
