@@ -797,8 +797,10 @@ class DeepGuardModel(Model):
         if isinstance(payload, dict):
             images, facts, stats = await self._decode_request(self._v1_items(payload), size)
             return _Batch(served, images, facts, None, False, self.domain_margin, stats)
-        if isinstance(payload, bytes | str):  # KServe hands over the raw body of a content type not JSON
-            content_type = quote((headers or {}).get("content-type", "none"))
+        content_type = (headers or {}).get("content-type", "none")
+        # KServe hands over the raw body of a content type not JSON (a JSON string body arrives as a str too)
+        if isinstance(payload, bytes | str) and not content_type.startswith("application/json"):
+            content_type = quote(content_type)
             raise InvalidInput(
                 f"expected Content-Type: application/json, got {content_type} "
                 '(V1: {"instances": [{"image": {"b64": "<base64 image file>"}}]})'

@@ -320,6 +320,7 @@ def _request_cases(good: str) -> list[tuple[str, str, object, str]]:
         ("instance not an image", "v1", {"instances": [{"image": good}]}, "instances[0]"),
         ("instances not a list", "v1", {"instances": "x"}, "instances"),
         ("not an object", "v1", [1, 2, 3], "json object"),
+        ("a JSON string", "v1", "hello", "json object"),
         ("string data", "v2", {"inputs": [{**one, "data": "abc"}]}, "data must be a list"),
         ("number data", "v2", {"inputs": [{**one, "data": 5}]}, "data must be a list"),
         ("tensor parameters a list", "v2", {"inputs": [{**one, "parameters": [1]}]}, "parameters must be"),
