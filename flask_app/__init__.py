@@ -205,7 +205,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # WEB_PROXY_HOPS proxies appended to X-Forwarded-For (the feedback rate limit is per client). Only
         # with a proxy in front: a client reaching the app directly could write the header itself.
         hops = app.config["WEB_PROXY_HOPS"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     app.register_blueprint(feedback.blueprint)
     # gunicorn queues requests for a worker's threads: were every thread waiting on a hung predictor, /livez
     # would queue behind them and the pod get restarted. A request finding no free slot gets a 503 at once.
