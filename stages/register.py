@@ -96,29 +96,18 @@ def decide(
     challenger_degraded: float | None = None,
     champion_degraded: float | None = None,
     max_robustness_drop: float = float("inf"),
-    same_weights: bool = False,
 ) -> GateDecision:
     """Apply the gate: promote the first model, or one that beats the champion by at least the minimum
     without losing more than ``max_robustness_drop`` of the champion's degraded-mean metric.
 
     ``min_improvement`` 0 still requires a strictly better value: a tie keeps the current champion. The
     robustness check is skipped (and the reason says so) when either degraded mean is unknown, e.g. for a
-    champion registered before robustness reports existed. ``same_weights``: the challenger comes from the
-    champion's own training run, re-evaluated after an ``evaluation`` setting changed; it is the same model
-    with its new threshold and bands, so it replaces the champion (a tie would otherwise keep them out).
+    champion registered before robustness reports existed.
     """
     robust = degraded_metric(metric)
     if champion is None:
         reason = "no champion yet: the first model becomes champion"
         return GateDecision(True, reason, metric, challenger, None, None, robust, challenger_degraded, None)
-    if same_weights:
-        reason = (
-            f"the champion v{champion_version}'s own training run, evaluated again (test {metric} "
-            f"{challenger:.5f}): the same weights with the new threshold and bands replace it"
-        )
-        return GateDecision(
-            True, reason, metric, challenger, champion, champion_version, robust, challenger_degraded, None
-        )
     gain = challenger - champion
     promote = gain > TIE_TOLERANCE and gain >= min_improvement
     if not promote:
@@ -161,7 +150,6 @@ class ChampionScore:
     value: float | None
     degraded: float | None
     version: str | None
-    training_run: str | None = None  # the champion's ``training_run_id`` tag
 
 
 def _champion_score(
@@ -182,12 +170,7 @@ def _champion_score(
     same_sample = champion.tags.get("robustness_sample", str(robustness_sample)) == str(robustness_sample)
     if champion.tags.get("test_hash") == test_hash and tag is not None and same_sample:
         # A champion registered before robustness reports has no degraded-mean tag: the check is skipped.
-        return ChampionScore(
-            float(tag),
-            None if robust is None else float(robust),
-            str(champion.version),
-            champion.tags.get("training_run_id"),
-        )
+        return ChampionScore(float(tag), None if robust is None else float(robust), str(champion.version))
     log.info(
         "champion v%s was measured on other test data or sample: re-evaluating it on this test split",
         champion.version,
@@ -202,10 +185,7 @@ def _champion_score(
         model, np.asarray(test_x[chosen]), np.asarray(test_y)[chosen], metadata.threshold
     )
     return ChampionScore(
-        float(measured[metric]),
-        report["degraded_mean"][degraded_metric(metric)],
-        str(champion.version),
-        champion.tags.get("training_run_id"),
+        float(measured[metric]), report["degraded_mean"][degraded_metric(metric)], str(champion.version)
     )
 
 
@@ -331,7 +311,6 @@ def run(params: Params) -> dict:
         challenger_degraded=robust[degraded_metric(params.promotion.metric)],
         champion_degraded=champion.degraded,
         max_robustness_drop=params.promotion.max_robustness_drop,
-        same_weights=champion.training_run == training_run,
     )
     with tracking.stage_run("register", experiment.experiment_id, training_run) as mlrun:
         unfinished = _resume_unfinished(client, name, training_run)

@@ -211,14 +211,6 @@ def test_robustness_gate_compares_accuracy_when_the_report_lacks_the_metric() ->
     assert not refused.promote and "degraded-mean accuracy" in refused.reason
 
 
-def test_the_champions_own_training_run_evaluated_again_replaces_it() -> None:
-    """A changed evaluation setting reruns evaluate and register on the same weights: a tie by design."""
-    kept = decide("roc_auc", 0.9968, 0.9968, 0.0015, "4")
-    assert not kept.promote
-    replaced = decide("roc_auc", 0.9968, 0.9968, 0.0015, "4", same_weights=True)
-    assert replaced.promote and "v4's own training run" in replaced.reason
-
-
 def test_default_gate_minimum_is_above_rerun_noise() -> None:
     """params.yaml's promotion.min_improvement comes from bench/gate_noise_bench.py: rerun noise never
     promotes, a gain twice the minimum does."""
