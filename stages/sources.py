@@ -6,6 +6,8 @@ writes that fingerprint to ``data/source.json`` so DVC reruns ingest exactly whe
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -210,18 +212,15 @@ def read_each(path: Path, members: list[Member]) -> Iterator[bytes | SourceError
     A file over ``MAX_IMAGE_BYTES`` or unreadable is refused on its own, and never more than the limit plus
     one byte of it is read: the caller decides whether that stops it (ingest) or leaves it out (extra sets).
     """
-    if path.is_dir():
-        for file in members:
+    with contextlib.ExitStack() as stack:
+        if path.is_dir():
+            read = _read_file
+        else:
+            archive = stack.enter_context(zipfile.ZipFile(path))
+            read = functools.partial(_read_entry, archive, path=path)
+        for member in members:
             try:
-                data: bytes | SourceError = _read_file(file)
-            except SourceError as exc:
-                data = exc
-            yield data
-        return
-    with zipfile.ZipFile(path) as archive:
-        for info in members:
-            try:
-                data = _read_entry(archive, info, path)
+                data: bytes | SourceError = read(member)
             except SourceError as exc:
                 data = exc
             yield data
