@@ -225,6 +225,7 @@ def build_card(
         "data hash": str(lineage.get("data_hash", "unknown")),
         "test split hash": str(lineage.get("test_hash", "unknown")),
         "params hash": str(lineage.get("params_hash", "unknown")),
+        "model file hash": str(lineage.get("model_sha256", "unknown")),
     }
     sections = [
         {"heading": "Intended use", "text": INTENDED_USE},

@@ -4,7 +4,8 @@ The challenger becomes ``champion`` only when it beats the current champion on t
 in params (``promotion.metric`` and ``promotion.min_improvement``) and its mean over the robustness report's
 degradations is not worse than the champion's by more than ``promotion.max_robustness_drop``; the first model
 becomes champion. A worse model stays registered and is not promoted; the log and
-``reports/registration.json`` say why.
+``reports/registration.json`` say why. The champion's own model file (same ``model_sha256`` tag) evaluated
+again with another threshold or bands replaces it without the gate: the same weights, with the new settings.
 
 Every version ends with a ``promotion`` tag: ``champion``, ``rejected``, ``superseded`` (it was champion until
 a better one came) or ``abandoned`` (its registration was killed and never resumed). A version still without
@@ -15,10 +16,11 @@ completes that version instead of registering a duplicate.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,6 +64,8 @@ PROMOTION = "promotion"  # the version tag every registration ends with
 GATE = "gate_decision"  # the gate's decision, recorded when the version is created so a resumed run reuses it
 SUPERSEDED, ABANDONED = "superseded", "abandoned"
 TIE_TOLERANCE = 1e-9  # differences below this are float noise, not an improvement
+# What evaluate chooses for a model without changing it: the lineage tags a re-evaluation may change.
+EVALUATION_TAGS = ("threshold", "real_below", "fake_above")
 
 
 @dataclass(frozen=True)
@@ -96,18 +100,29 @@ def decide(
     challenger_degraded: float | None = None,
     champion_degraded: float | None = None,
     max_robustness_drop: float = float("inf"),
+    new_settings_for_champion: str | None = None,
 ) -> GateDecision:
     """Apply the gate: promote the first model, or one that beats the champion by at least the minimum
     without losing more than ``max_robustness_drop`` of the champion's degraded-mean metric.
 
     ``min_improvement`` 0 still requires a strictly better value: a tie keeps the current champion. The
     robustness check is skipped (and the reason says so) when either degraded mean is unknown, e.g. for a
-    champion registered before robustness reports existed.
+    champion registered before robustness reports existed. ``new_settings_for_champion`` names what differs
+    when the challenger is the champion's own model file evaluated again with other settings (a new threshold
+    or bands): the same weights, so there is nothing to compare, and it replaces the champion.
     """
     robust = degraded_metric(metric)
     if champion is None:
         reason = "no champion yet: the first model becomes champion"
         return GateDecision(True, reason, metric, challenger, None, None, robust, challenger_degraded, None)
+    if new_settings_for_champion:
+        reason = (
+            f"the champion v{champion_version}'s own model file (same sha256) evaluated again with other "
+            f"settings ({new_settings_for_champion}): the same weights, so it replaces v{champion_version}"
+        )
+        return GateDecision(
+            True, reason, metric, challenger, champion, champion_version, robust, challenger_degraded, None
+        )
     gain = challenger - champion
     promote = gain > TIE_TOLERANCE and gain >= min_improvement
     if not promote:
@@ -150,6 +165,7 @@ class ChampionScore:
     value: float | None
     degraded: float | None
     version: str | None
+    tags: dict[str, str] = field(default_factory=dict)  # the champion version's tags (lineage, settings)
 
 
 def _champion_score(
@@ -170,7 +186,8 @@ def _champion_score(
     same_sample = champion.tags.get("robustness_sample", str(robustness_sample)) == str(robustness_sample)
     if champion.tags.get("test_hash") == test_hash and tag is not None and same_sample:
         # A champion registered before robustness reports has no degraded-mean tag: the check is skipped.
-        return ChampionScore(float(tag), None if robust is None else float(robust), str(champion.version))
+        degraded = None if robust is None else float(robust)
+        return ChampionScore(float(tag), degraded, str(champion.version), dict(champion.tags))
     log.info(
         "champion v%s was measured on other test data or sample: re-evaluating it on this test split",
         champion.version,
@@ -185,8 +202,25 @@ def _champion_score(
         model, np.asarray(test_x[chosen]), np.asarray(test_y)[chosen], metadata.threshold
     )
     return ChampionScore(
-        float(measured[metric]), report["degraded_mean"][degraded_metric(metric)], str(champion.version)
+        float(measured[metric]),
+        report["degraded_mean"][degraded_metric(metric)],
+        str(champion.version),
+        dict(champion.tags),
     )
+
+
+def _settings_changed(champion_tags: dict[str, str], lineage: dict[str, str]) -> str | None:
+    """What evaluate chose differently for the champion's own model file, e.g. ``threshold 0.416000 ->
+    0.420000``; None when the challenger's model file is another one (or the champion's is unknown: registered
+    before the ``model_sha256`` tag) or nothing changed."""
+    if champion_tags.get("model_sha256") != lineage["model_sha256"]:
+        return None
+    changed = [
+        f"{key} {champion_tags.get(key)} -> {lineage[key]}"
+        for key in EVALUATION_TAGS
+        if champion_tags.get(key) != lineage[key]
+    ]
+    return ", ".join(changed) or None
 
 
 def _resume_unfinished(client: MlflowClient, name: str, training_run: str) -> ModelVersion | None:
@@ -283,8 +317,11 @@ def run(params: Params) -> dict:
         client, name, params.promotion.metric, summary["test_hash"], params.evaluation.robustness_sample
     )
     training_run = load_run_id()
+    with open(MODEL_DIR / MODEL_FILE, "rb") as model_file:
+        model_sha256 = hashlib.file_digest(model_file, "sha256").hexdigest()
     lineage = {
         "training_run_id": training_run,
+        "model_sha256": model_sha256,  # the model file as train wrote it: evaluate never changes it
         "git_commit": tracking.git_commit(),
         "data_hash": data_report["data_hash"],
         "test_hash": summary["test_hash"],
@@ -311,6 +348,7 @@ def run(params: Params) -> dict:
         challenger_degraded=robust[degraded_metric(params.promotion.metric)],
         champion_degraded=champion.degraded,
         max_robustness_drop=params.promotion.max_robustness_drop,
+        new_settings_for_champion=_settings_changed(champion.tags, lineage),
     )
     with tracking.stage_run("register", experiment.experiment_id, training_run) as mlrun:
         unfinished = _resume_unfinished(client, name, training_run)

@@ -16,7 +16,7 @@ from workspace import TrainedWorkspace, all_layers, dvc, run_stage
 
 from core.degrade import DEGRADATIONS
 from core.layers import Temperature, without_temperature
-from core.modelstore import load_keras
+from core.modelstore import download_model, load_keras, read_metadata
 from core.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
 from stages.train import precision_policy
 
@@ -249,6 +249,33 @@ def test_gate_refuses_a_cleanly_better_but_fragile_challenger_from_edited_report
     assert int(promoted.version) == int(challenger.version) + 1
     assert "is within promotion.max_robustness_drop" in promoted.tags["promotion_reason"]
     assert float(promoted.tags["degraded_mean_roc_auc"]) == pytest.approx(champion_degraded - 0.005)
+
+
+def test_champion_evaluated_again_with_new_bands_is_served_with_them(workspace_copy) -> None:
+    """An ``evaluation`` setting changed: evaluate and register rerun on the same model file. Its new bands
+    can only reach the predictor through a new champion version: a tie with itself must not keep them out."""
+    root, env = workspace_copy
+    run_stage("register", root, env)
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("deepguard", "champion")
+    run_stage("register", root, env)  # the same model and settings again: the gate's tie keeps the champion
+    assert client.get_model_version_by_alias("deepguard", "champion").version == champion.version
+    run_stage("evaluate", root, env, "--set", "evaluation.band_precision=0.9")
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert (f"{metrics['real_below']:.6f}", f"{metrics['fake_above']:.6f}") != (
+        champion.tags["real_below"],
+        champion.tags["fake_above"],
+    ), "band_precision 0.9 should widen the bands on this workspace"
+    result = run_stage("register", root, env)
+    assert "new champion" in result.stdout
+    promoted = client.get_model_version_by_alias("deepguard", "champion")
+    assert int(promoted.version) == int(champion.version) + 2
+    assert promoted.tags["model_sha256"] == champion.tags["model_sha256"]
+    assert f"v{champion.version}'s own model file" in promoted.tags["promotion_reason"]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])  # download_model reads the global tracking URI
+    served = read_metadata(download_model("models:/deepguard@champion", root / "served"))
+    assert served.real_below == pytest.approx(metrics["real_below"])
+    assert served.fake_above == pytest.approx(metrics["fake_above"])
 
 
 def test_unreachable_tracking_server_is_one_clear_error(workspace_copy) -> None:

@@ -17,7 +17,7 @@ from core.tracking import TrackingUnavailableError, resolve_tracking_uri
 from stages.evaluate import choose_threshold
 from stages.features import channel_statistics, high_frequency_energy, log_spectra
 from stages.preprocess import SplitError, split_names
-from stages.register import decide, degraded_metric
+from stages.register import _settings_changed, decide, degraded_metric
 from stages.shards import NpyWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,6 +209,23 @@ def test_robustness_gate_compares_accuracy_when_the_report_lacks_the_metric() ->
         "f1", 0.95, 0.90, 0.0, "3", challenger_degraded=0.7, champion_degraded=0.8, max_robustness_drop=0.05
     )
     assert not refused.promote and "degraded-mean accuracy" in refused.reason
+
+
+def test_the_champions_own_model_file_evaluated_again_replaces_it() -> None:
+    """A changed evaluation setting reruns evaluate and register on the same weights: a tie by design, so
+    only the model file's hash can tell that the new threshold and bands belong to the champion."""
+    champion = {"model_sha256": "aa", "threshold": "0.416", "real_below": "0.120", "fake_above": "0.869"}
+    rerun = {**champion, "test_roc_auc": "0.9968"}
+    assert _settings_changed(champion, rerun) is None  # a plain rerun: nothing new to serve
+    rebanded = {**champion, "fake_above": "0.801"}
+    assert _settings_changed(champion, rebanded) == "fake_above 0.869 -> 0.801"
+    assert _settings_changed(champion, {**rebanded, "model_sha256": "bb"}) is None  # another model: the gate
+    assert _settings_changed({k: v for k, v in champion.items() if k != "model_sha256"}, rebanded) is None
+    assert not decide("roc_auc", 0.9968, 0.9968, 0.0015, "4").promote
+    changed = "fake_above 0.8 -> 0.7"
+    replaced = decide("roc_auc", 0.9968, 0.9968, 0.0015, "4", new_settings_for_champion=changed)
+    assert replaced.promote and "v4's own model file" in replaced.reason
+    assert "fake_above 0.8 -> 0.7" in replaced.reason
 
 
 def test_default_gate_minimum_is_above_rerun_noise() -> None:
