@@ -41,6 +41,7 @@ print(json.dumps({
     "node_selector": train.node_selector if train else None,
     "tolerations": [t.to_dict() for t in train.tolerations] if train else None,
     "schedule": str(bag.dags["deepguard_pipeline"].schedule) if bag.dags else None,
+    "files": sorted(stat.file.rsplit("/", 1)[-1] for stat in bag.dagbag_stats),
 }))
 """
 
@@ -64,6 +65,9 @@ def test_dag_file_loads_without_errors_or_heavy_imports() -> None:
     report = _probe()
     assert report["errors"] == {}
     assert report["dags"] == ["deepguard_monitor", "deepguard_pipeline"]
+    # The helper modules beside the DAG files are in .airflowignore: the DAG processor would otherwise import
+    # each one as a DAG file on every parse loop and list its errors a second time.
+    assert report["files"] == ["deepguard_monitor.py", "deepguard_pipeline.py"]
     assert report["heavy"] == [], f"the DAG file imported {report['heavy']}"
     # Besides Airflow and the Kubernetes models, the file may bring in only the stage list (and its config
     # types), the operator beside it, and Airflow's own lazily imported parsing modules.
