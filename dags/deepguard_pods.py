@@ -97,10 +97,20 @@ POD_ENV = {
     "DEEPGUARD_MONITORING_DIR": f"{WORKSPACE_MOUNT}/monitoring",
 }
 
+
+def _local_path(name: str, default: str) -> Path:
+    """A local runner path setting, absolute: a relative one is relative to the repository.
+
+    The stages start in the repository but change into their run folder, so the paths they get (the MLflow
+    store, the monitoring folder) must not be relative.
+    """
+    return REPO_ROOT / Path(os.environ.get(name) or default).expanduser()
+
+
 # The local runner (DEEPGUARD_LOCAL_RUNNER=1): the same pods, mapped onto this checkout.
-LOCAL_WORKSPACE = Path(os.environ.get("DEEPGUARD_LOCAL_WORKSPACE", REPO_ROOT / ".airflow" / "workspace"))
+LOCAL_WORKSPACE = _local_path("DEEPGUARD_LOCAL_WORKSPACE", ".airflow/workspace")
 LOCAL_RUNNER = LocalRunner(
-    python=Path(os.environ.get("DEEPGUARD_LOCAL_PYTHON", REPO_ROOT / ".venv" / "bin" / "python")),
+    python=_local_path("DEEPGUARD_LOCAL_PYTHON", ".venv/bin/python"),
     paths={WORKSPACE_MOUNT: LOCAL_WORKSPACE, IMAGE_APP_DIR: REPO_ROOT},
     cwd=REPO_ROOT,
     env_passthrough=("DEEPGUARD_DATA", "PREDICTOR_URL"),

@@ -43,6 +43,13 @@ print(json.dumps({
     "schedule": str(bag.dags["deepguard_pipeline"].schedule) if bag.dags else None,
     "files": sorted(stat.file.rsplit("/", 1)[-1] for stat in bag.dagbag_stats),
 }))
+if bag.dags:
+    from deepguard_pods import LOCAL_RUNNER
+    print(json.dumps({
+        "workspace": str(LOCAL_RUNNER.paths["/workspace"]),
+        "python": str(LOCAL_RUNNER.python),
+        "tracking": LOCAL_RUNNER.default_env["MLFLOW_TRACKING_URI"],
+    }))
 """
 
 
@@ -58,7 +65,8 @@ def _probe(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    report, *local = (json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{"))
+    return {**report, "local_runner": local[0] if local else None}
 
 
 def test_dag_file_loads_without_errors_or_heavy_imports() -> None:
@@ -234,6 +242,18 @@ def test_gpu_placement_and_schedule_are_configurable() -> None:
     tolerations = [(t["key"], t["value"], t["effect"]) for t in report["tolerations"]]
     assert tolerations == [("gpu", "yes", "NoExecute")]
     assert report["schedule"] == "0 3 * * 1"
+
+
+def test_relative_local_runner_paths_are_relative_to_the_repository() -> None:
+    # Each stage changes into its run folder: a relative workspace would give every run its own MLflow store
+    # (no shared champion) and monitoring folder inside that run folder.
+    relative = {"DEEPGUARD_LOCAL_WORKSPACE": ".airflow/ws", "DEEPGUARD_LOCAL_PYTHON": ".venv/bin/python"}
+    report = _probe(relative)
+    assert report["local_runner"] == {
+        "workspace": str(REPO / ".airflow" / "ws"),
+        "python": str(REPO / ".venv" / "bin" / "python"),
+        "tracking": f"sqlite:///{REPO / '.airflow' / 'ws' / 'mlruns' / 'mlflow.db'}",
+    }
 
 
 def test_local_runner_runs_exactly_the_pods_command(dag: Any, tmp_path: Path) -> None:
