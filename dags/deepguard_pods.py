@@ -47,23 +47,53 @@ _IMAGE_TEMPLATE = "{{{{ var.value.get('{var}', '{default}') }}}}"
 RUN_DIR = f"{WORKSPACE_MOUNT}/runs/{{{{ run_id | replace(':', '-') | replace('+', '-') }}}}"
 
 
-def _env_json(name: str, default: object) -> object:
-    """A JSON setting of the Airflow deployment (its environment is cheap to read on every parse)."""
+class SettingError(ValueError):
+    """A setting of the Airflow deployment that the DAG files cannot use; the message names it."""
+
+
+def _env_json(name: str, default: object, expected: type) -> Any:
+    """A JSON setting of the Airflow deployment (its environment is cheap to read on every parse).
+
+    Raises:
+        SettingError: The value is not JSON or not of the ``expected`` type (the DAGs' import error names it).
+    """
     raw = os.environ.get(name)
-    return default if raw is None or not raw.strip() else json.loads(raw)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingError(f"{name}={raw!r}: not JSON ({exc.msg})") from None
+    if not isinstance(value, expected):
+        raise SettingError(f"{name}={raw!r}: not a JSON {'object' if expected is dict else 'array'}")
+    return value
+
+
+def _tolerations(name: str, default: list[dict[str, str]]) -> list[k8s.V1Toleration]:
+    """The JSON array of Kubernetes tolerations in ``name``."""
+    specs = _env_json(name, default, list)
+    try:
+        return [k8s.V1Toleration(**spec) for spec in specs]
+    except TypeError as exc:  # an item that is not an object, or a key a toleration does not have
+        raise SettingError(f"{name}: not an array of tolerations ({exc})") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SettingError(f"{name}={raw!r}: not an integer") from None
 
 
 # GPU placement of the train pod, configurable per cluster. The defaults match NVIDIA's GPU operator
 # (node label from GPU feature discovery) and the usual taint that keeps CPU work off GPU nodes.
-GPU_NODE_SELECTOR: dict[str, str] = _env_json(  # type: ignore[assignment]
-    "DEEPGUARD_GPU_NODE_SELECTOR", {"nvidia.com/gpu.present": "true"}
+GPU_NODE_SELECTOR: dict[str, str] = _env_json(
+    "DEEPGUARD_GPU_NODE_SELECTOR", {"nvidia.com/gpu.present": "true"}, dict
 )
 _GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-GPU_TOLERATIONS: list[k8s.V1Toleration] = [
-    k8s.V1Toleration(**spec)
-    for spec in _env_json("DEEPGUARD_GPU_TOLERATIONS", [_GPU_TAINT])  # type: ignore[attr-defined]
-]
-RETRIES = int(os.environ.get("DEEPGUARD_TASK_RETRIES", "2"))
+GPU_TOLERATIONS: list[k8s.V1Toleration] = _tolerations("DEEPGUARD_GPU_TOLERATIONS", [_GPU_TAINT])
+RETRIES = _env_int("DEEPGUARD_TASK_RETRIES", 2)
 STAGE_TIMEOUT = timedelta(hours=1)
 GPU_STAGE_TIMEOUT = timedelta(hours=6)
 

@@ -256,6 +256,21 @@ def test_relative_local_runner_paths_are_relative_to_the_repository() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DEEPGUARD_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true"),
+        ("DEEPGUARD_GPU_TOLERATIONS", '{"key": "nvidia.com/gpu", "operator": "Exists"}'),
+        ("DEEPGUARD_TASK_RETRIES", "two"),
+    ],
+)
+def test_a_bad_setting_is_named_in_the_import_error(name: str, value: str) -> None:
+    errors = _probe({name: value})["errors"]
+    assert sorted(Path(file).name for file in errors) == ["deepguard_monitor.py", "deepguard_pipeline.py"]
+    for error in errors.values():
+        assert error.strip().splitlines()[-1].startswith(f"deepguard_pods.SettingError: {name}="), error
+
+
 def test_local_runner_runs_exactly_the_pods_command(dag: Any, tmp_path: Path) -> None:
     from deepguard_operator import LocalRunner
 
