@@ -53,6 +53,8 @@ serve: setup ## serve the champion: predictor on PREDICTOR_PORT (8080), web page
 # The Airflow environment (its own venv: Airflow's pins clash with kserve's), the DAG, the images.
 DAG_TEST_HOME := $(CURDIR)/.airflow/dag-test
 DAG_TEST_DATA ?= $(CURDIR)/../shared/data/cifake-sample.zip
+# Absolute: each stage reads DEEPGUARD_DATA after changing into its run folder.
+DAG_TEST_DATA_PATH = $(abspath $(DAG_TEST_DATA))
 DAG_TEST_CONF ?= {"epochs": 1, "data_source": "local"}
 # The local runner on a throw-away Airflow home and workspace; credentials of the shell stay out, and deploy
 # finds no predictor (this run's MLflow store is its own: it must not reload one serving another store).
@@ -61,7 +63,7 @@ DAG_TEST_ENV := env -u MLFLOW_TRACKING_URI -u DAGSHUB_USERNAME -u DAGSHUB_TOKEN 
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT=300 \
 	DEEPGUARD_LOCAL_RUNNER=1 DEEPGUARD_LOCAL_WORKSPACE=$(DAG_TEST_HOME)/workspace DEEPGUARD_TASK_RETRIES=0 \
-	DEEPGUARD_DATA=$(DAG_TEST_DATA) PREDICTOR_URL=http://127.0.0.1:9
+	DEEPGUARD_DATA=$(DAG_TEST_DATA_PATH) PREDICTOR_URL=http://127.0.0.1:9
 
 $(AIRFLOW_VENV)/.installed: requirements/airflow.lock | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(AIRFLOW_VENV)
@@ -81,7 +83,7 @@ test-dags: setup setup-airflow ## DAG tests in the Airflow env: DagBag, pods, a 
 		--confcutdir=tests/dags -p no:cacheprovider
 
 dag-test: setup setup-airflow ## the DAG end to end with the local runner on the CIFAKE sample, 1 epoch; checks the champion
-	@test -e $(DAG_TEST_DATA) || { echo "dag-test: $(DAG_TEST_DATA) not found (set DAG_TEST_DATA)"; exit 2; }
+	@test -e $(DAG_TEST_DATA_PATH) || { echo "dag-test: $(DAG_TEST_DATA) not found (set DAG_TEST_DATA)"; exit 2; }
 	rm -rf $(DAG_TEST_HOME) && mkdir -p $(DAG_TEST_HOME)
 	$(DAG_TEST_ENV) $(AIRFLOW_VENV)/bin/airflow db migrate > $(DAG_TEST_HOME)/migrate.log
 	$(DAG_TEST_ENV) $(AIRFLOW_VENV)/bin/airflow dags test deepguard_pipeline -c '$(DAG_TEST_CONF)'
