@@ -218,6 +218,8 @@ def stage_task(
         volume_mounts=[WORKSPACE_VOLUME_MOUNT],
         security_context=POD_SECURITY,
         container_security_context=CONTAINER_SECURITY,
+        # The XCom sidecar (do_xcom_push: the monitor) drops privileges like the stage container.
+        xcom_sidecar_container_security_context=CONTAINER_SECURITY,
         node_selector=dict(GPU_NODE_SELECTOR) if gpu else None,
         tolerations=list(GPU_TOLERATIONS) if gpu else None,
         labels={

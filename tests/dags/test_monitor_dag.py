@@ -72,6 +72,22 @@ def test_monitor_pod_writes_its_decision_to_the_xcom_file(monitor_dag: Any) -> N
     assert pod.metadata.name.startswith("deepguard-monitor-")
 
 
+def test_every_container_of_the_monitor_pod_meets_the_restricted_pod_security_standard(
+    monitor_dag: Any,
+) -> None:
+    # The namespace warns and audits at "restricted" (k8s/namespace.yaml): the XCom sidecar the operator adds
+    # must drop privileges like the stage container, or every hourly pod is flagged.
+    pod = render_task(monitor_dag, "monitor").build_pod_request_obj(dry_run=True)
+    assert len(pod.spec.containers) == 2
+    for container in pod.spec.containers:
+        context = container.security_context
+        assert context is not None, container.name
+        assert context.allow_privilege_escalation is False, container.name
+        assert context.capabilities.drop == ["ALL"], container.name
+    assert pod.spec.security_context.run_as_non_root is True
+    assert pod.spec.security_context.seccomp_profile.type == "RuntimeDefault"
+
+
 def test_monitor_schedule_is_configurable_by_environment() -> None:
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]); from airflow.dag_processing.dagbag import DagBag;"
