@@ -35,6 +35,9 @@ MONITOR_WORKDIR = f"{WORKSPACE_MOUNT}/monitor"
 XCOM_FILE = "/airflow/xcom/return.json"  # the KubernetesPodOperator's XCom file (do_xcom_push)
 # At most one drift-triggered retraining a day however many hourly checks see drift: the run id is the day.
 TRIGGER_RUN_ID = "drift__{{ dag_run.run_after.strftime('%Y-%m-%d') }}"
+# The end of the window of served records: when the run was due (a scheduled run: the end of its hour), not
+# when its pod happens to start, so that a late, retried or cleared run checks the same records.
+WINDOW_END = "{{ dag_run.run_after.isoformat() }}"
 
 DOC_MD = """
 # DeepGuard drift monitor
@@ -67,7 +70,16 @@ with DAG(
     tags=["deepguard", "mlops", "monitoring"],
     default_args={"owner": "deepguard", "retries": RETRIES, "retry_delay": timedelta(minutes=2)},
 ) as dag:
-    arguments = ["--params", PARAMS_PATH, "--workdir", MONITOR_WORKDIR, "--xcom", XCOM_FILE]
+    arguments = [
+        "--params",
+        PARAMS_PATH,
+        "--workdir",
+        MONITOR_WORKDIR,
+        "--xcom",
+        XCOM_FILE,
+        "--now",
+        WINDOW_END,
+    ]
     chain(
         stage_task(
             MONITOR,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
@@ -14,6 +16,8 @@ SHARED = REPO.parent / "shared"
 SAMPLE_ZIP = SHARED / "data" / "cifake-sample.zip"
 ML_PYTHON = REPO / ".venv" / "bin" / "python"
 DAG_ID = "deepguard_pipeline"
+# When the rendered run was due (a scheduled run: the end of its data interval).
+RUN_AFTER = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
 AIRFLOW = Path(sys.executable).parent / "airflow"  # in the Airflow environment that runs these tests
 
 
@@ -63,6 +67,7 @@ def render_task(
     task = copy.deepcopy(dag.get_task(task_id))
     context = {
         "run_id": run_id,
+        "dag_run": SimpleNamespace(run_id=run_id, run_after=RUN_AFTER),
         "params": resolved.validate(),
         "var": {"value": _UnsetVariables()},
         "dag": dag,

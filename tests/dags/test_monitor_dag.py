@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from dagtools import DAGS_DIR, ML_PYTHON, REPO, SAMPLE_ZIP, render_task, run_airflow
+from dagtools import DAGS_DIR, ML_PYTHON, REPO, RUN_AFTER, SAMPLE_ZIP, render_task, run_airflow
 
 from core.pipeline import MONITOR
 
@@ -62,6 +62,10 @@ def test_monitor_pod_writes_its_decision_to_the_xcom_file(monitor_dag: Any) -> N
         "/workspace/monitor",
         "--xcom",
         "/airflow/xcom/return.json",
+        # The window ends when the run was due, not when the pod starts: a late, retried or cleared run looks
+        # at the same hour of records (and triggers the retraining named after that day).
+        "--now",
+        RUN_AFTER.isoformat(),
     ]
     env = {var.name: var.value for var in container.env}
     assert env["DEEPGUARD_MONITORING_DIR"] == "/workspace/monitoring"
