@@ -16,7 +16,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk import Variable
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from kubernetes.client import models as k8s
 
 # The setting that switches every stage task to a local process: an environment variable of the Airflow
@@ -160,7 +160,8 @@ class DeepGuardStageOperator(KubernetesPodOperator):
             self.local_arguments = drop_empty_options(self.local_arguments)
 
     def execute(self, context: Any) -> Any:
-        """Skip when the DAG param says so; run locally or in a pod."""
+        """Refuse an unknown trigger param; skip when the DAG param says so; run locally or in a pod."""
+        self._check_trigger_conf(context)
         if self.run_if_param is not None and not context["params"][self.run_if_param]:
             raise AirflowSkipException(f"param {self.run_if_param} is false")
         if not local_runner_enabled():
@@ -186,6 +187,20 @@ class DeepGuardStageOperator(KubernetesPodOperator):
                     f"stage {self.task_id} wrote no {PodDefaults.XCOM_MOUNT_PATH}/return.json"
                 )
             return json.loads(result.read_text())
+
+    def _check_trigger_conf(self, context: Any) -> None:
+        """Fail (no retries) on a trigger conf key that is not a param of the DAG.
+
+        Airflow keeps such a key among the params, where nothing reads it: a misspelt ``epochs`` would run
+        the whole pipeline with the value of params.yaml and no word about it.
+        """
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        unknown = sorted(set(conf) - set(self.dag.params))
+        if unknown:
+            raise AirflowFailException(
+                f"unknown trigger param(s) {', '.join(unknown)}: the params of {self.dag.dag_id} are "
+                f"{', '.join(sorted(self.dag.params))}"
+            )
 
     def _run(self, argv: list[str], env: dict[str, str]) -> None:
         # Its own process group, so a timeout or a kill stops the stage and anything it started.

@@ -212,6 +212,20 @@ def test_invalid_trigger_params_are_rejected(dag: Any, bad: dict[str, Any]) -> N
         render_task(dag, "ingest", bad)
 
 
+@pytest.mark.parametrize("task_id", ["ingest", "deploy"])
+def test_an_unknown_trigger_param_fails_the_task_without_retries(dag: Any, task_id: str) -> None:
+    # Airflow keeps a conf key that is no DAG param, so `-c '{"epoch": 5}'` would train with params.yaml's
+    # epochs and say nothing.
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    task = render_task(dag, task_id)
+    context = {"params": {"deploy": True}, "dag_run": SimpleNamespace(conf={"epoch": 5, "epochs": 1})}
+    with pytest.raises(AirflowFailException, match=r"unknown trigger param\(s\) epoch: the params of"):
+        task.execute(context)
+
+
 def test_architecture_choices_are_the_configs(dag: Any) -> None:
     from typing import get_args
 
