@@ -58,7 +58,9 @@ DAG_TEST_DATA_PATH = $(abspath $(DAG_TEST_DATA))
 DAG_TEST_CONF ?= {"epochs": 1, "data_source": "local"}
 # The local runner on a throw-away Airflow home and workspace; credentials of the shell stay out, and deploy
 # finds no predictor (this run's MLflow store is its own: it must not reload one serving another store).
+# Kaggle's too (variables and ~/.kaggle): data.source auto would pick Kaggle over DAG_TEST_DATA.
 DAG_TEST_ENV := env -u MLFLOW_TRACKING_URI -u DAGSHUB_USERNAME -u DAGSHUB_TOKEN -u DAGSHUB_REPO \
+	-u KAGGLE_USERNAME -u KAGGLE_KEY -u KAGGLE_API_TOKEN KAGGLE_CONFIG_DIR=$(DAG_TEST_HOME)/no-kaggle \
 	PATH="$(CURDIR)/$(AIRFLOW_VENV)/bin:$(PATH)" AIRFLOW_HOME=$(DAG_TEST_HOME) \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT=300 \
