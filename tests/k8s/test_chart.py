@@ -456,3 +456,18 @@ def test_web_liveness_probe_outlasts_the_predictor_timeout() -> None:
     timeout_s = float(env.get("PREDICTOR_TIMEOUT_S") or DEFAULT_PREDICTOR_TIMEOUT_S)
     # A web thread waiting on a hung predictor gives up before the next liveness probe is due.
     assert timeout_s < container["livenessProbe"]["periodSeconds"]
+
+
+@pytest.mark.parametrize("port", [8080, 9000])
+def test_predictor_listens_on_the_port_its_probes_and_knative_use(port: int) -> None:
+    from kserve import model_server
+
+    from serving.__main__ import build_parser
+
+    container = find(render("canary", predictor__port=port), "InferenceService")["spec"]["predictor"][
+        "containers"
+    ][0]
+    parsed = build_parser(model_server.parser).parse_args(container["args"])
+    assert parsed.http_port == port
+    assert container["ports"][0]["containerPort"] == port
+    assert container["readinessProbe"]["httpGet"]["port"] == port

@@ -57,9 +57,7 @@ def test_monitors_select_the_predictor_pods_and_the_web_service() -> None:
     assert pod_monitor["spec"]["selector"]["matchLabels"] == {
         "serving.kserve.io/inferenceservice": "deepguard"
     }
-    base = json.loads(find(objects, "ConfigMap", "deepguard-serving")["data"]["inferenceservice.json"])
-    ports = base["spec"]["predictor"]["containers"][0]["ports"]
-    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in [p["name"] for p in ports]
+    # The port it scrapes is the one Knative gives the pods, not the InferenceService's name: see below.
     service = find(objects, "Service", "deepguard-web")
     service_monitor = find(objects, "ServiceMonitor")
     assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["spec"]["selector"].items()
@@ -151,3 +149,72 @@ def test_alerts_and_dashboard_query_only_series_we_export(tmp_path: Path) -> Non
     assert {"deepguard_requests", "deepguard_drift_detected", "deepguard_web_requests"} <= exported
     referenced = {name.removesuffix("_total") for name in referenced_metrics()}
     assert referenced - exported == set()
+
+
+@pytest.mark.parametrize(("mode", "port_name"), [("Serverless", "user-port"), ("RawDeployment", "http1")])
+def test_pod_monitor_scrapes_a_port_the_predictor_pods_have(mode: str, port_name: str) -> None:
+    # Knative builds a Serverless revision's pods with the user container's port renamed "user-port" (the
+    # InferenceService's "http1" only names the protocol); RawDeployment copies the container spec as written.
+    pod_monitor = find(render("monitoring", predictor__deploymentMode=mode), "PodMonitor")
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == port_name
+
+
+def _alert_fires(tmp_path: Path, alert: str, series: dict[str, str]) -> bool:
+    """Whether ``alert``'s expression holds after 30 minutes of ``series`` (promtool's notation, 1m steps)."""
+    rule = find(render("monitoring"), "PrometheusRule")
+    (expr,) = [
+        r["expr"] for group in rule["spec"]["groups"] for r in group["rules"] if r.get("alert") == alert
+    ]
+    # An unrelated series keeps the input non-empty when a case has none of its own.
+    inputs = [{"series": "up", "values": "1x30"}]
+    inputs += [{"series": name, "values": values} for name, values in series.items()]
+    results = []
+    for fires in (True, False):
+        test = {
+            "interval": "1m",
+            "input_series": inputs,
+            "promql_expr_test": [
+                {
+                    "expr": f"count({expr.strip()})",
+                    "eval_time": "30m",
+                    "exp_samples": [{"labels": "{}", "value": 1}] if fires else [],
+                }
+            ],
+        }
+        tests_file = tmp_path / f"{alert}-{fires}.yaml"
+        tests_file.write_text(yaml.safe_dump({"rule_files": [], "tests": [test]}))
+        result = subprocess.run(
+            [_promtool(), "test", "rules", str(tests_file)], capture_output=True, text=True
+        )
+        results.append(result.returncode == 0)
+    assert results[0] != results[1], "promtool agreed with neither outcome"
+    return results[0]
+
+
+def test_web_predictor_error_alert_fires_when_uploads_fail_despite_probe_traffic(tmp_path: Path) -> None:
+    # Two web pods answer readiness (5 s) and liveness (10 s) probes and scrapes: far more than a quiet site's
+    # uploads. Every upload failing with 502 must still fire the alert.
+    series = {
+        'deepguard_web_requests_total{endpoint="/healthz",code="200"}': "0+24x30",
+        'deepguard_web_requests_total{endpoint="/livez",code="200"}': "0+12x30",
+        'deepguard_web_requests_total{endpoint="/api/predictions",code="502"}': "0+1x30",
+        'deepguard_web_predictor_errors_total{code="502"}': "0+1x30",
+    }
+    assert _alert_fires(tmp_path, "DeepGuardWebPredictorErrors", series)
+
+
+def test_web_predictor_error_alert_ignores_images_the_predictor_refuses(tmp_path: Path) -> None:
+    # A 422 is the predictor doing its job (not an image, too many pixels): the user's input, not an outage.
+    series = {
+        'deepguard_web_requests_total{endpoint="/api/predictions",code="422"}': "0+10x30",
+        'deepguard_web_predictor_errors_total{code="422"}': "0+10x30",
+    }
+    assert not _alert_fires(tmp_path, "DeepGuardWebPredictorErrors", series)
+
+
+def test_no_traffic_alert_fires_for_a_predictor_that_never_got_a_request(tmp_path: Path) -> None:
+    # deepguard_requests_total has labels, so it has no series before the first request (nor once Knative
+    # scaled the predictor to zero): "no series" is the no-traffic case, not "nothing to say".
+    assert _alert_fires(tmp_path, "DeepGuardNoTraffic", {})
+    busy = {'deepguard_requests_total{protocol="v2",code="200"}': "0+5x30"}
+    assert not _alert_fires(tmp_path, "DeepGuardNoTraffic", busy)

@@ -99,7 +99,7 @@ The InferenceService, built in one place. Called with (dict "root" . "storageUri
 inferenceservice.yaml renders it with the first champion from values; configmap.yaml renders it without one
 (empty storageUri/modelVersion, no canary) as the base the deploy stage rolls each new champion out from,
 patching only those three fields (deploy/manifest.py rollout_manifest). A probe or resource change is made here.
-The predictor listens on loopback unless told: 0.0.0.0 for the pod's port. --no-reload: a new champion rolls out
+The predictor listens on loopback and KServe's port 8080 unless told: 0.0.0.0 and predictor.port. --no-reload: a new champion rolls out
 as a new revision, so the model repository endpoints stay closed to callers.
 */}}
 {{- define "deepguard.predictor.inferenceservice" -}}
@@ -110,7 +110,8 @@ as a new revision, so the model repository endpoints stay closed to callers.
 {{- $claim := ternary $p.monitoring.claimName "" $p.monitoring.enabled }}
 {{- $records := ternary "/var/lib/deepguard/monitoring" "/tmp/monitoring" (ne $claim "") }}
 {{- $monitoring := ternary (list "--monitoring-dir" $records) (list "--no-monitoring") $p.monitoring.enabled }}
-{{- $args := concat (list "--model-uri" "/mnt/models" "--http-host" "0.0.0.0" "--no-reload") $monitoring }}
+{{- $listen := list "--http-host" "0.0.0.0" "--http_port" (toString $p.port) }}
+{{- $args := concat (list "--model-uri" "/mnt/models") $listen (list "--no-reload") $monitoring }}
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 metadata:
@@ -162,7 +163,7 @@ spec:
         {{- end }}
         imagePullPolicy: {{ $root.Values.images.pullPolicy }}
         ports:
-          # Knative accepts only http1 or h2c as the name; the PodMonitor scrapes /metrics on it.
+          # Knative accepts only http1 or h2c as the name; its revision pods carry the port as "user-port".
           - name: http1
             containerPort: {{ $p.port }}
             protocol: TCP
