@@ -117,3 +117,35 @@ def test_airflow_values_deliver_the_dags_and_match_the_launcher_binding() -> Non
     worker = airflow["workers"]["serviceAccount"]["name"]
     launchers = VALUES["pipeline"]["rbac"]["launcherServiceAccounts"]
     assert {"name": worker, "namespace": "airflow"} in launchers
+
+
+def _knative_flags(pod: dict) -> set[str]:
+    """The Knative ``config-features`` flags a Serverless pod spec needs (its webhook refuses the rest)."""
+    flags = set()
+    if pod.get("nodeSelector"):
+        flags.add("kubernetes.podspec-nodeselector")
+    if pod.get("tolerations"):
+        flags.add("kubernetes.podspec-tolerations")
+    if pod.get("securityContext"):
+        flags.add("kubernetes.podspec-securitycontext")
+    volumes = pod.get("volumes", [])
+    if any("emptyDir" in volume for volume in volumes):
+        flags.add("kubernetes.podspec-volumes-emptydir")
+    claims = {v["name"] for v in volumes if "persistentVolumeClaim" in v}
+    if claims:
+        flags.add("kubernetes.podspec-persistent-volume-claim")
+    mounts = [m for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] in claims]
+    if any(not m.get("readOnly") for m in mounts):
+        flags.add("kubernetes.podspec-persistent-volume-write")
+    return flags
+
+
+def test_k8s_readme_names_every_knative_flag_the_predictor_needs() -> None:
+    # GPU values bring nodeSelector and tolerations, a monitoring claim a writable PVC: with a flag missing,
+    # Knative's webhook refuses the InferenceService's Knative Service and the predictor never starts.
+    readme = (K8S_DIR / "README.md").read_text()
+    needed = set()
+    for values_set in ("gpu", "canary"):
+        needed |= _knative_flags(find(render(values_set), "InferenceService")["spec"]["predictor"])
+    assert {"kubernetes.podspec-nodeselector", "kubernetes.podspec-persistent-volume-write"} <= needed
+    assert {flag for flag in needed if f"`{flag}`" not in readme} == set()
