@@ -13,6 +13,7 @@ from k8s_helpers import (
     CHART,
     CUSTOM_GROUPS,
     NAMESPACE,
+    REPO,
     VALUES_SETS,
     find,
     helm,
@@ -402,6 +403,16 @@ def test_kubectl_from_the_pinned_wheel_runs() -> None:
     assert "v3.18." in helm("version", "--short").stdout
 
 
+def _assert_unpaused_before_triggered(text: str) -> None:
+    # A new DAG starts paused (Airflow's dags_are_paused_at_creation): a run triggered then stays queued.
+    unpause = text.find("airflow dags unpause deepguard_pipeline")
+    assert 0 <= unpause < text.index("airflow dags trigger deepguard_pipeline")
+
+
+def test_kubernetes_docs_unpause_the_dag_before_triggering_it() -> None:
+    _assert_unpaused_before_triggered((REPO / "docs" / "kubernetes.md").read_text())
+
+
 def test_notes_render_with_the_next_commands(tmp_path) -> None:
     """NOTES.txt renders (helm only shows it on install) and names the next commands."""
     import shutil
@@ -428,6 +439,7 @@ def test_notes_render_with_the_next_commands(tmp_path) -> None:
         notes = yaml.safe_load(out)["data"]["notes"]
         assert "kubectl -n deepguard get inferenceservice deepguard -w" in notes
         assert "airflow dags trigger deepguard_pipeline" in notes
+        _assert_unpaused_before_triggered(notes)
         assert "curl -s http://deepguard.deepguard.svc.cluster.local/v2/models/deepguard" in notes
         assert "canaryTrafficPercent" in notes  # the roll-back command
 
