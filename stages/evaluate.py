@@ -24,7 +24,15 @@ from core.drift import build_reference
 from core.labels import CLASS_NAMES, FAKE, REAL
 from core.metrics import band_metrics, calibration_metrics, classification_metrics
 from core.modelstore import load_keras, predict_fake_probability
-from core.pipeline import FIGURES_DIR, METRICS_FILE, MODEL_DIR, MODEL_FILE, PROCESSED_DIR, REFERENCE_FILE
+from core.pipeline import (
+    FIGURES_DIR,
+    METRICS_FILE,
+    MODEL_DIR,
+    MODEL_FILE,
+    PROCESSED_DIR,
+    REFERENCE_FILE,
+    ROBUSTNESS_FILE,
+)
 from core.tracking import load_run_id
 from stages import extra_sets, robustness
 from stages.figures import plt, save_figure
@@ -142,13 +150,17 @@ def _figures(
     return figures
 
 
-def evaluate(model, params: EvaluationParams) -> dict:
+def evaluate(model, params: EvaluationParams) -> tuple[dict, dict, dict[str, plt.Figure]]:
     """Score validation and test; the threshold and the verdict bands come from validation only.
 
     ``model`` is the model as served (with the temperature train built in); the test split is also scored
-    without it, to report calibration before and after. Also writes the drift reference
-    (``reports/reference.json``): the test images' statistics and scores, which register logs with the version
-    and the drift monitor compares served traffic with.
+    without it, to report calibration before and after. Writes nothing: :func:`run` writes every output once
+    every score is in.
+
+    Returns:
+        ``(metrics, reference, figures)``: the content of reports/metrics.json (without the extra sets); the
+        drift reference, the test images' statistics and scores that register logs with the version and the
+        drift monitor compares served traffic with; the figures by name.
     """
     from core.layers import calibration_bias_of, temperature_of, without_temperature
 
@@ -182,13 +194,10 @@ def evaluate(model, params: EvaluationParams) -> dict:
         },
         "calibration": calibration,
     }
-    write_json(REFERENCE_FILE, build_reference(test_x, test_p))
     figures = _figures(
         test_y, test_p, test_uncalibrated, threshold, test, calibration, params.calibration_bins
     )
-    for name, figure in figures.items():
-        save_figure(figure, FIGURES_DIR / f"{name}.png")
-    return result
+    return result, build_reference(test_x, test_p), figures
 
 
 def run(params: Params) -> dict:
@@ -201,10 +210,16 @@ def run(params: Params) -> dict:
 
     extra = extra_sets.check(params.evaluation.extra_sets)  # a bad set fails before any scoring
     model = load_keras(MODEL_DIR / MODEL_FILE)
-    result = evaluate(model, params.evaluation)
+    result, reference, figures = evaluate(model, params.evaluation)
     size = int(load_split(PROCESSED_DIR, "test")[0].shape[1])
     result["extra_sets"] = {s.name: extra_sets.score(model, s, result["threshold"], size) for s in extra}
-    robust = robustness.run(model, result["threshold"], params.evaluation)
+    robust = robustness.measure(model, result["threshold"], params.evaluation)
+    figures["robustness"] = robustness.figure(robust)
+    # Written only now, metrics last: a failure or a stop while scoring leaves the last run's reports whole.
+    write_json(REFERENCE_FILE, reference)
+    for name, figure in figures.items():
+        save_figure(figure, FIGURES_DIR / f"{name}.png")
+    write_json(ROBUSTNESS_FILE, robust)
     write_json(METRICS_FILE, result)
     experiment = tracking.setup(params.mlflow)
     with tracking.stage_run("evaluate", experiment.experiment_id, load_run_id()):

@@ -2,7 +2,8 @@
 
 Each sampled test image is turned into the file a user would upload after a degradation (re-saved JPEG,
 enlarged PNG, blur, ...), decoded the way the predictor decodes uploads and scored with the same threshold.
-evaluate calls :func:`run`; it writes ``reports/robustness.json`` and ``reports/figures/robustness.png``.
+evaluate calls :func:`measure` and writes ``reports/robustness.json`` and ``reports/figures/robustness.png``
+with its other outputs.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import time
 
 import numpy as np
 
-from core.atomic import write_json
 from core.config import EvaluationParams
 from core.degrade import DEGRADATIONS, degrade
 from core.labels import decide
 from core.metrics import format_metric, outcome_metrics
 from core.modelstore import predict_fake_probability
-from core.pipeline import FIGURES_DIR, PROCESSED_DIR, ROBUSTNESS_FILE
-from stages.figures import plt, save_figure
+from core.pipeline import PROCESSED_DIR, ROBUSTNESS_FILE
+from stages.figures import plt
 from stages.shards import load_split
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,9 @@ def log_to_mlflow(report: dict) -> None:
     mlflow.log_artifact(str(ROBUSTNESS_FILE), "evaluation")
 
 
-def run(model, threshold: float, params: EvaluationParams) -> dict:
-    """Write the robustness report of the test split (sampled per ``params.robustness_sample``) and its plot.
+def measure(model, threshold: float, params: EvaluationParams) -> dict:
+    """The robustness report of the test split, sampled per ``params.robustness_sample`` (evaluate writes it
+    to reports/robustness.json and :func:`figure` to its plot).
 
     Args:
         model: The model evaluate scores.
@@ -156,8 +157,6 @@ def run(model, threshold: float, params: EvaluationParams) -> dict:
     chosen = sample_indices(np.asarray(labels), params.robustness_sample)
     started = time.perf_counter()
     report = robustness_report(model, np.asarray(images[chosen]), np.asarray(labels)[chosen], threshold)
-    write_json(ROBUSTNESS_FILE, report)
-    save_figure(figure(report), FIGURES_DIR / "robustness.png")
     log.info(
         "robustness report: %d test images x %d degradations in %.1f s; degraded mean accuracy %s, AUC %s",
         len(chosen),

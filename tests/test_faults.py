@@ -372,6 +372,33 @@ def _tags(client: mlflow.MlflowClient) -> dict[str, dict[str, str]]:
     return {str(v.version): v.tags for v in client.search_model_versions(f"name = '{MODEL}'")}
 
 
+def test_evaluate_stopped_while_scoring_leaves_the_last_reports_as_they_were(
+    workspace_copy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each output is atomic, and so is the set: a stop during the long robustness scoring (a fault injected
+    into it here) leaves no new drift reference or figures beside the last run's metrics."""
+    from core.config import load_params
+    from stages import evaluate, robustness
+
+    class StoppedError(Exception):
+        pass
+
+    def stopped(*args: object) -> dict:
+        raise StoppedError
+
+    root, _ = workspace_copy
+    reports = root / "reports"
+    outputs = [reports / "metrics.json", reports / "robustness.json", reports / "reference.json"]
+    outputs += sorted((reports / "figures").glob("*.png"))
+    assert len(outputs) > 5, "the trained workspace has evaluate's outputs"
+    before = {path: path.stat().st_mtime_ns for path in outputs}
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(robustness, "robustness_report", stopped)
+    with pytest.raises(StoppedError):
+        evaluate.run(load_params(root / "params.yaml"))
+    assert {path: path.stat().st_mtime_ns for path in outputs} == before
+
+
 def test_register_completes_the_version_a_kill_left_instead_of_duplicating_it(workspace_copy) -> None:
     root, env = workspace_copy
     # The registry resolves a models:/ source with the process-wide tracking URI, which an earlier test may

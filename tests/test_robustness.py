@@ -98,7 +98,7 @@ def test_the_plot_title_shows_a_zero_accuracy_as_zero_and_an_undefined_roc_auc_a
     assert fig.get_suptitle().endswith("degraded mean accuracy 0.0000, ROC-AUC n/a")
 
 
-def test_run_writes_the_report_and_plot_of_the_sampled_test_split(
+def test_measure_scores_the_sampled_test_split_and_writes_nothing(
     detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     images, labels = _images(10)
@@ -108,13 +108,11 @@ def test_run_writes_the_report_and_plot_of_the_sampled_test_split(
     np.save(processed / "test_labels.npy", labels)
     monkeypatch.chdir(tmp_path)
     params = load_params(REPO / "params.yaml", ["evaluation.robustness_sample=4"]).evaluation
-    report = robustness.run(detector, 0.5, params)
-    written = json.loads((tmp_path / "reports/robustness.json").read_text())
-    assert written == json.loads(json.dumps(report))
-    assert written["threshold"] == 0.5
-    assert {s["count"] for s in written["degradations"].values()} == {8}
-    assert (tmp_path / "reports/figures/robustness.png").read_bytes()[:4] == b"\x89PNG"
-    assert not list((tmp_path / "reports").glob(".*")), "no temporary file left beside the outputs"
+    report = robustness.measure(detector, 0.5, params)
+    assert json.loads(json.dumps(report)) == report, "the report is plain JSON"
+    assert report["threshold"] == 0.5
+    assert {s["count"] for s in report["degradations"].values()} == {8}
+    assert not (tmp_path / "reports").exists(), "evaluate writes the report with its other outputs"
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
