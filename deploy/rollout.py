@@ -250,6 +250,16 @@ def _judge_canary(
     return promote, f"canary {canary_percent}% {evidence}"
 
 
+def _start_held_back(
+    services: InferenceServices, name: str, canary_percent: int | None, timeout_s: float, poll_s: float
+) -> bool:
+    """Wait until the new revision, started at 0 %, is Ready; then give it its share (None: all traffic)."""
+    if not wait_ready(services, name, timeout_s, poll_s):
+        return False
+    services.patch(name, {"spec": {"predictor": {"canaryTrafficPercent": canary_percent}}})
+    return True
+
+
 def _roll_back(
     services: InferenceServices, name: str, previous: dict[str, Any], timeout_s: float, poll_s: float
 ) -> tuple[bool, str]:
@@ -294,7 +304,9 @@ def rollout(
 
     A failure while the canary is live (Prometheus or the Kubernetes API unreachable) rolls back as a refusal
     does. A rerun that finds this version mid-split (a stopped rollout, or KServe's rollback pin) rolls it out
-    again from the start.
+    again from the start. Mid-split, the latest Ready revision is the one the split holds back (a refused or
+    an unjudged canary), and KServe gives the canary share, or all traffic without one, to the latest Ready
+    revision: so the new revision first starts at 0 % and takes its share only once it is Ready.
 
     Args:
         services: InferenceService calls for the target namespace.
@@ -330,9 +342,19 @@ def rollout(
         name,
         f"{canary_percent}% canary traffic" if canary_percent is not None else "all traffic",
     )
-    services.patch(name, replace_patch(manifest, previous))
+    held_back = _split_in_progress(previous)
+    staged = copy.deepcopy(manifest)
+    if held_back:
+        staged["spec"]["predictor"]["canaryTrafficPercent"] = 0
+        log.info("a split is in progress: version %s starts at 0%% and takes traffic once Ready", version)
+    services.patch(name, replace_patch(staged, previous))
     try:
-        promote, why = _judge_canary(services, name, previous, canary_percent, timeout_s, poll_s, analysis)
+        if held_back and not _start_held_back(services, name, canary_percent, timeout_s, poll_s):
+            promote, why = False, f"not Ready within {timeout_s:g}s"
+        else:
+            promote, why = _judge_canary(
+                services, name, previous, canary_percent, timeout_s, poll_s, analysis
+            )
     except Exception as exc:  # whatever stops the judging, an unjudged canary must not keep its traffic
         promote, why = False, f"canary not judged: {_one_line(exc)}"
     if not promote:

@@ -99,19 +99,31 @@ class FakeCluster:
         self._route(obj["spec"]["predictor"].get("canaryTrafficPercent"), predictor)
 
     def _route(self, canary_percent: int | None, predictor: dict[str, Any]) -> None:
-        # KServe's ksvc reconciler: the latest *Ready* revision gets the canary share, the last rolled-out one
-        # the rest; without a share (or a rolled-out revision) the latest Ready one gets all traffic.
-        latest, rolled_out = predictor.get("latestReadyRevision"), predictor.get("latestRolledoutRevision")
+        # KServe's ksvc reconciler (reconcilers/knative/ksvc_reconciler.go): the latest *Ready* revision gets
+        # the canary share, the last rolled-out one the rest; without a share (or a rolled-out revision) the
+        # latest Ready one gets all traffic. Its status propagation (apis/.../inference_service_status.go)
+        # then tracks the rolled-out revisions, which may move the split: routed again until it settles.
+        latest = predictor.get("latestReadyRevision")
         if latest is None:
             return
-        route = {latest: 100}
-        if canary_percent is not None and rolled_out:
-            route = {latest: canary_percent}
-            route[rolled_out] = route.get(rolled_out, 0) + 100 - canary_percent
-        if canary_percent is None or canary_percent == 100:
-            predictor["latestRolledoutRevision"] = latest  # KServe tracks the last revision with all traffic
-        predictor["traffic"] = [{"revisionName": r, "percent": p} for r, p in route.items()]
-        self.routes.append(route)
+        while True:
+            rolled_out = predictor.get("latestRolledoutRevision")
+            split = canary_percent is not None and bool(rolled_out)
+            share = canary_percent if split else 100
+            route = {latest: share}
+            if share < 100:
+                route[rolled_out] = route.get(rolled_out, 0) + 100 - share
+            predictor["traffic"] = [{"revisionName": r, "percent": p} for r, p in route.items()]
+            self.routes.append(route)
+            previous = predictor.get("previousRolledoutRevision")
+            if rolled_out != latest and share == 100:  # the last revision given all traffic
+                predictor["previousRolledoutRevision"] = rolled_out
+                predictor["latestRolledoutRevision"] = latest
+            elif rolled_out == latest == predictor.get("latestCreatedRevision") and share < 100 and previous:
+                # The rolled-out revision pinned below 100 %: KServe's rollback to the one rolled out before.
+                predictor["latestRolledoutRevision"] = previous
+            if predictor.get("latestRolledoutRevision") == rolled_out:
+                return
 
     def get(self, key: tuple[str, str]) -> dict[str, Any] | None:
         """The stored object after one controller step."""

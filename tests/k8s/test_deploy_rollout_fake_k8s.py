@@ -266,6 +266,47 @@ def test_fake_k8s_rerun_with_a_split_in_progress_is_not_unchanged(workspace: Pat
     assert _version_shares(cluster, "2")[-1] == 100
 
 
+@pytest.mark.parametrize("percent", [20, None], ids=["canary", "all-traffic"])
+def test_fake_k8s_rolling_back_after_kserves_pin_gives_the_pinned_version_no_traffic(
+    workspace: Path, percent: int | None
+) -> None:
+    """docs/kubernetes.md step 7: version 2 was promoted, found bad and pinned to 0 % (KServe's rollback to
+    the revision rolled out before it); the champion alias moves back to version 1 and deploy runs. Version
+    2's revision is still the latest Ready one while version 1's new revision starts: it must get nothing."""
+    cluster = FakeCluster(becomes_ready=_restored_revision_starts_after(3))
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+    key = (NS, "deepguard")
+    for share in (None, 0):  # version 2 promoted to all traffic, then pinned out by hand
+        live = cluster.inference_services[key]
+        wanted = rollout_manifest(_serving_config(), NS, CHAMPION, share)
+        cluster.store(
+            key,
+            merge_patch({k: v for k, v in live.items() if k != "status"}, replace_patch(wanted, live)),
+            live,
+        )
+        cluster.get(key)
+    # Version 2 had all traffic, then KServe's pin moved it back to version 1 (after one reconcile).
+    assert (_version_shares(cluster, "2"), _version_shares(cluster, "1")) == ([0, 100, 0], [100, 0, 100])
+    pinned_at = len(cluster.routes)
+    version_1 = Champion(model_name=MODEL, version="1", artifact_uri=SOURCES["1"], storage_uri=STORAGE["1"])
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        services = InferenceServices(kube_api_client(), NS)
+        manifest = rollout_manifest(_serving_config(), NS, version_1, percent)
+        status, detail = rollout(services, manifest, percent, 10, 0.05)
+
+    assert status == "promoted", detail
+    cluster.routes[:] = cluster.routes[pinned_at:]
+    # Version 1 throughout: its old revision while the new one starts at 0 %, then the new one.
+    assert _version_shares(cluster, "2") == [0] and _version_shares(cluster, "1") == [100]
+    final = cluster.inference_services[key]
+    assert _env(final)["DEEPGUARD_MODEL_VERSION"] == "1"
+    assert final["spec"]["predictor"].get("canaryTrafficPercent") == (None if percent is None else 100)
+    assert final["status"]["components"]["predictor"]["traffic"] == [
+        {"revisionName": "deepguard-predictor-00003", "percent": 100}
+    ]
+
+
 def test_fake_k8s_first_deploy_creates_the_service_from_the_chart_settings(workspace: Path) -> None:
     cluster = FakeCluster(becomes_ready=lambda obj: True)
     cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap("gpu")
