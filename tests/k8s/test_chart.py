@@ -326,6 +326,20 @@ def test_stage_and_deploy_service_accounts_must_differ() -> None:
     assert "pipeline.serviceAccount.deployName must differ from pipeline.serviceAccount.name" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("low", "high", "message"),
+    [
+        ("web.autoscaling.minReplicas=6", "web.autoscaling.maxReplicas=5", "web.autoscaling.minReplicas (6)"),
+        ("predictor.minReplicas=5", "predictor.maxReplicas=2", "predictor.minReplicas (5) must not exceed"),
+    ],
+)
+def test_fewest_replicas_above_the_most_is_refused_at_render(low: str, high: str, message: str) -> None:
+    """The schema checks each value alone; the API server (HPA) or KServe would refuse the pair at install."""
+    sets = ["--set", "predictor.storageUri=s3://bucket/model", "--set", low, "--set", high]
+    done = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *sets, check=False)
+    assert done.returncode != 0 and message in done.stderr
+
+
 def test_network_policies_cover_every_workload() -> None:
     objects = render("canary")
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]

@@ -103,6 +103,9 @@ The predictor listens on loopback and KServe's port 8080 unless told: 0.0.0.0 an
 as a new revision, so the model repository endpoints stay closed to callers.
 */}}
 {{- define "deepguard.predictor.inferenceservice" -}}
+{{- if gt (int .root.Values.predictor.minReplicas) (int .root.Values.predictor.maxReplicas) }}
+{{- fail (printf "predictor.minReplicas (%v) must not exceed predictor.maxReplicas (%v)" .root.Values.predictor.minReplicas .root.Values.predictor.maxReplicas) }}
+{{- end }}
 {{- $root := .root }}
 {{- $p := $root.Values.predictor }}
 {{- $gpu := gt (int $p.gpu.count) 0 }}
