@@ -87,6 +87,15 @@ def _probe(url: str, path: str = "") -> None:
         ) from None
 
 
+def _describe(exc: Exception) -> str:
+    """``Type: message`` of an exception, on one line; some of the dagshub package's cannot be printed."""
+    try:
+        message = " ".join(str(exc).split())[:200]
+    except Exception:  # e.g. InvalidTokenError's __str__ fails
+        message = ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 def _dagshub() -> str:
     env = settings()
     given = {"DAGSHUB_USERNAME": env.dagshub_username, "DAGSHUB_REPO": env.dagshub_repo}
@@ -99,10 +108,19 @@ def _dagshub() -> str:
         owner, repo = repo.split("/", 1)
     _probe(DAGSHUB_HOST)
     import dagshub
-    import dagshub.auth
+    from dagshub.common import config as dagshub_config
 
-    dagshub.auth.add_app_token(env.dagshub_token.get_secret_value())
-    dagshub.init(repo_owner=owner, repo_name=repo, mlflow=True)
+    # The token the package would read from DAGSHUB_USER_TOKEN: used from memory, ahead of any cached one.
+    # (dagshub.auth.add_app_token would save it in plain text in ~/.cache/dagshub/tokens, and a read-only
+    # root filesystem refuses that write.)
+    dagshub_config.token = env.dagshub_token.get_secret_value()
+    try:
+        dagshub.init(repo_owner=owner, repo_name=repo, mlflow=True)
+    except Exception as exc:  # the package raises RuntimeError, its own errors and requests' for all of these
+        raise TrackingUnavailableError(
+            f"DagsHub refused repository {owner}/{repo} ({_describe(exc)}); "
+            "check DAGSHUB_TOKEN (DagsHub > Settings > Tokens), DAGSHUB_USERNAME and DAGSHUB_REPO"
+        ) from None
     # dagshub.init sets MLFLOW_TRACKING_URI: read the environment again.
     return _credentials_to_env(settings().mlflow_tracking_uri or f"{DAGSHUB_HOST}/{owner}/{repo}.mlflow")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 import pytest
 from workspace import REPO, free_port
@@ -135,3 +136,60 @@ def test_a_bare_token_stays_in_the_uri_and_mlflow_prints_no_run_links(
     assert SECRET not in str(error.value)
     assert os.environ["MLFLOW_TRACKING_URI"] == uri  # requests sends the token from the URI
     assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
+
+
+@pytest.fixture()
+def dagshub_answers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """DagsHub is unreachable here: answers faked at the HTTP boundary; the token cache file in tmp_path.
+
+    Returns:
+        The path of the dagshub package's token cache file.
+    """
+    import dagshub.auth.tokens as tokens
+    from dagshub.common import config as dagshub_config
+    from dagshub.common.api.repo import RepoAPI
+    from dagshub.common.api.user import UserAPI
+
+    cache = tmp_path / "dagshub" / "tokens"
+    monkeypatch.setattr(dagshub_config, "cache_location", str(cache))
+    monkeypatch.setattr(dagshub_config, "token", None)  # DAGSHUB_USER_TOKEN of the shell stays out
+    monkeypatch.setattr(tokens, "_token_storage", None)  # built again, on the cache above
+    monkeypatch.setattr(tokens, "_validated_env_tokens", set())
+    monkeypatch.setattr(tracking, "_probe", lambda url, path="": None)
+    monkeypatch.setattr(RepoAPI, "get_repo_info", lambda self: None)
+    user = type("User", (), {"username": "u"})
+    monkeypatch.setattr(UserAPI, "get_user_from_token", lambda token, host=None: user)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "placeholder")  # recorded, so the values dagshub.init sets are undone
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DAGSHUB_USERNAME", "u")
+    monkeypatch.setenv("DAGSHUB_TOKEN", SECRET)
+    monkeypatch.setenv("DAGSHUB_REPO", "deepguard")
+    return cache
+
+
+def test_dagshub_token_stays_in_the_environment_never_in_a_file(
+    dagshub_answers: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The dagshub package's add_app_token saves the token in plain text (~/.cache/dagshub/tokens)."""
+    import dagshub.auth.tokens as tokens
+
+    valid = staticmethod(lambda token, host: {"username": "u"})
+    monkeypatch.setattr(tokens.TokenStorage, "get_username_of_token", valid)
+    assert tracking.resolve_tracking_uri() == "https://dagshub.com/u/deepguard.mlflow"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == SECRET  # MLflow gets it from the environment
+    written = [path for path in tmp_path.rglob("*") if path.is_file() and SECRET in path.read_text()]
+    assert not written, f"DAGSHUB_TOKEN written to {written}"
+
+
+def test_a_rejected_dagshub_token_is_one_error_naming_the_variable(
+    dagshub_answers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagshub.auth.tokens as tokens
+
+    rejected = staticmethod(lambda token, host: None)  # what DagsHub's user API answers for a bad token
+    monkeypatch.setattr(tokens.TokenStorage, "get_username_of_token", rejected)
+    with pytest.raises(tracking.TrackingUnavailableError, match="DAGSHUB_TOKEN") as error:
+        tracking.resolve_tracking_uri()
+    assert SECRET not in str(error.value)
+    assert "Provided DagsHub token is not valid" in str(error.value)
