@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
 import zipfile
@@ -149,11 +150,26 @@ def download_kaggle(dataset: str, dest: Path = KAGGLE_CACHE) -> Path:
         log.info("using cached Kaggle download %s", archive)
         return archive
     dest.mkdir(parents=True, exist_ok=True)
+    printed = io.StringIO()
     try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
+        # The kaggle package authenticates on import too, and when it finds no usable credentials it prints a
+        # page of help and calls exit(1): SystemExit, which no `except Exception` stops.
+        with contextlib.redirect_stdout(printed):
+            from kaggle.api.kaggle_api_extended import KaggleApi
 
-        api = KaggleApi()
-        api.authenticate()
+            api = KaggleApi()
+            api.authenticate()
+    except SystemExit:
+        raise SourceError(
+            "Kaggle found no usable credentials: set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY, or "
+            f"put a complete kaggle.json (username and key) or access_token in {settings().kaggle_config_dir}"
+        ) from None
+    except Exception as exc:  # the token is checked online: unreachable is an error like the download's
+        raise SourceError(f"Kaggle sign-in for {dataset} failed: {type(exc).__name__}: {exc}") from None
+    for line in printed.getvalue().splitlines():  # e.g. "your Kaggle API key is readable by other users"
+        if line.strip():
+            log.warning("kaggle: %s", line.strip())
+    try:
         log.info("downloading Kaggle dataset %s to %s", dataset, dest)
         api.dataset_download_files(dataset, path=str(dest), unzip=False, quiet=False)
     except Exception as exc:  # the kaggle client raises many types (HTTP, auth, OS); all mean "no data"

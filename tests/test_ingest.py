@@ -174,6 +174,18 @@ def test_missing_kaggle_credentials_cli(workspace) -> None:
     _fails_with_one_line(result, "KAGGLE_USERNAME and KAGGLE_KEY")
 
 
+@pytest.mark.parametrize("kaggle_json", ["", '{"username": "someone"}'])
+def test_unusable_kaggle_json_is_one_clear_error_cli(workspace, tmp_path: Path, kaggle_json: str) -> None:
+    """auto picks Kaggle for a kaggle.json that the kaggle package then cannot use: it calls exit(1)."""
+    root, env = workspace
+    config = tmp_path / "kaggle-config"
+    config.mkdir()
+    (config / "kaggle.json").write_text(kaggle_json)
+    result = run_stage("ingest", root, {**env, "KAGGLE_CONFIG_DIR": str(config)}, check=False)
+    _fails_with_one_line(result, rf"Kaggle found no usable credentials.*{config}")
+    assert "Authentication required" not in result.stdout  # the package's own page of help stays out
+
+
 def test_empty_folder_cli(workspace, tmp_path: Path) -> None:
     root, env = workspace
     (tmp_path / "empty").mkdir()
