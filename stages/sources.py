@@ -88,8 +88,22 @@ def kaggle_credentials_present() -> bool:
 
 
 def _path_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    """``path:size:mtime`` of an archive; of a folder, its image count and hash of their paths, sizes, mtimes.
+
+    A folder's own mtime changes only when an entry is added to or removed from it directly, never when an
+    image in ``train/FAKE`` is added, replaced or deleted: DVC would then skip ingest and train on stale data.
+    Only image files count, as in ingest; they are stat'ed, not read.
+    """
+    if not path.is_dir():
+        stat = path.stat()
+        return f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    digest = hashlib.sha256()
+    count = 0
+    for parts, file in _image_members(path):
+        stat = file.stat()
+        digest.update(f"{'/'.join(parts)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        count += 1
+    return f"{path.resolve()}:{count} images:{digest.hexdigest()[:16]}"
 
 
 def nearby_archives() -> list[Path]:

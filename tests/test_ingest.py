@@ -118,6 +118,26 @@ def test_auto_source_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert chosen.kind == "kaggle" and chosen.reason == "Kaggle credentials found"
 
 
+def test_a_folder_sources_fingerprint_changes_with_its_images(
+    monkeypatch: pytest.MonkeyPatch, defective_zip: Path, tmp_path: Path
+) -> None:
+    """DVC reruns ingest only when data/source.json changes: a folder's own mtime misses edits inside it."""
+    folder = tmp_path / "cifake"
+    with zipfile.ZipFile(defective_zip) as archive:
+        archive.extractall(folder)
+    params = load_params(REPO / "params.yaml", ["data.source=local"]).data
+    monkeypatch.setenv("DEEPGUARD_DATA", str(folder))
+    before = sources.locate(params).fingerprint
+    (folder / "train" / "FAKE" / "new.jpg").write_bytes(jpeg(1234))
+    added = sources.locate(params).fingerprint
+    assert added != before
+    (folder / "test" / "REAL" / "0.jpg").unlink()
+    removed = sources.locate(params).fingerprint
+    assert removed not in (before, added)
+    (folder / "train" / "REAL" / "more-notes.txt").write_text("not an image: skipped")
+    assert sources.locate(params).fingerprint == removed
+
+
 def test_kaggle_path_with_a_fake_kaggle_api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Kaggle is unreachable here: a fake KaggleApi at the network boundary 'downloads' the sample zip."""
     sample = require_sample()
