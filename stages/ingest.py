@@ -45,6 +45,8 @@ class IngestReport:
     # Accepted user feedback, by outcome (seen, kept, rejected, duplicate, test_in_train, capped).
     feedback: Counter | None = None
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # Rejection reasons per (split, class), for the error when a split/class is left empty (no report then).
+    rejected_in: dict[tuple[str, str], Counter] = field(default_factory=lambda: defaultdict(Counter))
 
     def note(self, reason: str, where: str) -> None:
         """Remember a few file names per drop reason."""
@@ -136,6 +138,7 @@ def ingest(
             except ImageError as exc:
                 reason = str(exc).split(":")[0]
                 report.rejected[reason] += 1
+                report.rejected_in[key][reason] += 1
                 tally["rejected"] += 1
                 report.note(reason, f"{where}: {exc}")
                 continue
@@ -158,7 +161,10 @@ def ingest(
     for split in sources.SPLIT_FOLDERS:
         for class_name in CLASS_NAMES:
             if not result["kept"].get(split, {}).get(class_name):
-                raise sources.SourceError(f"{source.location}: no valid images left in {split}/{class_name}")
+                raise sources.SourceError(
+                    f"{source.location}: no valid images left in {split}/{class_name}: "
+                    + _why_none_left(report, (split, class_name))
+                )
     write_json(
         out_dir / INDEX,
         {
@@ -170,6 +176,21 @@ def ingest(
         },
     )
     return result
+
+
+def _why_none_left(report: IngestReport, key: tuple[str, str]) -> str:
+    """What became of the images of one split/class, e.g. ``3 found, 3 rejected (3 size 64x64, ...)``."""
+    rejected = report.rejected_in[key]
+    reasons = ", ".join(f"{n} {reason}" for reason, n in rejected.most_common(3))
+    parts = [
+        f"{report.seen[key]} found",
+        f"{sum(rejected.values())} rejected" + (f" ({reasons})" if reasons else ""),
+    ]
+    if report.duplicates_within_split[key]:
+        parts.append(f"{report.duplicates_within_split[key]} duplicates")
+    if report.test_in_train[key]:
+        parts.append(f"{report.test_in_train[key]} also in train")
+    return ", ".join(parts)
 
 
 def write_source_marker(source: sources.Source, params: DataParams) -> None:

@@ -118,6 +118,21 @@ def test_auto_source_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert chosen.kind == "kaggle" and chosen.reason == "Kaggle credentials found"
 
 
+def test_no_valid_images_left_says_why(tmp_path: Path) -> None:
+    """The data report is not written when ingest fails: the error itself must say why every image went."""
+    files = {
+        f"{split}/{cls}/{i}.jpg": jpeg(hash((split, cls, i)) % 2**32, size=64)
+        for split in ("train", "test")
+        for cls in ("REAL", "FAKE")
+        for i in range(3)
+    }
+    with pytest.raises(sources.SourceError) as error:
+        _ingest(make_zip(tmp_path / "large.zip", files), tmp_path)
+    message = str(error.value)
+    assert "no valid images left in train/REAL" in message
+    assert "3 found, 3 rejected (3 size 64x64, expected 32x32)" in message, message
+
+
 def test_a_folder_sources_fingerprint_changes_with_its_images(
     monkeypatch: pytest.MonkeyPatch, defective_zip: Path, tmp_path: Path
 ) -> None:
