@@ -287,6 +287,7 @@ def run_stage(
     with _stop_signals_unwind() as stop:
         try:
             if args.workdir is not None:
+                _paths_from_the_current_folder(args)
                 # A pipeline run's first stage creates its run folder (an Airflow pod's
                 # /workspace/runs/<run id>).
                 args.workdir.mkdir(parents=True, exist_ok=True)
@@ -307,6 +308,21 @@ def run_stage(
         if stop.name is not None:  # lost on the way and not sent again before the stage ended
             return _interrupted(name, module, stop.name, "it had finished; its outputs are complete")
         return 0
+
+
+def _paths_from_the_current_folder(args: argparse.Namespace) -> None:
+    """Make ``--params`` and ``DEEPGUARD_DATA`` absolute before ``--workdir`` changes the current folder.
+
+    A path the user typed is relative to where they typed it (``--workdir /tmp/ws`` from a checkout must
+    still read the checkout's params.yaml); the workspace's own files stay relative to the workspace.
+    """
+    from core.names import DATA_ENV
+    from core.settings import settings
+
+    args.params = args.params.expanduser().absolute()
+    data = settings().data
+    if data is not None and not data.expanduser().is_absolute():
+        os.environ[DATA_ENV] = str(data.absolute())  # child processes and settings() alike
 
 
 def _interrupted(name: str, module: str, signal_name: str, outputs: str = "partial outputs removed") -> int:

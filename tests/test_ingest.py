@@ -244,6 +244,19 @@ def test_not_a_zip_and_missing_path_cli(workspace, tmp_path: Path) -> None:
     _fails_with_one_line(result, "absent.zip: no such archive or folder")
 
 
+def test_workdir_keeps_the_paths_typed_relative_to_the_current_folder_cli(
+    workspace, defective_zip: Path
+) -> None:
+    """`python -m stages.ingest --workdir DIR` in a checkout: params.yaml and DEEPGUARD_DATA are read there"""
+    root, env = workspace
+    data = Path("..") / defective_zip.relative_to(root.parent)  # relative to the checkout, not to DIR
+    env = {**env, "DEEPGUARD_DATA": str(data)}
+    result = run_stage("ingest", root, env, "--workdir", "runs/one", check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    report = json.loads((root / "runs" / "one" / "reports" / "data_report.json").read_text())
+    assert report["source"]["location"] == str(defective_zip.resolve())
+
+
 def test_unknown_params_key_cli(workspace) -> None:
     root, env = workspace
     result = run_stage("ingest", root, env, "--set", "data.sorce=local", check=False)
