@@ -11,6 +11,7 @@ something from them. The web app and the Airflow DAG stand alone and read their 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,7 +52,10 @@ class Settings(BaseModel):
     kaggle_username: str | None = Field(None, alias="KAGGLE_USERNAME")
     kaggle_key: SecretStr | None = Field(None, alias="KAGGLE_KEY")
     kaggle_api_token: SecretStr | None = Field(None, alias="KAGGLE_API_TOKEN")
-    kaggle_config_dir: Path = Field(Path.home() / ".kaggle", alias="KAGGLE_CONFIG_DIR")
+    kaggle_config_dir: Path | None = Field(None, alias="KAGGLE_CONFIG_DIR")
+    xdg_config_home: Path | None = Field(
+        None, alias="XDG_CONFIG_HOME", description="kaggle's folder on Linux"
+    )
     # Serving.
     model_uri: str | None = Field(None, alias="MODEL_URI", description="the model `make serve` serves")
     model_version: str = Field("unknown", alias=MODEL_VERSION_ENV, description="version of a model folder")
@@ -79,11 +83,22 @@ class Settings(BaseModel):
         return any((self.dagshub_username, self.dagshub_repo, self.dagshub_token))
 
     @property
+    def kaggle_dir(self) -> Path:
+        """Where the kaggle package reads kaggle.json: ``KAGGLE_CONFIG_DIR``, else ``~/.kaggle`` if it exists,
+        else (the package's choice on Linux) ``$XDG_CONFIG_HOME/kaggle``, by default ``~/.config/kaggle``."""
+        if self.kaggle_config_dir is not None:
+            return self.kaggle_config_dir
+        legacy = Path.home() / ".kaggle"
+        if legacy.exists() or not sys.platform.startswith("linux"):
+            return legacy
+        return (self.xdg_config_home or Path.home() / ".config") / "kaggle"
+
+    @property
     def kaggle_credentials(self) -> bool:
-        """The kaggle package will find credentials (variables, or a file in ``kaggle_config_dir``)."""
+        """The kaggle package will find credentials (variables, or a file in :attr:`kaggle_dir`)."""
         if (self.kaggle_username and self.kaggle_key) or self.kaggle_api_token:
             return True
-        return any((self.kaggle_config_dir / name).is_file() for name in ("kaggle.json", "access_token"))
+        return any((self.kaggle_dir / name).is_file() for name in ("kaggle.json", "access_token"))
 
     @property
     def local_predictor_url(self) -> str:

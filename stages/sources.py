@@ -83,7 +83,7 @@ class Entry:
 
 def kaggle_credentials_present() -> bool:
     """True when the kaggle package will find credentials: KAGGLE_USERNAME + KAGGLE_KEY, KAGGLE_API_TOKEN,
-    or kaggle.json / access_token in KAGGLE_CONFIG_DIR (default ~/.kaggle)."""
+    or kaggle.json / access_token in KAGGLE_CONFIG_DIR (default ~/.kaggle, or ~/.config/kaggle without it)."""
     return settings().kaggle_credentials
 
 
@@ -136,8 +136,8 @@ def locate(params: DataParams) -> Source:
     if choice == "kaggle":
         if not kaggle_credentials_present():
             raise SourceError(
-                "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY, or put "
-                "kaggle.json (Kaggle > Settings > API > Create New Token) in ~/.kaggle/"
+                "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or "
+                f"put kaggle.json (Kaggle > Settings > API > Create New Token) in {settings().kaggle_dir}"
             )
         return Source("kaggle", params.kaggle_dataset, f"kaggle:{params.kaggle_dataset}", reason)
     if choice == "local":
@@ -176,7 +176,7 @@ def download_kaggle(dataset: str, dest: Path = KAGGLE_CACHE) -> Path:
     except SystemExit:
         raise SourceError(
             "Kaggle found no usable credentials: set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY, or "
-            f"put a complete kaggle.json (username and key) or access_token in {settings().kaggle_config_dir}"
+            f"put a complete kaggle.json (username and key) or access_token in {settings().kaggle_dir}"
         ) from None
     except Exception as exc:  # the token is checked online: unreachable is an error like the download's
         raise SourceError(f"Kaggle sign-in for {dataset} failed: {type(exc).__name__}: {exc}") from None

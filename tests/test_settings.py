@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,23 @@ def test_the_scan_sees_a_read(tmp_path: Path) -> None:
     source = tmp_path / "probe.py"
     source.write_text('import os\nA = os.environ.get("X")\nB = os.environ["Y"]\nos.environ["Z"] = "1"\n')
     assert _environ_reads(source) == ["X", "Y"]
+
+
+def test_kaggle_json_is_found_where_the_kaggle_package_reads_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """KAGGLE_CONFIG_DIR, else ~/.kaggle if it exists, else $XDG_CONFIG_HOME/kaggle, as the kaggle package."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    xdg = tmp_path / "xdg"
+    (xdg / "kaggle").mkdir(parents=True)
+    (xdg / "kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    assert Settings.from_env({"XDG_CONFIG_HOME": str(xdg)}).kaggle_credentials
+    assert not Settings.from_env(
+        {"XDG_CONFIG_HOME": str(xdg), "KAGGLE_CONFIG_DIR": str(tmp_path)}
+    ).kaggle_credentials
+    (tmp_path / "home" / ".kaggle").mkdir(parents=True)  # the package then reads ~/.kaggle only
+    assert not Settings.from_env({"XDG_CONFIG_HOME": str(xdg)}).kaggle_credentials
+    (tmp_path / "home" / ".config" / "kaggle").mkdir(parents=True)
+    (tmp_path / "home" / ".config" / "kaggle" / "kaggle.json").write_text("{}")
+    shutil.rmtree(tmp_path / "home" / ".kaggle")
+    assert Settings.from_env({}).kaggle_credentials  # XDG_CONFIG_HOME unset: ~/.config
