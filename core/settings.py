@@ -95,10 +95,12 @@ class Settings(BaseModel):
 
     @property
     def kaggle_credentials(self) -> bool:
-        """The kaggle package will find credentials (variables, or a file in :attr:`kaggle_dir`)."""
+        """The kaggle package will find credentials: variables, a file in :attr:`kaggle_dir`, or the sign-in
+        ``kaggle auth login`` keeps in ``~/.kaggle/credentials.json`` (a fixed path in the package)."""
         if (self.kaggle_username and self.kaggle_key) or self.kaggle_api_token:
             return True
-        return any((self.kaggle_dir / name).is_file() for name in ("kaggle.json", "access_token"))
+        files = [self.kaggle_dir / name for name in ("kaggle.json", "access_token")]
+        return any(path.is_file() for path in [*files, Path.home() / ".kaggle" / "credentials.json"])
 
     @property
     def local_predictor_url(self) -> str:

@@ -136,8 +136,9 @@ def locate(params: DataParams) -> Source:
     if choice == "kaggle":
         if not kaggle_credentials_present():
             raise SourceError(
-                "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or "
-                f"put kaggle.json (Kaggle > Settings > API > Create New Token) in {settings().kaggle_dir}"
+                "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), put "
+                f"kaggle.json (Kaggle > Settings > API > Create New Token) in {settings().kaggle_dir}, or "
+                "run `kaggle auth login`"
             )
         return Source("kaggle", params.kaggle_dataset, f"kaggle:{params.kaggle_dataset}", reason)
     if choice == "local":

@@ -101,3 +101,13 @@ def test_kaggle_json_is_found_where_the_kaggle_package_reads_it(
     (tmp_path / "home" / ".config" / "kaggle" / "kaggle.json").write_text("{}")
     shutil.rmtree(tmp_path / "home" / ".kaggle")
     assert Settings.from_env({}).kaggle_credentials  # XDG_CONFIG_HOME unset: ~/.config
+
+
+def test_kaggle_auth_login_counts_as_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``kaggle auth login`` (the package's recommended sign-in) keeps OAuth credentials in a fixed file."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not Settings.from_env({}).kaggle_credentials
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "credentials.json").write_text('{"refresh_token": "r"}')
+    assert Settings.from_env({}).kaggle_credentials
+    assert Settings.from_env({"KAGGLE_CONFIG_DIR": str(tmp_path / "elsewhere")}).kaggle_credentials
