@@ -127,6 +127,8 @@ def locate(params: DataParams) -> Source:
     if choice == "auto":
         if kaggle_credentials_present():
             choice, reason = "kaggle", "Kaggle credentials found"
+            if env_path:
+                reason += f" (they come before {DATA_ENV}; for {env_path} set data.source: local)"
         elif env_path:
             choice, reason = "local", f"{DATA_ENV} is set"
         else:

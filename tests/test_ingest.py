@@ -115,7 +115,10 @@ def test_auto_source_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert sources.locate(params).kind == "local"
     (tmp_path / "kaggle.json").write_text('{"username": "u", "key": "k"}')
     chosen = sources.locate(params)
-    assert chosen.kind == "kaggle" and chosen.reason == "Kaggle credentials found"
+    assert chosen.kind == "kaggle" and chosen.reason.startswith("Kaggle credentials found")
+    assert f"for {tmp_path} set data.source: local" in chosen.reason  # the archive left aside is named
+    monkeypatch.delenv("DEEPGUARD_DATA")
+    assert sources.locate(params).reason == "Kaggle credentials found"
 
 
 def test_no_valid_images_left_says_why(tmp_path: Path) -> None:
