@@ -4,8 +4,9 @@ The challenger becomes ``champion`` only when it beats the current champion on t
 in params (``promotion.metric`` and ``promotion.min_improvement``) and its mean over the robustness report's
 degradations is not worse than the champion's by more than ``promotion.max_robustness_drop``; the first model
 becomes champion. A worse model stays registered and is not promoted; the log and
-``reports/registration.json`` say why. The champion's own model file (same ``model_sha256`` tag) evaluated
-again with another threshold or bands replaces it without the gate: the same weights, with the new settings.
+``reports/registration.json`` say why. A model trained on synthetic data never replaces a champion trained on
+real data. The champion's own model file (same ``model_sha256`` tag) evaluated again with another threshold or
+bands replaces it without the gate: the same weights, with the new settings.
 
 Every version ends with a ``promotion`` tag: ``champion``, ``rejected``, ``superseded`` (it was champion until
 a better one came) or ``abandoned`` (its registration was killed and never resumed). A version still without
@@ -101,6 +102,7 @@ def decide(
     champion_degraded: float | None = None,
     max_robustness_drop: float = float("inf"),
     new_settings_for_champion: str | None = None,
+    synthetic_over_real: bool = False,
 ) -> GateDecision:
     """Apply the gate: promote the first model, or one that beats the champion by at least the minimum
     without losing more than ``max_robustness_drop`` of the champion's degraded-mean metric.
@@ -110,11 +112,19 @@ def decide(
     champion registered before robustness reports existed. ``new_settings_for_champion`` names what differs
     when the challenger is the champion's own model file evaluated again with other settings (a new threshold
     or bands): the same weights, so there is nothing to compare, and it replaces the champion.
+    ``synthetic_over_real``: the challenger was trained on synthetic data and the champion on real data; it is
+    never promoted, whatever its scores on its own (synthetic) test split.
     """
     robust = degraded_metric(metric)
     if champion is None:
         reason = "no champion yet: the first model becomes champion"
         return GateDecision(True, reason, metric, challenger, None, None, robust, challenger_degraded, None)
+    if synthetic_over_real:
+        reason = (
+            f"trained on synthetic data (see the data report's source): it never replaces champion "
+            f"v{champion_version}, trained on real data"
+        )
+        return GateDecision(False, reason, metric, challenger, champion, champion_version, robust)
     if new_settings_for_champion:
         reason = (
             f"the champion v{champion_version}'s own model file (same sha256) evaluated again with other "
@@ -349,6 +359,7 @@ def run(params: Params) -> dict:
         champion_degraded=champion.degraded,
         max_robustness_drop=params.promotion.max_robustness_drop,
         new_settings_for_champion=_settings_changed(champion.tags, lineage),
+        synthetic_over_real=metadata.synthetic_data and champion.tags.get("synthetic_data") == "false",
     )
     with tracking.stage_run("register", experiment.experiment_id, training_run) as mlrun:
         unfinished = _resume_unfinished(client, name, training_run)

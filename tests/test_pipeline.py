@@ -251,6 +251,23 @@ def test_gate_refuses_a_cleanly_better_but_fragile_challenger_from_edited_report
     assert float(promoted.tags["degraded_mean_roc_auc"]) == pytest.approx(champion_degraded - 0.005)
 
 
+def test_gate_never_promotes_a_synthetic_data_model_over_a_real_data_champion(workspace_copy) -> None:
+    """A run that found no data (no Kaggle Secret, no DEEPGUARD_DATA) trains on synthetic data; stand-in:
+    the data report and metrics are edited, register and MLflow are real."""
+    root, env = workspace_copy
+    run_stage("register", root, env)
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("deepguard", "champion")
+    assert champion.tags["synthetic_data"] == "false"
+    _edit_json(root / "reports/data_report.json", lambda r: r.update(synthetic=True))
+    _edit_json(root / "reports/metrics.json", lambda m: m["test"].update(roc_auc=0.9999))
+    result = run_stage("register", root, env)
+    assert "NOT promoted" in result.stdout and "trained on synthetic data" in result.stdout
+    assert client.get_model_version_by_alias("deepguard", "champion").version == champion.version
+    challenger = client.get_model_version_by_alias("deepguard", "challenger")
+    assert challenger.tags["synthetic_data"] == "true" and challenger.tags["promotion"] == "rejected"
+
+
 def test_champion_evaluated_again_with_new_bands_is_served_with_them(workspace_copy) -> None:
     """An ``evaluation`` setting changed: evaluate and register rerun on the same model file. Its new bands
     can only reach the predictor through a new champion version: a tie with itself must not keep them out."""

@@ -228,6 +228,13 @@ def test_the_champions_own_model_file_evaluated_again_replaces_it() -> None:
     assert "fake_above 0.8 -> 0.7" in replaced.reason
 
 
+def test_a_model_trained_on_synthetic_data_never_replaces_a_real_data_champion() -> None:
+    """A run that found no data falls back to synthetic data, whose own test split it may well ace."""
+    refused = decide("roc_auc", 0.999, 0.97, 0.0015, "3", synthetic_over_real=True)
+    assert not refused.promote and "synthetic data" in refused.reason and "champion v3" in refused.reason
+    assert decide("roc_auc", 0.999, None, 0.0015, None, synthetic_over_real=False).promote  # the first model
+
+
 def test_default_gate_minimum_is_above_rerun_noise() -> None:
     """params.yaml's promotion.min_improvement comes from bench/gate_noise_bench.py: rerun noise never
     promotes, a gain twice the minimum does."""
