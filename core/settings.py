@@ -43,6 +43,9 @@ class Settings(BaseModel):
     # Data and provenance.
     data: Path | None = Field(None, alias=DATA_ENV, description="a local CIFAKE archive or folder for ingest")
     git_commit: str | None = Field(None, alias="GIT_COMMIT", description="set in images at build time")
+    airflow_run_id: str | None = Field(
+        None, alias="DEEPGUARD_RUN_ID", description="the Airflow run a stage belongs to (set by the DAGs)"
+    )
     # Tracking: DagsHub when all three are set, else MLFLOW_TRACKING_URI, else the local sqlite store.
     mlflow_tracking_uri: str | None = Field(None, alias="MLFLOW_TRACKING_URI")
     dagshub_username: str | None = Field(None, alias="DAGSHUB_USERNAME")

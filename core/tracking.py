@@ -226,6 +226,9 @@ def end_abandoned_runs() -> list[str]:
     return ended
 
 
+AIRFLOW_RUN_TAG = "airflow_run_id"  # the tag naming the Airflow run (DEEPGUARD_RUN_ID) on runs and versions
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, experiment_id: str, run_id: str | None = None) -> Iterator:  # mlflow.ActiveRun
     """Open ``stage``'s MLflow run (a new one, or ``run_id`` continued) and end it however the stage ends.
@@ -242,6 +245,8 @@ def stage_run(stage: str, experiment_id: str, run_id: str | None = None) -> Iter
 
     end_abandoned_runs()
     run = continue_run(run_id, experiment_id) if run_id else mlflow.start_run(experiment_id=experiment_id)
+    if settings().airflow_run_id:  # lineage: the Airflow run (a continued run: the latest stage's)
+        mlflow.set_tag(AIRFLOW_RUN_TAG, settings().airflow_run_id)
     marker = ACTIVE_RUNS_DIR / f"{stage}.json"
     write_json(marker, {"run_id": run.info.run_id, "stage": stage})
     try:

@@ -227,6 +227,8 @@ def build_card(
         "params hash": str(lineage.get("params_hash", "unknown")),
         "model file hash": str(lineage.get("model_sha256", "unknown")),
     }
+    if "airflow_run_id" in lineage:
+        lineage_facts["Airflow run"] = str(lineage["airflow_run_id"])
     sections = [
         {"heading": "Intended use", "text": INTENDED_USE},
         {"heading": "Out-of-scope use", "list": list(OUT_OF_SCOPE)},

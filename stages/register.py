@@ -50,6 +50,7 @@ from core.pipeline import (
     REGISTRATION_FILE,
     ROBUSTNESS_FILE,
 )
+from core.settings import settings
 from core.tracking import load_run_id
 from stages import model_card, robustness
 from stages.shards import load_split
@@ -348,6 +349,7 @@ def run(params: Params) -> dict:
         # The degraded means travel with the version, so that a later challenger is gated against them.
         **{f"degraded_mean_{k}": repr(v) for k, v in robust.items() if v is not None},
         "robustness_sample": str(params.evaluation.robustness_sample),
+        **({tracking.AIRFLOW_RUN_TAG: settings().airflow_run_id} if settings().airflow_run_id else {}),
     }
     decision = decide(
         params.promotion.metric,

@@ -295,6 +295,20 @@ def test_champion_evaluated_again_with_new_bands_is_served_with_them(workspace_c
     assert served.fake_above == pytest.approx(metrics["fake_above"])
 
 
+def test_the_airflow_run_is_on_the_version_and_the_stage_run(workspace_copy) -> None:
+    """The DAGs set DEEPGUARD_RUN_ID in every stage pod: the version and its registering run name it."""
+    root, env = workspace_copy
+    run_stage("register", root, {**env, "DEEPGUARD_RUN_ID": "scheduled__2026-12-06T00:00:00+00:00"})
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version_by_alias("deepguard", "champion")
+    assert version.tags["airflow_run_id"] == "scheduled__2026-12-06T00:00:00+00:00"
+    registration = json.loads((root / "reports/registration.json").read_text())
+    run = client.get_run(registration["run_id"])
+    assert run.data.tags["airflow_run_id"] == "scheduled__2026-12-06T00:00:00+00:00"
+    card = (root / "reports/model_card.md").read_text()
+    assert "scheduled__2026-12-06T00:00:00+00:00" in card
+
+
 def test_unreachable_tracking_server_is_one_clear_error(workspace_copy) -> None:
     import socket
 
