@@ -33,9 +33,10 @@ test: setup lint chromium k8s-check test-dags dag-test ## set up and run every t
 
 ##@ Pipeline
 
-pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip to use a local archive)
+pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip: a local archive), then reload a running make serve
 	$(PY) -m stages.ingest --locate
 	$(VENV)/bin/dvc repro
+	$(PY) -m deploy --target local
 
 dvc-yaml: setup ## regenerate dvc.yaml from the stage list in core/pipeline.py
 	$(PY) -m core.pipeline > dvc.yaml

@@ -1,8 +1,9 @@
 """The README's main command in a fresh clone beside ../shared: `make run` trains, serves, stops on Ctrl-C.
 
 Runs in a real ``git clone`` of this checkout's committed HEAD (uncommitted changes are not in it): DVC
-behaves differently in a git checkout than in a temporary folder with ``--no-scm``. The only edit is the one a
-user makes for a quick run, ``training.epochs: 1`` in the clone's params.yaml.
+behaves differently in a git checkout than in a temporary folder with ``--no-scm``. The edits are a user's:
+``training.epochs: 1`` in the clone's params.yaml for a quick run, then ``evaluation.band_precision`` while it
+serves.
 """
 
 from __future__ import annotations
@@ -140,6 +141,22 @@ def test_make_run_in_a_fresh_clone_serves_stops_on_ctrl_c_and_reruns_nothing(tmp
         assert upload.status_code == 200, upload.text
         assert upload.json()["model_version"] == "1"
 
+        # An evaluation setting changed while it serves: `make pipeline` beside it reruns evaluate and
+        # register on the same weights, and its deploy step has the running predictor serve the new champion.
+        params, setting = clone / "params.yaml", "\n  band_precision: "
+        assert f"{setting}0.99" in params.read_text()
+        params.write_text(params.read_text().replace(f"{setting}0.99", f"{setting}0.6", 1))
+        rerun = subprocess.run(
+            ["make", "pipeline"], cwd=clone, env=env, capture_output=True, text=True, timeout=900
+        )
+        rerun_output = rerun.stdout + rerun.stderr
+        assert rerun.returncode == 0, rerun_output[-4000:]
+        assert "Running stage 'evaluate'" in rerun_output and "Running stage 'train'" not in rerun_output
+        assert "deepguard v2 is the new champion" in rerun_output, rerun_output[-4000:]
+        assert requests.get(f"{predictor}/v2/models/deepguard", timeout=30).json()["versions"] == ["2"]
+        upload = requests.post(f"{web}/api/predict", files={"image": ("fake.jpg", image)}, timeout=60)
+        assert upload.status_code == 200 and upload.json()["model_version"] == "2", upload.text
+
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
         status = process.wait(timeout=STOP_TIMEOUT_S)
         output = log_file.read_text()
@@ -163,6 +180,7 @@ def test_make_run_in_a_fresh_clone_serves_stops_on_ctrl_c_and_reruns_nothing(tmp
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert "Data and pipelines are up to date." in again.stdout + again.stderr
     assert "Running stage" not in again.stdout + again.stderr
+    assert "no predictor is running" in again.stdout + again.stderr  # deploy: nothing to reload
     # DVC ran in the git checkout and touched nothing tracked; dvc.lock waits to be committed.
     status = subprocess.run(
         ["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True
