@@ -135,6 +135,8 @@ def locate(params: DataParams) -> Source:
             choice, reason = "synthetic", f"no Kaggle credentials and no {DATA_ENV}"
     else:
         reason = "configured in params.yaml"
+        if env_path and choice != "local":
+            log.warning("%s=%s is set but not used: data.source is %s", DATA_ENV, env_path, choice)
     if choice == "kaggle":
         if not kaggle_credentials_present():
             raise SourceError(

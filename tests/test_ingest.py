@@ -121,6 +121,17 @@ def test_auto_source_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert sources.locate(params).reason == "Kaggle credentials found"
 
 
+def test_a_data_path_the_configured_source_does_not_use_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DEEPGUARD_DATA", str(tmp_path / "cifake.zip"))
+    params = load_params(REPO / "params.yaml", ["data.source=synthetic"]).data
+    with caplog.at_level("WARNING", logger="stages.sources"):
+        assert sources.locate(params).kind == "synthetic"
+    expected = f"DEEPGUARD_DATA={tmp_path / 'cifake.zip'} is set but not used: data.source is synthetic"
+    assert expected in caplog.text
+
+
 def test_no_valid_images_left_says_why(tmp_path: Path) -> None:
     """The data report is not written when ingest fails: the error itself must say why every image went."""
     files = {
