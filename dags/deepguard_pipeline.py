@@ -17,7 +17,14 @@ for _folder in (str(DAGS_DIR), str(DAGS_DIR.parent)):
     if _folder not in sys.path:
         sys.path.append(_folder)
 
-from deepguard_pods import PARAMS_PATH, RETRIES, RUN_DIR, schedule_from_env, stage_task  # noqa: E402
+from deepguard_pods import (  # noqa: E402
+    PARAMS_PATH,
+    RETRIES,
+    RUN_DIR,
+    run_folder,
+    schedule_from_env,
+    stage_task,
+)
 
 from core.config import Architecture, DataParams  # noqa: E402
 from core.pipeline import DEPLOY, STAGES, Stage  # noqa: E402
@@ -116,6 +123,7 @@ with DAG(
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=12),
     params=PARAMS,
+    user_defined_filters={"run_folder": run_folder},
     tags=["deepguard", "mlops"],
     default_args={
         "owner": "deepguard",

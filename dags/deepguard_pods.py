@@ -6,8 +6,10 @@ a module, not a DAG file, so that neither DAG file defines the other's DAG.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -43,8 +45,24 @@ _IMAGE_TEMPLATE = "{{{{ var.value.get('{var}', '{default}') }}}}"
 
 # Each run works in its own folder on the shared volume: stages pass data only through their declared outputs
 # there, concurrent or retried runs never see each other's half-written files, and a failed run's folder is
-# kept for inspection. Colons and plus signs of run ids are replaced so the path is plain.
-RUN_DIR = f"{WORKSPACE_MOUNT}/runs/{{{{ run_id | replace(':', '-') | replace('+', '-') }}}}"
+# kept for inspection. Its name is the run id through run_folder (a Jinja filter of the pipeline DAG).
+RUN_DIR = f"{WORKSPACE_MOUNT}/runs/{{{{ run_id | run_folder }}}}"
+
+
+def run_folder(run_id: str) -> str:
+    """The name of a run's folder under ``runs/``: one plain path segment, never another run's.
+
+    Airflow's run ids may hold ``:``, ``+`` and ``~`` (its own manual and scheduled ids hold ``:`` and ``+``),
+    and one typed in the trigger form may be ``.`` or ``..``. Those characters become ``-``, leading dots
+    ``_`` (no hidden folder, no way out of ``runs/``), and a name that changed ends with 8 hex digits of the
+    run id's sha256, so ``a:b`` and ``a-b`` get two folders.
+    """
+    plain = re.sub(r"[^A-Za-z0-9_.-]", "-", run_id)
+    unhidden = plain.lstrip(".")
+    plain = "_" * (len(plain) - len(unhidden)) + unhidden
+    if plain == run_id:
+        return plain
+    return f"{plain}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
 
 
 class SettingError(ValueError):

@@ -17,7 +17,8 @@ from core.config import load_params
 from core.pipeline import DEPLOY, STAGES, Stage
 
 RUN_ID = "manual__2026-01-02T03:04:05.678901+00:00"
-RUN_DIR = "/workspace/runs/manual__2026-01-02T03-04-05.678901-00-00"
+# The id with ":" and "+" made plain, then 8 hex digits of its sha256 (the id was changed to make the name).
+RUN_DIR = "/workspace/runs/manual__2026-01-02T03-04-05.678901-00-00-f8997394"
 ALL_STAGES: tuple[Stage, ...] = (*STAGES, DEPLOY)
 GPU_STAGES = [stage.name for stage in ALL_STAGES if stage.resources.gpu]
 
@@ -330,6 +331,21 @@ def test_local_runner_runs_exactly_the_pods_command(dag: Any, tmp_path: Path) ->
         assert env["PATH"].split(os.pathsep)[0] == str(runner.python.parent)
     _, env = runner.process(pod, {"PATH": "/usr/bin"})
     assert env["MLFLOW_TRACKING_URI"] == "sqlite:///default.db"
+
+
+def test_every_run_id_gets_its_own_folder_inside_runs(dag: Any) -> None:
+    # Run ids as Airflow's trigger form accepts them (its allowed_run_id_pattern: [A-Za-z0-9_.~:+-]+).
+    run_ids = ["nightly-1", "nightly:1", "nightly+1", "nightly~1", ".", "..", "..."]
+    folders = []
+    for run_id in run_ids:
+        workdir = render_task(dag, "ingest", run_id=run_id).arguments[3]
+        assert workdir.startswith("/workspace/runs/")
+        folders.append(workdir.removeprefix("/workspace/runs/"))
+    assert folders[0] == "nightly-1"
+    assert len(set(folders)) == len(run_ids)
+    for folder in folders:
+        assert "/" not in folder and not folder.startswith(".")
+        assert set(folder) <= set("abcdefghijklmnopqrstuvwxyz0123456789-._")
 
 
 def test_deploy_runs_locally_with_target_local(dag: Any) -> None:
