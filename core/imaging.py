@@ -93,6 +93,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any mode to RGB; transparent pixels are composited on white, as a browser shows them."""
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I;16"):
+        # Pillow converts 16-bit grey (PNG, TIFF) to 8 bits by clipping at 255, which turns a photo white; the
+        # high byte is what Pillow keeps of 16-bit colour images.
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

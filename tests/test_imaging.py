@@ -152,3 +152,13 @@ def test_decoding_does_not_reset_once_only_warnings() -> None:
             warn()
             decode_upload(buffer.getvalue(), 32)
     assert len(shown) == 1
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_a_16_bit_grey_image_keeps_its_tones(fmt: str) -> None:
+    # Pillow turns 16-bit grey (mode I;16) into 8 bits by clipping at 255: a mid-grey scan was scored white.
+    ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)
+    pixels, facts = decode_upload(encode(Image.fromarray(ramp), fmt), 32)
+    assert facts.mode.startswith("I;16")
+    assert abs(float(pixels.mean()) - 127.5) < 2
+    assert pixels.min() < 10 and pixels.max() > 245
