@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from core.errors import DeepGuardError
 
@@ -195,10 +196,18 @@ def facts_of(image: Image.Image) -> InputFacts:
 def decode_upload(
     data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, InputFacts]:
-    """Decode an uploaded file into the model's input array and the facts of the original."""
+    """Decode an uploaded file into the model's input array and the facts of the original.
+
+    The image is turned upright by its EXIF orientation first, as a browser shows it: phones store portrait
+    photos sideways, and the verdict, the heatmap drawn over the page's picture and the size reported are
+    of the picture the user sees.
+    """
     image = open_image(data, max_pixels=max_pixels)
     with _image_errors():  # converting a mode, or counting a TIFF's pages, reads more of the file
-        return to_model_input(image, size), facts_of(image)
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        upright = image if orientation == 1 else ImageOps.exif_transpose(image)
+        pixels, facts = to_model_input(upright, size), facts_of(image)
+        return pixels, dataclasses.replace(facts, width=upright.width, height=upright.height)
 
 
 def decode_for_model(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

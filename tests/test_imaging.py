@@ -162,3 +162,18 @@ def test_a_16_bit_grey_image_keeps_its_tones(fmt: str) -> None:
     assert facts.mode.startswith("I;16")
     assert abs(float(pixels.mean()) - 127.5) < 2
     assert pixels.min() < 10 and pixels.max() > 245
+
+
+def test_a_phone_photo_is_read_upright_as_a_browser_shows_it() -> None:
+    # A phone stores a portrait photo sideways and says so in its EXIF orientation (6: turn it 90° clockwise);
+    # the model, the heatmap drawn over the page's picture and the reported size must all see it upright.
+    sideways = Image.new("RGB", (64, 32), "blue")
+    sideways.paste((255, 0, 0), (0, 0, 32, 32))  # red on the left: on top once turned
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    sideways.save(buffer, format="JPEG", quality=95, exif=exif)
+    pixels, facts = decode_upload(buffer.getvalue(), 32)
+    assert (facts.width, facts.height, facts.format) == (32, 64, "JPEG")
+    top, bottom = pixels[:12].mean(axis=(0, 1)), pixels[-12:].mean(axis=(0, 1))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
