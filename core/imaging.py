@@ -131,7 +131,7 @@ class InputFacts:
     format: str  # Pillow's format name (PNG, JPEG, WEBP, ...), or "RAW" for a pixel tensor
     mode: str  # Pillow's mode before conversion to RGB (RGB, RGBA, L, P, ...)
     had_alpha: bool  # transparency was composited on white
-    frames: int  # >1: an animation of which only the first frame was scored
+    animated: bool  # more than one frame (an animation, a multi-page file): only the first was scored
     # JPEG files: the IJG quality (1-100) their luminance table matches; None for other formats.
     jpeg_quality: int | None = None
 
@@ -188,7 +188,9 @@ def facts_of(image: Image.Image) -> InputFacts:
         format=image.format or "RAW",
         mode=image.mode,
         had_alpha=had_alpha,
-        frames=int(getattr(image, "n_frames", 1)),
+        # Not n_frames: GIF and TIFF count frames by walking the whole file (TIFF's quadratically: 7 s for
+        # a 3 MB TIFF of 1x1 pages), work no pixel budget sees; is_animated reads up to the second frame only.
+        animated=bool(getattr(image, "is_animated", False)),
         jpeg_quality=jpeg_quality(image),
     )
 

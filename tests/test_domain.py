@@ -13,7 +13,7 @@ from core.labels import verdicts
 from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_note, domain_notes, domain_verdict
 
 NATIVE = InputFacts(
-    width=32, height=32, format="JPEG", mode="RGB", had_alpha=False, frames=1, jpeg_quality=75
+    width=32, height=32, format="JPEG", mode="RGB", had_alpha=False, animated=False, jpeg_quality=75
 )
 BANDS = (0.3, 0.7)
 
@@ -62,7 +62,7 @@ def test_native_images_get_no_note(upload):
         (facts(width=16, height=16), "resized from 16x16 to 32x32, 2x smaller"),
         (facts(width=48, height=32), "not square (48x32)"),
         (facts(format="PNG", mode="RGBA", had_alpha=True), "transparent pixels composited on white"),
-        (facts(format="GIF", frames=12), "only the first of 12 frames"),
+        (facts(format="GIF", animated=True), "animated: only the first frame was scored"),
         (facts(jpeg_quality=50), "JPEG quality about 50, more compressed than the training images"),
     ],
 )

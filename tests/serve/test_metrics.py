@@ -276,7 +276,7 @@ def test_sigterm_under_load_loses_no_record(store, sample_images, tmp_path):
 # ---- the record writer on its own -----------------------------------------------------------------
 def _submit(writer: RecordWriter, count: int, version: str = "7") -> bool:
     images = np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
-    facts = [InputFacts(32, 32, "JPEG", "RGB", False, 1)] * count
+    facts = [InputFacts(32, 32, "JPEG", "RGB", False, False)] * count
     return writer.submit(
         version, "v1", np.full(count, 0.25), ["REAL"] * count, facts, image_statistics(images)
     )
