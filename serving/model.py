@@ -794,12 +794,20 @@ class DeepGuardModel(Model):
             else:
                 images, facts, stats = await self._decode_request(items, size)
             return _Batch(served, images, facts, payload, explain, self.domain_margin, stats)
+        content_type = (headers or {}).get("content-type", "none")
+        json_type = content_type.split(";")[0].strip().lower() == "application/json"
+        if isinstance(payload, bytes) and json_type:
+            # KServe parses a V1 body only when its Content-Type is exactly application/json; with a charset
+            # ("application/json; charset=utf-8", as .NET and Java clients send it) the raw body arrives here.
+            try:
+                payload = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"invalid JSON: {exc}") from None
         if isinstance(payload, dict):
             images, facts, stats = await self._decode_request(self._v1_items(payload), size)
             return _Batch(served, images, facts, None, False, self.domain_margin, stats)
-        content_type = (headers or {}).get("content-type", "none")
         # KServe hands over the raw body of a content type not JSON (a JSON string body arrives as a str too)
-        if isinstance(payload, bytes | str) and not content_type.startswith("application/json"):
+        if isinstance(payload, bytes | str) and not json_type:
             content_type = quote(content_type)
             raise InvalidInput(
                 f"expected Content-Type: application/json, got {content_type} "

@@ -430,6 +430,31 @@ def test_a_v1_json_body_sent_without_its_content_type_is_told_so(predictor, good
     )
 
 
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "application/json;charset=UTF-8", "Application/JSON"]
+)
+def test_a_v1_json_body_with_a_charset_is_read(content_type):
+    """KServe parses a V1 body only for an exact ``application/json``; .NET and Java clients add a charset.
+
+    Such a body reached ``preprocess`` as bytes and was refused as "expected a JSON object body".
+    """
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+
+    from core.modelstore import ModelMetadata
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, format="PNG")
+    headers = {"content-type": content_type}
+    body, _ = DataPlane(ModelRepository()).decode(json.dumps(v1_body([buffer.getvalue()])).encode(), headers)
+    model = DeepGuardModel("deepguard", "unused", Limits())
+    metadata = ModelMetadata(0.5, 32, "test", "test", synthetic_data=False)
+    model.served = ServedModel(keras_model=None, metadata=metadata, version="1", uri="unused")
+    batch = asyncio.run(model.preprocess(body, headers))
+    np.testing.assert_array_equal(batch.images, [decode_for_model(buffer.getvalue(), 32)])
+    model.decode_pool.shutdown()
+
+
 def test_versioned_v2_paths_serve_the_served_version(predictor, registered_model, good_file):
     base = f"{predictor.url}/v2/models/deepguard/versions/{registered_model.version}"
     response = requests.post(f"{base}/infer", json=v2_body([good_file]), timeout=TIMEOUT)
