@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.imaging import ImageError, decode_for_model, decode_upload, validate_dataset_image
+from core.imaging import ImageError, decode_for_model, decode_upload, read_header, validate_dataset_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -180,3 +180,17 @@ def test_a_phone_photo_is_read_upright_as_a_browser_shows_it() -> None:
     assert (facts.width, facts.height, facts.format) == (32, 64, "JPEG")
     top, bottom = pixels[:12].mean(axis=(0, 1)), pixels[-12:].mean(axis=(0, 1))
     assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+
+
+def test_a_jpeg_of_endless_scans_is_refused_before_decoding() -> None:
+    # Each scan of a progressive JPEG passes over every pixel again, and an empty scan costs 14 bytes: 2,000
+    # of them (28 KB) added 4 s to a 6000x6000 decode, so a 10 MiB file within the pixel budget would hold
+    # a decoder for about 25 minutes. Encoders write about 10.
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    assert decode_for_model(data, 32).shape == (32, 32, 3)
+    start = data.index(b"\xff\xda")
+    scan = data[start : start + 2 + int.from_bytes(data[start + 2 : start + 4], "big")]
+    with pytest.raises(ImageError, match="decompression bomb refused: a JPEG of 1010 scans exceeds"):
+        read_header(data[:-2] + scan * 1000 + b"\xff\xd9")
