@@ -18,6 +18,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # The formats opened at all (Pillow's format names). Others are refused unopened: some of Pillow's readers
 # decode while opening (ICO decodes its embedded PNG), before any pixel limit could be checked.
 READ_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Pillow's names for a JPEG file: MPO is one holding more than one picture (a phone's depth map or preview).
+JPEG_FORMATS = ("JPEG", "MPO")
 # Each scan of a progressive JPEG passes over every pixel again, and an empty scan costs 14 bytes: at 2 ms a
 # scan (measured at 36 megapixels) a 10 MiB file of them holds a decoder for about 25 minutes. Encoders write
 # about 10 (libjpeg's progression; a phone's multi-picture file as many per picture): more is refused unread.
@@ -73,7 +75,7 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
             f"decompression bomb refused: {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
         )
     # 0xFFDA starts a scan; in entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker.
-    scans = data.count(b"\xff\xda") if image.format in ("JPEG", "MPO") else 0
+    scans = data.count(b"\xff\xda") if image.format in JPEG_FORMATS else 0
     if scans > MAX_JPEG_SCANS:
         raise ImageError(
             f"decompression bomb refused: a JPEG of {scans} scans exceeds the limit of {MAX_JPEG_SCANS} scans"
@@ -180,7 +182,7 @@ def jpeg_quality(image: Image.Image) -> int | None:
     Returns:
         1-100, or None when the image is not a JPEG.
     """
-    tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
+    tables = getattr(image, "quantization", None) if image.format in JPEG_FORMATS else None
     if not tables:
         return None
     luminance = np.sort(np.asarray(tables[min(tables)], dtype=np.int64).reshape(-1))

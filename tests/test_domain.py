@@ -36,6 +36,17 @@ def test_jpeg_quality_reads_the_encoder_quality_from_the_header(quality):
     assert decode_upload(data, 32)[1].jpeg_quality == quality
 
 
+def test_a_phones_multi_picture_jpeg_has_its_quality_read():
+    # Pillow names a JPEG holding more than one picture (a phone's depth map or preview) MPO; its quality was
+    # not read, so a hard-compressed phone photo got no note and a native image's verdict.
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    first, second = Image.fromarray(pixels), Image.new("RGB", (32, 32))
+    data = encoded(first, "MPO", save_all=True, append_images=[second], quality=40)
+    upload = decode_upload(data, 32)[1]
+    assert (upload.format, upload.jpeg_quality) == ("MPO", 40)
+    assert "JPEG quality about 40" in domain_note(upload, 32)
+
+
 def test_jpeg_quality_is_none_for_other_formats():
     assert jpeg_quality(Image.open(io.BytesIO(encoded(Image.new("RGB", (8, 8)), "PNG")))) is None
 
