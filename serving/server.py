@@ -166,6 +166,7 @@ class BodyLimitMiddleware:
                 return
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        del chunks  # held for the whole request otherwise: a second copy of the body
         replayed = False
 
         async def replay() -> dict:

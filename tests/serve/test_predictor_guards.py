@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import tracemalloc
 from collections.abc import Iterator
 
 import grpc
@@ -11,6 +13,8 @@ import pytest
 import requests
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from serving.server import BodyLimitMiddleware
 
 from .serving_helpers import Server, free_port, start_predictor
 
@@ -116,3 +120,30 @@ def test_settings_the_predictor_cannot_serve_with_are_refused(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert argv[0] in capsys.readouterr().err
+
+
+def test_the_body_is_held_once_while_the_request_is_served():
+    """The guard reads the body in chunks and hands it on joined; it kept the chunks too, a second copy of
+    the body for the whole request (a 559 MB V2 body raised the predictor's peak memory by 4.9 times its
+    size, 3.9 times without the copy)."""
+    chunk, chunks = 1024 * 1024, 8
+    sent, held = [0], {}
+
+    async def receive() -> dict:
+        sent[0] += 1
+        return {"type": "http.request", "body": bytes(chunk), "more_body": sent[0] < chunks}
+
+    async def app(scope: dict, receive, send) -> None:
+        assert len((await receive())["body"]) == chunks * chunk
+        held["bytes"] = tracemalloc.get_traced_memory()[0] - held["start"]
+
+    async def serve() -> None:
+        held["start"] = tracemalloc.get_traced_memory()[0]
+        await BodyLimitMiddleware(app, 10 * chunks * chunk)({"type": "http", "headers": []}, receive, None)
+
+    tracemalloc.start()
+    try:
+        asyncio.run(serve())
+    finally:
+        tracemalloc.stop()
+    assert held["bytes"] < 1.5 * chunks * chunk
