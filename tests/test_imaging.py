@@ -194,3 +194,33 @@ def test_a_jpeg_of_endless_scans_is_refused_before_decoding() -> None:
     scan = data[start : start + 2 + int.from_bytes(data[start + 2 : start + 4], "big")]
     with pytest.raises(ImageError, match="decompression bomb refused: a JPEG of 1010 scans exceeds"):
         read_header(data[:-2] + scan * 1000 + b"\xff\xd9")
+
+
+def tiff_of_one_pixel_strips(rows: int) -> bytes:
+    """A 1 x ``rows`` uncompressed grey TIFF with one row per strip, every strip the same byte."""
+    offsets_at = 8 + 2 + 12 * 8 + 4
+    counts_at = offsets_at + 4 * rows
+    pixel_at = counts_at + 4 * rows
+    long, short = 4, 3  # TIFF field types
+    tags = [
+        (256, long, 1, 1),  # ImageWidth
+        (257, long, 1, rows),  # ImageLength
+        (258, short, 1, 8),  # BitsPerSample
+        (259, short, 1, 1),  # Compression: none
+        (262, short, 1, 1),  # PhotometricInterpretation: black is zero
+        (273, long, rows, offsets_at),  # StripOffsets
+        (278, long, 1, 1),  # RowsPerStrip
+        (279, long, rows, counts_at),  # StripByteCounts
+    ]
+    data = b"II*\x00" + struct.pack("<IH", 8, len(tags))
+    data += b"".join(struct.pack("<HHII", *tag) for tag in tags) + struct.pack("<I", 0)
+    strips = struct.pack(f"<{rows}I", *[pixel_at] * rows) + struct.pack(f"<{rows}I", *[1] * rows)
+    return data + strips + b"\x80"
+
+
+def test_a_tiff_of_countless_strips_is_refused_before_decoding() -> None:
+    # Pillow reads an uncompressed TIFF strip by strip, in Python (7 us a strip): a 10 MiB file of one-pixel
+    # strips would cost about 9 s on a budget of 1.3 M pixels. Encoders write one strip per 8 KB or so.
+    assert decode_for_model(tiff_of_one_pixel_strips(1000), 32).shape == (32, 32, 3)
+    with pytest.raises(ImageError, match="decompression bomb refused: 100000 strips or tiles exceed"):
+        read_header(tiff_of_one_pixel_strips(100_000))
