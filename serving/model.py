@@ -695,6 +695,16 @@ class DeepGuardModel(Model):
         # The statistics are left to predict, which computes them while the model thread scores the images.
         return self._decode_checked(files, size, self.limits.max_pixels, statistics=False)
 
+    def _check_requested_outputs(self, request: InferRequest, explain: bool) -> None:
+        """Refuse an output the answer will not have; KServe notices only when writing it, after scoring."""
+        known = [output["name"] for output in self.get_output_types()]
+        for output in request.request_outputs or []:
+            if output.name == OUTPUT_HEATMAP and not explain:
+                needs = f'the parameter "{EXPLAIN_PARAMETER}": true'
+                raise InvalidInput(f"output {OUTPUT_HEATMAP!r} needs {needs}")
+            if output.name not in [*known, OUTPUT_HEATMAP]:
+                raise InvalidInput(f"unknown output {quote(output.name)}; the outputs are {', '.join(known)}")
+
     def _check_count(self, count: int, what: str) -> None:
         if count == 0:
             raise InvalidInput(f"{what}: no images in the request")
@@ -786,6 +796,7 @@ class DeepGuardModel(Model):
         size = served.metadata.image_size
         if isinstance(payload, InferRequest):
             explain = explain_requested(payload)  # a bad value is refused before any image is decoded
+            self._check_requested_outputs(payload, explain)
             items = self._v2_items(payload)
             if items is None:
                 images, facts, stats = await asyncio.get_running_loop().run_in_executor(

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
+from kserve.errors import InvalidInput
 from PIL import Image
 
 from core.imagestats import image_statistics
@@ -452,6 +453,28 @@ def test_a_v1_json_body_with_a_charset_is_read(content_type):
     model.served = ServedModel(keras_model=None, metadata=metadata, version="1", uri="unused")
     batch = asyncio.run(model.preprocess(body, headers))
     np.testing.assert_array_equal(batch.images, [decode_for_model(buffer.getvalue(), 32)])
+    model.decode_pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "message"),
+    [(["nope"], "unknown output 'nope'"), (["label", "heatmap"], "output 'heatmap' needs the parameter")],
+)
+def test_an_output_the_model_has_not_is_refused_before_the_work(outputs, message):
+    """KServe noticed an unknown requested output only when it wrote the answer: after the images were scored,
+    counted in the metrics and written to the monitoring records of a request answered 400."""
+    from kserve import InferRequest
+    from kserve.protocol.infer_type import InferInput, RequestedOutput
+
+    from core.modelstore import ModelMetadata
+
+    model = DeepGuardModel("deepguard", "unused", Limits())
+    metadata = ModelMetadata(0.5, 32, "test", "test", synthetic_data=False)
+    model.served = ServedModel(keras_model=None, metadata=metadata, version="1", uri="unused")
+    image = InferInput("image", [1], "BYTES", ["not even base64"])
+    request = InferRequest("deepguard", [image], request_outputs=[RequestedOutput(name) for name in outputs])
+    with pytest.raises(InvalidInput, match=message):
+        asyncio.run(model.preprocess(request))
     model.decode_pool.shutdown()
 
 
