@@ -39,6 +39,8 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"GIF87a", "gif"),
     (b"GIF89a", "gif"),
     (b"BM", "bmp"),
+    (b"II*\x00", "tif"),
+    (b"MM\x00*", "tif"),
 )
 
 
@@ -169,7 +171,7 @@ class FeedbackStore:
             raise FeedbackTooLargeError("image", f"{len(image)} bytes, over the limit of {limit}")
         suffix = image_suffix(image)
         if suffix is None:
-            raise FeedbackError("image", "not a JPEG, PNG, WebP, GIF or BMP file")
+            raise FeedbackError("image", "not a JPEG, PNG, WebP, GIF, BMP or TIFF file")
         if claimed_label not in CLAIMS:
             raise FeedbackError("claimed_label", f"{claimed_label!r} is not one of {', '.join(CLAIMS)}")
         if verdict not in VERDICTS:

@@ -67,6 +67,16 @@ def test_store_writes_image_and_record_and_deduplicates_by_hash(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
+    ("fmt", "suffix"), [("JPEG", "jpg"), ("WEBP", "webp"), ("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tif")]
+)
+def test_every_format_the_page_scores_can_be_reported(tmp_path: Path, fmt: str, suffix: str) -> None:
+    # The web app and the predictor take TIFF; the store refused it, so "This verdict is wrong" on a scored
+    # TIFF answered "Not sent: image: not a JPEG, PNG, WebP, GIF or BMP file".
+    item = submit(FeedbackStore(tmp_path), image_file(2, fmt=fmt))
+    assert item.suffix == suffix and (tmp_path / "pending" / f"{item.id}.{suffix}").is_file()
+
+
+@pytest.mark.parametrize(
     ("field", "kwargs"),
     [
         ("image", {"image": b""}),
