@@ -911,6 +911,10 @@ class DeepGuardModel(Model):
         if result.heatmaps is not None:
             heatmaps = result.heatmaps.astype(np.float32)
             outputs.append(InferOutput(OUTPUT_HEATMAP, list(heatmaps.shape), "FP32", data=heatmaps))
+        if request.from_grpc and request.request_outputs:
+            # KServe's to_grpc() answers every output; the protocol only those asked for, as to_rest() does.
+            by_name = {output.name: output for output in outputs}
+            outputs = [by_name[asked.name] for asked in request.request_outputs]
         if request.from_grpc and request.use_binary_outputs:
             # KServe answers raw gRPC inputs with raw outputs, but its to_grpc() tests an output's data for
             # truth and fails on an array of more than one value: the outputs are made raw here.

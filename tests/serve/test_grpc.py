@@ -139,6 +139,15 @@ def test_grpc_explain_adds_the_heatmap(grpc_predictor, sample_images):
     assert explained_values == values(plain)
 
 
+def test_grpc_answers_only_the_outputs_asked_for(grpc_predictor, sample_images):
+    """The protocol returns every output only when none is named; KServe's to_grpc() sent them all anyway."""
+    stub, _, _ = grpc_predictor
+    request = infer_request(sample_images.probe[:2])
+    asked = ["verdict", "label"]
+    request.outputs.extend(pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in asked)
+    assert [output.name for output in answer(stub, request).outputs] == asked
+
+
 @pytest.mark.parametrize(
     ("files", "name", "message"),
     [
