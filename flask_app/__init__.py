@@ -24,6 +24,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Several images at once: at most this many files, together at most this many bytes, in one predictor call.
 MAX_BATCH_FILES = 32
 DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+# What a request of one file may hold beyond it: the multipart envelope and a few short form fields. The file
+# itself is held to the per-file limit (read_upload); a request limit of just that refused a file under it.
+MULTIPART_ALLOWANCE = 64 * 1024
 # Shorter than the chart's liveness probe period (10 s), so a hung predictor never holds a thread through it.
 DEFAULT_PREDICTOR_TIMEOUT_S = 5.0
 UPLOAD_FIELD = "image"
@@ -217,6 +220,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     max_mb = max_bytes / (1024 * 1024)
     batch_mb = app.config["MAX_BATCH_BYTES"] / (1024 * 1024)
     metrics.install(app)
+
+    @app.before_request
+    def request_limit() -> None:
+        # MAX_CONTENT_LENGTH is a file's limit, which Flask would apply to the whole request; the batch route
+        # sets its own.
+        request.max_content_length = max_bytes + MULTIPART_ALLOWANCE
 
     @app.get("/")
     def index() -> str:

@@ -182,7 +182,7 @@ class PredictorClient:
 
         Raises:
             PredictorError: 422 for an image the predictor could not read (``item`` names it), 502/503/504
-                when the predictor failed, is down or too slow.
+                when the predictor failed (or serves no model of that name), is down or too slow.
         """
         body: dict[str, Any] = {
             "inputs": [
@@ -203,6 +203,11 @@ class PredictorClient:
             raise PredictorError(504, "The detector took too long to answer; try again.") from None
         except requests.ConnectionError:
             raise PredictorError(503, "The detector is not available right now; try again shortly.") from None
+        if response.status_code == 404:
+            # KServe's answer for a model it does not serve: the web app is pointed at the wrong name.
+            raise PredictorError(
+                502, f"The detector does not serve a model named {self.model_name!r}; check MODEL_NAME."
+            )
         if 400 <= response.status_code < 500:
             reason, item = self._reason(response)
             whole = item is None and reason.startswith(_WHOLE_REQUEST_PREFIX)

@@ -112,6 +112,26 @@ def test_bad_upload_gets_a_clear_4xx(web, sample_images, name, field, data, stat
     assert upload(web, sample_images.probe[0]).status_code == 200
 
 
+def test_a_file_of_exactly_the_size_limit_is_scored_and_one_byte_more_is_refused(predictor, sample_images):
+    limit = 100_000
+    app = create_app({"PREDICTOR_URL": predictor.url, "MAX_CONTENT_LENGTH": limit})
+    image = sample_images.probe[0]  # a JPEG: Pillow ignores what follows its end marker
+    with app.test_client() as client:
+        for size, status in ((limit, 200), (limit + 1, 413)):
+            data = image + b"\0" * (size - len(image))
+            response = client.post("/api/predict", data={"image": (io.BytesIO(data), "big.jpg")})
+            assert response.status_code == status, (size, response.get_json())
+    assert "larger than the limit" in response.get_json()["error"]
+
+
+def test_a_model_name_the_predictor_does_not_serve_is_a_502_naming_the_setting(predictor, sample_images):
+    app = create_app({"PREDICTOR_URL": predictor.url, "MODEL_NAME": "deepgaurd"})
+    with app.test_client() as client:
+        response = client.post("/api/predict", data={"image": (io.BytesIO(sample_images.probe[0]), "a.jpg")})
+    assert response.status_code == 502
+    assert "'deepgaurd'" in response.get_json()["error"] and "MODEL_NAME" in response.get_json()["error"]
+
+
 def test_several_images_go_in_one_request_and_come_back_in_order(
     web, predictor, registered_model, sample_images
 ):
