@@ -50,6 +50,13 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=ParamsLoader)  # a SafeLoader: builds plain data only, never objects
 
 
+def _yaml_problem(exc: yaml.YAMLError, located: bool = True) -> str:
+    """PyYAML's error on one line (its own text spans several): what is wrong, and where when ``located``."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if located and mark is not None else ""
+    return where + " ".join(str(getattr(exc, "problem", None) or exc).split())
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -253,7 +260,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node[part]
         if leaf not in node:
             raise ConfigError(f"override {item!r}: unknown key {key}")
-        node[leaf] = load_yaml(value)
+        try:
+            node[leaf] = load_yaml(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override {item!r}: not valid YAML: {_yaml_problem(exc, located=False)}"
+            ) from None
     return result
 
 
@@ -264,7 +276,7 @@ def _read_mapping(path: Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return raw

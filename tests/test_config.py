@@ -131,3 +131,19 @@ def test_the_spellings_stay_strict_elsewhere() -> None:
     with pytest.raises(ConfigError, match=r"model\.architecture"):
         load_params(REPO / "params.yaml", ["model.architecture=off"])  # a boolean, not mapped here
     assert yaml.safe_load("1e-3") == "1e-3", "PyYAML's own SafeLoader is left as it is"
+
+
+@pytest.mark.parametrize("value", ["[", "{a: 1", "a: b: c"])
+def test_an_override_that_is_not_yaml_is_one_line_naming_it(value: str) -> None:
+    """A malformed ``--set`` value raised PyYAML's own error: a traceback instead of the one-line error."""
+    with pytest.raises(ConfigError, match=r"override 'training\.epochs=.*': not valid YAML") as raised:
+        load_params(REPO / "params.yaml", [f"training.epochs={value}"])
+    assert "\n" not in str(raised.value)
+
+
+def test_a_params_file_that_is_not_yaml_is_one_line_with_the_place(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  epochs: [\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: not valid YAML: line 3, column 1: ") as raised:
+        load_params(bad)
+    assert "\n" not in str(raised.value)
