@@ -72,9 +72,14 @@ class DataParams(_Section):
     feedback: Literal["include", "exclude"]
 
 
+# What NumPy seeds from: np.random.seed (Keras' set_random_seed calls it) takes 0 to 2**32 - 1, default_rng no
+# negative number; any other seed passed here and stopped the stage on a ValueError traceback.
+Seed = Field(ge=0, lt=2**32)
+
+
 class SplitParams(_Section):
     validation_fraction: float = Field(gt=0.0, lt=0.5)
-    seed: int
+    seed: int = Seed
 
 
 Probability = Field(ge=0.0, le=1.0)
@@ -142,7 +147,7 @@ class TrainingParams(_Section):
     learning_rate: float = Field(gt=0.0)
     weight_decay: float = Field(ge=0.0)
     early_stopping_patience: int = Field(ge=1)
-    seed: int
+    seed: int = Seed
     mixed_precision: Literal["auto", "on", "off"]
     time_budget_minutes: float | None = Field(gt=0.0)
     label_smoothing: float = Field(ge=0.0, lt=0.5)

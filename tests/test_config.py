@@ -147,3 +147,17 @@ def test_a_params_file_that_is_not_yaml_is_one_line_with_the_place(tmp_path: Pat
     with pytest.raises(ConfigError, match=rf"{bad}: not valid YAML: line 3, column 1: ") as raised:
         load_params(bad)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("override", ["split.seed=-1", "training.seed=-1", f"training.seed={2**32}"])
+def test_a_seed_numpy_refuses_is_refused_by_name(override: str) -> None:
+    """NumPy seeds only from 0 to 2**32 - 1 (``np.random.seed``, which Keras' ``set_random_seed`` calls) and
+    ``default_rng`` only from 0: others passed the loader and the stage died on a ValueError traceback."""
+    key = override.partition("=")[0].replace(".", r"\.")
+    with pytest.raises(ConfigError, match=rf"{key}: Input should be"):
+        load_params(REPO / "params.yaml", [override])
+
+
+def test_every_seed_numpy_takes_is_accepted() -> None:
+    params = load_params(REPO / "params.yaml", ["split.seed=0", f"training.seed={2**32 - 1}"])
+    assert (params.split.seed, params.training.seed) == (0, 2**32 - 1)
