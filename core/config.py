@@ -58,7 +58,9 @@ def _yaml_problem(exc: yaml.YAMLError, located: bool = True) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan: YAML's .inf passes every gt/ge bound, and no parameter means anything by it (an infinite
+    # time budget or monitoring window crashed the stage; null is how to switch the budget off).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataParams(_Section):

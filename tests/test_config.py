@@ -161,3 +161,19 @@ def test_a_seed_numpy_refuses_is_refused_by_name(override: str) -> None:
 def test_every_seed_numpy_takes_is_accepted() -> None:
     params = load_params(REPO / "params.yaml", ["split.seed=0", f"training.seed={2**32 - 1}"])
     assert (params.split.seed, params.training.seed) == (0, 2**32 - 1)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "training.time_budget_minutes=.inf",  # train: int(inf // epoch seconds) raised ValueError
+        "training.learning_rate=.inf",  # NaN weights from the first step
+        "monitoring.window_hours=.inf",  # monitor: timedelta(hours=inf) raised OverflowError
+        "canary.watch_seconds=.inf",  # deploy would watch a canary forever
+    ],
+)
+def test_an_infinite_number_is_refused_by_name(override: str) -> None:
+    """YAML's ``.inf`` passed every ``gt``/``ge`` bound; no parameter means anything by it."""
+    key = override.partition("=")[0].replace(".", r"\.")
+    with pytest.raises(ConfigError, match=rf"{key}: Input should be a finite number"):
+        load_params(REPO / "params.yaml", [override])
