@@ -68,7 +68,8 @@ class DataParams(_Section):
     kaggle_dataset: str
     local_path: str | None
     image_size: int = Field(ge=8, le=512)
-    sample_per_class: int | None = Field(ge=1)
+    # 2 at least: preprocess keeps an image of each class for train and one for validation.
+    sample_per_class: int | None = Field(ge=2)
     synthetic_per_class: int = Field(ge=10)
     # Accepted user feedback (stages.feedback) merged into the train split: include | exclude.
     feedback: Literal["include", "exclude"]

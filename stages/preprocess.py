@@ -66,7 +66,7 @@ def split_names(names: list[str], params: SplitParams) -> dict[str, list[str]]:
             # Without one image in each, train's statistics are NaN and training dies far from the cause.
             raise SplitError(
                 f"train/{class_name}: {len(members)} image(s); each class needs at least 2 train images, "
-                "one for train and one for validation (is data.sample_per_class 1?)"
+                "one for train and one for validation"
             )
         order = rng.permutation(len(members))
         n_val = min(len(members) - 1, max(1, round(len(members) * params.validation_fraction)))

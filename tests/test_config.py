@@ -177,3 +177,13 @@ def test_an_infinite_number_is_refused_by_name(override: str) -> None:
     key = override.partition("=")[0].replace(".", r"\.")
     with pytest.raises(ConfigError, match=rf"{key}: Input should be a finite number"):
         load_params(REPO / "params.yaml", [override])
+
+
+def test_sample_per_class_below_two_is_refused_before_ingest_reads_anything() -> None:
+    """preprocess needs an image of each class for train and one for validation (docs/pipeline.md: "2 at
+    least"); 1 passed the loader, ingest read the whole source, and preprocess then stopped on it."""
+    with pytest.raises(
+        ConfigError, match=r"data\.sample_per_class: Input should be greater than or equal to 2"
+    ):
+        load_params(REPO / "params.yaml", ["data.sample_per_class=1"])
+    assert load_params(REPO / "params.yaml", ["data.sample_per_class=2"]).data.sample_per_class == 2
