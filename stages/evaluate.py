@@ -32,6 +32,7 @@ from core.pipeline import (
     PROCESSED_DIR,
     REFERENCE_FILE,
     ROBUSTNESS_FILE,
+    missing_input,
 )
 from core.tracking import load_run_id
 from stages import extra_sets, robustness
@@ -209,6 +210,8 @@ def run(params: Params) -> dict:
     import mlflow
 
     extra = extra_sets.check(params.evaluation.extra_sets)  # a bad set fails before any scoring
+    if not (MODEL_DIR / MODEL_FILE).is_file():
+        raise missing_input(MODEL_DIR / MODEL_FILE)
     model = load_keras(MODEL_DIR / MODEL_FILE)
     result, reference, figures = evaluate(model, params.evaluation)
     size = int(load_split(PROCESSED_DIR, "test")[0].shape[1])

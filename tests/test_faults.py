@@ -83,6 +83,8 @@ def test_a_missing_input_names_the_file_and_the_stage_that_writes_it(
     [
         ("preprocess", "data/raw/index.json", "ingest"),
         ("features", "data/processed/train_images.npy", "preprocess"),
+        ("train", "data/processed/train_images.npy", "preprocess"),
+        ("evaluate", "models/model.keras", "train"),
         ("register", "reports/metrics.json", "evaluate"),
     ],
 )
