@@ -187,3 +187,16 @@ def test_sample_per_class_below_two_is_refused_before_ingest_reads_anything() ->
     ):
         load_params(REPO / "params.yaml", ["data.sample_per_class=1"])
     assert load_params(REPO / "params.yaml", ["data.sample_per_class=2"]).data.sample_per_class == 2
+
+
+def test_a_params_path_that_is_no_text_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    """``--params`` given a folder, or a binary file, stopped the stage on IsADirectoryError or
+    UnicodeDecodeError tracebacks instead of the one-line error."""
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: cannot read: Is a directory$"):
+        load_params(tmp_path)
+    binary = tmp_path / "params.yaml"
+    binary.write_bytes(b"\x97\xff\x00 binary")
+    with pytest.raises(ConfigError, match=rf"^{binary}: not a UTF-8 text file"):
+        load_params(binary)
+    with pytest.raises(ConfigError, match=rf"{tmp_path}: cannot read"):
+        load_params(REPO / "params.yaml", profile=tmp_path)
