@@ -335,8 +335,9 @@ def load_params(
         ConfigError: naming the file and the key path of the first problem found.
     """
     raw = _read_mapping(path)
+    from_profile = profile_overrides(profile) if profile else []  # its errors name the profile already
     try:
-        raw = apply_overrides(raw, profile_overrides(profile) if profile else [])
+        raw = apply_overrides(raw, from_profile)
     except ConfigError as exc:
         raise ConfigError(f"{profile}: {exc}") from None
     raw = apply_overrides(raw, overrides or [])

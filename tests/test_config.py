@@ -200,3 +200,13 @@ def test_a_params_path_that_is_no_text_file_is_one_line_naming_it(tmp_path: Path
         load_params(binary)
     with pytest.raises(ConfigError, match=rf"{tmp_path}: cannot read"):
         load_params(REPO / "params.yaml", profile=tmp_path)
+
+
+def test_a_profile_that_cannot_be_read_is_named_once(tmp_path: Path) -> None:
+    profile = tmp_path / "params-gpu.yaml"
+    profile.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError) as raised:
+        load_params(REPO / "params.yaml", profile=profile)
+    assert str(raised.value).startswith(f"{profile}: not valid YAML")
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'absent.yaml'}: file not found$"):
+        load_params(REPO / "params.yaml", profile=tmp_path / "absent.yaml")
