@@ -10,6 +10,7 @@ way, so compression is not the signal.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def _real_crops(count: int, size: int, rng: np.random.Generator) -> Iterator[np.
     photos = _photographs()
     for _ in range(count):
         photo = photos[rng.integers(len(photos))]
-        side = int(rng.integers(size, min(photo.size) // 2))
+        largest = min(photo.size) // 2
+        # data.image_size goes to 512, past half a photo's short side (213): there, nearly all of the photo
+        # (the draws of the crop's place below need one pixel of room), resized like every crop.
+        side = int(rng.integers(size, largest)) if size < largest else min(photo.size) - 1
         left = int(rng.integers(0, photo.size[0] - side))
         top = int(rng.integers(0, photo.size[1] - side))
         crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
@@ -58,7 +62,9 @@ class TinyGenerator:
     """A 4x4 latent -> (size x size x 3) convolutional generator with fixed random weights, in NumPy."""
 
     def __init__(self, size: int, rng: np.random.Generator, channels: int = 16) -> None:
-        self.upsamplings = int(np.log2(size // 4))
+        # Up to the first power of two that covers ``size``; __call__ crops that to ``size``.
+        self.size = size
+        self.upsamplings = math.ceil(math.log2(size / 4))
         self.channels = channels
         self.convs = [
             rng.normal(0, np.sqrt(2 / (9 * channels)), (3, 3, channels, channels))
@@ -79,7 +85,8 @@ class TinyGenerator:
             x = x.repeat(2, axis=1).repeat(2, axis=2)  # nearest upsampling: the classic generator artifact
             x = self._conv3x3(x, kernel)
             x = np.where(x > 0, x, 0.2 * x)
-        return np.tanh(x @ self.to_rgb)
+        # A crop, not a resize: resampling would blur the upsampling artifacts that make these images FAKE.
+        return np.tanh(x[:, : self.size, : self.size] @ self.to_rgb)
 
 
 def _fake_images(count: int, size: int, rng: np.random.Generator, batch: int = 64) -> Iterator[np.ndarray]:

@@ -105,6 +105,19 @@ def test_synthetic_source_is_deterministic_and_says_so(tmp_path: Path) -> None:
     assert first["data_hash"] == second["data_hash"]
 
 
+@pytest.mark.parametrize("size", [48, 100, 256, 512])
+def test_synthetic_data_has_every_image_size_params_accepts(size: int, tmp_path: Path) -> None:
+    """data.image_size takes 8-512; the generator made only powers of two (a 100-pixel run had every FAKE
+    image rejected as 64x64) and the photo crops died on a ValueError traceback from 213 pixels up."""
+    params = load_params(REPO / "params.yaml", [f"data.image_size={size}", "data.synthetic_per_class=10"])
+    source = sources.Source("synthetic", "generated", "x", "test")
+    from stages.synthetic import generate
+
+    report = ingest(generate(10, size), params.data, source, tmp_path)
+    assert report["rejected"] == {}
+    assert report["kept"] == {"test": {"FAKE": 2, "REAL": 2}, "train": {"FAKE": 10, "REAL": 10}}
+
+
 def test_auto_source_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     params = load_params(REPO / "params.yaml").data
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
