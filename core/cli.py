@@ -288,10 +288,7 @@ def run_stage(
         try:
             if args.workdir is not None:
                 _paths_from_the_current_folder(args)
-                # A pipeline run's first stage creates its run folder (an Airflow pod's
-                # /workspace/runs/<run id>).
-                args.workdir.mkdir(parents=True, exist_ok=True)
-                os.chdir(args.workdir)
+                _enter_workspace(args.workdir)
             params = load_params(args.params, args.overrides)
             main(args, params)
         except KeyboardInterrupt as exc:
@@ -308,6 +305,22 @@ def run_stage(
         if stop.name is not None:  # lost on the way and not sent again before the stage ended
             return _interrupted(name, module, stop.name, "it had finished; its outputs are complete")
         return 0
+
+
+class WorkdirError(DeepGuardError):
+    """``--workdir`` names something that cannot be the workspace folder (a file, a path through one)."""
+
+
+def _enter_workspace(workdir: Path) -> None:
+    """Create ``workdir`` if needed and make it the current folder.
+
+    A pipeline run's first stage creates its run folder (an Airflow pod's /workspace/runs/<run id>).
+    """
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chdir(workdir)
+    except OSError as exc:
+        raise WorkdirError(f"--workdir {workdir}: cannot create or enter it: {exc.strerror or exc}") from None
 
 
 def _paths_from_the_current_folder(args: argparse.Namespace) -> None:

@@ -107,6 +107,24 @@ def test_a_stage_run_alone_without_its_input_is_one_line(
     assert line.startswith(f"stages.{stage}: error: {missing}: not found; the {writer} stage writes it")
 
 
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_a_workdir_that_cannot_be_a_folder_is_one_line(
+    where: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    root_logging: None,
+) -> None:
+    """``--workdir`` naming a file (or a path through one) stopped the stage on an OSError traceback."""
+    from stages import preprocess
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    assert preprocess.main(["--params", str(REPO / "params.yaml"), "--workdir", where]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"stages.preprocess: error: --workdir {where}: cannot create or enter it: ")
+
+
 def _client(env: dict[str, str]) -> mlflow.MlflowClient:
     uri = env["MLFLOW_TRACKING_URI"]
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
