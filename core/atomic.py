@@ -13,9 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from core.pipeline import missing_input
+from core.errors import DeepGuardError
+from core.pipeline import missing_input, writer_of
 
 log = logging.getLogger(__name__)
+
+
+class InvalidInputError(DeepGuardError, ValueError):
+    """A stage's input is there but not what its writer wrote (cut short, edited by hand): named with it."""
 
 
 def _remove(path: Path) -> None:
@@ -87,9 +92,16 @@ def read_json(path: Path) -> Any:
 
     Raises:
         MissingInputError: when the file is not there, naming the stage that writes it (a stage run alone).
+        InvalidInputError: when it is not JSON, naming it and the stage that writes it.
     """
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise missing_input(path) from None
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        stage = writer_of(path)
+        again = f"; the {stage.name} stage writes it: run `python -m {stage.module}` again" if stage else ""
+        where = f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+        raise InvalidInputError(f"{path}: not valid JSON ({where}){again}") from None

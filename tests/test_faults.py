@@ -107,6 +107,21 @@ def test_a_stage_run_alone_without_its_input_is_one_line(
     assert line.startswith(f"stages.{stage}: error: {missing}: not found; the {writer} stage writes it")
 
 
+def test_a_stage_input_that_is_not_json_is_one_line_naming_its_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], root_logging: None
+) -> None:
+    """A JSON input cut short or edited by hand stopped the stage on a JSONDecodeError traceback."""
+    from stages import preprocess
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/raw").mkdir(parents=True)
+    (tmp_path / "data/raw/index.json").write_text('{"kept": {}\n')
+    assert preprocess.main(["--params", str(REPO / "params.yaml")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("stages.preprocess: error: data/raw/index.json: not valid JSON (")
+    assert "the ingest stage writes it" in line
+
+
 @pytest.mark.parametrize("where", ["a-file", "a-file/below"])
 def test_a_workdir_that_cannot_be_a_folder_is_one_line(
     where: str,
