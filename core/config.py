@@ -32,7 +32,7 @@ class ConfigError(DeepGuardError):
 
 
 class ParamsLoader(yaml.SafeLoader):
-    """The YAML loader of params.yaml, profiles and ``--set`` values: safe, and ``1e-3`` is a float.
+    """The YAML loader of params.yaml, profiles and ``--set`` values: safe, ``1e-3`` is a float, no dates.
 
     PyYAML implements YAML 1.1, whose floats need a dot, so ``learning_rate: 1e-3`` was the string "1e-3" and
     was refused; YAML 1.2 (and JSON, which a profile's values are turned into) read it as a number.
@@ -43,6 +43,12 @@ class ParamsLoader(yaml.SafeLoader):
 ParamsLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
+# Nor has YAML 1.2 timestamps: `experiment: 2026-12-06` is that text, not a date no parameter takes (a date
+# also broke the copy of the mapping that overrides are applied to, with a TypeError traceback).
+ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in ParamsLoader.yaml_implicit_resolvers.items()
+}
 
 
 def load_yaml(text: str) -> Any:

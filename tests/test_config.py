@@ -210,3 +210,14 @@ def test_a_profile_that_cannot_be_read_is_named_once(tmp_path: Path) -> None:
     assert str(raised.value).startswith(f"{profile}: not valid YAML")
     with pytest.raises(ConfigError, match=rf"^{tmp_path / 'absent.yaml'}: file not found$"):
         load_params(REPO / "params.yaml", profile=tmp_path / "absent.yaml")
+
+
+def test_a_date_is_text_as_in_yaml_1_2(tmp_path: Path) -> None:
+    """YAML 1.1 made an unquoted 2026-12-06 a date: in the file the mapping's copy failed on it (a TypeError
+    traceback), and through --set the text the user typed was refused as "not a valid string"."""
+    path = _write(tmp_path, lambda raw: None)
+    path.write_text(path.read_text().replace("experiment: deepguard", "experiment: 2026-12-06"))
+    assert load_params(path).mlflow.experiment == "2026-12-06"
+    params = load_params(REPO / "params.yaml", ["mlflow.experiment=2026-12-06T10:00:00"])
+    assert params.mlflow.experiment == "2026-12-06T10:00:00"
+    assert not isinstance(yaml.safe_load("2026-12-06"), str), "PyYAML's own SafeLoader is left as it is"
