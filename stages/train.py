@@ -716,6 +716,8 @@ def run(params: Params) -> dict:
         (with_flip_averaging(best_model) if params.model.test_time_flip else best_model).save(checkpoint)
         # Temperature scaling on validation, built into the saved model (stages/calibration.py).
         calibration = calibrate_saved_model(checkpoint, val_x, val_y, params.calibration)
+        # A text: the train_* metrics below take the numbers ("none" when calibration.enabled is false).
+        mlflow.log_param("calibration_method", calibration["calibration_method"])
         val_auc = history["val_auc"]
         best = int(np.argmax(val_auc))
         summary = {

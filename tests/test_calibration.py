@@ -234,4 +234,6 @@ def test_pipeline_fits_t_on_validation_and_registers_the_bands(trained_workspace
     assert metadata.calibration_bias == pytest.approx(training["calibration_bias"])
     run = client.get_run(champion.run_id)
     assert run.data.metrics["train_temperature"] == pytest.approx(training["temperature"])
+    # docs/pipeline.md: the MLflow run records the method too (a text, which the train_* metrics left out).
+    assert run.data.params["calibration_method"] == training["calibration_method"]
     assert "test_ece_before_calibration" in run.data.metrics and "val_band_coverage" in run.data.metrics
