@@ -192,7 +192,10 @@ def continue_run(run_id: str, experiment_id: str) -> ActiveRun:
     import mlflow
 
     try:
-        mlflow.MlflowClient().get_run(run_id)
+        run = mlflow.MlflowClient().get_run(run_id)
+        # In its own experiment: MLflow refuses to resume a run from another one, which is the case once
+        # mlflow.experiment changed after training (DVC then reruns register alone).
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)
         return mlflow.start_run(run_id=run_id)
     except mlflow.exceptions.MlflowException:
         log.warning("training run %s is not in this tracking store; logging to a new run", run_id)
