@@ -101,7 +101,7 @@ def test_card_has_the_contract_shape_and_every_section():
 def test_card_reports_data_counts_hashes_and_what_was_dropped():
     data = sections(card())["Training data"]["facts"]
     assert data["train images"] == "1800 (FAKE 900, REAL 900)"
-    assert data["data hash (sha256)"] == "d" * 64
+    assert data["data hash (sha256)"] == "d" * 64 and data["test split hash (sha256)"] == "t"
     assert data["duplicates dropped (within a split)"] == "4"
     assert data["leaks dropped (test images also in train)"] == "5"
     assert data["files rejected"] == "2"
@@ -110,16 +110,35 @@ def test_card_reports_data_counts_hashes_and_what_was_dropped():
 
 
 def test_card_reads_metrics_bands_and_lineage():
-    banded = ModelMetadata(**{**METADATA.__dict__, "real_below": 0.2, "fake_above": 0.8, "temperature": 1.7})
-    built = sections(card(metadata=banded))
+    calibrated = {"real_below": 0.2, "fake_above": 0.8, "temperature": 1.7, "calibration_bias": -0.3}
+    banded = ModelMetadata(**{**METADATA.__dict__, **calibrated})
+    hashes = {"model_sha256": "m" * 64, "test_hash": "t" * 64}
+    built = sections(card(metadata=banded, lineage={**LINEAGE, **hashes}))
     metrics = built["Test metrics"]["facts"]
     assert metrics["decision threshold"] == "0.4800"
     assert (metrics["REAL at or below"], metrics["FAKE at or above"]) == ("0.2000", "0.8000")
     assert metrics["temperature (calibration)"] == "1.7000"
+    assert metrics["logit offset (calibration)"] == "-0.3000"  # Platt's bias, the default calibration
     assert metrics["accuracy"] == "0.9100" and metrics["test images"] == "500"
     assert metrics["expected calibration error"] == "0.0200"
     lineage = built["Lineage"]["facts"]
     assert lineage["git commit"] == "abc123" and lineage["registering run"] == "reg-run"
+    assert (lineage["model file hash"], lineage["test split hash"]) == ("m" * 64, "t" * 64)
+
+
+def test_card_reports_what_training_ran():
+    training = {
+        "epochs_run": 41,
+        "best_epoch": 38,
+        "parameters": 356002,
+        "device": "CPU",
+        "train_seconds": 2220.5,
+    }
+    recipe = sections(card(training=training))["Training recipe"]["facts"]
+    assert (recipe["epochs run"], recipe["best epoch"], recipe["parameters"]) == ("41", "38", "356002")
+    assert (recipe["device"], recipe["train seconds"]) == ("CPU", "2220.5000")
+    assert recipe["architecture"] == load_params().model.architecture
+    assert "epochs run" not in sections(card())["Training recipe"]["facts"]
 
 
 def test_card_tolerates_missing_reports_and_keys():
