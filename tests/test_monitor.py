@@ -19,6 +19,7 @@ from core.drift import (
     REFERENCE_MAX,
     build_reference,
     compare,
+    out_of_domain,
     population_stability_index,
 )
 from core.imagestats import STAT_NAMES
@@ -92,6 +93,61 @@ def test_psi_is_zero_for_equal_samples_and_grows_with_the_shift() -> None:
     assert population_stability_index(base, base) == pytest.approx(0.0, abs=1e-12)
     small, large = (population_stability_index(base, np.clip(base + d, 0, 1)) for d in (0.02, 0.2))
     assert 0 < small < 0.1 < SETTINGS.psi_threshold < large
+
+
+# The KS rule of params.yaml's comment, pinned here so that the cases below sit where they are meant to.
+KS_RULE = SETTINGS.model_copy(update={"ks_pvalue": 0.01, "ks_statistic": 0.1, "min_records": 200})
+
+
+def _even(count: int) -> np.ndarray:
+    return (np.arange(count) + 0.5) / count
+
+
+def _even_world(count: int, **shifted: np.ndarray) -> tuple[dict, list[dict]]:
+    """A reference whose scores and statistics spread evenly over [0, 1], and ``count`` records spread the
+    same way, but for the statistics given, which take the values given."""
+    spread = _even(5000).tolist()
+    reference = {
+        "count": 5000,
+        "image_size": 32,
+        "scores": spread,
+        "statistics": dict.fromkeys(STAT_NAMES, spread),
+    }
+    even = _even(count)
+    rows = [
+        {"fake_probability": float(p), "verdict": "REAL", "width": 32, "height": 32, "format": "PNG"}
+        | {name: float(shifted.get(name, even)[i]) for name in STAT_NAMES}
+        for i, p in enumerate(even)
+    ]
+    return reference, rows
+
+
+def test_a_tiny_shift_that_many_records_make_significant_is_not_drift() -> None:
+    reference, rows = _even_world(5000, mean_r=np.clip(_even(5000) + 0.05, 0, 1))
+    report = compare(reference, rows, (0.3, 0.7), KS_RULE)
+    ks = report["ks"]["mean_r"]
+    assert ks["pvalue"] < 0.01 / len(STAT_NAMES) and ks["statistic"] < 0.1, "significant, but small"
+    assert not ks["drifted"] and report["status"] == OK
+
+
+def test_one_of_seven_statistics_needs_a_bonferroni_corrected_p_value() -> None:
+    """p between ks_pvalue / 7 and ks_pvalue is what one of seven tests reaches by chance: not drift."""
+    reference, rows = _even_world(200, mean_r=0.12 + 0.88 * _even(200))
+    report = compare(reference, rows, (0.3, 0.7), KS_RULE)
+    ks = report["ks"]["mean_r"]
+    assert 0.01 / len(STAT_NAMES) < ks["pvalue"] < 0.01 and ks["statistic"] > 0.1
+    assert not ks["drifted"] and report["status"] == OK, "exactly min_records records get a verdict"
+    reference, rows = _even_world(200, mean_r=0.2 + 0.8 * _even(200))
+    report = compare(reference, rows, (0.3, 0.7), KS_RULE)
+    assert report["ks"]["mean_r"]["drifted"] and report["status"] == DRIFT
+
+
+def test_an_upload_of_another_size_or_format_is_out_of_domain() -> None:
+    formats = SETTINGS.in_domain_formats
+    assert not out_of_domain({"width": 32, "height": 32, "format": "png"}, 32, formats)
+    assert out_of_domain({"width": 32, "height": 48, "format": "PNG"}, 32, formats)
+    assert out_of_domain({"width": 48, "height": 32, "format": "PNG"}, 32, formats)
+    assert out_of_domain({"width": 32, "height": 32, "format": "GIF"}, 32, formats)
 
 
 def test_reference_is_sampled_and_rounded() -> None:
