@@ -178,6 +178,13 @@ def test_bands_on_a_known_example() -> None:
     assert verdicts(probabilities, 0.2, 0.8).count("UNCERTAIN") == 5
 
 
+def test_a_score_at_the_threshold_is_never_in_the_real_band_and_may_open_the_fake_band() -> None:
+    """The binary rule calls p == threshold FAKE (core.labels.decide): the bands must agree with it."""
+    probabilities = np.array([0.1, 0.2, 0.3, 0.5, 0.8, 0.9])
+    assert choose_bands(np.array([0, 0, 0, 0, 1, 1]), probabilities, 0.5, 0.99) == (0.3, 0.8)
+    assert choose_bands(np.array([0, 0, 0, 1, 1, 1]), probabilities, 0.5, 0.99) == (0.3, 0.5)
+
+
 def test_a_band_no_edge_makes_precise_enough_is_empty() -> None:
     labels = np.array([1, 0, 0, 1, 1, 0])  # the most confident score on each side is wrong
     probabilities = np.array([0.01, 0.2, 0.3, 0.7, 0.8, 0.99])
