@@ -135,6 +135,17 @@ def test_threshold_is_chosen_to_maximise_the_validation_metric() -> None:
     assert choose_threshold(labels, probabilities, "f1") == threshold
 
 
+def test_f1_and_accuracy_choose_their_own_thresholds_and_ties_go_nearest_one_half() -> None:
+    labels = np.array([1, 1, 0, 0, 0, 1])  # two fakes score lowest: F1 takes them in, accuracy does not
+    probabilities = np.array([0.1, 0.15, 0.3, 0.4, 0.45, 0.9])
+    assert choose_threshold(labels, probabilities, "accuracy") == 0.9
+    assert choose_threshold(labels, probabilities, "f1") == 0.1
+    labels = np.array([0, 0, 1, 0, 1, 1])  # cutting at 0.35 or at 0.7 both get 5 of 6 right
+    probabilities = np.array([0.1, 0.2, 0.35, 0.6, 0.7, 0.9])
+    assert choose_threshold(labels, probabilities, "accuracy") == 0.35
+    assert choose_threshold(labels, np.array([0.1, 0.2, 0.3, 0.55, 0.65, 0.9]), "accuracy") == 0.65
+
+
 def test_expected_calibration_error() -> None:
     labels = np.array([1] * 8 + [0] * 2)
     assert expected_calibration_error(labels, np.full(10, 0.8), bins=10) == pytest.approx(0.0)
