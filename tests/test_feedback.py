@@ -85,8 +85,11 @@ def test_every_format_the_page_scores_can_be_reported(tmp_path: Path, fmt: str, 
         ("verdict", {"verdict": "MAYBE"}),
         ("fake_probability", {"fake_probability": "high"}),
         ("fake_probability", {"fake_probability": 1.5}),
+        ("fake_probability", {"fake_probability": -0.1}),
         ("fake_probability", {"fake_probability": "nan"}),
         ("model_version", {"model_version": ""}),
+        ("model_version", {"model_version": "1" * (feedback.MAX_TEXT + 1)}),
+        ("model_version", {"model_version": "1\nforged log line"}),
     ],
 )
 def test_store_refuses_bad_fields_naming_them(tmp_path: Path, field: str, kwargs: dict) -> None:
@@ -108,6 +111,10 @@ def test_store_caps_size_and_pending_count(tmp_path: Path) -> None:
     with pytest.raises(feedback.FeedbackTooLargeError) as caught:
         submit(store, image_file(3, size=64))  # ~12 KB PNG of noise
     assert caught.value.status == 413
+    exact = image_file(4)  # an image of exactly the cap is stored, one byte over it is refused
+    assert submit(FeedbackStore(tmp_path / "at", max_image_bytes=len(exact)), exact).size == len(exact)
+    with pytest.raises(feedback.FeedbackTooLargeError):
+        submit(FeedbackStore(tmp_path / "over", max_image_bytes=len(exact) - 1), exact)
     first, second = submit(store, image_file(4)), submit(store, image_file(5))
     with pytest.raises(feedback.FeedbackFullError):
         submit(store, image_file(6))
