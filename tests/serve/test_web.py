@@ -54,11 +54,8 @@ def direct_v2(predictor, files: list[bytes], explain: bool = False) -> dict:
 
 
 def require_output(outputs: dict, name: str) -> None:
-    """Skip, saying why, when the predictor on this branch does not send an output the page can show."""
-    if name not in outputs:
-        pytest.skip(
-            f"the predictor on this branch has no V2 output {name!r} yet (its feature branch adds it)"
-        )
+    """The predictor sends every output the page shows: one it stopped sending fails here, never skips."""
+    assert name in outputs, f"the predictor sent no V2 output {name!r}, only {sorted(outputs)}"
 
 
 def upload_many(web, files: list[tuple[str, bytes]], **form: str) -> requests.Response:
@@ -169,8 +166,8 @@ def test_domain_notes_and_input_facts_are_passed_on(web, predictor, sample_image
     response = upload_many(web, [("p.jpg", sample_images.probe[0])])
     result = response.json()["results"][0]
     assert result["note"] == outputs["note"][0]
-    if "input_size" in outputs:
-        assert result["input"] == {"width": 32, "height": 32, "format": "JPEG"}
+    require_output(outputs, "input_size")
+    assert result["input"] == {"width": 32, "height": 32, "format": "JPEG"}
 
 
 @pytest.mark.parametrize(
