@@ -44,6 +44,7 @@ def _fit(params: Params, n: int = 64) -> train.Trained:
 def test_plan_epochs_fits_whole_epochs_into_what_is_left_of_the_budget() -> None:
     kwargs = {"budget_seconds": 600.0, "spent_seconds": 20.0, "setup_seconds": 10.0, "max_epochs": 100}
     assert plan_epochs(epoch_seconds=57.0, **kwargs) == 10  # 570 s left
+    assert plan_epochs(epoch_seconds=58.0, **kwargs) == 9  # 580 s would fit 10: the probe and the setup count
     assert plan_epochs(epoch_seconds=114.0, **kwargs) == 5  # half the throughput, half the epochs
     assert plan_epochs(epoch_seconds=1.0, **kwargs) == 100  # capped by training.epochs
     assert plan_epochs(epoch_seconds=5000.0, **kwargs) == 1  # never zero
