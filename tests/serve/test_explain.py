@@ -118,6 +118,17 @@ def test_map_peaks_on_the_patch_that_makes_the_image_fake():
     assert explainer(clean, np.zeros(4, dtype=bool)).max() == 0.0
 
 
+def test_a_real_label_is_explained_by_the_evidence_for_real():
+    """For REAL the map shows what lowers P(FAKE): here the red patch, which a negative weight makes REAL."""
+    model = _patch_model(weight=-30.0)
+    patched = _patched(_backgrounds(4))
+    assert np.all(model.predict_on_batch(patched) < 0.2)
+    explainer = build_explainer(model, SIZE)
+    _assert_peaks_on_the_patch(explainer(patched, np.zeros(4, dtype=bool)))
+    # The same images explained as FAKE: the patch is evidence against it, and there is no other.
+    assert explainer(patched, np.ones(4, dtype=bool)).max() == 0.0
+
+
 def test_a_probability_of_exactly_one_still_has_a_map():
     """TensorFlow's sigmoid gradient is 0 at P(FAKE) == 1.0; the most confident fakes must not go blank."""
     model = _patch_model(weight=200.0, calibrated=False)
