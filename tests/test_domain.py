@@ -10,7 +10,15 @@ from PIL import Image
 
 from core.imaging import InputFacts, decode_upload, jpeg_quality
 from core.labels import verdicts
-from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_note, domain_notes, domain_verdict
+from serving.domain import (
+    DEFAULT_MARGIN,
+    MIN_FINE_DETAIL,
+    MIN_JPEG_QUALITY,
+    domain_note,
+    domain_notes,
+    domain_verdict,
+    domain_verdicts,
+)
 
 NATIVE = InputFacts(
     width=32, height=32, format="JPEG", mode="RGB", had_alpha=False, animated=False, jpeg_quality=75
@@ -58,6 +66,7 @@ def test_jpeg_quality_is_none_for_other_formats():
         facts(format="PNG", jpeg_quality=None),
         facts(format="RAW", jpeg_quality=None),
         facts(jpeg_quality=90),
+        facts(jpeg_quality=MIN_JPEG_QUALITY),
     ],
 )
 def test_native_images_get_no_note(upload):
@@ -71,10 +80,12 @@ def test_native_images_get_no_note(upload):
         (facts(width=128, height=128, format="PNG"), "resized from 128x128 to 32x32, 4x larger"),
         (facts(width=128, height=128, format="PNG"), "far from the training images"),
         (facts(width=16, height=16), "resized from 16x16 to 32x32, 2x smaller"),
+        (facts(width=8, height=8), "4x smaller than the training images (far from the training images)"),
         (facts(width=48, height=32), "not square (48x32)"),
         (facts(format="PNG", mode="RGBA", had_alpha=True), "transparent pixels composited on white"),
         (facts(format="GIF", animated=True), "animated: only the first frame was scored"),
         (facts(jpeg_quality=50), "JPEG quality about 50, more compressed than the training images"),
+        (facts(jpeg_quality=MIN_JPEG_QUALITY - 1), f"JPEG quality about {MIN_JPEG_QUALITY - 1}"),
     ],
 )
 def test_each_difference_is_named_in_the_note(upload, phrase):
@@ -126,6 +137,9 @@ def test_little_fine_detail_is_noted_and_policed():
     assert "little fine detail (blurred or smoothed)" in blurred
     assert domain_verdict(0.75, BANDS, NATIVE, 32, 0.2, MIN_FINE_DETAIL + 0.01) == "FAKE"
     assert domain_verdict(0.75, BANDS, NATIVE, 32, 0.2, MIN_FINE_DETAIL - 0.01) == "UNCERTAIN"
+    # A request's images each with their own fine detail (how the predictor calls it).
+    details = [MIN_FINE_DETAIL + 0.01, MIN_FINE_DETAIL - 0.01]
+    assert domain_verdicts([0.75, 0.75], BANDS, [NATIVE, NATIVE], 32, 0.2, details) == ["FAKE", "UNCERTAIN"]
 
 
 def test_blur_lowers_fine_detail_below_the_threshold_and_training_images_stay_above():
