@@ -201,7 +201,9 @@ def test_kaggle_path_with_a_fake_kaggle_api(monkeypatch: pytest.MonkeyPatch, tmp
     assert sum(1 for _ in sources.iter_entries(archive)) == 2500
 
 
-def test_kaggle_download_failure_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_kaggle_download_failure_from_a_fake_offline_api_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     kaggle_api = importlib.import_module("kaggle.api.kaggle_api_extended")  # kaggle.api is shadowed
 
     class FakeOfflineKaggleApi:

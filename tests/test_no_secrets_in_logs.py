@@ -168,7 +168,7 @@ def dagshub_answers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return cache
 
 
-def test_dagshub_token_stays_in_the_environment_never_in_a_file(
+def test_dagshub_token_stays_in_the_environment_never_in_a_file_with_fake_dagshub_answers(
     dagshub_answers: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The dagshub package's add_app_token saves the token in plain text (~/.cache/dagshub/tokens)."""
@@ -182,7 +182,7 @@ def test_dagshub_token_stays_in_the_environment_never_in_a_file(
     assert not written, f"DAGSHUB_TOKEN written to {written}"
 
 
-def test_a_rejected_dagshub_token_is_one_error_naming_the_variable(
+def test_a_rejected_dagshub_token_from_a_fake_dagshub_is_one_error_naming_the_variable(
     dagshub_answers: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dagshub.auth.tokens as tokens
