@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from core.config import ConfigError, ExtraSetParams, load_params
-from core.degrade import DEGRADATIONS
-from core.imaging import decode_for_model
+from core.degrade import DEGRADATIONS, degraded_file
+from core.imagestats import image_statistics
+from core.imaging import decode_for_model, jpeg_quality
 from core.labels import FAKE, REAL
 from core.metrics import outcome_metrics
 from core.modelstore import predict_fake_probability
@@ -71,6 +72,21 @@ def test_sample_is_stratified_deterministic_and_optional() -> None:
     assert np.count_nonzero(labels[chosen] == FAKE) == 5  # fewer than asked: all of them
     assert np.array_equal(chosen, robustness.sample_indices(labels, 10))
     assert np.array_equal(robustness.sample_indices(labels, None), np.arange(35))
+
+
+def test_each_degradation_makes_the_upload_it_names() -> None:
+    image = _images(1)[0][1]  # a noisy image: every degradation changes it
+    files = {name: degraded_file(image, name) for name in DEGRADATIONS}
+    opened = {name: Image.open(io.BytesIO(data)) for name, data in files.items()}
+    for quality in (90, 75, 50):
+        upload = opened[f"jpeg_q{quality}"]
+        assert upload.format == "JPEG" and jpeg_quality(upload) == quality
+    assert opened["upscale_4x"].size == (128, 128) and opened["downscale_0.5x"].size == (32, 32)
+    scored = {name: decode_for_model(data, 32) for name, data in files.items()}
+    assert np.array_equal(scored["clean"], image)
+    assert all(not np.array_equal(scored[name], image) for name in DEGRADATIONS if name != "clean")
+    detail = {name: image_statistics(pixels[None])["hf_energy"][0] for name, pixels in scored.items()}
+    assert detail["blur_1.0"] < detail["blur_0.6"] < detail["clean"] < detail["noise"]
 
 
 def test_report_has_the_contract_and_blur_makes_the_noise_detector_miss_fakes(detector) -> None:
