@@ -225,6 +225,18 @@ def test_folder_without_real_and_fake_is_refused(tmp_path: Path) -> None:
         extra_sets.check([ExtraSetParams(name="gen2", path=str(tmp_path / "set"))])
 
 
+def test_two_sets_with_one_name_are_refused(tmp_path: Path) -> None:
+    """Results are keyed by name in reports/metrics.json: the second set would silently replace the first."""
+    for folder in ("a", "b"):
+        for class_name in ("REAL", "FAKE"):
+            (tmp_path / folder / class_name).mkdir(parents=True)
+            (tmp_path / folder / class_name / "x.png").write_bytes(_encode(Image.new("RGB", (8, 8)), "PNG"))
+    sets = [ExtraSetParams(name="photos", path=str(tmp_path / folder)) for folder in ("a", "b")]
+    with pytest.raises(ConfigError, match="names must differ, got photos, photos"):
+        extra_sets.check(sets)
+    assert [s.name for s in extra_sets.check(sets[:1])] == ["photos"]
+
+
 def test_evaluate_refuses_a_bad_set_before_loading_or_scoring_anything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
