@@ -46,9 +46,27 @@ def test_any_size_is_resized_and_grey_is_made_rgb() -> None:
     assert out.shape == (32, 32, 3) and abs(int(out.mean()) - 128) <= 2
 
 
-def test_transparent_pixels_are_composited_on_white() -> None:
-    out = decode_for_model(encode(Image.new("RGBA", (32, 32), (0, 0, 0, 0))), 32)
+def _palette_with_transparent_black() -> bytes:
+    image = Image.new("P", (32, 32), 0)
+    image.putpalette([0, 0, 0] * 256)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=0)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(Image.new("RGBA", (32, 32), (0, 0, 0, 0))),
+        encode(Image.new("LA", (32, 32), (0, 0))),  # grey with alpha
+        _palette_with_transparent_black(),  # a palette PNG (or GIF) whose transparent index is black
+    ],
+    ids=["RGBA", "LA", "P"],
+)
+def test_transparent_pixels_are_composited_on_white(data: bytes) -> None:
+    out, facts = decode_upload(data, 32)
     assert (out == 255).all()
+    assert facts.had_alpha, "the domain note says transparent pixels were composited"
 
 
 @pytest.mark.parametrize(
