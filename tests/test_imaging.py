@@ -46,6 +46,13 @@ def test_any_size_is_resized_and_grey_is_made_rgb() -> None:
     assert out.shape == (32, 32, 3) and abs(int(out.mean()) - 128) <= 2
 
 
+def test_a_larger_upload_is_shrunk_with_antialiasing() -> None:
+    """A 1-pixel checkerboard averages to grey; a resize without antialiasing keeps only black or white."""
+    board = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    out = decode_for_model(encode(Image.fromarray(board).convert("RGB")), 32)
+    assert np.abs(out.astype(int) - 128).max() <= 4
+
+
 def _palette_with_transparent_black() -> bytes:
     image = Image.new("P", (32, 32), 0)
     image.putpalette([0, 0, 0] * 256)
