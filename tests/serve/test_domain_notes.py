@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from core.imaging import decode_for_model
 from core.labels import decide, names, verdicts
@@ -38,7 +38,7 @@ def strict_predictor(registered_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uploads(sample_images) -> tuple[list[bytes], list[tuple[int, int, str]], list[str]]:
-    """A native probe and four unlike it: files, (width, height, format) and a phrase of each note."""
+    """A native probe and five unlike it: files, (width, height, format) and a phrase of each note."""
     native = sample_images.probe[0]
     image = Image.fromarray(decode_for_model(native, 32))
     rgba = image.convert("RGBA")
@@ -49,14 +49,23 @@ def uploads(sample_images) -> tuple[list[bytes], list[tuple[int, int, str]], lis
         png_bytes(rgba),
         jpeg_bytes(image.resize((48, 32)), 90),
         jpeg_bytes(image, 30),
+        png_bytes(image.filter(ImageFilter.GaussianBlur(2))),  # native size and format: only its detail
     ]
-    inputs = [(32, 32, "JPEG"), (128, 128, "PNG"), (32, 32, "PNG"), (48, 32, "JPEG"), (32, 32, "JPEG")]
+    inputs = [
+        (32, 32, "JPEG"),
+        (128, 128, "PNG"),
+        (32, 32, "PNG"),
+        (48, 32, "JPEG"),
+        (32, 32, "JPEG"),
+        (32, 32, "PNG"),
+    ]
     phrases = [
         "",
         "resized from 128x128 to 32x32, 4x larger than the training images (far from",
         "transparent pixels composited on white",
         "not square (48x32)",
         "JPEG quality about 30",
+        "little fine detail (blurred or smoothed)",
     ]
     return files, inputs, phrases
 
@@ -82,7 +91,7 @@ def test_v1_predictions_carry_input_and_note(strict_predictor, uploads, in_proce
     # The label stays the binary decision for every image (API compatibility); only the verdict is policed.
     assert [p["label"] for p in predictions] == labels
     assert predictions[0]["verdict"] == native_verdicts[0]
-    assert [p["verdict"] for p in predictions[1:]] == ["UNCERTAIN"] * 4
+    assert [p["verdict"] for p in predictions[1:]] == ["UNCERTAIN"] * 5
 
 
 def test_v2_outputs_carry_note_input_size_and_format(strict_predictor, uploads, in_process):
@@ -90,10 +99,10 @@ def test_v2_outputs_carry_note_input_size_and_format(strict_predictor, uploads, 
     response = v2_infer(strict_predictor.url, v2_body(files))
     assert response.status_code == 200, response.text
     by_name = {output["name"]: output for output in response.json()["outputs"]}
-    assert (by_name["note"]["datatype"], by_name["note"]["shape"]) == ("BYTES", [5])
-    assert (by_name["input_size"]["datatype"], by_name["input_size"]["shape"]) == ("INT32", [5, 2])
-    assert (by_name["input_format"]["datatype"], by_name["input_format"]["shape"]) == ("BYTES", [5])
-    sizes = np.asarray(by_name["input_size"]["data"]).reshape(5, 2).tolist()
+    assert (by_name["note"]["datatype"], by_name["note"]["shape"]) == ("BYTES", [6])
+    assert (by_name["input_size"]["datatype"], by_name["input_size"]["shape"]) == ("INT32", [6, 2])
+    assert (by_name["input_format"]["datatype"], by_name["input_format"]["shape"]) == ("BYTES", [6])
+    sizes = np.asarray(by_name["input_size"]["data"]).reshape(6, 2).tolist()
     assert sizes == [[w, h] for w, h, _ in inputs]
     assert by_name["input_format"]["data"] == [fmt for _, _, fmt in inputs]
     notes = by_name["note"]["data"]
@@ -101,7 +110,7 @@ def test_v2_outputs_carry_note_input_size_and_format(strict_predictor, uploads, 
     got = outputs(response)
     labels, native_verdicts = expected_label_and_verdict(in_process, np.asarray(got["fake_probability"]))
     assert got["label"] == labels
-    assert got["verdict"] == [native_verdicts[0]] + ["UNCERTAIN"] * 4
+    assert got["verdict"] == [native_verdicts[0]] + ["UNCERTAIN"] * 5
 
 
 def test_bad_domain_margin_is_a_one_line_cli_error():
