@@ -280,6 +280,8 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert bucket.take("b") == 0, "clients have their own buckets"
     now[0] = 10.0
     assert bucket.take("a") == 0
+    now[0] = 1000.0  # a long idle fills the bucket to its size, not beyond: still two at once
+    assert [bucket.take("a") for _ in range(3)] == [0, 0, pytest.approx(10.0)]
 
 
 # --- python -m stages.feedback -----------------------------------------------------------------------------
