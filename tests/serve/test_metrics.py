@@ -313,6 +313,25 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, caplog):
     assert len(read_records(tmp_path)) == 4, "what was queued is written at close"
 
 
+def test_requests_written_in_one_batch_keep_their_own_scores_and_statistics(tmp_path):
+    writer = RecordWriter(tmp_path)
+    rng = np.random.default_rng(1)
+    batches = [rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8) for count in (2, 3)]
+    scores = [np.array([0.1, 0.2]), np.array([0.7, 0.8, 0.9])]
+    # Holding the writer's lock keeps its thread from taking either request: both go out in one write.
+    with writer._condition:
+        for images, probabilities in zip(batches, scores, strict=True):
+            facts = [InputFacts(32, 32, "PNG", "RGB", False, 1)] * len(images)
+            verdicts = ["REAL"] * len(images)
+            assert writer.submit("7", "v2", probabilities, verdicts, facts, image_statistics(images))
+    writer.close()
+    records = read_records(tmp_path)
+    assert [r["fake_probability"] for r in records] == pytest.approx(np.concatenate(scores).tolist())
+    expected = image_statistics(np.concatenate(batches))
+    for name in STAT_NAMES:
+        assert [r[name] for r in records] == pytest.approx(expected[name].tolist()), name
+
+
 def test_close_writes_everything_queued(tmp_path):
     writer = RecordWriter(tmp_path)
     for _ in range(50):
