@@ -268,6 +268,23 @@ def test_gate_never_promotes_a_synthetic_data_model_over_a_real_data_champion(wo
     assert challenger.tags["synthetic_data"] == "true" and challenger.tags["promotion"] == "rejected"
 
 
+def test_gate_measures_again_a_champion_tagged_on_other_test_data(workspace_copy) -> None:
+    """Its tags describe another test split: the champion is downloaded and scored on this one, where the
+    same model ties with itself (trusting its tag of 0.5 would have promoted it over itself)."""
+    root, env = workspace_copy
+    run_stage("register", root, env)
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("deepguard", "champion")
+    client.set_model_version_tag("deepguard", champion.version, "test_hash", "another test split")
+    client.set_model_version_tag("deepguard", champion.version, "test_roc_auc", "0.5")
+    result = run_stage("register", root, env)
+    assert "re-evaluating it on this test split" in result.stdout
+    assert "NOT promoted" in result.stdout
+    assert client.get_model_version_by_alias("deepguard", "champion").version == champion.version
+    decision = json.loads((root / "reports/registration.json").read_text())["decision"]
+    assert decision["champion_value"] == pytest.approx(decision["challenger_value"], abs=1e-6)
+
+
 def test_champion_evaluated_again_with_new_bands_is_served_with_them(workspace_copy) -> None:
     """An ``evaluation`` setting changed: evaluate and register rerun on the same model file. Its new bands
     can only reach the predictor through a new champion version: a tie with itself must not keep them out."""
