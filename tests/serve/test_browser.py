@@ -36,7 +36,10 @@ TIMEOUT_MS = 30_000
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found: the browser test needs Debian chromium (`make chromium` as root)")
+        reason = f"{CHROMIUM} not found: the browser test needs Debian chromium (`make chromium` as root)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must install it")  # as tests/serve/test_prometheus.py does
+        pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
