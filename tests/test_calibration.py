@@ -21,7 +21,7 @@ from stages.calibration import (
     logit,
     negative_log_likelihood,
 )
-from stages.evaluate import choose_bands
+from stages.evaluate import choose_bands, choose_threshold
 
 REPO = Path(__file__).resolve().parents[1]
 OVERCONFIDENCE = 5.0  # the test model's logits are this many times the true log-odds
@@ -219,6 +219,20 @@ def test_pipeline_fits_t_on_validation_and_registers_the_bands(trained_workspace
     assert fitted_here == pytest.approx(fitted["val"], rel=1e-3, abs=1e-3)
     assert fitted["test"] != pytest.approx(fitted["val"], rel=1e-3), "T, b would differ if fitted on test"
     assert training["val_nll_after_calibration"] <= training["val_nll_before_calibration"]
+    # The threshold and the band edges are chosen on validation too, with the calibrated scores.
+    chosen = {}
+    for split in ("val", "test"):
+        images, labels = load_split(root / "data/processed", split)
+        labels, scores = np.asarray(labels), predict_fake_probability(model, images)
+        threshold = choose_threshold(labels, scores, metrics["threshold_metric"])
+        chosen[split] = (threshold, *choose_bands(labels, scores, threshold, metrics["band_precision"]))
+    assert (metrics["threshold"], metrics["real_below"], metrics["fake_above"]) == pytest.approx(
+        chosen["val"]
+    )
+    assert chosen["test"][0] != pytest.approx(chosen["val"][0]), (
+        "the threshold would differ if chosen on test"
+    )
+    assert chosen["test"][1:] != pytest.approx(chosen["val"][1:]), "so would the bands"
 
     assert 0.0 <= metrics["real_below"] <= metrics["threshold"] <= metrics["fake_above"] <= 1.0
     val_bands = metrics["bands"]["val"]
