@@ -189,6 +189,27 @@ def test_a_record_with_a_null_or_non_finite_number_is_malformed_not_fatal(tmp_pa
     assert compare(reference, served, (0.3, 0.7), SETTINGS)["records"] == 2
 
 
+def test_only_the_records_of_the_window_are_read(tmp_path: Path) -> None:
+    """``[start, end)``: the DAG passes its run's time as ``--now``; a rerun of an earlier run sees no traffic
+    served after it, nor twice the record at a window's edge."""
+    from stages.monitor import read_records
+
+    served = {
+        "model_version": "1",
+        "fake_probability": 0.5,
+        "verdict": "UNCERTAIN",
+        "width": 32,
+        "height": 32,
+        "format": "PNG",
+        **dict.fromkeys(STAT_NAMES, 0.5),
+    }
+    start = NOW - timedelta(hours=1)
+    stamps = [start - timedelta(seconds=1), start, NOW - timedelta(seconds=1), NOW]
+    write_records(tmp_path / "records", [{**served, "ts": ts.isoformat()} for ts in stamps])
+    records, malformed = read_records(tmp_path / "records", start, NOW)
+    assert [r["ts"] for r in records] == [stamps[1].isoformat(), stamps[2].isoformat()] and malformed == 0
+
+
 def _ks(report: dict) -> str:
     return ", ".join(f"{name} {r['statistic']:.3f} (p {r['pvalue']:.1e})" for name, r in report["ks"].items())
 
