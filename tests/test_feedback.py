@@ -189,6 +189,7 @@ def test_feedback_route_stores_the_item_and_names_bad_fields(web: tuple[str, Pat
     assert response.json()["created"] is True
     record = json.loads((folder / "pending" / f"{item_id}.json").read_text())
     assert record["claimed_label"] == "FAKE" and record["fake_probability"] == 0.31
+    assert record["verdict"] == "REAL" and record["model_version"] == "4", "what the service answered"
     assert (folder / "pending" / f"{item_id}.png").read_bytes() == image_file(10)
     assert post(url, image_file(10)).json() == {"id": item_id, "status": "pending", "created": False}
     missing = post(url, None)
