@@ -91,6 +91,13 @@ def test_ingest_is_deterministic(defective_zip: Path, tmp_path: Path) -> None:
     second = _ingest(defective_zip, tmp_path / "b")
     assert first["data_hash"] == second["data_hash"]
     assert (tmp_path / "a/raw" / ARCHIVE).read_bytes() == (tmp_path / "b/raw" / ARCHIVE).read_bytes()
+    # The hash is the lineage of the labelled data: one image moved to the other class is other data.
+    with zipfile.ZipFile(defective_zip) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    files["train/FAKE/moved.jpg"] = files.pop("train/REAL/0.jpg")
+    relabelled = _ingest(make_zip(tmp_path / "relabelled.zip", files), tmp_path / "c")
+    assert relabelled["kept"] == {"test": {"FAKE": 3, "REAL": 3}, "train": {"FAKE": 4, "REAL": 2}}
+    assert relabelled["data_hash"] != first["data_hash"]
 
 
 def test_synthetic_source_is_deterministic_and_says_so(tmp_path: Path) -> None:
