@@ -26,7 +26,7 @@ from deepguard_pods import (  # noqa: E402
     stage_task,
 )
 
-from core.config import Architecture, DataParams  # noqa: E402
+from core.config import Architecture, DataParams, TrainingParams  # noqa: E402
 from core.pipeline import DEPLOY, STAGES, Stage  # noqa: E402
 
 DAG_ID = "deepguard_pipeline"
@@ -41,6 +41,13 @@ OVERRIDES = {
     "sample_per_class": "data.sample_per_class",
 }
 _FROM_PARAMS_FILE = "(as in params.yaml)"
+
+
+def _least(section: type, key: str) -> int:
+    """The least value params.yaml's schema accepts for ``key`` of ``section`` (its ``ge`` bound)."""
+    return next(rule.ge for rule in section.model_fields[key].metadata if hasattr(rule, "ge"))
+
+
 PARAMS = {
     "architecture": Param(
         None,
@@ -53,7 +60,7 @@ PARAMS = {
     "epochs": Param(
         None,
         type=["null", "integer"],
-        minimum=1,
+        minimum=_least(TrainingParams, "epochs"),
         maximum=500,
         title="Epochs",
         description="Training epochs (empty: params.yaml).",
@@ -69,7 +76,7 @@ PARAMS = {
     "sample_per_class": Param(
         None,
         type=["null", "integer"],
-        minimum=1,
+        minimum=_least(DataParams, "sample_per_class"),
         title="Sample size",
         description="At most this many images per split and class (empty: params.yaml).",
     ),

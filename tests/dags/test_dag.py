@@ -203,6 +203,7 @@ def test_trigger_params_become_overrides_the_stages_accept(dag: Any) -> None:
         {"epochs": 0},
         {"data_source": "s3"},
         {"sample_per_class": -5},
+        {"sample_per_class": 1},  # params.yaml needs 2: an image of each class for train and validation
         {"deploy": "yes"},
     ],
 )
