@@ -20,6 +20,7 @@ from core.errors import DeepGuardError
 SOURCE_MARKER = Path("data/source.json")
 RAW_DIR = Path("data/raw")
 PROCESSED_DIR = Path("data/processed")
+SPLIT_SUMMARY = PROCESSED_DIR / "summary.json"  # preprocess: split counts and hashes
 FEATURES_DIR = Path("data/features")
 MODEL_DIR = Path("models")
 REPORTS_DIR = Path("reports")

@@ -25,8 +25,8 @@ from core.pipeline import (
     METRICS_FILE,
     MODEL_CARD_JSON,
     MODEL_CARD_MARKDOWN,
-    PROCESSED_DIR,
-    REPORTS_DIR,
+    ROBUSTNESS_FILE,
+    SPLIT_SUMMARY,
     TRAINING_REPORT,
 )
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
 
 log = logging.getLogger(__name__)
 
-ROBUSTNESS_FILE = REPORTS_DIR / "robustness.json"  # evaluate's robustness report, when it writes one
 # Test metrics shown in this order, with the names a reader knows; other numeric keys follow as they are.
 METRIC_NAMES = {
     "accuracy": "accuracy",
@@ -108,7 +107,9 @@ def _recipe_section(params: Params, lineage: Mapping, training: Mapping) -> dict
         "augmentation": ", ".join(f"{k}={v}" for k, v in params.augmentation.model_dump().items()),
         "spectrum branch": str(params.model.spectrum_branch).lower(),
         "test-time flip": str(params.model.test_time_flip).lower(),
-        "params hash (sha256 of params.yaml)": str(lineage.get("params_hash", params.digest())),
+        "params hash (sha256 of the params, --set included)": str(
+            lineage.get("params_hash", params.digest())
+        ),
     }
     for key in ("epochs_run", "best_epoch", "parameters", "device", "train_seconds"):
         if key in training:
@@ -168,7 +169,8 @@ def _limits_section(metadata: ModelMetadata, robustness: Mapping | None) -> dict
         "edited photos and other subjects are outside what it was tested on.",
         "Blur, strong JPEG compression and enlargement change its scores; such uploads more often get "
         "UNCERTAIN, and some still get a wrong, confident verdict.",
-        "P(FAKE) is a score calibrated on CIFAKE's test distribution, not a probability for your images.",
+        "P(FAKE) is calibrated on CIFAKE's validation images: a score for images like those, not a "
+        "probability for yours.",
     ]
     if robustness and isinstance(robustness.get("degradations"), Mapping):
         rows = {
@@ -312,7 +314,7 @@ def publish(
         run_id=run_id,
         metrics=read_json(METRICS_FILE),
         data_report=read_json(DATA_REPORT),
-        summary=read_json(PROCESSED_DIR / "summary.json"),
+        summary=read_json(SPLIT_SUMMARY),
         training=read_optional(TRAINING_REPORT),
         robustness=read_optional(ROBUSTNESS_FILE),
     )

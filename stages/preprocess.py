@@ -24,7 +24,7 @@ from core.config import Params, SplitParams
 from core.errors import DeepGuardError
 from core.imaging import to_model_input
 from core.labels import CLASS_NAMES, label_of
-from core.pipeline import ARCHIVE, INDEX, PROCESSED_DIR, RAW_DIR, missing_input
+from core.pipeline import ARCHIVE, INDEX, PROCESSED_DIR, RAW_DIR, SPLIT_SUMMARY, missing_input
 from stages.shards import NpyWriter, images_path, labels_path
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def run(params: Params) -> dict:
                 for split, names in splits.items()
             },
         }
-        write_json(tmp / "summary.json", summary)
+        write_json(tmp / SPLIT_SUMMARY.name, summary)
     log.info("preprocess done: %s", {split: sum(c.values()) for split, c in summary["counts"].items()})
     return summary
 

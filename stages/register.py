@@ -49,6 +49,7 @@ from core.pipeline import (
     REFERENCE_FILE,
     REGISTRATION_FILE,
     ROBUSTNESS_FILE,
+    SPLIT_SUMMARY,
 )
 from core.settings import settings
 from core.tracking import load_run_id
@@ -308,7 +309,7 @@ def run(params: Params) -> dict:
 
     metrics = read_json(METRICS_FILE)
     data_report = read_json(DATA_REPORT)
-    summary = read_json(PROCESSED_DIR / "summary.json")
+    summary = read_json(SPLIT_SUMMARY)
     name = params.mlflow.model_name
     metadata = ModelMetadata(
         threshold=metrics["threshold"],
