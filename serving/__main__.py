@@ -92,9 +92,8 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--max_request_bytes",
         dest="max_request_bytes",
         type=int,
-        default=None,
-        help="largest request body, answered with a 413 beyond it (default: "
-        "max-images files of max-image-bytes, base64-encoded)",
+        default=limits.max_request_bytes,
+        help="largest request body, answered with a 413 beyond it (default: %(default)s)",
     )
     parser.add_argument(
         "--monitoring-dir",

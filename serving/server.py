@@ -292,7 +292,7 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
         # Replaced before start(), which hands it to the REST and gRPC servers.
         server.model_repository_extension = FrozenRepositoryExtension(model_registry=repository)
     # Added last, so it runs first: nothing reads a body over the limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.max_request_bytes)
     # Outermost: times and counts every inference request, the guards' refusals included.
     app.add_middleware(RequestMetricsMiddleware)
     return server

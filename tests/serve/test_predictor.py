@@ -28,6 +28,8 @@ from serving import model as serving_model
 from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_verdicts
 from serving.model import DeepGuardModel, Limits, MicroBatcher, ServedModel
 
+from .serving_helpers import REPO
+
 TIMEOUT = 60
 
 
@@ -225,6 +227,22 @@ def test_default_limits_accept_256_images_of_10_megabytes():
     limits = Limits()
     assert limits.max_images >= 256
     assert limits.max_image_bytes >= 10 * 1024 * 1024
+
+
+def test_the_default_body_limit_carries_the_web_apps_largest_upload_and_fits_the_charts_memory():
+    import yaml
+
+    from flask_app import DEFAULT_MAX_BATCH_BYTES
+
+    body = Limits().max_request_bytes
+    # The web app's largest upload, base64-encoded in one V2 request, with room for the JSON around it.
+    assert body >= serving_model.base64_length(DEFAULT_MAX_BATCH_BYTES) + 64 * 1024
+    # At its peak the predictor holds about four copies of a body (3.9x measured with tracemalloc): one
+    # request at the limit must leave half of the chart's memory limit to the model and other requests.
+    values = yaml.safe_load((REPO / "helm" / "deepguard" / "values.yaml").read_text())
+    memory = values["predictor"]["resources"]["limits"]["memory"]
+    assert memory.endswith("Gi")
+    assert 4 * body <= int(memory.removesuffix("Gi")) * 2**30 / 2
 
 
 # ---- bad input: 4xx naming the item, and the server keeps serving ------------------------------------------
