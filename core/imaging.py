@@ -75,8 +75,10 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
         image = Image.open(io.BytesIO(data), formats=READ_FORMATS)
     width, height = image.size
     if width * height > max_pixels:
+        # A phone's 50-megapixel photo as much as a bomb: say what to do, not what it might be.
         raise ImageError(
-            f"decompression bomb refused: {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
+            f"too large: {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels; "
+            "send a smaller copy"
         )
     # 0xFFDA starts a scan; in entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker.
     scans = data.count(b"\xff\xda") if image.format in JPEG_FORMATS else 0

@@ -146,6 +146,7 @@ def test_a_refused_request_is_counted_with_its_status(monitored):
 
 
 def test_decode_error_reasons_match_the_messages_raised():
+    assert metrics.decode_error_reason("x: too large: 9x9 pixels exceeds the limit ...") == "too_many_pixels"
     assert metrics.decode_error_reason("x: decompression bomb refused: 9x9 pixels exceeds ...") == (
         "too_many_pixels"
     )
