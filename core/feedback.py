@@ -42,6 +42,7 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"II*\x00", "tif"),
     (b"MM\x00*", "tif"),
 )
+_SUFFIXES = frozenset({*(suffix for _, suffix in _SIGNATURES), "webp"})
 
 
 class FeedbackError(ValueError):
@@ -76,6 +77,12 @@ class FeedbackNotFoundError(FeedbackError):
     """No item has this id."""
 
     status = 404
+
+
+class FeedbackRecordError(FeedbackError):
+    """A record in the store is not what :meth:`FeedbackStore.submit` wrote (edited by hand, cut short)."""
+
+    status = 500
 
 
 @dataclass(frozen=True)
@@ -207,11 +214,34 @@ class FeedbackStore:
         _write_atomic(folder / f"{item_id}.json", json.dumps(item.to_record(), indent=2).encode())
         return item, True
 
+    def _read(self, record: Path, status: str) -> FeedbackItem:
+        """The item of one record file, checked: ingest and :meth:`move` trust its id, claim and suffix.
+
+        Raises:
+            FeedbackRecordError: naming the file, for a record that is not what :meth:`submit` wrote.
+        """
+        where = f"{status}/{record.name}"
+        try:
+            item = FeedbackItem(**json.loads(record.read_bytes()), status=status)
+        except (ValueError, TypeError) as exc:  # not JSON, not UTF-8, not an object, a field missing or extra
+            raise FeedbackRecordError("record", f"{where} is not a feedback record ({exc})") from None
+        if (
+            item.id != record.stem
+            or item.claimed_label not in CLAIMS
+            or item.suffix not in _SUFFIXES
+            or not isinstance(item.fake_probability, int | float)
+        ):
+            raise FeedbackRecordError(
+                "record",
+                f"{where}: its id, claimed_label, fake_probability or suffix is not as submit writes them",
+            )
+        return item
+
     def _find(self, item_id: str) -> FeedbackItem | None:
         for status in STATUSES:
             record = self.root / status / f"{item_id}.json"
             if record.is_file():
-                return FeedbackItem(**json.loads(record.read_text()), status=status)
+                return self._read(record, status)
         return None
 
     def get(self, item_id: str) -> FeedbackItem:
@@ -222,7 +252,13 @@ class FeedbackStore:
         """
         if not re.fullmatch(r"[0-9a-f]{8,64}", item_id):
             raise FeedbackNotFoundError("id", f"{item_id!r} is not a feedback id (8 to 64 hex digits)")
-        matches = [item for item in self.items() if item.id.startswith(item_id)]
+        # Only the records this id names are read: a broken record of another item does not block this one.
+        matches = [
+            self._read(record, status)
+            for status in STATUSES
+            for record in sorted((self.root / status).glob(f"{item_id}*.json"))
+            if _ID.fullmatch(record.stem)
+        ]
         if len(matches) != 1:
             found = "no item" if not matches else f"{len(matches)} items"
             raise FeedbackNotFoundError("id", f"{found} with id {item_id}")
@@ -236,7 +272,7 @@ class FeedbackStore:
             if folder.is_dir():
                 for record in folder.glob("*.json"):
                     if _ID.fullmatch(record.stem):
-                        found.append(FeedbackItem(**json.loads(record.read_text()), status=name))
+                        found.append(self._read(record, name))
         return sorted(found, key=lambda item: (item.ts, item.id))
 
     def count(self, status: str) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core.config import DataParams
 from core.errors import DeepGuardError
-from core.feedback import ACCEPTED, FeedbackStore
+from core.feedback import ACCEPTED, FeedbackError, FeedbackItem, FeedbackStore
 from core.labels import CLASS_NAMES
 from core.names import DATA_ENV
 from core.settings import settings
@@ -363,9 +363,17 @@ def feedback_store() -> FeedbackStore:
     return FeedbackStore(settings().monitoring_dir / "feedback")
 
 
+def _accepted(store: FeedbackStore) -> list[FeedbackItem]:
+    """The accepted items; a record edited by hand is a one-line error naming it, not a traceback."""
+    try:
+        return store.items(ACCEPTED)
+    except FeedbackError as exc:
+        raise SourceError(f"{store.root}: {exc}: fix or remove it (or set data.feedback: exclude)") from None
+
+
 def feedback_fingerprint(store: FeedbackStore) -> str:
     """Changes exactly when the set of accepted items (or a claim) changes: part of data/source.json."""
-    accepted = sorted(f"{item.id}:{item.claimed_label}" for item in store.items(ACCEPTED))
+    accepted = sorted(f"{item.id}:{item.claimed_label}" for item in _accepted(store))
     return hashlib.sha256("\n".join(accepted).encode()).hexdigest()
 
 
@@ -376,7 +384,7 @@ def feedback_entries(store: FeedbackStore) -> Iterator[Entry]:
     is not exactly image_size x image_size RGB is rejected and counted, never resized (resampling erases
     the high-frequency traces the detector learns from).
     """
-    for item in store.items(ACCEPTED):
+    for item in _accepted(store):
         data = store.image_path(item).read_bytes()
         _check_size(len(data), str(store.image_path(item)))
         yield Entry("train", item.claimed_label, f"{item.id}.{item.suffix}", data, origin=FEEDBACK)

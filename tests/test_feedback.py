@@ -137,6 +137,46 @@ def test_move_finds_an_image_left_behind_by_an_interrupted_move(tmp_path: Path) 
         store.move(item.id, ACCEPTED)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda record: '{"id": "cut short',
+        lambda record: json.dumps({**record, "note": "looked at it"}),
+        lambda record: json.dumps({**record, "status": ACCEPTED}),
+        lambda record: json.dumps({**record, "claimed_label": "fake"}),
+        lambda record: json.dumps({**record, "id": "0" * 64}),
+        lambda record: json.dumps(list(record)),
+    ],
+    ids=["not-json", "unknown-key", "status-key", "bad-claim", "other-id", "not-an-object"],
+)
+def test_a_hand_edited_record_is_named_not_a_traceback(tmp_path: Path, edit) -> None:
+    """A record edited by hand (or cut short) made list, accept, submit and ingest die with a traceback."""
+    store = FeedbackStore(tmp_path)
+    broken, fine = submit(store, image_file(8)), submit(store, image_file(9))
+    path = tmp_path / PENDING / f"{broken.id}.json"
+    path.write_text(edit(json.loads(path.read_text())))
+    for call in (store.items, lambda: store.get(broken.id[:8]), lambda: submit(store, image_file(8))):
+        with pytest.raises(FeedbackError, match=f"{PENDING}/{broken.id}.json") as raised:
+            call()
+        assert raised.value.status == 500, "the store is broken, not the request"
+    store.move(fine.id, ACCEPTED)  # another item's record is not read to review this one
+    (tmp_path / ACCEPTED / f"{broken.id}.png").write_bytes(image_file(8))
+    path.rename(tmp_path / ACCEPTED / path.name)
+    with pytest.raises(sources.SourceError, match=f"{ACCEPTED}/{broken.id}.json"):
+        list(sources.feedback_entries(store))
+
+
+def test_review_command_names_a_hand_edited_record_in_one_line(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    store = FeedbackStore(root / "monitoring" / "feedback")
+    item = submit(store, image_file(10))
+    (root / "monitoring" / "feedback" / PENDING / f"{item.id}.json").write_text('{"id": ')
+    failed = run_stage("feedback", root, stage_env(root), "list", check=False)
+    assert failed.returncode == 2
+    (line,) = failed.stderr.strip().splitlines()
+    assert line.startswith("stages.feedback: error:") and f"{item.id}.json" in line, failed.stderr
+
+
 def test_store_agrees_with_core_labels_and_imports_only_the_standard_library() -> None:
     assert feedback.CLAIMS == CLASS_NAMES and feedback.VERDICTS == VERDICTS
     tree = ast.parse((REPO / "core" / "feedback.py").read_text())
