@@ -293,7 +293,8 @@ class FeedbackStore:
             The item with its new status.
 
         Raises:
-            FeedbackError: for an unknown status or an item already there; FeedbackNotFoundError.
+            FeedbackError: for an unknown status or an item already there; FeedbackNotFoundError;
+                FeedbackRecordError for an item whose image is missing.
         """
         if status not in STATUSES:
             raise FeedbackError("status", f"{status!r} is not one of {', '.join(STATUSES)}")
@@ -302,7 +303,11 @@ class FeedbackStore:
             raise FeedbackError("id", f"{item.id} is already {status}")
         folder = self.root / status
         folder.mkdir(parents=True, exist_ok=True)
+        image = self.image_path(item)
+        if not image.is_file():  # deleted by hand: say so rather than fail half-way with a traceback
+            where = f"{image.parent.name}/{image.name}"
+            raise FeedbackRecordError("image", f"{where} is missing: remove its record {item.id}.json too")
         # Image first, record last: the record's folder is the item's status.
-        os.replace(self.image_path(item), folder / f"{item.id}.{item.suffix}")
+        os.replace(image, folder / f"{item.id}.{item.suffix}")
         os.replace(self.root / item.status / f"{item.id}.json", folder / f"{item.id}.json")
         return FeedbackItem(**item.to_record(), status=status)

@@ -385,8 +385,15 @@ def feedback_entries(store: FeedbackStore) -> Iterator[Entry]:
     the high-frequency traces the detector learns from).
     """
     for item in _accepted(store):
-        data = store.image_path(item).read_bytes()
-        _check_size(len(data), str(store.image_path(item)))
+        path = store.image_path(item)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # deleted by hand
+            raise SourceError(
+                f"{path}: the image of accepted feedback is unreadable ({exc.strerror or exc}): "
+                f"put it back or remove its record {item.id}.json"
+            ) from None
+        _check_size(len(data), str(path))
         yield Entry("train", item.claimed_label, f"{item.id}.{item.suffix}", data, origin=FEEDBACK)
 
 

@@ -166,6 +166,20 @@ def test_a_hand_edited_record_is_named_not_a_traceback(tmp_path: Path, edit) -> 
         list(sources.feedback_entries(store))
 
 
+def test_an_item_whose_image_was_deleted_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """accept and ingest died with FileNotFoundError once an item's image had been deleted by hand."""
+    store = FeedbackStore(tmp_path)
+    pending, accepted = submit(store, image_file(11)), submit(store, image_file(12))
+    store.move(accepted.id, ACCEPTED)
+    (tmp_path / PENDING / f"{pending.id}.png").unlink()
+    (tmp_path / ACCEPTED / f"{accepted.id}.png").unlink()
+    with pytest.raises(FeedbackError, match=f"{PENDING}/{pending.id}.png is missing") as raised:
+        store.move(pending.id, ACCEPTED)
+    assert raised.value.status == 500 and store.get(pending.id).status == PENDING
+    with pytest.raises(sources.SourceError, match=f"{accepted.id}.png"):
+        list(sources.feedback_entries(store))
+
+
 def test_review_command_names_a_hand_edited_record_in_one_line(tmp_path: Path) -> None:
     root = make_workspace(tmp_path / "ws")
     store = FeedbackStore(root / "monitoring" / "feedback")
