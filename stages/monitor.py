@@ -68,7 +68,11 @@ def read_records(folder: Path, start: datetime, end: datetime) -> tuple[list[dic
     """
     records, malformed = [], 0
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        with path.open(encoding="utf-8", errors="replace") as lines:
+        try:
+            lines = path.open(encoding="utf-8", errors="replace")
+        except FileNotFoundError:  # deleted since listed: a predictor keeps the folder under its size cap
+            continue
+        with lines:
             for line in lines:
                 if not line.strip():
                     continue

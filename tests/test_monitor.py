@@ -210,6 +210,27 @@ def test_only_the_records_of_the_window_are_read(tmp_path: Path) -> None:
     assert [r["ts"] for r in records] == [stamps[1].isoformat(), stamps[2].isoformat()] and malformed == 0
 
 
+def test_a_record_file_deleted_after_the_listing_is_skipped(tmp_path: Path) -> None:
+    """A predictor deletes the oldest record files whenever the folder is over its size cap (any replica, any
+    time); one listed by the monitor and gone before it was opened crashed the monitor (FileNotFoundError)."""
+    from stages.monitor import read_records
+
+    served = {
+        "ts": (NOW - timedelta(minutes=1)).isoformat(),
+        "model_version": "1",
+        "fake_probability": 0.5,
+        "verdict": "UNCERTAIN",
+        "width": 32,
+        "height": 32,
+        "format": "PNG",
+        **dict.fromkeys(STAT_NAMES, 0.5),
+    }
+    write_records(tmp_path / "records", [served])
+    gone = tmp_path / "records" / "20261201T00-host-1-0000.jsonl"
+    gone.symlink_to(tmp_path / "deleted.jsonl")  # listed, but not there any more when opened
+    assert read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW) == ([served], 0)
+
+
 def _ks(report: dict) -> str:
     return ", ".join(f"{name} {r['statistic']:.3f} (p {r['pvalue']:.1e})" for name, r in report["ks"].items())
 
