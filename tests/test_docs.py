@@ -301,6 +301,14 @@ def test_the_map_names_the_files_a_newcomer_looks_for() -> None:
     assert re.search(r"`deploy/__main__\.py`.*canary", readme)
 
 
+def test_every_prometheus_series_is_in_the_serving_docs_table() -> None:
+    """docs/serving.md lists each series of both servers (an Info is exported with ``_info``)."""
+    doc = (REPO / "docs" / "serving.md").read_text()
+    for module in (REPO / "serving" / "metrics.py", REPO / "flask_app" / "metrics.py"):
+        for name in sorted(set(re.findall(r'"(deepguard_[a-z_]+)"', module.read_text()))):
+            assert f"| `{name}` |" in doc or f"| `{name}_info` |" in doc, f"{name} ({module.name})"
+
+
 def test_the_checker_reports_a_bogus_target_flag_and_link() -> None:
     text = (
         "Run `DEEPGUARD_DATA=x.zip make run no-such-target`, then\n"
