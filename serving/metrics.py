@@ -195,6 +195,8 @@ class DriftCollector:
             summary = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return
+        if not isinstance(summary, dict):  # edited by hand: an error here would fail the whole scrape
+            return
         labels = ["model_version"]
         version = [str(summary.get("model_version"))]
         detected = GaugeMetricFamily(
@@ -202,7 +204,7 @@ class DriftCollector:
         )
         detected.add_metric(version, 1.0 if summary.get("drift") else 0.0)
         yield detected
-        if summary.get("psi") is not None:
+        if isinstance(summary.get("psi"), int | float):
             psi = GaugeMetricFamily(
                 "deepguard_drift_score_psi",
                 "PSI of P(FAKE) in the latest drift report, against the champion's test scores.",

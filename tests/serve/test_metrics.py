@@ -428,3 +428,15 @@ def test_stale_multiprocess_files_are_cleared(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     web_metrics.clear_multiprocess_dir()
     assert not list(tmp_path.glob("*.db"))
+
+
+@pytest.mark.parametrize("text", ['["not", "an", "object"]', '{"model_version": "3", "psi": "x"}'])
+def test_a_drift_summary_edited_by_hand_never_fails_the_scrape(tmp_path, text):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    (tmp_path / "drift.json").write_text(text)
+    registry = CollectorRegistry()
+    registry.register(metrics.DriftCollector(tmp_path))
+    exported = generate_latest(registry).decode()  # raised before: every predictor series lost with it
+    assert "deepguard_drift_score_psi" not in exported
+    assert ("deepguard_drift_detected{" in exported) is text.startswith("{")
