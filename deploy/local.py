@@ -17,6 +17,15 @@ def predictor_url() -> str:
     return settings().local_predictor_url
 
 
+def _nothing_listening(exc: Exception) -> bool:
+    # No connection was made (refused, unresolvable or timed out: NewConnectionError is a ConnectTimeoutError)
+    # so no request was sent; a predictor that closes the connection midway (killed while loading the
+    # champion) is running, and its reload failed.
+    from urllib3.exceptions import ConnectTimeoutError
+
+    return isinstance(getattr(exc.args[0] if exc.args else None, "reason", None), ConnectTimeoutError)
+
+
 def deploy_local(champion: Champion, url: str, model: str, timeout_s: float) -> DeploymentResult:
     """Make the running local predictor reload the champion and check the version it then serves."""
     import requests
@@ -32,7 +41,12 @@ def deploy_local(champion: Champion, url: str, model: str, timeout_s: float) -> 
     )
     try:
         response = requests.post(f"{url}/v2/repository/models/{model}/load", timeout=timeout_s)
-    except requests.ConnectionError:
+    except requests.ConnectionError as exc:
+        if not _nothing_listening(exc):
+            raise DeployError(
+                f"predictor at {url} dropped the reload of version {champion.version} "
+                "(did it crash loading the champion? see its log)"
+            ) from None
         log.info(
             "no predictor is running at %s: nothing to reload; `make serve` will serve the champion "
             "(version %s) when it starts",

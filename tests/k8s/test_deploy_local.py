@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import requests
 from k8s_helpers import REPO
 from workspace import free_port, running
@@ -168,3 +169,28 @@ def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Pat
         f"HTTP {status} no"
     ]
     assert "deployment_status" not in client.get_model_version(MODEL, "1").tags
+
+
+def test_a_predictor_dropping_the_reload_fails_instead_of_saying_none_runs() -> None:
+    """A predictor killed while loading the champion (OOM) drops the reload: an error, not "none runs"."""
+    import socket
+    import threading
+
+    from deploy.local import deploy_local
+    from deploy.manifest import Champion, DeployError
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def crash_while_loading() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.close()
+
+    threading.Thread(target=crash_while_loading, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    champion = Champion(model_name=MODEL, version="2", artifact_uri="s3://b/m", storage_uri="s3://b/m")
+    try:
+        with pytest.raises(DeployError, match=f"predictor at {url} dropped the reload"):
+            deploy_local(champion, url, MODEL, timeout_s=10)
+    finally:
+        listener.close()
