@@ -61,8 +61,14 @@ def deploy_local(champion: Champion, url: str, model: str, timeout_s: float) -> 
         raise DeployError(
             f"predictor at {url} refused the reload: HTTP {response.status_code} {response.text[:200]}"
         )
-    metadata = requests.get(f"{url}/v2/models/{model}", timeout=timeout_s).json()
-    served = [str(v) for v in metadata.get("versions") or []]
+    try:
+        metadata = requests.get(f"{url}/v2/models/{model}", timeout=timeout_s)
+        metadata.raise_for_status()
+        served = [str(v) for v in metadata.json().get("versions") or []]
+    except (requests.RequestException, ValueError, AttributeError) as exc:
+        raise DeployError(
+            f"predictor at {url}: cannot read the version it serves after the reload ({type(exc).__name__})"
+        ) from None
     if champion.version not in served:
         raise DeployError(
             f"predictor at {url} serves version(s) {served} after the reload, "

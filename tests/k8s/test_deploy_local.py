@@ -194,3 +194,39 @@ def test_a_predictor_dropping_the_reload_fails_instead_of_saying_none_runs() -> 
             deploy_local(champion, url, MODEL, timeout_s=10)
     finally:
         listener.close()
+
+
+def test_a_predictor_answering_the_version_check_without_json_is_one_error() -> None:
+    """After the reload, an answer that is not KServe's metadata JSON (a proxy's error page): one error."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from deploy.local import deploy_local
+    from deploy.manifest import Champion, DeployError
+
+    class ReloadsThenAnswersHtml(BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self._answer(200, b"{}")
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._answer(502, b"<html>Bad Gateway</html>")
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ReloadsThenAnswersHtml)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    champion = Champion(model_name=MODEL, version="2", artifact_uri="s3://b/m", storage_uri="s3://b/m")
+    try:
+        with pytest.raises(DeployError, match=f"predictor at {url}: cannot read the version it serves"):
+            deploy_local(champion, url, MODEL, timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
