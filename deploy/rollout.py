@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -72,9 +73,18 @@ def _k8s_call(what: str, call: Callable[[], Any], missing_ok: bool = False) -> A
     except ApiException as exc:
         if missing_ok and exc.status == 404:
             return None
-        raise DeployError(f"{what}: HTTP {exc.status} {exc.reason}") from None
+        raise DeployError(f"{what}: HTTP {exc.status} {exc.reason}{_status_message(exc.body)}") from None
     except HTTPError as exc:
         raise DeployError(f"{what}: Kubernetes API unreachable ({type(exc).__name__})") from None
+
+
+def _status_message(body: str | bytes | None) -> str:
+    """``: <message>`` of the API server's Status: why RBAC or an admission webhook refused (first line)."""
+    try:
+        message = json.loads(body or "{}").get("message") or ""
+    except (ValueError, AttributeError):  # not a Status (a proxy's page): the HTTP status says what it can
+        return ""
+    return f": {message.strip().splitlines()[0][:500]}" if message.strip() else ""
 
 
 def read_serving_config(api_client: Any, namespace: str) -> ServingConfig:

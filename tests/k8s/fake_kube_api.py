@@ -57,7 +57,8 @@ class FakeCluster:
     generation is not yet observed-Ready; True makes the newest revision Ready and take traffic. As Knative
     does, a new revision is created only when the predictor changes in more than ``canaryTrafficPercent``.
     ``routes`` records each reconciled traffic split (revision -> percent), ``revisions`` each revision's
-    predictor; ``unavailable`` makes every call answer 503.
+    predictor; ``unavailable`` makes every call answer 503; ``refusal`` (code, message) makes every PATCH
+    answer that Status, as RBAC or an admission webhook does.
     """
 
     becomes_ready: Callable[[dict[str, Any]], bool]
@@ -67,6 +68,7 @@ class FakeCluster:
     revisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: list[dict[str, int]] = field(default_factory=list)
     unavailable: bool = False
+    refusal: tuple[int, str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def calls(self, method: str) -> list[Request]:
@@ -228,6 +230,11 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
                 return self._not_found(self.path)
             if content_type.split(";")[0] != "application/merge-patch+json":
                 return self._send(415, {"kind": "Status", "reason": "UnsupportedMediaType", "code": 415})
+            if cluster.refusal:
+                code, message = cluster.refusal
+                return self._send(
+                    code, {"kind": "Status", "status": "Failure", "message": message, "code": code}
+                )
             key = (match["ns"], match["name"])
             with cluster.lock:
                 old = cluster.inference_services.get(key)

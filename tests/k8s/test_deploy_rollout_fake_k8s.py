@@ -502,3 +502,18 @@ def test_an_unreachable_kubernetes_api_is_one_line_not_a_traceback(workspace: Pa
     assert line.startswith(
         "deploy: error: read ConfigMap deepguard/deepguard-serving: Kubernetes API unreachable"
     )
+
+
+def test_a_refused_api_call_names_the_api_servers_reason(workspace: Path) -> None:
+    """RBAC or KServe's admission webhook refusing a call: the one line says why, not only the HTTP status."""
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+    why = (
+        'inferenceservices.serving.kserve.io "deepguard" is forbidden: User '
+        '"system:serviceaccount:deepguard:deepguard-deploy" cannot patch resource "inferenceservices"'
+    )
+    cluster.refusal = (403, why)
+    with fake_kube_api(cluster, workspace / "kubeconfig"), pytest.raises(DeployError) as raised:
+        _run(canary_percent=20, timeout_s=10)
+    assert str(raised.value) == f"patch inferenceservice deepguard/deepguard: HTTP 403 Forbidden: {why}"
