@@ -102,8 +102,13 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
 
 
 def tag_version(champion: Champion, result: DeploymentResult) -> None:
-    """Record the outcome on the model version, so the registry shows what is deployed where."""
+    """Record the outcome on the model version, so the registry shows what is deployed where.
+
+    Raises:
+        DeployError: when the registry refuses or cannot be reached (the rollout itself is done by then).
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     tags = {
@@ -115,8 +120,14 @@ def tag_version(champion: Champion, result: DeploymentResult) -> None:
         # Why: the canary's evidence, or why it was rolled back (MLflow caps a tag at 5000 characters).
         "deployment_detail": result.detail[:5000],
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(champion.model_name, champion.version, key, value)
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(champion.model_name, champion.version, key, value)
+    except MlflowException as exc:
+        raise DeployError(
+            f"version {champion.version} {result.status.replace('_', ' ')}, but its deployment tags were not "
+            f"recorded: {exc.message.splitlines()[0]}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- InferenceService construction

@@ -517,3 +517,24 @@ def test_a_refused_api_call_names_the_api_servers_reason(workspace: Path) -> Non
     with fake_kube_api(cluster, workspace / "kubeconfig"), pytest.raises(DeployError) as raised:
         _run(canary_percent=20, timeout_s=10)
     assert str(raised.value) == f"patch inferenceservice deepguard/deepguard: HTTP 403 Forbidden: {why}"
+
+
+def test_fake_k8s_registry_gone_when_tagging_is_one_line_naming_the_outcome(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow restarting during a long rollout: the tags fail after the promotion, not with a traceback."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    def registry_gone(*args: object, **kwargs: object) -> None:
+        raise MlflowException("API request to http://user:secret@mlflow:5000/api failed: Connection refused")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", registry_gone)
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+    with fake_kube_api(cluster, workspace / "kubeconfig"), pytest.raises(DeployError) as raised:
+        _run(canary_percent=20, timeout_s=10)
+    assert str(raised.value).startswith("version 2 promoted, but its deployment tags were not recorded: ")
+    assert "secret" not in str(raised.value) and "\n" not in str(raised.value)
+    assert json.loads((workspace / "reports" / "deployment.json").read_text())["status"] == "promoted"
