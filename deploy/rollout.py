@@ -12,7 +12,6 @@ from typing import Any
 
 from core.names import (
     MODEL_VERSION_ENV,
-    STORAGE_URI_ENV,
 )
 from core.settings import settings
 from deploy.manifest import (
@@ -233,6 +232,16 @@ def _one_line(exc: Exception) -> str:
     return str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
 
 
+def _holds(current: Any, wanted: Any) -> bool:
+    """Whether ``current`` has every value ``wanted`` sets; what the API server or KServe's webhook added to
+    the stored object (defaults such as a port's ``protocol``) is no difference."""
+    if isinstance(wanted, dict):
+        return isinstance(current, dict) and all(_holds(current.get(k), v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(current, list) and len(current) == len(wanted) and all(map(_holds, current, wanted))
+    return current == wanted
+
+
 def _split_in_progress(obj: dict[str, Any]) -> bool:
     """A canary share (or KServe's rollback pin, 0) is set: the newest revision does not have all traffic."""
     percent = obj["spec"]["predictor"].get("canaryTrafficPercent")
@@ -341,8 +350,10 @@ def rollout(
             return "deployed", f"created; Ready within {timeout_s:g}s"
         return "failed", f"created but not Ready within {timeout_s:g}s (nothing to roll back to)"
     old_version = _predictor_env(previous, MODEL_VERSION_ENV)
-    same_storage = _predictor_env(previous, STORAGE_URI_ENV) == _predictor_env(manifest, STORAGE_URI_ENV)
-    if old_version == version and same_storage and is_ready(previous) and not _split_in_progress(previous):
+    # Unchanged: the champion and the chart's settings (a probe edit after `helm upgrade`) are both there.
+    wanted = {k: v for k, v in manifest["spec"]["predictor"].items() if k != "canaryTrafficPercent"}
+    applied = _holds(previous["spec"]["predictor"], wanted)
+    if applied and is_ready(previous) and not _split_in_progress(previous):
         return "unchanged", f"version {version} is already served and Ready"
     log.info(
         "rolling out version %s (was %s) to %s/%s with %s",

@@ -341,6 +341,40 @@ def test_fake_k8s_same_champion_already_ready_is_left_alone(workspace: Path, reg
     assert _version_tags(registry, "2")["deployed_at"] == "when it was promoted"  # the serving rollout's tags
 
 
+def test_fake_k8s_a_chart_change_is_rolled_out_for_the_same_champion(workspace: Path) -> None:
+    """A resource change is a template edit plus `helm upgrade`; the next deploy applies it (the docs)."""
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = find(
+        render("default", predictor__resources__limits__memory="6Gi"), "ConfigMap", "deepguard-serving"
+    )
+    cluster.seed_ready(
+        find(
+            render("default", predictor__storageUri=STORAGE["2"], predictor__modelVersion="2"),
+            "InferenceService",
+        )
+    )
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        result = _run(canary_percent=20, timeout_s=10)
+    assert result.status == "promoted"
+    final = cluster.inference_services[NS, "deepguard"]["spec"]["predictor"]["containers"][0]
+    assert final["resources"]["limits"]["memory"] == "6Gi"
+
+
+def test_fake_k8s_defaults_the_api_server_added_are_no_change(workspace: Path) -> None:
+    """Defaults the API server or KServe's webhook added to the stored object are not a change to roll out."""
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    current = find(
+        render("default", predictor__storageUri=STORAGE["2"], predictor__modelVersion="2"), "InferenceService"
+    )
+    current["spec"]["predictor"]["containers"][0]["ports"][0]["protocol"] = "TCP"
+    cluster.seed_ready(current)
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        result = _run(canary_percent=20, timeout_s=10)
+    assert result.status == "unchanged"
+    assert cluster.calls("PATCH") == []
+
+
 def test_fake_k8s_raw_deployment_mode_rolls_out_without_a_canary(workspace: Path) -> None:
     cluster = FakeCluster(becomes_ready=lambda obj: True)
     cluster.config_maps[NS, "deepguard-serving"] = find(
