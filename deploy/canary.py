@@ -5,7 +5,8 @@ latency and mean P(FAKE) over the watch so far; the predictor exports them
 (``deepguard_requests_total``, ``deepguard_request_duration_seconds``, ``deepguard_fake_probability``) and the
 chart's PodMonitor labels every series with its Knative ``revision``. The canary is refused as soon as a bound
 is broken, and promoted when the watch ends within bounds. Without enough canary traffic there is no evidence
-either way: params ``canary.without_evidence`` decides.
+either way (params ``canary.without_evidence`` decides), unless its 5xx already break the bound at
+``min_requests``.
 """
 
 from __future__ import annotations
@@ -92,12 +93,20 @@ def judge(canary: RevisionStats, stable: RevisionStats, bounds: CanaryParams) ->
         ``(True, why)`` within bounds, ``(False, why)`` when a bound is broken, ``(None, why)`` when the
         canary has had too little traffic to tell.
     """
+    stable_errors = stable.error_ratio or 0.0
     if canary.requests < bounds.min_requests:
+        # Too few requests to judge a share by, unless the 5xx already seen break the bound at min_requests
+        # (all requests failing on a quiet service is evidence, not its absence).
+        errors = (canary.error_ratio or 0.0) * canary.requests
+        if errors / bounds.min_requests > stable_errors + bounds.max_error_ratio_increase:
+            return False, (
+                f"{errors:.0f} of {canary.requests:.0f} canary requests failed (5xx), over the bound "
+                f"even at {bounds.min_requests} requests (stable {stable_errors:.1%})"
+            )
         return (
             None,
             f"{canary.requests:.0f} canary requests, fewer than the {bounds.min_requests} needed to judge",
         )
-    stable_errors = stable.error_ratio or 0.0
     if (
         canary.error_ratio is not None
         and canary.error_ratio > stable_errors + bounds.max_error_ratio_increase

@@ -168,6 +168,9 @@ def _stats(**kwargs: Any) -> RevisionStats:
         (_stats(p99_seconds=0.2), False, "p99 200 ms"),
         (_stats(mean_score=0.6), False, "mean P(FAKE) 0.600"),
         (_stats(requests=2), None, "fewer than the 5 needed"),
+        # Too few requests for a share, but 5xx that break the bound even once 5 requests are reached.
+        (_stats(requests=2, error_ratio=1.0), False, "2 of 2 canary requests failed"),
+        (_stats(requests=4, error_ratio=0.25), False, "1 of 4 canary requests failed"),
     ],
 )
 def test_judge_each_bound(canary: RevisionStats, verdict: bool | None, why: str) -> None:
