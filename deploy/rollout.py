@@ -311,6 +311,29 @@ def _roll_back(
     return True, f"restored version {old_version}"
 
 
+def _refuse(
+    services: InferenceServices,
+    name: str,
+    previous: dict[str, Any],
+    version: str | None,
+    why: str,
+    timeout_s: float,
+    poll_s: float,
+) -> tuple[str, str]:
+    """Roll ``version`` back to ``previous``: ``(rolled_back or failed, detail)``."""
+    log.warning(
+        "version %s refused (%s): restoring version %s",
+        version,
+        why,
+        _predictor_env(previous, MODEL_VERSION_ENV),
+    )
+    try:
+        restored, what = _roll_back(services, name, previous, timeout_s, poll_s)
+    except Exception as exc:
+        return "failed", f"{why}; rollback failed: {_one_line(exc)}"
+    return ("rolled_back" if restored else "failed"), f"{why}; {what}"
+
+
 def rollout(
     services: InferenceServices,
     manifest: dict[str, Any],
@@ -379,18 +402,19 @@ def rollout(
     except Exception as exc:  # whatever stops the judging, an unjudged canary must not keep its traffic
         promote, why = False, f"canary not judged: {_one_line(exc)}"
     if not promote:
-        log.warning("version %s refused (%s): restoring version %s", version, why, old_version)
-        try:
-            restored, what = _roll_back(services, name, previous, timeout_s, poll_s)
-        except Exception as exc:
-            return "failed", f"{why}; rollback failed: {_one_line(exc)}"
-        return ("rolled_back" if restored else "failed"), f"{why}; {what}"
+        return _refuse(services, name, previous, version, why, timeout_s, poll_s)
     if canary_percent is None or canary_percent >= 100:
         return "promoted", f"Ready within {timeout_s:g}s; all traffic on version {version}"
     log.info("%s: promoting version %s to 100%% of traffic", why, version)
-    services.patch(name, {"spec": {"predictor": {"canaryTrafficPercent": 100}}})
-    if not wait_ready(services, name, timeout_s, poll_s):
-        return "failed", f"promoted to 100% but not Ready again within {timeout_s:g}s"
+    try:
+        services.patch(name, {"spec": {"predictor": {"canaryTrafficPercent": 100}}})
+        ready = wait_ready(services, name, timeout_s, poll_s)
+        failure = None if ready else f"not Ready within {timeout_s:g}s"
+    except Exception as exc:  # the canary is still live with its share: handled as a refusal
+        failure = _one_line(exc)
+    if failure:
+        why = f"{why}; promoting to 100% failed: {failure}"
+        return _refuse(services, name, previous, version, why, timeout_s, poll_s)
     return "promoted", f"{why}, then promoted to 100%"
 
 

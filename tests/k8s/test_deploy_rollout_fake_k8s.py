@@ -207,6 +207,28 @@ def test_fake_k8s_prometheus_unreachable_mid_canary_rolls_back_and_is_recorded(
     assert tags["deployment_status"] == "rolled_back" and "Prometheus" in tags["deployment_detail"]
 
 
+def test_fake_k8s_a_canary_not_ready_once_promoted_is_rolled_back(workspace: Path, registry: str) -> None:
+    """Ready at 20 %, then failing at 100 % (e.g. OOM under full load): traffic goes back to version 1."""
+
+    def version_2_fails_with_all_traffic(obj: dict[str, Any]) -> bool:
+        predictor = obj["spec"]["predictor"]
+        return _env(obj)["DEEPGUARD_MODEL_VERSION"] != "2" or predictor.get("canaryTrafficPercent") != 100
+
+    cluster = FakeCluster(becomes_ready=version_2_fails_with_all_traffic)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    previous = _previous_isvc()
+    cluster.seed_ready(previous)
+    with fake_kube_api(cluster, workspace / "kubeconfig"), pytest.raises(DeployError, match="rolled back"):
+        _run(canary_percent=20, timeout_s=0.5)
+
+    final = cluster.inference_services[NS, "deepguard"]
+    assert final["spec"] == previous["spec"]  # version 1 with all traffic again
+    assert _version_shares(cluster, "2")[-1] == 0
+    report = json.loads((workspace / "reports" / "deployment.json").read_text())
+    assert report["status"] == "rolled_back" and "promoting to 100% failed" in report["detail"]
+    assert _version_tags(registry, "2")["deployment_status"] == "rolled_back"
+
+
 def test_fake_k8s_rollback_not_ready_fails_and_keeps_traffic_on_the_stable_revision(
     workspace: Path, registry: str
 ) -> None:
