@@ -58,9 +58,8 @@ def deploy_local(champion: Champion, url: str, model: str, timeout_s: float) -> 
     except requests.RequestException as exc:
         raise DeployError(f"reload request to {url} failed: {type(exc).__name__}") from None
     if response.status_code != 200:
-        raise DeployError(
-            f"predictor at {url} refused the reload: HTTP {response.status_code} {response.text[:200]}"
-        )
+        answer = " ".join(response.text[:200].split())  # one line, even from a proxy's error page
+        raise DeployError(f"predictor at {url} refused the reload: HTTP {response.status_code} {answer}")
     try:
         metadata = requests.get(f"{url}/v2/models/{model}", timeout=timeout_s)
         metadata.raise_for_status()

@@ -230,3 +230,38 @@ def test_a_predictor_answering_the_version_check_without_json_is_one_error() -> 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_reload_refused_with_an_html_page_is_still_one_line() -> None:
+    """A proxy's multi-line error page in front of the predictor: the error stays one line."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from deploy.local import deploy_local
+    from deploy.manifest import Champion, DeployError
+
+    page = b"<html>\n  <body>\n    502 Bad Gateway\n  </body>\n</html>\n"
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(502)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    champion = Champion(model_name=MODEL, version="2", artifact_uri="s3://b/m", storage_uri="s3://b/m")
+    try:
+        with pytest.raises(DeployError) as raised:
+            deploy_local(champion, url, MODEL, timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(raised.value) == (
+        f"predictor at {url} refused the reload: HTTP 502 <html> <body> 502 Bad Gateway </body> </html>"
+    )
