@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 from core.names import (
     MODEL_VERSION_ENV,
 )
@@ -45,8 +47,10 @@ def kube_api_client() -> Any:
             config.load_kube_config(
                 config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
             )
-        except (config.ConfigException, FileNotFoundError, TypeError) as exc:
-            raise DeployError(f"no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}") from None
+        except (config.ConfigException, OSError, TypeError, yaml.YAMLError) as exc:
+            # A YAML error spans lines (where, then what): the stage's error stays one line.
+            why = " ".join(str(exc).split())
+            raise DeployError(f"no Kubernetes configuration (in-cluster or KUBECONFIG): {why}") from None
     return client.ApiClient(configuration)
 
 

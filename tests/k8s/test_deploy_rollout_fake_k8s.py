@@ -594,3 +594,16 @@ def test_fake_k8s_registry_gone_when_tagging_is_one_line_naming_the_outcome(
     assert str(raised.value).startswith("version 2 promoted, but its deployment tags were not recorded: ")
     assert "secret" not in str(raised.value) and "\n" not in str(raised.value)
     assert json.loads((workspace / "reports" / "deployment.json").read_text())["status"] == "promoted"
+
+
+@pytest.mark.parametrize("broken", ["not YAML", "a folder"])
+def test_a_broken_kubeconfig_is_one_line_not_a_traceback(workspace: Path, broken: str) -> None:
+    kubeconfig = workspace / "kubeconfig"
+    if broken == "a folder":
+        kubeconfig.mkdir()
+    else:
+        kubeconfig.write_text("{\n")
+    result = _cli(workspace, "--target", "kserve", "--namespace", NS, env={"KUBECONFIG": str(kubeconfig)})
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("deploy: error: no Kubernetes configuration (in-cluster or KUBECONFIG): ")
