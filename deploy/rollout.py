@@ -181,12 +181,20 @@ class InferenceServices:
         )
 
 
-def wait_ready(services: InferenceServices, name: str, timeout_s: float, poll_s: float) -> bool:
-    """Poll until the InferenceService is Ready for its current generation, or the timeout passes."""
+def wait_ready(
+    services: InferenceServices, name: str, timeout_s: float, poll_s: float, replaced: str | None = None
+) -> bool:
+    """Poll until the InferenceService is Ready for its current generation, or the timeout passes.
+
+    ``replaced``: the revision a predictor change replaces; Ready counts only once the status names another.
+    KServe copies ``observedGeneration`` from the Knative Service, whose counter is its own, so a status from
+    before the change can look current.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         obj = services.get(name)
-        if obj is not None and is_ready(obj):
+        created = _predictor_status(obj).get("latestCreatedRevision")
+        if obj is not None and is_ready(obj) and (replaced is None or created != replaced):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -260,9 +268,10 @@ def _judge_canary(
     timeout_s: float,
     poll_s: float,
     analysis: CanaryAnalysis | None,
+    replaced: str | None = None,
 ) -> tuple[bool, str]:
-    """Wait for the new revision to be Ready and judge it: ``(promote, why)``."""
-    if not wait_ready(services, name, timeout_s, poll_s):
+    """Wait for the new revision (not ``replaced``) to be Ready and judge it: ``(promote, why)``."""
+    if not wait_ready(services, name, timeout_s, poll_s, replaced):
         return False, f"not Ready within {timeout_s:g}s"
     if canary_percent is None or canary_percent >= 100:
         return True, "Ready"
@@ -274,10 +283,15 @@ def _judge_canary(
 
 
 def _start_held_back(
-    services: InferenceServices, name: str, canary_percent: int | None, timeout_s: float, poll_s: float
+    services: InferenceServices,
+    name: str,
+    canary_percent: int | None,
+    timeout_s: float,
+    poll_s: float,
+    replaced: str | None = None,
 ) -> bool:
-    """Wait until the new revision, started at 0 %, is Ready; then give it its share (None: all traffic)."""
-    if not wait_ready(services, name, timeout_s, poll_s):
+    """Wait until the new revision (not ``replaced``), started at 0 %, is Ready; then give it its share."""
+    if not wait_ready(services, name, timeout_s, poll_s, replaced):
         return False
     services.patch(name, {"spec": {"predictor": {"canaryTrafficPercent": canary_percent}}})
     return True
@@ -390,6 +404,8 @@ def rollout(
         name,
         f"{canary_percent}% canary traffic" if canary_percent is not None else "all traffic",
     )
+    # A changed predictor makes a new revision: the one the status names until then is not the canary.
+    replaced = None if applied else _predictor_status(previous).get("latestCreatedRevision")
     held_back = _split_in_progress(previous)
     staged = copy.deepcopy(manifest)
     if held_back:
@@ -397,11 +413,11 @@ def rollout(
         log.info("a split is in progress: version %s starts at 0%% and takes traffic once Ready", version)
     services.patch(name, replace_patch(staged, previous))
     try:
-        if held_back and not _start_held_back(services, name, canary_percent, timeout_s, poll_s):
+        if held_back and not _start_held_back(services, name, canary_percent, timeout_s, poll_s, replaced):
             promote, why = False, f"not Ready within {timeout_s:g}s"
         else:
             promote, why = _judge_canary(
-                services, name, previous, canary_percent, timeout_s, poll_s, analysis
+                services, name, previous, canary_percent, timeout_s, poll_s, analysis, replaced
             )
     except Exception as exc:  # whatever stops the judging, an unjudged canary must not keep its traffic
         promote, why = False, f"canary not judged: {_one_line(exc)}"

@@ -58,7 +58,10 @@ class FakeCluster:
     does, a new revision is created only when the predictor changes in more than ``canaryTrafficPercent``.
     ``routes`` records each reconciled traffic split (revision -> percent), ``revisions`` each revision's
     predictor; ``unavailable`` makes every call answer 503; ``refusal`` (code, message) makes every PATCH
-    answer that Status, as RBAC or an admission webhook does.
+    answer that Status, as RBAC or an admission webhook does. KServe copies ``status.observedGeneration`` from
+    the Knative Service, a counter of its own: ``generation_skew`` is how far it runs ahead of the
+    InferenceService's (after a KServe upgrade re-rendered the Knative Service), and ``status_lag`` how many
+    reads after a spec change still return the status from before it (the controller has not reconciled yet).
     """
 
     becomes_ready: Callable[[dict[str, Any]], bool]
@@ -69,6 +72,9 @@ class FakeCluster:
     routes: list[dict[str, int]] = field(default_factory=list)
     unavailable: bool = False
     refusal: tuple[int, str] | None = None
+    generation_skew: int = 0
+    status_lag: int = 0
+    lagging: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def calls(self, method: str) -> list[Request]:
@@ -92,7 +98,7 @@ class FakeCluster:
             revision = f"{prefix}{sum(r.startswith(prefix) for r in self.revisions) + 1:05d}"
             self.revisions[revision] = copy.deepcopy(template)
         predictor["latestCreatedRevision"] = revision
-        status["observedGeneration"] = obj["metadata"]["generation"]
+        status["observedGeneration"] = obj["metadata"]["generation"] + self.generation_skew
         if ready:
             predictor["latestReadyRevision"] = revision
             status["conditions"] = [{"type": "Ready", "status": "True"}]
@@ -132,8 +138,12 @@ class FakeCluster:
         obj = self.inference_services.get(key)
         if obj is None:
             return None
+        if self.lagging > 0:
+            self.lagging -= 1
+            return obj
         status = obj.get("status", {})
-        ready_now = status.get("observedGeneration") == obj["metadata"]["generation"] and any(
+        observed = obj["metadata"]["generation"] + self.generation_skew
+        ready_now = status.get("observedGeneration") == observed and any(
             c["status"] == "True" for c in status.get("conditions", [])
         )
         if not ready_now:
@@ -147,6 +157,7 @@ class FakeCluster:
         generation = old_meta.get("generation", 0)
         if old is None or old.get("spec") != obj.get("spec"):
             generation += 1
+            self.lagging = self.status_lag
         meta["generation"] = generation
         meta["resourceVersion"] = str(int(old_meta.get("resourceVersion", "0")) + 1)
         if old is not None and "status" in old:

@@ -607,3 +607,25 @@ def test_a_broken_kubeconfig_is_one_line_not_a_traceback(workspace: Path, broken
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("deploy: error: no Kubernetes configuration (in-cluster or KUBECONFIG): ")
+
+
+def test_fake_k8s_a_stale_status_is_not_taken_for_the_new_revision(workspace: Path) -> None:
+    """KServe's observedGeneration is the Knative Service's counter: it can match the InferenceService's
+    generation while the status still shows the old revision. The canary judged must be the new revision."""
+    cluster = FakeCluster(becomes_ready=lambda obj: True, generation_skew=1, status_lag=2)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+    judged: list[tuple[str, str]] = []
+
+    def analysis(canary: str, stable: str) -> tuple[bool, str]:
+        judged.append((canary, stable))
+        return True, "within bounds"
+
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        services = InferenceServices(kube_api_client(), NS)
+        manifest = rollout_manifest(_serving_config(), NS, CHAMPION, 20)
+        status, _ = rollout(services, manifest, 20, 10, 0.05, analysis)
+    assert status == "promoted"
+    ((canary, stable),) = judged
+    assert canary != stable
+    assert _env({"spec": {"predictor": cluster.revisions[canary]}})["DEEPGUARD_MODEL_VERSION"] == "2"
