@@ -488,6 +488,16 @@ def test_dry_run_prints_a_manifest_that_matches_the_kserve_crd(workspace: Path) 
     assert not (workspace / "reports" / "deployment.json").exists()
 
 
+def test_a_dry_run_for_kubectl_apply_with_canary_percent_0_sets_no_canary_share(workspace: Path) -> None:
+    # What docs/kubernetes.md pipes into `kubectl apply`: a share applied by hand would never be promoted.
+    config = workspace / "serving.yaml"
+    config.write_text(yaml.safe_dump(_serving_configmap()))
+    args = ("--target", "kserve", "--dry-run", "--canary-percent", "0", "--serving-config", str(config))
+    result = _cli(workspace, *args)
+    assert result.returncode == 0, result.stderr
+    assert "canaryTrafficPercent" not in yaml.safe_load(result.stdout)["spec"]["predictor"]
+
+
 def test_dry_run_without_the_chart_config_names_the_helm_command(workspace: Path) -> None:
     result = _cli(workspace, "--target", "kserve", "--dry-run")
     assert result.returncode == 2, result.stderr
