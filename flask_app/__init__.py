@@ -219,6 +219,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     max_bytes = app.config["MAX_CONTENT_LENGTH"]
     max_mb = max_bytes / (1024 * 1024)
     batch_mb = app.config["MAX_BATCH_BYTES"] / (1024 * 1024)
+    batch_too_large = f"The files together are larger than the limit of {batch_mb:g} MB."
     metrics.install(app)
 
     @app.before_request
@@ -266,7 +267,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def predictions() -> tuple[Response, int] | Response:
         # Up to MAX_BATCH_FILES files in field `image`, scored in one predictor call; every check names the
         # file it failed on, and all run before the predictor is called.
-        request.max_content_length = app.config["MAX_BATCH_BYTES"]
+        # The limit is on the files; the multipart envelope around them is allowed for, as for one file.
+        request.max_content_length = app.config["MAX_BATCH_BYTES"] + MULTIPART_ALLOWANCE
         uploads = request.files.getlist(UPLOAD_FIELD)
         if not uploads:
             return _error(400, f"No file was uploaded (multipart form field {UPLOAD_FIELD!r}).")
@@ -280,6 +282,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             ]
         except UploadError as exc:
             return _error(exc.status, exc.message)
+        if sum(len(data) for data in files) > app.config["MAX_BATCH_BYTES"]:
+            return _error(413, batch_too_large)
         try:
             result = call_predictor(files, explain=explain)
         except PredictorError as exc:
@@ -383,7 +387,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
         if request.path == "/api/predictions":
-            return _error(413, f"The files together are larger than the limit of {batch_mb:g} MB.")
+            return _error(413, batch_too_large)
         return _error(413, f"The file is larger than the limit of {max_mb:g} MB.")
 
     @app.errorhandler(HTTPException)

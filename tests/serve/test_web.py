@@ -226,6 +226,19 @@ def test_batch_over_the_total_byte_limit_is_a_413():
     assert "together are larger than the limit" in response.get_json()["error"]
 
 
+def test_files_of_exactly_the_total_byte_limit_are_not_refused():
+    """The limit is on the files: the multipart envelope around them must not tip a batch over it."""
+    limits = {"MAX_CONTENT_LENGTH": 4096, "MAX_BATCH_BYTES": 4096}
+    app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9", **limits})
+    client = app.test_client()
+    for size, status in ((2048, 503), (2049, 413)):  # 503: nothing listens on port 9, so it got that far
+        files = [(io.BytesIO(b"\xff\xd8\xff" + b"\0" * (2048 - 3)), "a.jpg")]
+        files.append((io.BytesIO(b"\xff\xd8\xff" + b"\0" * (size - 3)), "b.jpg"))
+        response = client.post("/api/predictions", data={"image": files})
+        assert response.status_code == status, (size, response.get_json())
+    assert "together are larger than the limit of 0.00390625 MB" in response.get_json()["error"]
+
+
 def test_parse_v2_response_with_every_optional_output():
     """The page's view of a V2 response that carries the note, input facts and heatmap outputs."""
     heatmap = [[(x + y) / 62 for x in range(32)] for y in range(32)]
