@@ -81,6 +81,15 @@
     return Math.round(probability * 1000) / 10;
   }
 
+  // One decimal, but a score that rounds to 100.0% or 0.0% reads "> 99.9%" / "< 0.1%": a calibrated
+  // probability is never proof, and the page must not show one as certain.
+  function percentText(probability) {
+    const p = percent(probability);
+    if (p >= 100) return "> 99.9%";
+    if (p <= 0) return "< 0.1%";
+    return p.toFixed(1) + "%";
+  }
+
   function colour(value) {
     const x = Math.min(Math.max(value, 0), 1) * (STOPS.length - 1);
     const i = Math.min(Math.floor(x), STOPS.length - 2);
@@ -222,7 +231,8 @@
     $("probability-bar").style.width = p + "%";
     $("probability-bar").className = "bar-fill " + String(result.verdict).toLowerCase();
     $("probability-meter").setAttribute("aria-valuenow", String(p));
-    $("probability").textContent = p.toFixed(1) + "%";
+    $("probability-meter").setAttribute("aria-valuetext", percentText(result.fake_probability));
+    $("probability").textContent = percentText(result.fake_probability);
     $("input-facts").textContent = inputFacts(result) ? "Uploaded: " + inputFacts(result) : "";
     $("input-facts").hidden = !result.input;
     $("note").textContent = result.note || "";
@@ -251,7 +261,7 @@
       name.textContent = [result.file, inputFacts(result)].filter(Boolean).join(" \u00b7 ");
       image.appendChild(name);
       verdictWords(cell(tr, "Verdict", ""), result);
-      cell(tr, "Probability AI-generated", percent(result.fake_probability).toFixed(1) + "%").className = "number";
+      cell(tr, "Probability AI-generated", percentText(result.fake_probability)).className = "number";
       cell(tr, "Note", result.note || "").className = "note-cell";
       cell(tr, "Feedback", feedback(row));
       return tr;

@@ -61,6 +61,12 @@ def predictions(web, files: list[Path], **form: str) -> dict:
     return response.json()
 
 
+def shown_percent(probability: float) -> str:
+    """How the page writes P(FAKE): one decimal, but never as certain (100.0% or 0.0%)."""
+    tenths = round(probability * 1000)
+    return "> 99.9%" if tenths >= 1000 else "< 0.1%" if tenths <= 0 else f"{tenths / 10:.1f}%"
+
+
 def write_probes(sample_images, folder: Path, count: int) -> list[Path]:
     paths = []
     for i, data in enumerate(sample_images.probe[:count]):
@@ -102,7 +108,7 @@ def test_upload_shows_the_verdict(browser, web, registered_model, sample_images,
         assert verdict.get_attribute("data-verdict") == result["verdict"]
         assert verdict.inner_text() == WORDS[result["verdict"]]
         shown = page.locator("#probability").inner_text()
-        assert shown == f"{round(result['fake_probability'] * 1000) / 10:.1f}%"
+        assert shown == shown_percent(result["fake_probability"])
         page.locator("#result .frame.loaded img").wait_for(timeout=TIMEOUT_MS)
         assert page.locator("#note").is_visible() == bool(result["note"])
         assert page.locator("#result button.wrong").count() >= 1
@@ -146,7 +152,7 @@ def test_batch_table_and_csv_download(browser, web, registered_model, sample_ima
             assert row.get_attribute("data-verdict") == result["verdict"]
             assert row.locator("td[data-label='Verdict']").inner_text() == WORDS[result["verdict"]]
             probability = row.locator("td[data-label='Probability AI-generated']").inner_text()
-            assert probability == f"{round(result['fake_probability'] * 1000) / 10:.1f}%"
+            assert probability == shown_percent(result["fake_probability"])
             assert row.locator(".file-name").inner_text().startswith(files[i].name)
             assert row.locator("td[data-label='Note']").inner_text() == result["note"]
             assert row.locator("button.wrong").count() >= 1
@@ -315,6 +321,32 @@ def test_heatmap_toggle_draws_the_overlay_on_the_image(browser, web, tmp_path, w
             assert canvas.is_hidden()
             assert fits_the_viewport(page, width)
             page.unroute("**/api/predictions")
+    finally:
+        page.close()
+
+
+def test_a_probability_near_certain_is_never_shown_as_certain(browser, web, tmp_path):
+    """One decimal, but 0.99996 is not "100.0%" (nor 0.00004 "0.0%"): a calibrated score is never proof."""
+    files = [wide_png(tmp_path / f"{name}.png") for name in ("sure", "real", "close")]
+    answer = heatmap_response([path.name for path in files], ["FAKE", "REAL", "FAKE"])
+    for result, probability in zip(answer["results"], (0.99996, 0.00004, 0.9994), strict=True):
+        result["fake_probability"] = probability
+    expected = ["> 99.9%", "< 0.1%", "99.9%"]
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        page.goto(web.url)
+        page.route("**/api/predictions", fulfil_with(answer))
+        page.set_input_files("#file-input", [str(path) for path in files])
+        page.locator("#batch").wait_for(state="visible", timeout=TIMEOUT_MS)
+        cells = page.locator("#batch td[data-label='Probability AI-generated']")
+        assert cells.all_inner_texts() == expected
+        single = {**answer, "results": answer["results"][:1]}
+        page.unroute("**/api/predictions")
+        page.route("**/api/predictions", fulfil_with(single))
+        page.set_input_files("#file-input", str(files[0]))
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert page.locator("#probability").inner_text() == expected[0]
+        assert page.locator("#probability-meter").get_attribute("aria-valuetext") == expected[0]
     finally:
         page.close()
 
