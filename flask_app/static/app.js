@@ -270,8 +270,24 @@
     batch.hidden = false;
   }
 
+  // What a screen reader hears: the results sections are filled while hidden, and a live region shown only
+  // with its content is not announced, so the status line (live from the start) sums the answer up.
+  function summary(rows) {
+    if (rows.length === 1) {
+      const result = rows[0].result;
+      return (WORDS[result.verdict] || result.verdict) + ": " + percentText(result.fake_probability) +
+        " probability it is AI-generated.";
+    }
+    const counts = new Map();
+    rows.forEach((row) => counts.set(row.result.verdict, (counts.get(row.result.verdict) || 0) + 1));
+    const parts = Array.from(counts, ([verdict, n]) => {
+      const words = WORDS[verdict] || verdict;
+      return n + " " + words.charAt(0).toLowerCase() + words.slice(1);
+    });
+    return rows.length + " images checked: " + parts.join(", ") + ".";
+  }
+
   function show(files, body) {
-    statusLine.textContent = "";
     showModel(body.model_version, body.synthetic_data);
     const rows = body.results.map((result, i) => ({
       file: files[i], result: result, modelVersion: body.model_version,
@@ -282,6 +298,7 @@
     if (rows.length === 1) showSingle(rows[0]);
     else showTable(rows);
     tools.hidden = false;
+    statusLine.textContent = summary(rows);
   }
 
   async function send(fileList) {

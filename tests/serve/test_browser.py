@@ -351,6 +351,31 @@ def test_a_probability_near_certain_is_never_shown_as_certain(browser, web, tmp_
         page.close()
 
 
+def test_a_screen_reader_hears_the_verdicts(browser, web, tmp_path):
+    """The answer goes to the live region that was on the page when it came (a region shown only with its
+    content is not announced), as a summary: the verdict, or a count of each in a batch."""
+    files = [wide_png(tmp_path / f"{name}.png") for name in ("a", "b", "c")]
+    answer = heatmap_response([path.name for path in files], ["FAKE", "UNCERTAIN", "FAKE"])
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        page.goto(web.url)
+        status = page.locator("#status")
+        assert status.get_attribute("role") == "status" and status.is_visible()
+        page.route("**/api/predictions", fulfil_with({**answer, "results": answer["results"][:1]}))
+        page.set_input_files("#file-input", str(files[0]))
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert status.inner_text() == "Likely AI-generated: 90.0% probability it is AI-generated."
+        page.unroute("**/api/predictions")
+        page.route("**/api/predictions", fulfil_with(answer))
+        page.set_input_files("#file-input", [str(path) for path in files])
+        page.locator("#batch").wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert status.inner_text() == "3 images checked: 2 likely AI-generated, 1 can't tell."
+        # The sections are filled while hidden; a live region there would only double what the status says.
+        assert page.locator("#result[aria-live], #batch[aria-live]").count() == 0
+    finally:
+        page.close()
+
+
 def test_no_heatmap_means_no_toggle(browser, web, tmp_path):
     image = wide_png(tmp_path / "plain.png")
     answer = heatmap_response([image.name], ["REAL"])
