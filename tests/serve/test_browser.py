@@ -376,6 +376,22 @@ def test_a_screen_reader_hears_the_verdicts(browser, web, tmp_path):
         page.close()
 
 
+def test_an_error_naming_a_long_file_fits_a_phone(browser, web, tmp_path):
+    """Phones name photos with long unbroken names; the message naming one must wrap, not widen the page."""
+    name = tmp_path / "IMG_20261206_235959_HDR_portrait_burst_0000123456789_final.txt"
+    name.write_text("not an image")
+    page = browser.new_page(viewport={"width": 360, "height": 740})
+    try:
+        page.goto(web.url)
+        page.set_input_files("#file-input", str(name))
+        error = page.locator("#error")
+        error.wait_for(state="visible", timeout=15_000)
+        assert name.name in error.inner_text()
+        assert fits_the_viewport(page, 360)
+    finally:
+        page.close()
+
+
 def test_no_heatmap_means_no_toggle(browser, web, tmp_path):
     image = wide_png(tmp_path / "plain.png")
     answer = heatmap_response([image.name], ["REAL"])
