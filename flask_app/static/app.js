@@ -303,9 +303,9 @@
 
   async function send(fileList) {
     const files = Array.from(fileList || []);
+    if (!files.length) return; // a drop of text or a link: no new check, so the results stay
     const ticket = ++latest;
     clear();
-    if (!files.length) return;
     const problem = problemWith(files);
     if (problem) return showError(problem);
     statusLine.textContent = files.length === 1 ? "Checking\u2026" : "Checking " + files.length + " images\u2026";

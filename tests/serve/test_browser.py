@@ -392,6 +392,35 @@ def test_an_error_naming_a_long_file_fits_a_phone(browser, web, tmp_path):
         page.close()
 
 
+def test_dropping_something_that_is_no_file_keeps_the_results(browser, web, tmp_path):
+    """Text or a link dragged onto the drop zone by mistake carries no file: the results stay as they were."""
+    image = wide_png(tmp_path / "kept.png")
+    answer = heatmap_response([image.name], ["FAKE"])
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        page.goto(web.url)
+        page.route("**/api/predictions", fulfil_with(answer))
+        page.set_input_files("#file-input", str(image))
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        status = page.locator("#status").inner_text()
+        page.evaluate(
+            """() => {
+            const transfer = new DataTransfer();
+            transfer.setData("text/plain", "https://example.com/photo.jpg");
+            const zone = document.getElementById("drop-zone");
+            const init = {dataTransfer: transfer, bubbles: true, cancelable: true};
+            zone.dispatchEvent(new DragEvent("dragover", init));
+            zone.dispatchEvent(new DragEvent("drop", init));
+        }"""
+        )
+        assert page.locator("#result").is_visible()
+        assert page.locator("#verdict").inner_text() == "Likely AI-generated"
+        assert page.locator("#tools").is_visible()
+        assert page.locator("#status").inner_text() == status
+    finally:
+        page.close()
+
+
 def test_no_heatmap_means_no_toggle(browser, web, tmp_path):
     image = wide_png(tmp_path / "plain.png")
     answer = heatmap_response([image.name], ["REAL"])
