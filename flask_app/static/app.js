@@ -33,6 +33,11 @@
   let objectUrls = [];
   let latest = 0; // only the answer to the latest upload is shown
 
+  // "It's AI-generated" -> "it's AI-generated" inside a sentence (toLowerCase would write "ai").
+  function lowerFirst(words) {
+    return words.charAt(0).toLowerCase() + words.slice(1);
+  }
+
   function mb(bytes) {
     return String(Math.round((bytes / 1048576) * 100) / 100);
   }
@@ -177,7 +182,7 @@
       const body = await response.json().catch(() => ({}));
       if (response.ok) {
         outcome.dataset.state = "sent";
-        outcome.textContent = "Thanks, recorded: " + CLAIMS[claim].toLowerCase() + ".";
+        outcome.textContent = "Thanks, recorded: " + lowerFirst(CLAIMS[claim]) + ".";
         return;
       }
       outcome.textContent = "Not sent: " + (body.error || "the server answered HTTP " + response.status + ".");
@@ -203,7 +208,7 @@
       button.className = "wrong";
       button.dataset.claim = claim;
       button.textContent = opposite ? "This verdict is wrong" : CLAIMS[claim];
-      button.title = "Tell us: " + CLAIMS[claim].toLowerCase();
+      button.title = "Tell us: " + lowerFirst(CLAIMS[claim]);
       button.addEventListener("click", () => sendFeedback(row, claim, box, outcome));
       box.appendChild(button);
     }
@@ -280,10 +285,7 @@
     }
     const counts = new Map();
     rows.forEach((row) => counts.set(row.result.verdict, (counts.get(row.result.verdict) || 0) + 1));
-    const parts = Array.from(counts, ([verdict, n]) => {
-      const words = WORDS[verdict] || verdict;
-      return n + " " + words.charAt(0).toLowerCase() + words.slice(1);
-    });
+    const parts = Array.from(counts, ([verdict, n]) => n + " " + lowerFirst(WORDS[verdict] || verdict));
     return rows.length + " images checked: " + parts.join(", ") + ".";
   }
 

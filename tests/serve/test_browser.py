@@ -513,8 +513,11 @@ def test_uncertain_verdict_asks_which_it_is(browser, web, tmp_path):
         assert page.locator("#verdict").inner_text() == "Can't tell"
         buttons = page.locator("#result button.wrong")
         assert buttons.all_inner_texts() == ["It's a real photo", "It's AI-generated"]
+        assert buttons.nth(1).get_attribute("title") == "Tell us: it's AI-generated"
         buttons.nth(1).click()
         page.locator("#result .feedback-outcome[data-state='sent']").wait_for(timeout=TIMEOUT_MS)
+        outcome = page.locator("#result .feedback-outcome").inner_text()
+        assert outcome == "Thanks, recorded: it's AI-generated."
     finally:
         page.close()
     fields = multipart_fields(sent[0])
