@@ -208,6 +208,8 @@
       button.className = "wrong";
       button.dataset.claim = claim;
       button.textContent = opposite ? "This verdict is wrong" : CLAIMS[claim];
+      // A table of them all reads alike to a screen reader: the name says which file it is about.
+      button.setAttribute("aria-label", button.textContent + ": " + row.result.file);
       button.title = "Tell us: " + lowerFirst(CLAIMS[claim]);
       button.addEventListener("click", () => sendFeedback(row, claim, box, outcome));
       box.appendChild(button);

@@ -421,6 +421,24 @@ def test_dropping_something_that_is_no_file_keeps_the_results(browser, web, tmp_
         page.close()
 
 
+def test_each_feedback_button_names_its_file(browser, web, tmp_path):
+    """32 buttons all called "This verdict is wrong" tell a screen reader user nothing (on a phone the table
+    is no table): each button's accessible name keeps its visible words and adds the file it is about."""
+    files = [wide_png(tmp_path / f"{name}.png") for name in ("first", "second")]
+    answer = heatmap_response([path.name for path in files], ["FAKE", "UNCERTAIN"])
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.goto(web.url)
+        page.route("**/api/predictions", fulfil_with(answer))
+        page.set_input_files("#file-input", [str(path) for path in files])
+        page.locator("#batch").wait_for(state="visible", timeout=TIMEOUT_MS)
+        for name in ("This verdict is wrong: first.png", "It's a real photo: second.png"):
+            assert page.get_by_role("button", name=name, exact=True).count() == 1, name
+        assert page.get_by_role("button", name="This verdict is wrong", exact=True).count() == 0
+    finally:
+        page.close()
+
+
 def test_no_heatmap_means_no_toggle(browser, web, tmp_path):
     image = wide_png(tmp_path / "plain.png")
     answer = heatmap_response([image.name], ["REAL"])
