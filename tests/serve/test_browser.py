@@ -529,6 +529,10 @@ def test_uncertain_verdict_asks_which_it_is(browser, web, tmp_path):
         page.set_input_files("#file-input", str(image))
         page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
         assert page.locator("#verdict").inner_text() == "Can't tell"
+        # The bar is in the verdict's colour, as for REAL and FAKE (not the links' blue).
+        colour = "(element) => getComputedStyle(element).{}"
+        bar = page.locator("#probability-bar").evaluate(colour.format("backgroundColor"))
+        assert bar == page.locator("#verdict").evaluate(colour.format("color")) == "rgb(138, 97, 0)"
         buttons = page.locator("#result button.wrong")
         assert buttons.all_inner_texts() == ["It's a real photo", "It's AI-generated"]
         assert buttons.nth(1).get_attribute("title") == "Tell us: it's AI-generated"
