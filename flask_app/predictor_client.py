@@ -17,6 +17,8 @@ _ITEM_PREFIX = re.compile(r"^input '[^']*'(?: item (?P<item>\d+))?: ")
 # Its refusals of a request as a whole for its size ("request: 9 images of 108000000 pixels in all exceed
 # ...", "request body larger than ..."): fewer images per request would be accepted.
 _WHOLE_REQUEST_PREFIX = "request"
+# Its refusals of one image for its size, in pixels or bytes ("too large: 7000x7000 pixels exceeds ...").
+_SIZE_PREFIXES = ("too large", "larger than")
 # Readiness checks are cheap on a healthy predictor; a slow answer is as good as none for a probe.
 STATUS_TIMEOUT_S = 2.0
 HEATMAP_SIZE = 32
@@ -211,7 +213,9 @@ class PredictorClient:
         if 400 <= response.status_code < 500:
             reason, item = self._reason(response)
             whole = item is None and reason.startswith(_WHOLE_REQUEST_PREFIX)
-            raise PredictorError(422, f"could not be read as an image: {reason}.", item, whole_request=whole)
+            # A file over a size limit was read: "huge.png is too large: 7000x7000 pixels exceeds ...".
+            what = "is" if reason.startswith(_SIZE_PREFIXES) else "could not be read as an image:"
+            raise PredictorError(422, f"{what} {reason}.", item, whole_request=whole)
         if response.status_code != 200:
             # uvicorn drops the connection after an unhandled error without saying so; reusing it would turn
             # the next call (the retry without heatmaps, say) into a "not available".

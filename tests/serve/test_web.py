@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+from PIL import Image
 
 from core.labels import VERDICTS
 from flask_app import DEFAULT_PREDICTOR_TIMEOUT_S, MAX_BATCH_FILES, SECURITY_HEADERS, create_app
@@ -216,6 +217,20 @@ def test_bad_batch_gets_a_4xx_naming_the_problem(web, sample_images, name, build
     response = upload_many(web, build(sample_images.probe[0]), **form)
     assert response.status_code == status, (name, response.text)
     assert words in response.json()["error"].lower(), response.json()
+
+
+def test_an_image_over_the_predictors_pixel_limit_is_called_too_large_not_unreadable(web, sample_images):
+    """A huge photo reads fine: the message says it is too large and what to do, not that it is broken."""
+    huge = io.BytesIO()
+    Image.new("RGB", (7000, 7000), (90, 90, 90)).save(huge, format="PNG")  # 49 M pixels; the limit is 40 M
+    for response in (
+        upload_many(web, [("a.jpg", sample_images.probe[0]), ("huge.png", huge.getvalue())]),
+        upload(web, huge.getvalue(), filename="huge.png"),
+    ):
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert re.match(r"(huge\.png|The file) is too large: 7000x7000 pixels exceeds the", error), error
+        assert "could not be read" not in error and error.endswith("send a smaller copy.")
 
 
 def test_batch_over_the_total_byte_limit_is_a_413():
