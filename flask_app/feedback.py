@@ -7,6 +7,7 @@ client may send ``FEEDBACK_BURST`` items at once and then one per ``60 / FEEDBAC
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -88,8 +89,9 @@ def submit() -> tuple[Response, int]:
     store, bucket = current_app.extensions[_EXTENSION]
     wait = bucket.take(request.remote_addr or "unknown")
     if wait:
-        response, status = _error(429, f"Too much feedback from this address; try again in {wait:.0f} s.")
-        response.headers["Retry-After"] = str(max(1, round(wait)))
+        seconds = max(1, math.ceil(wait))  # whole seconds, rounded up: "try again in 0 s" would be refused
+        response, status = _error(429, f"Too much feedback from this address; try again in {seconds} s.")
+        response.headers["Retry-After"] = str(seconds)
         return response, status
     upload = request.files.get("image")
     if upload is None:

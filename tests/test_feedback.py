@@ -327,6 +327,21 @@ def test_behind_a_proxy_each_client_has_its_own_feedback_limit(
     assert statuses == ([201, 429, 429] if limited else [201, 201, 201])
 
 
+def test_a_refusal_for_too_much_feedback_never_says_try_again_in_0_s(tmp_path: Path) -> None:
+    """Under a second to wait is still "1 s", as the Retry-After header says, never "try again in 0 s"."""
+    app = create_app({"FEEDBACK_DIR": str(tmp_path), "FEEDBACK_BURST": 1, "FEEDBACK_PER_MINUTE": 600.0})
+    form = {"claimed_label": "FAKE", "verdict": "REAL", "fake_probability": "0.31", "model_version": "4"}
+    client = app.test_client()
+    responses = [
+        client.post("/api/feedback", data={**form, "image": (io.BytesIO(image_file(40 + i)), "a.png")})
+        for i in range(2)
+    ]
+    assert [response.status_code for response in responses] == [201, 429]
+    limited = responses[1]
+    assert limited.headers["Retry-After"] == "1"
+    assert limited.get_json()["error"].endswith("try again in 1 s.")
+
+
 def test_token_bucket_refills_at_its_rate() -> None:
     now = [0.0]
     bucket = TokenBucket(per_minute=6.0, burst=2, clock=lambda: now[0])
