@@ -27,6 +27,16 @@ from core.pipeline import DRIFT_FIGURE, DRIFT_FILE, REFERENCE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+# One served image's prediction record, as serving/records.py writes it, without its time.
+SERVED = {
+    "model_version": "1",
+    "fake_probability": 0.5,
+    "verdict": "UNCERTAIN",
+    "width": 32,
+    "height": 32,
+    "format": "PNG",
+    **dict.fromkeys(STAT_NAMES, 0.5),
+}
 SETTINGS = load_params(REPO / "params.yaml").monitoring
 
 
@@ -194,18 +204,9 @@ def test_only_the_records_of_the_window_are_read(tmp_path: Path) -> None:
     served after it, nor twice the record at a window's edge."""
     from stages.monitor import read_records
 
-    served = {
-        "model_version": "1",
-        "fake_probability": 0.5,
-        "verdict": "UNCERTAIN",
-        "width": 32,
-        "height": 32,
-        "format": "PNG",
-        **dict.fromkeys(STAT_NAMES, 0.5),
-    }
     start = NOW - timedelta(hours=1)
     stamps = [start - timedelta(seconds=1), start, NOW - timedelta(seconds=1), NOW]
-    write_records(tmp_path / "records", [{**served, "ts": ts.isoformat()} for ts in stamps])
+    write_records(tmp_path / "records", [{**SERVED, "ts": ts.isoformat()} for ts in stamps])
     records, malformed = read_records(tmp_path / "records", start, NOW)
     assert [r["ts"] for r in records] == [stamps[1].isoformat(), stamps[2].isoformat()] and malformed == 0
 
@@ -215,20 +216,11 @@ def test_a_record_file_deleted_after_the_listing_is_skipped(tmp_path: Path) -> N
     time); one listed by the monitor and gone before it was opened crashed the monitor (FileNotFoundError)."""
     from stages.monitor import read_records
 
-    served = {
-        "ts": (NOW - timedelta(minutes=1)).isoformat(),
-        "model_version": "1",
-        "fake_probability": 0.5,
-        "verdict": "UNCERTAIN",
-        "width": 32,
-        "height": 32,
-        "format": "PNG",
-        **dict.fromkeys(STAT_NAMES, 0.5),
-    }
-    write_records(tmp_path / "records", [served])
+    record = {**SERVED, "ts": (NOW - timedelta(minutes=1)).isoformat()}
+    write_records(tmp_path / "records", [record])
     gone = tmp_path / "records" / "20261201T00-host-1-0000.jsonl"
     gone.symlink_to(tmp_path / "deleted.jsonl")  # listed, but not there any more when opened
-    assert read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW) == ([served], 0)
+    assert read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW) == ([record], 0)
 
 
 def _ks(report: dict) -> str:

@@ -17,6 +17,34 @@ from workspace import free_port, running
 MODEL = "deepguard"
 
 
+@contextlib.contextmanager
+def _fake_http(answers: dict[str, tuple[int, bytes]]) -> Iterator[str]:
+    """A FAKE predictor (or a proxy before one) on loopback: each method gets its (status, body). Its URL."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Answers(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            status, body = answers[self.command]
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer  # noqa: N815 - http.server's naming
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _register_untrained_model(tracking_uri: str, artifacts: Path, seed: int) -> str:
     """A tiny Keras model with the served contract (uint8 in, P(FAKE) out), registered and made champion.
 
@@ -112,37 +140,16 @@ def test_local_target_reloads_the_new_champion_in_the_running_predictor(tmp_path
 
 def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Path) -> None:
     """A FAKE predictor whose reload fails (a real one only fails on a broken model): exit 2, one line."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     import mlflow
-
-    status = 500
-
-    class RefusingPredictor(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            self.send_response(status)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"no")
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     client.create_registered_model(MODEL)
     client.create_model_version(MODEL, source="s3://bucket/model")
     client.set_registered_model_alias(MODEL, "champion", "1")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusingPredictor)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with _fake_http({"POST": (500, b"no")}) as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "KUBERNETES_"))}
-        env.update(
-            MLFLOW_TRACKING_URI=tracking_uri,
-            PREDICTOR_URL=f"http://127.0.0.1:{server.server_port}",
-            PYTHONPATH=str(REPO),
-        )
+        env.update(MLFLOW_TRACKING_URI=tracking_uri, PREDICTOR_URL=url, PYTHONPATH=str(REPO))
         result = subprocess.run(
             [
                 sys.executable,
@@ -160,19 +167,15 @@ def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Pat
             text=True,
             timeout=300,
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"deploy: error: predictor at http://127.0.0.1:{server.server_port} refused the reload: "
-        f"HTTP {status} no"
+        f"deploy: error: predictor at {url} refused the reload: HTTP 500 no"
     ]
     assert "deployment_status" not in client.get_model_version(MODEL, "1").tags
 
 
-def test_a_predictor_dropping_the_reload_fails_instead_of_saying_none_runs() -> None:
-    """A predictor killed while loading the champion (OOM) drops the reload: an error, not "none runs"."""
+def test_fake_predictor_dropping_the_reload_fails_instead_of_saying_none_runs() -> None:
+    """A FAKE predictor killed loading the champion (OOM) drops the reload: an error, not "none runs"."""
     import socket
     import threading
 
@@ -196,72 +199,29 @@ def test_a_predictor_dropping_the_reload_fails_instead_of_saying_none_runs() -> 
         listener.close()
 
 
-def test_a_predictor_answering_the_version_check_without_json_is_one_error() -> None:
+def test_fake_predictor_answering_the_version_check_without_json_is_one_error() -> None:
     """After the reload, an answer that is not KServe's metadata JSON (a proxy's error page): one error."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from deploy.local import deploy_local
     from deploy.manifest import Champion, DeployError
 
-    class ReloadsThenAnswersHtml(BaseHTTPRequestHandler):
-        def _answer(self, status: int, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            self._answer(200, b"{}")
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._answer(502, b"<html>Bad Gateway</html>")
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ReloadsThenAnswersHtml)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
     champion = Champion(model_name=MODEL, version="2", artifact_uri="s3://b/m", storage_uri="s3://b/m")
-    try:
-        with pytest.raises(DeployError, match=f"predictor at {url}: cannot read the version it serves"):
-            deploy_local(champion, url, MODEL, timeout_s=10)
-    finally:
-        server.shutdown()
-        server.server_close()
+    answers = {"POST": (200, b"{}"), "GET": (502, b"<html>Bad Gateway</html>")}
+    with (
+        _fake_http(answers) as url,
+        pytest.raises(DeployError, match=f"predictor at {url}: cannot read the version it serves"),
+    ):
+        deploy_local(champion, url, MODEL, timeout_s=10)
 
 
-def test_a_reload_refused_with_an_html_page_is_still_one_line() -> None:
+def test_fake_proxy_refusing_the_reload_with_an_html_page_is_still_one_line() -> None:
     """A proxy's multi-line error page in front of the predictor: the error stays one line."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from deploy.local import deploy_local
     from deploy.manifest import Champion, DeployError
 
     page = b"<html>\n  <body>\n    502 Bad Gateway\n  </body>\n</html>\n"
-
-    class Proxy(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            self.send_response(502)
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
     champion = Champion(model_name=MODEL, version="2", artifact_uri="s3://b/m", storage_uri="s3://b/m")
-    try:
-        with pytest.raises(DeployError) as raised:
-            deploy_local(champion, url, MODEL, timeout_s=10)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _fake_http({"POST": (502, page)}) as url, pytest.raises(DeployError) as raised:
+        deploy_local(champion, url, MODEL, timeout_s=10)
     assert str(raised.value) == (
         f"predictor at {url} refused the reload: HTTP 502 <html> <body> 502 Bad Gateway </body> </html>"
     )
