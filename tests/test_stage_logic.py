@@ -161,6 +161,8 @@ def test_expected_calibration_error() -> None:
         (0.85, 0.90, 0.0, False),
         (0.905, 0.90, 0.01, False),  # better, but not by the gate's minimum
         (0.92, 0.90, 0.01, True),
+        (0.9980, 0.9965, 0.0015, True),  # exactly the minimum, though the float difference is 0.00149999...
+        (0.9979, 0.9965, 0.0015, False),
     ],
 )
 def test_promotion_gate(challenger: float, champion: float | None, minimum: float, promote: bool) -> None:
