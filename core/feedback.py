@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.formats import ACCEPTED_FORMATS, FORMATS, sniff
+
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
 STATUSES: tuple[str, ...] = (PENDING, ACCEPTED, REJECTED)
 # The classes a user may claim: core.labels.CLASS_NAMES (a test keeps the two equal; this module imports
@@ -32,17 +34,8 @@ MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_PENDING = 10_000
 MAX_TEXT = 64  # model_version and similar short strings
 _ID = re.compile(r"[0-9a-f]{64}")
-# File signatures -> the suffix the image is stored under (what ingest and a reviewer's viewer expect).
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "jpg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tif"),
-    (b"MM\x00*", "tif"),
-)
-_SUFFIXES = frozenset({*(suffix for _, suffix in _SIGNATURES), "webp"})
+# The suffix a stored image gets (what ingest and a reviewer's viewer expect): its format's first.
+_SUFFIXES = frozenset(f.suffixes[0] for f in FORMATS)
 
 
 class FeedbackError(ValueError):
@@ -107,13 +100,9 @@ class FeedbackItem:
 
 
 def image_suffix(data: bytes) -> str | None:
-    """The storage suffix of an image by its first bytes (``png``, ``jpg``, ...), or None if not an image.
-
-    WebP is recognised by its RIFF container header.
-    """
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return next((suffix for signature, suffix in _SIGNATURES if data.startswith(signature)), None)
+    """The storage suffix of an image by its first bytes (``png``, ``jpg``, ...), or None if not an image."""
+    found = sniff(data)
+    return None if found is None else found.suffixes[0]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -178,7 +167,7 @@ class FeedbackStore:
             raise FeedbackTooLargeError("image", f"{len(image)} bytes, over the limit of {limit}")
         suffix = image_suffix(image)
         if suffix is None:
-            raise FeedbackError("image", "not a JPEG, PNG, WebP, GIF, BMP or TIFF file")
+            raise FeedbackError("image", f"not a {ACCEPTED_FORMATS} file")
         if claimed_label not in CLAIMS:
             raise FeedbackError("claimed_label", f"{claimed_label!r} is not one of {', '.join(CLAIMS)}")
         if verdict not in VERDICTS:

@@ -12,12 +12,13 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from core.errors import DeepGuardError
+from core.formats import FORMATS
 
 # Pillow's own limit warns at ~89 MP and errors at twice that; we refuse earlier, before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
 # The formats opened at all (Pillow's format names). Others are refused unopened: some of Pillow's readers
 # decode while opening (ICO decodes its embedded PNG), before any pixel limit could be checked.
-READ_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+READ_FORMATS = tuple(f.name for f in FORMATS)
 # Pillow's names for a JPEG file: MPO is one holding more than one picture (a phone's depth map or preview).
 JPEG_FORMATS = ("JPEG", "MPO")
 # Each scan of a progressive JPEG passes over every pixel again, and an empty scan costs 14 bytes: at 2 ms a

@@ -14,6 +14,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from core.formats import ACCEPTED_FORMATS, sniff
 from flask_app import feedback, metrics
 from flask_app.predictor_client import Prediction, Predictions, PredictorClient, PredictorError
 
@@ -31,18 +32,6 @@ MULTIPART_ALLOWANCE = 64 * 1024
 DEFAULT_PREDICTOR_TIMEOUT_S = 5.0
 UPLOAD_FIELD = "image"
 
-# File signatures of the formats we forward. The predictor decodes with Pillow and has the final word;
-# this check answers "that is a PDF" at once instead of a round trip.
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
-ACCEPTED_FORMATS = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 BUSY_MESSAGE = "The detector is busy with other uploads; try again in a moment."
 # What /model shows about the served model besides its card: (parameter key, label).
 MODEL_FACTS: tuple[tuple[str, str], ...] = (
@@ -69,16 +58,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-
-
-def sniff_image_format(data: bytes) -> str | None:
-    """Return the image format named by the file's first bytes, or None when it is not one we accept."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    for signature, name in _SIGNATURES:
-        if data.startswith(signature):
-            return name
-    return None
 
 
 def web_threads() -> int:
@@ -119,7 +98,8 @@ def read_upload(upload: FileStorage, name: str, max_bytes: int) -> bytes:
     metrics.observe_upload(len(data))
     if len(data) > max_bytes:
         raise UploadError(413, f"{name} is larger than the limit of {max_bytes / (1024 * 1024):g} MB.")
-    if sniff_image_format(data) is None:
+    # The predictor decodes with Pillow and has the final word; this answers "that is a PDF" at once.
+    if sniff(data) is None:
         raise UploadError(
             415, f"{name} is not an image this service reads; upload a {ACCEPTED_FORMATS} file."
         )

@@ -21,6 +21,7 @@ from pathlib import Path
 from core.config import DataParams
 from core.errors import DeepGuardError
 from core.feedback import ACCEPTED, FeedbackError, FeedbackItem, FeedbackStore
+from core.formats import FORMATS
 from core.labels import CLASS_NAMES
 from core.names import DATA_ENV
 from core.settings import settings
@@ -28,7 +29,7 @@ from core.settings import settings
 log = logging.getLogger(__name__)
 
 SPLIT_FOLDERS: tuple[str, ...] = ("train", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {f".{suffix}" for f in FORMATS for suffix in f.suffixes}
 KAGGLE_CACHE = Path(".cache/kaggle")
 # Where this project keeps CIFAKE beside a checkout (../shared/data), full archive first: offered to a
 # newcomer whose run would otherwise fall back to synthetic data.

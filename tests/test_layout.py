@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ ALLOWED: dict[str, set[str]] = {
     "stages": {"core", "stages"},
     "serving": {"core", "serving"},
     "deploy": {"core", "deploy"},
-    "flask_app": {"flask_app", "core.feedback"},  # the feedback store: standard library only
+    # The feedback store and the image formats: standard library only, copied into the web image.
+    "flask_app": {"flask_app", "core.feedback", "core.formats"},
     # The stage list and its config types; the operator and the pods module beside the DAG files.
     "dags": {"core.pipeline", "core.config", "deepguard_operator", "deepguard_pods"},
     "tools": {"core"},  # developer commands (make airflow)
@@ -91,6 +93,19 @@ def test_every_project_package_has_rules() -> None:
 
 def test_imports_follow_the_layout() -> None:
     assert violations(REPO, ALLOWED, STAGE_NAMES) == []
+
+
+def test_the_web_image_holds_every_core_module_the_web_app_imports_and_they_need_only_the_stdlib() -> None:
+    web_core = {name for name in ALLOWED["flask_app"] if name.startswith("core.")}
+    dockerfile = (REPO / "images" / "web" / "Dockerfile").read_text()
+    for name in sorted(web_core):
+        file = f"{name.replace('.', '/')}.py"
+        assert file in dockerfile, f"images/web/Dockerfile does not copy {file}"
+        nodes = list(ast.walk(ast.parse((REPO / file).read_text())))
+        imported = {a.name for node in nodes if isinstance(node, ast.Import) for a in node.names}
+        imported |= {node.module for node in nodes if isinstance(node, ast.ImportFrom) and node.module}
+        outside = {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names} - web_core
+        assert outside <= {"__future__"}, f"{file} imports {outside}: the web image has no such module"
 
 
 def test_the_layout_has_at_most_three_levels() -> None:

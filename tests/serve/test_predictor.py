@@ -108,7 +108,10 @@ def odd_images() -> list[bytes]:
     gray.save(gif, format="GIF")
     webp = io.BytesIO()
     rgba.convert("RGB").save(webp, format="WEBP")
-    return [png_bytes(rgba), gif.getvalue(), webp.getvalue(), png_bytes(gray.convert("RGB").resize((7, 5)))]
+    avif = io.BytesIO()
+    rgba.convert("RGB").resize((48, 40)).save(avif, format="AVIF")
+    small = png_bytes(gray.convert("RGB").resize((7, 5)))
+    return [png_bytes(rgba), gif.getvalue(), webp.getvalue(), avif.getvalue(), small]
 
 
 def test_v2_round_trip_matches_the_in_process_model(predictor, registered_model, sample_images, in_process):
