@@ -3,8 +3,9 @@
 Reads ``$DEEPGUARD_MONITORING_DIR/records/*.jsonl`` (one JSON object per served image, written by the
 predictor) and the champion's reference (``monitoring/reference.json`` in its MLflow run, logged by register).
 Writes ``reports/drift.json`` and ``reports/figures/drift.png``, logs both to an MLflow run tagged with the
-version, and tags the version ``drift_status``. ``--xcom PATH`` also writes the decision the Airflow DAG
-deepguard_monitor branches on (a KubernetesPodOperator returns ``/airflow/xcom/return.json``).
+version, and tags the version ``drift_status``. Only then does it publish: ``--xcom PATH`` writes the decision
+the Airflow DAG deepguard_monitor branches on (a KubernetesPodOperator returns ``/airflow/xcom/return.json``),
+and ``$DEEPGUARD_MONITORING_DIR/drift.json`` the summary the predictor exports (the drift alert).
 """
 
 from __future__ import annotations
@@ -174,8 +175,6 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
     if malformed:
         log.warning("monitor: %d malformed record lines skipped in %s", malformed, records_dir())
     write_json(DRIFT_FILE, report)
-    # Beside the records, where the predictor (same volume in a cluster) picks it up for Prometheus.
-    write_json(environment().monitoring_dir / DRIFT_LATEST, latest_summary(report))
     save_figure(plot_drift(reference, records, report), DRIFT_FIGURE)
     with tracking.stage_run("monitor", experiment.experiment_id) as mlrun:
         mlflow.set_tags(
@@ -199,6 +198,9 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
     client.set_model_version_tag(name, version, "drift_status", report["status"])
     client.set_model_version_tag(name, version, "drift_checked_at", end.isoformat(timespec="seconds"))
     client.set_model_version_tag(name, version, "drift_run_id", mlrun.info.run_id)
+    # The decision and the alert go out last, once the report is in MLflow and the version tagged: with MLflow
+    # down the stage stops above, so no retraining is triggered (no XCom) and the predictor keeps exporting
+    # the previous summary, instead of an alert saying that a drift was found and a retraining started.
     reason = "; ".join(report["reasons"]) or report["status"]
     if xcom is not None:
         write_json(
@@ -210,6 +212,8 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
                 "model_version": version,
             },
         )
+    # Beside the records, where the predictor (same volume in a cluster) picks it up for Prometheus.
+    write_json(environment().monitoring_dir / DRIFT_LATEST, latest_summary(report))
     ks_max = max(report["ks"].items(), key=lambda item: item[1]["statistic"])
     log.info(
         "monitor done: %s v%s %s over %d served images (PSI %.3f, max KS %s %.3f, out-of-domain %.1f%%)%s",

@@ -270,6 +270,48 @@ def test_monitor_stage_reports_to_mlflow_and_tags_the_champion(cifake, served, t
     assert logged == {"drift/drift.json", "drift/drift.png"}
 
 
+def test_monitor_that_cannot_log_to_mlflow_publishes_no_alert_and_no_decision(
+    cifake, served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow going down while the monitor logs failed the stage, yet the summary the predictor exports (the
+    DeepGuardInputDrift alert: "the DAG has already triggered a retraining run") already said drift. Now the
+    previous summary stays and no decision reaches the DAG: nothing claims what did not happen."""
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as tracking_uri_state
+    from mlflow.exceptions import MlflowException
+
+    from core.atomic import write_json
+    from stages import monitor
+
+    root = make_workspace(tmp_path / "ws")
+    monitoring = tmp_path / "monitoring"
+    env = stage_env(root, DEEPGUARD_MONITORING_DIR=str(monitoring))
+    version = register_champion(env["MLFLOW_TRACKING_URI"], cifake[1])
+    write_records(monitoring / "records", served["blur_1.0"])  # drift
+    previous = {"status": "ok", "drift": False, "psi": 0.01, "model_version": version, "ts": "earlier"}
+    write_json(monitoring / "drift.json", previous)
+    # The stage sets MLflow's process-wide URI and experiment: put them back for the tests after this one.
+    monkeypatch.setattr(tracking_uri_state, "_tracking_uri", tracking_uri_state._tracking_uri)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "DEEPGUARD_MONITORING_DIR"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.chdir(root)
+
+    def server_down(*args: object, **kwargs: object) -> None:
+        raise MlflowException("API request to the tracking server failed: connection refused")
+
+    monkeypatch.setattr(mlflow, "log_artifact", server_down)
+    xcom = tmp_path / "xcom" / "return.json"
+    with pytest.raises(MlflowException, match="connection refused"):
+        monitor.run(load_params(root / "params.yaml"), now=NOW, xcom=xcom)
+    assert json.loads((monitoring / "drift.json").read_text()) == previous, "the alert claims no new drift"
+    assert not xcom.exists(), "no decision: the DAG triggers no retraining"
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    assert "drift_status" not in client.get_model_version("deepguard", version).tags
+    assert json.loads((root / DRIFT_FILE).read_text())["status"] == "drift", "the measurement is kept"
+
+
 def test_monitor_stage_without_champion_or_reference_fails_in_one_line(tmp_path: Path) -> None:
     import mlflow
 
