@@ -21,6 +21,9 @@ DEFAULT_MAX_PIXELS = 40_000_000
 READ_FORMATS = tuple(f.name for f in FORMATS)
 # Pillow's names for a JPEG file: MPO is one holding more than one picture (a phone's depth map or preview).
 JPEG_FORMATS = ("JPEG", "MPO")
+# The format recorded for a V2 pixel tensor (no file, so no format of Pillow's): the monitor's in-domain list
+# (params.yaml monitoring.in_domain_formats) names it, metrics and records carry it.
+RAW_FORMAT = "RAW"
 # Each scan of a progressive JPEG passes over every pixel again, and an empty scan costs 14 bytes: at 2 ms a
 # scan (measured at 36 megapixels) a 10 MiB file of them holds a decoder for about 25 minutes. Encoders write
 # about 10 (libjpeg's progression; a phone's multi-picture file as many per picture): more is refused unread.
@@ -151,7 +154,7 @@ class InputFacts:
 
     width: int
     height: int
-    format: str  # Pillow's format name (PNG, JPEG, WEBP, ...), or "RAW" for a pixel tensor
+    format: str  # Pillow's format name (PNG, JPEG, WEBP, ...), or RAW_FORMAT for a pixel tensor
     mode: str  # Pillow's mode before conversion to RGB (RGB, RGBA, L, P, ...)
     had_alpha: bool  # transparency was composited on white
     animated: bool  # more than one frame (an animation, a multi-page file): only the first was scored
@@ -208,7 +211,7 @@ def facts_of(image: Image.Image) -> InputFacts:
     return InputFacts(
         width=image.size[0],
         height=image.size[1],
-        format=image.format or "RAW",
+        format=image.format or RAW_FORMAT,
         mode=image.mode,
         had_alpha=had_alpha,
         # Not n_frames: GIF and TIFF count frames by walking the whole file (TIFF's quadratically: 7 s for

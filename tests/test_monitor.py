@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from drift_world import records, register_champion, world, write_records
+from PIL import Image
 from workspace import make_workspace, require_sample, run_stage, stage_env
 
 from core.config import load_params
@@ -23,6 +24,7 @@ from core.drift import (
     population_stability_index,
 )
 from core.imagestats import STAT_NAMES
+from core.imaging import RAW_FORMAT, facts_of
 from core.pipeline import DRIFT_FIGURE, DRIFT_FILE, REFERENCE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,6 +160,18 @@ def test_an_upload_of_another_size_or_format_is_out_of_domain() -> None:
     assert out_of_domain({"width": 32, "height": 48, "format": "PNG"}, 32, formats)
     assert out_of_domain({"width": 48, "height": 32, "format": "PNG"}, 32, formats)
     assert out_of_domain({"width": 32, "height": 32, "format": "GIF"}, 32, formats)
+
+
+def test_a_pixel_tensor_of_the_models_size_is_in_the_domain() -> None:
+    """A V2 client sending the model's 32x32 pixels (recorded as format RAW) counted as out of domain: such
+    traffic alone raised the out-of-domain share to 100 % and triggered a retraining."""
+    tensor = facts_of(Image.fromarray(np.zeros((32, 32, 3), np.uint8)))  # what the predictor records for one
+    record = {"width": tensor.width, "height": tensor.height, "format": tensor.format}
+    assert tensor.format == RAW_FORMAT and not out_of_domain(record, 32, SETTINGS.in_domain_formats)
+    assert out_of_domain({**record, "width": 48, "height": 48}, 32, SETTINGS.in_domain_formats)
+    rows = [{**SERVED, **record}] * SETTINGS.min_records
+    reference, _ = _even_world(10)
+    assert compare(reference, rows, (0.3, 0.7), SETTINGS)["out_of_domain"] == {"count": 0, "share": 0.0}
 
 
 def test_reference_is_sampled_and_rounded() -> None:
