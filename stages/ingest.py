@@ -156,6 +156,14 @@ def ingest(
             kept_hashes.append(f"{entry.split}/{entry.class_name}/{digest}")
             if sum(report.seen.values()) % 10_000 == 0:
                 log.info("ingest: %d images read, %d kept", sum(report.seen.values()), len(kept_hashes))
+    if report.feedback is not None and report.feedback["capped"]:
+        # Feedback is read after the dataset, so a cap the dataset already fills leaves all of it out.
+        log.warning(
+            "ingest: %d accepted feedback images left out: data.sample_per_class (%d) was already reached "
+            "by the dataset's images of their class; unset or raise it to train on them",
+            report.feedback["capped"],
+            params.sample_per_class,
+        )
     data_hash = hashlib.sha256("\n".join(sorted(kept_hashes)).encode()).hexdigest()
     result = report.to_dict(data_hash)
     for split in sources.SPLIT_FOLDERS:

@@ -365,17 +365,23 @@ def test_review_command_lists_accepts_rejects_with_one_line_errors(tmp_path: Pat
 # --- ingest: accepted feedback as a data source -------------------------------------------------------------
 
 
-def test_ingest_merges_accepted_feedback_validated_and_deduplicated(tmp_path: Path) -> None:
+def dataset_zip(archive: Path) -> dict[str, bytes]:
+    """Write a dataset of three images per split and class to ``archive``; return its files by name."""
     dataset = {
         f"{split}/{cls}/{i}.png": image_file(hash((split, cls, i)) % 2**32)
         for split in ("train", "test")
         for cls in ("REAL", "FAKE")
         for i in range(3)
     }
-    archive = tmp_path / "data.zip"
     with zipfile.ZipFile(archive, "w") as out:
         for name, data in dataset.items():
             out.writestr(name, data)
+    return dataset
+
+
+def test_ingest_merges_accepted_feedback_validated_and_deduplicated(tmp_path: Path) -> None:
+    archive = tmp_path / "data.zip"
+    dataset = dataset_zip(archive)
     store = FeedbackStore(tmp_path / "feedback")
     new = submit(store, image_file(30), "FAKE")  # kept, as FAKE
     big = submit(store, image_file(31, size=64), "REAL")  # not native size: rejected, never resized
@@ -411,6 +417,28 @@ def test_ingest_merges_accepted_feedback_validated_and_deduplicated(tmp_path: Pa
     assert report["kept"]["test"] == {"FAKE": 3, "REAL": 3}
     excluded = run("exclude")
     assert excluded["feedback"] is None and excluded["kept"]["train"] == {"FAKE": 3, "REAL": 3}
+
+
+def test_feedback_left_out_by_sample_per_class_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Feedback is read after the dataset, so data.sample_per_class at or under the dataset's count dropped
+    every accepted item as "capped" with no more than a count in the data report; now a warning says so."""
+    archive = tmp_path / "data.zip"
+    dataset_zip(archive)
+    store = FeedbackStore(tmp_path / "feedback")
+    for seed, claim in ((50, "FAKE"), (51, "REAL")):
+        store.move(submit(store, image_file(seed), claim).id, ACCEPTED)
+    params = load_params(REPO / "params.yaml", ["data.feedback=include", "data.sample_per_class=3"]).data
+    entries = sources.with_feedback(sources.iter_entries(archive), sources.feedback_entries(store))
+    with caplog.at_level("WARNING", logger="stages.ingest"):
+        report = ingest(entries, params, sources.Source("local", str(archive), "t", "t"), tmp_path / "out")
+    assert report["feedback"]["capped"] == 2 and report["kept"]["train"] == {"FAKE": 3, "REAL": 3}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "ingest: 2 accepted feedback images left out: data.sample_per_class (3) was already reached by the "
+        "dataset's images of their class; unset or raise it to train on them"
+    ]
 
 
 def test_ingest_stage_reads_feedback_from_the_monitoring_dir(tmp_path: Path) -> None:
