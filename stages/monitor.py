@@ -171,6 +171,8 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
         window={"start": start.isoformat(), "end": end.isoformat(), "hours": settings.window_hours},
         other_versions=len(served) - len(records),
         malformed=malformed,
+        # What a retraining this report triggers trains on: the pipeline reads the same params.yaml.
+        retrain_with_feedback=params.data.feedback == "include",
     )
     if malformed:
         log.warning("monitor: %d malformed record lines skipped in %s", malformed, records_dir())
@@ -227,6 +229,12 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
         100 * report["out_of_domain"]["share"],
         f": {reason}" if report["drift"] else "",
     )
+    if report["drift"] and not report["retrain_with_feedback"]:
+        log.warning(
+            "monitor: the retraining this drift triggers trains on the same data as the champion "
+            "(data.feedback: exclude); to learn from the new traffic, accept user feedback and set "
+            "data.feedback: include"
+        )
     return report
 
 

@@ -261,9 +261,12 @@ def test_monitor_stage_reports_to_mlflow_and_tags_the_champion(cifake, served, t
     args = ("--now", NOW.isoformat(), "--xcom", str(xcom))
     result = run_stage("monitor", root, env, *args)
     assert "monitor done: deepguard v1 drift over 500 served images" in result.stdout
+    # params.yaml's data.feedback is exclude: the retraining it triggers learns nothing new, and says so.
+    assert "trains on the same data as the champion (data.feedback: exclude)" in result.stdout
 
     report = json.loads((root / DRIFT_FILE).read_text())
     assert report["status"] == "drift" and report["records"] == 500
+    assert report["retrain_with_feedback"] is False
     assert report["other_versions"] == 50 and report["malformed"] == 1, "old records are outside the window"
     assert (root / DRIFT_FIGURE).stat().st_size > 10_000
     # The summary the predictor exports to Prometheus (serving.metrics.DriftCollector), beside the records.
