@@ -28,8 +28,6 @@ STATUSES: tuple[str, ...] = (PENDING, ACCEPTED, REJECTED)
 # nothing of ours, see above).
 CLAIMS: tuple[str, ...] = ("REAL", "FAKE")
 VERDICTS: tuple[str, ...] = (*CLAIMS, "UNCERTAIN")
-# An upload is a screenshot at most; a CIFAKE image is 1-3 KB. The cap bounds the disk one item takes.
-MAX_IMAGE_BYTES = 5 * 1024 * 1024
 # Pending items waiting for review: past this the store refuses new ones until someone reviews.
 MAX_PENDING = 10_000
 MAX_TEXT = 64  # model_version and similar short strings
@@ -49,7 +47,7 @@ class FeedbackError(ValueError):
 
 
 class FeedbackTooLargeError(FeedbackError):
-    """The image is over :data:`MAX_IMAGE_BYTES`."""
+    """The image is over the store's ``max_image_bytes``."""
 
     status = 413
 
@@ -122,12 +120,14 @@ class FeedbackStore:
 
     Args:
         root: The feedback folder; created on first write.
-        max_image_bytes: Size cap of one image.
+        max_image_bytes: Size cap of one submitted image: the web app passes its per-file upload limit, so
+            that any file the page scored can be reported (with ``max_pending`` it bounds the disk the items
+            take). None, no cap: for the review command and ingest, which only read.
         max_pending: Count cap of items awaiting review.
     """
 
     def __init__(
-        self, root: Path, max_image_bytes: int = MAX_IMAGE_BYTES, max_pending: int = MAX_PENDING
+        self, root: Path, max_image_bytes: int | None = None, max_pending: int = MAX_PENDING
     ) -> None:
         self.root = Path(root)
         self.max_image_bytes = max_image_bytes
@@ -162,7 +162,7 @@ class FeedbackStore:
         """
         if not image:
             raise FeedbackError("image", "empty file")
-        if len(image) > self.max_image_bytes:
+        if self.max_image_bytes is not None and len(image) > self.max_image_bytes:
             limit = self.max_image_bytes
             raise FeedbackTooLargeError("image", f"{len(image)} bytes, over the limit of {limit}")
         suffix = image_suffix(image)

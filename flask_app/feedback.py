@@ -74,7 +74,8 @@ def _configure(state: BlueprintSetupState) -> None:
     )
     app.config.setdefault("FEEDBACK_BURST", int(os.environ.get("FEEDBACK_BURST", DEFAULT_BURST)))
     app.extensions[_EXTENSION] = (
-        FeedbackStore(Path(app.config["FEEDBACK_DIR"])),
+        # The page's per-file upload limit: a file the page scored can be reported ("this is wrong").
+        FeedbackStore(Path(app.config["FEEDBACK_DIR"]), max_image_bytes=app.config["MAX_CONTENT_LENGTH"]),
         TokenBucket(app.config["FEEDBACK_PER_MINUTE"], app.config["FEEDBACK_BURST"]),
     )
 

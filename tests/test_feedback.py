@@ -254,20 +254,31 @@ def test_feedback_route_refuses_bad_input(
     assert not (web[1] / "pending").exists() or not list((web[1] / "pending").iterdir())
 
 
-def test_feedback_route_refuses_an_oversized_image_with_413(tmp_path: Path) -> None:
-    app = create_app({"FEEDBACK_DIR": str(tmp_path)})
-    with app.test_client() as client:  # the 413 path only; HTTP is covered above
-        big = image_file(13)[:20] + bytes(feedback.MAX_IMAGE_BYTES)
-        response = client.post(
-            "/api/feedback",
-            data={
-                "image": (io.BytesIO(big), "x.png"),
-                "claimed_label": "REAL",
-                "verdict": "FAKE",
-                "fake_probability": "0.9",
-                "model_version": "1",
-            },
-        )
+@pytest.mark.parametrize("config", [{}, {"MAX_CONTENT_LENGTH": 20_000}], ids=["default", "configured"])
+def test_feedback_takes_any_file_the_page_takes_and_refuses_a_larger_one_with_413(
+    tmp_path: Path, config: dict
+) -> None:
+    """Feedback had its own 5 MiB cap under the page's 10 MiB upload limit: a 7 MiB photo was scored, and
+    "this verdict is wrong" on it answered 413. The page's limit (MAX_CONTENT_LENGTH) is now the one cap."""
+    app = create_app({"FEEDBACK_DIR": str(tmp_path), **config})
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    head = image_file(13)[:20]  # a PNG signature: the store checks the signature, the predictor decodes
+
+    def report(size: int) -> Any:
+        with app.test_client() as client:  # the size checks only; HTTP is covered above
+            return client.post(
+                "/api/feedback",
+                data={
+                    "image": (io.BytesIO(head + bytes(size - len(head))), "x.png"),
+                    "claimed_label": "REAL",
+                    "verdict": "FAKE",
+                    "fake_probability": "0.9",
+                    "model_version": "1",
+                },
+            )
+
+    assert report(limit).status_code == 201, "a file of exactly the page's limit"
+    response = report(limit + 1)
     assert response.status_code == 413 and "image" in response.get_json()["error"]
 
 
