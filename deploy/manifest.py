@@ -34,6 +34,11 @@ class DeployError(DeepGuardError):
     """The champion could not be rolled out (missing champion, unreachable API, not Ready in time)."""
 
 
+def deployment_mode(obj: dict[str, Any]) -> str:
+    """An InferenceService's KServe deployment mode, from its annotation (Serverless without one)."""
+    return (obj.get("metadata", {}).get("annotations") or {}).get(MODE_ANNOTATION, "Serverless")
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """What the chart hands the deploy stage: its InferenceService without a champion, and the artifact map.
@@ -79,7 +84,7 @@ class ServingConfig:
     @property
     def deployment_mode(self) -> str:
         """KServe's deployment mode annotation (Serverless unless the chart says otherwise)."""
-        return self.base["metadata"].get("annotations", {}).get(MODE_ANNOTATION, "Serverless")
+        return deployment_mode(self.base)
 
     @property
     def canary_supported(self) -> bool:

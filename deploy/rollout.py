@@ -26,6 +26,7 @@ from deploy.manifest import (
     Champion,
     DeployError,
     ServingConfig,
+    deployment_mode,
     rollout_manifest,
 )
 from deploy.registry import DeploymentResult
@@ -116,15 +117,35 @@ def _predictor_env(obj: dict[str, Any], name: str) -> str | None:
 
 
 def is_ready(obj: dict[str, Any]) -> bool:
-    """Ready for the generation we applied: status caught up, Ready=True, newest revision is the ready one."""
+    """Ready for the spec we applied: status caught up, Ready=True, newest revision is the ready one, and
+    (Serverless) the status routes traffic as the spec's ``canaryTrafficPercent`` asks."""
     status = obj.get("status") or {}
     if status.get("observedGeneration", 0) < obj.get("metadata", {}).get("generation", 0):
         return False
     conditions = status.get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    predictor = (status.get("components") or {}).get("predictor") or {}
+    predictor = _predictor_status(obj)
     latest_created = predictor.get("latestCreatedRevision")
-    return ready and (latest_created is None or latest_created == predictor.get("latestReadyRevision"))
+    if not ready or (latest_created is not None and latest_created != predictor.get("latestReadyRevision")):
+        return False
+    return deployment_mode(obj) != "Serverless" or routes_as_asked(obj)
+
+
+def routes_as_asked(obj: dict[str, Any]) -> bool:
+    """Whether the status's traffic gives the latest Ready revision the share the spec asks for.
+
+    A change of ``canaryTrafficPercent`` alone makes no revision, and KServe's ``observedGeneration`` is the
+    Knative Service's counter: only the traffic in the status tells the split asked for from the one before.
+    As KServe routes it, the target that follows the latest Ready revision (``latestRevision: true``) gets
+    ``canaryTrafficPercent``, or all traffic without one or without a rolled-out revision to split with.
+    """
+    predictor = _predictor_status(obj)
+    percent = obj["spec"]["predictor"].get("canaryTrafficPercent")
+    split = percent is not None and bool(predictor.get("latestRolledoutRevision"))
+    latest = [target for target in predictor.get("traffic") or [] if target.get("latestRevision")]
+    if any(target.get("revisionName") != predictor.get("latestReadyRevision") for target in latest):
+        return False  # the route still follows an older revision
+    return sum(target.get("percent") or 0 for target in latest) == (min(percent, 100) if split else 100)
 
 
 class InferenceServices:
@@ -188,7 +209,7 @@ def wait_ready(
 
     ``replaced``: the revision a predictor change replaces; Ready counts only once the status names another.
     KServe copies ``observedGeneration`` from the Knative Service, whose counter is its own, so a status from
-    before the change can look current.
+    before the change can look current; a traffic-only change is told apart by its split (:func:`is_ready`).
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -254,6 +275,19 @@ def _holds(current: Any, wanted: Any) -> bool:
     return current == wanted
 
 
+def _replaced(live: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """The revision ``live``'s status names that applying ``wanted``'s predictor replaces (None: the
+    predictor, traffic aside, is already ``wanted``'s, so no new revision comes)."""
+    if _holds(live["spec"]["predictor"], _template(wanted)):
+        return None
+    return _predictor_status(live).get("latestCreatedRevision")
+
+
+def _template(obj: dict[str, Any]) -> dict[str, Any]:
+    # What makes a revision: the predictor without its traffic share.
+    return {k: v for k, v in obj["spec"]["predictor"].items() if k != "canaryTrafficPercent"}
+
+
 def _split_in_progress(obj: dict[str, Any]) -> bool:
     """A canary share (or KServe's rollback pin, 0) is set: the newest revision does not have all traffic."""
     percent = obj["spec"]["predictor"].get("canaryTrafficPercent")
@@ -313,8 +347,14 @@ def _roll_back(
     services.patch(name, PIN_TO_STABLE)
     pinned = copy.deepcopy(previous)
     pinned["spec"]["predictor"]["canaryTrafficPercent"] = 0
-    services.patch(name, replace_patch(pinned, services.get(name) or previous))
-    if not wait_ready(services, name, timeout_s, poll_s):
+    live = services.get(name) or previous
+    # The status once the pin alone is reconciled (the refused revision Ready, at 0 %) is not the restored
+    # revision Ready; unless the refused revision never appeared, there is nothing to tell it apart from.
+    replaced = _replaced(live, previous)
+    if replaced == _predictor_status(previous).get("latestCreatedRevision"):
+        replaced = None
+    services.patch(name, replace_patch(pinned, live))
+    if not wait_ready(services, name, timeout_s, poll_s, replaced):
         return False, (
             f"version {old_version} not Ready within {timeout_s:g}s; "
             "all traffic stays on the last rolled-out revision"
@@ -392,8 +432,7 @@ def rollout(
         return "failed", f"created but not Ready within {timeout_s:g}s (nothing to roll back to)"
     old_version = _predictor_env(previous, MODEL_VERSION_ENV)
     # Unchanged: the champion and the chart's settings (a probe edit after `helm upgrade`) are both there.
-    wanted = {k: v for k, v in manifest["spec"]["predictor"].items() if k != "canaryTrafficPercent"}
-    applied = _holds(previous["spec"]["predictor"], wanted)
+    applied = _holds(previous["spec"]["predictor"], _template(manifest))
     if applied and is_ready(previous) and not _split_in_progress(previous):
         return "unchanged", f"version {version} is already served and Ready"
     log.info(
@@ -405,7 +444,7 @@ def rollout(
         f"{canary_percent}% canary traffic" if canary_percent is not None else "all traffic",
     )
     # A changed predictor makes a new revision: the one the status names until then is not the canary.
-    replaced = None if applied else _predictor_status(previous).get("latestCreatedRevision")
+    replaced = _replaced(previous, manifest)
     held_back = _split_in_progress(previous)
     staged = copy.deepcopy(manifest)
     if held_back:

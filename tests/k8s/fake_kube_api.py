@@ -121,7 +121,12 @@ class FakeCluster:
             route = {latest: share}
             if share < 100:
                 route[rolled_out] = route.get(rolled_out, 0) + 100 - share
-            predictor["traffic"] = [{"revisionName": r, "percent": p} for r, p in route.items()]
+            # As Knative reports it: the target following the latest Ready revision, then the held-back one.
+            predictor["traffic"] = [{"latestRevision": True, "revisionName": latest, "percent": share}]
+            if share < 100:
+                predictor["traffic"].append(
+                    {"latestRevision": False, "revisionName": rolled_out, "percent": 100 - share}
+                )
             self.routes.append(route)
             previous = predictor.get("previousRolledoutRevision")
             if rolled_out != latest and share == 100:  # the last revision given all traffic

@@ -325,7 +325,7 @@ def test_fake_k8s_rolling_back_after_kserves_pin_gives_the_pinned_version_no_tra
     assert _env(final)["DEEPGUARD_MODEL_VERSION"] == "1"
     assert final["spec"]["predictor"].get("canaryTrafficPercent") == (None if percent is None else 100)
     assert final["status"]["components"]["predictor"]["traffic"] == [
-        {"revisionName": "deepguard-predictor-00003", "percent": 100}
+        {"latestRevision": True, "revisionName": "deepguard-predictor-00003", "percent": 100}
     ]
 
 
@@ -639,3 +639,53 @@ def test_fake_k8s_a_stale_status_is_not_taken_for_the_new_revision(workspace: Pa
     ((canary, stable),) = judged
     assert canary != stable
     assert _env({"spec": {"predictor": cluster.revisions[canary]}})["DEEPGUARD_MODEL_VERSION"] == "2"
+
+
+def test_fake_k8s_a_promotion_is_not_judged_on_the_status_from_before_it(workspace: Path) -> None:
+    """Promoting changes only canaryTrafficPercent: no new revision, and KServe's observedGeneration (the
+    Knative Service's counter) can already match. The status read first still shows the 20 % split, Ready;
+    version 2 then fails with all traffic: that must roll back, not count as promoted."""
+
+    def version_2_fails_with_all_traffic(obj: dict[str, Any]) -> bool:
+        predictor = obj["spec"]["predictor"]
+        return _env(obj)["DEEPGUARD_MODEL_VERSION"] != "2" or predictor.get("canaryTrafficPercent") != 100
+
+    cluster = FakeCluster(becomes_ready=version_2_fails_with_all_traffic, generation_skew=1, status_lag=2)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        services = InferenceServices(kube_api_client(), NS)
+        manifest = rollout_manifest(_serving_config(), NS, CHAMPION, 20)
+        status, detail = rollout(services, manifest, 20, 0.5, 0.05)
+    assert status == "rolled_back", detail
+    assert "promoting to 100% failed" in detail
+
+
+def test_fake_k8s_a_rollback_waits_for_the_restored_revision_not_the_pinned_canary(workspace: Path) -> None:
+    """KServe reconciles the pin before the restored spec arrives: that status (the refused canary Ready, 0 %
+    of traffic, as the pinned spec asks) is not the restored revision being Ready. Unpinning on it would give
+    the refused canary all traffic while version 1 starts."""
+    cluster = FakeCluster(becomes_ready=_restored_revision_starts_after(3), generation_skew=1, status_lag=1)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
+    key = (NS, "deepguard")
+
+    class PinReconciledAtOnce(InferenceServices):
+        def patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+            patched = super().patch(name, body)
+            if body == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}:
+                with cluster.lock:  # the controller's step on the pin, before the next PATCH
+                    cluster.lagging = 0
+                    cluster.get(key)
+            return patched
+
+    def refuse(canary: str, stable: str) -> tuple[bool, str]:
+        return False, "refused"
+
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        services = PinReconciledAtOnce(kube_api_client(), NS)
+        manifest = rollout_manifest(_serving_config(), NS, CHAMPION, 20)
+        status, detail = rollout(services, manifest, 20, 10, 0.05, refuse)
+    assert status == "rolled_back", detail
+    assert _version_shares(cluster, "2") == [0, 20, 0]  # never all traffic while version 1 restarts
+    assert _env(cluster.inference_services[key])["DEEPGUARD_MODEL_VERSION"] == "1"
