@@ -25,7 +25,7 @@ import yaml
 from core.atomic import write_json
 from core.cli import run_stage, stage_parser
 from core.config import CanaryParams, Params
-from core.errors import redact_credentials
+from core.errors import DeepGuardError, redact_credentials
 from core.names import (
     SERVED_MODEL_NAME,
 )
@@ -33,7 +33,7 @@ from core.pipeline import DEPLOYMENT_FILE
 from core.settings import settings
 from deploy.canary import Prometheus, watch
 from deploy.local import deploy_local, predictor_url
-from deploy.manifest import DeployError, ServingConfig, rollout_manifest
+from deploy.manifest import Champion, DeployError, ServingConfig, rollout_manifest
 from deploy.registry import DeploymentResult, read_champion, tag_version
 from deploy.rollout import (
     CanaryAnalysis,
@@ -74,44 +74,54 @@ def run(
             default DEEPGUARD_PROMETHEUS_URL; None: promote once Ready.
 
     Returns:
-        The deployment result, also written to reports/deployment.json (not for a dry run).
+        The deployment result, also written to reports/deployment.json (not for a dry run); a deploy that
+        stops before it has one (no champion, no cluster, interrupted) records ``failed`` there and why.
 
     Raises:
         DeployError: on a missing champion, an unreachable cluster, or a rollout rolled back or failed.
     """
     namespace = namespace or current_namespace()
-    config = ServingConfig.from_file(serving_config) if serving_config else None
-    api_client = None
-    if dry_run and config is None:
-        raise DeployError(
-            "a dry run needs the chart's serving ConfigMap: --serving-config FILE, from `helm template "
-            "deepguard helm/deepguard -s templates/predictor/configmap.yaml > FILE`"
+    champion: Champion | None = None
+    try:
+        config = ServingConfig.from_file(serving_config) if serving_config else None
+        api_client = None
+        if dry_run and config is None:
+            raise DeployError(
+                "a dry run needs the chart's serving ConfigMap: --serving-config FILE, from `helm template "
+                "deepguard helm/deepguard -s templates/predictor/configmap.yaml > FILE`"
+            )
+        if target == "kserve" and config is None:
+            api_client = kube_api_client()
+            config = read_serving_config(api_client, namespace)
+        uri_map = config.artifact_uri_map if config and (target == "kserve" or dry_run) else None
+        champion = read_champion(params.mlflow.model_name, uri_map)
+        log.info(
+            "champion: %s version %s at %s", champion.model_name, champion.version, champion.artifact_uri
         )
-    if target == "kserve" and config is None:
-        api_client = kube_api_client()
-        config = read_serving_config(api_client, namespace)
-    uri_map = config.artifact_uri_map if config and (target == "kserve" or dry_run) else None
-    champion = read_champion(params.mlflow.model_name, uri_map)
-    log.info("champion: %s version %s at %s", champion.model_name, champion.version, champion.artifact_uri)
-    if dry_run:
-        manifest = rollout_manifest(
-            config, namespace, champion, canary_percent if config.canary_supported else None
-        )
-        sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False))
-        return DeploymentResult(
-            status="dry_run",
-            target=f"kserve:{namespace}/{config.name}",
-            model_name=champion.model_name,
-            version=champion.version,
-            storage_uri=champion.storage_uri,
-            canary_percent=canary_percent,
-        )
-    if target == "local":
-        result = deploy_local(champion, predictor_url(), SERVED_MODEL_NAME, timeout_s)
-    else:
-        services = InferenceServices(api_client or kube_api_client(), namespace)
-        analysis = _canary_analysis(prometheus_url or settings().prometheus_url, params.canary, poll_s)
-        result = deploy_kserve(champion, config, services, canary_percent, timeout_s, poll_s, analysis)
+        if dry_run:
+            manifest = rollout_manifest(
+                config, namespace, champion, canary_percent if config.canary_supported else None
+            )
+            sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False))
+            return DeploymentResult(
+                status="dry_run",
+                target=f"kserve:{namespace}/{config.name}",
+                model_name=champion.model_name,
+                version=champion.version,
+                storage_uri=champion.storage_uri,
+                canary_percent=canary_percent,
+            )
+        if target == "local":
+            result = deploy_local(champion, predictor_url(), SERVED_MODEL_NAME, timeout_s)
+        else:
+            services = InferenceServices(api_client or kube_api_client(), namespace)
+            analysis = _canary_analysis(prometheus_url or settings().prometheus_url, params.canary, poll_s)
+            result = deploy_kserve(champion, config, services, canary_percent, timeout_s, poll_s, analysis)
+    except BaseException as exc:
+        if not dry_run:
+            # The previous deployment's record must not be read as this attempt's outcome.
+            write_json(DEPLOYMENT_FILE, asdict(_failure(params, target, namespace, champion, exc)))
+        raise
     write_json(DEPLOYMENT_FILE, asdict(result))
     if result.status not in ("no_predictor", "unchanged"):  # keep the tags of the rollout that is serving
         tag_version(champion, result)
@@ -119,6 +129,21 @@ def run(
     if result.status in ("rolled_back", "failed"):
         raise DeployError(f"version {result.version} {result.status.replace('_', ' ')}: {result.detail}")
     return result
+
+
+def _failure(
+    params: Params, target: str, namespace: str, champion: Champion | None, exc: BaseException
+) -> DeploymentResult:
+    """The record of a deploy that stopped before it had an outcome (no champion, no cluster, interrupted)."""
+    why = str(exc) if isinstance(exc, DeepGuardError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+    return DeploymentResult(
+        status="failed",
+        target=f"local:{redact_credentials(predictor_url())}" if target == "local" else f"kserve:{namespace}",
+        model_name=params.mlflow.model_name,
+        version=champion.version if champion else "",
+        storage_uri=champion.storage_uri if champion else "",
+        detail=redact_credentials(" ".join(why.split())),
+    )
 
 
 def _canary_analysis(url: str | None, bounds: CanaryParams, poll_s: float) -> CanaryAnalysis | None:

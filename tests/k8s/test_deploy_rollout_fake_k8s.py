@@ -689,3 +689,26 @@ def test_fake_k8s_a_rollback_waits_for_the_restored_revision_not_the_pinned_cana
     assert status == "rolled_back", detail
     assert _version_shares(cluster, "2") == [0, 20, 0]  # never all traffic while version 1 restarts
     assert _env(cluster.inference_services[key])["DEEPGUARD_MODEL_VERSION"] == "1"
+
+
+@pytest.mark.parametrize("stops", ["chart-missing", "patch-refused"])
+def test_fake_k8s_a_deploy_that_stops_early_replaces_the_last_record_with_its_failure(
+    workspace: Path, stops: str
+) -> None:
+    """reports/deployment.json from the last rollout must not be read as this attempt's outcome."""
+    reports = workspace / "reports"
+    reports.mkdir()
+    last = {"status": "promoted", "version": "1", "detail": "Ready within 600s; all traffic on version 1"}
+    (reports / "deployment.json").write_text(json.dumps(last))
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    if stops == "patch-refused":
+        cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+        cluster.seed_ready(_previous_isvc())
+        cluster.refusal = (403, "forbidden")
+    with fake_kube_api(cluster, workspace / "kubeconfig"), pytest.raises(DeployError) as raised:
+        _run(canary_percent=20, timeout_s=10)
+    report = json.loads((reports / "deployment.json").read_text())
+    assert report["status"] == "failed" and report["detail"] == str(raised.value)
+    assert report["target"] == "kserve:deepguard"
+    assert report["version"] == ("2" if stops == "patch-refused" else "")  # the champion, once it was read
+    assert not any(path.name.endswith(".tmp") for path in reports.iterdir())  # written whole
