@@ -6,7 +6,9 @@ latency and mean P(FAKE) over the watch so far; the predictor exports them
 chart's PodMonitor labels every series with its Knative ``revision``. The canary is refused as soon as a bound
 is broken, and promoted when the watch ends within bounds. Without enough canary traffic there is no evidence
 either way (params ``canary.without_evidence`` decides), unless its 5xx already break the bound at
-``min_requests``.
+``min_requests``; but a canary that exported no ``deepguard_*`` series at all during the watch (it crashed
+before serving, or is not scraped) is refused: the predictor publishes ``deepguard_model_info`` once it has
+loaded, so that is not a quiet canary.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class Prometheus:
             return None
         value = float(result[0]["value"][1])
         return None if math.isnan(value) else value
+
+    def exports(self, revision: str) -> bool:
+        """Whether any ``deepguard_*`` series of ``revision`` is current (its pods answer scrapes)."""
+        return self.value(f'count({{__name__=~"deepguard_.+",revision="{revision}"}})') is not None
 
     def revision_stats(self, revision: str, window_s: int) -> RevisionStats:
         """Requests, 5xx share, p99 latency and mean P(FAKE) of ``revision`` over the last ``window_s``."""
@@ -163,6 +169,7 @@ def watch(
         ``(promote, why)``.
     """
     start = clock()
+    exported = False  # whether the canary ever had a deepguard_* series during the watch
     while True:
         elapsed = clock() - start
         verdict, why = judge(
@@ -170,9 +177,18 @@ def watch(
             prometheus.revision_stats(stable, math.ceil(elapsed) or 1),
             bounds,
         )
+        exported = exported or prometheus.exports(canary)
         if verdict is False:
             return False, f"refused after {elapsed:.0f}s: {why}"
         if elapsed >= bounds.watch_seconds:
+            if verdict is None and not exported:
+                # No series is not "no traffic": a canary that has loaded its model exports them.
+                where = (
+                    "the stable revision does: did the canary crash before serving?"
+                    if prometheus.exports(stable)
+                    else "nor does the stable revision: does Prometheus scrape the predictor (PodMonitor)?"
+                )
+                return False, f"refused after {elapsed:.0f}s: canary exported no deepguard_* series; {where}"
             if verdict is None:
                 promote = bounds.without_evidence == "promote"
                 return promote, f"no evidence after {elapsed:.0f}s ({why}): {bounds.without_evidence}"

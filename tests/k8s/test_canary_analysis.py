@@ -190,11 +190,11 @@ def registry_uri(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("registry")
 
 
-def _rollout(folder: Path, prometheus: str) -> Any:
+def _rollout(folder: Path, prometheus: str, bounds: CanaryParams = BOUNDS) -> Any:
     cluster = FakeCluster(becomes_ready=lambda obj: True)
     cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
     cluster.seed_ready(_previous_isvc())
-    params = load_params(REPO / "params.yaml").model_copy(update={"canary": BOUNDS})
+    params = load_params(REPO / "params.yaml").model_copy(update={"canary": bounds})
     with fake_kube_api(cluster, folder / "kubeconfig"), contextlib.suppress(DeployError):
         run(
             params,
@@ -240,6 +240,37 @@ def test_real_prometheus_a_shifted_score_distribution_is_refused(
     revisions[CANARY].mean_score = 0.9
     _, result = _rollout(deploy_workspace, prometheus)
     assert result.status == "rolled_back" and "mean P(FAKE)" in result.detail
+
+
+@pytest.fixture
+def crashed_canary(revisions: dict[str, Revision]) -> None:
+    """The canary's pods never answer a scrape (they crash before serving): before Prometheus starts."""
+    revisions[CANARY].close()
+
+
+@pytest.fixture
+def quiet_canary(revisions: dict[str, Revision]) -> None:
+    """The canary's pods answer scrapes but get no requests (a quiet service): before Prometheus starts."""
+    revisions[CANARY].stopped.set()
+
+
+WITHOUT_EVIDENCE_PROMOTE = BOUNDS.model_copy(update={"without_evidence": "promote"})
+
+
+def test_real_prometheus_a_canary_without_any_series_is_refused_not_taken_for_a_quiet_one(
+    deploy_workspace: Path, revisions: dict[str, Revision], crashed_canary: None, prometheus: str
+) -> None:
+    _, result = _rollout(deploy_workspace, prometheus, WITHOUT_EVIDENCE_PROMOTE)
+    assert result.status == "rolled_back", result.detail
+    assert "canary exported no deepguard_* series; the stable revision does" in result.detail
+
+
+def test_real_prometheus_a_quiet_canary_is_no_evidence_as_params_say(
+    deploy_workspace: Path, revisions: dict[str, Revision], quiet_canary: None, prometheus: str
+) -> None:
+    _, result = _rollout(deploy_workspace, prometheus, WITHOUT_EVIDENCE_PROMOTE)
+    assert result.status == "promoted", result.detail
+    assert "no evidence" in result.detail
 
 
 def test_prometheus_unreachable_is_one_line() -> None:
