@@ -117,18 +117,43 @@ def _predictor_env(obj: dict[str, Any], name: str) -> str | None:
 
 
 def is_ready(obj: dict[str, Any]) -> bool:
-    """Ready for the spec we applied: status caught up, Ready=True, newest revision is the ready one, and
-    (Serverless) the status routes traffic as the spec's ``canaryTrafficPercent`` asks."""
+    """Serverless: Ready for the spec we applied: status caught up, Ready=True, newest revision is the ready
+    one, and the status routes traffic as the spec's ``canaryTrafficPercent`` asks."""
     status = obj.get("status") or {}
     if status.get("observedGeneration", 0) < obj.get("metadata", {}).get("generation", 0):
         return False
-    conditions = status.get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     predictor = _predictor_status(obj)
     latest_created = predictor.get("latestCreatedRevision")
-    if not ready or (latest_created is not None and latest_created != predictor.get("latestReadyRevision")):
+    if not _ready_condition(obj) or latest_created not in (None, predictor.get("latestReadyRevision")):
         return False
-    return deployment_mode(obj) != "Serverless" or routes_as_asked(obj)
+    return routes_as_asked(obj)
+
+
+def _ready_condition(obj: dict[str, Any]) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def rolled_out(deployment: dict[str, Any], replaced: str | None = None) -> bool:
+    """RawDeployment: whether the predictor's Deployment runs its current template on every pod.
+
+    In this mode KServe's Ready is the Deployment's ``Available``, True all through a rolling update while
+    the old pods serve, and its ``observedGeneration`` is the Deployment's counter. So the Deployment itself
+    is read, as ``kubectl rollout status`` reads it: spec observed, every replica updated, no old one left,
+    every updated one available; and, after a predictor change, a ReplicaSet revision other than ``replaced``
+    (the Deployment's until then: KServe may not have applied the change yet).
+    """
+    meta, spec, status = (deployment.get(part) or {} for part in ("metadata", "spec", "status"))
+    if replaced is not None and (meta.get("annotations") or {}).get(DEPLOYMENT_REVISION) == replaced:
+        return False
+    if status.get("observedGeneration", 0) < meta.get("generation", 0):
+        return False
+    updated = status.get("updatedReplicas") or 0
+    return (
+        updated >= spec.get("replicas", 1)
+        and (status.get("replicas") or 0) <= updated
+        and (status.get("availableReplicas") or 0) >= updated
+    )
 
 
 def routes_as_asked(obj: dict[str, Any]) -> bool:
@@ -146,6 +171,10 @@ def routes_as_asked(obj: dict[str, Any]) -> bool:
     if any(target.get("revisionName") != predictor.get("latestReadyRevision") for target in latest):
         return False  # the route still follows an older revision
     return sum(target.get("percent") or 0 for target in latest) == (min(percent, 100) if split else 100)
+
+
+# The ReplicaSet revision of a Deployment: a new one for each pod template, never for scaling.
+DEPLOYMENT_REVISION = "deployment.kubernetes.io/revision"
 
 
 class InferenceServices:
@@ -171,6 +200,19 @@ class InferenceServices:
             ),
             missing_ok=True,
         )
+
+    def predictor_deployment(self, name: str) -> dict[str, Any] | None:
+        """RawDeployment: the Deployment KServe runs the predictor of InferenceService ``name`` in."""
+        from kubernetes.client import AppsV1Api
+
+        deployment = _k8s_call(
+            f"get deployment {self.namespace}/{name}-predictor",
+            lambda: AppsV1Api(self._api.api_client).read_namespaced_deployment(
+                f"{name}-predictor", self.namespace, _request_timeout=API_TIMEOUT_S
+            ),
+            missing_ok=True,
+        )
+        return None if deployment is None else self._api.api_client.sanitize_for_serialization(deployment)
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create the InferenceService."""
@@ -214,8 +256,7 @@ def wait_ready(
     deadline = time.monotonic() + timeout_s
     while True:
         obj = services.get(name)
-        created = _predictor_status(obj).get("latestCreatedRevision")
-        if obj is not None and is_ready(obj) and (replaced is None or created != replaced):
+        if obj is not None and _serves(services, obj, replaced):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -275,12 +316,28 @@ def _holds(current: Any, wanted: Any) -> bool:
     return current == wanted
 
 
-def _replaced(live: dict[str, Any], wanted: dict[str, Any]) -> str | None:
-    """The revision ``live``'s status names that applying ``wanted``'s predictor replaces (None: the
-    predictor, traffic aside, is already ``wanted``'s, so no new revision comes)."""
+def _serves(services: InferenceServices, obj: dict[str, Any], replaced: str | None = None) -> bool:
+    """Whether ``obj``'s spec is what serves, on a revision other than ``replaced`` when that is given."""
+    if deployment_mode(obj) == "Serverless":
+        return is_ready(obj) and (replaced is None or _revision(services, obj) != replaced)
+    deployment = services.predictor_deployment(obj["metadata"]["name"])
+    return _ready_condition(obj) and deployment is not None and rolled_out(deployment, replaced)
+
+
+def _revision(services: InferenceServices, obj: dict[str, Any]) -> str | None:
+    """The newest revision of ``obj``'s predictor: Knative's (Serverless), else its Deployment's."""
+    if deployment_mode(obj) == "Serverless":
+        return _predictor_status(obj).get("latestCreatedRevision")
+    deployment = services.predictor_deployment(obj["metadata"]["name"]) or {}
+    return ((deployment.get("metadata") or {}).get("annotations") or {}).get(DEPLOYMENT_REVISION)
+
+
+def _replaced(services: InferenceServices, live: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """The revision that applying ``wanted``'s predictor to ``live`` replaces (None: the predictor, traffic
+    aside, is already ``wanted``'s, so no new revision comes)."""
     if _holds(live["spec"]["predictor"], _template(wanted)):
         return None
-    return _predictor_status(live).get("latestCreatedRevision")
+    return _revision(services, live)
 
 
 def _template(obj: dict[str, Any]) -> dict[str, Any]:
@@ -332,13 +389,18 @@ def _start_held_back(
 
 
 def _roll_back(
-    services: InferenceServices, name: str, previous: dict[str, Any], timeout_s: float, poll_s: float
+    services: InferenceServices,
+    name: str,
+    previous: dict[str, Any],
+    before: str | None,
+    timeout_s: float,
+    poll_s: float,
 ) -> tuple[bool, str]:
     """Pin all traffic to the stable revision, restore ``previous``'s spec, wait for it to be Ready.
 
     Restoring the spec alone would route all traffic to the latest Ready revision, the refused one, until
     the restored revision is Ready; so the pin stays until then, and stays for good when ``previous`` was
-    itself a split (its canary was never judged).
+    itself a split (its canary was never judged). ``before``: the newest revision when the rollout began.
 
     Returns:
         ``(restored, what)``.
@@ -350,8 +412,8 @@ def _roll_back(
     live = services.get(name) or previous
     # The status once the pin alone is reconciled (the refused revision Ready, at 0 %) is not the restored
     # revision Ready; unless the refused revision never appeared, there is nothing to tell it apart from.
-    replaced = _replaced(live, previous)
-    if replaced == _predictor_status(previous).get("latestCreatedRevision"):
+    replaced = _replaced(services, live, previous)
+    if replaced == before:
         replaced = None
     services.patch(name, replace_patch(pinned, live))
     if not wait_ready(services, name, timeout_s, poll_s, replaced):
@@ -373,6 +435,7 @@ def _refuse(
     services: InferenceServices,
     name: str,
     previous: dict[str, Any],
+    before: str | None,
     version: str | None,
     why: str,
     timeout_s: float,
@@ -386,7 +449,7 @@ def _refuse(
         _predictor_env(previous, MODEL_VERSION_ENV),
     )
     try:
-        restored, what = _roll_back(services, name, previous, timeout_s, poll_s)
+        restored, what = _roll_back(services, name, previous, before, timeout_s, poll_s)
     except Exception as exc:
         return "failed", f"{why}; rollback failed: {_one_line(exc)}"
     return ("rolled_back" if restored else "failed"), f"{why}; {what}"
@@ -433,7 +496,7 @@ def rollout(
     old_version = _predictor_env(previous, MODEL_VERSION_ENV)
     # Unchanged: the champion and the chart's settings (a probe edit after `helm upgrade`) are both there.
     applied = _holds(previous["spec"]["predictor"], _template(manifest))
-    if applied and is_ready(previous) and not _split_in_progress(previous):
+    if applied and _serves(services, previous) and not _split_in_progress(previous):
         return "unchanged", f"version {version} is already served and Ready"
     log.info(
         "rolling out version %s (was %s) to %s/%s with %s",
@@ -444,7 +507,8 @@ def rollout(
         f"{canary_percent}% canary traffic" if canary_percent is not None else "all traffic",
     )
     # A changed predictor makes a new revision: the one the status names until then is not the canary.
-    replaced = _replaced(previous, manifest)
+    before = _revision(services, previous)
+    replaced = None if applied else before
     held_back = _split_in_progress(previous)
     staged = copy.deepcopy(manifest)
     if held_back:
@@ -461,7 +525,7 @@ def rollout(
     except Exception as exc:  # whatever stops the judging, an unjudged canary must not keep its traffic
         promote, why = False, f"canary not judged: {_one_line(exc)}"
     if not promote:
-        return _refuse(services, name, previous, version, why, timeout_s, poll_s)
+        return _refuse(services, name, previous, before, version, why, timeout_s, poll_s)
     if canary_percent is None or canary_percent >= 100:
         return "promoted", f"Ready within {timeout_s:g}s; all traffic on version {version}"
     log.info("%s: promoting version %s to 100%% of traffic", why, version)
@@ -473,7 +537,7 @@ def rollout(
         failure = _one_line(exc)
     if failure:
         why = f"{why}; promoting to 100% failed: {failure}"
-        return _refuse(services, name, previous, version, why, timeout_s, poll_s)
+        return _refuse(services, name, previous, before, version, why, timeout_s, poll_s)
     return "promoted", f"{why}, then promoted to 100%"
 
 

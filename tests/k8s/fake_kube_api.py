@@ -24,6 +24,10 @@ ISVC_PATH = re.compile(
     r"(?:/(?P<name>[^/?]+))?$"
 )
 CONFIGMAP_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps/(?P<name>[^/?]+)$")
+DEPLOYMENT_PATH = re.compile(r"^/apis/apps/v1/namespaces/(?P<ns>[^/]+)/deployments/(?P<name>[^/?]+)$")
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+SCALING_FIELDS = ("canaryTrafficPercent", "minReplicas", "maxReplicas")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -62,11 +66,18 @@ class FakeCluster:
     the Knative Service, a counter of its own: ``generation_skew`` is how far it runs ahead of the
     InferenceService's (after a KServe upgrade re-rendered the Knative Service), and ``status_lag`` how many
     reads after a spec change still return the status from before it (the controller has not reconciled yet).
+
+    An InferenceService annotated ``serving.kserve.io/deploymentMode: RawDeployment`` is reconciled as KServe
+    does in that mode (``PropagateRawStatus``): into a Deployment ``<name>-predictor`` (``deployments``) that
+    rolls its pods over, ``becomes_ready`` saying whether the new pods become available; the status has no
+    revisions or traffic, its Ready condition is the Deployment's ``Available`` (True while the old pods
+    serve) and its ``observedGeneration`` is the Deployment's.
     """
 
     becomes_ready: Callable[[dict[str, Any]], bool]
     inference_services: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    deployments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     revisions: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: list[dict[str, int]] = field(default_factory=list)
@@ -89,6 +100,50 @@ class FakeCluster:
         self.inference_services[obj["metadata"]["namespace"], obj["metadata"]["name"]] = obj
 
     def _reconcile(self, obj: dict[str, Any], ready: bool) -> None:
+        if obj["metadata"].get("annotations", {}).get(MODE_ANNOTATION) == "RawDeployment":
+            return self._reconcile_raw(obj, ready)
+        self._reconcile_serverless(obj, ready)
+
+    def _reconcile_raw(self, obj: dict[str, Any], ready: bool) -> None:
+        key = (obj["metadata"]["namespace"], f"{obj['metadata']['name']}-predictor")
+        labels = {"serving.kserve.io/inferenceservice": obj["metadata"]["name"], "component": "predictor"}
+        # The pod template: the predictor's pod fields (KServe keeps the replica bounds for the HPA).
+        pod = {k: v for k, v in obj["spec"]["predictor"].items() if k not in SCALING_FIELDS}
+        template = {"metadata": {"labels": labels}, "spec": pod}
+        deployment = self.deployments.setdefault(
+            key,
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": key[1], "namespace": key[0], "generation": 0, "annotations": {}},
+                "spec": {"replicas": 1, "selector": {"matchLabels": labels}},
+            },
+        )
+        meta, replicas = deployment["metadata"], deployment["spec"]["replicas"]
+        old_pods = deployment.get("status", {}).get("availableReplicas", 0)
+        if deployment["spec"].get("template") != template:  # a new ReplicaSet: its pods start from none
+            deployment["spec"]["template"] = copy.deepcopy(template)
+            meta["generation"] += 1
+            meta["annotations"][REVISION_ANNOTATION] = str(
+                int(meta["annotations"].get(REVISION_ANNOTATION, 0)) + 1
+            )
+        new_pods = replicas if ready else 0
+        # A rolling update keeps the old pods until the new ones are available: Available stays True.
+        available = new_pods or min(old_pods, replicas)
+        deployment["status"] = {
+            "observedGeneration": meta["generation"],
+            "replicas": replicas if ready else replicas + 1,  # the surge pod of the new ReplicaSet
+            "updatedReplicas": replicas if ready else 1,
+            "availableReplicas": available,
+            "conditions": [{"type": "Available", "status": "True" if available else "False"}],
+        }
+        obj["status"] = {
+            "observedGeneration": meta["generation"],
+            "components": {"predictor": {}},
+            "conditions": [{"type": "Ready", "status": "True" if available else "False"}],
+        }
+
+    def _reconcile_serverless(self, obj: dict[str, Any], ready: bool) -> None:
         status = obj.setdefault("status", {})
         predictor = status.setdefault("components", {}).setdefault("predictor", {})
         template = {k: v for k, v in obj["spec"]["predictor"].items() if k != "canaryTrafficPercent"}
@@ -151,7 +206,7 @@ class FakeCluster:
         ready_now = status.get("observedGeneration") == observed and any(
             c["status"] == "True" for c in status.get("conditions", [])
         )
-        if not ready_now:
+        if not ready_now or self.deployments:  # a Deployment's rollout goes on after Available
             self._reconcile(obj, ready=self.becomes_ready(obj))
         return obj
 
@@ -217,6 +272,9 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
                 if match := CONFIGMAP_PATH.match(self.path):
                     obj = cluster.config_maps.get((match["ns"], match["name"]))
                     return self._send(200, obj) if obj else self._not_found(f"configmaps {match['name']}")
+                if match := DEPLOYMENT_PATH.match(self.path):
+                    obj = cluster.deployments.get((match["ns"], match["name"]))
+                    return self._send(200, obj) if obj else self._not_found(f"deployments {match['name']}")
                 if (match := ISVC_PATH.match(self.path)) and match["name"]:
                     obj = cluster.get((match["ns"], match["name"]))
                     if obj is None:

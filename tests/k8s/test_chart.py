@@ -294,6 +294,17 @@ def test_pipeline_rbac_is_least_privilege() -> None:
     assert binding["subjects"] == [airflow_worker]
     deploy_sa = {"kind": "ServiceAccount", "name": "deepguard-deploy", "namespace": NAMESPACE}
     assert find(objects, "RoleBinding", "deepguard-deploy")["subjects"] == [deploy_sa]
+    # RawDeployment only: reading the predictor's Deployment, that one and nothing more.
+    raw_role = find(render("default", predictor__deploymentMode="RawDeployment"), "Role", "deepguard-deploy")
+    assert raw_role["rules"][:2] == deploy_role["rules"]
+    assert raw_role["rules"][2:] == [
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "resourceNames": ["deepguard-predictor"],
+            "verbs": ["get"],
+        }
+    ]
 
 
 def test_only_the_deploy_service_account_has_a_role_and_a_token() -> None:

@@ -397,19 +397,45 @@ def test_fake_k8s_defaults_the_api_server_added_are_no_change(workspace: Path) -
     assert cluster.calls("PATCH") == []
 
 
-def test_fake_k8s_raw_deployment_mode_rolls_out_without_a_canary(workspace: Path) -> None:
-    cluster = FakeCluster(becomes_ready=lambda obj: True)
+def _raw_cluster(becomes_ready: Any) -> FakeCluster:
+    """A cluster whose InferenceService (version 1) runs in KServe's RawDeployment mode: a Deployment."""
+    cluster = FakeCluster(becomes_ready=becomes_ready)
     cluster.config_maps[NS, "deepguard-serving"] = find(
         render("default", predictor__deploymentMode="RawDeployment"), "ConfigMap", "deepguard-serving"
     )
     previous = _previous_isvc()
     previous["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
     cluster.seed_ready(previous)
+    return cluster
+
+
+def test_fake_k8s_raw_deployment_mode_rolls_out_without_a_canary(workspace: Path) -> None:
+    cluster = _raw_cluster(lambda obj: True)
     with fake_kube_api(cluster, workspace / "kubeconfig"):
         result = _run(canary_percent=20, timeout_s=10)
     assert result.status == "promoted" and result.canary_percent is None
     (patch,) = cluster.calls("PATCH")
     assert "canaryTrafficPercent" not in patch.body["spec"]["predictor"]
+    deployment = cluster.deployments[NS, "deepguard-predictor"]
+    assert (
+        _env({"spec": {"predictor": deployment["spec"]["template"]["spec"]}})["DEEPGUARD_MODEL_VERSION"]
+        == "2"
+    )
+
+
+def test_fake_k8s_raw_deployment_mode_waits_for_the_new_pods_not_the_old_ones(workspace: Path) -> None:
+    """RawDeployment: Ready is the Deployment's Available, True all along a rolling update while the old pods
+    serve. Version 2's pods never become available: that is a rollback, not a promotion."""
+    cluster = _raw_cluster(lambda obj: _env(obj)["DEEPGUARD_MODEL_VERSION"] != "2")
+    with fake_kube_api(cluster, workspace / "kubeconfig"), pytest.raises(DeployError, match="rolled back"):
+        _run(canary_percent=20, timeout_s=0.5)
+    deployment = cluster.deployments[NS, "deepguard-predictor"]
+    assert (
+        _env({"spec": {"predictor": deployment["spec"]["template"]["spec"]}})["DEEPGUARD_MODEL_VERSION"]
+        == "1"
+    )
+    report = json.loads((workspace / "reports" / "deployment.json").read_text())
+    assert report["status"] == "rolled_back" and report["detail"].endswith("restored version 1")
 
 
 def test_replace_patch_removes_what_the_new_spec_lacks() -> None:
