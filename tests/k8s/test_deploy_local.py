@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -172,6 +173,10 @@ def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Pat
         f"deploy: error: predictor at {url} refused the reload: HTTP 500 no"
     ]
     assert "deployment_status" not in client.get_model_version(MODEL, "1").tags
+    # This attempt's failure, not whatever an earlier deploy left in the report.
+    report = json.loads((tmp_path / "reports" / "deployment.json").read_text())
+    assert (report["status"], report["target"], report["version"]) == ("failed", f"local:{url}", "1")
+    assert report["detail"] == f"predictor at {url} refused the reload: HTTP 500 no"
 
 
 def test_fake_predictor_dropping_the_reload_fails_instead_of_saying_none_runs() -> None:
