@@ -241,6 +241,15 @@ def test_batch_over_the_total_byte_limit_is_a_413():
     assert "together are larger than the limit" in response.get_json()["error"]
 
 
+def test_the_upload_hint_states_the_configured_file_limit_and_promises_no_size_beyond_it():
+    """The page once said "Any size works", but the predictor refuses an image over its pixel limit."""
+    app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9", "MAX_CONTENT_LENGTH": 3 * 1024 * 1024})
+    page = app.test_client().get("/").get_data(as_text=True)
+    hint = " ".join(re.search(r'<span class="drop-hint">(.*?)</span>', page, re.DOTALL)[1].split())
+    assert f"up to {MAX_BATCH_FILES} files of up to 3 MB each." in hint, hint
+    assert "any size" not in hint.lower(), hint
+
+
 def test_files_of_exactly_the_total_byte_limit_are_not_refused():
     """The limit is on the files: the multipart envelope around them must not tip a batch over it."""
     limits = {"MAX_CONTENT_LENGTH": 4096, "MAX_BATCH_BYTES": 4096}
