@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
-from flask_app.metrics import MULTIPROC_DIR_ENV
+from flask_app.metrics import make_multiprocess_dir
 
 
 def main() -> None:
     """Replace this process with gunicorn, so signals (Ctrl-C, SIGTERM) reach it directly."""
     # Set before gunicorn imports prometheus_client, so the workers' metrics are summed at /metrics.
-    if not os.environ.get(MULTIPROC_DIR_ENV):
-        os.environ[MULTIPROC_DIR_ENV] = tempfile.mkdtemp(prefix="deepguard-web-metrics-")
+    make_multiprocess_dir()
     argv = [
         sys.executable,
         "-m",

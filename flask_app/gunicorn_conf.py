@@ -34,3 +34,8 @@ def on_starting(server: object) -> None:
 def child_exit(server: object, worker: object) -> None:
     """Retire the files of a worker that exited (its counts stay in the totals)."""
     metrics.worker_exited(worker.pid)
+
+
+def on_exit(server: object) -> None:
+    """Remove the metrics folder ``python -m flask_app`` made for this server; one the operator set stays."""
+    metrics.remove_made_multiprocess_dir()

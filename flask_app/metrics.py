@@ -3,13 +3,16 @@
 Under gunicorn each worker is a process with its own counters; prometheus_client's multiprocess mode keeps
 them in files under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds them up, so any worker answering a
 scrape reports the whole server. ``python -m flask_app`` creates that folder before gunicorn starts (the
-variable must be set before prometheus_client is imported), gunicorn_conf.py empties it at start-up and
-retires a dead worker's files. Without the variable (the app in one process) the default registry is used.
+variable must be set before prometheus_client is imported), gunicorn_conf.py empties it at start-up, retires a
+dead worker's files and removes the folder on a clean stop when ``python -m flask_app`` made it. Without the
+variable (the app in one process) the default registry is used.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +28,9 @@ from prometheus_client import (
 )
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The folder :func:`make_multiprocess_dir` made for this server, which a clean stop removes. Set beside
+# MULTIPROC_DIR_ENV because gunicorn replaces the process that made it (it keeps the environment only).
+MADE_DIR_ENV = "DEEPGUARD_WEB_MADE_METRICS_DIR"
 
 REQUESTS = Counter(
     "deepguard_web_requests_total", "Requests answered, by endpoint and status code.", ["endpoint", "code"]
@@ -52,6 +58,26 @@ def multiprocess_dir() -> Path | None:
     """The multiprocess folder, or None when the app runs in one process."""
     value = os.environ.get(MULTIPROC_DIR_ENV)
     return Path(value) if value else None
+
+
+def make_multiprocess_dir() -> None:
+    """Give the server a fresh folder under the temporary folder, unless the operator set one.
+
+    Called by ``python -m flask_app`` before gunicorn imports prometheus_client, which reads it once.
+    """
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        # The operator's folder: never removed, whatever an inherited environment says.
+        os.environ.pop(MADE_DIR_ENV, None)
+        return
+    folder = tempfile.mkdtemp(prefix="deepguard-web-metrics-")
+    os.environ[MULTIPROC_DIR_ENV] = os.environ[MADE_DIR_ENV] = folder
+
+
+def remove_made_multiprocess_dir() -> None:
+    """Remove the folder :func:`make_multiprocess_dir` made for this server (gunicorn's ``on_exit``)."""
+    folder = os.environ.get(MADE_DIR_ENV)
+    if folder and folder == os.environ.get(MULTIPROC_DIR_ENV):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def clear_multiprocess_dir() -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from core.imagestats import STAT_NAMES, image_statistics
 from core.imaging import InputFacts
+from flask_app import metrics as web_metrics
 from flask_app import web_threads
 from serving import metrics
 from serving.records import RecordWriter
@@ -411,6 +412,33 @@ def test_web_counts_predictor_errors(sample_images, tmp_path):
         assert value(scrape(url), "deepguard_web_predictor_errors_total", code=str(status)) == 1
 
 
+@pytest.mark.parametrize("operators", [False, True], ids=["made-by-the-app", "set-by-the-operator"])
+def test_a_clean_stop_removes_the_metrics_folder_the_web_app_made_and_only_that(tmp_path, operators):
+    """`python -m flask_app` makes a metrics folder under the temporary folder: stopping must not leave it."""
+    temp, own, port = tmp_path / "tmp", tmp_path / "operators-folder", free_port()
+    temp.mkdir()
+    own.mkdir()
+    env = {
+        "PREDICTOR_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "WEB_HOST": "127.0.0.1",
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": "1",
+        "TMPDIR": str(temp),
+        "PROMETHEUS_MULTIPROC_DIR": str(own) if operators else "",
+        # As if inherited from a server that made it: the operator's setting still wins.
+        web_metrics.MADE_DIR_ENV: str(own) if operators else "",
+    }
+    url = f"http://127.0.0.1:{port}"
+    with running([sys.executable, "-m", "flask_app"], f"{url}/livez", tmp_path / "web.log", env) as process:
+        scrape(url)  # the worker has counted a request: its files are in the folder
+        folders = [own] if operators else list(temp.glob("deepguard-web-metrics-*"))
+        assert len(folders) == 1 and list(folders[0].glob("*.db")), folders
+    assert process.returncode == 0, (tmp_path / "web.log").read_text()[-2000:]
+    assert folders[0].is_dir() == operators
+    if operators:
+        assert list(own.glob("*.db")), "the operator's folder keeps its files"
+
+
 def test_web_metrics_in_one_process_use_the_default_registry(monkeypatch):
     from flask_app import create_app
 
@@ -422,8 +450,6 @@ def test_web_metrics_in_one_process_use_the_default_registry(monkeypatch):
 
 
 def test_stale_multiprocess_files_are_cleared(monkeypatch, tmp_path: Path):
-    from flask_app import metrics as web_metrics
-
     (tmp_path / "counter_123.db").write_bytes(b"stale")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     web_metrics.clear_multiprocess_dir()
