@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 
 from core.errors import DeepGuardError
 from core.formats import FORMATS
@@ -221,21 +221,41 @@ def facts_of(image: Image.Image) -> InputFacts:
     )
 
 
+# The turn that brings pixels stored with each EXIF orientation upright (ImageOps.exif_transpose's table).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Orientations of a picture stored sideways: upright, its width and height swap.
+_SIDEWAYS = (5, 6, 7, 8)
+
+
 def decode_upload(
     data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, InputFacts]:
     """Decode an uploaded file into the model's input array and the facts of the original.
 
-    The image is turned upright by its EXIF orientation first, as a browser shows it: phones store portrait
+    The image is turned upright by its EXIF orientation, as a browser shows it: phones store portrait
     photos sideways, and the verdict, the heatmap drawn over the page's picture and the size reported are
-    of the picture the user sees.
+    of the picture the user sees. The model's small square input is turned, not the decoded picture: turning
+    a 40-megapixel photo first copied it whole.
     """
     image = open_image(data, max_pixels=max_pixels)
     with _image_errors():  # converting a mode, or counting a TIFF's pages, reads more of the file
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        upright = image if orientation == 1 else ImageOps.exif_transpose(image)
-        pixels, facts = to_model_input(upright, size), facts_of(image)
-        return pixels, dataclasses.replace(facts, width=upright.width, height=upright.height)
+        pixels, facts = to_model_input(image, size), facts_of(image)
+        turn = _UPRIGHT.get(orientation)
+        if turn is None:
+            return pixels, facts
+        upright = np.asarray(Image.fromarray(pixels).transpose(turn))
+        if orientation in _SIDEWAYS:
+            facts = dataclasses.replace(facts, width=facts.height, height=facts.width)
+        return upright, facts
 
 
 def decode_for_model(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

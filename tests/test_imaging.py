@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from core.formats import AVIF, FORMATS, ImageFormat, sniff
 from core.imaging import ImageError, decode_for_model, decode_upload, read_header, validate_dataset_image
@@ -206,6 +206,33 @@ def test_a_phone_photo_is_read_upright_as_a_browser_shows_it() -> None:
     assert (facts.width, facts.height, facts.format) == (32, 64, "JPEG")
     top, bottom = pixels[:12].mean(axis=(0, 1)), pixels[-12:].mean(axis=(0, 1))
     assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_only_the_models_small_input_is_turned_upright_never_the_full_picture(orientation, monkeypatch):
+    # Turning a 40-megapixel photo before shrinking it copied it whole (160 MB more at the peak); the model's
+    # input, the reported size and the heatmap over it are as upright as when the whole picture was turned.
+    rng = np.random.default_rng(orientation)
+    stored = Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue())))
+    expected = decode_for_model(encode(upright), 32).astype(int)
+    turned: list[tuple[int, int]] = []
+    transpose = Image.Image.transpose
+
+    def spy(image: Image.Image, method: Image.Transpose) -> Image.Image:
+        turned.append(image.size)
+        return transpose(image, method)
+
+    monkeypatch.setattr(Image.Image, "transpose", spy)
+    pixels, facts = decode_upload(buffer.getvalue(), 32)
+    assert turned == [(32, 32)]
+    assert (facts.width, facts.height) == upright.size
+    # Shrinking the two axes in the other order rounds some values the other way.
+    assert np.abs(pixels.astype(int) - expected).max() <= 1
 
 
 def test_a_jpeg_of_endless_scans_is_refused_before_decoding() -> None:
