@@ -37,5 +37,9 @@ def child_exit(server: object, worker: object) -> None:
 
 
 def on_exit(server: object) -> None:
-    """Remove the metrics folder ``python -m flask_app`` made for this server; one the operator set stays."""
-    metrics.remove_made_multiprocess_dir()
+    """Remove the metrics folder ``python -m flask_app`` made for this server; one the operator set stays.
+
+    Not while the other master of a USR2 upgrade shares it: gunicorn's own test before it unlinks a socket.
+    """
+    if server.reexec_pid == server.master_pid == 0:
+        metrics.remove_made_multiprocess_dir()

@@ -12,6 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -437,6 +438,23 @@ def test_a_clean_stop_removes_the_metrics_folder_the_web_app_made_and_only_that(
     assert folders[0].is_dir() == operators
     if operators:
         assert list(own.glob("*.db")), "the operator's folder keeps its files"
+
+
+@pytest.mark.parametrize(
+    ("reexec_pid", "master_pid", "removed"),
+    [(0, 0, True), (4321, 0, False), (0, 4321, False)],
+    ids=["alone", "old-master-of-an-upgrade", "new-master-of-an-upgrade"],
+)
+def test_a_master_sharing_the_folder_in_a_usr2_upgrade_leaves_it(
+    monkeypatch, tmp_path: Path, reexec_pid, master_pid, removed
+):
+    """During gunicorn's binary upgrade (USR2) two masters' workers count into the same folder."""
+    from flask_app import gunicorn_conf
+
+    monkeypatch.setenv(web_metrics.MULTIPROC_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(web_metrics.MADE_DIR_ENV, str(tmp_path))
+    gunicorn_conf.on_exit(SimpleNamespace(reexec_pid=reexec_pid, master_pid=master_pid))
+    assert tmp_path.is_dir() != removed
 
 
 def test_web_metrics_in_one_process_use_the_default_registry(monkeypatch):
