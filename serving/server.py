@@ -245,6 +245,21 @@ def metadata_route(dataplane: DataPlane) -> Callable[..., Any]:
     return model_metadata
 
 
+# KServe's statuses for the errors that are the client's (kserve.errors' handlers).
+CLIENT_ERROR_STATUS: dict[type[Exception], int] = {InvalidInput: 400, ModelNotFound: 404}
+
+
+async def client_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """KServe's answer to a client's error (same status, same body), logged in one INFO line.
+
+    KServe's handlers log every refusal at ERROR with a traceback: a user's unreadable upload is no server
+    fault, and would fill the log and fire the alerts on ERROR lines.
+    """
+    status = next(status for error, status in CLIENT_ERROR_STATUS.items() if isinstance(exc, error))
+    log.info("%s %s answered %d: %s", request.method, quote(request.url.path), status, exc)
+    return JSONResponse({"error": str(exc)}, status_code=status)
+
+
 class DeepGuardServer(ModelServer):
     """``kserve.ModelServer`` listening on ``http_host`` (KServe 0.21 always binds 0.0.0.0)."""
 
@@ -254,7 +269,18 @@ class DeepGuardServer(ModelServer):
 
     async def _serve(self) -> None:
         # start() has built the REST server but not started it; uvicorn reads the host when it binds.
-        self._rest_server.config.host = self.http_host
+        rest = self._rest_server
+        rest.config.host = self.http_host
+        # KServe adds its exception handlers when its REST server starts, replacing any added before: ours
+        # for the client's errors go in right after them.
+        add_kserve_handlers = rest._add_exception_handlers
+
+        def add_exception_handlers(app: Any) -> None:
+            add_kserve_handlers(app)
+            for error in CLIENT_ERROR_STATUS:
+                app.add_exception_handler(error, client_error_handler)
+
+        rest._add_exception_handlers = add_exception_handlers
         await super()._serve()
 
 

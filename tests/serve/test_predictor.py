@@ -21,7 +21,7 @@ from kserve.errors import InvalidInput
 from PIL import Image
 
 from core.imagestats import image_statistics
-from core.imaging import decode_for_model, decode_upload
+from core.imaging import READ_FORMATS, decode_for_model, decode_upload
 from core.labels import decide, names, verdicts
 from core.modelstore import download_model, load_model_dir, predict_fake_probability
 from serving import model as serving_model
@@ -514,6 +514,35 @@ def test_unknown_model_is_a_404(predictor, good_file):
         f"{predictor.url}/v2/models/other/infer", json=v2_body([good_file]), timeout=TIMEOUT
     )
     assert response.status_code == 404
+
+
+_NOT_AN_IMAGE = f"not an image of a format read here ({', '.join(READ_FORMATS)})"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "error"),
+    [
+        ("/v1/models/deepguard:predict", v1_body([b"text"]), 400, f"instances[0]: {_NOT_AN_IMAGE}"),
+        ("/v2/models/deepguard/infer", v2_body([b"text"]), 400, f"input 'image' item 0: {_NOT_AN_IMAGE}"),
+        ("/v2/models/other/infer", v2_body([b"text"]), 404, "Model with name other does not exist."),
+    ],
+    ids=["v1-bad-image", "v2-bad-image", "v2-unknown-model"],
+)
+def test_a_client_error_is_one_log_line_not_an_error_with_a_traceback(predictor, path, body, status, error):
+    """A bad upload is the client's mistake: KServe's status and body, logged in one INFO line.
+
+    KServe's own handlers log every 4xx at ERROR with a traceback, which fills the log and fires alerts on
+    ERROR lines.
+    """
+    seen = predictor.log_file.stat().st_size
+    response = requests.post(f"{predictor.url}{path}", json=body, timeout=TIMEOUT)
+    assert (response.status_code, response.json()) == (status, {"error": error})
+    # The handler logs before it answers, so the lines are in the file once the answer is here.
+    with predictor.log_file.open() as log:
+        log.seek(seen)
+        lines = [line for line in log.read().splitlines() if "uvicorn.access" not in line]
+    assert not [line for line in lines if "Traceback" in line or " ERROR " in line], lines
+    assert [line for line in lines if " INFO " in line and error in line], lines
 
 
 # ---- one request must never freeze the predictor ---------------------------------------------------------
