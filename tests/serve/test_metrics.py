@@ -414,21 +414,26 @@ def test_web_counts_predictor_errors(sample_images, tmp_path):
 
 
 @pytest.mark.parametrize("operators", [False, True], ids=["made-by-the-app", "set-by-the-operator"])
-def test_a_clean_stop_removes_the_metrics_folder_the_web_app_made_and_only_that(tmp_path, operators):
+def test_a_clean_stop_removes_the_metrics_folder_the_web_app_made_and_only_that(
+    tmp_path, monkeypatch, operators
+):
     """`python -m flask_app` makes a metrics folder under the temporary folder: stopping must not leave it."""
     temp, own, port = tmp_path / "tmp", tmp_path / "operators-folder", free_port()
     temp.mkdir()
     own.mkdir()
+    # Unset, not empty: prometheus_client counts into the working folder when the variable is set to "".
+    monkeypatch.delenv(web_metrics.MULTIPROC_DIR_ENV, raising=False)
+    monkeypatch.delenv(web_metrics.MADE_DIR_ENV, raising=False)
     env = {
         "PREDICTOR_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
         "WEB_HOST": "127.0.0.1",
         "WEB_PORT": str(port),
         "WEB_WORKERS": "1",
         "TMPDIR": str(temp),
-        "PROMETHEUS_MULTIPROC_DIR": str(own) if operators else "",
-        # As if inherited from a server that made it: the operator's setting still wins.
-        web_metrics.MADE_DIR_ENV: str(own) if operators else "",
     }
+    if operators:
+        # Inherited as if from a server that made it: the operator's setting still wins.
+        env |= {web_metrics.MULTIPROC_DIR_ENV: str(own), web_metrics.MADE_DIR_ENV: str(own)}
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "flask_app"], f"{url}/livez", tmp_path / "web.log", env) as process:
         scrape(url)  # the worker has counted a request: its files are in the folder
