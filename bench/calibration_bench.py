@@ -56,6 +56,9 @@ def run_pipeline(workdir: Path, data: Path, overrides: list[str]) -> None:
 
 def report(workdir: Path) -> str:
     """The before/after and band tables from a workspace's reports."""
+    sys.path.insert(0, str(REPO))
+    from core.metrics import format_metric
+
     metrics = json.loads((workdir / "reports/metrics.json").read_text())
     training = json.loads((workdir / "reports/training.json").read_text())
     before, after = metrics["calibration"]["test"]["before"], metrics["calibration"]["test"]["after"]
@@ -63,7 +66,7 @@ def report(workdir: Path) -> str:
         f"{training['calibration_method']}: T = {training['temperature']:.4f}, "
         f"b = {training.get('calibration_bias', 0.0):.4f} (fitted on validation); validation NLL "
         f"{training['val_nll_before_calibration']:.4f} -> {training['val_nll_after_calibration']:.4f}",
-        f"test images {metrics['test']['count']}, test ROC-AUC {metrics['test']['roc_auc']:.4f}",
+        f"test images {metrics['test']['count']}, test ROC-AUC {format_metric(metrics['test']['roc_auc'])}",
         "",
         "test metric   before (T=1)   after (ours)   after/before",
     ]
@@ -77,11 +80,10 @@ def report(workdir: Path) -> str:
         "split  coverage  decided_acc  real_prec  fake_prec  real_cov  fake_cov  count  binary_acc",
     ]
     for split in ("val", "test"):
-        b = metrics["bands"][split]
+        b = {key: format_metric(value) for key, value in metrics["bands"][split].items()}  # None: "n/a"
         lines.append(
-            f"{split:<5}  {b['coverage']:>8.4f}  {b['decided_accuracy']:>11.4f}  "
-            f"{b['real_precision']:>9.4f}  "
-            f"{b['fake_precision']:>9.4f}  {b['real_coverage']:>8.4f}  {b['fake_coverage']:>8.4f}  "
+            f"{split:<5}  {b['coverage']:>8}  {b['decided_accuracy']:>11}  {b['real_precision']:>9}  "
+            f"{b['fake_precision']:>9}  {b['real_coverage']:>8}  {b['fake_coverage']:>8}  "
             f"{b['count']:>5}  {metrics[split]['accuracy']:>10.4f}"
         )
     return "\n".join(lines)

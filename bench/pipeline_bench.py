@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.metrics import format_metric  # noqa: E402
 from core.pipeline import STAGE_NAMES  # noqa: E402
 
 
@@ -80,7 +81,8 @@ def full(data: Path, overrides: list[str]) -> None:
     )
     test = metrics["test"]
     print(
-        f"test ({test['count']} images): accuracy {test['accuracy']:.4f}, ROC-AUC {test['roc_auc']:.4f}, "
+        f"test ({test['count']} images): accuracy {test['accuracy']:.4f}, "
+        f"ROC-AUC {format_metric(test['roc_auc'])}, "
         f"F1 {test['f1']:.4f}, threshold {metrics['threshold']:.3f} (chosen on validation)"
     )
     print(f"workspace kept at {root}")

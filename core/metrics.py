@@ -35,7 +35,10 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
 def classification_metrics(
     labels: np.ndarray, probabilities: np.ndarray, threshold: float, calibration_bins: int = 10
 ) -> dict:
-    """Accuracy, precision, recall, F1 (FAKE positive), ROC-AUC, PR-AUC, Brier, ECE, confusion matrix."""
+    """Accuracy, precision, recall, F1 (FAKE positive), ROC-AUC, PR-AUC, Brier, ECE, confusion matrix.
+
+    ROC-AUC and PR-AUC are None (JSON null) when only one class is present: they have no value then.
+    """
     predicted = decide(probabilities, threshold)
     two_classes = len(np.unique(labels)) == 2
     return {
@@ -43,8 +46,8 @@ def classification_metrics(
         "precision": float(skm.precision_score(labels, predicted, pos_label=FAKE, zero_division=0)),
         "recall": float(skm.recall_score(labels, predicted, pos_label=FAKE, zero_division=0)),
         "f1": float(skm.f1_score(labels, predicted, pos_label=FAKE, zero_division=0)),
-        "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if two_classes else float("nan"),
-        "pr_auc": float(skm.average_precision_score(labels, probabilities)) if two_classes else float("nan"),
+        "roc_auc": float(skm.roc_auc_score(labels, probabilities)) if two_classes else None,
+        "pr_auc": float(skm.average_precision_score(labels, probabilities)) if two_classes else None,
         "brier": float(skm.brier_score_loss(labels, probabilities)),
         "ece": expected_calibration_error(labels, probabilities, calibration_bins),
         "confusion_matrix": skm.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
@@ -95,7 +98,7 @@ def calibration_metrics(labels: np.ndarray, probabilities: np.ndarray, bins: int
 
 def band_metrics(
     labels: np.ndarray, probabilities: np.ndarray, real_below: float, fake_above: float
-) -> dict[str, float | int]:
+) -> dict[str, float | int | None]:
     """What the three-way verdict (core.labels.verdicts) does on labelled data.
 
     Args:
@@ -106,25 +109,26 @@ def band_metrics(
 
     Returns:
         ``coverage`` (share decided), ``decided_accuracy`` (accuracy on that share), ``real_precision`` and
-        ``fake_precision`` (share of true REAL/FAKE in each band; NaN for an empty band), ``real_coverage``,
-        ``fake_coverage`` (share of all images in each band) and ``count``.
+        ``fake_precision`` (share of true REAL/FAKE in each band), ``real_coverage``, ``fake_coverage``
+        (share of all images in each band) and ``count``. A value with nothing to measure (the precision of
+        a band no image falls in, any share of zero images) is None, JSON's null: a report stays strict JSON.
     """
     labels = np.asarray(labels)
     p = np.asarray(probabilities)
     real, fake = p <= real_below, p >= fake_above
     real &= ~fake  # only if the edges crossed (evaluate never does): FAKE wins, as in core.labels.verdicts
 
-    def share(mask: np.ndarray, label: int) -> float:
-        return float(np.mean(labels[mask] == label)) if mask.any() else float("nan")
+    def share(mask: np.ndarray, label: int) -> float | None:
+        return float(np.mean(labels[mask] == label)) if mask.any() else None
 
     decided = real | fake
     correct = np.count_nonzero(real & (labels == REAL)) + np.count_nonzero(fake & (labels == FAKE))
     return {
-        "coverage": float(decided.mean()) if len(p) else float("nan"),
-        "decided_accuracy": correct / np.count_nonzero(decided) if decided.any() else float("nan"),
+        "coverage": float(decided.mean()) if len(p) else None,
+        "decided_accuracy": correct / np.count_nonzero(decided) if decided.any() else None,
         "real_precision": share(real, REAL),
         "fake_precision": share(fake, FAKE),
-        "real_coverage": float(real.mean()) if len(p) else float("nan"),
-        "fake_coverage": float(fake.mean()) if len(p) else float("nan"),
+        "real_coverage": float(real.mean()) if len(p) else None,
+        "fake_coverage": float(fake.mean()) if len(p) else None,
         "count": int(len(p)),
     }

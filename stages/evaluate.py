@@ -22,7 +22,7 @@ from core.cli import run_stage, stage_parser
 from core.config import EvaluationParams, Params
 from core.drift import build_reference
 from core.labels import CLASS_NAMES, FAKE, REAL
-from core.metrics import band_metrics, calibration_metrics, classification_metrics
+from core.metrics import band_metrics, calibration_metrics, classification_metrics, format_metric
 from core.modelstore import load_keras, predict_fake_probability
 from core.pipeline import (
     FIGURES_DIR,
@@ -120,13 +120,13 @@ def _figures(
     fig, ax = plt.subplots(figsize=(4.5, 4))
     skm.RocCurveDisplay.from_predictions(labels, probabilities, pos_label=FAKE, ax=ax, name="DeepGuard")
     ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.set_title(f"Test ROC (AUC {test['roc_auc']:.4f})")
+    ax.set_title(f"Test ROC (AUC {format_metric(test['roc_auc'])})")
     figures["roc_curve"] = fig
     fig, ax = plt.subplots(figsize=(4.5, 4))
     skm.PrecisionRecallDisplay.from_predictions(
         labels, probabilities, pos_label=FAKE, ax=ax, name="DeepGuard"
     )
-    ax.set_title(f"Test precision-recall (AP {test['pr_auc']:.4f})")
+    ax.set_title(f"Test precision-recall (AP {format_metric(test['pr_auc'])})")
     figures["pr_curve"] = fig
     fig, ax = plt.subplots(figsize=(4.5, 4))
     from sklearn.calibration import CalibrationDisplay
@@ -201,6 +201,11 @@ def evaluate(model, params: EvaluationParams) -> tuple[dict, dict, dict[str, plt
     return result, build_reference(test_x, test_p), figures
 
 
+def _measured(values: dict[str, float | None]) -> dict[str, float]:
+    """The values that exist: MLflow has no null (None is refused), and a metric with no value is left out."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def run(params: Params) -> dict:
     """Run evaluate in the current workspace.
 
@@ -229,7 +234,7 @@ def run(params: Params) -> dict:
         mlflow.log_metrics({key: result[key] for key in ("threshold", "real_below", "fake_above")})
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": v for k, v in result[split].items() if isinstance(v, float)})
-            mlflow.log_metrics({f"{split}_band_{k}": v for k, v in result["bands"][split].items()})
+            mlflow.log_metrics(_measured({f"{split}_band_{k}": v for k, v in result["bands"][split].items()}))
         for when, values in result["calibration"]["test"].items():
             mlflow.log_metrics({f"test_{k}_{when}_calibration": v for k, v in values.items()})
         mlflow.log_artifact(str(METRICS_FILE), "evaluation")
@@ -240,16 +245,16 @@ def run(params: Params) -> dict:
     test, bands, calibration = result["test"], result["bands"]["test"], result["calibration"]
     log.info(
         "evaluate done: threshold %.4f, bands REAL <= %.4f / FAKE >= %.4f (from validation); test "
-        "accuracy %.4f, ROC-AUC %.4f, F1 %.4f; bands decide %.1f%% at accuracy %.4f; ECE %.4f -> %.4f "
+        "accuracy %.4f, ROC-AUC %s, F1 %.4f; bands decide %.1f%% at accuracy %s; ECE %.4f -> %.4f "
         "(T %.3f, b %.3f)",
         result["threshold"],
         result["real_below"],
         result["fake_above"],
         test["accuracy"],
-        test["roc_auc"],
+        format_metric(test["roc_auc"]),
         test["f1"],
         100 * bands["coverage"],
-        bands["decided_accuracy"],
+        format_metric(bands["decided_accuracy"]),
         calibration["test"]["before"]["ece"],
         calibration["test"]["after"]["ece"],
         calibration["temperature"],

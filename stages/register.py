@@ -78,7 +78,7 @@ class GateDecision:
     promote: bool
     reason: str
     metric: str
-    challenger_value: float
+    challenger_value: float | None  # None: the metric has no value (null in metrics.json)
     champion_value: float | None
     champion_version: str | None
     # The robustness check (defaults: decisions recorded before it existed still load on a resumed run).
@@ -95,7 +95,7 @@ def degraded_metric(metric: str) -> str:
 
 def decide(
     metric: str,
-    challenger: float,
+    challenger: float | None,
     champion: float | None,
     min_improvement: float,
     champion_version: str | None,
@@ -115,10 +115,11 @@ def decide(
     when the challenger is the champion's own model file evaluated again with other settings (a new threshold
     or bands): the same weights, so there is nothing to compare, and it replaces the champion.
     ``synthetic_over_real``: the challenger was trained on synthetic data and the champion on real data; it is
-    never promoted, whatever its scores on its own (synthetic) test split.
+    never promoted, whatever its scores on its own (synthetic) test split. A metric with no value (None)
+    on either side promotes nothing: there is nothing to compare.
     """
     robust = degraded_metric(metric)
-    if champion is None:
+    if champion_version is None:
         reason = "no champion yet: the first model becomes champion"
         return GateDecision(True, reason, metric, challenger, None, None, robust, challenger_degraded, None)
     if synthetic_over_real:
@@ -135,6 +136,11 @@ def decide(
         return GateDecision(
             True, reason, metric, challenger, champion, champion_version, robust, challenger_degraded, None
         )
+    if challenger is None or champion is None:
+        # No value (ROC-AUC of a test split with one class; null in metrics.json): nothing to compare.
+        which = "the challenger" if challenger is None else f"champion v{champion_version}"
+        reason = f"test {metric} has no value for {which} (one class in the test split?): the champion stays"
+        return GateDecision(False, reason, metric, challenger, champion, champion_version, robust)
     gain = challenger - champion
     # The minimum is met within float noise: 0.9980 - 0.9965 is 0.0014999999999999458 in binary floats.
     promote = gain > TIE_TOLERANCE and gain >= min_improvement - TIE_TOLERANCE

@@ -193,6 +193,18 @@ def test_a_band_no_edge_makes_precise_enough_is_empty() -> None:
     assert band_metrics(labels, probabilities, real_below, fake_above)["coverage"] == 0.0
 
 
+def test_band_metrics_of_an_empty_band_are_strict_json() -> None:
+    """No value is None (null), never NaN: ``NaN`` in metrics.json is refused by jq, JSON.parse and Go."""
+    labels = np.array([1, 0, 0, 1, 1, 0])
+    probabilities = np.array([0.01, 0.2, 0.3, 0.7, 0.8, 0.99])
+    result = band_metrics(labels, probabilities, *choose_bands(labels, probabilities, 0.5, 0.99))
+    assert result["real_precision"] is None and result["fake_precision"] is None
+    assert result["decided_accuracy"] is None
+    nothing = band_metrics(np.array([], dtype=int), np.array([]), 0.3, 0.7)
+    assert nothing["count"] == 0 and all(v is None for k, v in nothing.items() if k != "count")
+    json.dumps([result, nothing], allow_nan=False)
+
+
 def test_pipeline_fits_t_on_validation_and_registers_the_bands(trained_workspace) -> None:
     """The real pipeline run (tests/conftest.py): Platt on validation only; the edges reach the registry."""
     import mlflow

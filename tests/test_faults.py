@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from workspace import REPO, run_stage
 
-from core.atomic import atomic_path, clean_stale, read_json
+from core.atomic import atomic_path, clean_stale, read_json, write_json
 from core.cli import run_stage as run_stage_cli
 from core.cli import stage_parser
 from core.errors import DeepGuardError
@@ -38,6 +38,19 @@ def test_the_next_write_removes_what_a_killed_writer_left(tmp_path: Path) -> Non
         (tmp / "model.keras").write_bytes(b"whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["models", *(p.name for p in others)])
     assert (target / "model.keras").read_bytes() == b"whole"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_report_is_strict_json_or_not_written(tmp_path: Path, value: float) -> None:
+    """Python's json writes NaN and Infinity, tokens jq, JavaScript's JSON.parse and Go refuse: no report
+    may hold one. A non-finite value fails the write, naming the file, and the previous report stays."""
+    target = tmp_path / "metrics.json"
+    write_json(target, {"precision": None})
+    assert target.read_text() == '{\n  "precision": null\n}\n'
+    with pytest.raises(ValueError, match=re.escape(str(target))):
+        write_json(target, {"bands": {"precision": value}})
+    assert json.loads(target.read_text()) == {"precision": None}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
 def test_a_folder_moved_aside_by_a_killed_swap_is_restored(tmp_path: Path) -> None:

@@ -126,6 +126,13 @@ def test_metrics_on_a_known_example() -> None:
     assert result["roc_auc"] == pytest.approx(7 / 9)
 
 
+def test_metrics_of_one_class_have_no_auc_and_stay_strict_json() -> None:
+    """ROC-AUC and PR-AUC need both classes: without one they are null, not NaN (strict parsers refuse it)."""
+    result = classification_metrics(np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9]), threshold=0.5)
+    assert (result["roc_auc"], result["pr_auc"]) == (None, None)
+    json.dumps(result, allow_nan=False)
+
+
 def test_threshold_is_chosen_to_maximise_the_validation_metric() -> None:
     labels = np.array([0, 0, 0, 1, 1, 1])
     probabilities = np.array([0.05, 0.1, 0.2, 0.3, 0.7, 0.9])  # separable at any cut in (0.2, 0.3]
@@ -239,6 +246,14 @@ def test_the_champions_own_model_file_evaluated_again_replaces_it() -> None:
     replaced = decide("roc_auc", 0.9968, 0.9968, 0.0015, "4", new_settings_for_champion=changed)
     assert replaced.promote and "v4's own model file" in replaced.reason
     assert "fake_above 0.8 -> 0.7" in replaced.reason
+
+
+def test_a_metric_with_no_value_promotes_nothing() -> None:
+    """ROC-AUC of a one-class test split is None (null): the gate says so instead of failing on None - x."""
+    for challenger, champion in ((None, 0.97), (0.99, None)):
+        kept = decide("roc_auc", challenger, champion, 0.0015, "3")
+        assert not kept.promote and "has no value" in kept.reason
+    assert decide("roc_auc", None, None, 0.0015, None).promote  # the first model still becomes champion
 
 
 def test_a_model_trained_on_synthetic_data_never_replaces_a_real_data_champion() -> None:
