@@ -57,6 +57,7 @@ def run_pipeline(workdir: Path, data: Path, overrides: list[str]) -> None:
 def report(workdir: Path) -> str:
     """The before/after and band tables from a workspace's reports."""
     sys.path.insert(0, str(REPO))
+    from core.labels import band_edge_text
     from core.metrics import format_metric
 
     metrics = json.loads((workdir / "reports/metrics.json").read_text())
@@ -75,8 +76,8 @@ def report(workdir: Path) -> str:
         lines.append(f"{key:<12}  {before[key]:>12.4f}   {after[key]:>12.4f}   {ratio:>12.3f}")
     lines += [
         "",
-        f"bands at precision {metrics['band_precision']}: REAL <= {metrics['real_below']:.4f}, "
-        f"FAKE >= {metrics['fake_above']:.4f} (threshold {metrics['threshold']:.4f})",
+        f"bands at precision {metrics['band_precision']}: REAL <= {band_edge_text(metrics['real_below'])}, "
+        f"FAKE >= {band_edge_text(metrics['fake_above'])} (threshold {metrics['threshold']:.4f})",
         "split  coverage  decided_acc  real_prec  fake_prec  real_cov  fake_cov  count  binary_acc",
     ]
     for split in ("val", "test"):

@@ -35,7 +35,7 @@ from core.config import load_params  # noqa: E402
 from core.degrade import degraded_file  # noqa: E402
 from core.imagestats import image_statistics  # noqa: E402
 from core.imaging import decode_upload  # noqa: E402
-from core.labels import CLASS_NAMES, UNCERTAIN  # noqa: E402
+from core.labels import CLASS_NAMES, EMPTY_FAKE_BAND, EMPTY_REAL_BAND, UNCERTAIN  # noqa: E402
 from core.names import champion_uri  # noqa: E402
 from core.pipeline import PROCESSED_DIR  # noqa: E402
 from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_verdicts  # noqa: E402
@@ -181,9 +181,10 @@ def main() -> int:
         decoded = [decode_upload(f, images.shape[1]) for f in files[name]]
         facts[name] = [fact for _, fact in decoded]
         detail[name] = image_statistics(np.stack([image for image, _ in decoded]))["hf_energy"]
+    # The predictor sends the edges its verdict uses, null for an empty band (one that decides nothing).
     bands = (
-        parameters["threshold"] if parameters["real_below"] is None else parameters["real_below"],
-        parameters["threshold"] if parameters["fake_above"] is None else parameters["fake_above"],
+        EMPTY_REAL_BAND if parameters["real_below"] is None else parameters["real_below"],
+        EMPTY_FAKE_BAND if parameters["fake_above"] is None else parameters["fake_above"],
     )
     print(
         f"\nbands {bands}; share with little fine detail (hf_energy < {MIN_FINE_DETAIL}): "

@@ -105,7 +105,8 @@ def band_metrics(
         labels: 0/1 labels, FAKE = 1.
         probabilities: P(FAKE) per image.
         real_below: REAL at or below this score.
-        fake_above: FAKE at or above this score (``real_below < fake_above`` in any band that decides).
+        fake_above: FAKE at or above this score (``real_below < fake_above`` in any band that decides); an
+            empty band's edge lies outside [0, 1] (core.labels.EMPTY_REAL_BAND, EMPTY_FAKE_BAND).
 
     Returns:
         ``coverage`` (share decided), ``decided_accuracy`` (accuracy on that share), ``real_precision`` and

@@ -42,7 +42,8 @@ class ModelMetadata:
     data_source: str
     synthetic_data: bool
     class_names: tuple[str, ...] = CLASS_NAMES
-    # The uncertain band (see core.labels.verdicts); None for models registered before it: no band.
+    # The uncertain band (see core.labels.verdicts); None for models registered before it: no band. An
+    # empty band's edge lies outside [0, 1] (core.labels.EMPTY_*_BAND): that side decides nothing.
     real_below: float | None = None
     fake_above: float | None = None
     # The calibration built into the saved model's output, sigmoid(logit / temperature + calibration_bias)

@@ -44,6 +44,9 @@ MODEL_FACTS: tuple[tuple[str, str], ...] = (
     ("calibration_bias", "Calibration logit offset"),
     ("synthetic_data", "Trained on synthetic data"),
 )
+# The band edges the predictor sends as null: that band is empty and decides nothing (docs/serving.md).
+BAND_EDGES = frozenset({"real_below", "fake_above"})
+EMPTY_BAND = "none (empty band: decides nothing)"
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -143,7 +146,8 @@ def model_facts(parameters: Mapping[str, Any], metadata: Mapping[str, Any]) -> d
         metadata: The whole metadata, whose ``versions`` names the version when ``parameters`` does not.
 
     Returns:
-        The facts the predictor gave, in a fixed order; a missing or null fact is left out.
+        The facts the predictor gave, in a fixed order; a missing or null fact is left out, except a null
+        band edge: that band is empty, which the page says.
     """
     values = dict(parameters)
     versions = metadata.get("versions")
@@ -152,6 +156,9 @@ def model_facts(parameters: Mapping[str, Any], metadata: Mapping[str, Any]) -> d
     facts = {}
     for key, label in MODEL_FACTS:
         value = values.get(key)
+        if value is None and key in BAND_EDGES and key in values:
+            facts[label] = EMPTY_BAND
+            continue
         if value is None:
             continue
         facts[label] = ("yes" if value else "no") if isinstance(value, bool) else str(value)

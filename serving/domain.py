@@ -85,7 +85,8 @@ def domain_verdict(
 
     The one place the domain policy lives: a native image gets :func:`core.labels.verdicts` of the bands;
     an image with any note is REAL only at or below ``real_below - margin`` and FAKE only at or above
-    ``fake_above + margin``, else UNCERTAIN.
+    ``fake_above + margin``, else UNCERTAIN. An empty band's edge lies outside [0, 1] and the margin only
+    pushes it further out: that side decides nothing either way.
 
     Args:
         probability: The calibrated P(FAKE).

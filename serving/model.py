@@ -55,7 +55,7 @@ from core.imaging import (
     read_header,
     to_model_input,
 )
-from core.labels import decide, names
+from core.labels import band_edge, decide, names
 from core.modelstore import (
     ModelLoadError,
     ModelMetadata,
@@ -575,11 +575,13 @@ class DeepGuardModel(Model):
         if served is None:
             return {}
         metadata = served.metadata
+        # The edges the verdict uses (the threshold for a model without bands); null for an empty band.
+        real_below, fake_above = (band_edge(edge) for edge in metadata.bands)
         return {
             "model_version": served.version,
             "threshold": metadata.threshold,
-            "real_below": metadata.real_below,
-            "fake_above": metadata.fake_above,
+            "real_below": real_below,
+            "fake_above": fake_above,
             "temperature": metadata.temperature,
             "calibration_bias": metadata.calibration_bias,
             "architecture": metadata.architecture,

@@ -21,7 +21,7 @@ from core.atomic import write_json
 from core.cli import run_stage, stage_parser
 from core.config import EvaluationParams, Params
 from core.drift import build_reference
-from core.labels import CLASS_NAMES, FAKE, REAL
+from core.labels import CLASS_NAMES, EMPTY_FAKE_BAND, EMPTY_REAL_BAND, FAKE, REAL, band_edge, band_edge_text
 from core.metrics import band_metrics, calibration_metrics, classification_metrics, format_metric
 from core.modelstore import load_keras, predict_fake_probability
 from core.pipeline import (
@@ -71,7 +71,8 @@ def choose_bands(
     ``fake_above >= threshold`` (core.labels.verdicts). Every distinct score is a candidate edge; a band's
     precision is the share of its images with its label, and the widest band reaching the target is kept
     (coverage only grows as an edge moves toward the threshold, so this covers as much as possible). A band
-    that no edge brings to the target is empty: ``real_below = 0.0`` or ``fake_above = 1.0``.
+    that no edge brings to the target is empty: its edge is ``core.labels.EMPTY_REAL_BAND`` or
+    ``EMPTY_FAKE_BAND``, outside [0, 1], so it decides nothing (not even a saturated score of 0.0 or 1.0).
 
     Args:
         labels: Validation labels, FAKE = 1.
@@ -91,13 +92,13 @@ def choose_bands(
     size = last + 1
     real_precision = np.cumsum(labels == REAL)[last] / size
     ok = (real_precision >= precision) & (p[last] < threshold)
-    real_below = float(p[last][ok].max()) if ok.any() else 0.0
+    real_below = float(p[last][ok].max()) if ok.any() else EMPTY_REAL_BAND
     # FAKE band {p >= edge}: size and true FAKE count from the first occurrence of each distinct score.
     first = np.flatnonzero(np.insert(p[1:] != p[:-1], 0, True))
     fakes_from = np.cumsum((labels == FAKE)[::-1])[::-1]
     fake_precision = fakes_from[first] / (len(p) - first)
     ok = (fake_precision >= precision) & (p[first] >= threshold)
-    fake_above = float(p[first][ok].min()) if ok.any() else 1.0
+    fake_above = float(p[first][ok].min()) if ok.any() else EMPTY_FAKE_BAND
     return min(real_below, threshold), max(fake_above, threshold)
 
 
@@ -231,7 +232,8 @@ def run(params: Params) -> dict:
     write_json(METRICS_FILE, result)
     experiment = tracking.setup(params.mlflow)
     with tracking.stage_run("evaluate", experiment.experiment_id, load_run_id()):
-        mlflow.log_metrics({key: result[key] for key in ("threshold", "real_below", "fake_above")})
+        edges = {key: band_edge(result[key]) for key in ("real_below", "fake_above")}
+        mlflow.log_metrics(_measured({"threshold": result["threshold"], **edges}))
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": v for k, v in result[split].items() if isinstance(v, float)})
             mlflow.log_metrics(_measured({f"{split}_band_{k}": v for k, v in result["bands"][split].items()}))
@@ -244,12 +246,12 @@ def run(params: Params) -> dict:
             mlflow.log_artifact(str(figure), "figures")
     test, bands, calibration = result["test"], result["bands"]["test"], result["calibration"]
     log.info(
-        "evaluate done: threshold %.4f, bands REAL <= %.4f / FAKE >= %.4f (from validation); test "
+        "evaluate done: threshold %.4f, bands REAL <= %s / FAKE >= %s (from validation); test "
         "accuracy %.4f, ROC-AUC %s, F1 %.4f; bands decide %.1f%% at accuracy %s; ECE %.4f -> %.4f "
         "(T %.3f, b %.3f)",
         result["threshold"],
-        result["real_below"],
-        result["fake_above"],
+        band_edge_text(result["real_below"]),
+        band_edge_text(result["fake_above"]),
         test["accuracy"],
         format_metric(test["roc_auc"]),
         test["f1"],

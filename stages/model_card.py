@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.atomic import atomic_path, read_json, write_json
 from core.config import Params
+from core.labels import band_edge_text
 from core.metrics import format_metric
 from core.modelstore import MODEL_CARD_FILE, ModelMetadata
 from core.pipeline import (
@@ -121,8 +122,8 @@ def _metrics_section(metadata: ModelMetadata, metrics: Mapping) -> dict:
     real_below, fake_above = metadata.bands
     facts = {
         "decision threshold": format_metric(metadata.threshold),
-        "REAL at or below": format_metric(real_below),
-        "FAKE at or above": format_metric(fake_above),
+        "REAL at or below": band_edge_text(real_below),
+        "FAKE at or above": band_edge_text(fake_above),
         "temperature (calibration)": format_metric(metadata.temperature),
         "logit offset (calibration)": format_metric(metadata.calibration_bias),
     }

@@ -30,6 +30,7 @@ from core import tracking
 from core.atomic import read_json, write_json
 from core.cli import run_stage, stage_parser
 from core.config import Params
+from core.labels import band_edge
 from core.metrics import classification_metrics
 from core.modelstore import (
     ModelMetadata,
@@ -85,6 +86,12 @@ class GateDecision:
     degraded_metric: str | None = None
     challenger_degraded: float | None = None
     champion_degraded: float | None = None
+
+
+def edge_tag(edge: float) -> str:
+    """A band edge as a version tag: six places, or ``none`` for an empty band (core.labels.band_edge)."""
+    shown = band_edge(edge)
+    return "none" if shown is None else f"{shown:.6f}"
 
 
 def degraded_metric(metric: str) -> str:
@@ -349,8 +356,8 @@ def run(params: Params) -> dict:
         "data_source": metadata.data_source,
         "synthetic_data": str(metadata.synthetic_data).lower(),
         "threshold": f"{metrics['threshold']:.6f}",
-        "real_below": f"{metadata.real_below:.6f}",
-        "fake_above": f"{metadata.fake_above:.6f}",
+        "real_below": edge_tag(metadata.real_below),
+        "fake_above": edge_tag(metadata.fake_above),
         "temperature": f"{metadata.temperature:.6f}",
         "calibration_bias": f"{metadata.calibration_bias:.6f}",
         **{f"test_{k}": repr(v) for k, v in metrics["test"].items() if isinstance(v, float)},

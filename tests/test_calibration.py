@@ -10,7 +10,7 @@ import pytest
 from scipy.special import expit
 
 from core.config import CalibrationParams, ConfigError, load_params
-from core.labels import verdicts
+from core.labels import EMPTY_FAKE_BAND, EMPTY_REAL_BAND, band_edge, verdicts
 from core.metrics import band_metrics, calibration_metrics
 from core.modelstore import load_keras, predict_fake_probability
 from stages.calibration import (
@@ -22,6 +22,7 @@ from stages.calibration import (
     negative_log_likelihood,
 )
 from stages.evaluate import choose_bands, choose_threshold
+from stages.register import edge_tag
 
 REPO = Path(__file__).resolve().parents[1]
 OVERCONFIDENCE = 5.0  # the test model's logits are this many times the true log-odds
@@ -189,8 +190,23 @@ def test_a_band_no_edge_makes_precise_enough_is_empty() -> None:
     labels = np.array([1, 0, 0, 1, 1, 0])  # the most confident score on each side is wrong
     probabilities = np.array([0.01, 0.2, 0.3, 0.7, 0.8, 0.99])
     real_below, fake_above = choose_bands(labels, probabilities, 0.5, 0.99)
-    assert (real_below, fake_above) == (0.0, 1.0)
+    assert (real_below, fake_above) == (EMPTY_REAL_BAND, EMPTY_FAKE_BAND)
+    assert (band_edge(real_below), band_edge(fake_above)) == (None, None)
     assert band_metrics(labels, probabilities, real_below, fake_above)["coverage"] == 0.0
+
+
+def test_an_empty_band_decides_nothing_even_a_saturated_score() -> None:
+    """A calibrated float32 P(FAKE) can be exactly 0.0 or 1.0: an empty band must not decide it either.
+
+    With the empty bands' edges at 0.0 and 1.0, these two scores were called REAL and FAKE, at a precision
+    nobody measured (validation found none that reached band_precision).
+    """
+    labels = np.array([1, 0, 0, 1, 1, 0])
+    saturated = np.array([0.0, 0.2, 0.3, 0.7, 0.8, 1.0], dtype=np.float32)
+    real_below, fake_above = choose_bands(labels, saturated, 0.5, 0.99)
+    assert verdicts(saturated, real_below, fake_above) == ["UNCERTAIN"] * 6
+    result = band_metrics(labels, saturated, real_below, fake_above)
+    assert (result["coverage"], result["real_coverage"], result["fake_coverage"]) == (0.0, 0.0, 0.0)
 
 
 def test_band_metrics_of_an_empty_band_are_strict_json() -> None:
@@ -246,7 +262,7 @@ def test_pipeline_fits_t_on_validation_and_registers_the_bands(trained_workspace
     )
     assert chosen["test"][1:] != pytest.approx(chosen["val"][1:]), "so would the bands"
 
-    assert 0.0 <= metrics["real_below"] <= metrics["threshold"] <= metrics["fake_above"] <= 1.0
+    assert metrics["real_below"] <= metrics["threshold"] <= metrics["fake_above"]
     val_bands = metrics["bands"]["val"]
     for band in ("real", "fake"):
         if val_bands[f"{band}_coverage"] > 0:
@@ -257,7 +273,7 @@ def test_pipeline_fits_t_on_validation_and_registers_the_bands(trained_workspace
     client = mlflow.MlflowClient(tracking_uri=trained_workspace.tracking_uri)
     champion = client.get_model_version_by_alias(trained_workspace.model_name, "champion")
     for key in ("real_below", "fake_above"):
-        assert float(champion.tags[key]) == pytest.approx(metrics[key], abs=1e-6)
+        assert champion.tags[key] == edge_tag(metrics[key])
     assert float(champion.tags["temperature"]) == pytest.approx(training["temperature"], abs=1e-6)
     assert float(champion.tags["calibration_bias"]) == pytest.approx(training["calibration_bias"], abs=1e-6)
     mlflow.set_tracking_uri(trained_workspace.tracking_uri)

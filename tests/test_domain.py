@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from core.imaging import InputFacts, decode_upload, jpeg_quality
-from core.labels import verdicts
+from core.labels import EMPTY_FAKE_BAND, EMPTY_REAL_BAND, verdicts
 from serving.domain import (
     DEFAULT_MARGIN,
     MIN_FINE_DETAIL,
@@ -96,6 +96,17 @@ def test_each_difference_is_named_in_the_note(upload, phrase):
 
 def test_a_factor_of_two_is_not_called_far():
     assert "far from" not in domain_note(facts(width=64, height=64), 32)
+
+
+@pytest.mark.parametrize("image", [NATIVE, facts(width=16, height=16)], ids=["native", "noted"])
+def test_an_empty_band_decides_no_score_not_even_a_saturated_one(image):
+    """A calibrated float32 P(FAKE) can be exactly 0.0 or 1.0; an empty band's edge decides neither, and the
+    margin a noted image gets keeps it empty. The other band still decides."""
+    empty = (EMPTY_REAL_BAND, EMPTY_FAKE_BAND)
+    assert [domain_verdict(p, empty, image, 32, DEFAULT_MARGIN) for p in (0.0, 1.0)] == ["UNCERTAIN"] * 2
+    only_fake = (EMPTY_REAL_BAND, 0.7)
+    decided = [domain_verdict(p, only_fake, image, 32, DEFAULT_MARGIN) for p in (0.0, 1.0)]
+    assert decided == ["UNCERTAIN", "FAKE"]
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.29, 0.3, 0.31, 0.5, 0.69, 0.7, 0.85, 0.95, 1.0])

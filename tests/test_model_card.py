@@ -7,6 +7,7 @@ import json
 import pytest
 
 from core.config import load_params
+from core.labels import EMPTY_FAKE_BAND, EMPTY_REAL_BAND
 from core.modelstore import ModelMetadata, read_model_card
 from stages.model_card import build_card, to_markdown
 
@@ -124,6 +125,17 @@ def test_card_reads_metrics_bands_and_lineage():
     lineage = built["Lineage"]["facts"]
     assert lineage["git commit"] == "abc123" and lineage["registering run"] == "reg-run"
     assert (lineage["model file hash"], lineage["test split hash"]) == ("m" * 64, "t" * 64)
+
+
+def test_card_shows_an_empty_band_as_none_not_as_an_edge():
+    """An empty band decides nothing: the card says so instead of showing its edge (outside [0, 1])."""
+    empty = ModelMetadata(**{**METADATA.__dict__, "real_below": EMPTY_REAL_BAND, "fake_above": 0.8})
+    metrics = sections(card(metadata=empty))["Test metrics"]["facts"]
+    assert metrics["REAL at or below"] == "none (empty band: decides nothing)"
+    assert metrics["FAKE at or above"] == "0.8000"
+    empty = ModelMetadata(**{**METADATA.__dict__, "real_below": 0.2, "fake_above": EMPTY_FAKE_BAND})
+    metrics = sections(card(metadata=empty))["Test metrics"]["facts"]
+    assert metrics["FAKE at or above"] == "none (empty band: decides nothing)"
 
 
 def test_card_reports_what_training_ran():

@@ -18,6 +18,7 @@ from core.degrade import DEGRADATIONS
 from core.layers import Temperature, without_temperature
 from core.modelstore import download_model, load_keras, read_metadata
 from core.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
+from stages.register import edge_tag
 from stages.train import precision_policy
 
 
@@ -296,7 +297,7 @@ def test_champion_evaluated_again_with_new_bands_is_served_with_them(workspace_c
     assert client.get_model_version_by_alias("deepguard", "champion").version == champion.version
     run_stage("evaluate", root, env, "--set", "evaluation.band_precision=0.9")
     metrics = json.loads((root / "reports/metrics.json").read_text())
-    assert (f"{metrics['real_below']:.6f}", f"{metrics['fake_above']:.6f}") != (
+    assert (edge_tag(metrics["real_below"]), edge_tag(metrics["fake_above"])) != (
         champion.tags["real_below"],
         champion.tags["fake_above"],
     ), "band_precision 0.9 should widen the bands on this workspace"

@@ -12,12 +12,13 @@ import pytest
 from PIL import Image
 
 from core.config import SplitParams
+from core.labels import EMPTY_FAKE_BAND, EMPTY_REAL_BAND
 from core.metrics import classification_metrics, expected_calibration_error
 from core.tracking import TrackingUnavailableError, resolve_tracking_uri
 from stages.evaluate import choose_threshold
 from stages.features import channel_statistics, high_frequency_energy, log_spectra
 from stages.preprocess import SplitError, split_names
-from stages.register import _settings_changed, decide, degraded_metric
+from stages.register import _settings_changed, decide, degraded_metric, edge_tag
 from stages.shards import NpyWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,6 +255,17 @@ def test_a_metric_with_no_value_promotes_nothing() -> None:
         kept = decide("roc_auc", challenger, champion, 0.0015, "3")
         assert not kept.promote and "has no value" in kept.reason
     assert decide("roc_auc", None, None, 0.0015, None).promote  # the first model still becomes champion
+
+
+def test_an_empty_band_is_tagged_none_and_a_re_evaluated_old_champion_is_replaced() -> None:
+    """A version's tags show an empty band as ``none``, not as an edge. A champion registered when an empty
+    band was stored as 0.0 / 1.0 (which decided saturated scores) is replaced by its own model file evaluated
+    again: the same weights, now served with bands that decide nothing there."""
+    assert (edge_tag(EMPTY_REAL_BAND), edge_tag(EMPTY_FAKE_BAND)) == ("none", "none")
+    assert (edge_tag(0.0), edge_tag(0.12), edge_tag(1.0)) == ("0.000000", "0.120000", "1.000000")
+    old = {"model_sha256": "aa", "threshold": "0.416000", "real_below": "0.000000", "fake_above": "0.869000"}
+    evaluated_again = {**old, "real_below": edge_tag(EMPTY_REAL_BAND)}
+    assert _settings_changed(old, evaluated_again) == "real_below 0.000000 -> none"
 
 
 def test_a_model_trained_on_synthetic_data_never_replaces_a_real_data_champion() -> None:

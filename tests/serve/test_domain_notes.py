@@ -13,7 +13,7 @@ import requests
 from PIL import Image, ImageFilter
 
 from core.imaging import decode_for_model
-from core.labels import decide, names, verdicts
+from core.labels import band_edge, decide, names, verdicts
 
 from .serving_helpers import Server, start_predictor
 from .test_predictor import TIMEOUT, in_process, outputs, png_bytes, v1_body, v1_predict, v2_body, v2_infer
@@ -145,10 +145,7 @@ def test_model_metadata_serves_the_version_facts_and_model_card(predictor, regis
         }
         assert parameters["model_version"] == registered_model.version
         assert parameters["threshold"] == pytest.approx(metadata.threshold)
-        assert (parameters["real_below"], parameters["fake_above"]) == (
-            metadata.real_below,
-            metadata.fake_above,
-        )
+        assert (parameters["real_below"], parameters["fake_above"]) == tuple(map(band_edge, metadata.bands))
         assert parameters["temperature"] == metadata.temperature
         assert parameters["calibration_bias"] == metadata.calibration_bias
         assert parameters["architecture"] == metadata.architecture

@@ -22,7 +22,7 @@ from PIL import Image
 
 from core.imagestats import image_statistics
 from core.imaging import READ_FORMATS, decode_for_model, decode_upload
-from core.labels import decide, names, verdicts
+from core.labels import EMPTY_FAKE_BAND, EMPTY_REAL_BAND, decide, names, verdicts
 from core.modelstore import download_model, load_model_dir, predict_fake_probability
 from serving import model as serving_model
 from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_verdicts
@@ -474,6 +474,29 @@ def test_a_v1_json_body_with_a_charset_is_read(content_type):
     model.served = ServedModel(keras_model=None, metadata=metadata, version="1", uri="unused")
     batch = asyncio.run(model.preprocess(body, headers))
     np.testing.assert_array_equal(batch.images, [decode_for_model(buffer.getvalue(), 32)])
+    model.decode_pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("bands", "sent"),
+    [
+        ({"real_below": 0.12, "fake_above": 0.87}, (0.12, 0.87)),
+        ({"real_below": EMPTY_REAL_BAND, "fake_above": 0.87}, (None, 0.87)),
+        ({"real_below": 0.12, "fake_above": EMPTY_FAKE_BAND}, (0.12, None)),
+        ({}, (0.5, 0.5)),  # registered before bands: the threshold decides both ways
+    ],
+)
+def test_v2_metadata_sends_the_edges_the_verdict_uses_and_null_for_an_empty_band(bands, sent):
+    """An empty band's edge lies outside [0, 1]; a client is told that the band is empty (null), not a
+    number it would show as an edge. The parameters stay strict JSON."""
+    from core.modelstore import ModelMetadata
+
+    model = DeepGuardModel("deepguard", "unused", Limits())
+    metadata = ModelMetadata(0.5, 32, "test", "test", synthetic_data=False, **bands)
+    model.served = ServedModel(keras_model=None, metadata=metadata, version="1", uri="unused")
+    parameters = model.metadata_parameters()
+    assert (parameters["real_below"], parameters["fake_above"]) == sent
+    json.dumps(parameters, allow_nan=False)
     model.decode_pool.shutdown()
 
 

@@ -313,6 +313,17 @@ def test_model_card_page_against_the_real_predictor(web, predictor, registered_m
         assert page.headers[header] == value
 
 
+def test_model_page_says_a_band_the_predictor_sends_as_null_is_empty():
+    """The predictor sends an empty band's edge as null: the page says the band is empty, and leaves out only
+    what the predictor did not send."""
+    from flask_app import model_facts
+
+    facts = model_facts({"threshold": 0.41, "real_below": None, "fake_above": 0.87}, {})
+    assert facts["REAL at or below"] == "none (empty band: decides nothing)"
+    assert (facts["Decision threshold"], facts["FAKE at or above"]) == ("0.41", "0.87")
+    assert "REAL at or below" not in model_facts({"threshold": 0.41}, {})
+
+
 CARD = {
     "title": "DeepGuard <CNN> model card",
     "model_name": "deepguard",
