@@ -12,7 +12,7 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from core.errors import DeepGuardError
-from core.formats import FORMATS
+from core.formats import ACCEPTED_FORMATS, FORMATS
 
 # Pillow's own limit warns at ~89 MP and errors at twice that; we refuse earlier, before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -53,7 +53,7 @@ def _image_errors() -> Iterator[None]:
     except Image.DecompressionBombError as exc:
         raise ImageError(f"decompression bomb refused: {exc}") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(f"not an image of a format read here ({', '.join(READ_FORMATS)})") from None
+        raise ImageError(f"not an image of a format read here ({ACCEPTED_FORMATS})") from None
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's readers raise many types on malformed files (TypeError, struct.error)

@@ -20,8 +20,9 @@ import requests
 from kserve.errors import InvalidInput
 from PIL import Image
 
+from core.formats import ACCEPTED_FORMATS
 from core.imagestats import image_statistics
-from core.imaging import READ_FORMATS, decode_for_model, decode_upload
+from core.imaging import decode_for_model, decode_upload
 from core.labels import EMPTY_FAKE_BAND, EMPTY_REAL_BAND, decide, names, verdicts
 from core.modelstore import download_model, load_model_dir, predict_fake_probability
 from serving import model as serving_model
@@ -539,7 +540,7 @@ def test_unknown_model_is_a_404(predictor, good_file):
     assert response.status_code == 404
 
 
-_NOT_AN_IMAGE = f"not an image of a format read here ({', '.join(READ_FORMATS)})"
+_NOT_AN_IMAGE = f"not an image of a format read here ({ACCEPTED_FORMATS})"
 
 
 @pytest.mark.parametrize(
