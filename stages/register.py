@@ -227,8 +227,9 @@ def _champion_score(
     report = robustness.robustness_report(
         model, np.asarray(test_x[chosen]), np.asarray(test_y)[chosen], metadata.threshold
     )
+    value = measured[metric]  # None: no value (ROC-AUC of a one-class test split); decide keeps the champion
     return ChampionScore(
-        float(measured[metric]),
+        None if value is None else float(value),
         report["degraded_mean"][degraded_metric(metric)],
         str(champion.version),
         dict(champion.tags),

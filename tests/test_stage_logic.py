@@ -6,6 +6,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from core.config import SplitParams
 from core.labels import EMPTY_FAKE_BAND, EMPTY_REAL_BAND
 from core.metrics import classification_metrics, expected_calibration_error
 from core.tracking import TrackingUnavailableError, resolve_tracking_uri
+from stages import register
 from stages.evaluate import choose_threshold
 from stages.features import channel_statistics, high_frequency_energy, log_spectra
 from stages.preprocess import SplitError, split_names
@@ -132,6 +134,24 @@ def test_metrics_of_one_class_have_no_auc_and_stay_strict_json() -> None:
     result = classification_metrics(np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9]), threshold=0.5)
     assert (result["roc_auc"], result["pr_auc"]) == (None, None)
     json.dumps(result, allow_nan=False)
+
+
+def test_fake_registry_champion_rescored_on_a_one_class_test_split_has_no_value_and_stays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The champion measured on other test data is rescored; a one-class split's ROC-AUC is null, which
+    crashed the rescoring (float(None)) instead of keeping the champion. Registry and model loading faked."""
+    champion = SimpleNamespace(version="3", tags={"test_hash": "another split"})
+    client = SimpleNamespace(get_model_version_by_alias=lambda name, alias: champion)
+    monkeypatch.setattr(register, "download_model", lambda uri: Path("unused"))
+    monkeypatch.setattr(register, "load_model_dir", lambda path: (None, SimpleNamespace(threshold=0.5)))
+    monkeypatch.setattr(register, "load_split", lambda folder, split: (np.zeros((3, 2)), np.ones(3)))
+    monkeypatch.setattr(register, "predict_fake_probability", lambda model, x: np.array([0.2, 0.7, 0.9]))
+    report = {"degraded_mean": {"roc_auc": None, "accuracy": 0.6}}
+    monkeypatch.setattr(register.robustness, "robustness_report", lambda *args: report)
+    score = register._champion_score(client, "deepguard", "roc_auc", "this split", None)
+    assert (score.value, score.version) == (None, "3")
+    assert not decide("roc_auc", 0.99, score.value, 0.0015, score.version).promote
 
 
 def test_threshold_is_chosen_to_maximise_the_validation_metric() -> None:
