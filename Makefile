@@ -25,7 +25,9 @@ help: ## list the targets, grouped
 	@awk 'BEGIN { FS = ":.*## " } /^##@ / { printf "\n%s\n", substr($$0, 5) } \
 		/^[a-z0-9][a-z0-9-]*:.*## / { printf "  make %-14s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-run: setup pipeline ## the main job: set up, run the pipeline on the configured data, then serve the champion
+run: setup ## the main job: set up, run the pipeline on the configured data, then serve the champion
+	$(PY) -m serving.serve --check-ports  # a taken port fails now, not after the pipeline
+	$(MAKE) --no-print-directory pipeline
 	$(MAKE) --no-print-directory serve
 
 test: setup lint chromium k8s-check test-dags dag-test ## set up and run every test (what CI runs)

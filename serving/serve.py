@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,8 +27,10 @@ from core.config import load_params
 from core.errors import DeepGuardError
 from core.names import (
     MODEL_NAME_ENV,
+    PREDICTOR_PORT_ENV,
     PREDICTOR_URL_ENV,
     SERVED_MODEL_NAME,
+    WEB_PORT,
     WEB_PORT_ENV,
     champion_uri,
 )
@@ -40,6 +43,37 @@ STOP_TIMEOUT_S = 30
 # Restarts of a predictor that keeps failing before it is ready again; the count resets once it is.
 MAX_RESTARTS = 5
 FIRST_BACKOFF_S = 1.0
+
+
+def port_in_use(port: int) -> bool:
+    """Whether a program already accepts connections on ``port`` of this machine (IPv4 or IPv6 loopback).
+
+    A server that binds the port anyway beside a wildcard listener (BSD allows it) would share
+    ``localhost`` with it: macOS resolves that name to ::1 first, where the other program answers.
+    """
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1)
+                if probe.connect_ex((host, port)) == 0:
+                    return True
+        except OSError:  # no IPv6 on this machine
+            continue
+    return False
+
+
+def busy_ports(predictor_port: int, web_port: int) -> list[str]:
+    """One line for each of the two ports another program holds, naming the setting that moves it."""
+    busy = []
+    for setting, port in ((PREDICTOR_PORT_ENV, predictor_port), (WEB_PORT_ENV, web_port)):
+        if port_in_use(port):
+            hint = f"stop that program or set {setting} to a free port"
+            if setting == PREDICTOR_PORT_ENV:
+                hint += " (a `make serve` already running? `make pipeline` updates it in place)"
+            if port == WEB_PORT and sys.platform == "darwin":
+                hint += " (macOS: AirPlay Receiver listens on 5000; turn it off in System Settings)"
+            busy.append(f"{setting}={port}: the port is in use; {hint}")
+    return busy
 
 
 def _ready(url: str) -> bool:
@@ -105,9 +139,14 @@ def serve(model_uri: str, predictor_port: int, web_port: int, web_host: str) -> 
     """Start the predictor, then the web app; restart a predictor that exits; return on a signal.
 
     Returns:
-        0 after a clean stop on SIGINT/SIGTERM, 1 when a server failed to start, the web app died or the
-        predictor failed ``MAX_RESTARTS`` times in a row.
+        0 after a clean stop on SIGINT/SIGTERM, 1 when a port is taken, a server failed to start, the web
+        app died or the predictor failed ``MAX_RESTARTS`` times in a row.
     """
+    busy = busy_ports(predictor_port, web_port)
+    for line in busy:
+        log.error("%s", line)
+    if busy:
+        return 1
     stopping: list[bool] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -203,8 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=env.web_host,
         help="address the web app listens on (default: %(default)s)",
     )
+    parser.add_argument(
+        "--check-ports",
+        action="store_true",
+        help="only check that both ports are free, and exit (make run does, before the pipeline)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
+    if args.check_ports:
+        busy = busy_ports(args.predictor_port, args.web_port)
+        if busy:
+            parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in busy))
+        return 0
     try:
         model_uri = args.model_uri or champion_uri(load_params().mlflow.model_name)
     except DeepGuardError as exc:

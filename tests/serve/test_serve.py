@@ -10,8 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
+import pytest
 import requests
+
+from serving.serve import port_in_use
 
 from .serving_helpers import REPO, free_port
 
@@ -114,3 +118,83 @@ def test_serve_asks_for_the_champion_of_the_model_named_in_params(tmp_path):
     assert result.returncode == 1, output
     assert "serving: error: models:/renamed@champion: cannot resolve alias" in output
     assert "models:/deepguard@champion" not in output
+
+
+@contextlib.contextmanager
+def _taken_port(family: socket.AddressFamily = socket.AF_INET) -> Iterator[int]:
+    """A port another program listens on, on the loopback address of ``family``."""
+    with socket.socket(family, socket.SOCK_STREAM) as other:
+        other.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}"}
+    free = free_port()
+    with _taken_port() as taken:
+        check = [sys.executable, "-m", "serving.serve", "--check-ports"]
+        done = subprocess.run(
+            [*check, "--predictor-port", str(free), "--web-port", str(taken)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr == (
+            f"python -m serving.serve: error: WEB_PORT={taken}: the port is in use; stop that program or set "
+            "WEB_PORT to a free port\n"
+        )
+        # serve itself refuses before it starts either server (once the other program held /ready with 200)
+        served = subprocess.run(
+            [sys.executable, "-m", "serving.serve", "--model-uri", "models:/deepguard/1"]
+            + ["--predictor-port", str(taken), "--web-port", str(free)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    log = served.stdout + served.stderr
+    assert served.returncode == 1, log
+    assert f"PREDICTOR_PORT={taken}: the port is in use" in log
+    assert "`make pipeline` updates it in place" in log
+    assert "starting the predictor" not in log
+    free_check = subprocess.run(
+        [*check, "--predictor-port", str(free), "--web-port", str(taken)], cwd=REPO, env=env, timeout=120
+    )
+    assert free_check.returncode == 0
+
+
+def test_a_program_on_the_ipv6_loopback_alone_holds_the_port():
+    """macOS' AirPlay Receiver holds 5000 on ::1 too, where `localhost` goes first."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        with _taken_port(socket.AF_INET6) as port:
+            assert port_in_use(port)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    assert not port_in_use(port)
+
+
+def test_make_run_names_a_taken_port_before_the_pipeline(tmp_path):
+    """The pipeline takes up to 45 minutes; a taken port must fail `make run` at once, not after it."""
+    if not (REPO / ".venv" / ".installed").is_file():
+        pytest.skip("`make setup` has not run in this checkout")
+    with _taken_port() as taken:
+        done = subprocess.run(
+            ["make", "--no-print-directory", "run"],
+            cwd=REPO,
+            # a data path that fails ingest at once, should the check let the pipeline start
+            env={**os.environ, "WEB_PORT": str(taken), "DEEPGUARD_DATA": str(tmp_path / "missing.zip")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert f"error: WEB_PORT={taken}: the port is in use" in output
+    assert "stages.ingest" not in output and "dvc repro" not in output
