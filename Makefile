@@ -3,7 +3,9 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
+# Any Python 3 bootstraps uv; the environments get PYTHON_VERSION, which uv finds on PATH or downloads.
 PYTHON ?= python3
+PYTHON_VERSION := 3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_CACHE_DIR ?= $(CURDIR)/.cache/uv
@@ -71,7 +73,7 @@ DAG_TEST_ENV := env -u MLFLOW_TRACKING_URI -u DAGSHUB_USERNAME -u DAGSHUB_TOKEN 
 	DEEPGUARD_DATA=$(DAG_TEST_DATA_PATH) PREDICTOR_URL=http://127.0.0.1:9
 
 $(AIRFLOW_VENV)/.installed: requirements/airflow.lock | $(UV)
-	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(AIRFLOW_VENV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON_VERSION) $(AIRFLOW_VENV)
 	VIRTUAL_ENV=$(AIRFLOW_VENV) $(UV) pip sync --quiet --require-hashes requirements/airflow.lock
 	touch $@
 
@@ -137,7 +139,7 @@ $(UV):
 	.cache/uv-bin/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.installed: requirements/dev.lock | $(UV)
-	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON_VERSION) $(VENV)
 	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet --require-hashes requirements/dev.lock
 	touch $@
 

@@ -194,7 +194,9 @@ def test_gpu_image_swaps_tensorflow_cpu_for_the_same_tensorflow_version(tmp_path
 
 def _hashed_pins(text: str) -> set[str]:
     """Normalized names of the pins in a lock that carry at least one --hash."""
-    pins = re.findall(r"^([A-Za-z0-9_.-]+)==[^ \n]+ \\\n\s+--hash=sha256:[0-9a-f]{64}", text, re.MULTILINE)
+    # A pin of a universal lock may carry a marker: `name==1.0 ; sys_platform == 'linux' \`.
+    pin = r"^([A-Za-z0-9_.-]+)==[^ \n]+(?: ;[^\\\n]*)? \\\n\s+--hash=sha256:[0-9a-f]{64}"
+    pins = re.findall(pin, text, re.MULTILINE)
     return {re.sub(r"[-_.]+", "-", name.lower()) for name in pins}
 
 
