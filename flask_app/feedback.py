@@ -1,8 +1,9 @@
 """``POST /api/feedback``: a user says the verdict was wrong; the image and the claim wait for review.
 
-The store is core/feedback.py (the one module of ``core`` the web app imports, standard library only). Each
-client may send ``FEEDBACK_BURST`` items at once and then one per ``60 / FEEDBACK_PER_MINUTE`` seconds
-(an in-process token bucket per client address: with several gunicorn workers each enforces its own).
+The store is core/feedback.py (standard library only, like core/formats.py: the web app imports no other
+module of ``core``). Each client may send ``FEEDBACK_BURST`` items at once and then one per
+``60 / FEEDBACK_PER_MINUTE`` seconds (an in-process token bucket per client address: with several gunicorn
+workers each enforces its own).
 """
 
 from __future__ import annotations
