@@ -66,7 +66,7 @@ def run(
         dry_run: Print the InferenceService manifest (YAML) instead of applying it; no cluster access.
         timeout_s: Seconds the new revision has to become Ready.
         canary_percent: Traffic share of the new revision before promotion (None: no canary).
-        namespace: Target namespace (default: the pod's namespace, DEEPGUARD_NAMESPACE or ``deepguard``).
+        namespace: Target namespace (default: DEEPGUARD_NAMESPACE, else the pod's, else ``deepguard``).
         serving_config: The chart's serving ConfigMap as a YAML file, instead of the cluster's (needed by a
             dry run without a cluster).
         poll_s: Seconds between status reads.
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--namespace",
         default=None,
-        help="namespace (default: the pod's, else DEEPGUARD_NAMESPACE, else deepguard)",
+        help="namespace (default: DEEPGUARD_NAMESPACE, else the pod's, else deepguard)",
     )
     parser.add_argument(
         "--serving-config",

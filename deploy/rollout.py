@@ -56,7 +56,7 @@ def kube_api_client() -> Any:
 
 
 def current_namespace() -> str:
-    """The pod's namespace in a cluster, else DEEPGUARD_NAMESPACE, else ``deepguard``."""
+    """DEEPGUARD_NAMESPACE, else the pod's namespace in a cluster, else ``deepguard``."""
     if settings().namespace:
         return settings().namespace
     if IN_CLUSTER_NAMESPACE_FILE.is_file():
