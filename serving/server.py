@@ -42,6 +42,10 @@ class ReloadingRepository(ModelRepository):
         # Kept apart from the served set, so a load after an unload can bring a model back.
         self._reloadable = {model.name: model for model in models}
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a model this server can load (served or unloaded)."""
+        return name in self._reloadable
+
     async def load(self, name: str) -> bool:
         """Reload ``name`` (``POST /v2/repository/models/<name>/load``); the old model serves meanwhile."""
         model = self._reloadable.get(name)
@@ -50,6 +54,20 @@ class ReloadingRepository(ModelRepository):
         await model.reload()
         self.update(model)
         return model.ready
+
+
+class ReloadingRepositoryExtension(ModelRepositoryExtension):
+    """KServe's model repository extension, except that loading a model this server does not know is 404.
+
+    KServe turns every failure of a load into ``ModelNotReady`` (503: "try again later"); a name that no
+    retry can load is the client's error, as it is for inference.
+    """
+
+    async def load(self, model_name: str) -> None:
+        """Load ``model_name``; ``ModelNotFound`` (HTTP 404, gRPC ``NOT_FOUND``) for a name not served."""
+        if not self._model_registry.knows(model_name):
+            raise ModelNotFound(model_name)
+        await super().load(model_name)
 
 
 RELOAD_OFF_MESSAGE = "model reload is switched off on this server (--no-reload); roll out a new revision"
@@ -313,9 +331,11 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
         "/v2/models/{model_name}", metadata_route(server.dataplane), methods=["GET"], response_model=None
     )
     app.add_middleware(VersionPathMiddleware, repository=repository)
-    if not args.reload:
+    # Replaced before start(), which hands it to the REST and gRPC servers.
+    if args.reload:
+        server.model_repository_extension = ReloadingRepositoryExtension(model_registry=repository)
+    else:
         app.add_middleware(ReloadGuardMiddleware)
-        # Replaced before start(), which hands it to the REST and gRPC servers.
         server.model_repository_extension = FrozenRepositoryExtension(model_registry=repository)
     # Added last, so it runs first: nothing reads a body over the limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.max_request_bytes)

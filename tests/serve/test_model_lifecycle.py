@@ -147,6 +147,15 @@ def test_unload_then_load_brings_the_model_back(lifecycle_predictor):
     assert requests.get(f"{url}/v2/models/deepguard/ready", timeout=TIMEOUT).json()["ready"] is True
 
 
+def test_loading_a_model_this_server_does_not_serve_is_404(lifecycle_predictor):
+    """No retry can load it: a client error (KServe's own extension answers 503, "try again later")."""
+    url = lifecycle_predictor
+    load = requests.post(f"{url}/v2/repository/models/no-such-model/load", timeout=TIMEOUT)
+    assert load.status_code == 404, load.text
+    assert "no-such-model" in load.json()["error"]
+    assert requests.get(f"{url}/v2/models/deepguard/ready", timeout=TIMEOUT).status_code == 200
+
+
 def test_local_folder_reports_the_version_from_the_environment(
     registered_model, sample_images, tmp_path_factory, monkeypatch
 ):
