@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from grpc import StatusCode
 from grpc_interceptor.exceptions import PermissionDenied
 from kserve import InferRequest, ModelServer, model_server
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
@@ -18,6 +19,8 @@ from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc import server as grpc_server
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.v2_datamodels import InferenceResponse
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
@@ -278,6 +281,20 @@ async def client_error_handler(request: Request, exc: Exception) -> JSONResponse
     return JSONResponse({"error": str(exc)}, status_code=status)
 
 
+class ClientErrorInterceptor(ExceptionToStatusInterceptor):
+    """KServe's gRPC mapping of errors to statuses; a client's error is one INFO line, as over HTTP."""
+
+    async def handle_exception(
+        self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str
+    ) -> None:
+        if not isinstance(ex, tuple(CLIENT_ERROR_STATUS)):
+            await super().handle_exception(ex, request_or_iterator, context, method_name)
+            return
+        status = StatusCode.NOT_FOUND if isinstance(ex, ModelNotFound) else StatusCode.INVALID_ARGUMENT
+        log.info("gRPC %s answered %s: %s", method_name, status.name, ex)
+        await context.abort(status, ex.reason)
+
+
 class DeepGuardServer(ModelServer):
     """``kserve.ModelServer`` listening on ``http_host`` (KServe 0.21 always binds 0.0.0.0)."""
 
@@ -299,6 +316,8 @@ class DeepGuardServer(ModelServer):
                 app.add_exception_handler(error, client_error_handler)
 
         rest._add_exception_handlers = add_exception_handlers
+        # KServe's gRPC server names its interceptor when it starts, below.
+        grpc_server.ExceptionToStatusInterceptor = ClientErrorInterceptor
         await super()._serve()
 
 

@@ -157,11 +157,20 @@ def test_grpc_answers_only_the_outputs_asked_for(grpc_predictor, sample_images):
     ],
 )
 def test_grpc_bad_input_is_invalid_argument_naming_it(grpc_predictor, files, name, message):
-    stub, _, _ = grpc_predictor
+    """The client's mistake: KServe's status, and one INFO line in the log (KServe's interceptor logs an ERROR
+    with a traceback), as over HTTP (test_predictor.py)."""
+    stub, _, log_file = grpc_predictor
+    seen = log_file.stat().st_size
     with pytest.raises(grpc.RpcError) as error:
         stub.ModelInfer(infer_request(files, name), timeout=TIMEOUT)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
+    with log_file.open() as log:
+        log.seek(seen)
+        lines = log.read().splitlines()
+    assert not [line for line in lines if "Traceback" in line or " ERROR " in line], lines
+    answered = [line for line in lines if " INFO " in line and "answered INVALID_ARGUMENT" in line]
+    assert [line for line in answered if message in line], lines
 
 
 def test_grpc_is_off_unless_asked_for(predictor):
