@@ -91,6 +91,8 @@ OUTPUT_INPUT_FORMAT = "input_format"
 _WARMUP_BATCHES = (1, 2, 64)
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+# MLflow's error codes for "no such registered model" and "no such alias".
+_NOT_REGISTERED = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 # Requests within all three are decoded on the event loop (DeepGuardModel._decode_request): at most ~1 ms.
 INLINE_MAX_FILES = 4
 INLINE_MAX_FILE_CHARS = 64 * 1024
@@ -326,12 +328,15 @@ def resolve_model(uri: str, dest: Path) -> tuple[Path, str]:
         import mlflow
 
         # Same store as the pipeline: DagsHub / MLFLOW_TRACKING_URI / the workspace's local sqlite store.
-        mlflow.set_tracking_uri(resolve_tracking_uri())
+        tracking_uri = resolve_tracking_uri()
+        mlflow.set_tracking_uri(tracking_uri)
         if alias:
             try:
                 version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
             except Exception as exc:  # MlflowException for a missing model or alias; connection errors
-                raise ModelLoadError(f"{uri}: cannot resolve alias: {exc}") from None
+                missing = getattr(exc, "error_code", "") in _NOT_REGISTERED
+                hint = f" (in {tracking_uri}; `make pipeline` trains and registers one)" if missing else ""
+                raise ModelLoadError(f"{uri}: cannot resolve alias: {exc}{hint}") from None
         # Download the resolved version, not the alias: the alias may move between the two calls.
         return download_model(f"models:/{name}/{version}", dest), version
     if _URI_SCHEME.match(uri) and not uri.startswith("file:"):  # runs:/..., s3://..., mlflow-artifacts:/...

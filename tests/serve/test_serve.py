@@ -117,6 +117,8 @@ def test_serve_asks_for_the_champion_of_the_model_named_in_params(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "serving: error: models:/renamed@champion: cannot resolve alias" in output
+    # A first `make serve` before any pipeline run is told what to do.
+    assert f"(in sqlite:///{tmp_path / 'empty.db'}; `make pipeline` trains and registers one)" in output
     assert "models:/deepguard@champion" not in output
 
 
