@@ -200,3 +200,17 @@ def test_make_run_names_a_taken_port_before_the_pipeline(tmp_path):
     assert done.returncode != 0, output
     assert f"error: WEB_PORT={taken}: the port is in use" in output
     assert "stages.ingest" not in output and "dvc repro" not in output
+
+
+def test_on_macos_a_taken_default_web_port_names_airplay(monkeypatch):
+    """macOS' AirPlay Receiver listens on 5000, the default WEB_PORT: the error says what holds it."""
+    from serving import serve
+
+    with _taken_port() as taken:
+        monkeypatch.setattr(serve, "WEB_PORT", taken)  # the default, as 5000 is
+        monkeypatch.setattr(serve.sys, "platform", "darwin")
+        (line,) = serve.busy_ports(free_port(), taken)
+        assert "AirPlay Receiver listens on 5000" in line
+        monkeypatch.setattr(serve.sys, "platform", "linux")
+        (line,) = serve.busy_ports(free_port(), taken)
+        assert "AirPlay" not in line
