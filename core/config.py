@@ -6,12 +6,14 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from core.errors import DeepGuardError
+from core.formats import RECORDED_FORMATS
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -217,6 +219,17 @@ class CanaryParams(_Section):
     without_evidence: Literal["promote", "rollback"]
 
 
+def _recorded_format(name: str) -> str:
+    """A format a served record can name (any case, as the monitor compares them), as it is recorded."""
+    if name.upper() not in RECORDED_FORMATS:
+        raise PydanticCustomError(
+            "unknown_format",
+            "expected one of {allowed} (any case), got {name}",
+            {"allowed": ", ".join(RECORDED_FORMATS), "name": repr(name)},
+        )
+    return name.upper()
+
+
 class MonitoringParams(_Section):
     """The drift monitor's window and alarm thresholds (stages.monitor, DAG deepguard_monitor)."""
 
@@ -226,7 +239,8 @@ class MonitoringParams(_Section):
     ks_pvalue: float = Field(gt=0.0, lt=1.0)
     ks_statistic: float = Field(gt=0.0, le=1.0)
     ood_share: float = Field(ge=0.0, le=1.0)
-    in_domain_formats: list[str] = Field(min_length=1)
+    # Checked against core.formats: a name no record carries (JPG) made every such upload out of domain.
+    in_domain_formats: list[Annotated[str, AfterValidator(_recorded_format)]] = Field(min_length=1)
     schedule: str = Field(min_length=1)
 
 

@@ -25,6 +25,10 @@ TIFF = ImageFormat("TIFF", "TIFF", ("tif", "tiff"), (b"II*\x00", b"MM\x00*"))
 FORMATS = (JPEG, PNG, WEBP, AVIF, GIF, BMP, TIFF)
 # What a user is told they may upload: "JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF".
 ACCEPTED_FORMATS = f"{', '.join(f.label for f in FORMATS[:-1])} or {FORMATS[-1].label}"
+# The format recorded for a V2 pixel tensor (no file, so no format of Pillow's): metrics and records carry it.
+RAW_FORMAT = "RAW"
+# Every format a served record can name: what params.yaml monitoring.in_domain_formats may list.
+RECORDED_FORMATS = (*(f.name for f in FORMATS), RAW_FORMAT)
 # An AVIF file starts with an ISO-BMFF `ftyp` box whose major or a compatible brand is one of these (a phone's
 # HEIC photo has the same box with `heic` brands: Pillow does not read it, so it is not sniffed as AVIF).
 _AVIF_BRANDS = (b"avif", b"avis")

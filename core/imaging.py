@@ -12,7 +12,7 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from core.errors import DeepGuardError
-from core.formats import ACCEPTED_FORMATS, FORMATS
+from core.formats import ACCEPTED_FORMATS, FORMATS, RAW_FORMAT
 
 # Pillow's own limit warns at ~89 MP and errors at twice that; we refuse earlier, before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -21,9 +21,6 @@ DEFAULT_MAX_PIXELS = 40_000_000
 READ_FORMATS = tuple(f.name for f in FORMATS)
 # Pillow's names for a JPEG file: MPO is one holding more than one picture (a phone's depth map or preview).
 JPEG_FORMATS = ("JPEG", "MPO")
-# The format recorded for a V2 pixel tensor (no file, so no format of Pillow's): the monitor's in-domain list
-# (params.yaml monitoring.in_domain_formats) names it, metrics and records carry it.
-RAW_FORMAT = "RAW"
 # Each scan of a progressive JPEG passes over every pixel again, and an empty scan costs 14 bytes: at 2 ms a
 # scan (measured at 36 megapixels) a 10 MiB file of them holds a decoder for about 25 minutes. Encoders write
 # about 10 (libjpeg's progression; a phone's multi-picture file as many per picture): more is refused unread.

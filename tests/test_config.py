@@ -221,3 +221,24 @@ def test_a_date_is_text_as_in_yaml_1_2(tmp_path: Path) -> None:
     params = load_params(REPO / "params.yaml", ["mlflow.experiment=2026-12-06T10:00:00"])
     assert params.mlflow.experiment == "2026-12-06T10:00:00"
     assert not isinstance(yaml.safe_load("2026-12-06"), str), "PyYAML's own SafeLoader is left as it is"
+
+
+def test_in_domain_formats_are_names_a_record_can_carry(tmp_path: Path) -> None:
+    """Any string passed: a misspelt name (JPG) made every upload of that format out of domain, silently."""
+    path = _write(tmp_path, lambda raw: raw["monitoring"].update(in_domain_formats=["JPEG", "JPG"]))
+    with pytest.raises(ConfigError) as raised:
+        load_params(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: monitoring.in_domain_formats.1: expected one of JPEG, PNG, WEBP")
+    assert message.endswith("TIFF, RAW (any case), got 'JPG'") and "\n" not in message
+    params = load_params(REPO / "params.yaml", ["monitoring.in_domain_formats=[jpeg, WebP, raw]"])
+    assert params.monitoring.in_domain_formats == ["JPEG", "WEBP", "RAW"]
+
+
+def test_every_format_the_predictor_reads_or_records_may_be_in_domain() -> None:
+    from core.formats import FORMATS
+    from core.imaging import RAW_FORMAT
+
+    names = [f.name for f in FORMATS] + [RAW_FORMAT]
+    params = load_params(REPO / "params.yaml", [f"monitoring.in_domain_formats=[{', '.join(names)}]"])
+    assert params.monitoring.in_domain_formats == names
