@@ -297,6 +297,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
+def _key_path(override: str) -> tuple[str, ...]:
+    """The key path an override sets: ``("training", "epochs")`` for ``training.epochs=1``."""
+    return tuple(override.partition("=")[0].split("."))
+
+
 def _read_mapping(path: Path) -> dict:
     """A params-shaped YAML file as a mapping; a missing file, bad YAML or another shape is one line."""
     try:
@@ -361,11 +366,17 @@ def load_params(
     except ConfigError as exc:
         raise ConfigError(f"{profile}: {exc}") from None
     raw = apply_overrides(raw, overrides or [])
+    # Where each overridden key's value came from (the last one wins, as in apply_overrides), so that a bad
+    # value is blamed on the profile or the override that set it, not on a params file that holds a good one.
+    sources = {_key_path(item): str(profile) for item in from_profile}
+    sources.update({_key_path(item): f"override {item!r}" for item in overrides or []})
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        loc = tuple(str(part) for part in first["loc"])
+        where = ".".join(loc) or "(top level)"
+        source = next((sources[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in sources), path)
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{path}: {where}: {message}{more}") from None
+        raise ConfigError(f"{source}: {where}: {message}{more}") from None

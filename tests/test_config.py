@@ -242,3 +242,32 @@ def test_every_format_the_predictor_reads_or_records_may_be_in_domain() -> None:
     names = [f.name for f in FORMATS] + [RAW_FORMAT]
     params = load_params(REPO / "params.yaml", [f"monitoring.in_domain_formats=[{', '.join(names)}]"])
     assert params.monitoring.in_domain_formats == names
+
+
+def test_a_bad_profile_value_is_blamed_on_the_profile(tmp_path: Path) -> None:
+    """A profile's bad value was reported as params.yaml's, whose own value is fine."""
+    profile = tmp_path / "params-gpu.yaml"
+    profile.write_text("training:\n  batch_size: -1\n")
+    with pytest.raises(ConfigError) as raised:
+        load_params(REPO / "params.yaml", profile=profile)
+    assert str(raised.value) == f"{profile}: training.batch_size: Input should be greater than or equal to 1"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.epochs=-1", "training.epochs: Input should be greater than or equal to 1"),
+        ("evaluation.extra_sets=[{name: a}]", "evaluation.extra_sets.0.path: Field required"),
+    ],
+)
+def test_a_bad_override_is_blamed_on_the_override(tmp_path: Path, override: str, expected: str) -> None:
+    profile = tmp_path / "params-gpu.yaml"
+    profile.write_text("training:\n  epochs: 30\n")
+    with pytest.raises(ConfigError) as raised:
+        load_params(REPO / "params.yaml", [override], profile=profile)
+    assert str(raised.value) == f"override {override!r}: {expected}"
+
+
+def test_the_committed_gpu_profile_loads() -> None:
+    params = load_params(REPO / "params.yaml", profile=REPO / "params-gpu.yaml")
+    assert (params.training.batch_size, params.training.mixed_precision) == (512, "on")
