@@ -195,6 +195,17 @@ class EvaluationParams(_Section):
     extra_sets: list[ExtraSetParams]
     band_precision: float = Field(gt=0.5, le=1.0)
 
+    @field_validator("extra_sets")
+    @classmethod
+    def _distinct_names(cls, sets: list[ExtraSetParams]) -> list[ExtraSetParams]:
+        # Each name makes metric names; two sets of one name were refused by evaluate only, after train.
+        names = [s.name for s in sets]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError(
+                "duplicate_names", "names must differ, got {names}", {"names": ", ".join(names)}
+            )
+        return sets
+
 
 class PromotionParams(_Section):
     metric: Literal["accuracy", "roc_auc", "f1", "precision", "recall"]
@@ -202,9 +213,21 @@ class PromotionParams(_Section):
     max_robustness_drop: float = Field(ge=0.0)
 
 
+def _registered_model_name(name: str) -> str:
+    """A name MLflow's registry takes (not blank, no ``/`` or ``:``) and register's search filter quotes."""
+    if not name.strip() or any(c in name for c in "/:'"):
+        raise PydanticCustomError(
+            "model_name",
+            "expected a name that is not blank and has no '/', ':' or \"'\", got {name}",
+            {"name": repr(name)},
+        )
+    return name
+
+
 class MlflowParams(_Section):
     experiment: str = Field(min_length=1)
-    model_name: str = Field(min_length=1)
+    # Else refused only by register, after train and evaluate (MLflow's rule, and its search filter's quote).
+    model_name: Annotated[str, AfterValidator(_registered_model_name)]
 
 
 class CanaryParams(_Section):
@@ -233,7 +256,8 @@ def _recorded_format(name: str) -> str:
 class MonitoringParams(_Section):
     """The drift monitor's window and alarm thresholds (stages.monitor, DAG deepguard_monitor)."""
 
-    window_hours: float = Field(gt=0.0)
+    # At most a year: the window's start is computed as a date, which a few thousand years would overflow.
+    window_hours: float = Field(gt=0.0, le=24 * 366)
     min_records: int = Field(ge=1)
     psi_threshold: float = Field(gt=0.0)
     ks_pvalue: float = Field(gt=0.0, lt=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,32 @@ def test_a_bad_override_is_blamed_on_the_override(tmp_path: Path, override: str,
 def test_the_committed_gpu_profile_loads() -> None:
     params = load_params(REPO / "params.yaml", profile=REPO / "params-gpu.yaml")
     assert (params.training.batch_size, params.training.mixed_precision) == (512, "on")
+
+
+@pytest.mark.parametrize("name", ["team/deepguard", "deepguard:v2", " ", "it's"])
+def test_a_model_name_mlflow_or_register_cannot_use_is_refused_up_front(name: str) -> None:
+    """MLflow's registry refuses blank names and '/' or ':', and register's version search filter breaks on a
+    quote: all passed the loader and failed at register, after train and evaluate."""
+    with pytest.raises(ConfigError, match=r"mlflow\.model_name: expected a name that is not blank") as raised:
+        load_params(REPO / "params.yaml", [f"mlflow.model_name={json.dumps(name)}"])
+    assert str(raised.value).endswith(f"got {name!r}")
+    assert load_params(REPO / "params.yaml", ["mlflow.model_name=deep guard-2.1"]).mlflow.model_name
+
+
+def test_extra_sets_of_one_name_are_refused_before_any_stage_runs(tmp_path: Path) -> None:
+    """Their metric names would collide; evaluate refused them only after train had run."""
+    sets = [{"name": "photos", "path": "a.zip"}, {"name": "photos", "path": "b.zip"}]
+    path = _write(tmp_path, lambda raw: raw["evaluation"].update(extra_sets=sets))
+    with pytest.raises(ConfigError) as raised:
+        load_params(path)
+    assert str(raised.value) == f"{path}: evaluation.extra_sets: names must differ, got photos, photos"
+
+
+def test_a_monitoring_window_past_the_calendar_is_refused() -> None:
+    """The monitor subtracts the window from now: 1e9 hours passed the loader and stopped the stage on an
+    OverflowError traceback (date value out of range)."""
+    with pytest.raises(
+        ConfigError, match=r"monitoring\.window_hours: Input should be less than or equal to 8784"
+    ):
+        load_params(REPO / "params.yaml", ["monitoring.window_hours=1e9"])
+    assert load_params(REPO / "params.yaml", ["monitoring.window_hours=8784"]).monitoring.window_hours == 8784
