@@ -288,8 +288,10 @@ def run_stage(
         try:
             if args.workdir is not None:
                 _paths_from_the_current_folder(args)
-                _enter_workspace(args.workdir)
+            # Before the workspace is created: a bad parameter leaves no empty run folder behind.
             params = load_params(args.params, args.overrides)
+            if args.workdir is not None:
+                _enter_workspace(args.workdir)
             main(args, params)
         except KeyboardInterrupt as exc:
             return _interrupted(name, module, str(exc) or "SIGINT")

@@ -135,6 +135,23 @@ def test_a_stage_input_that_is_not_json_is_one_line_naming_its_writer(
     assert "the ingest stage writes it" in line
 
 
+def test_a_bad_parameter_is_one_line_and_creates_no_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], root_logging: None
+) -> None:
+    """The run folder of --workdir was created before params.yaml was checked: a bad value left it behind."""
+    from stages import preprocess
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--params", str(REPO / "params.yaml"), "--set", "training.epochs=0", "--workdir", "runs/one"]
+    assert preprocess.main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        "stages.preprocess: error: override 'training.epochs=0': training.epochs: "
+        "Input should be greater than or equal to 1"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("where", ["a-file", "a-file/below"])
 def test_a_workdir_that_cannot_be_a_folder_is_one_line(
     where: str,
