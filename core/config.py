@@ -397,10 +397,17 @@ def load_params(
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt key is an unknown key and a missing one: name the key as written, then the missing one.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = tuple(str(part) for part in first["loc"])
         where = ".".join(loc) or "(top level)"
         source = next((sources[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in sources), path)
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        message, told = first["msg"], 1
+        if first["type"] == "extra_forbidden":
+            beside = [e["loc"] for e in errors if e["type"] == "missing" and len(e["loc"]) == len(loc)]
+            missing = [str(at[-1]) for at in beside if tuple(map(str, at[:-1])) == loc[:-1]]
+            message = f"unknown key (missing here: {', '.join(missing)})" if missing else "unknown key"
+            told += len(missing)
+        more = f" (and {len(errors) - told} more)" if len(errors) > told else ""
         raise ConfigError(f"{source}: {where}: {message}{more}") from None

@@ -301,3 +301,27 @@ def test_a_monitoring_window_past_the_calendar_is_refused() -> None:
     ):
         load_params(REPO / "params.yaml", ["monitoring.window_hours=1e9"])
     assert load_params(REPO / "params.yaml", ["monitoring.window_hours=8784"]).monitoring.window_hours == 8784
+
+
+def test_a_misspelt_nested_key_is_named_as_written(tmp_path: Path) -> None:
+    """A misspelling is a missing key and an unknown one; the missing one came first and the key as written
+    hid in "(and 1 more)": 'augmentation.degradations.jpeg: Field required (and 1 more)'."""
+
+    def misspell(raw: dict) -> None:
+        raw["augmentation"]["degradations"]["jpg"] = raw["augmentation"]["degradations"].pop("jpeg")
+
+    path = _write(tmp_path, misspell)
+    with pytest.raises(ConfigError) as raised:
+        load_params(path)
+    assert str(raised.value) == f"{path}: augmentation.degradations.jpg: unknown key (missing here: jpeg)"
+    path = _write(tmp_path, lambda raw: raw.update(trainng=raw.pop("training")))
+    with pytest.raises(ConfigError, match=r": trainng: unknown key \(missing here: training\)$"):
+        load_params(path)
+
+
+def test_a_misspelt_key_of_an_extra_set_is_named_as_written(tmp_path: Path) -> None:
+    sets = [{"name": "photos", "pth": "a.zip"}]
+    path = _write(tmp_path, lambda raw: raw["evaluation"].update(extra_sets=sets))
+    with pytest.raises(ConfigError) as raised:
+        load_params(path)
+    assert str(raised.value) == f"{path}: evaluation.extra_sets.0.pth: unknown key (missing here: path)"
