@@ -307,8 +307,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         *parents, leaf = key.split(".")
         node = result
         for i, part in enumerate(parents):
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"override {item!r}: unknown key {'.'.join(parents[: i + 1])}")
+            here = ".".join(parents[: i + 1])
+            if part not in node:
+                raise ConfigError(f"override {item!r}: unknown key {here}")
+            if not isinstance(node[part], dict):  # a number, a list (extra_sets): not a section of keys
+                raise ConfigError(
+                    f"override {item!r}: {here} has no keys below it; set it whole: {here}=VALUE"
+                )
             node = node[part]
         if leaf not in node:
             raise ConfigError(f"override {item!r}: unknown key {key}")

@@ -325,3 +325,24 @@ def test_a_misspelt_key_of_an_extra_set_is_named_as_written(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as raised:
         load_params(path)
     assert str(raised.value) == f"{path}: evaluation.extra_sets.0.pth: unknown key (missing here: path)"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "training.epochs.max=3",
+            "training.epochs has no keys below it; set it whole: training.epochs=VALUE",
+        ),
+        (
+            "evaluation.extra_sets.0.name=x",
+            "evaluation.extra_sets has no keys below it; set it whole: evaluation.extra_sets=VALUE",
+        ),
+        ("trainig.epochs=3", "unknown key trainig"),
+    ],
+)
+def test_an_override_below_a_value_says_so(override: str, expected: str) -> None:
+    """'--set training.epochs.max=3' said 'unknown key training.epochs', a key params.yaml has."""
+    with pytest.raises(ConfigError) as raised:
+        load_params(REPO / "params.yaml", [override])
+    assert str(raised.value) == f"override {override!r}: {expected}"
