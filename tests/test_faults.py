@@ -66,7 +66,7 @@ def test_a_folder_moved_aside_by_a_killed_swap_is_restored(tmp_path: Path) -> No
 
 def test_every_declared_output_is_traced_back_to_the_stage_that_writes_it() -> None:
     for stage in STAGES:
-        for out in (*stage.outs, *stage.metrics, *stage.plots, *stage.uncached):
+        for out in (*stage.outs, *stage.metrics, *stage.plots):
             assert writer_of(Path(out)) is stage
             if not Path(out).suffix:  # a folder: its files too
                 assert writer_of(Path(out) / "inside.json") is stage

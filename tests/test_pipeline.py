@@ -7,11 +7,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from workspace import TrainedWorkspace, all_layers, dvc, run_stage
 
 from core.degrade import DEGRADATIONS
@@ -30,6 +32,23 @@ def test_committed_dvc_yaml_is_generated_from_the_stage_list() -> None:
     from workspace import REPO
 
     assert (REPO / "dvc.yaml").read_text() == dvc_yaml(), "run `make dvc-yaml` after editing the stage list"
+
+
+def test_every_dvc_output_is_cached_because_git_ignores_them() -> None:
+    """reports/ is git-ignored: an uncached metric or plot would exist in no revision, so `dvc exp show`,
+    `dvc metrics diff`, `dvc plots diff` and `dvc pull` could not read it, and a killed `dvc repro` (DVC
+    removes a stage's outputs before running it) would lose it for good, not restored by `dvc checkout`."""
+    from workspace import REPO
+
+    paths = ["reports/metrics.json", "reports/figures/roc_curve.png", "models/model.keras"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
+    assert ignored == paths
+    for name, stage in yaml.safe_load(dvc_yaml())["stages"].items():
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind, []):
+                assert isinstance(out, str), f"{name}: {kind} {out} is not cached (cache: false)"
 
 
 def _imported_project_files(path: Path, root: Path) -> set[str]:
