@@ -99,6 +99,10 @@ class Stage:
     plots: tuple[str, ...] = ()
     # Only a stage that calls the Kubernetes API gets a ServiceAccount token in its pod (least privilege).
     kubernetes_api: bool = False
+    # False for a stage whose work is outside the workspace (register: the MLflow registry): DVC must run
+    # it, never replay its outputs from its run cache, which would skip the registration (after `make clean`
+    # empties the store, or params set back). dvc.yaml says so with `persist: true` on its outputs.
+    run_cache: bool = True
     package: str = "stages"  # deploy is its own package: it ships models, it trains nothing
 
     @property
@@ -188,6 +192,7 @@ STAGES: tuple[Stage, ...] = (
         params=("promotion", "mlflow", "evaluation.robustness_sample"),
         # The model card (stages/model_card.py) is also logged with the version; these are the local copies.
         outs=(str(REGISTRATION_FILE), str(MODEL_CARD_JSON), str(MODEL_CARD_MARKDOWN)),
+        run_cache=False,
         resources=_MEDIUM,
     ),
 )
@@ -259,6 +264,8 @@ def dvc_yaml() -> str:
     cache is the only place that keeps them per revision. Cached, ``dvc exp show``, ``dvc metrics diff`` and
     ``dvc plots diff`` read them for commits and experiments, ``dvc push``/``pull`` carry them, and
     ``dvc checkout`` restores what ``dvc repro`` removed before running a stage that was then killed.
+    A stage with ``run_cache=False`` gets ``persist: true`` outputs, which DVC never restores from its run
+    cache (nor removes before running the stage: it writes them atomically).
     """
     stages: dict[str, dict] = {}
     for stage in STAGES:
@@ -269,7 +276,7 @@ def dvc_yaml() -> str:
             "params": list(stage.params),
         }
         if stage.outs:
-            entry["outs"] = list(stage.outs)
+            entry["outs"] = [out if stage.run_cache else {out: {"persist": True}} for out in stage.outs]
         if stage.metrics:
             entry["metrics"] = list(stage.metrics)
         if stage.plots:
