@@ -55,10 +55,7 @@ def check(sets: list[ExtraSetParams]) -> list[ExtraSet]:
             checked.append(ExtraSet(entry.name, path, list_labelled(path)))
         except SourceError as exc:
             raise ConfigError(f"evaluation.extra_sets {entry.name!r}: {exc}") from None
-    names = [entry.name for entry in sets]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"evaluation.extra_sets: names must differ, got {', '.join(names)}")
-    return checked
+    return checked  # two sets of one name are refused with the rest of params.yaml (core.config)
 
 
 def score(model, extra: ExtraSet, threshold: float, size: int) -> dict:

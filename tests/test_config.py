@@ -237,8 +237,7 @@ def test_in_domain_formats_are_names_a_record_can_carry(tmp_path: Path) -> None:
 
 
 def test_every_format_the_predictor_reads_or_records_may_be_in_domain() -> None:
-    from core.formats import FORMATS
-    from core.imaging import RAW_FORMAT
+    from core.formats import FORMATS, RAW_FORMAT
 
     names = [f.name for f in FORMATS] + [RAW_FORMAT]
     params = load_params(REPO / "params.yaml", [f"monitoring.in_domain_formats=[{', '.join(names)}]"])

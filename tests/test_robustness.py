@@ -231,10 +231,14 @@ def test_two_sets_with_one_name_are_refused(tmp_path: Path) -> None:
         for class_name in ("REAL", "FAKE"):
             (tmp_path / folder / class_name).mkdir(parents=True)
             (tmp_path / folder / class_name / "x.png").write_bytes(_encode(Image.new("RGB", (8, 8)), "PNG"))
-    sets = [ExtraSetParams(name="photos", path=str(tmp_path / folder)) for folder in ("a", "b")]
+    sets = [{"name": "photos", "path": str(tmp_path / folder)} for folder in ("a", "b")]
+    # Refused by the loader of params.yaml, before any stage runs (evaluate's own check no longer repeats it).
     with pytest.raises(ConfigError, match="names must differ, got photos, photos"):
-        extra_sets.check(sets)
-    assert [s.name for s in extra_sets.check(sets[:1])] == ["photos"]
+        load_params(REPO / "params.yaml", [f"evaluation.extra_sets={json.dumps(sets)}"])
+    [one] = load_params(
+        REPO / "params.yaml", [f"evaluation.extra_sets={json.dumps(sets[:1])}"]
+    ).evaluation.extra_sets
+    assert [s.name for s in extra_sets.check([one])] == ["photos"]
 
 
 def test_evaluate_refuses_a_bad_set_before_loading_or_scoring_anything(
