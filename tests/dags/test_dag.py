@@ -95,6 +95,40 @@ def test_dag_file_loads_without_errors_or_heavy_imports() -> None:
     print(f"DAG file parse time (after Airflow is imported): {report['seconds'] * 1000:.0f} ms")
 
 
+# What the DAG processor does for each parse of a file: import the `airflow.*` modules the file itself names
+# (parsing_pre_import_modules), then fork a process that parses it. Reports what the parse still imported.
+_PARSE_PROBE = """
+import importlib, json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.utils.file import iter_airflow_imports
+for module in iter_airflow_imports(sys.argv[1]):
+    importlib.import_module(module)
+before = set(sys.modules)
+bag = DagBag(dag_folder=sys.argv[1])
+print(json.dumps({"errors": bag.import_errors, "added": sorted(set(sys.modules) - before)}))
+"""
+
+
+@pytest.mark.parametrize("dag_file", ["deepguard_pipeline.py", "deepguard_monitor.py"])
+def test_the_dag_processor_imports_the_provider_once_not_on_every_parse(dag_file: str) -> None:
+    # The provider and the Kubernetes client take seconds to import (45 s a parse on 2 busy cores, measured in
+    # `make airflow`); a DAG file that leaves them to its helper modules pays that on every parse, every 30 s.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPGUARD_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _PARSE_PROBE, str(DAGS_DIR / dag_file)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["errors"] == {}
+    reimported = [name for name in report["added"] if name.startswith(("airflow.providers", "kubernetes"))]
+    assert reimported == [], f"each parse of {dag_file} imports {reimported[:5]} ({len(reimported)} modules)"
+
+
 def test_tasks_are_the_stage_list_in_order_then_deploy(dag: Any) -> None:
     names = [stage.name for stage in ALL_STAGES]
     assert sorted(dag.task_ids) == sorted(names)
