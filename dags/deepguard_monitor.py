@@ -31,7 +31,9 @@ DAG_ID = "deepguard_monitor"
 PIPELINE_DAG_ID = "deepguard_pipeline"
 # params.yaml `monitoring.schedule` (read when parsed: a small file) unless DEEPGUARD_MONITOR_SCHEDULE is set.
 SCHEDULE = schedule_from_env(
-    "DEEPGUARD_MONITOR_SCHEDULE", load_params(DAGS_DIR.parent / "params.yaml").monitoring.schedule
+    "DEEPGUARD_MONITOR_SCHEDULE",
+    load_params(DAGS_DIR.parent / "params.yaml").monitoring.schedule,
+    default_source="params.yaml monitoring.schedule",
 )
 # Served records live on the shared volume, where the predictor writes them (DEEPGUARD_MONITORING_DIR in
 # deepguard_pods.POD_ENV; docs/orchestration.md); the

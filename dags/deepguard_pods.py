@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from airflow.sdk import CronTriggerTimetable
+from airflow.sdk.exceptions import AirflowTimetableInvalid
 from deepguard_operator import DeepGuardStageOperator, LocalRunner
 from kubernetes.client import models as k8s
 
@@ -96,6 +98,10 @@ def _tolerations(name: str, default: list[dict[str, str]]) -> list[k8s.V1Tolerat
         raise SettingError(f"{name}: not an array of tolerations ({exc})") from None
 
 
+# Schedules that DAG(...) turns into timetables of their own rather than cron ones.
+_SPECIAL_SCHEDULES = {"@once", "@continuous"}
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     try:
@@ -167,18 +173,33 @@ LOCAL_RUNNER = LocalRunner(
 )
 
 
-def schedule_from_env(name: str, default: str | None) -> str | None:
+def schedule_from_env(name: str, default: str | None, default_source: str = "the default") -> str | None:
     """A DAG schedule from the environment: a cron expression or preset; "none" (or empty) for manual only.
 
     Args:
         name: The environment variable.
         default: Used when the variable is not set.
+        default_source: Where the default comes from, for the error (``params.yaml monitoring.schedule``).
 
     Returns:
         The schedule, or None for manual runs only.
+
+    Raises:
+        SettingError: Not a schedule Airflow accepts; the message names the variable (or the default's source)
+            and the value, which Airflow's own error, raised inside ``DAG(...)``, does not.
     """
-    value = os.environ.get(name, default)
-    return None if value is None or value.strip().lower() in {"", "none", "null"} else value
+    raw = os.environ.get(name)
+    value = default if raw is None else raw.strip()
+    if value is None or value.lower() in {"", "none", "null"}:
+        return None
+    if value not in _SPECIAL_SCHEDULES:
+        try:
+            # The check DAG(...) makes of a cron schedule (CronDataIntervalTimetable shares it).
+            CronTriggerTimetable(value, timezone="UTC").validate()
+        except AirflowTimetableInvalid as exc:
+            where = f"{name}={raw!r}" if raw is not None else f"{default_source} {value!r} ({name} unset)"
+            raise SettingError(f"{where}: not a cron expression or preset: {exc}") from None
+    return value
 
 
 def _resources(stage: Stage) -> k8s.V1ResourceRequirements:

@@ -34,14 +34,15 @@ start = time.perf_counter()
 bag = DagBag(dag_folder=sys.argv[1])
 seconds = time.perf_counter() - start
 added = sorted({name.split(".")[0] for name in set(sys.modules) - before})
-train = bag.dags["deepguard_pipeline"].get_task("train") if bag.dags else None
+pipeline = bag.dags.get("deepguard_pipeline")
+train = pipeline.get_task("train") if pipeline else None
 print(json.dumps({
     "errors": bag.import_errors, "dags": sorted(bag.dags), "seconds": seconds, "added": added,
     "heavy": sorted(m for m in ("tensorflow", "keras", "mlflow", "PIL", "sklearn", "kserve", "numpy")
                     if m in sys.modules),
     "node_selector": train.node_selector if train else None,
     "tolerations": [t.to_dict() for t in train.tolerations] if train else None,
-    "schedule": str(bag.dags["deepguard_pipeline"].schedule) if bag.dags else None,
+    "schedule": str(pipeline.schedule) if pipeline else None,
     "files": sorted(stat.file.rsplit("/", 1)[-1] for stat in bag.dagbag_stats),
 }))
 if bag.dags:
@@ -319,6 +320,33 @@ def test_a_bad_setting_is_named_in_the_import_error(name: str, value: str) -> No
     assert sorted(Path(file).name for file in errors) == ["deepguard_monitor.py", "deepguard_pipeline.py"]
     for error in errors.values():
         assert error.strip().splitlines()[-1].startswith(f"deepguard_pods.SettingError: {name}="), error
+
+
+@pytest.mark.parametrize(
+    ("settings", "bad", "dag_file"),
+    [
+        # The monitor's schedule with spaces around it, as a YAML block or a shell may leave it, is fine.
+        (
+            {"DEEPGUARD_SCHEDULE": "every week", "DEEPGUARD_MONITOR_SCHEDULE": " @daily "},
+            0,
+            "deepguard_pipeline.py",
+        ),
+        ({"DEEPGUARD_MONITOR_SCHEDULE": "0 25 * * *"}, 0, "deepguard_monitor.py"),
+    ],
+)
+def test_a_bad_schedule_is_named_in_the_import_error(
+    settings: dict[str, str], bad: int, dag_file: str
+) -> None:
+    # Airflow's own error comes from inside DAG(...) and names neither the variable nor (for a wrong number of
+    # fields) the value: "Exactly 5, 6 or 7 columns has to be specified for iterator expression."
+    name, value = list(settings.items())[bad]
+    report = _probe(settings)
+    assert [Path(file).name for file in report["errors"]] == [dag_file]
+    (error,) = report["errors"].values()
+    last = error.strip().splitlines()[-1]
+    assert last.startswith(
+        f"deepguard_pods.SettingError: {name}={value!r}: not a cron expression or preset"
+    ), last
 
 
 def test_local_runner_runs_exactly_the_pods_command(dag: Any, tmp_path: Path) -> None:
