@@ -197,10 +197,12 @@ class DeepGuardStageOperator(KubernetesPodOperator):
         conf = getattr(context.get("dag_run"), "conf", None) or {}
         unknown = sorted(set(conf) - set(self.dag.params))
         if unknown:
-            raise AirflowFailException(
-                f"unknown trigger param(s) {', '.join(unknown)}: the params of {self.dag.dag_id} are "
-                f"{', '.join(sorted(self.dag.params))}"
+            known = (
+                f"the params of {self.dag.dag_id} are {', '.join(sorted(self.dag.params))}"
+                if self.dag.params
+                else f"{self.dag.dag_id} takes no params (trigger it without conf)"
             )
+            raise AirflowFailException(f"unknown trigger param(s) {', '.join(unknown)}: {known}")
 
     def _run(self, argv: list[str], env: dict[str, str]) -> None:
         # Its own process group, so a timeout or a kill stops the stage and anything it started.

@@ -50,6 +50,19 @@ def test_the_short_circuit_reads_the_monitors_decision(monitor_dag: Any, pushed:
     assert monitor_dag.get_task("drift_detected").python_callable(ti=ti) is expected
 
 
+def test_a_trigger_conf_fails_the_monitor_saying_it_takes_no_params(monitor_dag: Any) -> None:
+    # The message listed the DAG's params, which for the monitor ended in "... are " and nothing.
+    from airflow.sdk.exceptions import AirflowFailException
+
+    task = render_task(monitor_dag, "monitor")
+    context = {"params": {}, "dag_run": SimpleNamespace(conf={"window_hours": 2})}
+    with pytest.raises(AirflowFailException) as failed:
+        task.execute(context)
+    assert str(failed.value) == (
+        "unknown trigger param(s) window_hours: deepguard_monitor takes no params (trigger it without conf)"
+    )
+
+
 def test_monitor_pod_writes_its_decision_to_the_xcom_file(monitor_dag: Any) -> None:
     task = render_task(monitor_dag, "monitor")
     pod = task.build_pod_request_obj(dry_run=True)
