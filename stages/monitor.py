@@ -120,7 +120,8 @@ def plot_drift(reference: dict, records: list[dict], report: dict) -> plt.Figure
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     bins = np.linspace(0, 1, 21)
     axes[0].hist(reference["scores"], bins, density=True, alpha=0.5, label="reference (test split)")
-    axes[0].hist([r["fake_probability"] for r in records], bins, density=True, alpha=0.5, label="served")
+    if records:  # a density of no values divides by zero: an hour without traffic draws the reference alone
+        axes[0].hist([r["fake_probability"] for r in records], bins, density=True, alpha=0.5, label="served")
     axes[0].set(title=f"P(FAKE): PSI {report['psi']:.3f}", xlabel="P(FAKE)")
     axes[0].legend()
     names = list(report["ks"])

@@ -134,6 +134,25 @@ def _even_world(count: int, **shifted: np.ndarray) -> tuple[dict, list[dict]]:
     return reference, rows
 
 
+def test_the_figure_of_an_hour_without_traffic_draws_without_warnings() -> None:
+    # Quiet hours are common: each hourly monitor run drew an empty density histogram, and numpy's
+    # "RuntimeWarning: invalid value encountered in divide" went into the task log.
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from stages.monitor import plot_drift
+
+    reference, rows = _even_world(0)
+    report = compare(reference, rows, (0.3, 0.7), KS_RULE)
+    report |= {"model_name": "deepguard", "model_version": "1", "window": {"hours": 1.0}}
+    assert report["status"] == INSUFFICIENT and report["records"] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = plot_drift(reference, rows, report)
+    plt.close(figure)
+
+
 def test_a_tiny_shift_that_many_records_make_significant_is_not_drift() -> None:
     reference, rows = _even_world(5000, mean_r=np.clip(_even(5000) + 0.05, 0, 1))
     report = compare(reference, rows, (0.3, 0.7), KS_RULE)
