@@ -32,13 +32,15 @@ MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # MULTIPROC_DIR_ENV because gunicorn replaces the process that made it (it keeps the environment only).
 MADE_DIR_ENV = "DEEPGUARD_WEB_MADE_METRICS_DIR"
 
+# The label is "route", never "endpoint": prometheus-operator gives every target it scrapes an "endpoint"
+# label (the port's name), which would rename ours "exported_endpoint" and empty every query selecting by it.
 REQUESTS = Counter(
-    "deepguard_web_requests_total", "Requests answered, by endpoint and status code.", ["endpoint", "code"]
+    "deepguard_web_requests_total", "Requests answered, by route and status code.", ["route", "code"]
 )
 REQUEST_SECONDS = Histogram(
     "deepguard_web_request_duration_seconds",
-    "Time to answer a request, by endpoint.",
-    ["endpoint"],
+    "Time to answer a request, by route.",
+    ["route"],
     buckets=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
 )
 UPLOAD_BYTES = Histogram(
@@ -124,11 +126,11 @@ def install(app: Flask) -> None:
     @app.after_request
     def count(response: Response) -> Response:
         # The route's pattern, not the path: an unknown path must not create a series of its own.
-        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        REQUESTS.labels(route, str(response.status_code)).inc()
         start = g.get("metrics_start")
         if start is not None:
-            REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - start)
+            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - start)
         return response
 
     @app.get("/metrics")

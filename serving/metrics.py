@@ -64,6 +64,7 @@ BATCH_IMAGES = Histogram(
     buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
 )
 MODEL = Info("deepguard_model", "The model version being served.")
+MODEL_INFO_LABELS = ("version", "architecture")
 RECORDS_WRITTEN = Counter("deepguard_records_written_total", "Monitoring records written.")
 RECORDS_DROPPED = Counter(
     "deepguard_records_dropped_total",
@@ -122,7 +123,7 @@ def observe_model_call(images: int) -> None:
 
 def set_model(version: str, architecture: str) -> None:
     """Publish the version now served (``deepguard_model_info{version=...} 1``)."""
-    MODEL.info({"version": version, "architecture": architecture})
+    MODEL.info(dict(zip(MODEL_INFO_LABELS, (version, architecture), strict=True)))
 
 
 def observe_scores(verdicts: Sequence[str], probabilities: np.ndarray, facts: Iterable[InputFacts]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +12,10 @@ import jsonschema
 import pytest
 import yaml
 from k8s_helpers import CHART, find, render
+from metric_catalog import OPERATOR_TARGET_LABELS, declared_families, legend_problems, query_problems
 from monitoring_schemas import SCHEMAS
+
+from deploy.canary import Prometheus
 
 MONITORING_KINDS = ("PodMonitor", "ServiceMonitor", "PrometheusRule")
 
@@ -97,17 +99,11 @@ def test_a_broken_rule_fails_promtool(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
-def dashboard_queries() -> list[str]:
-    """Every PromQL expression of the Grafana dashboard."""
-    dashboard = json.loads((CHART / "dashboards" / "deepguard.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-
-
 def test_grafana_dashboard_configmap_carries_the_dashboard_and_its_queries_parse(tmp_path: Path) -> None:
     config_map = find(render("monitoring"), "ConfigMap", "deepguard-dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(config_map["data"]["deepguard.json"])["uid"] == "deepguard"
-    queries = dashboard_queries()
+    queries = [target["expr"] for target in dashboard_targets()]
     assert len(queries) >= 8
     # promtool parses PromQL in rule files: each query becomes a recording rule.
     records = [{"record": f"deepguard:panel_{i}", "expr": q} for i, q in enumerate(queries)]
@@ -117,38 +113,94 @@ def test_grafana_dashboard_configmap_carries_the_dashboard_and_its_queries_parse
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def referenced_metrics() -> set[str]:
-    """The deepguard_* series the alerts and the dashboard query, as their metric family names."""
+def alert_queries() -> list[str]:
+    """Every PromQL expression of the chart's alerts."""
     rule = find(render("monitoring"), "PrometheusRule")
-    exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]] + dashboard_queries()
-    names = {name for expr in exprs for name in re.findall(r"\bdeepguard_[a-z_]+\b", expr)}
-    return {re.sub(r"_(bucket|count|sum)$", "", name) for name in names}
+    return [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
 
 
-def exported_metrics(tmp_path: Path) -> set[str]:
-    """The deepguard_* families the predictor and the web app export (``_total`` dropped, as for queries)."""
-    from prometheus_client.metrics import MetricWrapperBase
+def dashboard_targets() -> list[dict]:
+    """Every query target of the Grafana dashboard."""
+    dashboard = json.loads((CHART / "dashboards" / "deepguard.json").read_text())
+    return [target for panel in dashboard["panels"] for target in panel["targets"]]
 
-    import flask_app.metrics
-    import serving.metrics
 
-    names = {
-        metric._name
-        for module in (serving.metrics, flask_app.metrics)
-        for metric in vars(module).values()
-        if isinstance(metric, MetricWrapperBase)
+def canary_queries() -> list[str]:
+    """The queries deploy/canary.py sends Prometheus to judge a revision."""
+    sent: list[str] = []
+
+    class Recording(Prometheus):
+        def value(self, query: str) -> float | None:
+            sent.append(query)
+            return 1.0
+
+    prometheus = Recording("http://prometheus.invalid")
+    prometheus.revision_stats("deepguard-predictor-00002", 300)
+    prometheus.exports("deepguard-predictor-00002")
+    return sent
+
+
+def target_labels() -> frozenset[str]:
+    """Labels a scrape adds: prometheus-operator's own and the PodMonitor's relabelings (``revision``)."""
+    pod_monitor = find(render("monitoring"), "PodMonitor")
+    relabeled = {
+        relabel["targetLabel"]
+        for endpoint in pod_monitor["spec"]["podMetricsEndpoints"]
+        for relabel in endpoint.get("relabelings", [])
     }
-    (tmp_path / "drift.json").write_text(json.dumps({"status": "drift", "drift": True, "psi": 0.3}))
-    names |= {family.name for family in serving.metrics.DriftCollector(tmp_path).collect()}
-    return {name.removesuffix("_total") for name in names}
+    return OPERATOR_TARGET_LABELS | relabeled
 
 
-def test_alerts_and_dashboard_query_only_series_we_export(tmp_path: Path) -> None:
-    """A renamed metric turns this red instead of silently emptying a panel or disarming an alert."""
-    exported = exported_metrics(tmp_path)
-    assert {"deepguard_requests", "deepguard_drift_detected", "deepguard_web_requests"} <= exported
-    referenced = {name.removesuffix("_total") for name in referenced_metrics()}
-    assert referenced - exported == set()
+def test_alerts_dashboard_and_canary_query_only_series_and_labels_we_export() -> None:
+    """A renamed metric or label, or a counter read raw, turns this red instead of silently emptying a panel,
+    disarming an alert or leaving every canary without evidence."""
+    families = declared_families()
+    assert {"deepguard_requests_total", "deepguard_drift_detected", "deepguard_web_requests_total"} <= set(
+        families
+    )
+    queries = alert_queries() + [t["expr"] for t in dashboard_targets()] + canary_queries()
+    assert len(queries) >= 20
+    labels = target_labels()
+    assert "revision" in labels  # the canary tells the revisions apart by it
+    problems = [problem for query in queries for problem in query_problems(query, families, labels)]
+    problems += [
+        problem
+        for target in dashboard_targets()
+        for problem in legend_problems(target["expr"], target.get("legendFormat", ""))
+    ]
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("sum(rate(deepguard_request_total[5m]))", "not an exported series"),
+        ("sum(rate(deepguard_fake_probability[5m]))", "not an exported series"),  # a histogram's family name
+        ('sum(rate(deepguard_requests_total{status=~"5.."}[5m]))', "no label 'status'"),
+        ("sum(deepguard_predictions_total)", "read without rate()"),
+        ("rate(deepguard_drift_score_psi[5m])", "not a counter"),
+        ("sum by (verdict) (rate(deepguard_requests_total[5m]))", "grouping by 'verdict'"),
+        ("histogram_quantile(0.99, sum(rate(deepguard_request_duration_seconds_bucket[5m])))", "by (le)"),
+        ('count({__name__=~"deepguard_.+",revison="r1"})', "the label 'revison'"),
+    ],
+)
+def test_the_query_check_can_fail(expr: str, problem: str) -> None:
+    problems = query_problems(expr, declared_families(), OPERATOR_TARGET_LABELS | {"revision"})
+    assert len(problems) == 1 and problem in problems[0], problems
+    assert legend_problems("sum by (code) (rate(deepguard_requests_total[5m]))", "{{protocol}}") != []
+
+
+def test_no_exported_label_is_one_the_scrape_overwrites() -> None:
+    """prometheus-operator labels every target (``endpoint``: the port's name, ``pod``, ...); an exported
+    label of the same name becomes ``exported_<name>`` in Prometheus: a query selecting by it finds nothing.
+    """
+    labels = target_labels()
+    clashes = {
+        name: sorted(family.labels & labels)
+        for name, family in declared_families().items()
+        if family.labels & labels
+    }
+    assert clashes == {}
 
 
 @pytest.mark.parametrize(("mode", "port_name"), [("Serverless", "user-port"), ("RawDeployment", "http1")])
@@ -195,9 +247,9 @@ def test_web_predictor_error_alert_fires_when_uploads_fail_despite_probe_traffic
     # Two web pods answer readiness (5 s) and liveness (10 s) probes and scrapes: far more than a quiet site's
     # uploads. Every upload failing with 502 must still fire the alert.
     series = {
-        'deepguard_web_requests_total{endpoint="/healthz",code="200"}': "0+24x30",
-        'deepguard_web_requests_total{endpoint="/livez",code="200"}': "0+12x30",
-        'deepguard_web_requests_total{endpoint="/api/predictions",code="502"}': "0+1x30",
+        'deepguard_web_requests_total{route="/healthz",code="200"}': "0+24x30",
+        'deepguard_web_requests_total{route="/livez",code="200"}': "0+12x30",
+        'deepguard_web_requests_total{route="/api/predictions",code="502"}': "0+1x30",
         'deepguard_web_predictor_errors_total{code="502"}': "0+1x30",
     }
     assert _alert_fires(tmp_path, "DeepGuardWebPredictorErrors", series)
@@ -206,7 +258,7 @@ def test_web_predictor_error_alert_fires_when_uploads_fail_despite_probe_traffic
 def test_web_predictor_error_alert_ignores_images_the_predictor_refuses(tmp_path: Path) -> None:
     # A 422 is the predictor doing its job (not an image, too many pixels): the user's input, not an outage.
     series = {
-        'deepguard_web_requests_total{endpoint="/api/predictions",code="422"}': "0+10x30",
+        'deepguard_web_requests_total{route="/api/predictions",code="422"}': "0+10x30",
         'deepguard_web_predictor_errors_total{code="422"}': "0+10x30",
     }
     assert not _alert_fires(tmp_path, "DeepGuardWebPredictorErrors", series)

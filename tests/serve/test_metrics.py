@@ -390,12 +390,12 @@ def test_web_metrics_sum_over_gunicorn_workers(web_two_workers, sample_images):
     assert statuses == [200] * 12 + [415]
     for _ in range(6):  # each scrape may be answered by either worker: each must report both workers' counts
         after = scrape(url)
-        assert moved(before, after, "deepguard_web_requests_total", endpoint="/api/predict", code="200") == 12
-    assert value(after, "deepguard_web_requests_total", endpoint="/api/predict", code="415") >= 1
+        assert moved(before, after, "deepguard_web_requests_total", route="/api/predict", code="200") == 12
+    assert value(after, "deepguard_web_requests_total", route="/api/predict", code="415") >= 1
     assert moved(before, after, "deepguard_web_upload_bytes_count") == 13
-    assert value(after, "deepguard_web_request_duration_seconds_count", endpoint="/api/predict") >= 13
+    assert value(after, "deepguard_web_request_duration_seconds_count", route="/api/predict") >= 13
     requests.get(f"{url}/no/such/page", timeout=TIMEOUT)
-    assert value(scrape(url), "deepguard_web_requests_total", endpoint="unmatched", code="404") >= 1
+    assert value(scrape(url), "deepguard_web_requests_total", route="unmatched", code="404") >= 1
 
 
 def test_web_counts_predictor_errors(sample_images, tmp_path):
@@ -469,7 +469,7 @@ def test_web_metrics_in_one_process_use_the_default_registry(monkeypatch):
     client = create_app().test_client()
     client.get("/livez")
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'deepguard_web_requests_total{code="200",endpoint="/livez"}' in text
+    assert 'deepguard_web_requests_total{code="200",route="/livez"}' in text
 
 
 def test_stale_multiprocess_files_are_cleared(monkeypatch, tmp_path: Path):
