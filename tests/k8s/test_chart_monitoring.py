@@ -270,3 +270,16 @@ def test_no_traffic_alert_fires_for_a_predictor_that_never_got_a_request(tmp_pat
     assert _alert_fires(tmp_path, "DeepGuardNoTraffic", {})
     busy = {'deepguard_requests_total{protocol="v2",code="200"}': "0+5x30"}
     assert not _alert_fires(tmp_path, "DeepGuardNoTraffic", busy)
+
+
+def test_dashboard_bucket_panels_show_each_bucket_not_the_running_total() -> None:
+    """A Prometheus histogram's buckets are cumulative (le="0.5" counts every image at or below 0.5): a panel
+    that draws them must ask Grafana to turn them into per-bucket counts (target format "heatmap"), or its
+    bars only ever climb, whatever the scores were."""
+    drawn = [
+        target
+        for target in dashboard_targets()
+        if "_bucket" in target["expr"] and "histogram_quantile" not in target["expr"]
+    ]
+    assert drawn, "the dashboard draws the P(FAKE) histogram"
+    assert [target["expr"] for target in drawn if target.get("format") != "heatmap"] == []
