@@ -20,11 +20,13 @@ from core.drift import (
     REFERENCE_MAX,
     build_reference,
     compare,
+    latest_summary,
     out_of_domain,
     population_stability_index,
 )
 from core.imagestats import STAT_NAMES
 from core.imaging import RAW_FORMAT, facts_of
+from core.names import DRIFT_LATEST
 from core.pipeline import DRIFT_FIGURE, DRIFT_FILE, REFERENCE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +91,21 @@ def test_enlarged_uploads_are_out_of_domain(cifake, served) -> None:
 def test_too_few_records_is_no_verdict(cifake, served) -> None:
     report = _compare(cifake[1], served["blur_1.0"][: SETTINGS.min_records - 1])
     assert report["status"] == INSUFFICIENT and report["drift"] is False and report["reasons"] == []
+
+
+def test_a_handful_of_records_exports_no_psi_for_the_dashboard(cifake, served, tmp_path: Path) -> None:
+    from serving.metrics import DriftCollector  # the predictor's exporter of the summary
+
+    # Three clean images: PSI over ten bins is mostly empty bins, far above the threshold, and meaningless.
+    report = _compare(cifake[1], served["clean"][:3])
+    assert report["status"] == INSUFFICIENT and report["psi"] > SETTINGS.psi_threshold
+    summary = latest_summary({**report, "model_version": "1", "window": {"end": NOW.isoformat()}})
+    assert summary["drift"] is False and summary["psi"] is None
+    (tmp_path / DRIFT_LATEST).write_text(json.dumps(summary))
+    exported = {family.name for family in DriftCollector(tmp_path).collect()}
+    assert exported == {"deepguard_drift_detected"}
+    enough = _compare(cifake[1], served["clean"])
+    assert latest_summary({**enough, "window": {}})["psi"] == enough["psi"]
 
 
 def test_verdict_mix_of_the_reference_uses_the_champions_bands(cifake, served) -> None:
