@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -283,3 +284,27 @@ def test_dashboard_bucket_panels_show_each_bucket_not_the_running_total() -> Non
     ]
     assert drawn, "the dashboard draws the P(FAKE) histogram"
     assert [target["expr"] for target in drawn if target.get("format") != "heatmap"] == []
+
+
+def test_lost_monitoring_records_alert_fires_for_a_broken_store_not_for_one_burst(tmp_path: Path) -> None:
+    # An unwritable or full monitoring volume: every record of a steady trickle of requests is lost.
+    broken = {'deepguard_records_dropped_total{reason="write_error"}': "0+6x30"}
+    assert _alert_fires(tmp_path, "DeepGuardMonitoringRecordsDropped", broken)
+    # One burst of 500 records the full queue could not take, ten minutes ago, then none.
+    burst = {'deepguard_records_dropped_total{reason="queue_full"}': "0x10 500x20"}
+    assert not _alert_fires(tmp_path, "DeepGuardMonitoringRecordsDropped", burst)
+
+
+def test_every_alert_says_what_to_do_and_has_its_row_in_the_docs() -> None:
+    """The on-call engineer gets a summary, a description and a runbook link with each alert, and the runbook
+    (docs/monitoring.md, Alerts) has a row for exactly the alerts the chart defines."""
+    rule = find(render("monitoring"), "PrometheusRule")
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    for name, alert in alerts.items():
+        annotations = alert["annotations"]
+        assert {"summary", "description", "runbook_url"} <= set(annotations), name
+        assert annotations["runbook_url"].endswith("docs/monitoring.md#alerts"), name
+        assert alert["labels"]["severity"] in ("critical", "warning", "info"), name
+    doc = (CHART.parents[1] / "docs" / "monitoring.md").read_text()
+    section = doc.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    assert set(re.findall(r"^\| `(DeepGuard\w+)`", section, re.MULTILINE)) == set(alerts)
