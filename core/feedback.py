@@ -115,6 +115,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def _create_atomic(path: Path, data: bytes) -> bool:
+    """Write beside ``path``, then link it there unless ``path`` exists: of concurrent writers, one wins.
+
+    Returns:
+        False when ``path`` already existed (another writer got there first; it is left as it was).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        try:
+            os.link(tmp, path)  # atomic and exclusive, unlike a rename, which replaces
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
 class FeedbackStore:
     """The items under ``root`` (``<monitoring dir>/feedback``).
 
@@ -182,14 +201,8 @@ class FeedbackStore:
             raise FeedbackError("model_version", f"expected 1 to {MAX_TEXT} printable characters")
         item_id = hashlib.sha256(image).hexdigest()
         existing = self._find(item_id)
-        if existing is not None and existing.claimed_label != claimed_label:
-            # One image is one item; a second user's opposite claim must not read as recorded.
-            raise FeedbackConflictError(
-                "claimed_label",
-                f"this image was already reported as {existing.claimed_label} ({existing.status})",
-            )
         if existing is not None:
-            return existing, False
+            return self._same_claim(existing, claimed_label), False
         if self.count(PENDING) >= self.max_pending:
             raise FeedbackFullError("feedback", f"{self.max_pending} items already wait for review")
         stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
@@ -198,10 +211,27 @@ class FeedbackStore:
         )
         folder = self.root / PENDING
         folder.mkdir(parents=True, exist_ok=True)
-        # Image first, record second: a record always has its image (the record is what makes an item).
+        # Image first, record second: a record always has its image (the record is what makes an item). The
+        # image's name is its hash, so concurrent writers of it write the same bytes; the record is created
+        # exclusively, so of two concurrent submissions of one image only the first is told it was recorded.
         _write_atomic(folder / f"{item_id}.{suffix}", image)
-        _write_atomic(folder / f"{item_id}.json", json.dumps(item.to_record(), indent=2).encode())
+        if not _create_atomic(folder / f"{item_id}.json", json.dumps(item.to_record(), indent=2).encode()):
+            return self._same_claim(self._read(folder / f"{item_id}.json", PENDING), claimed_label), False
         return item, True
+
+    @staticmethod
+    def _same_claim(existing: FeedbackItem, claimed_label: str) -> FeedbackItem:
+        """``existing`` when it makes the same claim; one image is one item.
+
+        Raises:
+            FeedbackConflictError: for the other claim, which must not read as recorded.
+        """
+        if existing.claimed_label != claimed_label:
+            raise FeedbackConflictError(
+                "claimed_label",
+                f"this image was already reported as {existing.claimed_label} ({existing.status})",
+            )
+        return existing
 
     def _read(self, record: Path, status: str) -> FeedbackItem:
         """The item of one record file, checked: ingest and :meth:`move` trust its id, claim and suffix.

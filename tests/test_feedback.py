@@ -65,6 +65,42 @@ def test_store_writes_image_and_record_and_deduplicates_by_hash(tmp_path: Path) 
     assert store.count(PENDING) == 0 and store.count(ACCEPTED) == 1
 
 
+def test_concurrent_opposite_claims_of_one_image_record_one_and_refuse_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two web workers take the same image at once, one claimed FAKE and one REAL: both find no item, both
+    # write its image (held here until both have), then both write its record.
+    both_checked = threading.Barrier(2, timeout=10)
+    write = feedback._write_atomic
+
+    def write_when_both_checked(path: Path, data: bytes) -> None:
+        if path.suffix != ".json":
+            both_checked.wait()
+        write(path, data)
+
+    monkeypatch.setattr(feedback, "_write_atomic", write_when_both_checked)
+    store, data, outcomes = FeedbackStore(tmp_path), image_file(5), {}
+
+    def claim(label: str) -> None:
+        try:
+            outcomes[label] = store.submit(data, label, "UNCERTAIN", 0.5, "3")
+        except FeedbackConflictError as exc:
+            outcomes[label] = exc
+
+    threads = [threading.Thread(target=claim, args=(label,)) for label in ("FAKE", "REAL")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    (stored,) = store.items()
+    loser = "REAL" if stored.claimed_label == "FAKE" else "FAKE"
+    assert outcomes[stored.claimed_label] == (stored, True)
+    assert isinstance(outcomes[loser], FeedbackConflictError), (
+        "the overwritten claim was told it was recorded"
+    )
+    assert not list((tmp_path / PENDING).glob(".*.tmp")), "no temporary file is left behind"
+
+
 @pytest.mark.parametrize(("fmt", "suffix"), [(f.name, f.suffixes[0]) for f in FORMATS])
 def test_every_format_the_page_scores_can_be_reported(tmp_path: Path, fmt: str, suffix: str) -> None:
     # The web app and the predictor take TIFF; the store refused it, so "This verdict is wrong" on a scored
