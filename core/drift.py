@@ -19,6 +19,10 @@ from core.labels import VERDICTS, verdicts
 
 # At most this many reference images (a seeded sample): KS and PSI need no more; the file stays small.
 REFERENCE_MAX = 10_000
+# At most this many served records of a window are compared (a seeded uniform sample): KS and PSI need no
+# more, and parsed records take ~2 KB each (300,000 took 0.7 GB), so a window of the predictors' full 1 GiB of
+# records (~3 million) would not fit the monitor pod's 2 GiB, while 50,000 take ~0.1 GB.
+WINDOW_MAX = 50_000
 REFERENCE_DECIMALS = 6
 PSI_BINS = np.linspace(0.0, 1.0, 11)  # ten equal-width bins of P(FAKE)
 PSI_FLOOR = 1e-4  # share given to an empty bin, so that the log stays finite

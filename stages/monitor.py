@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import math
+import random
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from core import tracking
 from core.atomic import write_json
 from core.cli import run_stage, stage_parser
 from core.config import Params
-from core.drift import compare, latest_summary
+from core.drift import WINDOW_MAX, compare, latest_summary
 from core.errors import DeepGuardError
 from core.imagestats import STAT_NAMES
 from core.names import CHAMPION, DRIFT_LATEST
@@ -58,16 +59,22 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_records(folder: Path, start: datetime, end: datetime) -> tuple[list[dict], int]:
-    """The records served in ``[start, end)`` from every ``*.jsonl`` file of ``folder``.
+def read_records(
+    folder: Path, start: datetime, end: datetime, max_records: int = WINDOW_MAX, seed: int = 0
+) -> tuple[list[dict], int, int]:
+    """At most ``max_records`` of the records served in ``[start, end)``, from each ``*.jsonl`` of ``folder``.
 
     A line that is not a complete record (a predictor killed mid-write, a hand edit, a null or non-finite
-    number) is skipped and counted, never fatal: monitoring must survive the traffic it watches.
+    number) is skipped and counted, never fatal: monitoring must survive the traffic it watches. Beyond
+    ``max_records`` the records kept are a uniform sample of the window (reservoir sampling, seeded): memory
+    stays bounded however busy the window was.
 
     Returns:
-        ``(records, malformed)``.
+        ``(records, malformed, served)``: ``served`` counts every well-formed record of the window.
     """
-    records, malformed = [], 0
+    records: list[dict] = []
+    malformed = served = 0
+    rng = random.Random(seed)
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
         try:
             lines = path.open(encoding="utf-8", errors="replace")
@@ -87,9 +94,14 @@ def read_records(folder: Path, start: datetime, end: datetime) -> tuple[list[dic
                 except ValueError:
                     malformed += 1
                     continue
-                if start <= when < end:
+                if not start <= when < end:
+                    continue
+                served += 1
+                if len(records) < max_records:
                     records.append(record)
-    return records, malformed
+                elif (slot := rng.randrange(served)) < max_records:
+                    records[slot] = record
+    return records, malformed, served
 
 
 def champion_reference(client, model_name: str) -> tuple[str, dict]:  # client: mlflow.MlflowClient
@@ -163,8 +175,12 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
     version, reference = champion_reference(client, name)
     end = now or datetime.now(UTC)
     start = end - timedelta(hours=settings.window_hours)
-    served, malformed = read_records(records_dir(), start, end)
+    served, malformed, in_window = read_records(records_dir(), start, end)
     records = [r for r in served if str(r["model_version"]) == version]
+    if in_window > len(served):
+        log.info(
+            "monitor: comparing a sample of %d of the %d records served in the window", len(served), in_window
+        )
     report = compare(reference, records, tuple(reference["bands"]), settings)
     report.update(
         model_name=name,
@@ -172,6 +188,8 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
         window={"start": start.isoformat(), "end": end.isoformat(), "hours": settings.window_hours},
         other_versions=len(served) - len(records),
         malformed=malformed,
+        # Every record of the window, all versions; above WINDOW_MAX the counts above are of a uniform sample.
+        served_in_window=in_window,
         # What a retraining this report triggers trains on: the pipeline reads the same params.yaml.
         retrain_with_feedback=params.data.feedback == "include",
     )

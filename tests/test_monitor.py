@@ -242,8 +242,8 @@ def test_a_record_with_a_null_or_non_finite_number_is_malformed_not_fatal(tmp_pa
         {**good, "width": None},
     ]
     write_records(tmp_path / "records", [good, *bad, good])
-    served, malformed = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW)
-    assert served == [good, good] and malformed == len(bad)
+    served, malformed, in_window = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW)
+    assert served == [good, good] and malformed == len(bad) and in_window == 2
     rng = np.random.default_rng(0)
     reference = build_reference(rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), rng.uniform(size=20))
     assert compare(reference, served, (0.3, 0.7), SETTINGS)["records"] == 2
@@ -257,7 +257,7 @@ def test_only_the_records_of_the_window_are_read(tmp_path: Path) -> None:
     start = NOW - timedelta(hours=1)
     stamps = [start - timedelta(seconds=1), start, NOW - timedelta(seconds=1), NOW]
     write_records(tmp_path / "records", [{**SERVED, "ts": ts.isoformat()} for ts in stamps])
-    records, malformed = read_records(tmp_path / "records", start, NOW)
+    records, malformed, _ = read_records(tmp_path / "records", start, NOW)
     assert [r["ts"] for r in records] == [stamps[1].isoformat(), stamps[2].isoformat()] and malformed == 0
 
 
@@ -270,7 +270,24 @@ def test_a_record_file_deleted_after_the_listing_is_skipped(tmp_path: Path) -> N
     write_records(tmp_path / "records", [record])
     gone = tmp_path / "records" / "20261201T00-host-1-0000.jsonl"
     gone.symlink_to(tmp_path / "deleted.jsonl")  # listed, but not there any more when opened
-    assert read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW) == ([record], 0)
+    assert read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW) == ([record], 0, 1)
+
+
+def test_a_busy_window_is_read_as_a_bounded_uniform_sample(tmp_path: Path) -> None:
+    """The predictors keep up to 1 GiB of records (~3 million); parsed, a full window would not fit the
+    monitor pod's memory. Past max_records the monitor keeps a seeded uniform sample and counts the rest."""
+    from stages.monitor import read_records
+
+    stamps = [NOW - timedelta(minutes=50) + timedelta(seconds=i) for i in range(3000)]
+    write_records(tmp_path / "records", [{**SERVED, "ts": ts.isoformat()} for ts in stamps])
+    records, malformed, served = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW, 300)
+    assert len(records) == 300 and served == 3000 and malformed == 0
+    kept = sorted(stamps.index(datetime.fromisoformat(r["ts"])) for r in records)
+    assert len(set(kept)) == 300, "each record at most once"
+    assert kept[0] < 300 and kept[-1] >= 2700, "the sample spans the window, not only its first records"
+    assert 100 < sum(k < 1500 for k in kept) < 200, "about half from each half of the window"
+    again, _, _ = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW, 300)
+    assert again == records, "seeded: a rerun of the same window compares the same sample"
 
 
 def _ks(report: dict) -> str:
