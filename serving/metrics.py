@@ -11,6 +11,7 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,8 @@ class RequestMetricsMiddleware:
 
 
 class DriftCollector:
-    """``deepguard_drift_detected`` and ``deepguard_drift_score_psi`` from the drift monitor's latest summary.
+    """The drift monitor's latest summary: ``deepguard_drift_detected``, ``deepguard_drift_score_psi`` and
+    ``deepguard_drift_report_timestamp_seconds``.
 
     The monitor (stages/monitor.py) writes ``drift.json`` into the monitoring folder the predictor records
     into; it is read at scrape time, so a new report shows without a restart. No file, no series.
@@ -205,6 +207,18 @@ class DriftCollector:
         )
         detected.add_metric(version, 1.0 if summary.get("drift") else 0.0)
         yield detected
+        try:  # the window's end: a report that stops coming (the monitor failing) shows as its age
+            ended = datetime.fromisoformat(str(summary.get("ts"))).timestamp()
+        except ValueError:
+            ended = None
+        if ended is not None:
+            reported = GaugeMetricFamily(
+                "deepguard_drift_report_timestamp_seconds",
+                "End of the window of the latest drift report, in Unix seconds.",
+                labels=labels,
+            )
+            reported.add_metric(version, ended)
+            yield reported
         if isinstance(summary.get("psi"), int | float):
             psi = GaugeMetricFamily(
                 "deepguard_drift_score_psi",

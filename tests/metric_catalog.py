@@ -71,7 +71,8 @@ def declared_families() -> dict[str, Family]:
                 families[name] = Family(name, metric._type, labels)
     # The drift gauges exist once the monitor has written its summary: collect them from one.
     with tempfile.TemporaryDirectory() as folder:
-        summary = {"status": "drift", "drift": True, "psi": 0.3, "model_version": "1", "ts": None}
+        summary = {"status": "drift", "drift": True, "psi": 0.3, "model_version": "1"}
+        summary["ts"] = "2026-12-01T12:00:00+00:00"
         (Path(folder) / serving.metrics.DRIFT_LATEST).write_text(json.dumps(summary))
         for gauge in serving.metrics.DriftCollector(Path(folder)).collect():
             labels = frozenset(label for sample in gauge.samples for label in sample.labels)

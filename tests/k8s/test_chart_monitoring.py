@@ -308,3 +308,12 @@ def test_every_alert_says_what_to_do_and_has_its_row_in_the_docs() -> None:
     doc = (CHART.parents[1] / "docs" / "monitoring.md").read_text()
     section = doc.split("\n## Alerts\n", 1)[1].split("\n## ", 1)[0]
     assert set(re.findall(r"^\| `(DeepGuard\w+)`", section, re.MULTILINE)) == set(alerts)
+
+
+def test_stale_drift_report_alert_fires_when_the_monitor_stops_reporting(tmp_path: Path) -> None:
+    # promtool's clock starts at 0: a report whose window ended at 0 is 30 minutes old at the evaluation...
+    fresh = {'deepguard_drift_report_timestamp_seconds{model_version="3"}': "0x30"}
+    assert not _alert_fires(tmp_path, "DeepGuardDriftReportStale", fresh)
+    # ...and one that ended 4 hours before that is four and a half hours old: the monitor stopped reporting.
+    stale = {'deepguard_drift_report_timestamp_seconds{model_version="3"}': "-14400x30"}
+    assert _alert_fires(tmp_path, "DeepGuardDriftReportStale", stale)

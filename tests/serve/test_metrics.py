@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 import signal
@@ -489,3 +490,20 @@ def test_a_drift_summary_edited_by_hand_never_fails_the_scrape(tmp_path, text):
     exported = generate_latest(registry).decode()  # raised before: every predictor series lost with it
     assert "deepguard_drift_score_psi" not in exported
     assert ("deepguard_drift_detected{" in exported) is text.startswith("{")
+
+
+@pytest.mark.parametrize(
+    ("ts", "exported"),
+    [("2026-12-01T12:00:00+00:00", 1796126400.0), (None, None), (5, None), ("yesterday", None)],
+)
+def test_the_drift_report_time_is_exported_for_its_age(tmp_path, ts, exported):
+    # DeepGuardDriftReportStale fires on time() minus this: a monitor that stopped reporting shows as its age.
+    from prometheus_client import CollectorRegistry
+
+    (tmp_path / "drift.json").write_text(json.dumps({"model_version": "3", "drift": False, "ts": ts}))
+    registry = CollectorRegistry()
+    registry.register(metrics.DriftCollector(tmp_path))
+    assert registry.get_sample_value("deepguard_drift_report_timestamp_seconds", {"model_version": "3"}) == (
+        exported
+    )
+    assert registry.get_sample_value("deepguard_drift_detected", {"model_version": "3"}) == 0.0

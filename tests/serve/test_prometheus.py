@@ -64,7 +64,8 @@ def stack(prometheus_binary, tiny_model, tmp_path_factory) -> Iterator[tuple[str
     store = own_store(tiny_model, root)
     # The drift monitor's summary, where it writes it (the predictor's monitoring folder: start_predictor).
     (root / "monitoring").mkdir()
-    summary = {"status": "ok", "drift": False, "psi": 0.05, "model_version": store.version, "ts": None}
+    summary = {"status": "ok", "drift": False, "psi": 0.05, "model_version": store.version}
+    summary["ts"] = "2026-12-01T12:00:00+00:00"
     (root / "monitoring" / DRIFT_LATEST).write_text(json.dumps(summary))
     manager, predictor = start_predictor(store, root / "predictor.log")
     with manager:
