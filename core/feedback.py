@@ -129,9 +129,14 @@ def _create_atomic(path: Path, data: bytes) -> bool:
             os.link(tmp, path)  # atomic and exclusive, unlike a rename, which replaces
         except FileExistsError:
             return False
+        except OSError:  # a volume without hard links (SMB shares): exclusive by a check, atomic by a rename
+            if path.exists():
+                return False
+            os.replace(tmp, path)
         return True
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class FeedbackStore:

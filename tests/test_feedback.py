@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import threading
@@ -98,6 +99,22 @@ def test_concurrent_opposite_claims_of_one_image_record_one_and_refuse_the_other
     assert isinstance(outcomes[loser], FeedbackConflictError), (
         "the overwritten claim was told it was recorded"
     )
+    assert not list((tmp_path / PENDING).glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_a_volume_without_hard_links_still_records_feedback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_hard_links(src: str, dst: str) -> None:  # as an SMB share answers
+        raise OSError(errno.EPERM, "Operation not permitted", dst)
+
+    monkeypatch.setattr(feedback.os, "link", no_hard_links)
+    store, data = FeedbackStore(tmp_path), image_file(6)
+    item, created = store.submit(data, "FAKE", "REAL", 0.2, "3")
+    assert created and store.items() == [item]
+    assert store.submit(data, "FAKE", "REAL", 0.2, "3") == (item, False)
+    with pytest.raises(FeedbackConflictError):
+        store.submit(data, "REAL", "REAL", 0.2, "3")
     assert not list((tmp_path / PENDING).glob(".*.tmp")), "no temporary file is left behind"
 
 
