@@ -32,15 +32,21 @@ RECORDED_FORMATS = (*(f.name for f in FORMATS), RAW_FORMAT)
 # An AVIF file starts with an ISO-BMFF `ftyp` box whose major or a compatible brand is one of these (a phone's
 # HEIC photo has the same box with `heic` brands: Pillow does not read it, so it is not sniffed as AVIF).
 _AVIF_BRANDS = (b"avif", b"avis")
+# The brands of HEIF files that are not AVIF: a phone's HEIC photo (`heic`, `mif1`, ...).
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
+
+
+def _ftyp_brands(data: bytes) -> list[bytes]:
+    """The brands of an ISO-BMFF file's leading `ftyp` box, or [] when the file does not start with one."""
+    if data[4:8] != b"ftyp":
+        return []
+    box_end = min(int.from_bytes(data[:4], "big"), len(data))
+    # The box: size, "ftyp", the major brand, a minor version, then compatible brands, 4 bytes each.
+    return [data[8:12], *(data[i : i + 4] for i in range(16, box_end - 3, 4))]
 
 
 def _is_avif(data: bytes) -> bool:
-    if data[4:8] != b"ftyp":
-        return False
-    box_end = min(int.from_bytes(data[:4], "big"), len(data))
-    # The box: size, "ftyp", the major brand, a minor version, then compatible brands, 4 bytes each.
-    brands = [data[8:12], *(data[i : i + 4] for i in range(16, box_end - 3, 4))]
-    return any(brand in _AVIF_BRANDS for brand in brands)
+    return any(brand in _AVIF_BRANDS for brand in _ftyp_brands(data))
 
 
 def sniff(data: bytes) -> ImageFormat | None:
@@ -57,3 +63,25 @@ def sniff(data: bytes) -> ImageFormat | None:
     if _is_avif(data):
         return AVIF
     return next((f for f in FORMATS if any(data.startswith(s) for s in f.signatures)), None)
+
+
+def unread_kind(data: bytes) -> str | None:
+    """What a file DeepGuard does not read is, when it is one people often upload by mistake.
+
+    A refusal that says "IMG_0001.HEIC is a HEIC photo" or "scan.jpg is a PDF document" tells the uploader
+    what to change; "not an image" about a file named .jpg does not.
+
+    Args:
+        data: A file :func:`sniff` does not know, or at least its first 1,024 bytes.
+
+    Returns:
+        A clause that follows "<file name> is", or None when the file is none of these.
+    """
+    if data.startswith(b"%PDF-"):
+        return "a PDF document, not an image"
+    if any(brand in _HEIF_BRANDS for brand in _ftyp_brands(data)) and not _is_avif(data):
+        return "a HEIC photo (the format iPhones save), which this service does not read"
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<svg") or (head.startswith((b"<?xml", b"<!doctype svg")) and b"<svg" in head):
+        return "an SVG drawing, which this service does not read"
+    return None

@@ -14,7 +14,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core.formats import ACCEPTED_FORMATS, sniff
+from core.formats import ACCEPTED_FORMATS, sniff, unread_kind
 from flask_app import feedback, metrics
 from flask_app.predictor_client import Prediction, Predictions, PredictorClient, PredictorError
 
@@ -103,9 +103,9 @@ def read_upload(upload: FileStorage, name: str, max_bytes: int) -> bytes:
         raise UploadError(413, f"{name} is larger than the limit of {max_bytes / (1024 * 1024):g} MB.")
     # The predictor decodes with Pillow and has the final word; this answers "that is a PDF" at once.
     if sniff(data) is None:
-        raise UploadError(
-            415, f"{name} is not an image this service reads; upload a {ACCEPTED_FORMATS} file."
-        )
+        # Named when it is a kind people upload by mistake: "IMG_0001.HEIC is a HEIC photo, ...".
+        what = unread_kind(data) or "not an image this service reads"
+        raise UploadError(415, f"{name} is {what}; upload a {ACCEPTED_FORMATS} file.")
     return data
 
 

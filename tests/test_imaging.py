@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from core.formats import AVIF, FORMATS, ImageFormat, sniff
+from core.formats import AVIF, FORMATS, ImageFormat, sniff, unread_kind
 from core.imaging import ImageError, decode_for_model, decode_upload, read_header, validate_dataset_image
 
 
@@ -295,3 +295,26 @@ def test_a_heic_photo_or_a_pdf_is_not_taken_for_an_image_read_here() -> None:
     assert sniff(heic) is None and sniff(b"%PDF-1.7") is None and sniff(b"") is None
     # An AVIF named by a compatible brand only (the major brand is the container's) is still AVIF.
     assert sniff(b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1miafavif" + b"\x00" * 64) is AVIF
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, "a HEIC photo"),
+        (b"\x00\x00\x00\x14ftypmif1\x00\x00\x00\x00heix" + b"\x00" * 64, "a HEIC photo"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "a PDF document, not an image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "an SVG drawing"),
+        (b'\xef\xbb\xbf<?xml version="1.0"?>\n<!-- logo -->\n<SVG width="9"/>', "an SVG drawing"),
+    ],
+    ids=["heic", "heif-mif1", "pdf", "svg", "svg-xml"],
+)
+def test_a_file_people_upload_by_mistake_is_named_by_what_it_is(data: bytes, words: str) -> None:
+    # The page said "scan.jpg is not an image this service reads" about a PDF named .jpg: it names it now.
+    assert sniff(data) is None
+    assert unread_kind(data).startswith(words)
+
+
+def test_only_those_kinds_are_named() -> None:
+    avif = b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1miafavif" + b"\x00" * 64
+    for data in (avif, b"", b"plain text", b'<?xml version="1.0"?><html/>', b"\x00\x00\x00\x18ftypisom"):
+        assert unread_kind(data) is None, data

@@ -241,6 +241,32 @@ def test_batch_over_the_total_byte_limit_is_a_413():
     assert "together are larger than the limit" in response.get_json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        (
+            "IMG_0001.HEIC",
+            b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64,
+            "IMG_0001.HEIC is a HEIC photo (the format iPhones save), which this service does not read",
+        ),
+        ("scan.jpg", b"%PDF-1.7\n1 0 obj", "scan.jpg is a PDF document, not an image"),
+        ("logo.svg", b'<svg xmlns="http://www.w3.org/2000/svg"/>', "logo.svg is an SVG drawing"),
+        ("notes.jpg", b"shopping list", "notes.jpg is not an image this service reads"),
+    ],
+)
+def test_a_refused_file_is_named_by_what_it_is(name, data, message):
+    """A PDF named .jpg was "not an image this service reads": its owner sees a .jpg and cannot tell why."""
+    client = create_app({"PREDICTOR_URL": "http://127.0.0.1:9"}).test_client()
+    for route in ("/api/predict", "/api/predictions"):
+        response = client.post(route, data={"image": [(io.BytesIO(data), name)]})
+        assert response.status_code == 415, response.get_json()
+        error = response.get_json()["error"]
+        # The page's route names the file; the one-image API calls it "The file", as in its other messages.
+        named = message if route == "/api/predictions" else "The file " + message.split(" ", 1)[1]
+        assert error.startswith(named), error
+        assert error.endswith("upload a JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF file."), error
+
+
 def test_the_upload_hint_states_the_configured_file_limit_and_promises_no_size_beyond_it():
     """The page once said "Any size works", but the predictor refuses an image over its pixel limit."""
     app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9", "MAX_CONTENT_LENGTH": 3 * 1024 * 1024})
