@@ -12,12 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.imaging import InputFacts
-from core.labels import verdicts
+from core.labels import UNCERTAIN, verdicts
 
 # CIFAKE's files are JPEG quality 75; a JPEG below this lost detail the model learned from.
 MIN_JPEG_QUALITY = 70
 # Resized by more than this factor either way (by the longer side) is far from the training images.
 FAR_SCALE = 2.0
+# Resized by more than this factor either way, an upload is beyond every size the verdict was measured on
+# (bench/trust_bench.py enlarges 4x; evaluate's robustness report halves): it gets no decided verdict,
+# whatever its score. A phone's 12-megapixel photo is shrunk about 126x to the model's 32x32 input, which
+# keeps none of the detail the model learned from; a score past the widened edge still called such a photo
+# FAKE.
+MAX_DECIDED_SCALE = 4.0
 # core.imagestats hf_energy of the model's input below which an image has little fine detail (blurred, or
 # enlarged then shrunk back). On the CIFAKE sample's test split about 2 % of native images are below it and
 # over 90 % after a 1-pixel Gaussian blur (python bench/trust_bench.py prints the shares).
@@ -65,11 +71,19 @@ def domain_notes(facts: InputFacts, size: int, fine_detail: float | None = None)
     return notes
 
 
+def beyond_measured_size(facts: InputFacts, size: int) -> bool:
+    """Whether the upload was resized by more than ``MAX_DECIDED_SCALE`` either way (never decided)."""
+    scale = max(facts.width, facts.height) / size
+    return max(scale, 1 / scale) > MAX_DECIDED_SCALE
+
+
 def domain_note(facts: InputFacts, size: int, fine_detail: float | None = None) -> str:
     """The ``note`` field: the differences as one sentence, ``""`` for a native image."""
     notes = domain_notes(facts, size, fine_detail)
     if not notes:
         return ""
+    if beyond_measured_size(facts, size):
+        return f"Unlike the training images: {'; '.join(notes)}. At this size the model gives no verdict."
     return f"Unlike the training images: {'; '.join(notes)}. The verdict needs a clearer score."
 
 
@@ -85,21 +99,24 @@ def domain_verdict(
 
     The one place the domain policy lives: a native image gets :func:`core.labels.verdicts` of the bands;
     an image with any note is REAL only at or below ``real_below - margin`` and FAKE only at or above
-    ``fake_above + margin``, else UNCERTAIN. An empty band's edge lies outside [0, 1] and the margin only
-    pushes it further out: that side decides nothing either way.
+    ``fake_above + margin``, else UNCERTAIN; an image resized by more than ``MAX_DECIDED_SCALE`` is always
+    UNCERTAIN. An empty band's edge lies outside [0, 1] and the margin only pushes it further out: that side
+    decides nothing either way.
 
     Args:
         probability: The calibrated P(FAKE).
         bands: ``(real_below, fake_above)`` of the served model (``ModelMetadata.bands``).
         facts: The upload's facts.
         size: The model's input side.
-        margin: How much clearer a noted image's score must be (0: no policy).
+        margin: How much clearer a noted image's score must be (0: no policy, the size limit included).
         fine_detail: ``hf_energy`` of the model's input, None when not measured.
 
     Returns:
         REAL, FAKE or UNCERTAIN.
     """
     real_below, fake_above = bands
+    if margin > 0 and beyond_measured_size(facts, size):
+        return UNCERTAIN
     if domain_notes(facts, size, fine_detail):
         real_below, fake_above = real_below - margin, fake_above + margin
     return verdicts([probability], real_below, fake_above)[0]

@@ -136,6 +136,28 @@ def test_a_score_decided_for_a_native_image_is_uncertain_for_a_noted_one():
     assert domain_verdict(0.75, BANDS, facts(jpeg_quality=40), 32, 0.2) == "UNCERTAIN"
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "decided"),
+    [
+        (128, 128, True),
+        (129, 96, False),
+        (8, 8, True),
+        (7, 7, False),
+        (4032, 3024, False),
+        (3024, 4032, False),
+    ],
+)
+def test_an_image_resized_beyond_the_measured_sizes_is_never_decided(width, height, decided):
+    """A phone photo (4032x3024, shrunk 126x to 32x32) got "FAKE" on a score past the widened edge, though no
+    verdict was ever measured beyond a 4x enlargement: now it is "can't tell" at any score, and says why."""
+    upload = facts(width=width, height=height)
+    verdicts_seen = {domain_verdict(p, BANDS, upload, 32, DEFAULT_MARGIN) for p in (0.0, 1.0)}
+    assert verdicts_seen == ({"REAL", "FAKE"} if decided else {"UNCERTAIN"})
+    note = domain_note(upload, 32)
+    assert note.endswith("At this size the model gives no verdict.") != decided, note
+    assert domain_verdict(1.0, BANDS, upload, 32, 0.0) == "FAKE"  # margin 0: the policy is off, this too
+
+
 def test_margin_zero_switches_the_policy_off():
     noted = facts(width=200, height=100, had_alpha=True)
     for p in np.linspace(0, 1, 21):

@@ -22,6 +22,12 @@
   const maxFiles = Number(form.dataset.maxFiles);
   const maxBatchBytes = Number(form.dataset.maxBatchBytes);
   const WORDS = { FAKE: "Likely AI-generated", REAL: "Likely a real photo", UNCERTAIN: "Can't tell" };
+  // The probability is calibrated on images like the training ones; for an image with a domain note (a photo
+  // shrunk 100x, a screenshot) it is only the model's score, and the page must not present it as more.
+  const SCORE_LABEL = {
+    calibrated: "Calibrated probability it is AI-generated:",
+    noted: "The model's score for AI-generated (not a reliable probability for an image like this):",
+  };
   const CLAIMS = { FAKE: "It's AI-generated", REAL: "It's a real photo" };
   const OPPOSITE = { FAKE: "REAL", REAL: "FAKE" };
   // Pictures fit in a square of this many CSS pixels; CIFAKE's 32x32 images are enlarged to it.
@@ -240,6 +246,7 @@
     $("probability-meter").setAttribute("aria-valuenow", String(p));
     $("probability-meter").setAttribute("aria-valuetext", percentText(result.fake_probability));
     $("probability").textContent = percentText(result.fake_probability);
+    $("probability-label").textContent = result.note ? SCORE_LABEL.noted : SCORE_LABEL.calibrated;
     $("input-facts").textContent = inputFacts(result) ? "Uploaded: " + inputFacts(result) : "";
     $("input-facts").hidden = !result.input;
     $("note").textContent = result.note || "";
@@ -268,7 +275,14 @@
       name.textContent = [result.file, inputFacts(result)].filter(Boolean).join(" \u00b7 ");
       image.appendChild(name);
       verdictWords(cell(tr, "Verdict", ""), result);
-      cell(tr, "Probability AI-generated", percentText(result.fake_probability)).className = "number";
+      const score = cell(tr, "Probability AI-generated", percentText(result.fake_probability));
+      score.className = "number";
+      if (result.note) { // not a calibrated probability for this image (SCORE_LABEL): the cell says so
+        const caveat = document.createElement("span");
+        caveat.className = "score-caveat";
+        caveat.textContent = "score only: see the note";
+        score.appendChild(caveat);
+      }
       cell(tr, "Note", result.note || "").className = "note-cell";
       cell(tr, "Feedback", feedback(row));
       return tr;
@@ -282,8 +296,12 @@
   function summary(rows) {
     if (rows.length === 1) {
       const result = rows[0].result;
-      return (WORDS[result.verdict] || result.verdict) + ": " + percentText(result.fake_probability) +
-        " probability it is AI-generated.";
+      const words = (WORDS[result.verdict] || result.verdict) + ": ";
+      if (result.note) {
+        return words + "the model's score for AI-generated is " + percentText(result.fake_probability) +
+          ", on an image unlike the ones it learned from (see the note).";
+      }
+      return words + percentText(result.fake_probability) + " probability it is AI-generated.";
     }
     const counts = new Map();
     rows.forEach((row) => counts.set(row.result.verdict, (counts.get(row.result.verdict) || 0) + 1));

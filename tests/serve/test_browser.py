@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -331,6 +332,7 @@ def test_a_probability_near_certain_is_never_shown_as_certain(browser, web, tmp_
     answer = heatmap_response([path.name for path in files], ["FAKE", "REAL", "FAKE"])
     for result, probability in zip(answer["results"], (0.99996, 0.00004, 0.9994), strict=True):
         result["fake_probability"] = probability
+        result["note"] = ""  # native images: a noted one's cell adds that it is a score only
     expected = ["> 99.9%", "< 0.1%", "99.9%"]
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     try:
@@ -356,6 +358,7 @@ def test_a_screen_reader_hears_the_verdicts(browser, web, tmp_path):
     content is not announced), as a summary: the verdict, or a count of each in a batch."""
     files = [wide_png(tmp_path / f"{name}.png") for name in ("a", "b", "c")]
     answer = heatmap_response([path.name for path in files], ["FAKE", "UNCERTAIN", "FAKE"])
+    answer["results"][0]["note"] = ""  # native: its probability is a calibrated one
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     try:
         page.goto(web.url)
@@ -641,5 +644,70 @@ def test_synthetic_model_shows_a_loud_notice(browser, synthetic_web, sample_imag
         assert notice.is_visible()
         assert "synthetic" in notice.inner_text()
         screenshot(page, "synthetic-390")
+    finally:
+        page.close()
+
+
+def test_an_out_of_domain_score_is_not_called_a_calibrated_probability(browser, web, tmp_path):
+    """The probability is calibrated on images like the training ones. A noted image (a phone photo shrunk
+    126x) showed "Calibrated probability it is AI-generated: 96.8%" beside "Can't tell", which a reader takes
+    for an accusation: its score is labelled as a score, and the status line says the image is unlike them."""
+    files = [wide_png(tmp_path / f"{name}.png") for name in ("photo", "native")]
+    answer = heatmap_response([path.name for path in files], ["UNCERTAIN", "FAKE"])
+    answer["results"][0]["fake_probability"] = 0.968
+    answer["results"][1]["note"] = ""
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.goto(web.url)
+        for result in answer["results"]:
+            page.route("**/api/predictions", fulfil_with({**answer, "results": [result]}))
+            page.set_input_files("#file-input", str(tmp_path / result["file"]))
+            page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+            label = page.locator("#probability").locator("xpath=..").inner_text()
+            status = page.locator("#status").inner_text()
+            if result["note"]:
+                assert "calibrated" not in label.lower() and "not a reliable probability" in label, label
+                assert status == (
+                    "Can't tell: the model's score for AI-generated is 96.8%, on an image unlike the ones it "
+                    "learned from (see the note)."
+                )
+            else:
+                assert label == "Calibrated probability it is AI-generated: 90.0%"
+                assert status == "Likely AI-generated: 90.0% probability it is AI-generated."
+            page.unroute("**/api/predictions")
+        page.route("**/api/predictions", fulfil_with(answer))
+        page.set_input_files("#file-input", [str(path) for path in files])
+        page.locator("#batch").wait_for(state="visible", timeout=TIMEOUT_MS)
+        cells = page.locator("#batch td[data-label='Probability AI-generated']")
+        assert cells.nth(0).inner_text().split("\n") == ["96.8%", "score only: see the note"]
+        assert cells.nth(1).inner_text() == "90.0%"
+        assert fits_the_viewport(page, 390)
+    finally:
+        page.close()
+
+
+def test_a_phone_photo_is_shown_upright_and_gets_no_verdict(browser, web, tmp_path):
+    """A phone's portrait photo: 4032x3024 pixels stored sideways with EXIF orientation 6. The page shows it
+    upright, says what was uploaded, and the real predictor gives no verdict at that size (it says why)."""
+    y, x = np.mgrid[0:3024, 0:4032]
+    pixels = np.stack([x * 255 // 4032, y * 255 // 3024, (x + y) * 255 // 7056], axis=-1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
+    photo = tmp_path / "IMG_20261207_081500.jpg"
+    Image.fromarray(pixels).save(photo, quality=85, exif=exif.tobytes())
+    assert photo.stat().st_size < 2 * 1024 * 1024  # conftest's web: 2 MB per file
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.goto(web.url)
+        page.set_input_files("#file-input", str(photo))
+        page.locator("#result .frame.loaded img").wait_for(timeout=TIMEOUT_MS)
+        assert page.locator("#verdict").get_attribute("data-verdict") == "UNCERTAIN"
+        assert page.locator("#input-facts").inner_text() == "Uploaded: 3024\u00d74032 JPEG"
+        assert page.locator("#note").inner_text().endswith("At this size the model gives no verdict.")
+        box = page.locator("#result .frame img").bounding_box()
+        assert box["height"] > box["width"], "shown upright (portrait), as the phone took it"
+        assert "calibrated" not in page.locator("#probability").locator("xpath=..").inner_text().lower()
+        assert fits_the_viewport(page, 390)
+        screenshot(page, "phone-photo-390")
     finally:
         page.close()
