@@ -138,6 +138,7 @@
     if (Array.isArray(heatmap) && heatmap.length && Array.isArray(heatmap[0])) {
       const canvas = document.createElement("canvas");
       canvas.className = "heatmap";
+      canvas.setAttribute("role", "img"); // a canvas has no role that takes a name otherwise
       canvas.setAttribute("aria-label", "Heatmap: where the model looked for " + row.file.name);
       drawHeatmap(canvas, heatmap);
       canvas.hidden = !heatmapToggle.checked;
@@ -316,6 +317,7 @@
     }));
     shown = { modelVersion: body.model_version, rows: rows };
     heatmapToggle.checked = false;
+    $("heatmap-legend").hidden = true;
     heatmapSwitch.hidden = !rows.some((row) => Array.isArray(row.result.heatmap));
     if (rows.length === 1) showSingle(rows[0]);
     else showTable(rows);
@@ -377,6 +379,7 @@
     document.querySelectorAll("canvas.heatmap").forEach((canvas) => {
       canvas.hidden = !heatmapToggle.checked;
     });
+    $("heatmap-legend").hidden = !heatmapToggle.checked;
   });
   $("csv-download").addEventListener("click", downloadCsv);
   input.addEventListener("change", () => {

@@ -788,3 +788,35 @@ def test_without_javascript_the_page_says_it_needs_it(browser, web):
         assert fits_the_viewport(page, 390)
     finally:
         context.close()
+
+
+def test_headings_the_heatmaps_legend_and_what_the_model_can_judge(browser, web, tmp_path):
+    """A screen reader user jumps by headings: the page had none but its title, so the verdict could not be
+    reached that way. The heatmap's colours were explained nowhere: a legend in words comes with it. And the
+    page promised to tell any image's origin: it says first what the model learned from and can judge."""
+    files = [wide_png(tmp_path / f"{name}.png") for name in ("one", "two")]
+    answer = heatmap_response([path.name for path in files], ["FAKE", "UNCERTAIN"])
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.goto(web.url)
+        lead = page.locator("header .lead").inner_text()
+        assert "tiny pictures (32\u00d732 pixels)" in lead and "phone photo" in lead, lead
+        page.route("**/api/predictions", fulfil_with({**answer, "results": answer["results"][:1]}))
+        page.set_input_files("#file-input", str(files[0]))
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert page.get_by_role("heading", name="Verdict: Likely AI-generated", exact=True).is_visible()
+        legend = page.locator("#heatmap-legend")
+        assert legend.is_hidden()
+        page.check("#heatmap-toggle")
+        assert legend.is_visible() and legend.inner_text().startswith("Red: where the model found the most")
+        assert page.get_by_role("img", name="Heatmap: where the model looked for one.png").is_visible()
+        page.uncheck("#heatmap-toggle")
+        assert legend.is_hidden()
+        page.unroute("**/api/predictions")
+        page.route("**/api/predictions", fulfil_with(answer))
+        page.set_input_files("#file-input", [str(path) for path in files])
+        page.locator("#batch").wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert page.get_by_role("heading", name="Results", exact=True).count() == 1
+        assert fits_the_viewport(page, 390)
+    finally:
+        page.close()
