@@ -186,7 +186,7 @@ def test_domain_notes_and_input_facts_are_passed_on(web, predictor, sample_image
             lambda ok: [("a.jpg", ok), ("notes.txt", b"%PDF-1.7 no")],
             {},
             415,
-            "notes.txt is not an image",
+            "notes.txt is a pdf document, not an image",
         ),
         ("an empty file", lambda ok: [("a.jpg", ok), ("empty.png", b"")], {}, 400, "empty.png is empty"),
         (
