@@ -283,8 +283,12 @@ def test_pipeline_rbac_is_least_privilege() -> None:
     }
     launcher = find(objects, "Role", "deepguard-pod-launcher")
     granted = {res: set(r["verbs"]) for r in launcher["rules"] for res in r["resources"]}
-    assert set(granted) == {"pods", "pods/log", "events"}
+    assert set(granted) == {"pods", "pods/log", "pods/exec", "events"}
     assert granted["pods/log"] == {"get"} and "delete" not in granted["events"]
+    # deepguard_monitor's monitor task pushes an XCom (do_xcom_push): the provider reads the sidecar's
+    # /airflow/xcom/return.json through the exec API; without pods/exec the task fails once its pod succeeded.
+    assert "do_xcom_push=True" in (REPO / "dags" / "deepguard_monitor.py").read_text()
+    assert granted["pods/exec"] == {"create", "get"}
     for obj in objects:
         for rule in obj.get("rules", []):
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], obj["metadata"]["name"]
