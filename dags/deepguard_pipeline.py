@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +38,10 @@ from core.pipeline import DEPLOY, STAGES, Stage  # noqa: E402
 DAG_ID = "deepguard_pipeline"
 # Retraining schedule: a cron expression or preset; "none" for manual runs only.
 SCHEDULE = schedule_from_env("DEEPGUARD_SCHEDULE", "@weekly")
+# The Prometheus that scrapes the predictor, set on the Airflow deployment: handed to the deploy pod, which
+# then judges each canary by its metrics before promoting it (docs/monitoring.md); unset, Ready is enough.
+_PROMETHEUS_URL = os.environ.get("DEEPGUARD_PROMETHEUS_URL", "").strip()
+DEPLOY_ENV = {"DEEPGUARD_PROMETHEUS_URL": _PROMETHEUS_URL} if _PROMETHEUS_URL else {}
 
 # DAG params -> params.yaml keys. Empty (null) keeps the value of the image's params.yaml.
 OVERRIDES = {
@@ -152,5 +157,6 @@ with DAG(
             _arguments(DEPLOY, ("--target", "kserve")),
             local_arguments=_arguments(DEPLOY, ("--target", "local")),
             run_if_param="deploy",
+            env=DEPLOY_ENV,
         ),
     )

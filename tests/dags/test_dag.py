@@ -36,6 +36,7 @@ seconds = time.perf_counter() - start
 added = sorted({name.split(".")[0] for name in set(sys.modules) - before})
 pipeline = bag.dags.get("deepguard_pipeline")
 train = pipeline.get_task("train") if pipeline else None
+deploy = pipeline.get_task("deploy") if pipeline else None
 print(json.dumps({
     "errors": bag.import_errors, "dags": sorted(bag.dags), "seconds": seconds, "added": added,
     "heavy": sorted(m for m in ("tensorflow", "keras", "mlflow", "PIL", "sklearn", "kserve", "numpy")
@@ -43,6 +44,7 @@ print(json.dumps({
     "node_selector": train.node_selector if train else None,
     "tolerations": [t.to_dict() for t in train.tolerations] if train else None,
     "schedule": str(pipeline.schedule) if pipeline else None,
+    "deploy_env": dict(deploy.env_vars) if deploy else None,
     "files": sorted(stat.file.rsplit("/", 1)[-1] for stat in bag.dagbag_stats),
 }))
 if bag.dags:
@@ -79,6 +81,8 @@ def test_dag_file_loads_without_errors_or_heavy_imports() -> None:
     # each one as a DAG file on every parse loop and list its errors a second time.
     assert report["files"] == ["deepguard_monitor.py", "deepguard_pipeline.py"]
     assert report["heavy"] == [], f"the DAG file imported {report['heavy']}"
+    # No Prometheus set on the Airflow deployment: deploy promotes a Ready canary (docs/monitoring.md).
+    assert "DEEPGUARD_PROMETHEUS_URL" not in report["deploy_env"]
     # Besides Airflow and the Kubernetes models, the file may bring in only the stage list (and its config
     # types), the operator beside it, and Airflow's own lazily imported parsing modules.
     ours = {
@@ -279,7 +283,7 @@ def test_deploy_is_skipped_when_the_param_says_so(dag: Any) -> None:
         task.execute({"params": {"deploy": False}})
 
 
-def test_gpu_placement_and_schedule_are_configurable() -> None:
+def test_gpu_placement_schedule_and_canary_prometheus_are_configurable() -> None:
     report = _probe(
         {
             "DEEPGUARD_GPU_NODE_SELECTOR": json.dumps({"cloud.google.com/gke-accelerator": "nvidia-l4"}),
@@ -287,8 +291,11 @@ def test_gpu_placement_and_schedule_are_configurable() -> None:
                 [{"key": "gpu", "operator": "Equal", "value": "yes", "effect": "NoExecute"}]
             ),
             "DEEPGUARD_SCHEDULE": "0 3 * * 1",
+            "DEEPGUARD_PROMETHEUS_URL": "http://prometheus-operated.monitoring:9090",
         }
     )
+    # The deploy pod judges canaries by the Prometheus of the Airflow deployment's environment.
+    assert report["deploy_env"]["DEEPGUARD_PROMETHEUS_URL"] == "http://prometheus-operated.monitoring:9090"
     assert report["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     tolerations = [(t["key"], t["value"], t["effect"]) for t in report["tolerations"]]
     assert tolerations == [("gpu", "yes", "NoExecute")]
