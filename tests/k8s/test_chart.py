@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 
 import jsonschema
@@ -512,3 +513,57 @@ def test_predictor_listens_on_the_port_its_probes_and_knative_use(port: int) -> 
     assert parsed.http_port == port
     assert container["ports"][0]["containerPort"] == port
     assert container["readinessProbe"]["httpGet"]["port"] == port
+
+
+def _documented_chart_commands() -> list[tuple[str, list[str], list[list[str]]]]:
+    """Every ``helm install|upgrade`` of the DeepGuard chart in the docs' bash blocks.
+
+    Returns:
+        (page, the command's arguments, the ``--set`` options its block's comments offer beside it).
+    """
+    commands = []
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
+            lines = block.replace("\\\n", " ").splitlines()
+            # "# GPU predictor:  --set predictor.gpu.count=1": an option offered beside the install.
+            options = [
+                shlex.split(line.split(":", 1)[1])
+                for line in lines
+                if re.match(r"\s*# [^:]*:\s+--set ", line)
+            ]
+            for line in (line for line in lines if line.strip().startswith("helm ")):
+                argv = shlex.split(line, comments=True)
+                if argv[1] in ("install", "upgrade") and "helm/deepguard" in argv:
+                    commands.append((doc.name, argv, options))
+    return commands
+
+
+def test_documented_installs_and_upgrades_render_valid_objects_and_keep_the_claims() -> None:
+    """What the docs tell a user to run: each option renders valid objects, and each upgrade applies to a
+    release installed as docs/kubernetes.md says (the API server refuses a claim's changed access mode or
+    class; helm upgrade without --reuse-values drops every --set of the install)."""
+    commands = _documented_chart_commands()
+    assert {argv[1] for _, argv, _ in commands} == {"install", "upgrade"}
+    assert any(options for _, _, options in commands)
+    claims = {
+        o["metadata"]["name"]: o["spec"] for o in render("default") if o["kind"] == "PersistentVolumeClaim"
+    }
+    assert {"deepguard-workspace", "deepguard-mlflow"} <= set(claims)
+    for doc, argv, options in commands:
+        for option in [[], *options]:
+            args = argv + option
+            sets = [arg for i, arg in enumerate(args) if "--set" in (arg, args[i - 1] if i else "")]
+            out = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *sets).stdout
+            objects = [obj for obj in yaml.safe_load_all(out) if obj]
+            builtin = [o for o in objects if not o["apiVersion"].startswith(CUSTOM_GROUPS)]
+            assert [e for o in builtin for e in kubernetes_errors(o)] == [], (doc, args)
+            if argv[1] != "upgrade":
+                continue
+            assert "--reuse-values" in argv, f"{doc}: {shlex.join(argv)} drops the install's --set values"
+            for obj in (o for o in objects if o["kind"] == "PersistentVolumeClaim"):
+                # Only resources.requests of an existing claim may change.
+                name, fixed = (
+                    obj["metadata"]["name"],
+                    {k: v for k, v in obj["spec"].items() if k != "resources"},
+                )
+                assert fixed == {k: v for k, v in claims[name].items() if k != "resources"}, (doc, name, args)
