@@ -312,6 +312,17 @@ def test_pipeline_rbac_is_least_privilege() -> None:
     ]
 
 
+def test_the_dag_pods_pull_from_a_private_registry_through_their_service_accounts() -> None:
+    """The DAG's pods name no imagePullSecrets: Kubernetes adds their ServiceAccount's to each of them."""
+    assert "image_pull_secrets" not in (REPO / "dags" / "deepguard_pods.py").read_text()
+    objects = render("default", images__pullSecrets="{regcred}")
+    for name in ("deepguard-pipeline", "deepguard-deploy"):
+        assert find(objects, "ServiceAccount", name)["imagePullSecrets"] == [{"name": "regcred"}], name
+    for _, spec in pod_specs(objects):
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "imagePullSecrets" not in find(render("default"), "ServiceAccount", "deepguard-pipeline")
+
+
 def test_only_the_deploy_service_account_has_a_role_and_a_token() -> None:
     objects = render("default")
     assert find(objects, "ServiceAccount", "deepguard-pipeline")["automountServiceAccountToken"] is False
