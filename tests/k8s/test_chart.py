@@ -275,7 +275,7 @@ def test_pipeline_rbac_is_least_privilege() -> None:
     rules = {(r["apiGroups"][0], r["resources"][0]): r for r in deploy_role["rules"]}
     assert set(rules) == {("serving.kserve.io", "inferenceservices"), ("", "configmaps")}
     isvc_verbs = sorted(rules["serving.kserve.io", "inferenceservices"]["verbs"])
-    assert isvc_verbs == ["create", "get", "patch", "watch"]
+    assert isvc_verbs == ["create", "get", "patch"]
     assert rules["", "configmaps"] == {
         "apiGroups": [""],
         "resources": ["configmaps"],

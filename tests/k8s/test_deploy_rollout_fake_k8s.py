@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 import yaml
-from fake_kube_api import FakeCluster, fake_kube_api, merge_patch
+from fake_kube_api import (
+    CONFIGMAP_PATH,
+    DEPLOYMENT_PATH,
+    ISVC_PATH,
+    FakeCluster,
+    Request,
+    fake_kube_api,
+    merge_patch,
+)
 from k8s_helpers import REPO, find, isvc_errors, render
 
 from core.config import load_params
@@ -436,6 +444,55 @@ def test_fake_k8s_raw_deployment_mode_waits_for_the_new_pods_not_the_old_ones(wo
     )
     report = json.loads((workspace / "reports" / "deployment.json").read_text())
     assert report["status"] == "rolled_back" and report["detail"].endswith("restored version 1")
+
+
+def _rbac_requests(requests: list[Request]) -> set[tuple[str, str, str, str]]:
+    """(API group, resource, object name, RBAC verb) of each call, as the API server authorizes it."""
+    verbs = {"GET": "get", "POST": "create", "PATCH": "patch"}
+    kinds = ((ISVC_PATH, "serving.kserve.io", "inferenceservices"), (CONFIGMAP_PATH, "", "configmaps"))
+    found = set()
+    for request in requests:
+        for path, group, resource in (*kinds, (DEPLOYMENT_PATH, "apps", "deployments")):
+            if match := path.match(request.path):
+                found.add((group, resource, match["name"] or "", verbs[request.method]))
+    return found
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+def test_fake_k8s_the_deploy_role_grants_what_rollouts_call_and_nothing_more(
+    workspace: Path, mode: str
+) -> None:
+    """A first deploy (create) and a rollout over version 1 (patch) need exactly the chart's deploy Role."""
+    objects = render("default", predictor__deploymentMode=mode)
+    called: set[tuple[str, str, str, str]] = set()
+    for seeded in (False, True):
+        cluster = FakeCluster(becomes_ready=lambda obj: True)
+        cluster.config_maps[NS, "deepguard-serving"] = find(objects, "ConfigMap", "deepguard-serving")
+        if seeded:
+            previous = _previous_isvc()
+            previous["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = mode
+            cluster.seed_ready(previous)
+        with fake_kube_api(cluster, workspace / "kubeconfig"):
+            result = _run(canary_percent=20, timeout_s=10)
+        assert result.status == ("promoted" if seeded else "deployed"), result.detail
+        called |= _rbac_requests(cluster.requests)
+    role = find(objects, "Role", "deepguard-deploy")
+    for group, resource, name, verb in called:
+        assert any(
+            group in rule["apiGroups"]
+            and resource in rule["resources"]
+            and verb in rule["verbs"]
+            and name in rule.get("resourceNames", [name])
+            for rule in role["rules"]
+        ), (group, resource, name, verb)
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert granted == {(group, resource, verb) for group, resource, _, verb in called}
 
 
 def test_replace_patch_removes_what_the_new_spec_lacks() -> None:
