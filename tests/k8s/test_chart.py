@@ -54,6 +54,27 @@ def test_inference_service_matches_kserve_crd_rejecting_unknown_fields(values_se
     assert kubernetes_errors({"apiVersion": "v1", "kind": "ConfigMap", "metadata": isvc["metadata"]}) == []
 
 
+def test_an_upgrade_leaves_the_served_champion_to_the_deploy_stage() -> None:
+    """Helm patches a custom resource with the difference of its two renders: had an upgrade that changes
+    the predictor's container rendered the InferenceService, its containers (and the install's STORAGE_URI)
+    would replace those deploy rolled out. So it is rendered on install only, and kept once it leaves.
+    """
+    sets = ["--set", "predictor.storageUri=s3://bucket/model-1", "--set-string", "predictor.modelVersion=1"]
+    bigger = [*sets, "--set", "predictor.resources.limits.memory=8Gi"]
+
+    def objects(*args: str) -> list[dict]:
+        out = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *args).stdout
+        return [obj for obj in yaml.safe_load_all(out) if obj]
+
+    installed = find(objects(*sets), "InferenceService")
+    assert installed["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    upgraded = objects("--is-upgrade", *bigger)
+    assert not [o for o in upgraded if o["kind"] == "InferenceService"]
+    # The next deploy rolls the changed template out, with the champion it serves.
+    base = json.loads(find(upgraded, "ConfigMap", "deepguard-serving")["data"]["inferenceservice.json"])
+    assert base["spec"]["predictor"]["containers"][0]["resources"]["limits"]["memory"] == "8Gi"
+
+
 def test_crd_check_rejects_an_unknown_field_and_a_wrong_type() -> None:
     isvc = find(render("gpu"), "InferenceService")
     isvc["spec"]["predictor"]["canaryTrafficPercnt"] = 10

@@ -125,6 +125,8 @@ metadata:
   annotations:
     serving.kserve.io/deploymentMode: {{ $p.deploymentMode }}
     deepguard.io/model-version: {{ .modelVersion | quote }}
+    # What it serves belongs to the deploy stage: no helm upgrade or uninstall deletes it (inferenceservice.yaml).
+    helm.sh/resource-policy: keep
 spec:
   predictor:
     minReplicas: {{ $p.minReplicas }}
