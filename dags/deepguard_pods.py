@@ -25,8 +25,10 @@ from core.pipeline import Stage
 # Imported by the DAG files after they put this folder and the repository on sys.path.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Names shared with the Helm chart and k8s/ (docs/kubernetes.md: Deploying to Kubernetes).
-NAMESPACE = "deepguard"
+# Names shared with the Helm chart and k8s/ (docs/kubernetes.md: Deploying to Kubernetes). The pods go to the
+# namespace the chart was installed in: DEEPGUARD_NAMESPACE on the Airflow deployment, when not the default.
+DEFAULT_NAMESPACE = "deepguard"
+NAMESPACE = os.environ.get("DEEPGUARD_NAMESPACE", "").strip() or DEFAULT_NAMESPACE
 # Stage pods run as SERVICE_ACCOUNT without an API token; a stage marked kubernetes_api in the stage list
 # (deploy) runs as DEPLOY_SERVICE_ACCOUNT, the only one bound to a Role, with its token mounted.
 SERVICE_ACCOUNT = "deepguard-pipeline"

@@ -37,6 +37,7 @@ added = sorted({name.split(".")[0] for name in set(sys.modules) - before})
 pipeline = bag.dags.get("deepguard_pipeline")
 train = pipeline.get_task("train") if pipeline else None
 deploy = pipeline.get_task("deploy") if pipeline else None
+pods = [task for dag in bag.dags.values() for task in dag.tasks if isinstance(task, KubernetesPodOperator)]
 print(json.dumps({
     "errors": bag.import_errors, "dags": sorted(bag.dags), "seconds": seconds, "added": added,
     "heavy": sorted(m for m in ("tensorflow", "keras", "mlflow", "PIL", "sklearn", "kserve", "numpy")
@@ -45,6 +46,7 @@ print(json.dumps({
     "tolerations": [t.to_dict() for t in train.tolerations] if train else None,
     "schedule": str(pipeline.schedule) if pipeline else None,
     "deploy_env": dict(deploy.env_vars) if deploy else None,
+    "namespaces": sorted({task.namespace for task in pods}),
     "files": sorted(stat.file.rsplit("/", 1)[-1] for stat in bag.dagbag_stats),
 }))
 if bag.dags:
@@ -81,6 +83,7 @@ def test_dag_file_loads_without_errors_or_heavy_imports() -> None:
     # each one as a DAG file on every parse loop and list its errors a second time.
     assert report["files"] == ["deepguard_monitor.py", "deepguard_pipeline.py"]
     assert report["heavy"] == [], f"the DAG file imported {report['heavy']}"
+    assert report["namespaces"] == ["deepguard"]  # where the chart's docs install it
     # No Prometheus set on the Airflow deployment: deploy promotes a Ready canary (docs/monitoring.md).
     assert "DEEPGUARD_PROMETHEUS_URL" not in report["deploy_env"]
     # Besides Airflow and the Kubernetes models, the file may bring in only the stage list (and its config
@@ -283,7 +286,7 @@ def test_deploy_is_skipped_when_the_param_says_so(dag: Any) -> None:
         task.execute({"params": {"deploy": False}})
 
 
-def test_gpu_placement_schedule_and_canary_prometheus_are_configurable() -> None:
+def test_namespace_gpu_placement_schedule_and_canary_prometheus_are_configurable() -> None:
     report = _probe(
         {
             "DEEPGUARD_GPU_NODE_SELECTOR": json.dumps({"cloud.google.com/gke-accelerator": "nvidia-l4"}),
@@ -292,8 +295,11 @@ def test_gpu_placement_schedule_and_canary_prometheus_are_configurable() -> None
             ),
             "DEEPGUARD_SCHEDULE": "0 3 * * 1",
             "DEEPGUARD_PROMETHEUS_URL": "http://prometheus-operated.monitoring:9090",
+            "DEEPGUARD_NAMESPACE": "ml-deepguard",
         }
     )
+    # Every pod of both DAGs goes to the namespace the chart was installed in (helm install -n ml-deepguard).
+    assert report["namespaces"] == ["ml-deepguard"]
     # The deploy pod judges canaries by the Prometheus of the Airflow deployment's environment.
     assert report["deploy_env"]["DEEPGUARD_PROMETHEUS_URL"] == "http://prometheus-operated.monitoring:9090"
     assert report["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}

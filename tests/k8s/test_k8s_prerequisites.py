@@ -97,7 +97,7 @@ def _dag_constants() -> dict[str, object]:
 
 def test_dag_uses_the_chart_names() -> None:
     dag = _dag_constants()
-    assert dag["NAMESPACE"] == NAMESPACE
+    assert dag["DEFAULT_NAMESPACE"] == NAMESPACE
     assert dag["SERVICE_ACCOUNT"] == VALUES["pipeline"]["serviceAccount"]["name"]
     assert dag["DEPLOY_SERVICE_ACCOUNT"] == VALUES["pipeline"]["serviceAccount"]["deployName"]
     assert dag["WORKSPACE_CLAIM"] == VALUES["pipeline"]["workspace"]["claimName"]
