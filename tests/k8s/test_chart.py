@@ -442,6 +442,15 @@ def test_mlflow_server_stores_on_its_pvc_or_postgres() -> None:
     assert not [arg for arg in pg["args"] if "backend-store-uri" in arg or "MLFLOW_BACKEND_STORE_URI" in arg]
     ref = next(e for e in pg["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "deepguard-mlflow", "key": "MLFLOW_BACKEND_STORE_URI"}
+    # The server runs in the stage image: its lock must hold the driver SQLAlchemy loads for the URI the
+    # values document (postgresql://user:password@host:5432/db), or the server exits at start.
+    from sqlalchemy.engine import make_url
+
+    assert pg["image"].rsplit("/", 1)[-1].split(":")[0] == "stage"
+    driver = make_url("postgresql://user:password@host:5432/db").get_dialect().driver
+    pins = set(re.findall(r"^([a-z0-9_.-]+)==", (REPO / "requirements" / "stages.lock").read_text(), re.M))
+    # psycopg's binary build brings libpq, which the slim base image lacks.
+    assert {driver, f"{driver}-binary"} <= pins, f"requirements/stages.lock lacks {driver}[binary]"
     # Postgres + S3: nothing left for a volume to hold.
     claims = [o["metadata"]["name"] for o in postgres if o["kind"] == "PersistentVolumeClaim"]
     assert claims == ["deepguard-workspace"]
