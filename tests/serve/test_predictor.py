@@ -28,6 +28,7 @@ from core.modelstore import download_model, load_model_dir, predict_fake_probabi
 from serving import model as serving_model
 from serving.domain import DEFAULT_MARGIN, MIN_FINE_DETAIL, domain_verdicts
 from serving.model import DeepGuardModel, Limits, MicroBatcher, ServedModel
+from serving.server import VersionedDataPlane
 
 from .serving_helpers import REPO
 
@@ -395,8 +396,13 @@ def _binary_body(size: int, raw: bytes) -> tuple[bytes, dict[str, str]]:
     return header + raw, {"inference-header-content-length": str(len(header))}
 
 
+# A binary-mode CloudEvent: its attributes in ce-* headers, its data the body (KServe reads both on V1).
+CLOUDEVENT_HEADERS = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "client", "ce-type": "predict"}
+
 ODD_REQUESTS = [
     # (name, path, raw body, extra headers)
+    ("V1 CloudEvent without data", "/v1/models/deepguard:predict", b"", CLOUDEVENT_HEADERS),
+    ("V1 explain CloudEvent without data", "/v1/models/deepguard:explain", b"", CLOUDEVENT_HEADERS),
     (
         "binary extension without inputs",
         "/v2/models/deepguard/infer",
@@ -436,6 +442,28 @@ def test_odd_request_is_a_4xx(predictor, good_file, case):
     )
     assert 400 <= response.status_code < 500, (name, response.status_code, response.text)
     _assert_still_serving(predictor, good_file)
+
+
+@pytest.mark.parametrize("extra", [{}, {"ce-contenttype": "application/json"}], ids=["ce", "ce-contenttype"])
+def test_a_binary_cloudevent_is_read_and_one_without_data_is_a_400(extra):
+    """KServe called ``.decode`` on the event's data: None for an empty body, and already a dict when the
+    ``ce-contenttype`` header had it parsed; both were 500s (AttributeError), the second for a good one."""
+    from kserve.model_repository import ModelRepository
+
+    dataplane = VersionedDataPlane(ModelRepository())
+    headers = {"content-type": "application/json", **CLOUDEVENT_HEADERS, **extra}
+    body, attributes = dataplane.decode(json.dumps({"instances": []}).encode(), headers)
+    assert body == {"instances": []} and attributes["id"] == "1"
+    with pytest.raises(InvalidInput, match="CloudEvent .* has no data"):
+        dataplane.decode(b"", headers)
+
+
+def test_a_binary_cloudevent_with_its_content_type_is_scored(predictor, good_file):
+    headers = {**CLOUDEVENT_HEADERS, "ce-contenttype": "application/json"}
+    url = f"{predictor.url}/v1/models/deepguard:predict"
+    response = requests.post(url, json=v1_body([good_file]), headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] in ("REAL", "FAKE")
 
 
 def test_a_v1_json_body_sent_without_its_content_type_is_told_so(predictor, good_file):
