@@ -25,6 +25,7 @@ from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.v2_datamodels import InferenceResponse
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -248,6 +249,8 @@ def infer_route(dataplane: DataPlane, pool: ThreadPoolExecutor) -> Callable[...,
     endpoints = V2Endpoints(dataplane)
 
     async def infer(raw_request: Request, raw_response: Response, model_name: str) -> Any:
+        # A model name this server does not serve is a 404 whatever the body: no use parsing it first.
+        dataplane.get_model_from_registry(model_name)
         body = await raw_request.body()
         headers = dict(raw_request.headers)
         if len(body) <= INLINE_MAX_BODY_BYTES:
@@ -297,6 +300,28 @@ async def client_error_handler(request: Request, exc: Exception) -> JSONResponse
     return JSONResponse({"error": str(exc)}, status_code=status)
 
 
+async def http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:
+    """The router's own refusals (no such path, a method the path does not take) as the protocol's errors.
+
+    FastAPI answers them ``{"detail": "Method Not Allowed"}``; the Open Inference Protocol's error is
+    ``{"error": "..."}``, as every other refusal here, and the message says which request and what it may be.
+    """
+    message = f"{request.method} {quote(request.url.path)}: {exc.detail}"
+    allowed = (exc.headers or {}).get("Allow")
+    if exc.status_code == 405 and allowed:
+        message += f"; this path takes {allowed}"
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def post_only(request: Request) -> None:
+    """``GET /v1/models/<name>:predict`` (and ``:explain``): 405, not KServe's 404 for a model so named.
+
+    KServe's V1 route ``GET /v1/models/<name>`` (model ready) took ``deepguard:predict`` for the model's name
+    and answered that no model of that name exists.
+    """
+    raise HTTPException(405, headers={"Allow": "POST"})
+
+
 class ClientErrorInterceptor(ExceptionToStatusInterceptor):
     """KServe's gRPC mapping of errors to statuses; a client's error is one INFO line, as over HTTP."""
 
@@ -330,6 +355,7 @@ class DeepGuardServer(ModelServer):
             add_kserve_handlers(app)
             for error in CLIENT_ERROR_STATUS:
                 app.add_exception_handler(error, client_error_handler)
+            app.add_exception_handler(HTTPException, http_error_handler)
 
         rest._add_exception_handlers = add_exception_handlers
         # KServe's gRPC server names its interceptor when it starts, below.
@@ -365,6 +391,9 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
     app.add_api_route(
         "/v2/models/{model_name}", metadata_route(server.dataplane), methods=["GET"], response_model=None
     )
+    for verb in ("predict", "explain"):
+        path = f"/v1/models/{{model_name}}:{verb}"
+        app.add_api_route(path, post_only, methods=["GET", "PUT", "PATCH", "DELETE"], response_model=None)
     app.add_middleware(VersionPathMiddleware, repository=repository)
     # Replaced before start(), which hands it to the REST and gRPC servers.
     if args.reload:

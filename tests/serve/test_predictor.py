@@ -551,6 +551,36 @@ def test_an_output_the_model_has_not_is_refused_before_the_work(outputs, message
     model.decode_pool.shutdown()
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "words"),
+    [
+        ("GET", "/v1/models/deepguard:predict", 405, "Method Not Allowed"),
+        ("GET", "/v1/models/deepguard:explain", 405, "Method Not Allowed"),
+        ("GET", "/v2/models/deepguard/infer", 405, "Method Not Allowed"),
+        ("DELETE", "/v2/models/deepguard", 405, "Method Not Allowed"),
+        ("GET", "/v2/models/deepguard/nothing", 404, "Not Found"),
+    ],
+)
+def test_a_wrong_method_or_path_is_named_in_the_protocols_error(predictor, method, path, status, words):
+    """FastAPI answered these ``{"detail": "Method Not Allowed"}``, not the protocol's ``{"error": ...}``;
+    a GET of ``:predict`` was taken for the readiness of a model named ``deepguard:predict`` (404).
+    """
+    error = f"{method} {path!r}: {words}"
+    response = requests.request(method, f"{predictor.url}{path}", timeout=TIMEOUT)
+    assert response.status_code == status, response.text
+    assert response.json()["error"].startswith(error), response.json()
+    if status == 405:
+        allowed = response.headers["Allow"]
+        assert allowed in ("POST", "GET") and response.json()["error"].endswith(f"this path takes {allowed}")
+
+
+def test_an_unknown_model_is_a_404_whatever_the_body(predictor):
+    # Malformed JSON: the body of a request for a model not served was parsed first, and refused 400.
+    response = requests.post(f"{predictor.url}/v2/models/other/infer", data=b"{", timeout=TIMEOUT)
+    assert response.status_code == 404, response.text
+    assert response.json() == {"error": "Model with name other does not exist."}
+
+
 def test_versioned_v2_paths_serve_the_served_version(predictor, registered_model, good_file):
     base = f"{predictor.url}/v2/models/deepguard/versions/{registered_model.version}"
     response = requests.post(f"{base}/infer", json=v2_body([good_file]), timeout=TIMEOUT)
