@@ -395,6 +395,8 @@ def parse_infer_request(body: bytes, json_length: int, model_name: str) -> Infer
     Raises:
         InvalidInput: when the header, a tensor's size or the body's length do not agree.
     """
+    if not body:
+        raise InvalidInput('empty request body: expected a JSON object with an "inputs" list')
     if not 0 < json_length <= len(body):
         raise InvalidInput(
             f"{INFERENCE_CONTENT_LENGTH_HEADER} {json_length} is outside the body's {len(body)} bytes"
@@ -487,6 +489,11 @@ def _tensor_values(tensor: Any, where: str) -> Any:
     if data is not None and not isinstance(data, list | tuple | np.ndarray):
         raise InvalidInput(f"{where}: data must be a list, got {type(data).__name__}")
     if data is not None and len(data):
+        return data
+    if getattr(tensor, "_raw_data", None) is None:  # no binary payload: the values sent are all there is
+        # (KServe's as_numpy would reshape them and answer "cannot reshape array of size 0" for "data": [].)
+        if data is None:
+            raise InvalidInput(f"{where}: data must be a list, got null")
         return data
     try:
         return tensor.as_numpy()
@@ -762,8 +769,9 @@ class DeepGuardModel(Model):
                 f"{where}: {shape[2]}x{shape[1]} pixels exceeds the limit of {self.limits.max_pixels} pixels"
             )
         self._check_request_pixels(shape[0] * shape[1] * shape[2], shape[0])
+        data = _tensor_values(tensor, where)  # its InvalidInput names the input already
         try:
-            values = np.asarray(_tensor_values(tensor, where))
+            values = np.asarray(data)
             if values.size != int(np.prod(shape)) or not np.issubdtype(values.dtype, np.integer):
                 raise ValueError(
                     f"expected {int(np.prod(shape))} integers, got {values.size} "

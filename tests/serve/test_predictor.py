@@ -552,6 +552,45 @@ def test_an_output_the_model_has_not_is_refused_before_the_work(outputs, message
 
 
 @pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (("BYTES", [1], None), "input 'image': data must be a list, got null"),
+        (("BYTES", [1], []), "input 'image': shape [1] does not match 0 items; expected [N]"),
+        (("UINT8", [1, 1, 1, 3], None), "input 'image': data must be a list, got null"),
+        (("UINT8", [1, 1, 1, 3], []), "input 'image': expected 3 integers, got 0 values"),
+    ],
+    ids=["bytes-null", "bytes-empty", "uint8-null", "uint8-empty"],
+)
+def test_json_data_null_or_empty_is_refused_for_what_was_sent(tensor, message):
+    """JSON ``"data": null`` or ``[]`` went to KServe's binary reader: "unreadable binary data: cannot reshape
+    array of size 0", for a request with no binary data, and the UINT8 input was named twice."""
+    from kserve import InferRequest
+    from kserve.protocol.infer_type import InferInput
+
+    from core.modelstore import ModelMetadata
+
+    model = DeepGuardModel("deepguard", "unused", Limits())
+    metadata = ModelMetadata(0.5, 32, "test", "test", synthetic_data=False)
+    model.served = ServedModel(keras_model=None, metadata=metadata, version="1", uri="unused")
+    datatype, shape, data = tensor
+    request = InferRequest("deepguard", [InferInput("image", shape, datatype, data)])
+    with pytest.raises(InvalidInput) as refused:
+        asyncio.run(model.preprocess(request))
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert "binary" not in str(refused.value)
+    model.decode_pool.shutdown()
+
+
+def test_an_empty_v2_body_is_called_empty_not_a_binary_header_problem():
+    """An empty body was refused as "inference-header-content-length 0 is outside the body's 0 bytes": a
+    header the client never sent."""
+    from kserve.model_repository import ModelRepository
+
+    with pytest.raises(InvalidInput, match="^empty request body"):
+        VersionedDataPlane(ModelRepository()).decode_inference_request(b"", {}, "deepguard")
+
+
+@pytest.mark.parametrize(
     ("method", "path", "status", "words"),
     [
         ("GET", "/v1/models/deepguard:predict", 405, "Method Not Allowed"),
