@@ -109,6 +109,17 @@ def read_upload(upload: FileStorage, name: str, max_bytes: int) -> bytes:
     return data
 
 
+def no_file_message() -> str:
+    """Why a request has no file in field ``image``: nothing there, or text where the file should be."""
+    # A part without a file name is a text field: `curl -F image=<photo.jpg` sends the bytes that way.
+    if UPLOAD_FIELD in request.form:
+        return (
+            f"The multipart form field {UPLOAD_FIELD!r} holds text, not a file; upload the file itself "
+            f"(curl: -F {UPLOAD_FIELD}=@photo.jpg)."
+        )
+    return f"No file was uploaded (multipart form field {UPLOAD_FIELD!r})."
+
+
 def parse_explain(value: str | None) -> bool:
     """The ``explain`` form field: absent or ``false`` -> no heatmaps, ``true`` -> heatmaps.
 
@@ -228,10 +239,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.post("/api/predict")
     def predict() -> tuple[Response, int] | Response:
-        # The API for one image (scripts use it): its fields stay as they were.
-        upload = request.files.get(UPLOAD_FIELD)
-        if upload is None:
-            return _error(400, f"No file was uploaded (multipart form field {UPLOAD_FIELD!r}).")
+        # The API for one image (scripts use it): its fields stay as they were, the verdict and note added.
+        uploads = request.files.getlist(UPLOAD_FIELD)
+        if not uploads:
+            return _error(400, no_file_message())
+        if len(uploads) > 1:  # only the first was scored, and the answer did not say so
+            return _error(
+                400,
+                f"{len(uploads)} files were uploaded; this route scores one "
+                f"(POST /api/predictions takes up to {MAX_BATCH_FILES}).",
+            )
+        upload = uploads[0]
         try:
             data = read_upload(upload, "The file", max_bytes)
         except UploadError as exc:
@@ -247,6 +265,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                 "fake_probability": prediction.fake_probability,
                 "model_version": result.model_version,
                 "synthetic_data": result.synthetic_data,
+                "verdict": prediction.verdict,
+                "note": prediction.note,
             }
         )
 
@@ -258,7 +278,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         request.max_content_length = app.config["MAX_BATCH_BYTES"] + MULTIPART_ALLOWANCE
         uploads = request.files.getlist(UPLOAD_FIELD)
         if not uploads:
-            return _error(400, f"No file was uploaded (multipart form field {UPLOAD_FIELD!r}).")
+            return _error(400, no_file_message())
         if len(uploads) > MAX_BATCH_FILES:
             return _error(413, f"{len(uploads)} files were uploaded; the limit is {MAX_BATCH_FILES} at once.")
         names = [upload.filename or f"file {i + 1}" for i, upload in enumerate(uploads)]

@@ -69,7 +69,8 @@ def test_upload_gives_the_predictors_verdict(web, predictor, registered_model, s
         response = upload(web, data)
         assert response.status_code == 200, response.text
         body = response.json()
-        assert set(body) == {"label", "fake_probability", "model_version", "synthetic_data"}
+        fields = {"label", "fake_probability", "model_version", "synthetic_data", "verdict", "note"}
+        assert set(body) == fields
         assert body["model_version"] == registered_model.version
         assert body["synthetic_data"] is False
         direct = requests.post(
@@ -89,6 +90,7 @@ def test_upload_gives_the_predictors_verdict(web, predictor, registered_model, s
         outputs = {o["name"]: o["data"][0] for o in direct["outputs"]}
         assert body["label"] == outputs["label"]
         assert body["fake_probability"] == pytest.approx(outputs["fake_probability"], abs=1e-7)
+        assert (body["verdict"], body["note"]) == (outputs["verdict"], outputs["note"])
 
 
 @pytest.mark.parametrize(
@@ -108,6 +110,71 @@ def test_bad_upload_gets_a_clear_4xx(web, sample_images, name, field, data, stat
     assert response.status_code == status, (name, response.text)
     assert words in response.json()["error"].lower()
     assert upload(web, sample_images.probe[0]).status_code == 200
+
+
+def test_the_one_image_route_refuses_two_files_and_says_when_the_field_holds_text(sample_images):
+    """Two files: only the first was scored, and the answer did not say so. ``curl -F image=photo.jpg``
+    (no ``@``) sends the name as text: the answer said no file was uploaded, in a field the request has."""
+    app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9"})  # never called: both are refused before it
+    image = sample_images.probe[0]
+    with app.test_client() as client:
+        files = [(io.BytesIO(image), "a.jpg"), (io.BytesIO(image), "b.jpg")]
+        two = client.post("/api/predict", data={"image": files})
+        text = client.post("/api/predict", data={"image": "photo.jpg"})
+        batch_text = client.post("/api/predictions", data={"image": "photo.jpg"})
+    assert two.status_code == 400
+    assert two.get_json()["error"].startswith("2 files were uploaded; this route scores one")
+    assert "/api/predictions" in two.get_json()["error"]
+    for response in (text, batch_text):
+        assert response.status_code == 400
+        assert "holds text, not a file" in response.get_json()["error"], response.get_json()
+        assert "-F image=@photo.jpg" in response.get_json()["error"]
+
+
+class _UncertainHandler(BaseHTTPRequestHandler):
+    """A stub predictor answering UNCERTAIN with a domain note for every image."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        count = body["inputs"][0]["shape"][0]
+        outputs = {
+            "fake_probability": ("FP32", [0.6] * count),
+            "label": ("BYTES", ["FAKE"] * count),
+            "verdict": ("BYTES", ["UNCERTAIN"] * count),
+            "note": ("BYTES", ["Unlike the training images: resized."] * count),
+        }
+        answer = {
+            "model_version": "4",
+            "outputs": [
+                {"name": name, "datatype": kind, "shape": [count], "data": data}
+                for name, (kind, data) in outputs.items()
+            ],
+        }
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:  # keep the test output quiet
+        pass
+
+
+def test_the_one_image_route_answers_the_three_way_verdict_and_note_stub_predictor(sample_images):
+    """Every answer carries the verdict (README): /api/predict gave only the binary label, which calls an
+    image the bands cannot decide FAKE or REAL."""
+    with ThreadingHTTPServer(("127.0.0.1", 0), _UncertainHandler) as stub:
+        threading.Thread(target=stub.serve_forever, daemon=True).start()
+        app = create_app({"PREDICTOR_URL": f"http://127.0.0.1:{stub.server_address[1]}"})
+        response = app.test_client().post(
+            "/api/predict", data={"image": (io.BytesIO(sample_images.probe[0]), "a.jpg")}
+        )
+        stub.shutdown()
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert (body["label"], body["verdict"]) == ("FAKE", "UNCERTAIN")
+    assert body["note"] == "Unlike the training images: resized."
 
 
 def test_a_file_of_exactly_the_size_limit_is_scored_and_one_byte_more_is_refused(predictor, sample_images):
