@@ -95,9 +95,12 @@ def submit() -> tuple[Response, int]:
         response, status = _error(429, f"Too much feedback from this address; try again in {seconds} s.")
         response.headers["Retry-After"] = str(seconds)
         return response, status
-    upload = request.files.get("image")
-    if upload is None:
+    uploads = request.files.getlist("image")
+    if not uploads:
         return _error(400, "image: no file was uploaded (multipart form field 'image').")
+    if len(uploads) > 1:  # the first was stored and the others dropped, unsaid; each claim is about one image
+        return _error(400, f"image: {len(uploads)} files were uploaded; send one item per request.")
+    upload = uploads[0]
     missing = [name for name in FIELDS if not request.form.get(name)]
     if missing:
         return _error(400, f"{', '.join(missing)}: missing form field{'s' if len(missing) > 1 else ''}.")

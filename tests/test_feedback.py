@@ -353,6 +353,18 @@ def test_the_other_claim_on_a_reported_image_is_a_409_naming_the_one_on_record(t
     assert conflict.get_json()["error"] == "claimed_label: this image was already reported as FAKE (pending)."
 
 
+def test_two_images_in_one_feedback_request_are_refused_and_neither_is_stored(tmp_path: Path) -> None:
+    """The first was stored and the second dropped without a word: a client reporting two wrong verdicts in
+    one request believed both recorded."""
+    client = create_app({"FEEDBACK_DIR": str(tmp_path)}).test_client()
+    form = {"claimed_label": "FAKE", "verdict": "REAL", "fake_probability": "0.1", "model_version": "4"}
+    files = [(io.BytesIO(image_file(40)), "a.png"), (io.BytesIO(image_file(41)), "b.png")]
+    response = client.post("/api/feedback", data={**form, "image": files})
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"] == "image: 2 files were uploaded; send one item per request."
+    assert FeedbackStore(tmp_path).items() == []
+
+
 @pytest.mark.parametrize(("hops", "limited"), [(0, True), (1, False)])
 def test_behind_a_proxy_each_client_has_its_own_feedback_limit(
     tmp_path: Path, hops: int, limited: bool
