@@ -261,6 +261,8 @@ def infer_route(dataplane: DataPlane, pool: ThreadPoolExecutor) -> Callable[...,
             )
         answer = await endpoints.infer(raw_request, raw_response, model_name, request)
         if not isinstance(answer, InferenceResponse):  # the binary extension's answer: a Response already
+            # A JSON header and raw tensors, which KServe sends with no Content-Type (it drops the JSON one).
+            answer.headers["content-type"] = "application/octet-stream"
             return answer
         kept = {k: v for k, v in raw_response.headers.items() if k not in ("content-length", "content-type")}
         return Response(answer.model_dump_json(by_alias=True), media_type="application/json", headers=kept)

@@ -740,6 +740,24 @@ def test_binary_extension_bytes_request_equals_the_json_one(predictor, sample_im
     np.testing.assert_allclose(outputs(response)["fake_probability"], expected["fake_probability"], atol=1e-6)
 
 
+def test_binary_outputs_come_labelled_as_binary_and_read_as_the_json_ones(predictor, sample_images):
+    """``binary_data_output`` answers a JSON header followed by raw tensors: it came with no Content-Type at
+    all (KServe drops the JSON one), so a client could not tell it from JSON but by the header's length."""
+    from kserve import InferResponse
+
+    files = sample_images.probe[:2]
+    body = {**v2_body(files), "parameters": {"binary_data_output": True}}
+    response = v2_infer(predictor.url, body)
+    assert response.status_code == 200, response.text
+    assert response.headers.get("content-type") == "application/octet-stream"
+    json_length = int(response.headers["inference-header-content-length"])
+    answer = InferResponse.from_bytes(response.content, json_length)
+    binary = {output.name: output.as_numpy().reshape(-1).tolist() for output in answer.outputs}
+    expected = outputs(v2_infer(predictor.url, v2_body(files)))
+    assert binary["label"] == expected["label"] and binary["verdict"] == expected["verdict"]
+    np.testing.assert_allclose(binary["fake_probability"], expected["fake_probability"], atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "path",
     [
