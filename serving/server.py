@@ -217,6 +217,28 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+class ContentEncodingMiddleware:
+    """Answers 415 to a request body sent compressed (``Content-Encoding: gzip``), which nothing here decodes.
+
+    Such a body reached the JSON parser as it came and was refused as "invalid JSON: unexpected character",
+    which says nothing of the compression the client chose.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """ASGI entry: 415 for a body in any encoding but ``identity``, everything else passes."""
+        carries_body = scope["type"] == "http" and scope.get("method") in ("POST", "PUT", "PATCH")
+        encoding = dict(scope["headers"]).get(b"content-encoding", b"") if carries_body else b""
+        if encoding.strip().lower() not in (b"", b"identity"):
+            name = quote(encoding.decode("latin-1"))
+            message = f"Content-Encoding {name} is not supported: send the request body uncompressed"
+            await JSONResponse({"error": message}, status_code=415)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class ReloadGuardMiddleware:
     """Refuses KServe's model repository endpoints (``/v2/repository/...``) when reload is off.
 
@@ -403,8 +425,9 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
     else:
         app.add_middleware(ReloadGuardMiddleware)
         server.model_repository_extension = FrozenRepositoryExtension(model_registry=repository)
-    # Added last, so it runs first: nothing reads a body over the limit.
+    # Added last, so it runs first: nothing reads a body over the limit, or one compressed.
     app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.max_request_bytes)
+    app.add_middleware(ContentEncodingMiddleware)
     # Outermost: times and counts every inference request, the guards' refusals included.
     app.add_middleware(RequestMetricsMiddleware)
     return server

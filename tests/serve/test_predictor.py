@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import gzip
 import io
 import json
 import socket
@@ -464,6 +465,15 @@ def test_a_binary_cloudevent_with_its_content_type_is_scored(predictor, good_fil
     response = requests.post(url, json=v1_body([good_file]), headers=headers, timeout=TIMEOUT)
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["label"] in ("REAL", "FAKE")
+
+
+@pytest.mark.parametrize("path", ["/v2/models/deepguard/infer", "/v1/models/deepguard:predict"])
+def test_a_gzip_body_is_a_415_naming_the_encoding_not_invalid_json(predictor, good_file, path):
+    body = gzip.compress(json.dumps(v2_body([good_file]) if "v2" in path else v1_body([good_file])).encode())
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = requests.post(f"{predictor.url}{path}", data=body, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 415, response.text
+    assert response.json()["error"].startswith("Content-Encoding 'gzip' is not supported"), response.json()
 
 
 def test_a_v1_json_body_sent_without_its_content_type_is_told_so(predictor, good_file):

@@ -14,7 +14,7 @@ import requests
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from serving.server import BodyLimitMiddleware
+from serving.server import BodyLimitMiddleware, ContentEncodingMiddleware
 
 from .serving_helpers import Server, free_port, start_predictor
 
@@ -147,3 +147,36 @@ def test_the_body_is_held_once_while_the_request_is_served():
     finally:
         tracemalloc.stop()
     assert held["bytes"] < 1.5 * chunks * chunk
+
+
+@pytest.mark.parametrize(
+    ("method", "encoding", "status"),
+    [
+        ("POST", b"gzip", 415),
+        ("POST", b"GZIP, br", 415),
+        ("POST", b"identity", 200),
+        ("POST", None, 200),
+        ("GET", b"gzip", 200),  # no body to decode: a probe is never refused for a header
+    ],
+)
+def test_a_compressed_body_is_a_415_naming_the_encoding(method, encoding, status):
+    """A gzip body reached the JSON parser as sent: "invalid JSON: unexpected character", no word of gzip."""
+    answered: list[dict] = []
+
+    async def app(scope: dict, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        answered.append(message)
+
+    headers = [(b"content-encoding", encoding)] if encoding is not None else []
+    scope = {"type": "http", "method": method, "path": "/v2/models/deepguard/infer", "headers": headers}
+    asyncio.run(ContentEncodingMiddleware(app)(scope, receive, send))
+    assert answered[0]["status"] == status
+    if status == 415:
+        error = json.loads(answered[1]["body"])["error"]
+        assert error.startswith(f"Content-Encoding {encoding.decode()!r} is not supported"), error
