@@ -59,11 +59,12 @@ if bag.dags:
 """
 
 
-def _probe(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+def _run_script(script: str, path: Path, extra_env: dict[str, str] | None = None) -> list[str]:
+    """The output lines of ``script`` run on ``path`` in a fresh interpreter, without DEEPGUARD_ settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPGUARD_")}
     env.update(extra_env or {})
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(DAGS_DIR)],
+        [sys.executable, "-c", script, str(path)],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -71,7 +72,12 @@ def _probe(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report, *local = (json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{"))
+    return done.stdout.strip().splitlines()
+
+
+def _probe(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    lines = _run_script(_PROBE, DAGS_DIR, extra_env)
+    report, *local = (json.loads(line) for line in lines if line.startswith("{"))
     return {**report, "local_runner": local[0] if local else None}
 
 
@@ -121,17 +127,7 @@ print(json.dumps({"errors": bag.import_errors, "added": sorted(set(sys.modules) 
 def test_the_dag_processor_imports_the_provider_once_not_on_every_parse(dag_file: str) -> None:
     # The provider and the Kubernetes client take seconds to import (45 s a parse on 2 busy cores, measured in
     # `make airflow`); a DAG file that leaves them to its helper modules pays that on every parse, every 30 s.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPGUARD_")}
-    done = subprocess.run(
-        [sys.executable, "-c", _PARSE_PROBE, str(DAGS_DIR / dag_file)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads(_run_script(_PARSE_PROBE, DAGS_DIR / dag_file)[-1])
     assert report["errors"] == {}
     reimported = [name for name in report["added"] if name.startswith(("airflow.providers", "kubernetes"))]
     assert reimported == [], f"each parse of {dag_file} imports {reimported[:5]} ({len(reimported)} modules)"

@@ -131,18 +131,14 @@ def test_the_one_image_route_refuses_two_files_and_says_when_the_field_holds_tex
         assert "-F image=@photo.jpg" in response.get_json()["error"]
 
 
-class _UncertainHandler(BaseHTTPRequestHandler):
-    """A stub predictor answering UNCERTAIN with a domain note for every image."""
+class _StubPredictorHandler(BaseHTTPRequestHandler):
+    """A stub predictor's V2 plumbing: read the request, answer outputs as JSON, log nothing."""
 
-    def do_POST(self) -> None:
+    def read_request(self) -> tuple[dict, int]:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        count = body["inputs"][0]["shape"][0]
-        outputs = {
-            "fake_probability": ("FP32", [0.6] * count),
-            "label": ("BYTES", ["FAKE"] * count),
-            "verdict": ("BYTES", ["UNCERTAIN"] * count),
-            "note": ("BYTES", ["Unlike the training images: resized."] * count),
-        }
+        return body, body["inputs"][0]["shape"][0]
+
+    def send_outputs(self, outputs: dict[str, tuple[str, list]], count: int) -> None:
         answer = {
             "model_version": "4",
             "outputs": [
@@ -159,6 +155,20 @@ class _UncertainHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # keep the test output quiet
         pass
+
+
+class _UncertainHandler(_StubPredictorHandler):
+    """A stub predictor answering UNCERTAIN with a domain note for every image."""
+
+    def do_POST(self) -> None:
+        _, count = self.read_request()
+        outputs = {
+            "fake_probability": ("FP32", [0.6] * count),
+            "label": ("BYTES", ["FAKE"] * count),
+            "verdict": ("BYTES", ["UNCERTAIN"] * count),
+            "note": ("BYTES", ["Unlike the training images: resized."] * count),
+        }
+        self.send_outputs(outputs, count)
 
 
 def test_the_one_image_route_answers_the_three_way_verdict_and_note_stub_predictor(sample_images):
@@ -551,14 +561,13 @@ def test_livez_answers_within_a_second_while_the_predictor_hangs(sample_images, 
     assert uploads_s < DEFAULT_PREDICTOR_TIMEOUT_S + 3
 
 
-class _ExplainFailsHandler(BaseHTTPRequestHandler):
+class _ExplainFailsHandler(_StubPredictorHandler):
     """A stub predictor: a V2 answer for plain requests, ``explain_answer`` when asked to explain."""
 
     explain_answer: tuple[int, dict] = (500, {})
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        count = body["inputs"][0]["shape"][0]
+        body, count = self.read_request()
         if (body.get("parameters") or {}).get("explain"):
             status, error = self.explain_answer
             data = json.dumps(error).encode()
@@ -567,22 +576,9 @@ class _ExplainFailsHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return
-        answer = {
-            "model_version": "4",
-            "outputs": [
-                {"name": "fake_probability", "datatype": "FP32", "shape": [count], "data": [0.75] * count},
-                {"name": "label", "datatype": "BYTES", "shape": [count], "data": ["FAKE"] * count},
-            ],
-        }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:  # keep the test output quiet
-        pass
+        self.send_outputs(
+            {"fake_probability": ("FP32", [0.75] * count), "label": ("BYTES", ["FAKE"] * count)}, count
+        )
 
 
 @pytest.mark.parametrize(
