@@ -103,7 +103,7 @@ def test_a_handful_of_records_exports_no_psi_for_the_dashboard(cifake, served, t
     assert summary["drift"] is False and summary["psi"] is None
     (tmp_path / DRIFT_LATEST).write_text(json.dumps(summary))
     exported = {family.name for family in DriftCollector(tmp_path).collect()}
-    assert exported == {"deepguard_drift_detected"}
+    assert exported == {"deepguard_drift_detected", "deepguard_drift_report_timestamp_seconds"}, "and no PSI"
     enough = _compare(cifake[1], served["clean"])
     assert latest_summary({**enough, "window": {}})["psi"] == enough["psi"]
 
