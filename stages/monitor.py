@@ -60,20 +60,27 @@ def _finite_number(value: object) -> bool:
 
 
 def read_records(
-    folder: Path, start: datetime, end: datetime, max_records: int = WINDOW_MAX, seed: int = 0
-) -> tuple[list[dict], int, int]:
-    """At most ``max_records`` of the records served in ``[start, end)``, from each ``*.jsonl`` of ``folder``.
+    folder: Path,
+    start: datetime,
+    end: datetime,
+    version: str | None = None,
+    max_records: int = WINDOW_MAX,
+    seed: int = 0,
+) -> tuple[list[dict], int, int, int]:
+    """At most ``max_records`` of ``version``'s records served in ``[start, end)``, from each ``*.jsonl``.
 
     A line that is not a complete record (a predictor killed mid-write, a hand edit, a null or non-finite
-    number) is skipped and counted, never fatal: monitoring must survive the traffic it watches. Beyond
-    ``max_records`` the records kept are a uniform sample of the window (reservoir sampling, seeded): memory
-    stays bounded however busy the window was.
+    number) is skipped and counted, never fatal: monitoring must survive the traffic it watches. Records of
+    another version (``None``: none is) are counted, not kept. Beyond ``max_records`` the records kept are a
+    uniform sample of the version's (reservoir sampling, seeded): memory stays bounded however busy the window
+    was, and a champion outnumbered by the version it replaced still gets the whole sample.
 
     Returns:
-        ``(records, malformed, served)``: ``served`` counts every well-formed record of the window.
+        ``(records, malformed, served, other_versions)``: ``served`` counts every well-formed record of the
+        window, ``other_versions`` those of another version.
     """
     records: list[dict] = []
-    malformed = served = 0
+    malformed = served = other_versions = kept = 0
     rng = random.Random(seed)
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
         try:
@@ -97,11 +104,15 @@ def read_records(
                 if not start <= when < end:
                     continue
                 served += 1
+                if version is not None and str(record["model_version"]) != version:
+                    other_versions += 1
+                    continue
+                kept += 1
                 if len(records) < max_records:
                     records.append(record)
-                elif (slot := rng.randrange(served)) < max_records:
+                elif (slot := rng.randrange(kept)) < max_records:
                     records[slot] = record
-    return records, malformed, served
+    return records, malformed, served, other_versions
 
 
 def champion_reference(client, model_name: str) -> tuple[str, dict]:  # client: mlflow.MlflowClient
@@ -175,20 +186,22 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
     version, reference = champion_reference(client, name)
     end = now or datetime.now(UTC)
     start = end - timedelta(hours=settings.window_hours)
-    served, malformed, in_window = read_records(records_dir(), start, end)
-    records = [r for r in served if str(r["model_version"]) == version]
-    if in_window > len(served):
+    records, malformed, in_window, other_versions = read_records(records_dir(), start, end, version)
+    if in_window - other_versions > len(records):
         log.info(
-            "monitor: comparing a sample of %d of the %d records served in the window", len(served), in_window
+            "monitor: comparing a sample of %d of the %d records v%s served in the window",
+            len(records),
+            in_window - other_versions,
+            version,
         )
     report = compare(reference, records, tuple(reference["bands"]), settings)
     report.update(
         model_name=name,
         model_version=version,
         window={"start": start.isoformat(), "end": end.isoformat(), "hours": settings.window_hours},
-        other_versions=len(served) - len(records),
+        other_versions=other_versions,
         malformed=malformed,
-        # Every record of the window, all versions; above WINDOW_MAX the counts above are of a uniform sample.
+        # Every record of the window, all versions; above WINDOW_MAX the champion's are compared as a sample.
         served_in_window=in_window,
         # What a retraining this report triggers trains on: the pipeline reads the same params.yaml.
         retrain_with_feedback=params.data.feedback == "include",

@@ -242,7 +242,7 @@ def test_a_record_with_a_null_or_non_finite_number_is_malformed_not_fatal(tmp_pa
         {**good, "width": None},
     ]
     write_records(tmp_path / "records", [good, *bad, good])
-    served, malformed, in_window = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW)
+    served, malformed, in_window, _ = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW)
     assert served == [good, good] and malformed == len(bad) and in_window == 2
     rng = np.random.default_rng(0)
     reference = build_reference(rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), rng.uniform(size=20))
@@ -257,7 +257,7 @@ def test_only_the_records_of_the_window_are_read(tmp_path: Path) -> None:
     start = NOW - timedelta(hours=1)
     stamps = [start - timedelta(seconds=1), start, NOW - timedelta(seconds=1), NOW]
     write_records(tmp_path / "records", [{**SERVED, "ts": ts.isoformat()} for ts in stamps])
-    records, malformed, _ = read_records(tmp_path / "records", start, NOW)
+    records, malformed, _, _ = read_records(tmp_path / "records", start, NOW)
     assert [r["ts"] for r in records] == [stamps[1].isoformat(), stamps[2].isoformat()] and malformed == 0
 
 
@@ -270,7 +270,7 @@ def test_a_record_file_deleted_after_the_listing_is_skipped(tmp_path: Path) -> N
     write_records(tmp_path / "records", [record])
     gone = tmp_path / "records" / "20261201T00-host-1-0000.jsonl"
     gone.symlink_to(tmp_path / "deleted.jsonl")  # listed, but not there any more when opened
-    assert read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW) == ([record], 0, 1)
+    assert read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW) == ([record], 0, 1, 0)
 
 
 def test_a_busy_window_is_read_as_a_bounded_uniform_sample(tmp_path: Path) -> None:
@@ -280,14 +280,35 @@ def test_a_busy_window_is_read_as_a_bounded_uniform_sample(tmp_path: Path) -> No
 
     stamps = [NOW - timedelta(minutes=50) + timedelta(seconds=i) for i in range(3000)]
     write_records(tmp_path / "records", [{**SERVED, "ts": ts.isoformat()} for ts in stamps])
-    records, malformed, served = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW, 300)
+    records, malformed, served, _ = read_records(
+        tmp_path / "records", NOW - timedelta(hours=1), NOW, max_records=300
+    )
     assert len(records) == 300 and served == 3000 and malformed == 0
     kept = sorted(stamps.index(datetime.fromisoformat(r["ts"])) for r in records)
     assert len(set(kept)) == 300, "each record at most once"
     assert kept[0] < 300 and kept[-1] >= 2700, "the sample spans the window, not only its first records"
     assert 100 < sum(k < 1500 for k in kept) < 200, "about half from each half of the window"
-    again, _, _ = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW, 300)
+    again, _, _, _ = read_records(tmp_path / "records", NOW - timedelta(hours=1), NOW, max_records=300)
     assert again == records, "seeded: a rerun of the same window compares the same sample"
+
+
+def test_a_new_champion_outnumbered_by_the_old_version_gets_the_whole_sample(tmp_path: Path) -> None:
+    """After a rollout the window still holds mostly the replaced version's records. Sampling the window first
+    and keeping the champion's afterwards left it a tenth of the sample (``insufficient_data`` while its
+    300 records were on disk); the champion's records are sampled, the others only counted."""
+    from stages.monitor import read_records
+
+    stamps = [NOW - timedelta(minutes=58) + timedelta(seconds=i) for i in range(3300)]
+    rows = [
+        {**SERVED, "ts": ts.isoformat(), "model_version": "2" if i % 11 == 0 else "1"}
+        for i, ts in enumerate(stamps)
+    ]
+    write_records(tmp_path / "records", rows)
+    records, malformed, served, others = read_records(
+        tmp_path / "records", NOW - timedelta(hours=1), NOW, "2", max_records=300
+    )
+    assert len(records) == 300 and {r["model_version"] for r in records} == {"2"}
+    assert (served, others, malformed) == (3300, 3000, 0)
 
 
 def _ks(report: dict) -> str:
