@@ -221,10 +221,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.install(app)
 
     @app.before_request
-    def request_limit() -> None:
+    def request_limit() -> tuple[Response, int] | None:
         # MAX_CONTENT_LENGTH is a file's limit, which Flask would apply to the whole request; the batch route
         # sets its own.
         request.max_content_length = max_bytes + MULTIPART_ALLOWANCE
+        # Nothing here decodes a compressed body: Werkzeug parsed a gzip multipart as no fields at all, and
+        # the answer said no file was uploaded. The predictor refuses the same way (serving.server).
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if request.method == "POST" and encoding not in ("", "identity"):
+            return _error(
+                415, f"Content-Encoding {encoding} is not supported: send the request body uncompressed."
+            )
+        return None
 
     @app.get("/")
     def index() -> str:
@@ -250,14 +258,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                 f"(POST /api/predictions takes up to {MAX_BATCH_FILES}).",
             )
         upload = uploads[0]
+        name = upload.filename or "The file"  # "IMG_0001.HEIC is a HEIC photo ...", as the batch route says
         try:
-            data = read_upload(upload, "The file", max_bytes)
+            data = read_upload(upload, name, max_bytes)
         except UploadError as exc:
             return _error(exc.status, exc.message)
         try:
             result = call_predictor([data], explain=False)
         except PredictorError as exc:
-            return _predictor_error(exc, "The file")
+            return _predictor_error(exc, name)
         prediction = result.items[0]
         return jsonify(
             {

@@ -131,6 +131,34 @@ def test_the_one_image_route_refuses_two_files_and_says_when_the_field_holds_tex
         assert "-F image=@photo.jpg" in response.get_json()["error"]
 
 
+def test_a_refusal_names_the_file_and_a_compressed_body_is_refused_for_its_encoding(sample_images):
+    """``/api/predict`` said "The file is ..." where the batch route names the file; a gzip multipart body
+    parsed as no fields at all and was answered "No file was uploaded"."""
+    import gzip
+
+    app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9"})  # never called: each is refused before it
+    pdf = b"%PDF-1.7 a scan, not a photo"
+    envelope = "multipart/form-data; boundary=b"
+    body = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    body += sample_images.probe[0] + b"\r\n--b--\r\n"
+    with app.test_client() as client:
+        named = client.post("/api/predict", data={"image": (io.BytesIO(pdf), "IMG_0001.jpg")})
+        routes = ("/api/predict", "/api/predictions", "/api/feedback")
+        squeezed = [
+            client.post(
+                route,
+                data=gzip.compress(body),
+                headers={"Content-Type": envelope, "Content-Encoding": "gzip"},
+            )
+            for route in routes
+        ]
+    assert named.status_code == 415
+    assert named.get_json()["error"].startswith("IMG_0001.jpg is a PDF document"), named.get_json()
+    for route, response in zip(routes, squeezed, strict=True):
+        assert response.status_code == 415, (route, response.get_json())
+        assert response.get_json()["error"].startswith("Content-Encoding gzip is not supported"), route
+
+
 class _StubPredictorHandler(BaseHTTPRequestHandler):
     """A stub predictor's V2 plumbing: read the request, answer outputs as JSON, log nothing."""
 
