@@ -208,7 +208,9 @@ def facts_of(image: Image.Image) -> InputFacts:
     return InputFacts(
         width=image.size[0],
         height=image.size[1],
-        format=image.format or RAW_FORMAT,
+        # A phone's multi-picture JPEG is a JPEG to monitoring (in_domain_formats), metrics and the V2 output;
+        # recorded as MPO, a 32x32 one counted as out of the domain.
+        format="JPEG" if image.format in JPEG_FORMATS else image.format or RAW_FORMAT,
         mode=image.mode,
         had_alpha=had_alpha,
         # Not n_frames: GIF and TIFF count frames by walking the whole file (TIFF's quadratically: 7 s for

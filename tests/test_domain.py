@@ -51,7 +51,7 @@ def test_a_phones_multi_picture_jpeg_has_its_quality_read():
     first, second = Image.fromarray(pixels), Image.new("RGB", (32, 32))
     data = encoded(first, "MPO", save_all=True, append_images=[second], quality=40)
     upload = decode_upload(data, 32)[1]
-    assert (upload.format, upload.jpeg_quality) == ("MPO", 40)
+    assert (upload.format, upload.jpeg_quality) == ("JPEG", 40)
     assert "JPEG quality about 40" in domain_note(upload, 32)
 
 
