@@ -84,7 +84,7 @@ def domain_note(facts: InputFacts, size: int, fine_detail: float | None = None) 
         return ""
     if beyond_measured_size(facts, size):
         return f"Unlike the training images: {'; '.join(notes)}. At this size the model gives no verdict."
-    return f"Unlike the training images: {'; '.join(notes)}. The verdict needs a clearer score."
+    return f"Unlike the training images: {'; '.join(notes)}. It gets a verdict only for a score near 0 or 1."
 
 
 def domain_verdict(

@@ -165,8 +165,8 @@ def _limits_section(metadata: ModelMetadata, robustness: Mapping | None) -> dict
     size = metadata.image_size
     limits = [
         f"It sees {size}x{size} pixels: any larger image is shrunk first, and the detail that shows "
-        "generation is mostly lost. The predictor adds a note and asks for a clearer score then, and gives "
-        "no verdict at all for an image resized more than 4x (a phone photo).",
+        "generation is mostly lost. The predictor adds a note then and gives a verdict only for a score "
+        "near 0 or 1, and none at all for an image resized more than 4x (a phone photo).",
         "It learned one generator family (Stable Diffusion v1.4 imitating CIFAR-10): other generators, "
         "edited photos and other subjects are outside what it was tested on.",
         "Blur, strong JPEG compression and enlargement change its scores; such uploads more often get "

@@ -92,6 +92,8 @@ def test_each_difference_is_named_in_the_note(upload, phrase):
     note = domain_note(upload, 32)
     assert phrase in note
     assert note.startswith("Unlike the training images:")
+    # What the note means for the answer, in words an uploader reads ("needs a clearer score" did not say).
+    assert note.endswith("It gets a verdict only for a score near 0 or 1.")
 
 
 def test_a_factor_of_two_is_not_called_far():
