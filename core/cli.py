@@ -14,7 +14,14 @@ from pathlib import Path
 from types import FrameType
 
 from core.config import PARAMS_FILE, Params, load_params
-from core.errors import DeepGuardError, redact_credentials
+from core.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_TRANSIENT,
+    DeepGuardError,
+    TransientError,
+    redact_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +286,9 @@ def run_stage(
         argv: Arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The process exit code: 0 on success, 2 on an expected error, 130 when interrupted (SIGTERM, Ctrl-C).
+        The process exit code: 0 on success, 2 on an expected error that a retry would meet again (bad
+        input, missing credentials), 75 on a transient one (a server unreachable), 130 when interrupted
+        (SIGTERM, Ctrl-C): ``core.errors``' ``EXIT_*``, which the Airflow DAG reads to decide on retries.
     """
     args = parser.parse_args(argv)
     module = parser.prog.removeprefix("python -m ")
@@ -303,7 +312,7 @@ def run_stage(
                 raise
             log.error("%s failed: %s", name, exc)
             print(f"{module}: error: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_ERROR
         if stop.name is not None:  # lost on the way and not sent again before the stage ended
             return _interrupted(name, module, stop.name, "it had finished; its outputs are complete")
         return 0
@@ -343,4 +352,4 @@ def _paths_from_the_current_folder(args: argparse.Namespace) -> None:
 def _interrupted(name: str, module: str, signal_name: str, outputs: str = "partial outputs removed") -> int:
     log.error("%s interrupted (%s): %s", name, signal_name, outputs)
     print(f"{module}: interrupted", file=sys.stderr)
-    return 130
+    return EXIT_INTERRUPTED

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import re
 
+# How a stage process ends (``core.cli.run_stage``), which the Airflow DAG reads to decide on retries.
+EXIT_ERROR = 2  # a DeepGuardError or a usage error: bad input or settings; a retry fails the same way
+EXIT_TRANSIENT = 75  # a TransientError: worth retrying (sysexits.h EX_TEMPFAIL, "try again later")
+EXIT_INTERRUPTED = 130  # stopped by SIGTERM or Ctrl-C
+# Exit codes after which retrying the stage cannot help: the task fails at once.
+PERMANENT_EXIT_CODES = (EXIT_ERROR,)
+
 # The userinfo of a URL (``scheme://user:password@``) anywhere in a text, up to the last "@" before the host.
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^\s/'\"<>]*@")
 
@@ -29,3 +36,10 @@ class DeepGuardError(Exception):
 
     def __str__(self) -> str:
         return redact_credentials(super().__str__())
+
+
+class TransientError(DeepGuardError):
+    """An expected failure that may pass on its own (a server unreachable): exit ``EXIT_TRANSIENT``.
+
+    Every other DeepGuardError exits ``EXIT_ERROR``, which the Airflow DAG fails at once, without retries.
+    """

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from core.atomic import read_json, write_json
 from core.cli import stop_received
 from core.config import MlflowParams
-from core.errors import DeepGuardError, redact_credentials
+from core.errors import DeepGuardError, TransientError, redact_credentials
 from core.pipeline import MODEL_DIR, RUN_FILE
 from core.settings import settings
 
@@ -38,6 +38,10 @@ PROBE_TIMEOUT_S = 5
 
 class TrackingUnavailableError(DeepGuardError):
     """The tracking server cannot be reached or refused us."""
+
+
+class TrackingUnreachableError(TrackingUnavailableError, TransientError):
+    """The tracking server did not answer, or failed on its side: a later try may succeed."""
 
 
 def _credentials_to_env(uri: str) -> str:
@@ -80,7 +84,7 @@ def _probe(url: str, path: str = "") -> None:
     try:
         requests.get(url.rstrip("/") + path, timeout=PROBE_TIMEOUT_S)
     except requests.RequestException as exc:
-        raise TrackingUnavailableError(
+        raise TrackingUnreachableError(
             f"MLflow tracking server {url} unreachable "
             f"({type(exc).__name__}); check MLFLOW_TRACKING_URI / DAGSHUB_* or "
             "unset them to use the local store"
@@ -167,7 +171,12 @@ def setup(params: MlflowParams) -> Experiment:
             mlflow.create_experiment(params.experiment, artifact_location=artifacts)
         return mlflow.set_experiment(params.experiment)
     except mlflow.exceptions.MlflowException as exc:
-        raise TrackingUnavailableError(f"MLflow at {uri}: {exc.message.splitlines()[0]}") from None
+        status = exc.get_http_status_code()
+        # A 4xx (bad credentials, no permission) fails the same way next time; a 5xx or a lost connection
+        # may not.
+        refused = 400 <= status < 500 and status != 429
+        error = TrackingUnavailableError if refused else TrackingUnreachableError
+        raise error(f"MLflow at {uri}: {exc.message.splitlines()[0]}") from None
 
 
 def git_commit() -> str:

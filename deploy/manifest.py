@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from core.errors import DeepGuardError
+from core.errors import DeepGuardError, TransientError
 from core.names import MODEL_VERSION_ENV, STORAGE_URI_ENV
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,10 @@ KSERVE_SCHEMES = ("pvc", "s3", "gs", "hdfs", "webhdfs", "https", "http", "hf")
 
 class DeployError(DeepGuardError):
     """The champion could not be rolled out (missing champion, unreachable API, not Ready in time)."""
+
+
+class KubernetesUnavailableError(DeployError, TransientError):
+    """The Kubernetes API did not answer, or failed on its side (5xx, 429): a later try may succeed."""
 
 
 def deployment_mode(obj: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from deploy.manifest import (
     SERVING_CONFIGMAP,
     Champion,
     DeployError,
+    KubernetesUnavailableError,
     ServingConfig,
     deployment_mode,
     rollout_manifest,
@@ -77,9 +78,13 @@ def _k8s_call(what: str, call: Callable[[], Any], missing_ok: bool = False) -> A
     except ApiException as exc:
         if missing_ok and exc.status == 404:
             return None
-        raise DeployError(f"{what}: HTTP {exc.status} {exc.reason}{_status_message(exc.body)}") from None
+        # RBAC or a webhook refusing (4xx) refuses again; an overloaded or failing API server may not.
+        passing = exc.status is not None and (exc.status >= 500 or exc.status == 429)
+        why = f"HTTP {exc.status} {exc.reason}{_status_message(exc.body)}"
+        raise (KubernetesUnavailableError if passing else DeployError)(f"{what}: {why}") from None
     except HTTPError as exc:
-        raise DeployError(f"{what}: Kubernetes API unreachable ({type(exc).__name__})") from None
+        why = f"Kubernetes API unreachable ({type(exc).__name__})"
+        raise KubernetesUnavailableError(f"{what}: {why}") from None
 
 
 def _status_message(body: str | bytes | None) -> str:

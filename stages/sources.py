@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import DataParams
-from core.errors import DeepGuardError
+from core.errors import DeepGuardError, TransientError
 from core.feedback import ACCEPTED, FeedbackError, FeedbackItem, FeedbackStore
 from core.formats import FORMATS
 from core.labels import CLASS_NAMES
@@ -45,6 +45,24 @@ MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 class SourceError(DeepGuardError):
     """The configured data source cannot be used; the message says how to fix it."""
+
+
+class SourceUnavailableError(SourceError, TransientError):
+    """The data source did not answer, or failed on its side (Kaggle offline, a 5xx): a later try may work."""
+
+
+def _source_error(message: str, exc: Exception) -> SourceError:
+    """The error for a failed call to a remote source: transient unless the source refused us (a 4xx)."""
+    import requests
+
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        transient = status >= 500 or status == 429
+    else:
+        offline = (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)
+        transient = isinstance(exc, offline)
+    return (SourceUnavailableError if transient else SourceError)(message)
 
 
 @dataclass(frozen=True)
@@ -185,7 +203,8 @@ def download_kaggle(dataset: str, dest: Path = KAGGLE_CACHE) -> Path:
             f"put a complete kaggle.json (username and key) or access_token in {settings().kaggle_dir}"
         ) from None
     except Exception as exc:  # the token is checked online: unreachable is an error like the download's
-        raise SourceError(f"Kaggle sign-in for {dataset} failed: {type(exc).__name__}: {exc}") from None
+        why = f"{type(exc).__name__}: {exc}"
+        raise _source_error(f"Kaggle sign-in for {dataset} failed: {why}", exc) from None
     for line in printed.getvalue().splitlines():  # e.g. "your Kaggle API key is readable by other users"
         if line.strip():
             log.warning("kaggle: %s", line.strip())
@@ -193,7 +212,8 @@ def download_kaggle(dataset: str, dest: Path = KAGGLE_CACHE) -> Path:
         log.info("downloading Kaggle dataset %s to %s", dataset, dest)
         api.dataset_download_files(dataset, path=str(dest), unzip=False, quiet=False)
     except Exception as exc:  # the kaggle client raises many types (HTTP, auth, OS); all mean "no data"
-        raise SourceError(f"Kaggle download of {dataset} failed: {type(exc).__name__}: {exc}") from None
+        why = f"{type(exc).__name__}: {exc}"
+        raise _source_error(f"Kaggle download of {dataset} failed: {why}", exc) from None
     if not archive.is_file():
         raise SourceError(f"Kaggle download of {dataset} produced no {archive.name} in {dest}")
     return archive

@@ -221,8 +221,32 @@ def test_kaggle_download_failure_from_a_fake_offline_api_is_one_clear_error(
             raise ConnectionError("network unreachable")
 
     monkeypatch.setattr(kaggle_api, "KaggleApi", FakeOfflineKaggleApi)
-    with pytest.raises(sources.SourceError, match="Kaggle download of .* failed: ConnectionError"):
+    # Offline may pass: transient (exit 75), so the Airflow task retries it.
+    with pytest.raises(sources.SourceUnavailableError, match="Kaggle download of .* failed: ConnectionError"):
         sources.download_kaggle("owner/data", tmp_path)
+
+
+@pytest.mark.parametrize(("status", "transient"), [(403, False), (404, False), (429, True), (503, True)])
+def test_kaggle_refusing_is_final_and_failing_on_its_side_is_transient_fake_kaggle_api(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, status: int, transient: bool
+) -> None:
+    import requests
+
+    kaggle_api = importlib.import_module("kaggle.api.kaggle_api_extended")
+
+    class FakeRefusingKaggleApi:
+        def authenticate(self) -> None:
+            pass
+
+        def dataset_download_files(self, *args, **kwargs) -> None:
+            response = requests.Response()
+            response.status_code = status
+            raise requests.HTTPError(f"{status} Client Error", response=response)
+
+    monkeypatch.setattr(kaggle_api, "KaggleApi", FakeRefusingKaggleApi)
+    with pytest.raises(sources.SourceError, match=f"failed: HTTPError: {status}") as error:
+        sources.download_kaggle("owner/data", tmp_path)
+    assert isinstance(error.value, sources.SourceUnavailableError) is transient
 
 
 @pytest.fixture()

@@ -62,7 +62,7 @@ def test_unreachable_tracking_uri_keeps_its_password_out_of_logs_and_error(
     argv = ["--params", str(REPO / "params.yaml")]
     code = run_stage("register", main, stage_parser("register", "test"), argv)
     out, err = capsys.readouterr()
-    assert code == 2
+    assert code == 75  # transient: the Airflow task retries it
     assert f"MLflow tracking server http://127.0.0.1:{port} unreachable" in err  # the one-line CLI error
     assert f"127.0.0.1:{port} unreachable" in out  # the same failure in the log
     assert SECRET not in out + err

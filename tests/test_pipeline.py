@@ -366,6 +366,6 @@ def test_unreachable_tracking_server_is_one_clear_error(workspace_copy) -> None:
         port = sock.getsockname()[1]
     env = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
     result = run_stage("register", root, env, check=False)
-    assert result.returncode == 2
+    assert result.returncode == 75, "a transient error (core/errors.py): the Airflow task retries it"
     assert "Traceback" not in result.stderr
     assert re.search(rf"127\.0\.0\.1:{port} unreachable", result.stderr.strip().splitlines()[-1])

@@ -646,7 +646,7 @@ def test_an_unreachable_kubernetes_api_is_one_line_not_a_traceback(workspace: Pa
     kubeconfig = workspace / "kubeconfig"
     kubeconfig.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", kubeconfig.read_text()))
     result = _cli(workspace, "--target", "kserve", "--namespace", NS, env={"KUBECONFIG": str(kubeconfig)})
-    assert result.returncode == 2
+    assert result.returncode == 75, "transient (core/errors.py): the Airflow task retries it"
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(
         "deploy: error: read ConfigMap deepguard/deepguard-serving: Kubernetes API unreachable"
