@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,14 @@ def drop_empty_options(arguments: Sequence[str]) -> list[str]:
     return result
 
 
+def base_exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
+    """The exit code of a pod's ``container`` once it terminated, read as ``skip_on_exit_code`` reads it."""
+    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
+    status = next((s for s in statuses if s.name == container), None)
+    terminated = status.state.terminated if status is not None and status.state else None
+    return terminated.exit_code if terminated is not None else None
+
+
 def local_runner_enabled() -> bool:
     """Whether stage tasks run as local processes (env ``DEEPGUARD_LOCAL_RUNNER`` or the Airflow Variable)."""
     if os.environ.get(LOCAL_RUNNER_ENV, "").strip().lower() in _TRUE:
@@ -133,6 +141,9 @@ class DeepGuardStageOperator(KubernetesPodOperator):
         local_arguments: Arguments used instead of ``arguments`` in local mode (deploy's ``--target local``);
             the pod is built with them, so the local process still runs exactly what that pod would run.
         run_if_param: Name of a boolean DAG param; when it is false the task is skipped (deploy).
+        fail_on_exit_code: Exit codes of the stage after which retrying cannot help (bad input, missing
+            credentials): the task fails at once, without its retries, in a pod as in a local process.
+            The counterpart of ``skip_on_exit_code``; any other non-zero code fails the try and is retried.
         **kwargs: Passed to :class:`KubernetesPodOperator`.
     """
 
@@ -144,9 +155,11 @@ class DeepGuardStageOperator(KubernetesPodOperator):
         local_runner: LocalRunner,
         local_arguments: Sequence[str] | None = None,
         run_if_param: str | None = None,
+        fail_on_exit_code: Collection[int] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.fail_on_exit_code = tuple(fail_on_exit_code)
         self.local_runner = local_runner
         self.local_arguments = list(local_arguments) if local_arguments is not None else None
         self.run_if_param = run_if_param
@@ -204,6 +217,36 @@ class DeepGuardStageOperator(KubernetesPodOperator):
             )
             raise AirflowFailException(f"unknown trigger param(s) {', '.join(unknown)}: {known}")
 
+    def cleanup(
+        self,
+        pod: k8s.V1Pod,
+        remote_pod: k8s.V1Pod,
+        xcom_result: dict | None = None,
+        context: Any = None,
+    ) -> None:
+        """Delete the pod as the provider does; a failure with an exit code of ``fail_on_exit_code`` is final.
+
+        The provider reports every failed container with ``AirflowException``, which Airflow retries. Both
+        the sync and the deferrable path end here, after the pod's log has been streamed into the task log.
+        """
+        try:
+            super().cleanup(pod, remote_pod, xcom_result, context)
+        except (AirflowSkipException, AirflowFailException):
+            raise
+        except AirflowException as exc:
+            code = base_exit_code(remote_pod, self.base_container_name)
+            if code in self.fail_on_exit_code:
+                raise AirflowFailException(f"{self._final(code)}\n{exc}") from exc
+            raise
+
+    def _final(self, code: int) -> str:
+        """Why a failure with exit code ``code`` is not retried, and what to do about it."""
+        return (
+            f"stage {self.task_id} exited with code {code}: an error that a retry would meet again (bad "
+            "input or settings, missing credentials; the stage's last log line says which), so the task is "
+            "not retried. Fix the cause, then clear the task to rerun it."
+        )
+
     def _run(self, argv: list[str], env: dict[str, str]) -> None:
         # Its own process group, so a timeout or a kill stops the stage and anything it started.
         self._process = subprocess.Popen(
@@ -226,6 +269,8 @@ class DeepGuardStageOperator(KubernetesPodOperator):
             code = self._process.wait()
         finally:
             self._stop()
+        if code in self.fail_on_exit_code:
+            raise AirflowFailException(f"{self._final(code)} Its last line: {last}")
         if code != 0:
             raise AirflowException(f"stage {self.task_id} exited with code {code}: {last}")
 

@@ -20,6 +20,7 @@ from airflow.sdk.exceptions import AirflowTimetableInvalid
 from deepguard_operator import DeepGuardStageOperator, LocalRunner
 from kubernetes.client import models as k8s
 
+from core.errors import PERMANENT_EXIT_CODES
 from core.pipeline import Stage
 
 # Imported by the DAG files after they put this folder and the repository on sys.path.
@@ -273,5 +274,7 @@ def stage_task(
         get_logs=True,
         local_runner=LOCAL_RUNNER,
         run_if_param=run_if_param,
+        # A stage exits 2 on an error that a retry would meet again (core/errors.py): fail without retries.
+        fail_on_exit_code=PERMANENT_EXIT_CODES,
         **kwargs,
     )
