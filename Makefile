@@ -80,9 +80,9 @@ $(AIRFLOW_VENV)/.installed: requirements/airflow.lock | $(UV)
 setup-airflow: $(AIRFLOW_VENV)/.installed ## create .venv-airflow from its lock (Airflow 3 + cncf.kubernetes provider)
 
 # make airflow: the UI's port (8080 is the predictor's); the execution API follows it.
-AIRFLOW_PORT ?= 8081
+AIRFLOW_PORT ?= 8082
 
-airflow: setup setup-airflow ## Airflow UI + local runner on AIRFLOW_PORT (8081); prints URL and password; Ctrl-C stops
+airflow: setup setup-airflow ## Airflow UI + local runner on AIRFLOW_PORT (8082); prints URL and password; Ctrl-C stops
 	$(AIRFLOW_VENV)/bin/python -m tools.airflow_ui --port $(AIRFLOW_PORT)
 
 test-dags: setup setup-airflow ## DAG tests in the Airflow env: DagBag, pods, a local run that fails then completes

@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from core.cli import configure_logging
+from core.names import AIRFLOW_PORT
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("AIRFLOW_PORT", "8081")),
+        default=int(os.environ.get("AIRFLOW_PORT") or AIRFLOW_PORT),
         help="API server and UI port (default: AIRFLOW_PORT or %(default)s)",
     )
     parser.add_argument(
