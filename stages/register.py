@@ -278,6 +278,24 @@ def _resume_unfinished(client: MlflowClient, name: str, training_run: str) -> Mo
     return resumed
 
 
+def _registered_already(client: MlflowClient, name: str, lineage: dict[str, str]) -> ModelVersion | None:
+    """The completed version registered from this very model and evaluation, when register runs again.
+
+    A cleared Airflow task (or ``python -m stages.register`` typed twice) must not register the same model
+    again: the copy would lose the gate to its original and move the challenger alias to a duplicate. Same
+    lineage means same training run, model file, data, params, code and evaluation results; an evaluation
+    rerun with other settings changes the lineage and registers anew, as it should.
+    """
+    done = [
+        version
+        for version in client.search_model_versions(f"name = '{name}'")
+        if version.tags.get(PROMOTION) not in (None, ABANDONED)
+        and GATE in version.tags
+        and all(version.tags.get(key) == value for key, value in lineage.items())
+    ]
+    return max(done, key=lambda version: int(version.version), default=None)
+
+
 def _running(client, run_id: str | None) -> bool:
     from mlflow.exceptions import MlflowException
 
@@ -379,6 +397,16 @@ def run(params: Params) -> dict:
         new_settings_for_champion=_settings_changed(champion.tags, lineage),
         synthetic_over_real=metadata.synthetic_data and champion.tags.get("synthetic_data") == "false",
     )
+    done = _registered_already(client, name, lineage)
+    if done is not None:
+        decision = GateDecision(**json.loads(done.tags[GATE]))
+        log.info(
+            "register done: %s v%s was registered from this model and evaluation already (%s): nothing to do",
+            name,
+            done.version,
+            done.tags[PROMOTION],
+        )
+        return _record(name, str(done.version), done.run_id, decision, lineage)
     with tracking.stage_run("register", experiment.experiment_id, training_run) as mlrun:
         unfinished = _resume_unfinished(client, name, training_run)
         if unfinished is not None:
@@ -409,23 +437,29 @@ def run(params: Params) -> dict:
         client.set_model_version_tag(name, version, PROMOTION, CHAMPION if decision.promote else "rejected")
         _settle_promotion_tags(client, name)
         mlflow.set_tags({"registered_version": version, "promoted": str(decision.promote).lower()})
-    record = {
-        "model_name": name,
-        "version": str(version),
-        "run_id": mlrun.info.run_id,
-        "model_uri": f"models:/{name}/{version}",
-        "promoted": decision.promote,
-        "champion_version": str(version) if decision.promote else decision.champion_version,
-        "decision": asdict(decision),
-        "lineage": lineage,
-    }
-    write_json(REGISTRATION_FILE, record)
+    record = _record(name, str(version), mlrun.info.run_id, decision, lineage)
     if decision.promote:
         log.info("register done: %s v%s is the new champion (%s)", name, version, decision.reason)
     else:
         log.warning(
             "register done: %s v%s registered as challenger, NOT promoted: %s", name, version, decision.reason
         )
+    return record
+
+
+def _record(name: str, version: str, run_id: str, decision: GateDecision, lineage: dict[str, str]) -> dict:
+    """Write reports/registration.json for ``version``, registered by the MLflow run ``run_id``."""
+    record = {
+        "model_name": name,
+        "version": version,
+        "run_id": run_id,
+        "model_uri": f"models:/{name}/{version}",
+        "promoted": decision.promote,
+        "champion_version": version if decision.promote else decision.champion_version,
+        "decision": asdict(decision),
+        "lineage": lineage,
+    }
+    write_json(REGISTRATION_FILE, record)
     return record
 
 

@@ -437,6 +437,21 @@ def _tags(client: mlflow.MlflowClient) -> dict[str, dict[str, str]]:
     return {str(v.version): v.tags for v in client.search_model_versions(f"name = '{MODEL}'")}
 
 
+def test_register_run_again_on_the_same_model_and_evaluation_registers_nothing(workspace_copy) -> None:
+    # A cleared Airflow task reruns register in the same run folder: it registered a duplicate version,
+    # which lost the gate to its original and took the challenger alias.
+    root, env = workspace_copy
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = _client(env)
+    run_stage("register", root, env)
+    first = json.loads((root / "reports/registration.json").read_text())
+    again = run_stage("register", root, env)
+    assert "deepguard v1 was registered from this model and evaluation already (champion)" in again.stdout
+    assert list(_tags(client)) == ["1"], "a duplicate version"
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "1"
+    assert json.loads((root / "reports/registration.json").read_text()) == first
+
+
 def test_evaluate_stopped_while_scoring_leaves_the_last_reports_as_they_were(
     workspace_copy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
