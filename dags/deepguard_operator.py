@@ -249,15 +249,21 @@ class DeepGuardStageOperator(KubernetesPodOperator):
 
     def _run(self, argv: list[str], env: dict[str, str]) -> None:
         # Its own process group, so a timeout or a kill stops the stage and anything it started.
-        self._process = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=self.local_runner.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        try:
+            self._process = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=self.local_runner.cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        except OSError as exc:  # no such interpreter, not executable: no retry brings it
+            raise AirflowFailException(
+                f"local runner: cannot start {argv[0]} ({exc.strerror or exc}): run `make setup`, or point "
+                "DEEPGUARD_LOCAL_PYTHON at the stages' Python environment"
+            ) from None
         last = ""
         try:
             assert self._process.stdout is not None

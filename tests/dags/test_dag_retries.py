@@ -136,3 +136,13 @@ def test_a_pod_that_exits_2_fails_without_retries_fake_kubernetes_api(
 
 def test_every_stage_task_fails_at_once_on_exit_2_only(dag: Any) -> None:
     assert {json.dumps(task.fail_on_exit_code) for task in dag.tasks} == {json.dumps([EXIT_ERROR])}
+
+
+def test_a_local_runner_without_the_stages_python_fails_at_once(dag: Any, tmp_path: Path) -> None:
+    # It failed on a FileNotFoundError traceback, retried twice minutes apart.
+    from airflow.sdk.exceptions import AirflowFailException
+
+    task = render_task(dag, "ingest")
+    missing = tmp_path / ".venv" / "bin" / "python"
+    with pytest.raises(AirflowFailException, match=r"cannot start .*python \(No such file or directory\)"):
+        task._run([str(missing), "-m", "stages.ingest"], {"PATH": "/usr/bin"})
