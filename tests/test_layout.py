@@ -21,8 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "deploy": {"core", "deploy"},
     # The feedback store and the image formats: standard library only, copied into the web image.
     "flask_app": {"flask_app", "core.feedback", "core.formats"},
-    # The stage list and its config types; the operator and the pods module beside the DAG files.
-    "dags": {"core.pipeline", "core.config", "deepguard_operator", "deepguard_pods"},
+    # The stage list, its config types and exit codes; the operator and the pods module beside the DAG files.
+    "dags": {"core.pipeline", "core.config", "core.errors", "deepguard_operator", "deepguard_pods"},
     "tools": {"core"},  # developer commands (make airflow)
 }
 MAX_LEVELS = 3
