@@ -53,6 +53,33 @@ ParamsLoader.yaml_implicit_resolvers = {
 }
 
 
+def _construct_unique_mapping(loader: ParamsLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys differ: a key written twice is an error (as in YAML 1.2), not the last one kept.
+
+    Adding ``epochs: 3`` under a section that already had ``epochs: 60`` ran a stage with 3 while ``dvc
+    repro`` refused the same file (DVC's YAML parser rejects duplicate keys): the two disagreed on one file.
+    """
+    seen: dict[object, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges keys; SafeLoader resolves it
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, str | int | float | bool) or key is None:
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key]})",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+ParamsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def load_yaml(text: str) -> Any:
     """Parse params-shaped YAML text with :class:`ParamsLoader`; raises ``yaml.YAMLError`` when malformed."""
     return yaml.load(text, Loader=ParamsLoader)  # a SafeLoader: builds plain data only, never objects

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.config import ConfigError, load_params
+from core.config import ConfigError, load_params, load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -345,3 +345,23 @@ def test_an_override_below_a_value_says_so(override: str, expected: str) -> None
     with pytest.raises(ConfigError) as raised:
         load_params(REPO / "params.yaml", [override])
     assert str(raised.value) == f"override {override!r}: {expected}"
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """PyYAML kept the last of two ``epochs:`` silently, so a stage run alone trained with it while ``dvc
+    repro``, whose YAML parser refuses duplicate keys, stopped on the same file with a multi-line error."""
+    path = _write(tmp_path, lambda raw: None)
+    text = path.read_text()
+    path.write_text(text.replace("  epochs: 60\n", "  epochs: 60\n  epochs: 1\n", 1))
+    line = text[: text.index("  epochs: 60\n")].count("\n") + 1
+    with pytest.raises(
+        ConfigError,
+        match=rf"{path}: not valid YAML: line {line + 1}, column 3: "
+        rf"duplicate key 'epochs' \(first on line {line}\)",
+    ) as raised:
+        load_params(path)
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match=r"override 'training=.*': not valid YAML: duplicate key 'epochs'"):
+        load_params(REPO / "params.yaml", ["training={epochs: 1, epochs: 2}"])
+    merged = "a: &defaults {epochs: 1}\nb:\n  <<: *defaults\n  seed: 2\n"
+    assert load_yaml(merged)["b"] == {"epochs": 1, "seed": 2}, "a YAML merge key is not a duplicate"
