@@ -17,7 +17,7 @@ import numpy as np
 
 from core.config import ConfigError, ExtraSetParams
 from core.imaging import ImageError, decode_for_model
-from core.labels import label_of
+from core.labels import CLASS_NAMES, label_of
 from core.metrics import outcome_metrics
 from core.modelstore import predict_fake_probability
 from stages.sources import Member, SourceError, list_labelled, read_each
@@ -72,10 +72,13 @@ def score(model, extra: ExtraSet, threshold: float, size: int) -> dict:
 
     Returns:
         ``{"accuracy", "roc_auc", "count", "fake_called_real"}`` over the images that decoded.
+
+    Raises:
+        ConfigError: when no file of a class decodes, naming the set, the class and the first file left out.
     """
     labels: list[int] = []
     probabilities: list[np.ndarray] = []
-    left_out: list[str] = []
+    left_out: list[tuple[str, str]] = []  # (class name, why)
     members = extra.members
     for start in range(0, len(members), CHUNK):
         chunk = members[start : start + CHUNK]
@@ -84,22 +87,31 @@ def score(model, extra: ExtraSet, threshold: float, size: int) -> dict:
             chunk, read_each(extra.path, [m for _, m in chunk]), strict=True
         ):
             if isinstance(data, SourceError):  # over the size limit or unreadable; the message names it
-                left_out.append(str(data))
+                left_out.append((class_name, str(data)))
                 continue
             try:
                 images.append(decode_for_model(data, size))
             except ImageError as exc:
-                left_out.append(f"{getattr(member, 'filename', member)}: {exc}")
+                left_out.append((class_name, f"{getattr(member, 'filename', member)}: {exc}"))
                 continue
             labels.append(label_of(class_name))
         if images:
             probabilities.append(predict_fake_probability(model, np.stack(images)))
+    # check() saw files of both classes by their names; if every file of a class failed to decode, the set
+    # is one class (no ROC-AUC, no fakes to miss) and the numbers would be null: refused like an empty class.
+    undecoded = [name for name in CLASS_NAMES if label_of(name) not in labels]
+    if undecoded:
+        first = next(why for class_name, why in left_out if class_name == undecoded[0])
+        raise ConfigError(
+            f"evaluation.extra_sets {extra.name!r}: {extra.path}: no image in {', '.join(undecoded)} decodes "
+            f"({len(left_out)} files left out; first: {first})"
+        )
     if left_out:
         log.warning(
             "extra set %s: %d files left out, not decodable or over the size limit (first: %s)",
             extra.name,
             len(left_out),
-            left_out[0],
+            left_out[0][1],
         )
     scores = np.concatenate(probabilities) if probabilities else np.zeros(0, dtype=np.float32)
     result = outcome_metrics(np.asarray(labels), scores, threshold)

@@ -208,6 +208,33 @@ def test_extra_set_file_over_the_size_limit_is_left_out_with_a_warning(
     assert re.search(r"extra set photos: 1 files left out.*huge\.png: 16777217 bytes, over the", warning)
 
 
+@pytest.mark.parametrize("kind", ["zip", "folder"])
+def test_extra_set_whose_fakes_all_fail_to_decode_is_refused_naming_a_file(
+    detector, tmp_path: Path, kind: str
+) -> None:
+    """Files named like images that are not (text saved as .png, an empty .jpg) passed check() by their names;
+    with every FAKE one undecodable the set was scored as one class: exit 0 and null ROC-AUC and misses."""
+    files = [f for f in _odd_files(seed=5) if f[0] == "REAL"]
+    files += [("FAKE", "notes.png", b"hello"), ("FAKE", "empty.jpg", b"")]
+    if kind == "zip":
+        path = tmp_path / "photos.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for class_name, name, data in files:
+                archive.writestr(f"{class_name}/{name}", data)
+    else:
+        path = tmp_path / "photos"
+        for class_name, name, data in files:
+            (path / class_name).mkdir(parents=True, exist_ok=True)
+            (path / class_name / name).write_bytes(data)
+    [checked] = extra_sets.check([ExtraSetParams(name="photos", path=str(path))])
+    with pytest.raises(ConfigError) as raised:
+        extra_sets.score(detector, checked, 0.5, 32)
+    message = str(raised.value)
+    expected = f"evaluation.extra_sets 'photos': {path}: no image in FAKE decodes (2 files left out; first: "
+    assert message.startswith(expected)
+    assert re.search(r"first: \S*FAKE/(notes\.png|empty\.jpg): ", message) and "\n" not in message
+
+
 def test_missing_extra_set_is_one_error_naming_the_set_and_path(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.zip"
     with pytest.raises(ConfigError, match=rf"evaluation.extra_sets 'photos': {missing}: no such folder"):
