@@ -161,6 +161,31 @@ def _robustness_section(robustness: Mapping | None) -> dict:
     return {"heading": "Robustness", "text": text, "facts": facts}
 
 
+def _extra_sets_section(metrics: Mapping) -> dict | None:
+    """``evaluation.extra_sets`` as reports/metrics.json scored them; None when there were none.
+
+    Each set goes by the name the user gave it: its path is this machine's, and register, which writes the
+    card, is not rerun when only a path changes.
+    """
+    scored = metrics.get("extra_sets")
+    if not isinstance(scored, Mapping) or not scored:
+        return None
+    labels = {"accuracy": "accuracy", "roc_auc": "roc_auc", "fake_called_real": "fakes called REAL"}
+    facts = {
+        name: ", ".join(
+            [f"{label} {format_metric(row[key])}" for key, label in labels.items() if key in row]
+            + ([f"images {row['count']}"] if "count" in row else [])
+        )
+        for name, row in scored.items()
+        if isinstance(row, Mapping)
+    }
+    text = (
+        "Other images (evaluation.extra_sets: the user's own photos, other generators), decoded and resized "
+        "as the predictor does uploads and scored at the same threshold as the test split."
+    )
+    return {"heading": "Extra evaluation sets", "text": text, "facts": facts}
+
+
 def _limits_section(metadata: ModelMetadata, robustness: Mapping | None) -> dict:
     size = metadata.image_size
     limits = [
@@ -240,6 +265,7 @@ def build_card(
         _recipe_section(params, lineage, training or {}),
         _metrics_section(metadata, metrics),
         _robustness_section(robustness),
+        *filter(None, [_extra_sets_section(metrics)]),
         _limits_section(metadata, robustness),
         {"heading": "Lineage", "facts": lineage_facts},
     ]

@@ -209,3 +209,21 @@ def test_model_folder_card_is_read_or_absent(tmp_path):
     assert read_model_card(tmp_path) is None
     (tmp_path / "model_card.json").write_text("[1, 2]")
     assert read_model_card(tmp_path) is None
+
+
+def test_card_reports_the_extra_sets_the_user_added():
+    """evaluate scored the user's own sets into reports/metrics.json, but the card (and /model) left them out:
+    the one place a reader looks for what the version was tested on did not say it was tried on them."""
+    metrics = {
+        **METRICS,
+        "extra_sets": {"phone": {"accuracy": 0.75, "roc_auc": None, "count": 12, "fake_called_real": 0.5}},
+    }
+    built = card(metrics=metrics)
+    assert_card_shape(built)
+    headings = list(sections(built))
+    assert headings.index("Extra evaluation sets") == headings.index("Robustness") + 1
+    assert sections(built)["Extra evaluation sets"]["facts"] == {
+        "phone": "accuracy 0.7500, roc_auc n/a, fakes called REAL 0.5000, images 12"
+    }
+    assert "Extra evaluation sets" not in sections(card()), "no section without extra sets"
+    assert "| phone | accuracy 0.7500" in to_markdown(built)
