@@ -441,5 +441,12 @@ def load_params(
             missing = [str(at[-1]) for at in beside if tuple(map(str, at[:-1])) == loc[:-1]]
             message = f"unknown key (missing here: {', '.join(missing)})" if missing else "unknown key"
             told += len(missing)
+            if "." in loc[-1]:  # `training.epochs: 3` is one key named "training.epochs" in YAML, not a path
+                section, _, leaf = loc[-1].rpartition(".")
+                where = ".".join([*loc[:-1], repr(loc[-1])])
+                message += (
+                    f" (YAML reads a dotted key as one name: write {leaf}: under {section}:, "
+                    f"or use --set {'.'.join(loc)}=VALUE)"
+                )
         more = f" (and {len(errors) - told} more)" if len(errors) > told else ""
         raise ConfigError(f"{source}: {where}: {message}{more}") from None

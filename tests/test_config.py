@@ -365,3 +365,18 @@ def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path: Path) -> Non
         load_params(REPO / "params.yaml", ["training={epochs: 1, epochs: 2}"])
     merged = "a: &defaults {epochs: 1}\nb:\n  <<: *defaults\n  seed: 2\n"
     assert load_yaml(merged)["b"] == {"epochs": 1, "seed": 2}, "a YAML merge key is not a duplicate"
+
+
+def test_a_dotted_key_in_the_file_says_yaml_reads_it_as_one_name(tmp_path: Path) -> None:
+    """``training.epochs: 3`` (the --set spelling) was refused as ``training.epochs: unknown key``: the very
+    path the user meant, named as unknown."""
+    path = _write(tmp_path, lambda raw: raw.update({"training.epochs": 3}))
+    with pytest.raises(ConfigError) as raised:
+        load_params(path)
+    assert str(raised.value) == (
+        f"{path}: 'training.epochs': unknown key (YAML reads a dotted key as one name: write epochs: under "
+        "training:, or use --set training.epochs=VALUE)"
+    )
+    nested = _write(tmp_path, lambda raw: raw["augmentation"].update({"degradations.jpeg": 0.2}))
+    with pytest.raises(ConfigError, match=r"augmentation\.'degradations\.jpeg': unknown key \(.* jpeg: "):
+        load_params(nested)
