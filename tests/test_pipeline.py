@@ -62,6 +62,23 @@ def test_dvc_never_replays_register_from_its_run_cache() -> None:
     assert all(isinstance(out, str) for out in others), "the other stages replay from the run cache"
 
 
+def test_the_documented_rescoring_of_edited_extra_sets_reruns_evaluate_alone(tmp_path: Path) -> None:
+    """docs/pipeline.md told a user who edited an extra set's files to run `dvc repro --force evaluate`, which
+    forces every stage before evaluate too: ingest to train ran again (training on the full archive, 37
+    minutes) for a rescoring. Real DVC, asked for a dry run of the documented command, in a git checkout."""
+    from workspace import make_workspace, stage_env
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "pipeline.md").read_text()
+    documented = re.search(r"after editing a set, run `(dvc repro [^`]+)`", " ".join(doc.split()))
+    assert documented, "docs/pipeline.md no longer says how to rescore an edited extra set"
+    root = make_workspace(tmp_path / "clone")
+    env = stage_env(root)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc(root, env, "init", "-q")
+    dry = dvc(root, env, *documented.group(1).split()[1:], "--dry")
+    assert re.findall(r"Running stage '(\w+)'", dry.stdout) == ["evaluate"], dry.stdout
+
+
 def _imported_project_files(path: Path, root: Path) -> set[str]:
     """An independent oracle for code_deps: walk the syntax trees of the project files ``path`` imports."""
     found, todo = set(), [path]
