@@ -54,7 +54,10 @@ def check(sets: list[ExtraSetParams]) -> list[ExtraSet]:
         try:
             checked.append(ExtraSet(entry.name, path, list_labelled(path)))
         except SourceError as exc:
-            raise ConfigError(f"evaluation.extra_sets {entry.name!r}: {exc}") from None
+            # A relative path is read from the workspace (the checkout under dvc repro, the run's folder
+            # under --workdir or in a pod), which is not always where the user wrote params.yaml.
+            where = "" if path.is_absolute() else f" (a path relative to {Path.cwd()})"
+            raise ConfigError(f"evaluation.extra_sets {entry.name!r}: {exc}{where}") from None
     return checked  # two sets of one name are refused with the rest of params.yaml (core.config)
 
 

@@ -286,3 +286,17 @@ def test_extra_set_names_are_checked_by_the_config() -> None:
         load_params(REPO / "params.yaml", ["evaluation.extra_sets=[{name: 'a b', path: x}]"])
     with pytest.raises(ConfigError, match=r"evaluation\.extra_sets\.0\.path"):
         load_params(REPO / "params.yaml", ["evaluation.extra_sets=[{name: a}]"])
+
+
+def test_a_relative_extra_set_path_that_is_missing_says_where_it_was_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative paths are read from the workspace (``--workdir``, a pod's run folder), not from where the
+    user typed the command: 'photos.zip: no such folder' did not say where it had looked."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        extra_sets.check([ExtraSetParams(name="photos", path="sets/photos.zip")])
+    assert str(raised.value) == (
+        f"evaluation.extra_sets 'photos': sets/photos.zip: no such folder or zip archive "
+        f"(a path relative to {tmp_path})"
+    )
