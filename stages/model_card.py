@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.atomic import atomic_path, read_json, write_json
 from core.config import Params
+from core.degrade import DEGRADATIONS
 from core.labels import band_edge_text
 from core.metrics import format_metric
 from core.modelstore import MODEL_CARD_FILE, ModelMetadata
@@ -147,7 +148,13 @@ def _robustness_section(robustness: Mapping | None) -> dict:
             "text": "Not measured for this version (evaluate wrote no reports/robustness.json).",
         }
     facts = {}
-    for name, row in robustness["degradations"].items():
+    # reports/robustness.json is written with sorted keys (blur_0.6 first, clean in the middle): the card
+    # lists clean first, then the degradations as core.degrade orders them, so each reads against clean.
+    order = {name: index for index, name in enumerate(DEGRADATIONS)}
+    rows = sorted(
+        robustness["degradations"].items(), key=lambda item: (order.get(item[0], len(order)), item[0])
+    )
+    for name, row in rows:
         if isinstance(row, Mapping):
             parts = [f"{k} {format_metric(row[k])}" for k in ("accuracy", "roc_auc", "flipped") if k in row]
             facts[name] = ", ".join(parts)

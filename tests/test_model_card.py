@@ -227,3 +227,12 @@ def test_card_reports_the_extra_sets_the_user_added():
     }
     assert "Extra evaluation sets" not in sections(card()), "no section without extra sets"
     assert "| phone | accuracy 0.7500" in to_markdown(built)
+
+
+def test_card_lists_clean_first_then_the_degradations_in_the_reports_order():
+    """reports/robustness.json has sorted keys, and the card kept them: blur_0.6 and blur_1.0 above clean,
+    the row every other one is read against."""
+    degradations = dict(sorted(ROBUSTNESS["degradations"].items()))
+    assert list(degradations)[0] == "blur_1.0", "the report's own order, as write_json sorts it"
+    built = sections(card(robustness={**ROBUSTNESS, "degradations": degradations}))
+    assert list(built["Robustness"]["facts"]) == ["clean", "jpeg_q50", "blur_1.0", "mean over degradations"]
