@@ -14,6 +14,7 @@ import json
 import logging
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,8 +332,31 @@ def list_labelled(path: Path) -> list[tuple[str, Member]]:
     if missing:
         raise SourceError(
             f"{path}: not in the layout REAL/ and FAKE/ image folders: no images in {', '.join(missing)}"
+            + _unread_suffixes(path, missing)
         )
     return located
+
+
+def _unread_suffixes(path: Path, classes: list[str]) -> str:
+    """Why class folders that hold files have no images: their suffixes (``.heic``), and the ones read here.
+
+    A phone's HEIC photos were skipped by their suffix without a word: "no images in REAL" beside a full
+    REAL/ folder.
+    """
+    if path.is_dir():
+        names = [file.relative_to(path).parts for file in path.rglob("*") if file.is_file()]
+    else:
+        with zipfile.ZipFile(path) as archive:
+            names = [Path(info.filename).parts for info in archive.infolist() if not info.is_dir()]
+    suffixes = Counter(
+        Path(parts[-1]).suffix.lower() or "(none)"
+        for parts in names
+        if len(parts) >= 2 and parts[-2] in classes and not parts[-1].startswith(".")
+    )
+    if not suffixes:
+        return ""
+    found = ", ".join(f"{count} {suffix}" for suffix, count in suffixes.most_common())
+    return f" (files there: {found}; images are read by the suffixes {', '.join(sorted(IMAGE_SUFFIXES))})"
 
 
 def _check_size(size: int, where: str) -> None:

@@ -300,3 +300,26 @@ def test_a_relative_extra_set_path_that_is_missing_says_where_it_was_looked_for(
         f"evaluation.extra_sets 'photos': sets/photos.zip: no such folder or zip archive "
         f"(a path relative to {tmp_path})"
     )
+
+
+@pytest.mark.parametrize("kind", ["zip", "folder"])
+def test_a_class_folder_of_unread_formats_says_which_suffixes_it_holds(tmp_path: Path, kind: str) -> None:
+    """A phone's REAL/ folder of .HEIC photos was refused as 'no images in REAL', beside a full folder."""
+    png = _encode(Image.new("RGB", (8, 8)), "PNG")
+    files = {"FAKE/a.png": png, "REAL/IMG_1.HEIC": b"heic", "REAL/IMG_2.heic": b"heic", "REAL/.DS_Store": b""}
+    if kind == "zip":
+        path = tmp_path / "phone.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+    else:
+        path = tmp_path / "phone"
+        for name, data in files.items():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_bytes(data)
+    with pytest.raises(ConfigError) as raised:
+        extra_sets.check([ExtraSetParams(name="phone", path=str(path))])
+    assert str(raised.value).startswith(
+        f"evaluation.extra_sets 'phone': {path}: not in the layout REAL/ and FAKE/ image folders: "
+        "no images in REAL (files there: 2 .heic; images are read by the suffixes .avif, .bmp, "
+    )
