@@ -172,8 +172,9 @@ def locate(params: DataParams) -> Source:
                 f"data.source is local but neither {DATA_ENV} nor data.local_path names an archive or folder"
             )
         path = Path(raw_path).expanduser()
-        if not path.exists():
-            raise SourceError(f"{path}: no such archive or folder")
+        if not path.exists():  # name where the path came from: DEEPGUARD_DATA wins over data.local_path
+            named_by = f"{DATA_ENV}, which wins over data.local_path" if env_path else "data.local_path"
+            raise SourceError(f"{path}: no such archive or folder (named by {named_by})")
         return Source("local", str(path.resolve()), _path_fingerprint(path), reason)
     return Source("synthetic", "generated", f"synthetic:{synthetic_print}", reason)
 

@@ -295,6 +295,31 @@ def test_wrong_layout_zip_cli(workspace, tmp_path: Path) -> None:
     _fails_with_one_line(result, r"flat\.zip: not in the Kaggle layout")
 
 
+def test_a_missing_local_source_says_which_setting_named_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A stale DEEPGUARD_DATA beside an edited data.local_path said only 'x.zip: no such archive or folder':
+    not that the variable, which wins over params.yaml, had named it."""
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "DEEPGUARD_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
+    local = load_params(
+        REPO / "params.yaml", ["data.source=local", f"data.local_path={tmp_path / 'mine.zip'}"]
+    )
+    with pytest.raises(sources.SourceError) as raised:
+        sources.locate(local.data)
+    assert (
+        str(raised.value) == f"{tmp_path / 'mine.zip'}: no such archive or folder (named by data.local_path)"
+    )
+    monkeypatch.setenv("DEEPGUARD_DATA", str(tmp_path / "old.zip"))
+    with pytest.raises(sources.SourceError) as raised:
+        sources.locate(local.data)
+    assert str(raised.value) == (
+        f"{tmp_path / 'old.zip'}: no such archive or folder (named by DEEPGUARD_DATA, which wins over "
+        "data.local_path)"
+    )
+
+
 def test_not_a_zip_and_missing_path_cli(workspace, tmp_path: Path) -> None:
     root, env = workspace
     (tmp_path / "data.zip").write_text("not a zip")
