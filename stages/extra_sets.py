@@ -18,7 +18,7 @@ import numpy as np
 from core.config import ConfigError, ExtraSetParams
 from core.imaging import ImageError, decode_for_model
 from core.labels import CLASS_NAMES, label_of
-from core.metrics import outcome_metrics
+from core.metrics import format_metric, outcome_metrics
 from core.modelstore import predict_fake_probability
 from stages.sources import Member, SourceError, list_labelled, read_each
 
@@ -122,9 +122,7 @@ def score(model, extra: ExtraSet, threshold: float, size: int) -> dict:
         "extra set %s: %d images, accuracy %s, ROC-AUC %s, fakes called REAL %s",
         extra.name,
         result["count"],
-        result["accuracy"],
-        result["roc_auc"],
-        result["fake_called_real"],
+        *(format_metric(result[key]) for key in ("accuracy", "roc_auc", "fake_called_real")),
     )
     return {key: result[key] for key in ("accuracy", "roc_auc", "count", "fake_called_real")}
 

@@ -152,7 +152,9 @@ def _odd_files(seed: int) -> list[tuple[str, str, bytes]]:
 
 
 @pytest.mark.parametrize("kind", ["zip", "folder"])
-def test_extra_set_is_scored_as_the_predictor_scores_its_files(detector, tmp_path: Path, kind: str) -> None:
+def test_extra_set_is_scored_as_the_predictor_scores_its_files(
+    detector, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     files = _odd_files(seed=3)
     if kind == "zip":
         path = tmp_path / "other.zip"
@@ -167,12 +169,19 @@ def test_extra_set_is_scored_as_the_predictor_scores_its_files(detector, tmp_pat
             (path / class_name / name).write_bytes(data)
         (path / "FAKE" / "broken.png").write_bytes(b"\x89PNG not really")  # left out with a warning
     [checked] = extra_sets.check([ExtraSetParams(name="other", path=str(path))])
-    result = extra_sets.score(detector, checked, 0.5, 32)
+    with caplog.at_level("INFO", logger="stages.extra_sets"):
+        result = extra_sets.score(detector, checked, 0.5, 32)
     inputs = np.stack([decode_for_model(data, 32) for _, _, data in files])
     labels = np.array([FAKE if class_name == "FAKE" else REAL for class_name, _, _ in files])
     expected = outcome_metrics(labels, predict_fake_probability(detector, inputs), 0.5)
     assert result == expected
     assert result["count"] == 5 and set(result) == {"accuracy", "roc_auc", "count", "fake_called_real"}
+    # The summary line reads like evaluate's others (0.6667, not 0.6666666666666666; n/a, not None).
+    [summary] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("extra set other: 5")]
+    assert summary == (
+        f"extra set other: 5 images, accuracy {result['accuracy']:.4f}, ROC-AUC {result['roc_auc']:.4f}, "
+        f"fakes called REAL {result['fake_called_real']:.4f}"
+    )
 
 
 @pytest.mark.parametrize("kind", ["zip", "folder"])
