@@ -25,6 +25,8 @@ from k8s_helpers import (
     values_args,
 )
 
+from deploy.manifest import ServingConfig
+
 SETS = list(VALUES_SETS)
 
 
@@ -401,6 +403,22 @@ def test_network_policies_cover_every_workload() -> None:
     web = next(p for p in policies if p["metadata"]["name"] == "deepguard-web")
     assert web["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert not [o for o in render("default", networkPolicy__enabled=False) if o["kind"] == "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+def test_the_predictor_is_not_published_on_the_external_gateway(mode: str) -> None:
+    """KServe publishes an InferenceService on the cluster's external gateway unless it is labelled
+    cluster-local: the predictor's 256 MiB bodies, /metrics and CloudEvents were public beside the web app.
+    Both the install's InferenceService and the base every deploy rolls out from carry the labels."""
+    extra = {"predictor__deploymentMode": mode}
+    objects = render("default", predictor__storageUri="s3://bucket/model", **extra)
+    installed = find(objects, "InferenceService")["metadata"]["labels"]
+    rolled_out = ServingConfig.from_config_map(
+        find(render("default", **extra), "ConfigMap", "deepguard-serving")["data"], "chart"
+    ).base["metadata"]["labels"]
+    for labels in (installed, rolled_out):
+        assert labels["networking.knative.dev/visibility"] == "cluster-local"  # Serverless: no external route
+        assert labels["networking.kserve.io/visibility"] == "cluster-local"  # RawDeployment: no Ingress
 
 
 def test_web_extras_hpa_pdb_ingress_follow_values() -> None:
