@@ -30,6 +30,10 @@ CLAIMS: tuple[str, ...] = ("REAL", "FAKE")
 VERDICTS: tuple[str, ...] = (*CLAIMS, "UNCERTAIN")
 # Pending items waiting for review: past this the store refuses new ones until someone reviews.
 MAX_PENDING = 10_000
+# Bytes of the images awaiting review, together. The count alone let 10,000 items of the page's 10 MiB fill
+# 100 GiB of the volume they share with the pipeline's workspace and the predictor's records, one client's
+# rate limit at a time (a few GiB an hour each).
+MAX_PENDING_BYTES = 1024**3
 MAX_TEXT = 64  # model_version and similar short strings
 _ID = re.compile(r"[0-9a-f]{64}")
 # The suffix a stored image gets (what ingest and a reviewer's viewer expect): its format's first.
@@ -53,7 +57,7 @@ class FeedbackTooLargeError(FeedbackError):
 
 
 class FeedbackFullError(FeedbackError):
-    """:data:`MAX_PENDING` items already wait for review."""
+    """:data:`MAX_PENDING` items, or :data:`MAX_PENDING_BYTES` of images, already wait for review."""
 
     status = 507
 
@@ -148,14 +152,20 @@ class FeedbackStore:
             that any file the page scored can be reported (with ``max_pending`` it bounds the disk the items
             take). None, no cap: for the review command and ingest, which only read.
         max_pending: Count cap of items awaiting review.
+        max_pending_bytes: Cap of the bytes of their images, together.
     """
 
     def __init__(
-        self, root: Path, max_image_bytes: int | None = None, max_pending: int = MAX_PENDING
+        self,
+        root: Path,
+        max_image_bytes: int | None = None,
+        max_pending: int = MAX_PENDING,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self.root = Path(root)
         self.max_image_bytes = max_image_bytes
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
 
     def submit(
         self,
@@ -210,6 +220,9 @@ class FeedbackStore:
             return self._same_claim(existing, claimed_label), False
         if self.count(PENDING) >= self.max_pending:
             raise FeedbackFullError("feedback", f"{self.max_pending} items already wait for review")
+        if self.pending_bytes() + len(image) > self.max_pending_bytes:
+            limit = self.max_pending_bytes / 1024**2
+            raise FeedbackFullError("feedback", f"the images waiting for review already hold {limit:g} MiB")
         stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
         item = FeedbackItem(
             item_id, claimed_label, verdict, probability, model_version, stamp, suffix, len(image)
@@ -303,6 +316,18 @@ class FeedbackStore:
         """How many items have ``status`` (no record is read)."""
         folder = self.root / status
         return sum(1 for p in folder.glob("*.json") if _ID.fullmatch(p.stem)) if folder.is_dir() else 0
+
+    def pending_bytes(self) -> int:
+        """The bytes of the images awaiting review (a stat per file; no record is read)."""
+        folder = self.root / PENDING
+        if not folder.is_dir():
+            return 0
+        with os.scandir(folder) as entries:
+            return sum(
+                entry.stat().st_size
+                for entry in entries
+                if entry.is_file() and not entry.name.endswith(".json") and _ID.match(entry.name)
+            )
 
     def image_path(self, item: FeedbackItem) -> Path:
         """Where the item's image is: beside its record, or where an interrupted :meth:`move` put it."""

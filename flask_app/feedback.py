@@ -18,7 +18,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
-from core.feedback import FeedbackError, FeedbackStore
+from core.feedback import MAX_PENDING_BYTES, FeedbackError, FeedbackStore
 
 # The web app reads its own settings (it imports no core.names): the predictor's monitoring folder.
 MONITORING_DIR_ENV = "DEEPGUARD_MONITORING_DIR"
@@ -74,9 +74,16 @@ def _configure(state: BlueprintSetupState) -> None:
         "FEEDBACK_PER_MINUTE", float(os.environ.get("FEEDBACK_PER_MINUTE", DEFAULT_PER_MINUTE))
     )
     app.config.setdefault("FEEDBACK_BURST", int(os.environ.get("FEEDBACK_BURST", DEFAULT_BURST)))
+    app.config.setdefault(
+        "FEEDBACK_MAX_PENDING_BYTES", int(os.environ.get("FEEDBACK_MAX_PENDING_BYTES", MAX_PENDING_BYTES))
+    )
     app.extensions[_EXTENSION] = (
-        # The page's per-file upload limit: a file the page scored can be reported ("this is wrong").
-        FeedbackStore(Path(app.config["FEEDBACK_DIR"]), max_image_bytes=app.config["MAX_CONTENT_LENGTH"]),
+        FeedbackStore(
+            Path(app.config["FEEDBACK_DIR"]),
+            # The page's per-file upload limit: a file the page scored can be reported ("this is wrong").
+            max_image_bytes=app.config["MAX_CONTENT_LENGTH"],
+            max_pending_bytes=app.config["FEEDBACK_MAX_PENDING_BYTES"],
+        ),
         TokenBucket(app.config["FEEDBACK_PER_MINUTE"], app.config["FEEDBACK_BURST"]),
     )
 

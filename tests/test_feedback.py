@@ -335,6 +335,37 @@ def test_feedback_takes_any_file_the_page_takes_and_refuses_a_larger_one_with_41
     assert response.status_code == 413 and "image" in response.get_json()["error"]
 
 
+def test_feedback_awaiting_review_is_capped_in_bytes_too(tmp_path: Path) -> None:
+    """Only the count (10,000) was capped: items of the page's 10 MiB limit could fill 100 GiB of the volume
+    the pipeline's workspace and the predictor's records live on. Past the byte budget a report is a 507, and
+    reviewing frees room."""
+    app = create_app(
+        {"FEEDBACK_DIR": str(tmp_path), "FEEDBACK_BURST": 10, "FEEDBACK_MAX_PENDING_BYTES": 30_000}
+    )
+    client = app.test_client()
+
+    def report(seed: int) -> Any:
+        return client.post(
+            "/api/feedback",
+            data={
+                "image": (io.BytesIO(image_file(seed, size=64)), "x.png"),  # ~12 KB PNG of noise
+                "claimed_label": "REAL",
+                "verdict": "FAKE",
+                "fake_probability": "0.9",
+                "model_version": "1",
+            },
+        )
+
+    first, second = report(20), report(21)
+    assert first.status_code == second.status_code == 201
+    full = report(22)
+    assert full.status_code == 507, full.get_data(as_text=True)
+    assert "waiting for review" in full.get_json()["error"]
+    assert len(list((tmp_path / PENDING).glob("*.png"))) == 2, "nothing of the refused item is stored"
+    FeedbackStore(tmp_path).move(first.get_json()["id"], REJECTED)
+    assert report(22).status_code == 201, "reviewing frees room"
+
+
 def test_the_other_claim_on_a_reported_image_is_a_409_naming_the_one_on_record(tmp_path: Path) -> None:
     client = create_app({"FEEDBACK_DIR": str(tmp_path)}).test_client()
 
