@@ -96,6 +96,15 @@ def build_parser(kserve_parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="largest request body, answered with a 413 beyond it (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-json-values",
+        "--max_json_values",
+        dest="max_json_values",
+        type=int,
+        default=limits.max_json_values,
+        help="most values in a request's JSON (numbers of a pixel tensor sent as JSON), answered with a 413 "
+        "beyond it, before parsing (default: %(default)s)",
+    )
+    parser.add_argument(
         "--monitoring-dir",
         "--monitoring_dir",
         dest="monitoring_dir",
@@ -164,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.max_pixels,
                 args.max_request_pixels,
                 args.max_request_bytes,
+                args.max_json_values,
             ),
             records,
             domain_margin=args.domain_margin,

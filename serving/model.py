@@ -9,7 +9,8 @@ swaps the new model in while requests keep being served.
 Nothing that costs CPU runs on the event loop: decoding runs in a thread pool sized to the cores and the model
 in its own thread, so health checks answer while the largest allowed request is decoded. Requests that arrive
 while the model is busy are scored together in its next call (:class:`MicroBatcher`). Every request has a
-budget checked before the work: body bytes (413), images, bytes per image and pixels per request (400).
+budget checked before the work: body bytes and JSON values (413), images, bytes per image and pixels per
+request (400).
 """
 
 from __future__ import annotations
@@ -127,6 +128,11 @@ class Limits:
     # the chart's 4 GiB, and carries the web app's largest upload (64 MiB of files, 86 MiB in base64) or 19
     # files of max_image_bytes. max_images such files would make 6.7 GiB, enough to have the pod killed.
     max_request_bytes: int = 256 * 1024 * 1024
+    # Values (numbers, strings, ...) in a request's JSON. Each costs the predictor ~28 bytes held for the 2 it
+    # takes to send ("0,"): a 200 MB V2 body of UINT8 numbers took it from 1.3 to 4.2 GB, past the chart's
+    # 4 GiB, and held the event loop 34 s. 16 Mi values (~0.5 GB, ~2 s) carry 5,000 32x32 images as JSON
+    # numbers, or a 5.5-megapixel one; larger pixel tensors go in the binary extension, files as BYTES.
+    max_json_values: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)

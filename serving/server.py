@@ -168,16 +168,31 @@ class VersionPathMiddleware:
         await self.app(scope, receive, send)
 
 
+def json_values_over(body: bytes, headers: dict[bytes, bytes], max_values: int) -> int | None:
+    """How many values a body's JSON holds at most, when that is over ``max_values``; else None.
+
+    Values are counted by their separators, a byte scan (~0.1 s for 256 MiB) before any parsing: JSON
+    strings (base64 files, names) hold no comma that is not the client's own. Only the JSON header of a V2
+    binary-extension request is counted: the tensor bytes after it are not JSON.
+    """
+    declared = headers.get(INFERENCE_CONTENT_LENGTH_HEADER.lower().encode(), b"")
+    end = int(declared) if declared.isdigit() and int(declared) <= len(body) else len(body)
+    values = body.count(b",", 0, end) + 1
+    return values if values > max_values else None
+
+
 class BodyLimitMiddleware:
-    """Answers 413 to a request body over ``max_bytes`` before anything parses it.
+    """Answers 413 to a request body over ``max_bytes``, or to JSON of over ``max_json_values`` values, before
+    anything parses it.
 
     A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as it arrives.
     The body read here is handed on to the app, which would have buffered it whole anyway.
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, max_json_values: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_json_values = max_json_values
 
     async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
         message = f"request body larger than the limit of {self.max_bytes} bytes"
@@ -205,6 +220,17 @@ class BodyLimitMiddleware:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         del chunks  # held for the whole request otherwise: a second copy of the body
+        headers = dict(scope["headers"])
+        values = (
+            None if self.max_json_values is None else json_values_over(body, headers, self.max_json_values)
+        )
+        if values is not None:
+            message = (
+                f"request JSON of up to {values} values is over the limit of {self.max_json_values} values: "
+                "send image files as BYTES, or pixels in the binary extension (binary_data_size)"
+            )
+            await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> dict:
@@ -426,7 +452,10 @@ def build_server(model: DeepGuardModel, args: argparse.Namespace) -> ModelServer
         app.add_middleware(ReloadGuardMiddleware)
         server.model_repository_extension = FrozenRepositoryExtension(model_registry=repository)
     # Added last, so it runs first: nothing reads a body over the limit, or one compressed.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=model.limits.max_request_bytes)
+    limits = model.limits
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=limits.max_request_bytes, max_json_values=limits.max_json_values
+    )
     app.add_middleware(ContentEncodingMiddleware)
     # Outermost: times and counts every inference request, the guards' refusals included.
     app.add_middleware(RequestMetricsMiddleware)

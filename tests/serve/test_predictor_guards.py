@@ -20,6 +20,7 @@ from .serving_helpers import Server, free_port, start_predictor
 
 TIMEOUT = 60
 BODY_LIMIT = 1_000_000
+JSON_VALUES_LIMIT = 10_000  # three 32x32 RGB images as JSON numbers fit, four do not
 
 
 GRPC_PORT = free_port()
@@ -34,6 +35,7 @@ def guarded(registered_model, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "--no-reload",
         "--max-request-bytes",
         str(BODY_LIMIT),
+        *("--max-json-values", str(JSON_VALUES_LIMIT)),
         *("--enable_grpc", "true", "--grpc_port", str(GRPC_PORT)),
     )
     with manager as process:
@@ -85,6 +87,36 @@ def test_chunked_body_over_the_limit_is_a_413(guarded, sample_images):
     response = _post(guarded.url, (body[i : i + 65536] for i in range(0, len(body), 65536)))
     assert response.status_code == 413, response.text
     assert _post(guarded.url, _body(sample_images.probe[:1])).status_code == 200
+
+
+def _pixels_request(count: int, binary: bytes | None = None) -> tuple[bytes, dict[str, str]]:
+    """A V2 UINT8 tensor of ``count`` 32x32 images: JSON numbers, or ``binary`` after the JSON header."""
+    tensor = {"name": "image", "datatype": "UINT8", "shape": [count, 32, 32, 3]}
+    if binary is None:
+        return json.dumps({"inputs": [{**tensor, "data": [7] * (count * 32 * 32 * 3)}]}).encode(), {}
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(binary)}}]}).encode()
+    return header + binary, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def test_json_of_more_values_than_the_limit_is_a_413_before_parsing(guarded):
+    """A JSON number costs the predictor ~14 times the bytes it takes to send: a 200 MB body of them, within
+    the body limit, took it past the chart's 4 GiB and held the event loop 34 s. The values are counted
+    before parsing; the same pixels in the binary extension (bytes a JSON scan would miscount) are served."""
+    body, _ = _pixels_request(4)
+    assert len(body) < BODY_LIMIT
+    refused = _post(guarded.url, body)
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert f"limit of {JSON_VALUES_LIMIT} values" in error and "binary extension" in error
+    assert _post(guarded.url, _pixels_request(3)[0]).status_code == 200
+    body, headers = _pixels_request(4, binary=b"," * (4 * 32 * 32 * 3))
+    served = requests.post(
+        f"{guarded.url}/v2/models/deepguard/infer",
+        data=body,
+        timeout=TIMEOUT,
+        headers={"Content-Type": "application/octet-stream", **headers},
+    )
+    assert served.status_code == 200, served.text
 
 
 def test_reload_endpoint_is_closed(guarded, registered_model):
