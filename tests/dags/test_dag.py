@@ -182,6 +182,9 @@ def test_rendered_pod(dag: Any, stage: Stage) -> None:
     assert pod.metadata.namespace == "deepguard"
     assert pod.metadata.name.startswith(f"deepguard-{stage.name}-")
     assert pod.metadata.labels["deepguard.io/stage"] == stage.name
+    # The chart's MLflow NetworkPolicy admits pods with these labels only (tests/k8s/test_chart.py).
+    assert pod.metadata.labels["app.kubernetes.io/name"] == "deepguard"
+    assert pod.metadata.labels["app.kubernetes.io/component"] == "pipeline"
     # Least privilege: only deploy gets an API token, as the ServiceAccount the chart binds to its Role.
     if stage is DEPLOY:
         assert pod.spec.service_account_name == "deepguard-deploy"

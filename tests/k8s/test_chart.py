@@ -421,6 +421,21 @@ def test_the_predictor_is_not_published_on_the_external_gateway(mode: str) -> No
         assert labels["networking.kserve.io/visibility"] == "cluster-local"  # RawDeployment: no Ingress
 
 
+def test_only_the_pipeline_pods_reach_the_mlflow_server() -> None:
+    """MLflow has no login and its champion alias is what the next deploy serves: every pod of the namespace
+    reached it, the predictor and the web app too, which parse uploads and never need it. Now only pods with
+    the labels the DAGs give stage pods (tests/dags/test_dag.py checks them)."""
+    objects = render("canary")
+    policy = find(objects, "NetworkPolicy", "deepguard-mlflow")
+    (rule,) = policy["spec"]["ingress"]
+    pipeline = {"app.kubernetes.io/name": "deepguard", "app.kubernetes.io/component": "pipeline"}
+    assert rule["from"] == [{"podSelector": {"matchLabels": pipeline}}]
+    web = find(objects, "Deployment", "deepguard-web")["spec"]["template"]["metadata"]["labels"]
+    predictor = find(objects, "InferenceService")["metadata"]["labels"]  # KServe copies them to its pods
+    for labels in (web, predictor):
+        assert not all(labels.get(key) == value for key, value in pipeline.items())
+
+
 def test_web_extras_hpa_pdb_ingress_follow_values() -> None:
     objects = render("canary")
     deployment = find(objects, "Deployment", "deepguard-web")
