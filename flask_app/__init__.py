@@ -402,6 +402,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
+        # Werkzeug raises the same for a form of too many parts or a long text field (Flask's
+        # MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE) in a request well under the byte limit: it was told "the
+        # file is larger than 10 MB".
+        length, limit = request.content_length, request.max_content_length
+        if length is not None and limit is not None and length <= limit:
+            return _error(
+                413,
+                f"The form has more than {app.config['MAX_FORM_PARTS']:,} parts or a text field over "
+                f"{app.config['MAX_FORM_MEMORY_SIZE']:,} bytes; send each image as a file in field "
+                f"{UPLOAD_FIELD!r}.",
+            )
         if request.path == "/api/predictions":
             return _error(413, batch_too_large)
         return _error(413, f"The file is larger than the limit of {max_mb:g} MB.")

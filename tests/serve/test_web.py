@@ -381,6 +381,26 @@ def test_the_upload_hint_states_the_configured_file_limit_and_promises_no_size_b
     assert "any size" not in hint.lower(), hint
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        {f"field{i}": "x" for i in range(1500)},  # over Flask's MAX_FORM_PARTS (1,000)
+        {"note": "x" * 600_000},  # a text field over MAX_FORM_MEMORY_SIZE (500,000 bytes)
+    ],
+    ids=["many parts", "long text field"],
+)
+@pytest.mark.parametrize("route", ["/api/predict", "/api/predictions", "/api/feedback"])
+def test_a_form_of_too_many_parts_is_not_called_a_file_over_the_limit(route: str, form: dict) -> None:
+    """Werkzeug's 413 for the form's shape was answered "The file is larger than the limit of 10 MB", for a
+    request of well under 10 MB."""
+    app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9", "FEEDBACK_DIR": "/nonexistent"})
+    data = {**form, "image": (io.BytesIO(b"\xff\xd8\xff" + b"\0" * 100), "a.jpg")}
+    response = app.test_client().post(route, data=data)
+    assert response.status_code == 413, response.get_json()
+    error = response.get_json()["error"]
+    assert "larger than" not in error and "more than 1,000 parts or a text field over 500,000 bytes" in error
+
+
 def test_files_of_exactly_the_total_byte_limit_are_not_refused():
     """The limit is on the files: the multipart envelope around them must not tip a batch over it."""
     limits = {"MAX_CONTENT_LENGTH": 4096, "MAX_BATCH_BYTES": 4096}
