@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.datastructures import FileStorage
@@ -231,6 +232,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if request.method == "POST" and encoding not in ("", "identity"):
             return _error(
                 415, f"Content-Encoding {encoding} is not supported: send the request body uncompressed."
+            )
+        return None
+
+    @app.before_request
+    def same_origin_only() -> tuple[Response, int] | None:
+        # A multipart POST is a "simple" request: any web page could make its visitors' browsers send
+        # feedback (each visitor a fresh address for the per-client limit) or spend the detector's time.
+        # Browsers say where a request comes from (Sec-Fetch-Site; older ones only Origin, whose host a proxy
+        # that rewrites Host would make look foreign); scripts (curl, requests) send neither.
+        if request.method != "POST":
+            return None
+        site, origin = request.headers.get("Sec-Fetch-Site"), request.headers.get("Origin")
+        if site is not None:
+            foreign = site in ("cross-site", "same-site")
+        else:
+            foreign = origin is not None and urlsplit(origin).netloc != request.host
+        if foreign:
+            return _error(
+                403, "Requests from other web sites are refused; use this page or call the API directly."
             )
         return None
 

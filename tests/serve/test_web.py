@@ -401,6 +401,36 @@ def test_a_form_of_too_many_parts_is_not_called_a_file_over_the_limit(route: str
     assert "larger than" not in error and "more than 1,000 parts or a text field over 500,000 bytes" in error
 
 
+@pytest.mark.parametrize("route", ["/api/predict", "/api/predictions", "/api/feedback"])
+def test_a_post_from_another_web_site_is_refused(route: str, tmp_path) -> None:
+    """Any page could make its visitors' browsers post to the API (a multipart POST needs no CORS
+    preflight): feedback from thousands of addresses, each under the per-client limit. Browsers name the
+    requesting site; the page itself and scripts, which send no Origin, are served."""
+    app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9", "FEEDBACK_DIR": str(tmp_path)})
+    client = app.test_client()
+
+    def post(**headers: str) -> Any:
+        data = {"image": (io.BytesIO(b"\xff\xd8\xff" + b"\0" * 100), "a.jpg"), "claimed_label": "REAL"}
+        return client.post(route, data=data, headers=headers)
+
+    for headers in (
+        {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        {"Origin": "https://evil.example"},  # a browser without Fetch Metadata
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://other.localhost"},  # a sibling subdomain
+    ):
+        refused = post(**headers)
+        assert refused.status_code == 403, (headers, refused.get_json())
+        assert "other web sites" in refused.get_json()["error"]
+    assert not (tmp_path / "pending").exists(), "nothing of a refused report is stored"
+    for headers in (
+        {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"},
+        {"Origin": "https://deepguard.example.com", "Sec-Fetch-Site": "same-origin"},  # a proxy rewrote Host
+        {},  # a script
+    ):
+        served = post(**headers)  # past the check: refused later for the fake file or the dead predictor
+        assert served.status_code != 403, (headers, served.get_json())
+
+
 def test_files_of_exactly_the_total_byte_limit_are_not_refused():
     """The limit is on the files: the multipart envelope around them must not tip a batch over it."""
     limits = {"MAX_CONTENT_LENGTH": 4096, "MAX_BATCH_BYTES": 4096}
