@@ -419,6 +419,10 @@ def test_the_predictor_is_not_published_on_the_external_gateway(mode: str) -> No
     for labels in (installed, rolled_out):
         assert labels["networking.knative.dev/visibility"] == "cluster-local"  # Serverless: no external route
         assert labels["networking.kserve.io/visibility"] == "cluster-local"  # RawDeployment: no Ingress
+    # predictor.external publishes it for API clients outside the cluster (KServe's default), on request only.
+    published = find(render("default", predictor__external=True, **extra), "ConfigMap", "deepguard-serving")
+    labels = ServingConfig.from_config_map(published["data"], "chart").base["metadata"]["labels"]
+    assert not {key for key in labels if key.endswith("/visibility")}
 
 
 def test_only_the_pipeline_pods_reach_the_mlflow_server() -> None:

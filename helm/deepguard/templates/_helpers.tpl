@@ -122,11 +122,13 @@ metadata:
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "deepguard.labels" (dict "root" $root "component" "predictor") | nindent 4 }}
+    {{- if not $p.external }}
     # Not published on the cluster's external gateway (KServe and Knative publish an InferenceService there by
     # default): only the web app, through the cluster-local address, is the public surface. Knative's label
     # keeps a Serverless route off the external gateway, KServe's keeps RawDeployment from creating an Ingress.
     networking.knative.dev/visibility: cluster-local
     networking.kserve.io/visibility: cluster-local
+    {{- end }}
   annotations:
     serving.kserve.io/deploymentMode: {{ $p.deploymentMode }}
     deepguard.io/model-version: {{ .modelVersion | quote }}
