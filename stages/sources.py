@@ -7,6 +7,7 @@ writes that fingerprint to ``data/source.json`` so DVC reruns ingest exactly whe
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import io
@@ -131,6 +132,22 @@ def nearby_archives() -> list[Path]:
     return [path for path in NEARBY_ARCHIVES if path.is_file()]
 
 
+def _near_misses(path: Path) -> str:
+    """What a mistyped ``path`` may have meant: the close names beside it, else where a relative path starts.
+
+    A newcomer types ``cifake-smaple.zip`` or leaves off ``.zip``; a relative path read from another folder
+    than the one it was typed in (``make -C``) is missing for a reason the bare path does not show.
+    """
+    try:
+        names = [entry.name for entry in path.parent.iterdir()] if path.parent.is_dir() else []
+    except OSError:  # unreadable folder: no suggestions
+        names = []
+    close = difflib.get_close_matches(path.name, names, n=2, cutoff=0.75)
+    if close:
+        return "; did you mean " + " or ".join(str(path.parent / name) for name in close) + "?"
+    return "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+
+
 def locate(params: DataParams) -> Source:
     """Resolve ``data.source`` into a concrete source, without reading any image.
 
@@ -174,7 +191,7 @@ def locate(params: DataParams) -> Source:
         path = Path(raw_path).expanduser()
         if not path.exists():  # name where the path came from: DEEPGUARD_DATA wins over data.local_path
             named_by = f"{DATA_ENV}, which wins over data.local_path" if env_path else "data.local_path"
-            raise SourceError(f"{path}: no such archive or folder (named by {named_by})")
+            raise SourceError(f"{path}: no such archive or folder (named by {named_by}){_near_misses(path)}")
         return Source("local", str(path.resolve()), _path_fingerprint(path), reason)
     return Source("synthetic", "generated", f"synthetic:{synthetic_print}", reason)
 

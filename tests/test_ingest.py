@@ -329,6 +329,23 @@ def test_not_a_zip_and_missing_path_cli(workspace, tmp_path: Path) -> None:
     _fails_with_one_line(result, "absent.zip: no such archive or folder")
 
 
+def test_a_mistyped_data_path_names_what_is_there_cli(workspace, tmp_path: Path) -> None:
+    """A typo or a missing ``.zip`` said only "no such archive or folder"; the archive beside it is named."""
+    root, env = workspace
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("cifake-sample.zip", "notes.txt"):
+        (data / name).write_text("x")
+    for typed in ("cifake-smaple.zip", "cifake-sample"):
+        result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(data / typed)}, check=False)
+        _fails_with_one_line(
+            result, rf"{typed}: no such archive or folder; did you mean {data}/cifake-sample\.zip\?$"
+        )
+    # Nothing close: a relative path says where it was read from (the checkout, not the shell's folder).
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": "shared/cifake.zip"}, check=False)
+    _fails_with_one_line(result, rf"shared/cifake\.zip: no such archive or folder \(relative to {root}\)$")
+
+
 def test_workdir_keeps_the_paths_typed_relative_to_the_current_folder_cli(
     workspace, defective_zip: Path
 ) -> None:
