@@ -89,12 +89,18 @@ test-dags: setup setup-airflow ## DAG tests in the Airflow env: DagBag, pods, a 
 	PATH="$(CURDIR)/$(AIRFLOW_VENV)/bin:$(PATH)" $(AIRFLOW_VENV)/bin/python -m pytest tests/dags \
 		--confcutdir=tests/dags -p no:cacheprovider
 
+# Without the shared sample beside the checkout (and DAG_TEST_DATA unset) it is skipped, as the tests that read
+# the sample are, so that `make test` runs the rest; in CI, or with DAG_TEST_DATA set, a missing path fails.
 dag-test: setup setup-airflow ## the DAG end to end with the local runner on the CIFAKE sample, 1 epoch; checks the champion
-	@test -e $(DAG_TEST_DATA_PATH) || { echo "dag-test: $(DAG_TEST_DATA) not found (set DAG_TEST_DATA)"; exit 2; }
+ifeq ($(origin DAG_TEST_DATA)$(CI)$(wildcard $(DAG_TEST_DATA_PATH)),file)
+	@echo "dag-test: skipped: $(DAG_TEST_DATA_PATH) not found; set DAG_TEST_DATA to a CIFAKE zip or folder (Kaggle layout)"
+else
+	@test -e $(DAG_TEST_DATA_PATH) || { echo "dag-test: DAG_TEST_DATA=$(DAG_TEST_DATA): no such archive or folder"; exit 2; }
 	rm -rf $(DAG_TEST_HOME) && mkdir -p $(DAG_TEST_HOME)
 	$(DAG_TEST_ENV) $(AIRFLOW_VENV)/bin/airflow db migrate > $(DAG_TEST_HOME)/migrate.log
 	$(DAG_TEST_ENV) $(AIRFLOW_VENV)/bin/airflow dags test deepguard_pipeline -c '$(DAG_TEST_CONF)'
 	$(PY) tests/dags/champion.py sqlite:///$(DAG_TEST_HOME)/workspace/mlruns/mlflow.db
+endif
 
 ##@ Kubernetes
 
