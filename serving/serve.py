@@ -62,17 +62,32 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def busy_ports(predictor_port: int, web_port: int) -> list[str]:
-    """One line for each of the two ports another program holds, naming the setting that moves it."""
+def _free_port_after(port: int, taken: set[int]) -> int | None:
+    """The first port above ``port`` that no program holds and that is not in ``taken``."""
+    for candidate in range(port + 1, min(port + 100, 65536)):
+        if candidate not in taken and not port_in_use(candidate):
+            return candidate
+    return None
+
+
+def busy_ports(predictor_port: int, web_port: int, command: str = "make serve") -> list[str]:
+    """A line for each of the two ports another program holds: what may hold it, `command` on a free port.
+
+    A newcomer told to "set WEB_PORT" may not know it is a variable of the command line, so the line ends
+    with the command to type, on a port that is free now.
+    """
     busy = []
     for setting, port in ((PREDICTOR_PORT_ENV, predictor_port), (WEB_PORT_ENV, web_port)):
         if port_in_use(port):
-            hint = f"stop that program or set {setting} to a free port"
+            line = f"{setting}={port}: the port is in use"
             if setting == PREDICTOR_PORT_ENV:
-                hint += " (a `make serve` already running? `make pipeline` updates it in place)"
+                line += " (a `make serve` already running? `make pipeline` updates it in place)"
             if port == WEB_PORT and sys.platform == "darwin":
-                hint += " (macOS: AirPlay Receiver listens on 5000; turn it off in System Settings)"
-            busy.append(f"{setting}={port}: the port is in use; {hint}")
+                line += " (macOS: AirPlay Receiver listens on 5000; turn it off in System Settings)"
+            line += f"; stop that program or set {setting} to a free port"
+            if (free := _free_port_after(port, {predictor_port, web_port})) is not None:
+                line += f", e.g. `{setting}={free} {command}`"
+            busy.append(line)
     return busy
 
 
@@ -250,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     if args.check_ports:
-        busy = busy_ports(args.predictor_port, args.web_port)
+        busy = busy_ports(args.predictor_port, args.web_port, "make run")
         if busy:
             parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in busy))
         return 0

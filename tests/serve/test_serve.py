@@ -145,10 +145,14 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
             timeout=120,
         )
         assert (done.returncode, done.stdout) == (2, "")
-        assert done.stderr == (
-            f"python -m serving.serve: error: WEB_PORT={taken}: the port is in use; stop that program or set "
-            "WEB_PORT to a free port\n"
+        # It ends with the command to type on a port that is free (a newcomer may not know WEB_PORT's syntax).
+        suggested = re.fullmatch(
+            rf"python -m serving.serve: error: WEB_PORT={taken}: the port is in use; stop that program or "
+            r"set WEB_PORT to a free port, e\.g\. `WEB_PORT=(\d+) make run`\n",
+            done.stderr,
         )
+        assert suggested is not None, done.stderr
+        assert int(suggested[1]) not in (taken, free) and not port_in_use(int(suggested[1]))
         # serve itself refuses before it starts either server (once the other program held /ready with 200)
         served = subprocess.run(
             [sys.executable, "-m", "serving.serve", "--model-uri", "models:/deepguard/1"]
@@ -163,6 +167,10 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
     assert served.returncode == 1, log
     assert f"PREDICTOR_PORT={taken}: the port is in use" in log
     assert "`make pipeline` updates it in place" in log
+    assert re.search(
+        r"; stop that program or set PREDICTOR_PORT to a free port, e\.g\. `PREDICTOR_PORT=\d+ make serve`",
+        log,
+    )
     assert "starting the predictor" not in log
     free_check = subprocess.run(
         [*check, "--predictor-port", str(free), "--web-port", str(taken)], cwd=REPO, env=env, timeout=120
