@@ -119,8 +119,12 @@ hadolint: setup ## lint every images/*/Dockerfile (hadolint from the hadolint-bi
 ##@ Benchmarks
 
 BENCH_DATA ?= $(CURDIR)/../shared/data/cifake.zip
+# Before any benchmark starts: the scripts' own message names their --data flag, which make sets.
+BENCH_DATA_CHECK = @test -e $(BENCH_DATA) || { echo "$@: BENCH_DATA=$(abspath $(BENCH_DATA)): no such archive or \
+	folder; set BENCH_DATA to CIFAKE (a zip or folder in the Kaggle layout)"; exit 2; }
 
 bench: setup setup-airflow ## benchmarks (baseline and ours, with ratios); bench-full adds the 99k-image pipeline
+	$(BENCH_DATA_CHECK)
 	$(PY) bench/pipeline_bench.py memory --data $(BENCH_DATA)
 	$(PY) bench/pipeline_bench.py throughput --data $(BENCH_DATA)
 	$(PY) bench/architectures_bench.py --data $(BENCH_DATA) --train-per-class 10000 --epochs 5 \
@@ -133,6 +137,7 @@ bench: setup setup-airflow ## benchmarks (baseline and ours, with ratios); bench
 	$(AIRFLOW_VENV)/bin/python bench/dag_parse_bench.py
 
 bench-full: setup ## the whole pipeline on BENCH_DATA (default ../shared/data/cifake.zip): wall time, RSS, accuracy
+	$(BENCH_DATA_CHECK)
 	$(PY) bench/pipeline_bench.py full --data $(BENCH_DATA)
 
 bench-gpu: setup ## default recipe on one GPU (params-gpu.yaml, mixed precision): time to 98.5 % and img/s; no GPU: says so
