@@ -310,7 +310,8 @@ def run_stage(
                 return _interrupted(name, module, stop.name)
             if not isinstance(exc, DeepGuardError):
                 raise
-            log.error("%s failed: %s", name, exc)
+            if not _one_stream():  # a terminal (make, dvc repro) shows both: the message once
+                log.error("%s failed: %s", name, exc)
             print(f"{module}: error: {exc}", file=sys.stderr)
             return EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_ERROR
         if stop.name is not None:  # lost on the way and not sent again before the stage ended
@@ -347,6 +348,18 @@ def _paths_from_the_current_folder(args: argparse.Namespace) -> None:
     data = settings().data
     if data is not None and not data.expanduser().is_absolute():
         os.environ[DATA_ENV] = str(data.absolute())  # child processes and settings() alike
+
+
+def _one_stream() -> bool:
+    """Whether stdout (the log) and stderr reach the same file, terminal or pipe.
+
+    Then the one-line error on stderr is all a reader needs; apart (a pod's log, a test's capture) the log
+    gets it too, with its time.
+    """
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno()))
+    except (AttributeError, OSError, ValueError):  # a stream replaced by one without a file descriptor
+        return False
 
 
 def _interrupted(name: str, module: str, signal_name: str, outputs: str = "partial outputs removed") -> int:

@@ -6,6 +6,8 @@ import importlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -327,6 +329,21 @@ def test_not_a_zip_and_missing_path_cli(workspace, tmp_path: Path) -> None:
     _fails_with_one_line(result, "not a zip archive or a folder")
     result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(tmp_path / "absent.zip")}, check=False)
     _fails_with_one_line(result, "absent.zip: no such archive or folder")
+
+
+def test_an_error_is_one_line_on_a_terminal_and_also_logged_for_a_pod_cli(workspace, tmp_path: Path) -> None:
+    """`make run` shows stdout (the log) and stderr in one terminal: the error was there twice."""
+    root, env = workspace
+    env = {**env, "DEEPGUARD_DATA": str(tmp_path / "absent.zip")}
+    command = [sys.executable, "-m", "stages.ingest", "--locate"]
+    merged = subprocess.run(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert merged.returncode == 2
+    assert merged.stdout == f"stages.ingest: error: {tmp_path / 'absent.zip'}: no such archive or folder\n"
+    # Apart, as a pod's container log keeps them, the log has it too, with its time.
+    apart = run_stage("ingest", root, env, "--locate", check=False)
+    assert "ERROR core.cli: ingest failed: " in apart.stdout and apart.stderr.count("\n") == 1
 
 
 def test_a_mistyped_data_path_names_what_is_there_cli(workspace, tmp_path: Path) -> None:
