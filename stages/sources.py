@@ -145,7 +145,7 @@ def _near_misses(path: Path) -> str:
     close = difflib.get_close_matches(path.name, names, n=2, cutoff=0.75)
     if close:
         return "; did you mean " + " or ".join(str(path.parent / name) for name in close) + "?"
-    return "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    return "" if path.is_absolute() else f"; a relative path, read from {Path.cwd()}"
 
 
 def locate(params: DataParams) -> Source:

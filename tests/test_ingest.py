@@ -340,10 +340,17 @@ def test_an_error_is_one_line_on_a_terminal_and_also_logged_for_a_pod_cli(worksp
         command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert merged.returncode == 2
-    assert merged.stdout == f"stages.ingest: error: {tmp_path / 'absent.zip'}: no such archive or folder\n"
+    named = "(named by DEEPGUARD_DATA, which wins over data.local_path)"
+    assert (
+        merged.stdout
+        == f"stages.ingest: error: {tmp_path / 'absent.zip'}: no such archive or folder {named}\n"
+    )
     # Apart, as a pod's container log keeps them, the log has it too, with its time.
     apart = run_stage("ingest", root, env, "--locate", check=False)
     assert "ERROR core.cli: ingest failed: " in apart.stdout and apart.stderr.count("\n") == 1
+
+
+NAMED_BY_ENV = r"\(named by DEEPGUARD_DATA, which wins over data\.local_path\)"
 
 
 def test_a_mistyped_data_path_names_what_is_there_cli(workspace, tmp_path: Path) -> None:
@@ -356,11 +363,15 @@ def test_a_mistyped_data_path_names_what_is_there_cli(workspace, tmp_path: Path)
     for typed in ("cifake-smaple.zip", "cifake-sample"):
         result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(data / typed)}, check=False)
         _fails_with_one_line(
-            result, rf"{typed}: no such archive or folder; did you mean {data}/cifake-sample\.zip\?$"
+            result,
+            rf"{typed}: no such archive or folder {NAMED_BY_ENV}; did you mean {data}/cifake-sample\.zip\?$",
         )
     # Nothing close: a relative path says where it was read from (the checkout, not the shell's folder).
     result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": "shared/cifake.zip"}, check=False)
-    _fails_with_one_line(result, rf"shared/cifake\.zip: no such archive or folder \(relative to {root}\)$")
+    _fails_with_one_line(
+        result,
+        rf"shared/cifake\.zip: no such archive or folder {NAMED_BY_ENV}; a relative path, read from {root}$",
+    )
 
 
 def test_workdir_keeps_the_paths_typed_relative_to_the_current_folder_cli(
