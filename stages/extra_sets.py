@@ -53,11 +53,8 @@ def check(sets: list[ExtraSetParams]) -> list[ExtraSet]:
         path = Path(entry.path).expanduser()
         try:
             checked.append(ExtraSet(entry.name, path, list_labelled(path)))
-        except SourceError as exc:
-            # A relative path is read from the workspace (the checkout under dvc repro, the run's folder
-            # under --workdir or in a pod), which is not always where the user wrote params.yaml.
-            where = "" if path.is_absolute() else f" (a path relative to {Path.cwd()})"
-            raise ConfigError(f"evaluation.extra_sets {entry.name!r}: {exc}{where}") from None
+        except SourceError as exc:  # a missing path names its near misses, or the folder it is read from
+            raise ConfigError(f"evaluation.extra_sets {entry.name!r}: {exc}") from None
     return checked  # two sets of one name are refused with the rest of params.yaml (core.config)
 
 

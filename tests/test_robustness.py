@@ -306,9 +306,30 @@ def test_a_relative_extra_set_path_that_is_missing_says_where_it_was_looked_for(
     with pytest.raises(ConfigError) as raised:
         extra_sets.check([ExtraSetParams(name="photos", path="sets/photos.zip")])
     assert str(raised.value) == (
-        f"evaluation.extra_sets 'photos': sets/photos.zip: no such folder or zip archive "
-        f"(a path relative to {tmp_path})"
+        f"evaluation.extra_sets 'photos': sets/photos.zip: no such folder or zip archive; a relative path, "
+        f"read from {tmp_path}"
     )
+
+
+def test_a_mistyped_extra_set_path_names_the_close_one_as_ingest_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extra set and ``data.local_path`` are both paths the user types: one typo got "did you mean", the
+    other a differently worded hint, and a set that existed in the wrong layout was told where relative paths
+    are read from, as if it were missing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "photos.zip").write_bytes(b"")
+    with pytest.raises(ConfigError) as raised:
+        extra_sets.check([ExtraSetParams(name="photos", path="sets/phtos.zip")])
+    assert str(raised.value) == (
+        "evaluation.extra_sets 'photos': sets/phtos.zip: no such folder or zip archive; did you mean "
+        "sets/photos.zip?"
+    )
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ConfigError) as raised:
+        extra_sets.check([ExtraSetParams(name="flat", path="flat")])
+    assert "relative" not in str(raised.value), "the folder was found: where it was read from is no news"
 
 
 @pytest.mark.parametrize("kind", ["zip", "folder"])
