@@ -171,12 +171,21 @@ def setup(params: MlflowParams) -> Experiment:
             mlflow.create_experiment(params.experiment, artifact_location=artifacts)
         return mlflow.set_experiment(params.experiment)
     except mlflow.exceptions.MlflowException as exc:
-        status = exc.get_http_status_code()
-        # A 4xx (bad credentials, no permission) fails the same way next time; a 5xx or a lost connection
-        # may not.
-        refused = 400 <= status < 500 and status != 429
-        error = TrackingUnavailableError if refused else TrackingUnreachableError
+        error = TrackingUnavailableError if refused(exc) else TrackingUnreachableError
         raise error(f"MLflow at {uri}: {exc.message.splitlines()[0]}") from None
+
+
+def refused(exc: Exception) -> bool:
+    """Whether MLflow refused a call, which fails the same way next time, or failed on its side (may pass).
+
+    A 4xx but 429 (bad credentials, no permission, no such model) is a refusal; a 5xx, a lost connection and a
+    store that is busy now (a locked sqlite file: ``TEMPORARILY_UNAVAILABLE``, 503) are not.
+
+    Args:
+        exc: An ``mlflow.exceptions.MlflowException``.
+    """
+    status = exc.get_http_status_code()
+    return 400 <= status < 500 and status != 429
 
 
 def git_commit() -> str:

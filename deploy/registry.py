@@ -72,11 +72,15 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
 
     Returns:
         The champion's version, artifact URI and storage URI.
+
+    Raises:
+        DeployError: when the registry has no champion for the model (exit 2: no retry finds one).
+        TrackingUnreachableError: when the registry failed on its side or was busy (exit 75: retried).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from core.tracking import resolve_tracking_uri
+    from core.tracking import TrackingUnreachableError, refused, resolve_tracking_uri
 
     mlflow.set_tracking_uri(resolve_tracking_uri())
     client = mlflow.MlflowClient()
@@ -89,9 +93,12 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
 
             artifact_uri = RunsArtifactRepository.get_underlying_uri(artifact_uri)
     except MlflowException as exc:
-        raise DeployError(
-            f"no {CHAMPION} for model {model_name!r} in the registry: {exc.message.splitlines()[0]}"
-        ) from None
+        why = exc.message.splitlines()[0]
+        if not refused(exc):  # a 5xx or a busy store: not "no champion", and the task's retry may pass
+            raise TrackingUnreachableError(
+                f"the registry failed reading the {CHAMPION} of model {model_name!r}: {why}"
+            ) from None
+        raise DeployError(f"no {CHAMPION} for model {model_name!r} in the registry: {why}") from None
     storage_uri = artifact_uri if uri_map is None else map_artifact_uri(artifact_uri, uri_map)
     return Champion(
         model_name=model_name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -42,3 +43,34 @@ def test_a_run_the_store_does_not_know_is_replaced_by_a_new_one_that_names_it(
         pass
     assert run.info.run_id != "0" * 32
     assert mlflow.MlflowClient().get_run(run.info.run_id).data.tags["continued_from_run"] == "0" * 32
+
+
+def test_a_registry_that_is_busy_is_retried_not_reported_as_no_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy said "no champion for model 'deepguard' in the registry: database is locked" and exited 2, which
+    the DAG fails at once: a store busy for a moment (here another process's lock on the real sqlite file)
+    is worth the task's retries (exit 75), as a 5xx of the tracking server is."""
+    import sqlite3
+
+    from core.errors import TransientError
+    from deploy.manifest import DeployError
+    from deploy.registry import read_champion
+
+    for name in [n for n in os.environ if n.startswith(("DAGSHUB_", "MLFLOW_"))]:
+        monkeypatch.delenv(name)
+    database = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    with pytest.raises(DeployError) as raised:  # no champion: the same on every try
+        read_champion("deepguard", None)
+    assert str(raised.value).startswith("no champion for model 'deepguard' in the registry: ")
+    assert not isinstance(raised.value, TransientError)
+    lock = sqlite3.connect(database, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(TransientError) as raised:
+            read_champion("deepguard", None)
+    finally:
+        lock.close()
+    assert str(raised.value).startswith("the registry failed reading the champion of model 'deepguard': ")
+    assert "database is locked" in str(raised.value)
