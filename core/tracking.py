@@ -188,6 +188,20 @@ def refused(exc: Exception) -> bool:
     return 400 <= status < 500 and status != 429
 
 
+def raise_unless_refused(exc: Exception, what: str) -> None:
+    """Raise :class:`TrackingUnreachableError` when MLflow failed on its side or was busy while ``what``.
+
+    Returns for a refusal (no such model or alias), which the caller reports its own way: a busy registry
+    read as "no champion" let register promote without a comparison, and stopped deploy and monitor for good.
+
+    Args:
+        exc: An ``mlflow.exceptions.MlflowException``.
+        what: What was being done, e.g. "reading the champion of model 'deepguard'".
+    """
+    if not refused(exc):
+        raise TrackingUnreachableError(f"the registry failed {what}: {exc.message.splitlines()[0]}") from None
+
+
 def git_commit() -> str:
     """The commit the code came from: GIT_COMMIT (set in images) or ``git rev-parse``; "unknown" otherwise."""
     if settings().git_commit:

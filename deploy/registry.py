@@ -80,7 +80,7 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from core.tracking import TrackingUnreachableError, refused, resolve_tracking_uri
+    from core.tracking import raise_unless_refused, resolve_tracking_uri
 
     mlflow.set_tracking_uri(resolve_tracking_uri())
     client = mlflow.MlflowClient()
@@ -92,13 +92,11 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
             from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
             artifact_uri = RunsArtifactRepository.get_underlying_uri(artifact_uri)
-    except MlflowException as exc:
-        why = exc.message.splitlines()[0]
-        if not refused(exc):  # a 5xx or a busy store: not "no champion", and the task's retry may pass
-            raise TrackingUnreachableError(
-                f"the registry failed reading the {CHAMPION} of model {model_name!r}: {why}"
-            ) from None
-        raise DeployError(f"no {CHAMPION} for model {model_name!r} in the registry: {why}") from None
+    except MlflowException as exc:  # a 5xx or a busy store is not "no champion": the task's retry may pass
+        raise_unless_refused(exc, f"reading the {CHAMPION} of model {model_name!r}")
+        raise DeployError(
+            f"no {CHAMPION} for model {model_name!r} in the registry: {exc.message.splitlines()[0]}"
+        ) from None
     storage_uri = artifact_uri if uri_map is None else map_artifact_uri(artifact_uri, uri_map)
     return Champion(
         model_name=model_name,

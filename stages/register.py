@@ -204,7 +204,8 @@ def _champion_score(
 
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    except MlflowException as exc:  # no champion, unless the registry failed: that would promote unopposed
+        tracking.raise_unless_refused(exc, f"reading the {CHAMPION} of model {name!r}")
         return ChampionScore(None, None, None)
     tag = champion.tags.get(f"test_{metric}")
     robust = champion.tags.get(f"degraded_mean_{degraded_metric(metric)}")

@@ -74,3 +74,28 @@ def test_a_registry_that_is_busy_is_retried_not_reported_as_no_champion(
         lock.close()
     assert str(raised.value).startswith("the registry failed reading the champion of model 'deepguard': ")
     assert "database is locked" in str(raised.value)
+
+
+def test_register_does_not_promote_unopposed_while_the_registry_is_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """register read a failing or busy registry (here a real sqlite store another process has locked) as
+    "no champion yet", so the gate promoted the new model without comparing it to the champion it replaced."""
+    import sqlite3
+
+    from core.errors import TransientError
+    from stages import register
+
+    database = tmp_path / "mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{database}", registry_uri=f"sqlite:///{database}")
+    client.create_registered_model("deepguard")
+    assert register._champion_score(client, "deepguard", "accuracy", "split", None).version is None
+    lock = sqlite3.connect(database, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(
+            TransientError, match="the registry failed reading the champion of model 'deepguard'"
+        ):
+            register._champion_score(client, "deepguard", "accuracy", "split", None)
+    finally:
+        lock.close()
