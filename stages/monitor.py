@@ -126,7 +126,8 @@ def champion_reference(client, model_name: str) -> tuple[str, dict]:  # client: 
 
     try:
         champion = client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
+    except MlflowException as exc:  # a failing or busy registry is not "no champion": a retry may pass
+        tracking.raise_unless_refused(exc, f"reading the {CHAMPION} of model {model_name!r}")
         raise MonitorError(f"no {CHAMPION} of {model_name!r} in MLflow: run the pipeline first") from None
     try:
         path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=REFERENCE_ARTIFACT)

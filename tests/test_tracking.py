@@ -99,3 +99,27 @@ def test_register_does_not_promote_unopposed_while_the_registry_is_busy(
             register._champion_score(client, "deepguard", "accuracy", "split", None)
     finally:
         lock.close()
+
+
+def test_monitor_does_not_say_run_the_pipeline_while_the_registry_is_busy(tmp_path: Path) -> None:
+    """monitor answered a busy registry (a real sqlite store another process has locked) with "no champion
+    ... run the pipeline first" and exit 2: untrue, and the scheduled check was not retried."""
+    import sqlite3
+
+    from core.errors import TransientError
+    from stages.monitor import MonitorError, champion_reference
+
+    database = tmp_path / "mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{database}", registry_uri=f"sqlite:///{database}")
+    client.create_registered_model("deepguard")
+    with pytest.raises(MonitorError, match="run the pipeline first"):
+        champion_reference(client, "deepguard")
+    lock = sqlite3.connect(database, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(
+            TransientError, match="the registry failed reading the champion of model 'deepguard'"
+        ):
+            champion_reference(client, "deepguard")
+    finally:
+        lock.close()
