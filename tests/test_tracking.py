@@ -1,4 +1,4 @@
-"""Unit tier: the MLflow run a stage continues (core/tracking.py), on a throwaway sqlite store."""
+"""Unit tier: the MLflow run a stage continues, a busy registry retried (core/tracking.py), on sqlite."""
 
 from __future__ import annotations
 
