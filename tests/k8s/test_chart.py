@@ -521,35 +521,53 @@ def test_kubernetes_docs_unpause_the_dag_before_triggering_it() -> None:
     _assert_unpaused_before_triggered((REPO / "docs" / "kubernetes.md").read_text())
 
 
-def test_notes_render_with_the_next_commands(tmp_path) -> None:
-    """NOTES.txt renders (helm only shows it on install) and names the next commands."""
+def _notes(tmp_path, *args: str) -> str:
+    """NOTES.txt as `helm install` prints it, rendered with ``args`` (values files, --set)."""
     import shutil
 
     chart = tmp_path / "deepguard"
-    shutil.copytree(CHART, chart)
-    # `helm template` skips NOTES.txt; rendered as an ordinary template it shows what `helm install` prints.
-    (chart / "templates" / "notes-as-configmap.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
-        '{{ tpl (.Files.Get "notes.txt") . | indent 4 }}\n'
-    )
-    shutil.copy(CHART / "templates" / "NOTES.txt", chart / "notes.txt")
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        # `helm template` skips NOTES.txt; rendered as an ordinary template it shows what `helm install`
+        # prints.
+        (chart / "templates" / "notes-as-configmap.yaml").write_text(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+            '{{ tpl (.Files.Get "notes.txt") . | indent 4 }}\n'
+        )
+        shutil.copy(CHART / "templates" / "NOTES.txt", chart / "notes.txt")
+    out = helm(
+        "template",
+        "deepguard",
+        str(chart),
+        "--namespace",
+        NAMESPACE,
+        *args,
+        "--show-only",
+        "templates/notes-as-configmap.yaml",
+    ).stdout
+    return yaml.safe_load(out)["data"]["notes"]
+
+
+def test_notes_render_with_the_next_commands(tmp_path) -> None:
+    """NOTES.txt renders (helm only shows it on install) and names the next commands."""
     for values_set in SETS:
-        out = helm(
-            "template",
-            "deepguard",
-            str(chart),
-            "--namespace",
-            NAMESPACE,
-            *values_args(values_set),
-            "--show-only",
-            "templates/notes-as-configmap.yaml",
-        ).stdout
-        notes = yaml.safe_load(out)["data"]["notes"]
+        notes = _notes(tmp_path, *values_args(values_set))
         assert "kubectl -n deepguard get inferenceservice deepguard -w" in notes
         assert "airflow dags trigger deepguard_pipeline" in notes
         _assert_unpaused_before_triggered(notes)
         assert "curl -s http://deepguard.deepguard.svc.cluster.local/v2/models/deepguard" in notes
         assert "canaryTrafficPercent" in notes  # the roll-back command
+
+
+def test_notes_say_where_the_predictor_answers(tmp_path) -> None:
+    """NOTES said to call the predictor "through your ingress gateway" after the chart had made it
+    cluster-local: nothing answers there unless predictor.external is on."""
+    default = _notes(tmp_path)
+    assert "ingress gateway" not in default
+    assert "from a pod in the cluster: the predictor is cluster-local (predictor.external=false)" in default
+    assert "/api/predict" in default
+    published = _notes(tmp_path, "--set", "predictor.external=true")
+    assert "through your ingress gateway" in published and "cluster-local" not in published
 
 
 @pytest.mark.parametrize("values_set", ["gpu", "canary"])
