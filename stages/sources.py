@@ -340,7 +340,7 @@ def list_labelled(path: Path) -> list[tuple[str, Member]]:
         SourceError: for a missing path, a file that is not a zip, or a class folder without images.
     """
     if not path.exists():
-        raise SourceError(f"{path}: no such folder or zip archive{_near_misses(path)}")
+        raise SourceError(f"{path}: no such archive or folder{_near_misses(path)}")
     located = [
         (parts[-2], member)
         for parts, member in _image_members(path)
