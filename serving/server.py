@@ -20,8 +20,10 @@ from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.logging import KSERVE_TRACE_LOGGER_NAME
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import server as grpc_server
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.v2_datamodels import InferenceResponse
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
@@ -386,6 +388,26 @@ class ClientErrorInterceptor(ExceptionToStatusInterceptor):
         await context.abort(status, ex.reason)
 
 
+class VersionedServicer(InferenceServicer):
+    """KServe's gRPC servicer; ``ModelMetadata`` carries ``versions`` as ``GET /v2/models/<name>`` does.
+
+    KServe 0.21 copies name, platform, inputs and outputs from the data plane's metadata and drops the rest,
+    so a gRPC client asking which version is served got an empty ``versions`` list.
+    """
+
+    async def ModelMetadata(  # noqa: N802 (the protocol's method name)
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        metadata = await self._data_plane.model_metadata(model_name=request.name)
+        return pb.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=metadata["versions"],
+            platform=metadata["platform"],
+            inputs=metadata["inputs"],
+            outputs=metadata["outputs"],
+        )
+
+
 class DeepGuardServer(ModelServer):
     """``kserve.ModelServer`` listening on ``http_host`` (KServe 0.21 always binds 0.0.0.0)."""
 
@@ -410,6 +432,7 @@ class DeepGuardServer(ModelServer):
         rest._add_exception_handlers = add_exception_handlers
         # KServe's gRPC server names its interceptor when it starts, below.
         grpc_server.ExceptionToStatusInterceptor = ClientErrorInterceptor
+        grpc_server.InferenceServicer = VersionedServicer
         await super()._serve()
 
 
