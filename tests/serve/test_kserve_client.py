@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import httpx
@@ -28,6 +31,7 @@ from kserve.protocol.infer_type import RequestedOutput
 from .monitoring_helpers import own_store
 from .serving_helpers import SampleImages, free_port, start_predictor
 
+DOC = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 TIMEOUT = 60
 OUTPUTS = ["fake_probability", "label", "verdict", "note", "input_size", "input_format"]
 
@@ -227,3 +231,41 @@ def test_grpc_model_metadata_names_the_served_version_as_http_does(predictor_wit
     assert tensors == http["outputs"]
     assert [t.name for t in metadata.inputs] == [t["name"] for t in http["inputs"]] == ["image"]
     assert server.name == "kserve" and server.version
+
+
+def python_block(marker: str) -> str:
+    """The ```python block of docs/serving.md that contains ``marker``."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S) if marker in b]
+    assert len(blocks) == 1, marker
+    return blocks[0]
+
+
+@pytest.mark.parametrize(
+    ("marker", "documented_address"),
+    [("InferenceRESTClient", "http://localhost:8080"), ("GRPCInferenceServiceStub", "localhost:8081")],
+)
+def test_the_documented_python_clients_run_as_pasted(
+    predictor_with_grpc: Predictor,
+    sample_images: SampleImages,
+    tmp_path: Path,
+    marker: str,
+    documented_address: str,
+):
+    block = python_block(marker)
+    assert documented_address in block
+    address = (
+        predictor_with_grpc.url if documented_address.startswith("http") else predictor_with_grpc.grpc_address
+    )
+    (tmp_path / "photo.jpg").write_bytes(sample_images.probe[0])
+    result = subprocess.run(
+        [sys.executable, "-c", block.replace(documented_address, address)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip()
+    assert "'fake_probability': [0." in printed and "'verdict': [" in printed
+    if marker == "InferenceRESTClient":
+        assert printed.startswith("photo-1 {")
