@@ -140,6 +140,22 @@ class VersionedDataPlane(DataPlane):
         return metadata
 
 
+def version_not_served(repository: ModelRepository, name: str, version: str) -> str | None:
+    """Why ``version`` of model ``name`` cannot answer (it is not the one served), or None when it can."""
+    served = getattr(repository.get_model(name), "version", None)
+    if served is not None and version == served:
+        return None
+    detail = f"serving version {served}" if served else "no such model"
+    return f"model {quote(name)} version {quote(version)} is not served ({detail})"
+
+
+class VersionNotServed(ModelNotFound):
+    """A request pinned a model version other than the one served (HTTP 404, gRPC ``NOT_FOUND``)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 class VersionPathMiddleware:
     """Serves ``/v2/models/<name>/versions/<v>/...`` when ``<v>`` is the version served, else a 404.
 
@@ -155,13 +171,8 @@ class VersionPathMiddleware:
         """ASGI entry: rewrite or refuse versioned V2 paths, pass everything else through."""
         match = _VERSIONED_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
         if match:
-            model = self.repository.get_model(match["name"])
-            served = getattr(model, "version", None)
-            if served is None or match["version"] != served:
-                detail = f"serving version {served}" if served else "no such model"
-                message = (
-                    f"model {quote(match['name'])} version {quote(match['version'])} is not served ({detail})"
-                )
+            message = version_not_served(self.repository, match["name"], match["version"])
+            if message is not None:
                 response = JSONResponse({"error": message}, status_code=404)
                 await response(scope, receive, send)
                 return
@@ -389,15 +400,34 @@ class ClientErrorInterceptor(ExceptionToStatusInterceptor):
 
 
 class VersionedServicer(InferenceServicer):
-    """KServe's gRPC servicer; ``ModelMetadata`` carries ``versions`` as ``GET /v2/models/<name>`` does.
+    """KServe's gRPC servicer, with the versions HTTP has: in ``ModelMetadata`` and checked when pinned.
 
     KServe 0.21 copies name, platform, inputs and outputs from the data plane's metadata and drops the rest,
-    so a gRPC client asking which version is served got an empty ``versions`` list.
+    so a gRPC client asking which version is served got an empty ``versions`` list; and it ignores a
+    request's version, so one pinning version 9 was answered by whichever version is served (HTTP: 404).
     """
 
-    async def ModelMetadata(  # noqa: N802 (the protocol's method name)
+    def _served(self, name: str, version: str) -> None:
+        """A request naming a version (empty: whichever is served) is answered by that version or refused."""
+        if version and (message := version_not_served(self._data_plane.model_registry, name, version)):
+            raise VersionNotServed(message)
+
+    async def ModelReady(  # noqa: N802 (the protocol's method names)
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
+        self._served(request.name, request.version)
+        return await super().ModelReady(request, context)
+
+    async def ModelInfer(  # noqa: N802
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelInferResponse:
+        self._served(request.model_name, request.model_version)
+        return await super().ModelInfer(request, context)
+
+    async def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
+        self._served(request.name, request.version)
         metadata = await self._data_plane.model_metadata(model_name=request.name)
         return pb.ModelMetadataResponse(
             name=metadata["name"],

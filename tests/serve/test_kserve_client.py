@@ -233,6 +233,44 @@ def test_grpc_model_metadata_names_the_served_version_as_http_does(predictor_wit
     assert server.name == "kserve" and server.version
 
 
+def test_grpc_pinned_version_is_answered_by_it_or_refused_as_over_http(
+    predictor_with_grpc: Predictor, sample_images: SampleImages
+):
+    # KServe's servicer ignored a request's version: pinning version 9 got version 1's answer (HTTP: 404).
+    served, other = predictor_with_grpc.version, str(int(predictor_with_grpc.version) + 8)
+    refused = requests.get(
+        f"{predictor_with_grpc.url}/v2/models/deepguard/versions/{other}/ready", timeout=TIMEOUT
+    )
+    assert refused.status_code == 404
+
+    async def infer(version: str) -> InferResponse | tuple[grpc.StatusCode, str]:
+        client = InferenceGRPCClient(predictor_with_grpc.grpc_address, timeout=TIMEOUT)
+        image = InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array(sample_images.probe[:1], dtype=object))
+        try:
+            return await client.infer(InferRequest("deepguard", [image], model_version=version))
+        except grpc.aio.AioRpcError as error:
+            return error.code(), error.details()
+        finally:
+            await client.close()
+
+    assert asyncio.run(infer(served)).model_version == served
+    assert asyncio.run(infer(other)) == (grpc.StatusCode.NOT_FOUND, refused.json()["error"])
+    with grpc.insecure_channel(predictor_with_grpc.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ModelReady(pb.ModelReadyRequest(name="deepguard", version=served), timeout=TIMEOUT).ready
+        for call, request in (
+            (stub.ModelReady, pb.ModelReadyRequest(name="deepguard", version=other)),
+            (stub.ModelMetadata, pb.ModelMetadataRequest(name="deepguard", version=other)),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call(request, timeout=TIMEOUT)
+            assert (caught.value.code(), caught.value.details()) == (
+                grpc.StatusCode.NOT_FOUND,
+                refused.json()["error"],
+            )
+
+
 def python_block(marker: str) -> str:
     """The ```python block of docs/serving.md that contains ``marker``."""
     blocks = [b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S) if marker in b]
