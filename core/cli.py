@@ -51,6 +51,12 @@ def stage_parser(name: str, description: str, module: str | None = None) -> argp
     """
     parser = argparse.ArgumentParser(prog=f"python -m {module or f'stages.{name}'}", description=description)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="partial params file whose values replace those of --params, before any --set (params-gpu.yaml)",
+    )
     add_overrides_argument(parser)
     parser.add_argument(
         "--workdir",
@@ -298,7 +304,7 @@ def run_stage(
             if args.workdir is not None:
                 _paths_from_the_current_folder(args)
             # Before the workspace is created: a bad parameter leaves no empty run folder behind.
-            params = load_params(args.params, args.overrides)
+            params = load_params(args.params, args.overrides, profile=args.profile)
             if args.workdir is not None:
                 _enter_workspace(args.workdir)
             main(args, params)
@@ -336,7 +342,7 @@ def _enter_workspace(workdir: Path) -> None:
 
 
 def _paths_from_the_current_folder(args: argparse.Namespace) -> None:
-    """Make ``--params`` and ``DEEPGUARD_DATA`` absolute before ``--workdir`` changes the current folder.
+    """Make ``--params``, ``--profile`` and ``DEEPGUARD_DATA`` absolute before ``--workdir`` moves away.
 
     A path the user typed is relative to where they typed it (``--workdir /tmp/ws`` from a checkout must
     still read the checkout's params.yaml); the workspace's own files stay relative to the workspace.
@@ -345,6 +351,8 @@ def _paths_from_the_current_folder(args: argparse.Namespace) -> None:
     from core.settings import settings
 
     args.params = args.params.expanduser().absolute()
+    if args.profile is not None:
+        args.profile = args.profile.expanduser().absolute()
     data = settings().data
     if data is not None and not data.expanduser().is_absolute():
         os.environ[DATA_ENV] = str(data.absolute())  # child processes and settings() alike

@@ -24,6 +24,7 @@ for _folder in (str(DAGS_DIR), str(DAGS_DIR.parent)):
         sys.path.append(_folder)
 
 from deepguard_pods import (  # noqa: E402
+    GPU_PROFILE_PATH,
     PARAMS_PATH,
     RETRIES,
     RUN_DIR,
@@ -113,18 +114,25 @@ register → deploy**, one Kubernetes pod per stage (`python -m stages.<name>`),
 `core/pipeline.py`.
 
 * Every run works in its own folder `/workspace/runs/<run id>` on the PVC `deepguard-workspace`.
-* `train` runs the GPU image and requests `nvidia.com/gpu: 1`.
+* `train` runs the GPU image and requests `nvidia.com/gpu: 1`; every pod reads `params-gpu.yaml` over
+  `params.yaml`.
 * MLflow credentials come from the Secret `deepguard-mlflow`; `register` aliases the new version `challenger`
   and promotes it to `champion` only past the gate; `deploy` (param *Deploy*) rolls the champion out.
 * Trigger with parameters: an empty field keeps the value of `params.yaml`.
 """
 
 
-def _arguments(stage: Stage, extra: tuple[str, ...] = ()) -> list[str]:
-    """Pod arguments: params file, run folder, and one ``--set`` per DAG param that has a value."""
+# A run whose train pod gets a GPU reads the GPU profile in every pod; the local runner (no GPU: one machine's
+# CPU) keeps params.yaml's time budget.
+_GPU_RUN = any(stage.resources.gpu for stage in STAGES)
+
+
+def _arguments(stage: Stage, extra: tuple[str, ...] = (), *, local: bool = False) -> list[str]:
+    """Pod arguments: params file (GPU profile), run folder, one ``--set`` per DAG param with a value."""
     # Every stage gets every override: each validates the whole params file, and register's params hash must
     # describe the run. A null param renders to an empty value and the operator drops that option.
-    args = ["--params", PARAMS_PATH, "--workdir", RUN_DIR]
+    profile = ["--profile", GPU_PROFILE_PATH] if _GPU_RUN and not local else []
+    args = ["--params", PARAMS_PATH, *profile, "--workdir", RUN_DIR]
     for param, key in OVERRIDES.items():
         args += ["--set", _SET_TEMPLATE.format(key=key, param=param)]
     return [*args, *extra]
@@ -151,11 +159,14 @@ with DAG(
     },
 ) as dag:
     chain(
-        *(stage_task(stage, _arguments(stage)) for stage in STAGES),
+        *(
+            stage_task(stage, _arguments(stage), local_arguments=_arguments(stage, local=True))
+            for stage in STAGES
+        ),
         stage_task(
             DEPLOY,
             _arguments(DEPLOY, ("--target", "kserve")),
-            local_arguments=_arguments(DEPLOY, ("--target", "local")),
+            local_arguments=_arguments(DEPLOY, ("--target", "local"), local=True),
             run_if_param="deploy",
             env=DEPLOY_ENV,
         ),

@@ -42,6 +42,10 @@ DAGSHUB_SECRET = "deepguard-dagshub"
 # The images' WORKDIR, where params.yaml is baked in next to the stages package.
 IMAGE_APP_DIR = "/app"
 PARAMS_PATH = f"{IMAGE_APP_DIR}/params.yaml"
+# The GPU profile (params-gpu.yaml: larger batches, fixed epochs instead of the CPU's time budget, mixed
+# precision), baked into both stage images beside params.yaml. Every pod of a run reads it when the run trains
+# on a GPU, so that all stages validate, and register's params hash describes, the params train used.
+GPU_PROFILE_PATH = f"{IMAGE_APP_DIR}/params-gpu.yaml"
 
 # Images: Airflow Variables override the pinned defaults, read when a task runs (templated), not when parsed.
 STAGE_IMAGE = "ghcr.io/deepguard/stage:0.1.0"

@@ -152,6 +152,23 @@ def test_a_bad_parameter_is_one_line_and_creates_no_workspace(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_stage_reads_its_profile_relative_to_where_it_was_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], root_logging: None
+) -> None:
+    """The DAG's GPU pods pass ``--profile /app/params-gpu.yaml``; no stage took a profile, only bench-gpu."""
+    from stages import preprocess
+
+    monkeypatch.chdir(tmp_path)
+    Path("gpu.yaml").write_text("training:\n  batch_size: 0\n")
+    argv = ["--params", str(REPO / "params.yaml"), "--profile", "gpu.yaml", "--workdir", "runs/one"]
+    assert preprocess.main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"stages.preprocess: error: {tmp_path / 'gpu.yaml'}: training.batch_size: "), line
+    # The profile comes before --set, as in load_params and bench/gpu_bench.py.
+    assert preprocess.main([*argv, "--set", "training.batch_size=-1"]) == 2
+    assert "override 'training.batch_size=-1'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("where", ["a-file", "a-file/below"])
 def test_a_workdir_that_cannot_be_a_folder_is_one_line(
     where: str,

@@ -160,6 +160,10 @@ def test_image_structure(dockerfile: Path) -> None:
     assert any("--no-deps --require-hashes -r /tmp/" in run for run in runs)
     order = [instr + " " + args for instr, args in final.instructions if instr == "COPY"]
     assert order[0].startswith("COPY --from="), "the environment is copied before the code"
+    if _image(dockerfile) in {"stage", "stage-gpu"}:
+        # The DAG's pods read the GPU profile beside params.yaml (--profile /app/params-gpu.yaml).
+        final_sources = {src for sources, _ in copies(final) for src in sources}
+        assert {"params.yaml", "params-gpu.yaml"} <= final_sources
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=_image)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from dagtools import DAGS_DIR, REPO, render_task
 
+from core.cli import stage_parser
 from core.config import load_params
 from core.pipeline import DEPLOY, STAGES, Stage
 
@@ -177,8 +178,20 @@ def test_rendered_pod(dag: Any, stage: Stage) -> None:
     assert container.image == f"ghcr.io/deepguard/{image}:0.1.0"
     assert container.command == stage.command
     target = ["--target", "kserve"] if stage is DEPLOY else []
-    # Default params: no override at all, the image's params.yaml decides.
-    assert container.args == ["--params", "/app/params.yaml", "--workdir", RUN_DIR, *target]
+    # Default params: no override at all, the image's params.yaml and the GPU profile beside it decide, in
+    # every pod of the run (register's params hash describes the params train used).
+    profile = ["--profile", "/app/params-gpu.yaml"]
+    assert container.args == ["--params", "/app/params.yaml", *profile, "--workdir", RUN_DIR, *target]
+    # The stage's own parser reads the profile (the images copy it beside params.yaml: tests/test_images.py).
+    args = stage_parser(stage.name, "").parse_args(
+        container.args[: -len(target)] if target else container.args
+    )
+    pod_params = load_params(
+        REPO / args.params.relative_to("/app"), profile=REPO / args.profile.relative_to("/app")
+    )
+    gpu_profile = load_params(REPO / "params.yaml", profile=REPO / "params-gpu.yaml")
+    assert pod_params.training == gpu_profile.training
+    assert pod_params.training.time_budget_minutes is None and pod_params.training.mixed_precision == "on"
     assert pod.metadata.namespace == "deepguard"
     assert pod.metadata.name.startswith(f"deepguard-{stage.name}-")
     assert pod.metadata.labels["deepguard.io/stage"] == stage.name
@@ -383,11 +396,14 @@ def test_local_runner_runs_exactly_the_pods_command(dag: Any, tmp_path: Path) ->
     }
     chosen = {"epochs": 1}
     for name, kaggle in (("train", False), ("ingest", True)):
-        pod = render_task(dag, name, chosen, run_id=RUN_ID).build_pod_request_obj(dry_run=True)
+        task = render_task(dag, name, chosen, run_id=RUN_ID)
+        task.arguments = task.local_arguments  # as execute() does with the local runner on
+        pod = task.build_pod_request_obj(dry_run=True)
         argv, env = runner.process(pod, environ)
         container = pod.spec.containers[0]
         assert argv[0] == str(runner.python)
         assert argv[1:3] == container.command[1:]
+        # No GPU profile: the local runner trains on this machine's CPU, within params.yaml's time budget.
         assert argv[3:] == [
             "--params",
             str(REPO / "params.yaml"),
@@ -413,7 +429,8 @@ def test_every_run_id_gets_its_own_folder_inside_runs(dag: Any) -> None:
     run_ids = ["nightly-1", "nightly:1", "nightly+1", "nightly~1", ".", "..", "..."]
     folders = []
     for run_id in run_ids:
-        workdir = render_task(dag, "ingest", run_id=run_id).arguments[3]
+        arguments = render_task(dag, "ingest", run_id=run_id).arguments
+        workdir = arguments[arguments.index("--workdir") + 1]
         assert workdir.startswith("/workspace/runs/")
         folders.append(workdir.removeprefix("/workspace/runs/"))
     assert folders[0] == "nightly-1"
@@ -427,7 +444,10 @@ def test_deploy_runs_locally_with_target_local(dag: Any) -> None:
     task = render_task(dag, "deploy", run_id=RUN_ID)
     assert task.arguments[-2:] == ["--target", "kserve"]
     assert task.local_arguments[-2:] == ["--target", "local"]
-    assert task.local_arguments[:-2] == task.arguments[:-2]
+    pod_arguments = task.arguments[:-2]
+    profile_at = pod_arguments.index("--profile")
+    del pod_arguments[profile_at : profile_at + 2]
+    assert task.local_arguments[:-2] == pod_arguments
 
 
 def test_drop_empty_options() -> None:
