@@ -19,6 +19,7 @@ from airflow.sdk import CronTriggerTimetable
 from airflow.sdk.exceptions import AirflowTimetableInvalid
 from deepguard_operator import DeepGuardStageOperator, LocalRunner
 from kubernetes.client import models as k8s
+from kubernetes.utils import parse_quantity  # the provider imports it already
 
 from core.errors import PERMANENT_EXIT_CODES
 from core.pipeline import Stage
@@ -96,13 +97,90 @@ def _env_json(name: str, default: object, expected: type) -> Any:
     return value
 
 
+_TOLERATION_OPERATORS = {"Exists", "Equal"}
+_TAINT_EFFECTS = {"NoSchedule", "PreferNoSchedule", "NoExecute"}
+
+
 def _tolerations(name: str, default: list[dict[str, str]]) -> list[k8s.V1Toleration]:
-    """The JSON array of Kubernetes tolerations in ``name``."""
+    """The JSON array of Kubernetes tolerations in ``name``.
+
+    Raises:
+        SettingError: Not such an array, or an operator or effect Kubernetes refuses (it would refuse the pod
+            only when the task runs, hours into a run).
+    """
     specs = _env_json(name, default, list)
     try:
-        return [k8s.V1Toleration(**spec) for spec in specs]
+        tolerations = [k8s.V1Toleration(**spec) for spec in specs]
     except TypeError as exc:  # an item that is not an object, or a key a toleration does not have
         raise SettingError(f"{name}: not an array of tolerations ({exc})") from None
+    for toleration in tolerations:
+        if toleration.operator not in {None, *_TOLERATION_OPERATORS}:
+            raise SettingError(f"{name}: operator {toleration.operator!r}: not one of Exists, Equal")
+        if toleration.effect not in {None, *_TAINT_EFFECTS}:
+            raise SettingError(
+                f"{name}: effect {toleration.effect!r}: not one of {', '.join(sorted(_TAINT_EFFECTS))}"
+            )
+    return tolerations
+
+
+def _node_selector(name: str, default: dict[str, str]) -> dict[str, str]:
+    """The JSON object of node labels in ``name``: their values are strings (``"true"``, not ``true``)."""
+    selector = _env_json(name, default, dict)
+    for key, value in selector.items():
+        if not isinstance(value, str):
+            raise SettingError(f"{name}: label {key!r}: {json.dumps(value)} is not a string (quote it)")
+    return selector
+
+
+def _resource_overrides(name: str) -> dict[str, dict[str, str]]:
+    """Requests and limits in ``name`` that replace the GPU stage's own (Kubernetes' resources shape).
+
+    Example: ``{"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"nvidia.com/gpu": "2"}}``.
+
+    Raises:
+        SettingError: Another key than ``requests`` and ``limits``, or a value that is not a Kubernetes
+            quantity (a GPU count must be a whole number of at least 1).
+    """
+    resources = _env_json(name, {}, dict)
+    unknown = sorted(set(resources) - {"requests", "limits"})
+    if unknown:
+        raise SettingError(f"{name}: {', '.join(unknown)}: not requests or limits")
+    for kind, amounts in resources.items():
+        if not isinstance(amounts, dict):
+            raise SettingError(f"{name}: {kind}: not a JSON object of resource amounts")
+        for resource, amount in amounts.items():
+            if resource == GPU_RESOURCE:
+                if kind == "requests":
+                    raise SettingError(
+                        f"{name}: requests.{resource}: set limits.{resource} (GPUs are requested as many as"
+                        " the limit)"
+                    )
+                if not (isinstance(amount, str) and amount.isdigit() and int(amount) >= 1):
+                    raise SettingError(
+                        f"{name}: {kind}.{resource}: {json.dumps(amount)} is not a whole number"
+                    )
+                continue
+            try:
+                if not isinstance(amount, str):
+                    raise ValueError
+                parse_quantity(amount)
+            except ValueError:
+                raise SettingError(
+                    f"{name}: {kind}.{resource}: {json.dumps(amount)} is not a Kubernetes quantity"
+                    ' ("8", "500m", "32Gi")'
+                ) from None
+    return resources
+
+
+# A PriorityClass name: a DNS subdomain (lower case).
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _priority_class(name: str) -> str | None:
+    raw = os.environ.get(name, "").strip()
+    if raw and not (len(raw) <= 253 and _DNS_SUBDOMAIN.fullmatch(raw)):
+        raise SettingError(f"{name}={raw!r}: not a PriorityClass name (lower case letters, digits, '-', '.')")
+    return raw or None
 
 
 # Schedules that DAG(...) turns into timetables of their own rather than cron ones.
@@ -119,11 +197,16 @@ def _env_int(name: str, default: int) -> int:
 
 # GPU placement of the train pod, configurable per cluster. The defaults match NVIDIA's GPU operator
 # (node label from GPU feature discovery) and the usual taint that keeps CPU work off GPU nodes.
-GPU_NODE_SELECTOR: dict[str, str] = _env_json(
-    "DEEPGUARD_GPU_NODE_SELECTOR", {"nvidia.com/gpu.present": "true"}, dict
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_SELECTOR: dict[str, str] = _node_selector(
+    "DEEPGUARD_GPU_NODE_SELECTOR", {"nvidia.com/gpu.present": "true"}
 )
-_GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+_GPU_TAINT = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 GPU_TOLERATIONS: list[k8s.V1Toleration] = _tolerations("DEEPGUARD_GPU_TOLERATIONS", [_GPU_TAINT])
+# The train pod's requests and limits over the stage list's (a GPU count: limits nvidia.com/gpu), and its
+# PriorityClass, e.g. one that may preempt lower-priority work on a shared GPU pool.
+GPU_RESOURCES: dict[str, dict[str, str]] = _resource_overrides("DEEPGUARD_GPU_RESOURCES")
+GPU_PRIORITY_CLASS: str | None = _priority_class("DEEPGUARD_GPU_PRIORITY_CLASS")
 RETRIES = _env_int("DEEPGUARD_TASK_RETRIES", 2)
 STAGE_TIMEOUT = timedelta(hours=1)
 GPU_STAGE_TIMEOUT = timedelta(hours=6)
@@ -210,13 +293,29 @@ def schedule_from_env(name: str, default: str | None, default_source: str = "the
 
 
 def _resources(stage: Stage) -> k8s.V1ResourceRequirements:
-    """Requests and limits from the stage list; a GPU stage gets ``nvidia.com/gpu`` as a limit."""
+    """Requests and limits from the stage list; a GPU stage gets ``nvidia.com/gpu`` as a limit.
+
+    A GPU stage's are then replaced, amount by amount, by ``DEEPGUARD_GPU_RESOURCES``.
+    """
+    requests = {"cpu": stage.resources.cpu, "memory": stage.resources.memory}
     limits = {"cpu": stage.resources.cpu_limit, "memory": stage.resources.memory_limit}
     if stage.resources.gpu:
-        limits["nvidia.com/gpu"] = str(stage.resources.gpu)
-    return k8s.V1ResourceRequirements(
-        requests={"cpu": stage.resources.cpu, "memory": stage.resources.memory}, limits=limits
-    )
+        limits[GPU_RESOURCE] = str(stage.resources.gpu)
+        requests.update(GPU_RESOURCES.get("requests", {}))
+        limits.update(GPU_RESOURCES.get("limits", {}))
+        if GPU_RESOURCES:
+            _check_requests_within_limits(requests, limits)
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def _check_requests_within_limits(requests: Mapping[str, str], limits: Mapping[str, str]) -> None:
+    """Kubernetes refuses a pod whose request exceeds its limit: say so at parse time, not hours later."""
+    for resource in requests.keys() & limits.keys():
+        if parse_quantity(requests[resource]) > parse_quantity(limits[resource]):
+            raise SettingError(
+                f"DEEPGUARD_GPU_RESOURCES: requests.{resource} {requests[resource]} is more than its limit"
+                f" {limits[resource]}: raise limits.{resource} too"
+            )
 
 
 def stage_task(
@@ -268,6 +367,7 @@ def stage_task(
         xcom_sidecar_container_security_context=CONTAINER_SECURITY,
         node_selector=dict(GPU_NODE_SELECTOR) if gpu else None,
         tolerations=list(GPU_TOLERATIONS) if gpu else None,
+        priority_class_name=GPU_PRIORITY_CLASS if gpu else None,
         labels={
             "app.kubernetes.io/name": "deepguard",
             "app.kubernetes.io/component": "pipeline",

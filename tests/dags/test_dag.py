@@ -45,6 +45,11 @@ print(json.dumps({
                     if m in sys.modules),
     "node_selector": train.node_selector if train else None,
     "tolerations": [t.to_dict() for t in train.tolerations] if train else None,
+    "resources": train.container_resources.to_dict() if train else None,
+    "priority_class": train.priority_class_name if train else None,
+    "cpu_pods": sorted({(t.priority_class_name, json.dumps(t.container_resources.to_dict(), sort_keys=True),
+                         json.dumps(t.node_selector), json.dumps(t.tolerations))
+                        for t in pipeline.tasks if t.task_id != "train"}) if pipeline else None,
     "schedule": str(pipeline.schedule) if pipeline else None,
     "deploy_env": dict(deploy.env_vars) if deploy else None,
     "namespaces": sorted({task.namespace for task in pods}),
@@ -320,6 +325,33 @@ def test_namespace_gpu_placement_schedule_and_canary_prometheus_are_configurable
     assert report["schedule"] == "0 3 * * 1"
 
 
+def test_train_pods_resources_gpu_count_and_priority_class_are_settings() -> None:
+    default = _probe()
+    report = _probe(
+        {
+            "DEEPGUARD_GPU_RESOURCES": json.dumps(
+                {
+                    "requests": {"cpu": "6", "memory": "48Gi"},
+                    "limits": {"memory": "64Gi", "nvidia.com/gpu": "2"},
+                }
+            ),
+            "DEEPGUARD_GPU_PRIORITY_CLASS": "gpu-training",
+        }
+    )
+    assert report["errors"] == {}
+    # Amount by amount over the stage list's: the CPU limit not named keeps its value.
+    assert report["resources"]["requests"] == {"cpu": "6", "memory": "48Gi"}
+    assert report["resources"]["limits"] == {
+        "cpu": default["resources"]["limits"]["cpu"],
+        "memory": "64Gi",
+        "nvidia.com/gpu": "2",
+    }
+    assert report["priority_class"] == "gpu-training" and default["priority_class"] is None
+    # The CPU stages' pods are the same with or without the GPU settings: no GPU, no priority class.
+    assert report["cpu_pods"] == default["cpu_pods"]
+    assert all(priority is None for priority, *_ in report["cpu_pods"])
+
+
 def test_relative_local_runner_paths_are_relative_to_the_repository() -> None:
     # Each stage changes into its run folder: a relative workspace would give every run its own MLflow store
     # (no shared champion) and monitoring folder inside that run folder.
@@ -345,6 +377,35 @@ def test_a_bad_setting_is_named_in_the_import_error(name: str, value: str) -> No
     assert sorted(Path(file).name for file in errors) == ["deepguard_monitor.py", "deepguard_pipeline.py"]
     for error in errors.values():
         assert error.strip().splitlines()[-1].startswith(f"deepguard_pods.SettingError: {name}="), error
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        (
+            "DEEPGUARD_GPU_NODE_SELECTOR",
+            '{"nvidia.com/gpu.present": true}',
+            "true is not a string (quote it)",
+        ),
+        ("DEEPGUARD_GPU_TOLERATIONS", '[{"key": "nvidia.com/gpu", "operator": "Exist"}]', "'Exist'"),
+        ("DEEPGUARD_GPU_TOLERATIONS", '[{"key": "nvidia.com/gpu", "effect": "NoSchedul"}]', "'NoSchedul'"),
+        ("DEEPGUARD_GPU_RESOURCES", '{"limits": {"memory": "64GB"}}', '"64GB" is not a Kubernetes quantity'),
+        ("DEEPGUARD_GPU_RESOURCES", '{"limits": {"nvidia.com/gpu": 2}}', "2 is not a whole number"),
+        ("DEEPGUARD_GPU_RESOURCES", '{"requests": {"nvidia.com/gpu": "2"}}', "set limits.nvidia.com/gpu"),
+        ("DEEPGUARD_GPU_RESOURCES", '{"request": {"cpu": "8"}}', "request: not requests or limits"),
+        ("DEEPGUARD_GPU_RESOURCES", '{"requests": {"memory": "64Gi"}}', "is more than its limit 16Gi"),
+        ("DEEPGUARD_GPU_PRIORITY_CLASS", "GPU_Training", "not a PriorityClass name"),
+    ],
+)
+def test_a_train_pod_setting_kubernetes_would_refuse_is_named_in_the_import_error(
+    name: str, value: str, says: str
+) -> None:
+    # Kubernetes would refuse the pod only when train starts, after ingest, preprocess and features ran.
+    errors = _probe({name: value})["errors"]
+    assert "deepguard_pipeline.py" in {Path(file).name for file in errors}
+    for error in errors.values():
+        last = error.strip().splitlines()[-1]
+        assert last.startswith(f"deepguard_pods.SettingError: {name}") and says in last, error
 
 
 @pytest.mark.parametrize(
