@@ -93,15 +93,19 @@ def test_upload_gives_the_predictors_verdict(web, predictor, registered_model, s
         assert (body["verdict"], body["note"]) == (outputs["verdict"], outputs["note"])
 
 
+BAD_UPLOADS = [
+    ("no file", "file", b"\xff\xd8\xff\xe0", 400, "no file"),
+    ("empty file", "image", b"", 400, "empty"),
+    ("text file", "image", b"%PDF-1.7 not an image at all", 415, "not an image"),
+    ("truncated jpeg", "image", None, 422, "could not be read"),
+    ("too large", "image", b"\xff\xd8\xff" + b"\0" * (2 * 1024 * 1024 + 10), 413, "larger than"),
+]
+
+
+# Named ids: pytest spelled the 2 MB case's bytes into its id, and `-k` selections passed it on to a
+# subprocess's arguments ("Argument list too long").
 @pytest.mark.parametrize(
-    ("name", "field", "data", "status", "words"),
-    [
-        ("no file", "file", b"\xff\xd8\xff\xe0", 400, "no file"),
-        ("empty file", "image", b"", 400, "empty"),
-        ("text file", "image", b"%PDF-1.7 not an image at all", 415, "not an image"),
-        ("truncated jpeg", "image", None, 422, "could not be read"),
-        ("too large", "image", b"\xff\xd8\xff" + b"\0" * (2 * 1024 * 1024 + 10), 413, "larger than"),
-    ],
+    ("name", "field", "data", "status", "words"), BAD_UPLOADS, ids=[case[0] for case in BAD_UPLOADS]
 )
 def test_bad_upload_gets_a_clear_4xx(web, sample_images, name, field, data, status, words):
     if data is None:
