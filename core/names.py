@@ -28,8 +28,10 @@ DRIFT_LATEST = "drift.json"
 # Ports: the predictor's is KServe's default HTTP port; the web app's is Flask's.
 PREDICTOR_PORT = 8080
 WEB_PORT = 5000
-# `make airflow`'s API server and UI (AIRFLOW_PORT): Airflow's own default, 8080, is the predictor's, and
-# KServe's gRPC port, 8081, the predictor's opt-in gRPC server's (`--enable_grpc true`).
+# KServe's gRPC port: the predictor's opt-in gRPC server (`--enable_grpc true`).
+GRPC_PORT = 8081
+# `make airflow`'s API server and UI (AIRFLOW_PORT): Airflow's own default, 8080, is the predictor's, and 8081
+# the predictor's gRPC port.
 AIRFLOW_PORT = 8082
 
 

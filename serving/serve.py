@@ -26,6 +26,8 @@ from core.cli import configure_logging
 from core.config import load_params
 from core.errors import DeepGuardError
 from core.names import (
+    AIRFLOW_PORT,
+    GRPC_PORT,
     MODEL_NAME_ENV,
     PREDICTOR_PORT_ENV,
     PREDICTOR_URL_ENV,
@@ -85,7 +87,9 @@ def busy_ports(predictor_port: int, web_port: int, command: str = "make serve") 
             if port == WEB_PORT and sys.platform == "darwin":
                 line += " (macOS: AirPlay Receiver listens on 5000; turn it off in System Settings)"
             line += f"; stop that program or set {setting} to a free port"
-            if (free := _free_port_after(port, {predictor_port, web_port})) is not None:
+            # Never a port another of our servers takes by default: the next one up from 8080 is gRPC's.
+            ours = {predictor_port, web_port, GRPC_PORT, AIRFLOW_PORT}
+            if (free := _free_port_after(port, ours)) is not None:
                 line += f", e.g. `{setting}={free} {command}`"
             busy.append(line)
     return busy

@@ -210,6 +210,18 @@ def test_make_run_names_a_taken_port_before_the_pipeline(tmp_path):
     assert "stages.ingest" not in output and "dvc repro" not in output
 
 
+def test_a_taken_port_is_never_advised_onto_another_of_our_default_ports(monkeypatch):
+    """8080 taken advised `PREDICTOR_PORT=8081 make run`: the predictor's opt-in gRPC port."""
+    from serving import serve
+
+    with _taken_port() as taken:
+        monkeypatch.setattr(serve, "GRPC_PORT", taken + 1)
+        monkeypatch.setattr(serve, "AIRFLOW_PORT", taken + 2)
+        (line,) = serve.busy_ports(taken, free_port())
+    assert f"PREDICTOR_PORT={taken + 1} " not in line and f"PREDICTOR_PORT={taken + 2} " not in line, line
+    assert "e.g. `PREDICTOR_PORT=" in line, line
+
+
 def test_on_macos_a_taken_default_web_port_names_airplay(monkeypatch):
     """macOS' AirPlay Receiver listens on 5000, the default WEB_PORT: the error says what holds it."""
     from serving import serve
