@@ -123,12 +123,23 @@ def run(
             write_json(DEPLOYMENT_FILE, asdict(_failure(params, target, namespace, champion, exc)))
         raise
     write_json(DEPLOYMENT_FILE, asdict(result))
-    if result.status not in ("no_predictor", "unchanged"):  # keep the tags of the rollout that is serving
+    if _tags_to_record(result.status, champion.recorded_status):
         tag_version(champion, result)
     log.info("deploy: %s: version %s -> %s (%s)", result.status, result.version, result.target, result.detail)
     if result.status in ("rolled_back", "failed"):
         raise DeployError(f"version {result.version} {result.status.replace('_', ' ')}: {result.detail}")
     return result
+
+
+def _tags_to_record(status: str, recorded_status: str) -> bool:
+    """Whether the outcome goes on the version's tags: not ``unchanged`` over the tags of the rollout serving.
+
+    An ``unchanged`` version still tagged otherwise (the registry failed while tagging the rollout that made
+    it serve, and the task was retried) is tagged now.
+    """
+    if status == "no_predictor":
+        return False
+    return status != "unchanged" or recorded_status not in ("deployed", "promoted", "unchanged")
 
 
 def _failure(

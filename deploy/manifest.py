@@ -104,6 +104,8 @@ class Champion:
     version: str
     artifact_uri: str
     storage_uri: str
+    # The ``deployment_status`` tag the version carries already ("": never tagged).
+    recorded_status: str = ""
 
 
 def rollout_manifest(

@@ -103,6 +103,7 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
         version=str(version.version),
         artifact_uri=artifact_uri,
         storage_uri=storage_uri,
+        recorded_status=version.tags.get("deployment_status", ""),
     )
 
 
@@ -110,10 +111,15 @@ def tag_version(champion: Champion, result: DeploymentResult) -> None:
     """Record the outcome on the model version, so the registry shows what is deployed where.
 
     Raises:
-        DeployError: when the registry refuses or cannot be reached (the rollout itself is done by then).
+        DeployError: when the registry refuses the tags (the rollout itself is done by then), or fails while
+            tagging a rollout that was rolled back or failed (a retry would roll it out again).
+        TrackingUnreachableError: when the registry failed on its side or was busy while tagging a version
+            now serving (exit 75: the retry finds it ``unchanged`` and records the tags then).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
+
+    from core.tracking import TrackingUnreachableError, refused
 
     client = mlflow.MlflowClient()
     tags = {
@@ -129,10 +135,12 @@ def tag_version(champion: Champion, result: DeploymentResult) -> None:
         for key, value in tags.items():
             client.set_model_version_tag(champion.model_name, champion.version, key, value)
     except MlflowException as exc:
-        raise DeployError(
-            f"version {champion.version} {result.status.replace('_', ' ')}, but its deployment tags were not "
-            f"recorded: {exc.message.splitlines()[0]}"
-        ) from None
+        outcome = f"version {champion.version} {result.status.replace('_', ' ')}"
+        why = exc.message.splitlines()[0]
+        # Retried only when the version serves: the retry finds it so (unchanged) and records the tags then.
+        if result.status in ("deployed", "promoted", "reloaded") and not refused(exc):
+            raise TrackingUnreachableError(f"{outcome}; the registry failed tagging it: {why}") from None
+        raise DeployError(f"{outcome}, but its deployment tags were not recorded: {why}") from None
 
 
 # --------------------------------------------------------------------------- InferenceService construction

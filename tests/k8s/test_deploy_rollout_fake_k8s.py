@@ -668,25 +668,67 @@ def test_a_refused_api_call_names_the_api_servers_reason(workspace: Path) -> Non
     assert str(raised.value) == f"patch inferenceservice deepguard/deepguard: HTTP 403 Forbidden: {why}"
 
 
-def test_fake_k8s_registry_gone_when_tagging_is_one_line_naming_the_outcome(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch
+def test_fake_k8s_registry_gone_when_tagging_is_retried_and_the_retry_records_the_tags(
+    workspace: Path, registry: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """MLflow restarting during a long rollout: the tags fail after the promotion, not with a traceback."""
+    """MLflow restarting during a rollout: one line, exit 75; the retry finds the version served, tags it."""
     import mlflow
     from mlflow.exceptions import MlflowException
+
+    from core.tracking import TrackingUnreachableError
+
+    client = mlflow.MlflowClient(tracking_uri=registry, registry_uri=registry)
+    for key in _version_tags(registry, "2"):  # as a version never deployed (earlier tests tagged it)
+        client.delete_model_version_tag(MODEL, "2", key)
 
     def registry_gone(*args: object, **kwargs: object) -> None:
         raise MlflowException("API request to http://user:secret@mlflow:5000/api failed: Connection refused")
 
-    monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", registry_gone)
     cluster = FakeCluster(becomes_ready=lambda obj: True)
     cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
     cluster.seed_ready(_previous_isvc())
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        with monkeypatch.context() as patched, pytest.raises(TrackingUnreachableError) as raised:
+            patched.setattr(mlflow.MlflowClient, "set_model_version_tag", registry_gone)
+            _run(canary_percent=20, timeout_s=10)
+        assert str(raised.value).startswith("version 2 promoted; the registry failed tagging it: ")
+        assert "secret" not in str(raised.value) and "\n" not in str(raised.value)
+        assert json.loads((workspace / "reports" / "deployment.json").read_text())["status"] == "promoted"
+        assert "deployment_status" not in _version_tags(registry, "2")
+
+        retried = _run(canary_percent=20, timeout_s=10)
+    assert retried.status == "unchanged"
+    tags = _version_tags(registry, "2")
+    assert tags["deployment_status"] == "unchanged"
+    assert tags["deployment_detail"] == "version 2 is already served and Ready"
+
+
+@pytest.mark.parametrize("status", ["promoted", "rolled_back"])
+def test_fake_k8s_tags_refused_or_failing_after_a_rollback_fail_for_good(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, status: str
+) -> None:
+    """A refusal fails the same way again; a retry after a rollback would only roll the version out anew."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED
+
+    error = PERMISSION_DENIED if status == "promoted" else INTERNAL_ERROR
+
+    def registry_says_no(*args: object, **kwargs: object) -> None:
+        raise MlflowException("no", error_code=error)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_model_version_tag", registry_says_no)
+
+    def ready(obj: dict[str, Any]) -> bool:  # version 2 never starts when it is to be rolled back
+        return status == "promoted" or _env(obj)["DEEPGUARD_MODEL_VERSION"] != "2"
+
+    cluster = FakeCluster(becomes_ready=ready)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(_previous_isvc())
     with fake_kube_api(cluster, workspace / "kubeconfig"), pytest.raises(DeployError) as raised:
-        _run(canary_percent=20, timeout_s=10)
-    assert str(raised.value).startswith("version 2 promoted, but its deployment tags were not recorded: ")
-    assert "secret" not in str(raised.value) and "\n" not in str(raised.value)
-    assert json.loads((workspace / "reports" / "deployment.json").read_text())["status"] == "promoted"
+        _run(canary_percent=20, timeout_s=0.5)
+    outcome = status.replace("_", " ")
+    assert str(raised.value) == f"version 2 {outcome}, but its deployment tags were not recorded: no"
 
 
 @pytest.mark.parametrize("broken", ["not YAML", "a folder"])
