@@ -78,8 +78,9 @@ def _k8s_call(what: str, call: Callable[[], Any], missing_ok: bool = False) -> A
     except ApiException as exc:
         if missing_ok and exc.status == 404:
             return None
-        # RBAC or a webhook refusing (4xx) refuses again; an overloaded or failing API server may not.
-        passing = exc.status is not None and (exc.status >= 500 or exc.status == 429)
+        # RBAC or a webhook refusing (4xx) refuses again; an overloaded or failing API server may not, nor
+        # does a 409 (another deploy created or changed the object since we read it: a retry reads it anew).
+        passing = exc.status is not None and (exc.status >= 500 or exc.status in (409, 429))
         why = f"HTTP {exc.status} {exc.reason}{_status_message(exc.body)}"
         raise (KubernetesUnavailableError if passing else DeployError)(f"{what}: {why}") from None
     except HTTPError as exc:

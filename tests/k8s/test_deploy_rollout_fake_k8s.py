@@ -275,6 +275,25 @@ def test_fake_k8s_a_failed_rollback_names_both_errors_in_one_line(workspace: Pat
     )
 
 
+def test_fake_k8s_an_inferenceservice_created_by_another_deploy_meanwhile_is_retried(workspace: Path) -> None:
+    """Two deploys racing to create the first InferenceService: the loser's 409 is transient (exit 75)."""
+    from deploy.manifest import KubernetesUnavailableError
+
+    class CreatedMeanwhile(InferenceServices):
+        def get(self, name: str) -> dict[str, Any] | None:
+            return None  # our read was before the other deploy's create
+
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.seed_ready(_previous_isvc())
+    with (
+        fake_kube_api(cluster, workspace / "kubeconfig"),
+        pytest.raises(KubernetesUnavailableError) as raised,
+    ):
+        manifest = rollout_manifest(_serving_config(), NS, CHAMPION, 20)
+        rollout(CreatedMeanwhile(kube_api_client(), NS), manifest, 20, 10, 0.05)
+    assert str(raised.value) == "create inferenceservice deepguard/deepguard: HTTP 409 Conflict"
+
+
 @pytest.mark.parametrize("percent", [20, 0], ids=["stopped-canary", "rollback-pin"])
 def test_fake_k8s_rerun_with_a_split_in_progress_is_not_unchanged(workspace: Path, percent: int) -> None:
     """The live object already names version 2, but mid-split: a stopped rollout (20) or KServe's pin (0)."""
