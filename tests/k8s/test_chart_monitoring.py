@@ -317,3 +317,43 @@ def test_stale_drift_report_alert_fires_when_the_monitor_stops_reporting(tmp_pat
     # ...and one that ended 4 hours before that is four and a half hours old: the monitor stopped reporting.
     stale = {'deepguard_drift_report_timestamp_seconds{model_version="3"}': "-14400x30"}
     assert _alert_fires(tmp_path, "DeepGuardDriftReportStale", stale)
+
+
+def _alert_firing(tmp_path: Path, alert: str, series: dict[str, str], at: str) -> bool:
+    """Whether the chart's ``alert`` is firing at ``at`` under a real ``promtool test rules`` run of its
+    PrometheusRule: its ``for`` included, which :func:`_alert_fires` (the bare expression) leaves out."""
+    rule = find(render("monitoring"), "PrometheusRule")
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(rule["spec"]))
+    inputs = [{"series": "up", "values": "1x200"}]
+    inputs += [{"series": name, "values": values} for name, values in series.items()]
+    test = {
+        "interval": "1m",
+        "input_series": inputs,
+        "alert_rule_test": [{"alertname": alert, "eval_time": at, "exp_alerts": []}],
+    }
+    tests_file = tmp_path / f"{alert}-{at}.yaml"
+    tests_file.write_text(yaml.safe_dump({"rule_files": [str(rules_file)], "tests": [test]}))
+    result = subprocess.run([_promtool(), "test", "rules", str(tests_file)], capture_output=True, text=True)
+    if result.returncode == 0:
+        return False
+    output = result.stdout + result.stderr
+    # The only failure expected: the alert fires although exp_alerts says it does not.
+    assert f"alertname: {alert}" in output and "got:[]" not in output, output
+    return True
+
+
+def test_no_traffic_alert_waits_its_minutes_after_an_install_nobody_has_called_yet(tmp_path: Path) -> None:
+    # A fresh install has no deepguard_requests_total series until the first request: 30 minutes of that is
+    # not "no inference request in 60 minutes" (noTrafficMinutes), and must not fire...
+    assert not _alert_firing(tmp_path, "DeepGuardNoTraffic", {}, "30m")
+    # ...an hour and a few minutes of it is.
+    assert _alert_firing(tmp_path, "DeepGuardNoTraffic", {}, "65m")
+
+
+def test_no_traffic_alert_fires_an_hour_after_the_last_request_not_before(tmp_path: Path) -> None:
+    # Five requests a minute for 30 minutes, then none (the counter stays where it was).
+    quiet_after_30m = {'deepguard_requests_total{protocol="v2",code="200"}': "0+5x30 150x150"}
+    assert not _alert_firing(tmp_path, "DeepGuardNoTraffic", quiet_after_30m, "30m")
+    assert not _alert_firing(tmp_path, "DeepGuardNoTraffic", quiet_after_30m, "80m")
+    assert _alert_firing(tmp_path, "DeepGuardNoTraffic", quiet_after_30m, "100m")
