@@ -357,3 +357,18 @@ def test_no_traffic_alert_fires_an_hour_after_the_last_request_not_before(tmp_pa
     assert not _alert_firing(tmp_path, "DeepGuardNoTraffic", quiet_after_30m, "30m")
     assert not _alert_firing(tmp_path, "DeepGuardNoTraffic", quiet_after_30m, "80m")
     assert _alert_firing(tmp_path, "DeepGuardNoTraffic", quiet_after_30m, "100m")
+
+
+def test_input_drift_alert_is_about_the_version_being_served(tmp_path: Path) -> None:
+    # The drift monitor found drift for v3 and its retraining deployed v4: the predictor still exports v3's
+    # summary until the monitor's next run, which is no reason to tell the on-call that served images drift.
+    report = {'deepguard_drift_detected{model_version="3"}': "1x60"}
+    v3 = {'deepguard_model_info{version="3",architecture="EfficientNetB0"}': "1x60"}
+    v4 = {'deepguard_model_info{version="4",architecture="EfficientNetB0"}': "1x60"}
+    assert _alert_firing(tmp_path, "DeepGuardInputDrift", {**report, **v3}, "10m")
+    assert not _alert_firing(tmp_path, "DeepGuardInputDrift", {**report, **v4}, "10m")
+    # During a canary both versions are served: the stable one's drift still fires.
+    assert _alert_firing(tmp_path, "DeepGuardInputDrift", {**report, **v3, **v4}, "10m")
+    assert not _alert_firing(
+        tmp_path, "DeepGuardInputDrift", {**v3, 'deepguard_drift_detected{model_version="3"}': "0x60"}, "10m"
+    )
