@@ -25,7 +25,7 @@ from core import tracking
 from core.atomic import write_json
 from core.cli import run_stage, stage_parser
 from core.config import Params
-from core.drift import WINDOW_MAX, compare, latest_summary
+from core.drift import INSUFFICIENT, WINDOW_MAX, compare, latest_summary
 from core.errors import DeepGuardError
 from core.imagestats import STAT_NAMES
 from core.names import CHAMPION, DRIFT_LATEST
@@ -249,19 +249,40 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
         )
     # Beside the records, where the predictor (same volume in a cluster) picks it up for Prometheus.
     write_json(environment().monitoring_dir / DRIFT_LATEST, latest_summary(report))
-    ks_max = max(report["ks"].items(), key=lambda item: item[1]["statistic"])
-    log.info(
-        "monitor done: %s v%s %s over %d served images (PSI %.3f, max KS %s %.3f, out-of-domain %.1f%%)%s",
-        name,
-        version,
-        report["status"],
-        report["records"],
-        report["psi"],
-        ks_max[0],
-        ks_max[1]["statistic"],
-        100 * report["out_of_domain"]["share"],
-        f": {reason}" if report["drift"] else "",
-    )
+    if report["status"] == INSUFFICIENT:
+        # No PSI or KS here: over a handful of images they read several times their thresholds and mean
+        # nothing (core.drift.latest_summary leaves the PSI out of the alert for the same reason).
+        log.info(
+            "monitor done: %s v%s insufficient_data: %d served images of v%s in the last %g h, fewer than "
+            "monitoring.min_records (%d): drift not judged%s",
+            name,
+            version,
+            report["records"],
+            version,
+            settings.window_hours,
+            settings.min_records,
+            # The predictor records the version it serves: after a deploy the previous one's records are
+            # expected; long after it, the champion is not what users get (a deploy failed or rolled back).
+            f"; {other_versions} records of the window are of another version than the champion v{version}: "
+            "a recent deploy, or the predictor serves another version (deepguard_model_info on its /metrics)"
+            if other_versions
+            else "",
+        )
+    else:
+        ks_max = max(report["ks"].items(), key=lambda item: item[1]["statistic"])
+        log.info(
+            "monitor done: %s v%s %s over %d served images (PSI %.3f, max KS %s %.3f, "
+            "out-of-domain %.1f%%)%s",
+            name,
+            version,
+            report["status"],
+            report["records"],
+            report["psi"],
+            ks_max[0],
+            ks_max[1]["statistic"],
+            100 * report["out_of_domain"]["share"],
+            f": {reason}" if report["drift"] else "",
+        )
     if report["drift"] and not report["retrain_with_feedback"]:
         log.warning(
             "monitor: the retraining this drift triggers trains on the same data as the champion "

@@ -438,3 +438,23 @@ def test_pipeline_logs_the_reference_with_the_registered_version(trained_workspa
     assert logged["scores"] == reference["scores"] and logged["model_version"] == str(champion.version)
     metrics = json.loads((trained_workspace.root / "reports" / "metrics.json").read_text())
     assert logged["bands"][0] <= metrics["threshold"] <= logged["bands"][1]
+
+
+def test_monitor_with_too_few_records_says_why_not_a_meaningless_psi(cifake, served, tmp_path: Path) -> None:
+    """An on-call engineer reading the monitor's log learns that drift was not judged and why: too few images
+    of the champion, and, when the window holds another version's records, that the champion may not be the
+    version being served (a deploy that never happened or was rolled back)."""
+    root = make_workspace(tmp_path / "ws")
+    monitoring = tmp_path / "monitoring"
+    env = stage_env(root, DEEPGUARD_MONITORING_DIR=str(monitoring))
+    register_champion(env["MLFLOW_TRACKING_URI"], cifake[1])
+    other = [{**row, "model_version": "7"} for row in served["clean"][:50]]
+    write_records(monitoring / "records", served["clean"][:3] + other)
+    result = run_stage("monitor", root, env, "--now", NOW.isoformat())
+    (done,) = [line for line in result.stdout.splitlines() if "monitor done:" in line]
+    assert "PSI" not in done, done  # over 3 images it reads several times the threshold and means nothing
+    assert (
+        f"insufficient_data: 3 served images of v1 in the last {SETTINGS.window_hours:g} h, fewer than "
+        f"monitoring.min_records ({SETTINGS.min_records}): drift not judged" in done
+    ), done
+    assert "50 records of the window are of another version than the champion v1" in done
