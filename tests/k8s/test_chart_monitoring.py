@@ -372,3 +372,28 @@ def test_input_drift_alert_is_about_the_version_being_served(tmp_path: Path) -> 
     assert not _alert_firing(
         tmp_path, "DeepGuardInputDrift", {**v3, 'deepguard_drift_detected{model_version="3"}': "0x60"}, "10m"
     )
+
+
+# Two web pods' readiness probes (every 5 s) call /healthz, which answers 503 while the predictor is down.
+PROBES_OK = 'deepguard_web_requests_total{route="/healthz",code="200"}'
+PROBES_503 = 'deepguard_web_requests_total{route="/healthz",code="503"}'
+
+
+def test_a_predictor_down_pages_although_no_upload_reaches_the_web_app(tmp_path: Path) -> None:
+    # Every web pod fails readiness, Kubernetes takes them all out of the Service and users get the ingress's
+    # 503: no upload reaches the web app, so DeepGuardWebPredictorErrors has nothing to divide. Prometheus
+    # still scrapes the pods (not-ready endpoints are scraped) and sees their probes fail.
+    down = {PROBES_OK: "0+24x10 240x50", PROBES_503: "0x10 0+24x50"}
+    assert not _alert_firing(tmp_path, "DeepGuardWebPredictorErrors", down, "40m")
+    assert _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", down, "40m")
+
+
+def test_a_predictor_that_starts_or_blips_does_not_page(tmp_path: Path) -> None:
+    # A fresh install: the web pods are up minutes before the predictor has pulled its image and loaded the
+    # model; then all is well.
+    starting = {PROBES_503: "0+24x7 168x30", PROBES_OK: "0x7 0+24x30"}
+    for at in ("5m", "10m", "15m", "30m"):
+        assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", starting, at), at
+    # One probe in 24 meets a busy web app or a predictor restart: no page.
+    blips = {PROBES_OK: "0+23x40", PROBES_503: "0+1x40"}
+    assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", blips, "35m")
