@@ -215,6 +215,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     client = PredictorClient(
         app.config["PREDICTOR_URL"], app.config["MODEL_NAME"], app.config["PREDICTOR_TIMEOUT_S"]
     )
+    # Set while the last readiness check found the predictor unavailable. That 503 takes the pod out of its
+    # Service and its body is read by nobody, so the change is logged, once, not at every probe.
+    predictor_down = threading.Event()
     max_bytes = app.config["MAX_CONTENT_LENGTH"]
     max_mb = max_bytes / (1024 * 1024)
     batch_mb = app.config["MAX_BATCH_BYTES"] / (1024 * 1024)
@@ -401,6 +404,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             status = client.status()
         finally:
             slots.release()
+        if not status.ready and not predictor_down.is_set():
+            predictor_down.set()
+            log.warning(
+                "predictor at %s not ready: %s; /healthz answers 503 (pod out of its Service) until it is",
+                app.config["PREDICTOR_URL"],
+                status.detail,
+            )
+        elif status.ready and predictor_down.is_set():
+            predictor_down.clear()
+            log.info("predictor ready again (model version %s)", status.model_version)
         body = {
             "status": "ok" if status.ready else "unavailable",
             "predictor": status.detail,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -730,3 +731,16 @@ def test_batch_over_the_predictors_pixels_per_request_is_scored_in_calls_it_take
     response = post(cut, "false")
     assert response.status_code == 422
     assert response.get_json()["error"].startswith("cut.jpg could not be read"), response.get_json()
+
+
+def test_healthz_logs_once_when_the_predictor_becomes_unavailable(caplog: pytest.LogCaptureFixture) -> None:
+    """While the predictor is down the readiness probe's 503 takes the web pods out of their Service; the
+    probe's body (why) is seen by nobody, so the web app's log must say it, once, not every 5 seconds."""
+    app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9"})  # nothing listens on port 9: unreachable
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="flask_app"):
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 503
+    said = [r.getMessage() for r in caplog.records if "predictor" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "not ready" in said[0] and "unreachable (ConnectionError)" in said[0] and "127.0.0.1:9" in said[0]
