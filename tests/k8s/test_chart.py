@@ -663,3 +663,17 @@ def test_documented_installs_and_upgrades_render_valid_objects_and_keep_the_clai
                     {k: v for k, v in obj["spec"].items() if k != "resources"},
                 )
                 assert fixed == {k: v for k, v in claims[name].items() if k != "resources"}, (doc, name, args)
+
+
+def test_notes_warn_that_the_drift_alerts_stay_silent_without_a_shared_monitoring_volume(tmp_path) -> None:
+    """With the alerts on but no predictor.monitoring.claimName, the predictor's records and the drift
+    monitor's summary live on no volume both see: DeepGuardInputDrift and DeepGuardDriftReportStale can never
+    fire, and nothing said so. NOTES names the value to set."""
+    alerts_without_claim = _notes(tmp_path, *values_args("monitoring"))
+    assert "DeepGuardInputDrift and DeepGuardDriftReportStale never fire" in alerts_without_claim
+    assert "--set predictor.monitoring.claimName=deepguard-workspace" in alerts_without_claim
+    with_claim = _notes(
+        tmp_path, *values_args("monitoring", {"predictor.monitoring.claimName": "deepguard-workspace"})
+    )
+    assert "never fire" not in with_claim
+    assert "never fire" not in _notes(tmp_path)  # no alerts, nothing to warn about
