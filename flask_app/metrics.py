@@ -118,6 +118,10 @@ def observe_predictor_error(code: int) -> None:
 
 def install(app: Flask) -> None:
     """Count and time every request of ``app`` and serve ``GET /metrics``."""
+    # A labelled series is born at its first increment, already at 1, which rate() never sees: the errors
+    # DeepGuardWebPredictorErrors counts start at 0 in every worker, so a predictor's first failure counts.
+    for code in ("502", "503", "504"):
+        PREDICTOR_ERRORS.labels(code)
 
     @app.before_request
     def start_timer() -> None:

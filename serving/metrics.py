@@ -64,6 +64,10 @@ BATCH_IMAGES = Histogram(
     "Images per model call of the micro-batcher (concurrent requests scored together).",
     buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
 )
+# A labelled series is born at its first increment, already at 1, which rate() and increase() never see (they
+# compare scrapes): the series the alerts divide start at 0, so a pod's first request or lost record counts.
+for _protocol in ("v1", "v2"):
+    REQUESTS.labels(_protocol, "200")
 MODEL = Info("deepguard_model", "The model version being served.")
 MODEL_INFO_LABELS = ("version", "architecture")
 RECORDS_WRITTEN = Counter("deepguard_records_written_total", "Monitoring records written.")
@@ -72,6 +76,8 @@ RECORDS_DROPPED = Counter(
     "Monitoring records lost: queue_full (the writer fell behind) or write_error (store unwritable or full).",
     ["reason"],
 )
+for _reason in ("queue_full", "write_error"):
+    RECORDS_DROPPED.labels(_reason)
 
 # Decode-error reasons, matched on the start of the messages core.imaging and serving.model raise. A test
 # reaches each reason through a real request, so a reworded message turns it red instead of going "malformed".

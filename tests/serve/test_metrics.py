@@ -507,3 +507,31 @@ def test_the_drift_report_time_is_exported_for_its_age(tmp_path, ts, exported):
         exported
     )
     assert registry.get_sample_value("deepguard_drift_detected", {"model_version": "3"}) == 0.0
+
+
+def test_the_first_request_error_and_lost_record_are_seen_by_rate() -> None:
+    """A counter's labelled series is born at its first increment, already at 1: Prometheus's rate() and
+    increase() compare two scrapes, so the first success, first 5xx or first lost record of every pod went
+    uncounted (a pod's only request of a quiet hour read as "no traffic"; a predictor's first outage minute
+    showed one error too few). The series the alerts divide are exported at 0 before anything happens."""
+    import subprocess
+
+    script = (
+        "import sys, serving.metrics; from flask_app import create_app; from prometheus_client import "
+        "generate_latest; create_app({'PREDICTOR_URL': 'http://127.0.0.1:9'});"
+        "sys.stdout.write(generate_latest().decode())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != web_metrics.MULTIPROC_DIR_ENV}
+    exposition = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env, timeout=120
+    ).stdout
+    for line in (
+        'deepguard_requests_total{code="200",protocol="v1"} 0.0',
+        'deepguard_requests_total{code="200",protocol="v2"} 0.0',
+        'deepguard_records_dropped_total{reason="queue_full"} 0.0',
+        'deepguard_records_dropped_total{reason="write_error"} 0.0',
+        'deepguard_web_predictor_errors_total{code="502"} 0.0',
+        'deepguard_web_predictor_errors_total{code="503"} 0.0',
+        'deepguard_web_predictor_errors_total{code="504"} 0.0',
+    ):
+        assert line in exposition.splitlines(), line
