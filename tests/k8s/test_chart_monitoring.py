@@ -397,3 +397,20 @@ def test_a_predictor_that_starts_or_blips_does_not_page(tmp_path: Path) -> None:
     # One probe in 24 meets a busy web app or a predictor restart: no page.
     blips = {PROBES_OK: "0+23x40", PROBES_503: "0+1x40"}
     assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", blips, "35m")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        pytest.param("500", id="web-app-bug"),  # an exception in the web app: no predictor error is counted
+        pytest.param("503", id="web-app-busy"),  # every slot taken: refused before the predictor is called
+    ],
+)
+def test_web_upload_alert_fires_when_uploads_fail_in_the_web_app_itself(tmp_path: Path, code: str) -> None:
+    failing = {
+        PROBES_OK: "0+24x30",
+        f'deepguard_web_requests_total{{route="/api/predict",code="{code}"}}': "0+3x30",
+        'deepguard_web_requests_total{route="/api/predict",code="200"}': "0+1x30",
+        'deepguard_web_predictor_errors_total{code="503"}': "0x30",
+    }
+    assert _alert_firing(tmp_path, "DeepGuardWebPredictorErrors", failing, "25m")
