@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 from flask_app import metrics, web_threads
 
@@ -27,7 +29,16 @@ control_socket_disable = True
 
 
 def on_starting(server: object) -> None:
-    """Start the summed metrics from zero: files of a previous server must not add to this one's."""
+    """Set up the app's logging; start the summed metrics from zero (no previous server's files added)."""
+    # The app's own lines (flask_app.*: predictor errors, the predictor down and up again) beside gunicorn's,
+    # in its format and at its level; the workers inherit this. Unconfigured, Python printed warnings bare
+    # and dropped INFO.
+    logging.basicConfig(
+        level=loglevel.upper(),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S %z",
+        stream=sys.stderr,
+    )
     metrics.clear_multiprocess_dir()
 
 

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -744,3 +745,20 @@ def test_healthz_logs_once_when_the_predictor_becomes_unavailable(caplog: pytest
     said = [r.getMessage() for r in caplog.records if "predictor" in r.getMessage()]
     assert len(said) == 1, said
     assert "not ready" in said[0] and "unreachable (ConnectionError)" in said[0] and "127.0.0.1:9" in said[0]
+
+
+def test_the_web_apps_own_log_lines_reach_the_pod_log_with_time_and_level() -> None:
+    """Nothing configured logging for the app under gunicorn: Python's last-resort handler printed its
+    warnings bare (no time, no level, no logger) and dropped every INFO line ("predictor ready again")."""
+    script = (
+        "import logging; from flask_app import gunicorn_conf; gunicorn_conf.on_starting(None);"
+        "log = logging.getLogger('flask_app'); log.info('predictor ready again');"
+        "log.warning('predictor down')"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("WEB_LOG_LEVEL", "PROMETHEUS_MULTIPROC_DIR")}
+    stderr = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env, timeout=60
+    ).stderr
+    stamp = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] "
+    assert re.search(stamp + r"\[INFO\] flask_app: predictor ready again$", stderr, re.MULTILINE), stderr
+    assert re.search(stamp + r"\[WARNING\] flask_app: predictor down$", stderr, re.MULTILINE), stderr
