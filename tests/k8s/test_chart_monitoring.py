@@ -414,3 +414,10 @@ def test_web_upload_alert_fires_when_uploads_fail_in_the_web_app_itself(tmp_path
         'deepguard_web_predictor_errors_total{code="503"}': "0x30",
     }
     assert _alert_firing(tmp_path, "DeepGuardWebPredictorErrors", failing, "25m")
+
+
+def test_a_fresh_install_waiting_for_its_first_deploy_does_not_page(tmp_path: Path) -> None:
+    # The chart installs the web app at once; the InferenceService comes with the pipeline's first deploy,
+    # hours later. Until then every readiness check fails, by design: nothing is broken.
+    never_deployed = {PROBES_503: "0+24x90"}
+    assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", never_deployed, "90m")
