@@ -421,3 +421,41 @@ def test_a_fresh_install_waiting_for_its_first_deploy_does_not_page(tmp_path: Pa
     # hours later. Until then every readiness check fails, by design: nothing is broken.
     never_deployed = {PROBES_503: "0+24x90"}
     assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", never_deployed, "90m")
+
+
+HEALTHY = {
+    # Predictor: 10 requests a minute, all answered, fast; its model and a fresh drift report finding none.
+    'deepguard_requests_total{protocol="v2",code="200"}': "0+10x120",
+    'deepguard_request_duration_seconds_bucket{protocol="v2",le="0.05"}': "0+10x120",
+    'deepguard_request_duration_seconds_bucket{protocol="v2",le="+Inf"}': "0+10x120",
+    'deepguard_records_dropped_total{reason="queue_full"}': "0x120",
+    'deepguard_records_dropped_total{reason="write_error"}': "0x120",
+    'deepguard_model_info{version="1",architecture="EfficientNetB0"}': "1x120",
+    'deepguard_drift_detected{model_version="1"}': "0x120",
+    'deepguard_drift_report_timestamp_seconds{model_version="1"}': "0+60x120",  # a report every minute
+    # Web app: its probes pass, uploads succeed, some images are refused (the user's input, not an outage).
+    PROBES_OK: "0+24x120",
+    'deepguard_web_requests_total{route="/api/predictions",code="200"}': "0+8x120",
+    'deepguard_web_requests_total{route="/api/predict",code="415"}': "0+2x120",
+    'deepguard_web_predictor_errors_total{code="503"}': "0x120",
+}
+RESTARTED = {
+    # The same, with the predictor pod and a web pod restarted at minute 60: their counters start again.
+    **HEALTHY,
+    'deepguard_requests_total{protocol="v2",code="200"}': "0+10x60 0+10x60",
+    'deepguard_request_duration_seconds_bucket{protocol="v2",le="0.05"}': "0+10x60 0+10x60",
+    'deepguard_request_duration_seconds_bucket{protocol="v2",le="+Inf"}': "0+10x60 0+10x60",
+    PROBES_OK: "0+24x60 0+24x60",
+    'deepguard_web_requests_total{route="/api/predictions",code="200"}': "0+8x60 0+8x60",
+}
+
+
+def _alert_names() -> list[str]:
+    rule = find(render("monitoring"), "PrometheusRule")
+    return [r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+@pytest.mark.parametrize(("series", "at"), [(HEALTHY, "90m"), (RESTARTED, "75m")], ids=["busy", "restarted"])
+def test_a_healthy_system_pages_nobody(tmp_path: Path, series: dict[str, str], at: str) -> None:
+    firing = [name for name in _alert_names() if _alert_firing(tmp_path, name, series, at)]
+    assert firing == []
