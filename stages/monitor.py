@@ -266,6 +266,10 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
             f"; {other_versions} records of the window are of another version than the champion v{version}: "
             "a recent deploy, or the predictor serves another version (deepguard_model_info on its /metrics)"
             if other_versions
+            # Nothing at all: nobody used it, or the predictor records where this pod does not look.
+            else f"; not one record of the window in {records_dir()}: unused, or the predictor records "
+            "elsewhere (in a cluster, predictor.monitoring.claimName: docs/monitoring.md)"
+            if not in_window
             else "",
         )
     else:

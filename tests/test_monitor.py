@@ -458,3 +458,16 @@ def test_monitor_with_too_few_records_says_why_not_a_meaningless_psi(cifake, ser
         f"monitoring.min_records ({SETTINGS.min_records}): drift not judged" in done
     ), done
     assert "50 records of the window are of another version than the champion v1" in done
+
+
+def test_monitor_without_any_record_says_where_it_looked(cifake, tmp_path: Path) -> None:
+    """No record at all is what a predictor writing to its own pod storage looks like (the chart's default,
+    predictor.monitoring.claimName empty): the log names the folder and that setting, not only "too few"."""
+    root = make_workspace(tmp_path / "ws")
+    monitoring = tmp_path / "monitoring"
+    env = stage_env(root, DEEPGUARD_MONITORING_DIR=str(monitoring))
+    register_champion(env["MLFLOW_TRACKING_URI"], cifake[1])
+    result = run_stage("monitor", root, env, "--now", NOW.isoformat())
+    (done,) = [line for line in result.stdout.splitlines() if "monitor done:" in line]
+    assert f"not one record of the window in {monitoring / 'records'}" in done, done
+    assert "predictor.monitoring.claimName" in done, done
