@@ -22,7 +22,14 @@ for _folder in (str(DAGS_DIR), str(DAGS_DIR.parent)):
     if _folder not in sys.path:
         sys.path.append(_folder)
 
-from deepguard_pods import PARAMS_PATH, RETRIES, WORKSPACE_MOUNT, schedule_from_env, stage_task  # noqa: E402
+from deepguard_pods import (  # noqa: E402
+    PARAMS_PATH,
+    RETRIES,
+    RUN_TYPES,
+    WORKSPACE_MOUNT,
+    schedule_from_env,
+    stage_task,
+)
 
 from core.config import load_params  # noqa: E402
 from core.pipeline import MONITOR  # noqa: E402
@@ -73,6 +80,7 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    allowed_run_types=RUN_TYPES,
     dagrun_timeout=timedelta(minutes=50),
     tags=["deepguard", "mlops", "monitoring"],
     default_args={"owner": "deepguard", "retries": RETRIES, "retry_delay": timedelta(minutes=2)},

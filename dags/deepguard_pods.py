@@ -208,6 +208,12 @@ GPU_TOLERATIONS: list[k8s.V1Toleration] = _tolerations("DEEPGUARD_GPU_TOLERATION
 GPU_RESOURCES: dict[str, dict[str, str]] = _resource_overrides("DEEPGUARD_GPU_RESOURCES")
 GPU_PRIORITY_CLASS: str | None = _priority_class("DEEPGUARD_GPU_PRIORITY_CLASS")
 RETRIES = _env_int("DEEPGUARD_TASK_RETRIES", 2)
+# Every run type but backfill (a DAG's allowed_run_types). A backfill's runs count against the backfill's own
+# max_active_runs (10 unless given), not the DAG's max_active_runs=1, so they would run side by side. The
+# pipeline ignores the logical date (it trains on today's data: a backfill trains the same model once a week
+# of its range), and monitor runs of past hours would overwrite the champion's drift tags and the summary
+# the alert reads with old windows. Airflow then refuses a backfill (CLI, REST) and the UI offers none.
+RUN_TYPES = ("scheduled", "manual", "operator_triggered")
 STAGE_TIMEOUT = timedelta(hours=1)
 GPU_STAGE_TIMEOUT = timedelta(hours=6)
 
