@@ -117,12 +117,11 @@ def drop_empty_options(arguments: Sequence[str]) -> list[str]:
     return result
 
 
-def base_exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
-    """The exit code of a pod's ``container`` once it terminated, read as ``skip_on_exit_code`` reads it."""
+def terminated_state(pod: k8s.V1Pod | None, container: str) -> k8s.V1ContainerStateTerminated | None:
+    """How a pod's ``container`` ended (exit code, reason), read as ``skip_on_exit_code`` reads it."""
     statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
     status = next((s for s in statuses if s.name == container), None)
-    terminated = status.state.terminated if status is not None and status.state else None
-    return terminated.exit_code if terminated is not None else None
+    return status.state.terminated if status is not None and status.state else None
 
 
 def local_runner_enabled() -> bool:
@@ -234,10 +233,17 @@ class DeepGuardStageOperator(KubernetesPodOperator):
         except (AirflowSkipException, AirflowFailException):
             raise
         except AirflowException as exc:
-            code = base_exit_code(remote_pod, self.base_container_name)
+            terminated = terminated_state(remote_pod, self.base_container_name)
+            if terminated is None:
+                raise
+            code, failure = terminated.exit_code, str(exc).rstrip()
             if code in self.fail_on_exit_code:
-                raise AirflowFailException(f"{self._final(code)}\n{exc}") from exc
-            raise
+                raise AirflowFailException(f"{self._final(code)}\n{failure}") from exc
+            # The provider's message ends with the stage's last log lines; a kill (OOMKilled) leaves no line
+            # that says so, only the container's reason.
+            reason = f" ({terminated.reason})" if terminated.reason not in {None, "Error"} else ""
+            ended = f"stage {self.task_id} exited with code {code}{reason}"
+            raise AirflowException(f"{failure}\n{ended}") from exc
 
     def _final(self, code: int) -> str:
         """Why a failure with exit code ``code`` is not retried, and what to do about it."""

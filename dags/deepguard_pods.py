@@ -382,6 +382,11 @@ def stage_task(
         execution_timeout=GPU_STAGE_TIMEOUT if gpu else STAGE_TIMEOUT,
         on_finish_action="delete_pod",
         get_logs=True,
+        # A failed task's log ends with the cause: the provider's error carries the container's termination
+        # message, which Kubernetes fills with the stage's last log lines (its error line last), instead of a
+        # dump of the whole pod (hundreds of lines after the stage's error).
+        termination_message_policy="FallbackToLogsOnError",
+        log_pod_spec_on_failure=False,
         local_runner=LOCAL_RUNNER,
         run_if_param=run_if_param,
         # A stage exits 2 on an error that a retry would meet again (core/errors.py): fail without retries.

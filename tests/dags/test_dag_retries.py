@@ -74,10 +74,19 @@ def test_a_stage_that_exits_2_fails_at_once_and_one_that_exits_1_is_retried(
     assert "stage crash exited with code 1: stage crashed" in log
 
 
-def _ended_pod(task: Any, exit_code: int) -> k8s.V1Pod:
-    """The task's pod as the Kubernetes API reports it once its stage container ended with ``exit_code``."""
+STAGE_LOG = ["ingest: reading /data/cifake.zip", "stages.ingest: error: /data/cifake.zip: no such archive"]
+
+
+def _ended_pod(task: Any, exit_code: int, reason: str = "Error") -> k8s.V1Pod:
+    """The task's pod as the Kubernetes API reports it once its stage container ended with ``exit_code``.
+
+    As the kubelet does, the container's termination message is the tail of its log when it failed and its
+    ``terminationMessagePolicy`` is ``FallbackToLogsOnError`` (the stage writes no termination-log file).
+    """
     pod = task.build_pod_request_obj(dry_run=True)
     pod.metadata.name = "deepguard-ingest-abc"
+    container = pod.spec.containers[0]
+    fallback = exit_code != 0 and container.termination_message_policy == "FallbackToLogsOnError"
     pod.status = k8s.V1PodStatus(
         phase="Succeeded" if exit_code == 0 else "Failed",
         container_statuses=[
@@ -88,7 +97,11 @@ def _ended_pod(task: Any, exit_code: int) -> k8s.V1Pod:
                 ready=False,
                 restart_count=0,
                 state=k8s.V1ContainerState(
-                    terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code, reason="Error")
+                    terminated=k8s.V1ContainerStateTerminated(
+                        exit_code=exit_code,
+                        reason=reason,
+                        message="\n".join(STAGE_LOG) + "\n" if fallback else None,
+                    )
                 ),
             )
         ],
@@ -114,23 +127,39 @@ class FakeKubernetesApi:
 
 
 @pytest.mark.parametrize(
-    ("exit_code", "final"), [(EXIT_ERROR, True), (1, False), (EXIT_TRANSIENT, False), (137, False)]
+    ("exit_code", "reason", "final"),
+    [
+        (EXIT_ERROR, "Error", True),
+        (1, "Error", False),
+        (EXIT_TRANSIENT, "Error", False),
+        (137, "OOMKilled", False),
+    ],
 )
 def test_a_pod_that_exits_2_fails_without_retries_fake_kubernetes_api(
-    dag: Any, exit_code: int, final: bool
+    dag: Any, exit_code: int, reason: str, final: bool
 ) -> None:
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     task = render_task(dag, "ingest")
-    pod = _ended_pod(task, exit_code)
+    pod = _ended_pod(task, exit_code, reason)
     api = FakeKubernetesApi(pod)
     task.__dict__["client"] = api  # the operator's cached CoreV1Api; its PodManager uses it too
     with pytest.raises(AirflowException) as failure:
         task.cleanup(pod=pod, remote_pod=pod)
     assert isinstance(failure.value, AirflowFailException) is final, failure.value
-    assert "deepguard-ingest-abc returned a failure" in str(failure.value)
+    message = str(failure.value)
+    assert "deepguard-ingest-abc returned a failure" in message
+    # The task log's last lines name the cause: the stage's error line, then (a retried failure) its exit
+    # code and the container's reason; not a dump of the pod (it ended the message, 180+ lines long).
+    assert "remote_pod" not in message and "api_version" not in message, message[-2000:]
+    lines = message.splitlines()
     if final:
-        assert str(failure.value).startswith("stage ingest exited with code 2: an error that a retry would")
+        assert message.startswith("stage ingest exited with code 2: an error that a retry would")
+        assert lines[-1] == STAGE_LOG[-1]
+    else:
+        assert lines[-2] == STAGE_LOG[-1]
+        suffix = f" ({reason})" if reason != "Error" else ""
+        assert lines[-1] == f"stage ingest exited with code {exit_code}{suffix}"
     assert "delete deepguard-ingest-abc" in api.calls, "the failed pod was not deleted"
 
 
