@@ -75,7 +75,7 @@ PARAMS = {
         minimum=_least(TrainingParams, "epochs"),
         maximum=500,
         title="Epochs",
-        description="Training epochs (empty: params.yaml).",
+        description="Training epochs (empty: params-gpu.yaml in a cluster; params.yaml, local runner).",
     ),
     "data_source": Param(
         None,
@@ -115,11 +115,15 @@ register → deploy**, one Kubernetes pod per stage (`python -m stages.<name>`),
 `core/pipeline.py`.
 
 * Every run works in its own folder `/workspace/runs/<run id>` on the PVC `deepguard-workspace`.
-* `train` runs the GPU image and requests `nvidia.com/gpu: 1`; every pod reads `params-gpu.yaml` over
-  `params.yaml`.
+* `train` runs the GPU image and requests `nvidia.com/gpu` (one unless `DEEPGUARD_GPU_RESOURCES` says more);
+  every pod reads the GPU profile `params-gpu.yaml` over `params.yaml` (with the local runner: no profile,
+  training on the CPU).
 * MLflow credentials come from the Secret `deepguard-mlflow`; `register` aliases the new version `challenger`
   and promotes it to `champion` only past the gate; `deploy` (param *Deploy*) rolls the champion out.
-* Trigger with parameters: an empty field keeps the value of `params.yaml`.
+* Trigger with parameters: an empty field keeps the value of the image's `params.yaml` and GPU profile (the
+  profile sets the epochs).
+* One run at a time: a second trigger waits, queued, until the first ends. No backfills: the pipeline trains
+  on today's data whatever the logical date.
 """
 
 

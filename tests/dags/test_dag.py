@@ -287,6 +287,23 @@ def test_an_unknown_trigger_param_fails_the_task_without_retries(dag: Any, task_
         task.execute(context)
 
 
+def test_the_ui_says_which_file_an_empty_trigger_field_keeps(dag: Any) -> None:
+    # The form said "(empty: params.yaml)" for every field, but in a cluster every pod reads the GPU profile
+    # over params.yaml: an empty Epochs trained the profile's epochs, not the ones the form pointed at.
+    import yaml
+    from deepguard_pipeline import OVERRIDES
+
+    profile = yaml.safe_load((REPO / "params-gpu.yaml").read_text())
+    profile_keys = {f"{section}.{key}" for section, values in profile.items() for key in values}
+    assert profile_keys & set(OVERRIDES.values()), "no trigger param is set by the profile: test nothing"
+    for param, key in OVERRIDES.items():
+        description = dag.params.get_param(param).description
+        assert ("params-gpu.yaml" in description) is (key in profile_keys), (param, description)
+    assert "an empty field keeps the value of the image's `params.yaml` and GPU profile" in " ".join(
+        dag.doc_md.split()
+    )
+
+
 def test_architecture_choices_are_the_configs(dag: Any) -> None:
     from typing import get_args
 
