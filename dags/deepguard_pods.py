@@ -216,6 +216,11 @@ RETRIES = _env_int("DEEPGUARD_TASK_RETRIES", 2)
 RUN_TYPES = ("scheduled", "manual", "operator_triggered")
 STAGE_TIMEOUT = timedelta(hours=1)
 GPU_STAGE_TIMEOUT = timedelta(hours=6)
+# How long a pod may wait to be scheduled (a node with room, a GPU node the autoscaler adds) and then to start
+# (the image pull: the GPU image's CUDA base is gigabytes). The provider's 2 minutes for each failed train's
+# first tries on a GPU pool that scales from zero, and any try without retries left.
+POD_WAIT = {"schedule": timedelta(minutes=15), "start": timedelta(minutes=10)}
+GPU_POD_WAIT = {"schedule": timedelta(hours=1), "start": timedelta(minutes=20)}
 
 # Kubernetes objects shared by every pod.
 WORKSPACE_VOLUME = k8s.V1Volume(
@@ -380,6 +385,8 @@ def stage_task(
             "deepguard.io/stage": stage.name,
         },
         execution_timeout=GPU_STAGE_TIMEOUT if gpu else STAGE_TIMEOUT,
+        schedule_timeout_seconds=int((GPU_POD_WAIT if gpu else POD_WAIT)["schedule"].total_seconds()),
+        startup_timeout_seconds=int((GPU_POD_WAIT if gpu else POD_WAIT)["start"].total_seconds()),
         on_finish_action="delete_pod",
         get_logs=True,
         # A failed task's log ends with the cause: the provider's error carries the container's termination

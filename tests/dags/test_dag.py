@@ -287,6 +287,18 @@ def test_an_unknown_trigger_param_fails_the_task_without_retries(dag: Any, task_
         task.execute(context)
 
 
+def test_pods_may_wait_for_a_node_and_an_image_pull(dag: Any) -> None:
+    # The provider gives a pod 2 minutes to be scheduled and 2 to start: train failed its tries while the
+    # autoscaler added a GPU node or the node pulled the CUDA image. A missing image still fails at once
+    # (the provider's early ErrImagePull/InvalidImageName check does not wait for these).
+    for task in dag.tasks:
+        gpu = task.task_id in GPU_STAGES
+        assert task.schedule_timeout_seconds == (3600 if gpu else 900), task.task_id
+        assert task.startup_timeout_seconds == (1200 if gpu else 600), task.task_id
+        waits = task.schedule_timeout_seconds + task.startup_timeout_seconds
+        assert waits < task.execution_timeout.total_seconds() / 2, "waiting would eat the stage's time"
+
+
 def test_the_ui_says_which_file_an_empty_trigger_field_keeps(dag: Any) -> None:
     # The form said "(empty: params.yaml)" for every field, but in a cluster every pod reads the GPU profile
     # over params.yaml: an empty Epochs trained the profile's epochs, not the ones the form pointed at.
