@@ -283,6 +283,10 @@ class DeepGuardStageOperator(KubernetesPodOperator):
             self._stop()
         if code in self.fail_on_exit_code:
             raise AirflowFailException(f"{self._final(code)} Its last line: {last}")
+        if code < 0:  # a signal, as a pod's 128 + n: SIGKILL is what the kernel's OOM killer sends
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            oom = " (out of memory?)" if -code == signal.SIGKILL else ""
+            raise AirflowException(f"stage {self.task_id} was killed by {name}{oom}; its last line: {last}")
         if code != 0:
             raise AirflowException(f"stage {self.task_id} exited with code {code}: {last}")
 

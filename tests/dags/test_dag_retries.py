@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,16 @@ def test_a_local_runner_without_the_stages_python_fails_at_once(dag: Any, tmp_pa
     missing = tmp_path / ".venv" / "bin" / "python"
     with pytest.raises(AirflowFailException, match=r"cannot start .*python \(No such file or directory\)"):
         task._run([str(missing), "-m", "stages.ingest"], {"PATH": "/usr/bin"})
+
+
+def test_a_local_stage_killed_by_a_signal_says_which(dag: Any, tmp_path: Path) -> None:
+    # It said "exited with code -9": the kernel's OOM killer's SIGKILL, named nowhere.
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    task = render_task(dag, "train")
+    kill = "import os, signal; print('epoch 3/30', flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    with pytest.raises(AirflowException) as failure:
+        task._run([sys.executable, "-c", kill], {"PATH": "/usr/bin"})
+    assert not isinstance(failure.value, AirflowFailException), "a kill is retried"
+    killed = "stage train was killed by SIGKILL (out of memory?); its last line: epoch 3/30"
+    assert str(failure.value) == killed
