@@ -495,6 +495,17 @@ def test_mlflow_server_stores_on_its_pvc_or_postgres() -> None:
     assert not [o for o in off if "mlflow" in o["metadata"]["name"] and o["kind"] != "Secret"]
 
 
+def test_every_claim_outlives_helm_uninstall_and_an_upgrade_that_drops_it() -> None:
+    """The MLflow claim holds the registry (mlflow.db) and, with pvc artifacts, the champion's files that the
+    InferenceService (kept on uninstall) loads on every restart: `helm uninstall`, or the documented upgrade
+    to an MLflow elsewhere (mlflow.enabled=false), deleted it with every registered model. Each claim
+    the chart renders now carries Helm's keep policy, like the workspace."""
+    claims = [o for o in render("default") if o["kind"] == "PersistentVolumeClaim"]
+    assert {o["metadata"]["name"] for o in claims} == {"deepguard-mlflow", "deepguard-workspace"}
+    for claim in claims:
+        assert claim["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep", claim
+
+
 def test_rendered_output_has_no_latest_tag_anywhere() -> None:
     for values_set in SETS:
         text = yaml.safe_dump_all(render(values_set))
