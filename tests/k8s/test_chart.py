@@ -178,6 +178,40 @@ def test_schema_refuses_latest_unknown_keys_and_root() -> None:
         assert "schema" in result.stderr, (bad, result.stderr)
 
 
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("predictor.resources.limits.memory=4GB", "predictor.resources.limits.memory"),
+        ("predictor.resources.requests.cpu=1.2.3", "predictor.resources.requests.cpu"),
+        ("web.resources.requests.memroy=1Gi", 'web.resources.requests: Property name of "memroy"'),
+        ("mlflow.resources.limits.gpu=1", 'mlflow.resources.limits: Property name of "gpu"'),
+    ],
+)
+def test_schema_refuses_a_resource_kubernetes_refuses_naming_it(setting: str, named: str) -> None:
+    """Until the first deploy the predictor's resources reach the cluster only inside the serving ConfigMap: a
+    quantity the API server refuses (4GB) or a misspelt resource name passed `helm install` and failed the
+    pipeline's deploy task hours into a run. The schema now holds Kubernetes' quantity grammar and names."""
+    done = helm("template", "x", str(CHART), "--set", setting, check=False)
+    assert done.returncode != 0 and named in done.stderr, done.stderr
+
+
+def test_schema_takes_every_resource_spelling_kubernetes_takes(tmp_path) -> None:
+    """500m, 0.5, 1e9, 1.5Gi, .5Gi and an extended resource are Kubernetes quantities. (A YAML float such as
+    cpu: 0.5 stays refused: the InferenceService CRD's quantities are integers or strings.)"""
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "predictor:\n  storageUri: s3://bucket/model\n  resources:\n"
+        "    requests: {cpu: '0.5', memory: 1e9, ephemeral-storage: 1.5Gi}\n"
+        "    limits: {cpu: 2, memory: 4Gi, example.com/fpga: 1}\n"
+        "web:\n  resources:\n    requests: {cpu: 500m, memory: 256Mi}\n    limits: {cpu: 1, memory: .5Gi}\n"
+    )
+    out = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, "-f", str(values)).stdout
+    objects = [obj for obj in yaml.safe_load_all(out) if obj]
+    predictor = find(objects, "InferenceService")["spec"]["predictor"]["containers"][0]["resources"]
+    assert predictor["requests"]["cpu"] == "0.5" and predictor["limits"]["example.com/fpga"] == 1
+    assert isvc_errors(find(objects, "InferenceService")) == []
+
+
 def test_values_schema_is_strict_everywhere() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
