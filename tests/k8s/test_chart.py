@@ -487,6 +487,26 @@ def test_web_extras_hpa_pdb_ingress_follow_values() -> None:
     assert not [o for o in plain if o["kind"] in ("HorizontalPodAutoscaler", "Ingress")]
 
 
+@pytest.mark.parametrize(
+    ("sets", "fewest"),
+    [
+        (["web.autoscaling.enabled=false", "web.replicaCount=1"], "web.replicaCount: 1"),
+        (["web.autoscaling.minReplicas=1"], "web.autoscaling.minReplicas: 1"),
+        (["web.podDisruptionBudget.minAvailable=2"], "web.autoscaling.minReplicas: 2"),
+    ],
+)
+def test_a_disruption_budget_blocking_every_drain_is_refused(sets: list[str], fewest: str) -> None:
+    """minAvailable 1 with one web replica (or an HPA that idles at one) rendered a PodDisruptionBudget that
+    no eviction can satisfy: every node drain, cluster upgrade and autoscaler scale-down hung on it."""
+    args = [arg for item in sets for arg in ("--set", item)]
+    done = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *args, check=False)
+    assert done.returncode != 0
+    assert "web.podDisruptionBudget.minAvailable" in done.stderr and f"({fewest})" in done.stderr
+    # Each way out the message names renders.
+    for way_out in ("web.podDisruptionBudget.enabled=false", "web.podDisruptionBudget.minAvailable=0"):
+        helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *args, "--set", way_out)
+
+
 def test_web_reads_the_client_address_behind_the_ingress_only() -> None:
     """The feedback rate limit is per client: behind the Ingress that is X-Forwarded-For's last hop."""
 
