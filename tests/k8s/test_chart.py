@@ -635,6 +635,28 @@ def test_notes_say_where_the_predictor_answers(tmp_path) -> None:
     assert "through your ingress gateway" in published and "cluster-local" not in published
 
 
+def test_notes_tell_the_truth_on_upgrade_in_raw_mode_and_without_mlflow(tmp_path) -> None:
+    """NOTES said "not created yet" on every upgrade without predictor.storageUri (the deploy stage had long
+    created it), never said that an upgrade leaves the running predictor alone (a resources or probe change
+    waits for the next deploy), printed the canary rollback pin in RawDeployment (no revisions to pin back to)
+    and jumped from step 1 to 3 without the in-cluster MLflow."""
+    install = _notes(tmp_path)
+    assert "(not created yet: the first deploy creates it)" in install
+    assert "This upgrade left" not in install
+    upgrade = _notes(tmp_path, "--is-upgrade")
+    assert "not created yet" not in upgrade
+    assert "This upgrade left the running InferenceService as it was" in upgrade
+    assert "next run of the deploy task" in upgrade
+    raw = _notes(tmp_path, "--set", "predictor.deploymentMode=RawDeployment")
+    assert "canaryTrafficPercent" not in raw
+    assert "point the champion alias in MLflow at\nthe previous version and rerun the deploy task" in raw
+    no_mlflow = _notes(tmp_path, "--set", "mlflow.enabled=false")
+    assert "2. MLflow runs elsewhere (mlflow.enabled=false): MLFLOW_TRACKING_URI" in no_mlflow
+    for notes in (install, upgrade, raw, no_mlflow, _notes(tmp_path, "--set", "predictor.external=true")):
+        # Every step, numbered 1 to 5, starts a paragraph.
+        assert re.findall(r"\n\n(\d)\. ", notes) == ["1", "2", "3", "4", "5"], notes
+
+
 @pytest.mark.parametrize("values_set", ["gpu", "canary"])
 def test_predictor_listens_on_the_pod_address_with_reload_switched_off(values_set: str) -> None:
     from kserve import model_server
