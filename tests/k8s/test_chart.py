@@ -507,6 +507,27 @@ def test_a_disruption_budget_blocking_every_drain_is_refused(sets: list[str], fe
         helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *args, "--set", way_out)
 
 
+def test_the_ingress_lets_through_every_upload_the_web_app_takes() -> None:
+    """ingress-nginx refuses a request body over 1 MiB by default, with its own 413 page: behind the chart's
+    Ingress a photo of a few MiB never reached the app, whose limits are 10 MiB a file and 64 MiB a batch."""
+    from flask_app import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_UPLOAD_BYTES, MULTIPART_ALLOWANCE
+
+    def body_limit(objects: list[dict]) -> str:
+        annotations = find(objects, "Ingress")["metadata"]["annotations"]
+        return annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+
+    size = body_limit(render("canary"))
+    mebibytes = int(re.fullmatch(r"(\d+)m", size)[1])  # nginx's "m" is MiB
+    largest = max(DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_UPLOAD_BYTES) + MULTIPART_ALLOWANCE
+    assert mebibytes * 1024 * 1024 >= largest, "the app, not the proxy, must refuse with its 413"
+    # An operator's own value (web.ingress.annotations) wins.
+    custom = render(
+        "canary",
+        **{"web__ingress__annotations__nginx\\.ingress\\.kubernetes\\.io/proxy-body-size": "8m"},
+    )
+    assert body_limit(custom) == "8m"
+
+
 def test_web_reads_the_client_address_behind_the_ingress_only() -> None:
     """The feedback rate limit is per client: behind the Ingress that is X-Forwarded-For's last hop."""
 
