@@ -528,6 +528,38 @@ def test_the_ingress_lets_through_every_upload_the_web_app_takes() -> None:
     assert body_limit(custom) == "8m"
 
 
+def test_helm_test_pod_asks_the_web_service_and_is_let_through(tmp_path) -> None:
+    """`helm test` had nothing to run. Its pod (tests/serve/test_helm_test_hook.py runs its script for real)
+    asks the web Service's /healthz as non-root, read-only and within limits, and the web app's NetworkPolicy
+    lets it through when networkPolicy.webIngressFrom restricts the peers."""
+    objects = render("default", web__service__port=8000)
+    pod = find(objects, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert kubernetes_errors(pod) == []
+    service = find(objects, "Service", "deepguard-web")
+    container = pod["spec"]["containers"][0]
+    assert container["args"][-1] == (
+        f"http://{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:8000/healthz"
+    )
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert not [o for o in render("default", web__enabled=False) if o["kind"] == "Pod"]
+    peers = tmp_path / "peers.yaml"
+    peers.write_text("networkPolicy:\n  webIngressFrom:\n    - podSelector: {matchLabels: {app: ingress}}\n")
+    out = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, "-f", str(peers)).stdout
+    restricted = [obj for obj in yaml.safe_load_all(out) if obj]
+    rules = find(restricted, "NetworkPolicy", "deepguard-web")["spec"]["ingress"]
+    labels = find(restricted, "Pod")["metadata"]["labels"]
+    admitted = [
+        peer["podSelector"]["matchLabels"]
+        for rule in rules
+        for peer in rule.get("from", [])
+        if "podSelector" in peer and "namespaceSelector" not in peer
+    ]
+    assert any(all(labels.get(k) == v for k, v in selector.items()) for selector in admitted)
+
+
 def test_web_reads_the_client_address_behind_the_ingress_only() -> None:
     """The feedback rate limit is per client: behind the Ingress that is X-Forwarded-For's last hop."""
 

@@ -48,7 +48,7 @@ def test_every_checkov_skip_in_the_chart_carries_a_reason() -> None:
                 skips.append(value)
     assert skips, "expected the documented skips (image digest, pull policy)"
     for skip in skips:
-        match = re.fullmatch(r"(CKV_[A-Z0-9_]+)=(.+)", skip)
+        match = re.fullmatch(r"(CKV2?_[A-Z0-9_]+)=(.+)", skip)
         assert match and len(match[2].split()) >= 8, f"skip without a written reason: {skip!r}"
 
 
