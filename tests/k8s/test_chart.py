@@ -200,7 +200,7 @@ def test_schema_takes_every_resource_spelling_kubernetes_takes(tmp_path) -> None
     cpu: 0.5 stays refused: the InferenceService CRD's quantities are integers or strings.)"""
     values = tmp_path / "values.yaml"
     values.write_text(
-        "predictor:\n  storageUri: s3://bucket/model\n  resources:\n"
+        "predictor:\n  storageUri: s3://bucket/model\n  modelVersion: '1'\n  resources:\n"
         "    requests: {cpu: '0.5', memory: 1e9, ephemeral-storage: 1.5Gi}\n"
         "    limits: {cpu: 2, memory: 4Gi, example.com/fpga: 1}\n"
         "web:\n  resources:\n    requests: {cpu: 500m, memory: 256Mi}\n    limits: {cpu: 1, memory: .5Gi}\n"
@@ -210,6 +210,28 @@ def test_schema_takes_every_resource_spelling_kubernetes_takes(tmp_path) -> None
     predictor = find(objects, "InferenceService")["spec"]["predictor"]["containers"][0]["resources"]
     assert predictor["requests"]["cpu"] == "0.5" and predictor["limits"]["example.com/fpga"] == 1
     assert isvc_errors(find(objects, "InferenceService")) == []
+
+
+def test_a_first_champion_needs_its_version_and_takes_it_as_typed() -> None:
+    """An install with predictor.storageUri but no modelVersion served a predictor reporting version "" (on
+    /v2/models/deepguard, the web app's page and every monitoring record); `--set predictor.modelVersion=3`,
+    the natural spelling of a registry version, was refused as an integer."""
+    uri = ["--set", "predictor.storageUri=s3://bucket/model"]
+    missing = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *uri, check=False)
+    assert missing.returncode != 0 and "predictor.modelVersion is required" in missing.stderr, missing.stderr
+    # Only the install renders the InferenceService: an upgrade (--reuse-values) of such a release goes on.
+    helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *uri, "--is-upgrade")
+    served = find(
+        render("default", predictor__storageUri="s3://bucket/model", predictor__modelVersion=3),
+        "InferenceService",
+    )
+    assert isvc_errors(served) == []
+    env = {e["name"]: e["value"] for e in served["spec"]["predictor"]["containers"][0]["env"]}
+    assert (
+        env["DEEPGUARD_MODEL_VERSION"]
+        == "3"
+        == served["metadata"]["annotations"]["deepguard.io/model-version"]
+    )
 
 
 def test_values_schema_is_strict_everywhere() -> None:
@@ -419,7 +441,8 @@ def test_stage_and_deploy_service_accounts_must_differ() -> None:
 )
 def test_fewest_replicas_above_the_most_is_refused_at_render(low: str, high: str, message: str) -> None:
     """The schema checks each value alone; the API server (HPA) or KServe would refuse the pair at install."""
-    sets = ["--set", "predictor.storageUri=s3://bucket/model", "--set", low, "--set", high]
+    sets = ["--set", "predictor.storageUri=s3://bucket/model", "--set", "predictor.modelVersion=1"]
+    sets += ["--set", low, "--set", high]
     done = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *sets, check=False)
     assert done.returncode != 0 and message in done.stderr
 
@@ -445,7 +468,9 @@ def test_the_predictor_is_not_published_on_the_external_gateway(mode: str) -> No
     cluster-local: the predictor's 256 MiB bodies, /metrics and CloudEvents were public beside the web app.
     Both the install's InferenceService and the base every deploy rolls out from carry the labels."""
     extra = {"predictor__deploymentMode": mode}
-    objects = render("default", predictor__storageUri="s3://bucket/model", **extra)
+    objects = render(
+        "default", predictor__storageUri="s3://bucket/model", predictor__modelVersion="1", **extra
+    )
     installed = find(objects, "InferenceService")["metadata"]["labels"]
     rolled_out = ServingConfig.from_config_map(
         find(render("default", **extra), "ConfigMap", "deepguard-serving")["data"], "chart"
