@@ -155,7 +155,7 @@ def test_probe_paths_match_the_predictor_web_and_mlflow_contracts() -> None:
     assert predictor["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
     assert predictor["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
     web = find(objects, "Deployment", "deepguard-web")["spec"]["template"]["spec"]["containers"][0]
-    assert web["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert web["readinessProbe"]["httpGet"]["path"] == "/livez"  # see the test below
     assert web["livenessProbe"]["httpGet"]["path"] == "/livez"  # a predictor outage must not restart it
     assert web["ports"][0]["containerPort"] == 5000
     env = {e["name"]: e["value"] for e in web["env"]}
@@ -163,6 +163,21 @@ def test_probe_paths_match_the_predictor_web_and_mlflow_contracts() -> None:
     raw = find(render("default", predictor__deploymentMode="RawDeployment"), "Deployment", "deepguard-web")
     raw_env = {e["name"]: e["value"] for e in raw["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert raw_env["PREDICTOR_URL"] == "http://deepguard-predictor.deepguard.svc.cluster.local"
+
+
+def test_web_pods_stay_ready_while_the_predictor_is_down() -> None:
+    """Readiness was /healthz, which asks the predictor: before the first deploy (no InferenceService yet) and
+    during any predictor outage every web pod was unready at once, so `helm install --wait` timed out, the
+    ingress answered a bare 503 instead of the app's own page, and the PodDisruptionBudget held node drains.
+    The real app, its predictor unreachable, passes the rendered readiness probe; /healthz still says why."""
+    from flask_app import create_app
+
+    web = find(render("default"), "Deployment", "deepguard-web")["spec"]["template"]["spec"]["containers"][0]
+    client = create_app({"PREDICTOR_URL": "http://127.0.0.1:9"}).test_client()  # nothing listens on port 9
+    assert client.get(web["readinessProbe"]["httpGet"]["path"]).status_code == 200
+    assert client.get(web["livenessProbe"]["httpGet"]["path"]).status_code == 200
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.get_json()["predictor_ready"] is False
 
 
 def test_schema_refuses_latest_unknown_keys_and_root() -> None:
