@@ -27,6 +27,7 @@ THIRD_PARTY_FLAGS = {
     "--no-deps": "pip install, in the Dockerfiles",
     "--allowed-hosts": "mlflow server, in the chart",
     "--reuse-values": "helm upgrade, in docs/monitoring.md",
+    "--wait": "helm install, in docs/kubernetes.md",
 }
 
 # Fences may be indented (inside a list item); the closing one is the next line that starts with ```.
