@@ -200,13 +200,15 @@ def test_schema_refuses_latest_unknown_keys_and_root() -> None:
         ("predictor.resources.requests.cpu=1.2.3", "predictor.resources.requests.cpu"),
         ("web.resources.requests.memroy=1Gi", 'web.resources.requests: Property name of "memroy"'),
         ("mlflow.resources.limits.gpu=1", 'mlflow.resources.limits: Property name of "gpu"'),
+        ("predictor.gpu.resourceName=gpu", "predictor.gpu.resourceName"),
     ],
 )
 def test_schema_refuses_a_resource_kubernetes_refuses_naming_it(setting: str, named: str) -> None:
     """Until the first deploy the predictor's resources reach the cluster only inside the serving ConfigMap: a
     quantity the API server refuses (4GB) or a misspelt resource name passed `helm install` and failed the
-    pipeline's deploy task hours into a run. The schema now holds Kubernetes' quantity grammar and names."""
-    done = helm("template", "x", str(CHART), "--set", setting, check=False)
+    pipeline's deploy task hours into a run. The schema now holds Kubernetes' quantity grammar and names
+    (an extended resource such as the GPU's is domain-qualified: nvidia.com/gpu)."""
+    done = helm("template", "x", str(CHART), "--set", "predictor.gpu.count=1", "--set", setting, check=False)
     assert done.returncode != 0 and named in done.stderr, done.stderr
 
 
