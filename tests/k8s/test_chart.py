@@ -539,11 +539,16 @@ def test_web_extras_hpa_pdb_ingress_follow_values() -> None:
 )
 def test_a_disruption_budget_blocking_every_drain_is_refused(sets: list[str], fewest: str) -> None:
     """minAvailable 1 with one web replica (or an HPA that idles at one) rendered a PodDisruptionBudget that
-    no eviction can satisfy: every node drain, cluster upgrade and autoscaler scale-down hung on it."""
+    no eviction can satisfy: every node drain, cluster upgrade and autoscaler scale-down hung on it. So did
+    crash-looping web pods under Kubernetes' default unhealthyPodEvictionPolicy (IfHealthyBudget)."""
     args = [arg for item in sets for arg in ("--set", item)]
     done = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *args, check=False)
     assert done.returncode != 0
     assert "web.podDisruptionBudget.minAvailable" in done.stderr and f"({fewest})" in done.stderr
+    # A web pod that is not Ready (a crash-looping rollout) must not hold a drain either.
+    budget = find(render("default"), "PodDisruptionBudget")
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert kubernetes_errors(budget) == []
     # Each way out the message names renders.
     for way_out in ("web.podDisruptionBudget.enabled=false", "web.podDisruptionBudget.minAvailable=0"):
         helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *args, "--set", way_out)
