@@ -26,7 +26,8 @@ STAGE_PLACEHOLDER = "stages.<name>"
 THIRD_PARTY_FLAGS = {
     "--no-deps": "pip install, in the Dockerfiles",
     "--allowed-hosts": "mlflow server, in the chart",
-    "--reuse-values": "helm upgrade, in docs/monitoring.md",
+    "--reset-then-reuse-values": "helm upgrade, in docs/monitoring.md",
+    "--reuse-values": "helm upgrade, named in docs/monitoring.md as the flag not to use",
     "--wait": "helm install, in docs/kubernetes.md",
 }
 

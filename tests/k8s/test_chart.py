@@ -236,7 +236,7 @@ def test_a_first_champion_needs_its_version_and_takes_it_as_typed() -> None:
     uri = ["--set", "predictor.storageUri=s3://bucket/model"]
     missing = helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *uri, check=False)
     assert missing.returncode != 0 and "predictor.modelVersion is required" in missing.stderr, missing.stderr
-    # Only the install renders the InferenceService: an upgrade (--reuse-values) of such a release goes on.
+    # Only the install renders the InferenceService: an upgrade reusing such a release's values goes on.
     helm("template", "deepguard", str(CHART), "-n", NAMESPACE, *uri, "--is-upgrade")
     served = find(
         render("default", predictor__storageUri="s3://bucket/model", predictor__modelVersion=3),
@@ -821,10 +821,30 @@ def _documented_chart_commands() -> list[tuple[str, list[str], list[list[str]]]]
     return commands
 
 
+def test_reusing_an_older_charts_defaults_is_refused_so_upgrades_reset_then_reuse(tmp_path) -> None:
+    """The docs upgraded with --reuse-values, with which Helm renders the new chart on the old chart's
+    defaults (pkg/action/upgrade.go: chart.Values = the old release's coalesced values): a key a newer chart
+    added is then missing and the schema refuses the upgrade. Here the release's chart lacked runbookUrl, as
+    one installed before it existed did; --reset-then-reuse-values puts the earlier values on this chart's."""
+    import shutil
+
+    chart = tmp_path / "deepguard"
+    shutil.copytree(CHART, chart)
+    values = chart / "values.yaml"
+    older = re.sub(r"\n *# -- Each alert's runbook_url[^\n]*\n *runbookUrl: [^\n]*", "", values.read_text())
+    assert older != values.read_text()
+    earlier_sets = ["--set", "predictor.gpu.count=1"]
+    values.write_text(older)  # what --reuse-values renders with
+    reused = helm("template", "deepguard", str(chart), "-n", NAMESPACE, *earlier_sets, check=False)
+    assert reused.returncode != 0 and "runbookUrl is required" in reused.stderr
+    shutil.copy(CHART / "values.yaml", values)  # --reset-then-reuse-values: this chart's defaults
+    helm("template", "deepguard", str(chart), "-n", NAMESPACE, *earlier_sets)
+
+
 def test_documented_installs_and_upgrades_render_valid_objects_and_keep_the_claims() -> None:
     """What the docs tell a user to run: each option renders valid objects, and each upgrade applies to a
     release installed as docs/kubernetes.md says (the API server refuses a claim's changed access mode or
-    class; helm upgrade without --reuse-values drops every --set of the install)."""
+    class; helm upgrade without --reset-then-reuse-values drops every --set of the install)."""
     commands = _documented_chart_commands()
     assert {argv[1] for _, argv, _ in commands} == {"install", "upgrade"}
     assert any(options for _, _, options in commands)
@@ -842,7 +862,7 @@ def test_documented_installs_and_upgrades_render_valid_objects_and_keep_the_clai
             assert [e for o in builtin for e in kubernetes_errors(o)] == [], (doc, args)
             if argv[1] != "upgrade":
                 continue
-            assert "--reuse-values" in argv, f"{doc}: {shlex.join(argv)} drops the install's --set values"
+            assert "--reset-then-reuse-values" in argv, f"{doc}: {shlex.join(argv)} drops values"
             for obj in (o for o in objects if o["kind"] == "PersistentVolumeClaim"):
                 # Only resources.requests of an existing claim may change.
                 name, fixed = (
