@@ -215,8 +215,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     client = PredictorClient(
         app.config["PREDICTOR_URL"], app.config["MODEL_NAME"], app.config["PREDICTOR_TIMEOUT_S"]
     )
-    # Set while the last readiness check found the predictor unavailable. That 503 takes the pod out of its
-    # Service and its body is read by nobody, so the change is logged, once, not at every probe.
+    # Set while the last /healthz found the predictor unavailable. Its 503 is read by a checker (helm test, an
+    # uptime probe), not by whoever reads the pod's log: the change is logged there, once, not at each check.
     predictor_down = threading.Event()
     max_bytes = app.config["MAX_CONTENT_LENGTH"]
     max_mb = max_bytes / (1024 * 1024)
@@ -407,7 +407,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if not status.ready and not predictor_down.is_set():
             predictor_down.set()
             log.warning(
-                "predictor at %s not ready: %s; /healthz answers 503 (pod out of its Service) until it is",
+                "predictor at %s not ready: %s; /healthz answers 503 and uploads fail until it is",
                 app.config["PREDICTOR_URL"],
                 status.detail,
             )

@@ -374,29 +374,32 @@ def test_input_drift_alert_is_about_the_version_being_served(tmp_path: Path) -> 
     )
 
 
-# Two web pods' readiness probes (every 5 s) call /healthz, which answers 503 while the predictor is down.
-PROBES_OK = 'deepguard_web_requests_total{route="/healthz",code="200"}'
-PROBES_503 = 'deepguard_web_requests_total{route="/healthz",code="503"}'
+# What a predictor exports from its start; the version label once its model is loaded (serving/metrics.py).
+MODEL_INFO_UNLOADED = "deepguard_model_info"
+MODEL_INFO = 'deepguard_model_info{version="1",architecture="SimpleCNN"}'
 
 
-def test_a_predictor_down_pages_although_no_upload_reaches_the_web_app(tmp_path: Path) -> None:
-    # Every web pod fails readiness, Kubernetes takes them all out of the Service and users get the ingress's
-    # 503: no upload reaches the web app, so DeepGuardWebPredictorErrors has nothing to divide. Prometheus
-    # still scrapes the pods (not-ready endpoints are scraped) and sees their probes fail.
-    down = {PROBES_OK: "0+24x10 240x50", PROBES_503: "0x10 0+24x50"}
+@pytest.mark.parametrize(
+    "down",
+    [
+        pytest.param({MODEL_INFO: "1x10 _x50"}, id="not-scraped"),  # crashed, evicted, not scheduled
+        pytest.param({MODEL_INFO: "1x10 _x50", MODEL_INFO_UNLOADED: "_x10 1x50"}, id="model-not-loaded"),
+    ],
+)
+def test_a_predictor_down_pages_although_no_upload_comes(tmp_path: Path, down: dict[str, str]) -> None:
+    # Nobody uploads (or the web app is reached by no one): DeepGuardWebPredictorErrors has nothing to divide.
     assert not _alert_firing(tmp_path, "DeepGuardWebPredictorErrors", down, "40m")
     assert _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", down, "40m")
 
 
-def test_a_predictor_that_starts_or_blips_does_not_page(tmp_path: Path) -> None:
-    # A fresh install: the web pods are up minutes before the predictor has pulled its image and loaded the
-    # model; then all is well.
-    starting = {PROBES_503: "0+24x7 168x30", PROBES_OK: "0x7 0+24x30"}
+def test_a_predictor_that_starts_or_restarts_does_not_page(tmp_path: Path) -> None:
+    # A first deploy: the pod is scraped minutes before it has pulled its image and loaded the model.
+    starting = {MODEL_INFO_UNLOADED: "_x3 1x4 _x30", MODEL_INFO: "_x7 1x30"}
     for at in ("5m", "10m", "15m", "30m"):
         assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", starting, at), at
-    # One probe in 24 meets a busy web app or a predictor restart: no page.
-    blips = {PROBES_OK: "0+23x40", PROBES_503: "0+1x40"}
-    assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", blips, "35m")
+    # A restart (a node drained, a new revision): a few unscraped minutes, well inside the 10.
+    restarted = {MODEL_INFO: "1x20 _x3 1x20"}
+    assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", restarted, "35m")
 
 
 @pytest.mark.parametrize(
@@ -408,7 +411,6 @@ def test_a_predictor_that_starts_or_blips_does_not_page(tmp_path: Path) -> None:
 )
 def test_web_upload_alert_fires_when_uploads_fail_in_the_web_app_itself(tmp_path: Path, code: str) -> None:
     failing = {
-        PROBES_OK: "0+24x30",
         f'deepguard_web_requests_total{{route="/api/predict",code="{code}"}}': "0+3x30",
         'deepguard_web_requests_total{route="/api/predict",code="200"}': "0+1x30",
         'deepguard_web_predictor_errors_total{code="503"}': "0x30",
@@ -418,9 +420,8 @@ def test_web_upload_alert_fires_when_uploads_fail_in_the_web_app_itself(tmp_path
 
 def test_a_fresh_install_waiting_for_its_first_deploy_does_not_page(tmp_path: Path) -> None:
     # The chart installs the web app at once; the InferenceService comes with the pipeline's first deploy,
-    # hours later. Until then every readiness check fails, by design: nothing is broken.
-    never_deployed = {PROBES_503: "0+24x90"}
-    assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", never_deployed, "90m")
+    # hours later. Until then no predictor exports anything: nothing is broken.
+    assert not _alert_firing(tmp_path, "DeepGuardPredictorUnavailable", {}, "90m")
 
 
 HEALTHY = {
@@ -433,8 +434,7 @@ HEALTHY = {
     'deepguard_model_info{version="1",architecture="EfficientNetB0"}': "1x120",
     'deepguard_drift_detected{model_version="1"}': "0x120",
     'deepguard_drift_report_timestamp_seconds{model_version="1"}': "0+60x120",  # a report every minute
-    # Web app: its probes pass, uploads succeed, some images are refused (the user's input, not an outage).
-    PROBES_OK: "0+24x120",
+    # Web app: uploads succeed, some images are refused (the user's input, not an outage).
     'deepguard_web_requests_total{route="/api/predictions",code="200"}': "0+8x120",
     'deepguard_web_requests_total{route="/api/predict",code="415"}': "0+2x120",
     'deepguard_web_predictor_errors_total{code="503"}': "0x120",
@@ -445,7 +445,6 @@ RESTARTED = {
     'deepguard_requests_total{protocol="v2",code="200"}': "0+10x60 0+10x60",
     'deepguard_request_duration_seconds_bucket{protocol="v2",le="0.05"}': "0+10x60 0+10x60",
     'deepguard_request_duration_seconds_bucket{protocol="v2",le="+Inf"}': "0+10x60 0+10x60",
-    PROBES_OK: "0+24x60 0+24x60",
     'deepguard_web_requests_total{route="/api/predictions",code="200"}': "0+8x60 0+8x60",
 }
 

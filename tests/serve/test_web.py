@@ -735,8 +735,8 @@ def test_batch_over_the_predictors_pixels_per_request_is_scored_in_calls_it_take
 
 
 def test_healthz_logs_once_when_the_predictor_becomes_unavailable(caplog: pytest.LogCaptureFixture) -> None:
-    """While the predictor is down the readiness probe's 503 takes the web pods out of their Service; the
-    probe's body (why) is seen by nobody, so the web app's log must say it, once, not every 5 seconds."""
+    """While the predictor is down /healthz answers 503 to a checker (helm test, an uptime probe) whose answer
+    (why) the pod's log does not show, so the web app's log must say it, once, not at every check."""
     app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9"})  # nothing listens on port 9: unreachable
     client = app.test_client()
     with caplog.at_level(logging.WARNING, logger="flask_app"):
