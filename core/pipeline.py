@@ -158,7 +158,9 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="train",
         description="Train the configured Keras architecture with early stopping; keep the best checkpoint.",
-        inputs=(str(PROCESSED_DIR), str(FEATURES_DIR), str(DATA_REPORT)),
+        # The index, not the data report: the report names where the source lies on this machine, and the same
+        # images read from another path (a fresh clone after `dvc pull`) must not retrain the model.
+        inputs=(str(PROCESSED_DIR), str(FEATURES_DIR), str(RAW_DIR / INDEX)),
         params=("model", "training", "calibration"),
         outs=(str(MODEL_DIR),),
         metrics=(str(TRAINING_REPORT),),

@@ -179,6 +179,7 @@ def ingest(
             "kept": result["kept"],
             "data_hash": data_hash,
             "synthetic": result["synthetic"],
+            "notice": result["notice"],
             "source": source.kind,
             "image_size": params.image_size,
         },

@@ -29,13 +29,14 @@ from core.cli import run_stage, stage_parser
 from core.config import NO_DEGRADATIONS, Params, TrainingParams
 from core.modelstore import load_keras
 from core.pipeline import (
-    DATA_REPORT,
     FEATURES_DIR,
     FEATURES_FILE,
     FIGURES_DIR,
+    INDEX,
     MODEL_DIR,
     MODEL_FILE,
     PROCESSED_DIR,
+    RAW_DIR,
     RUN_FILE,
     TRAINING_REPORT,
 )
@@ -649,7 +650,8 @@ def run(params: Params) -> dict:
     train_x, train_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "train"))
     val_x, val_y = (np.asarray(a) for a in load_split(PROCESSED_DIR, "val"))
     features = read_json(FEATURES_DIR / FEATURES_FILE)
-    data_report = read_json(DATA_REPORT)
+    # The index (a declared input), not the data report, which names this machine's path of the source.
+    data_index = read_json(RAW_DIR / INDEX)
     training = params.training
     gpus = gpu_count()
     device = f"{gpus} GPU(s)" if gpus else "CPU"
@@ -666,8 +668,8 @@ def run(params: Params) -> dict:
         training.epochs,
         budget,
     )
-    if data_report["synthetic"]:
-        log.warning("training on %s", data_report["notice"])
+    if data_index["synthetic"]:
+        log.warning("training on %s", data_index["notice"])
 
     experiment = tracking.setup(params.mlflow)
     with atomic_path(MODEL_DIR) as tmp, tracking.stage_run("train", experiment.experiment_id) as mlrun:
@@ -677,18 +679,18 @@ def run(params: Params) -> dict:
                 "stage": "train",
                 "architecture": params.model.architecture,
                 "device": device,
-                "data_source": data_report["source"]["kind"],
-                "synthetic_data": str(data_report["synthetic"]).lower(),
-                "data_hash": data_report["data_hash"],
+                "data_source": data_index["source"],
+                "synthetic_data": str(data_index["synthetic"]).lower(),
+                "data_hash": data_index["data_hash"],
                 "params_hash": params.digest(),
                 "git_commit": tracking.git_commit(),
                 "keras_backend": keras.backend.backend(),
             }
         )
-        if data_report["synthetic"]:
-            mlflow.set_tag("WARNING", data_report["notice"])
+        if data_index["synthetic"]:
+            mlflow.set_tag("WARNING", data_index["notice"])
         mlflow.log_params(_flatten("", params.model_dump()))
-        mlflow.log_dict(data_report, "data/data_report.json")
+        mlflow.log_dict(data_index, f"data/{INDEX}")
         mlflow.log_dict(features, "data/features.json")
         if (FIGURES_DIR / "spectrum.png").is_file():
             mlflow.log_artifact(str(FIGURES_DIR / "spectrum.png"), "figures")

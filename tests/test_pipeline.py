@@ -172,7 +172,7 @@ def test_pipeline_leaves_a_champion_with_metrics_and_lineage(trained_workspace: 
     assert "test_accuracy" in run.data.metrics and "epoch_val_auc" in run.data.metrics
     assert run.data.params["training.epochs"] == "1"
     artifacts = {a.path for a in client.list_artifacts(champion.run_id, "data")}
-    assert "data/data_report.json" in artifacts
+    assert "data/index.json" in artifacts
 
 
 def test_pipeline_outputs_are_declared_and_complete(trained_workspace: TrainedWorkspace) -> None:
@@ -227,7 +227,11 @@ def test_a_touched_archive_with_the_same_images_reruns_ingest_only(workspace_cop
     shutil.copyfile(env["DEEPGUARD_DATA"], archive)
     env = {**env, "DEEPGUARD_DATA": str(archive)}
     run_stage("ingest", root, env, "--locate")
-    dvc(root, env, "repro")  # a new location: the report names it, so the model is retrained once
+    # The same images at another path (a fresh clone after `dvc pull` on another machine): no retraining, the
+    # report names the new path, and register, which reads the report, runs again.
+    moved = dvc(root, env, "repro")
+    assert re.findall(r"Running stage '(\w+)'", moved.stdout) == ["ingest", "register"]
+    assert json.loads((root / "reports/data_report.json").read_text())["source"]["location"] == str(archive)
     mtime = archive.stat().st_mtime
     os.utime(archive, (mtime + 3600, mtime + 3600))  # copied again, re-downloaded: new time, same bytes
     run_stage("ingest", root, env, "--locate")
