@@ -52,6 +52,18 @@ def test_every_dvc_output_is_cached_because_git_ignores_them() -> None:
                 assert options.get("cache", True), f"{name}: {kind} {out} is not cached (cache: false)"
 
 
+def test_dvc_plots_pages_and_a_killed_trains_leftovers_are_git_ignored() -> None:
+    """`dvc plots show/diff` write dvc_plots/; a train killed by SIGKILL (the OOM killer) leaves its partial
+    model beside models/ until its next run: neither may show in `git status` or be taken by `git add -A`."""
+    from workspace import REPO
+
+    paths = ["dvc_plots/index.html", ".models.k3j9x0ab.tmp/model.keras", ".models.old/model.keras"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
+    assert ignored == paths
+
+
 def test_dvc_never_replays_register_from_its_run_cache() -> None:
     """Register's work is the MLflow registry, not its files: replayed from DVC's run cache (after `make
     clean` emptied the store, or params set back), it would leave the store without the version. DVC runs a
