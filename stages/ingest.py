@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import sys
 import zipfile
 from collections import Counter, defaultdict
@@ -219,6 +220,30 @@ def write_source_marker(source: sources.Source, params: DataParams) -> None:
     write_json(SOURCE_MARKER, marker)
 
 
+def check_recorded_source(source: sources.Source) -> None:
+    """Under ``dvc repro``, refuse a source other than the one data/source.json records.
+
+    The marker is ingest's DVC dependency, the source dvc.lock records. Ingest rerun by DVC for another reason
+    (a ``data`` param, its code) in a shell whose environment now locates another source (``DEEPGUARD_DATA``
+    unset: synthetic data) would train on that one and rewrite its own dependency mid-run. Run alone or by a
+    pod, ingest uses the source it locates.
+
+    Raises:
+        SourceError: naming both sources and the command that switches.
+    """
+    if not os.environ.get("DVC_STAGE") or not SOURCE_MARKER.is_file():
+        return
+    from core.atomic import read_json
+
+    recorded = read_json(SOURCE_MARKER)
+    if (recorded.get("kind"), recorded.get("location")) != (source.kind, source.location):
+        raise sources.SourceError(
+            f"{SOURCE_MARKER} records {recorded.get('kind')} {recorded.get('location')}, but this "
+            f"environment locates {source.kind} {source.location} ({source.reason}): set {DATA_ENV} as "
+            "when it was recorded, or run `python -m stages.ingest --locate` (make pipeline does) to switch"
+        )
+
+
 def run(params: Params) -> dict:
     """Run ingest in the current workspace.
 
@@ -227,6 +252,7 @@ def run(params: Params) -> dict:
     """
     source = sources.locate(params.data)
     log.info("data source: %s (%s; %s)", source.kind, source.location, source.reason)
+    check_recorded_source(source)
     if source.synthetic:
         log.warning("%s", synthetic.SYNTHETIC_NOTICE)
     write_source_marker(source, params.data)

@@ -393,6 +393,29 @@ def test_unknown_params_key_cli(workspace) -> None:
     _fails_with_one_line(result, r"unknown key data\.sorce")
 
 
+def test_under_dvc_ingest_refuses_a_source_other_than_the_recorded_one(
+    workspace, defective_zip: Path, tmp_path: Path
+) -> None:
+    """`dvc repro` rerunning ingest (a data param changed) in a shell without the DEEPGUARD_DATA it was
+    recorded with would ingest synthetic data and rewrite data/source.json, its DVC dependency, mid-run."""
+    root, env = workspace
+    recorded = {**env, "DEEPGUARD_DATA": str(defective_zip)}
+    run_stage("ingest", root, recorded, "--locate")
+    run_stage("ingest", root, {**recorded, "DVC_STAGE": "ingest"})  # the recorded source: runs
+    marker, index = (root / "data/source.json").read_text(), (root / "data/raw/index.json").read_text()
+    other = shutil.copyfile(defective_zip, tmp_path / "other.zip")
+    for elsewhere in (
+        {k: v for k, v in env.items() if k != "DEEPGUARD_DATA"},
+        {**env, "DEEPGUARD_DATA": str(other)},
+    ):
+        result = run_stage("ingest", root, {**elsewhere, "DVC_STAGE": "ingest"}, check=False)
+        _fails_with_one_line(result, r"data/source\.json records local .*defective\.zip.*--locate")
+    assert (root / "data/source.json").read_text() == marker
+    assert (root / "data/raw/index.json").read_text() == index
+    run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(other)})  # run alone: the source it locates
+    assert str(other) in (root / "reports/data_report.json").read_text()
+
+
 def test_failed_ingest_keeps_the_previous_good_output(workspace, defective_zip: Path, tmp_path: Path) -> None:
     root, env = workspace
     run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(defective_zip)})
