@@ -43,7 +43,9 @@ pipeline: setup ## dvc repro on the configured data (DEEPGUARD_DATA=archive.zip:
 	$(PY) -m deploy --target local
 
 dvc-yaml: setup ## regenerate dvc.yaml from the stage list in core/pipeline.py
-	$(PY) -m core.pipeline > dvc.yaml
+	@# Through a temporary file: a stage list that fails to import leaves dvc.yaml as it was, not empty.
+	$(PY) -m core.pipeline > .dvc.yaml.tmp || { rm -f .dvc.yaml.tmp; exit 1; }
+	mv .dvc.yaml.tmp dvc.yaml
 
 clean: ## remove pipeline outputs and the local MLflow store (keeps the environments)
 	rm -rf data models reports mlruns .dvc/tmp

@@ -34,6 +34,25 @@ def test_committed_dvc_yaml_is_generated_from_the_stage_list() -> None:
     assert (REPO / "dvc.yaml").read_text() == dvc_yaml(), "run `make dvc-yaml` after editing the stage list"
 
 
+def test_make_dvc_yaml_with_a_stage_list_that_fails_keeps_dvc_yaml(tmp_path: Path) -> None:
+    """`make dvc-yaml` after an edit that breaks core/pipeline.py must not leave an empty dvc.yaml behind
+    (a shell redirect truncates its file before the command runs)."""
+    from workspace import REPO
+
+    for name in ("Makefile", "dvc.yaml"):
+        shutil.copy2(REPO / name, tmp_path / name)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "dvc-yaml", "PY=false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert (tmp_path / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile", "dvc.yaml"]
+
+
 def test_every_dvc_output_is_cached_because_git_ignores_them() -> None:
     """reports/ is git-ignored: an uncached metric or plot would exist in no revision, so `dvc exp show`,
     `dvc metrics diff`, `dvc plots diff` and `dvc pull` could not read it, and a killed `dvc repro` (DVC
