@@ -820,3 +820,33 @@ def test_headings_the_heatmaps_legend_and_what_the_model_can_judge(browser, web,
         assert fits_the_viewport(page, 390)
     finally:
         page.close()
+
+
+def test_the_meter_is_named_as_the_score_is_labelled(browser, web, tmp_path):
+    """The bar under the verdict is what a screen reader user meets on the way: it was named "Probability that
+    the image is AI-generated" for every image, also for a noted one whose number the page calls "not a
+    reliable probability". Its name is the label shown beside the number."""
+    files = [wide_png(tmp_path / f"{name}.png") for name in ("photo", "native")]
+    answer = heatmap_response([path.name for path in files], ["UNCERTAIN", "FAKE"])
+    answer["results"][1]["note"] = ""
+    page = browser.new_page(viewport={"width": 375, "height": 812})
+    try:
+        page.goto(web.url)
+        for result, name in zip(
+            answer["results"],
+            (
+                "The model's score for AI-generated (not a reliable probability for an image like this):",
+                "Calibrated probability it is AI-generated:",
+            ),
+            strict=True,
+        ):
+            page.route("**/api/predictions", fulfil_with({**answer, "results": [result]}))
+            page.set_input_files("#file-input", str(tmp_path / result["file"]))
+            page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+            meter = page.get_by_role("meter")
+            assert meter.get_attribute("aria-valuetext") == page.locator("#probability").inner_text()
+            assert page.get_by_role("meter", name=name, exact=True).count() == 1, name
+            page.unroute("**/api/predictions")
+    finally:
+        page.close()
+
