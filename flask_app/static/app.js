@@ -38,6 +38,7 @@
   let shown = null; // the results on the page: { modelVersion, rows: [{ file, result }] }
   let objectUrls = [];
   let latest = 0; // only the answer to the latest upload is shown
+  let uploading = null; // the AbortController of the upload on its way: a new pick cancels it
 
   // "It's AI-generated" -> "it's AI-generated" inside a sentence (toLowerCase would write "ai").
   function lowerFirst(words) {
@@ -325,10 +326,26 @@
     statusLine.textContent = summary(rows);
   }
 
+  // An upload fails before any answer when the browser cannot read a file: a folder dropped on the page, or
+  // a file moved or changed since it was chosen. Only when every file reads is it the connection.
+  async function unreadable(files) {
+    for (const file of files) {
+      try {
+        await file.slice(0, 1).arrayBuffer();
+      } catch (err) {
+        return file;
+      }
+    }
+    return null;
+  }
+
   async function send(fileList) {
     const files = Array.from(fileList || []);
     if (!files.length) return; // a drop of text or a link: no new check, so the results stay
     const ticket = ++latest;
+    // On a slow line the upload whose answer would be thrown away no longer shares it with this one.
+    if (uploading) uploading.abort();
+    uploading = null;
     clear();
     const problem = problemWith(files);
     if (problem) return showError(problem);
@@ -336,14 +353,23 @@
     const data = new FormData();
     files.forEach((file) => data.append("image", file, file.name));
     data.append("explain", "true");
+    const controller = new AbortController();
+    uploading = controller;
     let response;
     let body;
     try {
-      response = await fetch("/api/predictions", { method: "POST", body: data });
+      response = await fetch("/api/predictions", { method: "POST", body: data, signal: controller.signal });
       body = await response.json().catch(() => ({}));
     } catch (err) {
-      if (ticket === latest) showError("Could not reach the server; check your connection and try again.");
+      if (ticket !== latest) return; // cancelled by a newer pick
+      const unread = await unreadable(files);
+      if (ticket !== latest) return;
+      showError(unread ? unread.name + " could not be read: it is a folder, or a file moved or changed since " +
+        "it was chosen. Choose or drop the image files themselves." :
+        "Could not reach the server; check your connection and try again.");
       return;
+    } finally {
+      if (uploading === controller) uploading = null;
     }
     if (ticket !== latest) return;
     if (!response.ok) return showError(body.error || "The request failed (HTTP " + response.status + ").");

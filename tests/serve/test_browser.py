@@ -850,3 +850,70 @@ def test_the_meter_is_named_as_the_score_is_labelled(browser, web, tmp_path):
     finally:
         page.close()
 
+
+def test_a_new_upload_cancels_the_one_still_on_its_way(browser, web, tmp_path):
+    """On a slow connection a photo that takes a minute to upload kept uploading after the user picked another
+    one, sharing the line with it, and its answer was thrown away: the new pick cancels it."""
+    first, second = wide_png(tmp_path / "slow.png"), wide_png(tmp_path / "next.png")
+    held = []
+    failed = []
+
+    def answer(route) -> None:
+        if not held:
+            held.append(route)  # the first upload is never answered: still on its way
+        else:
+            route.fulfill(status=200, json=heatmap_response([second.name], ["FAKE"]))
+
+    page = browser.new_page(viewport={"width": 375, "height": 812})
+    page.on("requestfailed", lambda r: failed.append(r) if "/api/predictions" in r.url else None)
+    try:
+        page.goto(web.url)
+        page.route("**/api/predictions", answer)
+        page.set_input_files("#file-input", str(first))
+        page.wait_for_function("() => document.getElementById('status').textContent === 'Checking\u2026'")
+        page.wait_for_timeout(200)
+        assert len(held) == 1
+        page.set_input_files("#file-input", str(second))
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(500)
+        assert [request.url for request in failed] == [held[0].request.url], "the first upload is cancelled"
+        assert page.locator("#error").is_hidden()
+        assert page.locator("#verdict").inner_text() == "Likely AI-generated"
+    finally:
+        page.close()
+
+
+def drop_paths(page, paths: list[str]) -> None:
+    """Drag files (or folders) from the desktop onto the drop zone, as Chromium delivers a real drop."""
+    box = page.locator("#drop-zone").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    session = page.context.new_cdp_session(page)
+    data = {"items": [], "files": paths, "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        session.send("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+    session.detach()
+
+
+def test_a_dropped_folder_is_named_not_blamed_on_the_network(browser, web, tmp_path):
+    """A folder of photos dropped on the page arrives as one "file" that cannot be read: the upload failed and
+    the page said "Could not reach the server; check your connection", sending the user to their network."""
+    folder = tmp_path / "Holiday photos"
+    folder.mkdir()
+    wide_png(folder / "beach.png")
+    page = browser.new_page(viewport={"width": 375, "height": 812})
+    try:
+        page.goto(web.url)
+        drop_paths(page, [str(folder)])
+        error = page.locator("#error")
+        error.wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert error.inner_text() == (
+            "Holiday photos could not be read: it is a folder, or a file moved or changed since it was "
+            "chosen. Choose or drop the image files themselves."
+        )
+        assert "connection" not in error.inner_text()
+        # The page stays usable: the image itself, dropped next, gets its verdict.
+        drop_paths(page, [str(folder / "beach.png")])
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert error.is_hidden()
+    finally:
+        page.close()
