@@ -149,6 +149,7 @@
       const scale = Math.min(box / img.naturalWidth, box / img.naturalHeight);
       img.style.width = Math.round(img.naturalWidth * scale) + "px";
       img.style.height = Math.round(img.naturalHeight * scale) + "px";
+      img.classList.toggle("enlarged", scale > 1);
       frame.classList.add("loaded");
     });
     // The server read the file; this browser cannot draw it (TIFF, say): say so, not a broken image.

@@ -917,3 +917,29 @@ def test_a_dropped_folder_is_named_not_blamed_on_the_network(browser, web, tmp_p
         assert error.is_hidden()
     finally:
         page.close()
+
+
+def test_a_large_picture_is_shrunk_smoothly_and_a_small_one_enlarged_sharply(browser, web, tmp_path):
+    """The preview kept CIFAKE's sharp pixels by drawing every picture with nearest-neighbour sampling, also a
+    photo shrunk to fit: its fine detail came out as aliasing (1-pixel stripes shrunk 2.7x showed as black and
+    white bands, not the grey they average to). Only an enlarged picture is drawn pixelated."""
+    stripes = np.zeros((400, 600, 3), np.uint8)
+    stripes[:, ::2] = 255
+    large = tmp_path / "stripes.png"
+    Image.fromarray(stripes).save(large)
+    small = wide_png(tmp_path / "small.png")
+    page = browser.new_page(viewport={"width": 375, "height": 812})
+    try:
+        page.goto(web.url)
+        for path, rendering in ((large, "auto"), (small, "pixelated")):
+            page.route("**/api/predictions", fulfil_with(heatmap_response([path.name], ["UNCERTAIN"])))
+            page.set_input_files("#file-input", str(path))
+            image = page.locator("#result .frame.loaded img")
+            image.wait_for(timeout=TIMEOUT_MS)
+            assert image.evaluate("(img) => getComputedStyle(img).imageRendering") == rendering, path.name
+            if path == large:
+                shown = np.asarray(Image.open(io.BytesIO(image.screenshot())).convert("L"), dtype=float)
+                assert shown.std() < 40, f"aliased: grey levels spread {shown.std():.0f}"
+            page.unroute("**/api/predictions")
+    finally:
+        page.close()
