@@ -1,4 +1,4 @@
-// DeepGuard upload page: pick or drop up to data-max-files images, send them to /api/predictions in one
+// DeepGuard upload page: pick, drop or paste up to data-max-files images, send them to /api/predictions in one
 // request, show each verdict (one image: a card; several: a table) with its heatmap, a CSV of the results
 // and a "this verdict is wrong" button that posts to /api/feedback.
 "use strict";
@@ -422,6 +422,14 @@
     zone.classList.remove("dragging");
   }));
   zone.addEventListener("drop", (event) => send(event.dataTransfer.files));
+  // A screenshot is usually on the clipboard, not in a file: Ctrl+V anywhere on the page checks the images it
+  // holds. A paste without one (text) is left to the browser.
+  document.addEventListener("paste", (event) => {
+    const files = event.clipboardData ? event.clipboardData.files : null;
+    if (!files || !files.length) return;
+    event.preventDefault();
+    send(files);
+  });
   form.addEventListener("submit", (event) => { event.preventDefault(); send(input.files); });
 
   fetch("/healthz").then((r) => r.json()).then((body) => {

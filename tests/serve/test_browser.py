@@ -943,3 +943,37 @@ def test_a_large_picture_is_shrunk_smoothly_and_a_small_one_enlarged_sharply(bro
             page.unroute("**/api/predictions")
     finally:
         page.close()
+
+
+def test_a_pasted_screenshot_gets_its_verdict(browser, web, sample_images):
+    """A screenshot is usually on the clipboard, not in a file (Print Screen, Win+Shift+S, Cmd+Ctrl+Shift+4):
+    Ctrl+V on the page did nothing. A paste carrying images checks them; a paste of text does not."""
+    png = io.BytesIO()
+    Image.open(io.BytesIO(sample_images.probe[0])).save(png, "PNG")  # what a clipboard holds
+    data = png.getvalue()
+    expected = requests.post(f"{web.url}/api/predictions", files=[("image", ("x.png", data))], timeout=60)
+    page = browser.new_page(viewport={"width": 375, "height": 812})
+    try:
+        page.goto(web.url)
+        assert "paste" in page.locator("#drop-zone .drop-title").inner_text().lower()
+        paste = """(items) => {
+            const transfer = new DataTransfer();
+            items.forEach(([text, bytes]) => text === null
+                ? transfer.items.add(new File([new Uint8Array(bytes)], "image.png", {type: "image/png"}))
+                : transfer.setData("text/plain", text));
+            const init = {clipboardData: transfer, bubbles: true, cancelable: true};
+            const event = new ClipboardEvent("paste", init);
+            document.body.dispatchEvent(event);
+            return event.defaultPrevented;
+        }"""
+        assert page.evaluate(paste, [[None, list(data)]]) is True
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        result = expected.json()["results"][0]
+        assert page.locator("#verdict").get_attribute("data-verdict") == result["verdict"]
+        assert page.locator("#result img").get_attribute("alt") == "Uploaded image image.png"
+        # Text pasted (into nothing, or a search box of the browser's) leaves the result as it was.
+        assert page.evaluate(paste, [["https://example.com/a.jpg", []]]) is False
+        page.wait_for_timeout(300)
+        assert page.locator("#result").is_visible()
+    finally:
+        page.close()
