@@ -409,10 +409,10 @@
     $("heatmap-legend").hidden = !heatmapToggle.checked;
   });
   $("csv-download").addEventListener("click", downloadCsv);
-  input.addEventListener("change", () => {
-    send(input.files);
-    input.value = ""; // picking the same files again is a new check
-  });
+  // The picker names the files whose verdicts are shown, and is emptied only when opened again, so that
+  // choosing the same files again is a new check. A drop or a paste checks files it does not hold: emptied.
+  input.addEventListener("change", () => send(input.files));
+  input.addEventListener("click", () => { input.value = ""; });
   ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (event) => {
     event.preventDefault();
     zone.classList.add("dragging");
@@ -421,13 +421,17 @@
     event.preventDefault();
     zone.classList.remove("dragging");
   }));
-  zone.addEventListener("drop", (event) => send(event.dataTransfer.files));
+  zone.addEventListener("drop", (event) => {
+    if (event.dataTransfer.files.length) input.value = "";
+    send(event.dataTransfer.files);
+  });
   // A screenshot is usually on the clipboard, not in a file: Ctrl+V anywhere on the page checks the images it
   // holds. A paste without one (text) is left to the browser.
   document.addEventListener("paste", (event) => {
     const files = event.clipboardData ? event.clipboardData.files : null;
     if (!files || !files.length) return;
     event.preventDefault();
+    input.value = "";
     send(files);
   });
   form.addEventListener("submit", (event) => { event.preventDefault(); send(input.files); });

@@ -977,3 +977,51 @@ def test_a_pasted_screenshot_gets_its_verdict(browser, web, sample_images):
         assert page.locator("#result").is_visible()
     finally:
         page.close()
+
+
+def test_the_file_picker_names_the_files_whose_verdicts_are_shown(browser, web, tmp_path):
+    """The picker was emptied as soon as files were chosen (so that choosing them again checks again): beside
+    the verdict it read "No file chosen", and a screen reader on it said so. It names the files checked and is
+    emptied only when opened again; a drop or a paste, whose files it does not hold, empties it."""
+    first, second = wide_png(tmp_path / "first.png"), wide_png(tmp_path / "second.png")
+    sent = []
+
+    def answer(route) -> None:
+        sent.append(route.request.url)
+        names = [first.name] if len(sent) != 2 else ["dropped.png"]
+        route.fulfill(status=200, json=heatmap_response(names, ["FAKE"]))
+
+    answered = "() => document.getElementById('status').textContent.startsWith('Likely')"
+    chosen = "() => Array.from(document.getElementById('file-input').files, (file) => file.name)"
+    page = browser.new_page(viewport={"width": 375, "height": 812})
+    try:
+        page.goto(web.url)
+        page.route("**/api/predictions", answer)
+        page.set_input_files("#file-input", str(first))
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        assert page.evaluate(chosen) == ["first.png"]
+        page.evaluate(
+            """(bytes) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
+            const zone = document.getElementById("drop-zone");
+            const init = {dataTransfer: transfer, bubbles: true, cancelable: true};
+            zone.dispatchEvent(new DragEvent("drop", init));
+        }""",
+            list(second.read_bytes()),
+        )
+        page.wait_for_function(answered)
+        assert page.evaluate(chosen) == []
+        # Choosing the same file again is a new check.
+        page.set_input_files("#file-input", str(first))
+        page.wait_for_function(answered)
+        with page.expect_file_chooser() as chooser:
+            page.click("#file-input")
+        assert page.evaluate(chosen) == []
+        chooser.value.set_files(str(first))
+        page.wait_for_function(answered)
+        page.wait_for_timeout(300)
+        assert len(sent) == 4
+        assert page.evaluate(chosen) == ["first.png"]
+    finally:
+        page.close()
