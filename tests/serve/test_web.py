@@ -510,6 +510,19 @@ def test_model_page_says_a_band_the_predictor_sends_as_null_is_empty():
     assert "REAL at or below" not in model_facts({"threshold": 0.41}, {})
 
 
+def test_model_page_writes_the_serving_numbers_as_the_card_does():
+    """ "Serving now" showed "Decision threshold 0.3504358232021332" above the card's "decision threshold
+    0.3504": the same number twice, once as noise. Numbers read to four significant digits, as in the card."""
+    from flask_app import model_facts
+
+    facts = model_facts(
+        {"threshold": 0.3504358232021332, "temperature": 0.19192034395716895}, {"versions": ["3"]}
+    )
+    assert (facts["Decision threshold"], facts["Calibration temperature"]) == ("0.3504", "0.1919")
+    assert facts["Version"] == "3"
+    assert model_facts({"threshold": 0.5, "synthetic_data": False}, {})["Trained on synthetic data"] == "no"
+
+
 CARD = {
     "title": "DeepGuard <CNN> model card",
     "model_name": "deepguard",
