@@ -286,7 +286,8 @@ class DeepGuardStageOperator(KubernetesPodOperator):
         if code < 0:  # a signal, as a pod's 128 + n: SIGKILL is what the kernel's OOM killer sends
             name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
             oom = " (out of memory?)" if -code == signal.SIGKILL else ""
-            raise AirflowException(f"stage {self.task_id} was killed by {name}{oom}; its last line: {last}")
+            said = f"; its last line: {last}" if last else ""
+            raise AirflowException(f"stage {self.task_id} was killed by {name}{oom}{said}")
         if code != 0:
             raise AirflowException(f"stage {self.task_id} exited with code {code}: {last}")
 
