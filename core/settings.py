@@ -46,6 +46,7 @@ class Settings(BaseModel):
     airflow_run_id: str | None = Field(
         None, alias="DEEPGUARD_RUN_ID", description="the Airflow run a stage belongs to (set by the DAGs)"
     )
+    dvc_stage: str | None = Field(None, alias="DVC_STAGE", description="the stage `dvc repro` runs (by DVC)")
     # Tracking: DagsHub when all three are set, else MLFLOW_TRACKING_URI, else the local sqlite store.
     mlflow_tracking_uri: str | None = Field(None, alias="MLFLOW_TRACKING_URI")
     dagshub_username: str | None = Field(None, alias="DAGSHUB_USERNAME")

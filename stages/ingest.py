@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import sys
 import zipfile
 from collections import Counter, defaultdict
@@ -25,6 +24,7 @@ from core.imaging import ImageError, validate_dataset_image
 from core.labels import CLASS_NAMES
 from core.names import DATA_ENV
 from core.pipeline import ARCHIVE, DATA_REPORT, INDEX, RAW_DIR, SOURCE_MARKER
+from core.settings import settings
 from stages import sources, synthetic
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def check_recorded_source(source: sources.Source) -> None:
     Raises:
         SourceError: naming both sources and the command that switches.
     """
-    if not os.environ.get("DVC_STAGE") or not SOURCE_MARKER.is_file():
+    if not settings().dvc_stage or not SOURCE_MARKER.is_file():
         return
     from core.atomic import read_json
 
