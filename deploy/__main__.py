@@ -34,7 +34,7 @@ from core.settings import settings
 from deploy.canary import Prometheus, watch
 from deploy.local import deploy_local, predictor_url
 from deploy.manifest import Champion, DeployError, ServingConfig, rollout_manifest
-from deploy.registry import DeploymentResult, read_champion, tag_version
+from deploy.registry import SERVING_STATUSES, DeploymentResult, read_champion, tag_version
 from deploy.rollout import (
     CanaryAnalysis,
     InferenceServices,
@@ -139,7 +139,7 @@ def _tags_to_record(status: str, recorded_status: str) -> bool:
     """
     if status == "no_predictor":
         return False
-    return status != "unchanged" or recorded_status not in ("deployed", "promoted", "unchanged")
+    return status != "unchanged" or recorded_status not in SERVING_STATUSES
 
 
 def _failure(

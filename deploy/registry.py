@@ -15,6 +15,10 @@ from deploy.manifest import KSERVE_SCHEMES, Champion, DeployError
 log = logging.getLogger(__name__)
 
 
+# The outcomes after which the version serves: a retry of deploy finds it ``unchanged``.
+SERVING_STATUSES = ("deployed", "promoted", "reloaded", "unchanged")
+
+
 @dataclass
 class DeploymentResult:
     """What reports/deployment.json records."""
@@ -138,7 +142,7 @@ def tag_version(champion: Champion, result: DeploymentResult) -> None:
         outcome = f"version {champion.version} {result.status.replace('_', ' ')}"
         why = exc.message.splitlines()[0]
         # Retried only when the version serves: the retry finds it so (unchanged) and records the tags then.
-        if result.status in ("deployed", "promoted", "reloaded") and not refused(exc):
+        if result.status in SERVING_STATUSES and not refused(exc):
             raise TrackingUnreachableError(f"{outcome}; the registry failed tagging it: {why}") from None
         raise DeployError(f"{outcome}, but its deployment tags were not recorded: {why}") from None
 
