@@ -17,6 +17,8 @@ STORAGE_URI_ENV = "STORAGE_URI"  # where KServe's storage initializer fetches th
 PREDICTOR_URL_ENV = "PREDICTOR_URL"  # the web app's and deploy --target local's predictor
 PREDICTOR_PORT_ENV = "PREDICTOR_PORT"
 WEB_PORT_ENV = "WEB_PORT"
+# The web app's Prometheus metrics port (gunicorn's master serves them there); unset: not served.
+WEB_METRICS_PORT_ENV = "WEB_METRICS_PORT"
 MODEL_NAME_ENV = "MODEL_NAME"  # the served model name the web app asks for
 # Served records (<dir>/records/*.jsonl) and user feedback (<dir>/feedback/); default MONITORING_DIR.
 MONITORING_DIR_ENV = "DEEPGUARD_MONITORING_DIR"

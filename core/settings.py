@@ -26,6 +26,7 @@ from core.names import (
     PREDICTOR_PORT,
     PREDICTOR_PORT_ENV,
     PREDICTOR_URL_ENV,
+    WEB_METRICS_PORT_ENV,
     WEB_PORT,
     WEB_PORT_ENV,
 )
@@ -67,6 +68,9 @@ class Settings(BaseModel):
     predictor_url: str | None = Field(None, alias=PREDICTOR_URL_ENV)
     web_port: int = Field(WEB_PORT, alias=WEB_PORT_ENV, ge=1, le=65535)
     web_host: str = Field("127.0.0.1", alias="WEB_HOST")
+    web_metrics_port: int | None = Field(
+        None, alias=WEB_METRICS_PORT_ENV, ge=1, le=65535, description="the web app's /metrics; unset: none"
+    )
     # Served-input records and user feedback (relative paths: to the workspace).
     monitoring_dir: Path = Field(Path(MONITORING_DIR), alias=MONITORING_DIR_ENV)
     # Deploy.

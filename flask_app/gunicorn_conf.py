@@ -1,4 +1,4 @@
-"""gunicorn settings for the web app; WEB_HOST, WEB_PORT, WEB_WORKERS and WEB_THREADS override them."""
+"""gunicorn settings of the web app, from WEB_HOST, WEB_PORT, WEB_METRICS_PORT, WEB_WORKERS, WEB_THREADS."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import sys
 from flask_app import metrics, web_threads
 
 # Loopback unless told otherwise: the chart and the image set WEB_HOST=0.0.0.0.
-bind = f"{os.environ.get('WEB_HOST', '127.0.0.1')}:{os.environ.get('WEB_PORT', '5000')}"
+host = os.environ.get("WEB_HOST", "127.0.0.1")
+bind = f"{host}:{os.environ.get('WEB_PORT', '5000')}"
+# Prometheus metrics on a port of their own, served by the master (when_ready); unset: not served. The app's
+# port is the public one (the Ingress routes every path to it), where /metrics is a 404.
+metrics_port = os.environ.get("WEB_METRICS_PORT")
 # The app waits on the predictor over HTTP, so threads (not more processes) carry the concurrency.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
@@ -40,6 +44,18 @@ def on_starting(server: object) -> None:
         stream=sys.stderr,
     )
     metrics.clear_multiprocess_dir()
+
+
+def when_ready(server: object) -> None:
+    """Serve the workers' summed metrics on WEB_METRICS_PORT, from a thread of the master."""
+    if metrics_port:
+        try:
+            metrics.serve_metrics(host, int(metrics_port))
+        except OSError as exc:  # one line naming the setting, not a traceback through wsgiref
+            raise SystemExit(
+                f"WEB_METRICS_PORT={metrics_port}: cannot listen on {host}: {exc.strerror}"
+            ) from exc
+        logging.getLogger(__name__).info("Prometheus metrics at http://%s:%s/metrics", host, metrics_port)
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -1,11 +1,16 @@
-"""The web app's Prometheus metrics at ``GET /metrics``, summed over gunicorn's worker processes.
+"""The web app's Prometheus metrics, summed over gunicorn's worker processes, on a port of their own.
+
+The app itself never answers ``/metrics`` (its port is the public one, behind the Ingress): gunicorn's master
+serves them on ``WEB_METRICS_PORT`` (gunicorn_conf.py's ``when_ready``, as prometheus-flask-exporter's
+``GunicornPrometheusMetrics.start_http_server_when_ready`` does), which only Prometheus is let reach.
 
 Under gunicorn each worker is a process with its own counters; prometheus_client's multiprocess mode keeps
-them in files under ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds them up, so any worker answering a
-scrape reports the whole server. ``python -m flask_app`` creates that folder before gunicorn starts (the
-variable must be set before prometheus_client is imported), gunicorn_conf.py empties it at start-up, retires a
-dead worker's files and removes the folder on a clean stop when ``python -m flask_app`` made it. Without the
-variable (the app in one process) the default registry is used.
+them in files under ``PROMETHEUS_MULTIPROC_DIR`` and the master's metrics server adds them up, so a scrape
+reports the whole server (and is answered while every worker thread is busy). ``python -m flask_app`` creates
+that folder before gunicorn starts (the variable must be set before prometheus_client is imported),
+gunicorn_conf.py empties it at start-up, retires a dead worker's files and removes the folder on a clean stop
+when ``python -m flask_app`` made it. Without the variable (the app in one process) the default registry is
+used.
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ from pathlib import Path
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -97,13 +102,27 @@ def worker_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def exposition() -> bytes:
-    """The metrics in Prometheus's text format: every worker's, summed, in multiprocess mode."""
+def scrape_registry() -> CollectorRegistry:
+    """What a scrape reads: every worker's files, summed, in multiprocess mode; else this process's."""
     if multiprocess_dir() is None:
-        return generate_latest(REGISTRY)
+        return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry)
+    return registry
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus's text format: every worker's, summed, in multiprocess mode."""
+    return generate_latest(scrape_registry())
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Serve the metrics at ``http://<host>:<port>/metrics`` from a thread of this process (the master).
+
+    Raises:
+        OSError: the port cannot be bound (in use, not allowed); the server must not start without it.
+    """
+    start_http_server(port, addr=host, registry=scrape_registry())
 
 
 def observe_upload(size: int) -> None:
@@ -117,7 +136,7 @@ def observe_predictor_error(code: int) -> None:
 
 
 def install(app: Flask) -> None:
-    """Count and time every request of ``app`` and serve ``GET /metrics``."""
+    """Count and time every request of ``app`` (served by :func:`serve_metrics`, not by ``app``)."""
     # A labelled series is born at its first increment, already at 1, which rate() never sees: the errors
     # DeepGuardWebPredictorErrors counts start at 0 in every worker, so a predictor's first failure counts.
     for code in ("502", "503", "504"):
@@ -136,7 +155,3 @@ def install(app: Flask) -> None:
         if start is not None:
             REQUEST_SECONDS.labels(route).observe(time.perf_counter() - start)
         return response
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -61,10 +61,56 @@ def test_monitors_select_the_predictor_pods_and_the_web_service() -> None:
         "serving.kserve.io/inferenceservice": "deepguard"
     }
     # The port it scrapes is the one Knative gives the pods, not the InferenceService's name: see below.
-    service = find(objects, "Service", "deepguard-web")
+    # The web app's: its metrics port, through the Service made for it, which selects the web pods.
+    service = find(objects, "Service", "deepguard-web-metrics")
     service_monitor = find(objects, "ServiceMonitor")
-    assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["spec"]["selector"].items()
-    assert service_monitor["spec"]["endpoints"][0]["port"] in [p["name"] for p in service["spec"]["ports"]]
+    assert service_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service_monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+    web_pods = find(objects, "Deployment", "deepguard-web")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= web_pods.items()
+    public = find(objects, "Service", "deepguard-web")["metadata"]["labels"]
+    assert not service_monitor["spec"]["selector"]["matchLabels"].items() <= public.items()
+
+
+def test_the_web_metrics_port_is_never_public() -> None:
+    """The Ingress routed every path to the app's port, which served /metrics: anyone on the internet read
+    request counts and error rates. gunicorn's master now serves them on WEB_METRICS_PORT (the app's port
+    answers 404, tests/serve/test_metrics.py); the chart gives that port to the pods, to a ClusterIP Service
+    of its own and to Prometheus's namespace only, never to the web Service (even a LoadBalancer one) or the
+    Ingress."""
+    objects = render(
+        "monitoring",
+        web__service__type="LoadBalancer",
+        web__ingress__enabled=True,
+        web__ingress__host="deepguard.example.com",
+        web__metricsPort=9300,
+    )
+    container = find(objects, "Deployment", "deepguard-web")["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert ports == {"http": int(env["WEB_PORT"]), "metrics": 9300}
+    assert env["WEB_METRICS_PORT"] == "9300"
+    public = find(objects, "Service", "deepguard-web")
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]
+    backends = [
+        path["backend"]["service"]
+        for rule in find(objects, "Ingress")["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert backends == [{"name": "deepguard-web", "port": {"name": "http"}}]
+    metrics_service = find(objects, "Service", "deepguard-web-metrics")
+    assert metrics_service["spec"]["type"] == "ClusterIP"
+    assert metrics_service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9300, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    # Only Prometheus's namespace reaches the metrics port; the other rules (ingress controller, helm test)
+    # name the web port alone.
+    rules = find(objects, "NetworkPolicy", "deepguard-web")["spec"]["ingress"]
+    prometheus = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    by_port = [(rule.get("from"), [p["port"] for p in rule["ports"]]) for rule in rules]
+    assert [peers for peers, ports in by_port if 9300 in ports] == [prometheus]
+    assert all(ports == [9300] for peers, ports in by_port if peers == prometheus)
 
 
 def test_network_policies_let_prometheus_scrape() -> None:
@@ -73,6 +119,12 @@ def test_network_policies_let_prometheus_scrape() -> None:
         policy = find(objects, "NetworkPolicy", name)
         peers = [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from", [])]
         assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in peers
+    # Without restricted web peers too (the default): the metrics port is still Prometheus's alone.
+    web = find(render(monitoring__serviceMonitor__enabled=True), "NetworkPolicy", "deepguard-web")
+    metrics_rules = [r for r in web["spec"]["ingress"] if any(p["port"] == 9100 for p in r["ports"])]
+    assert [r.get("from") for r in metrics_rules] == [
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    ]
 
 
 def test_alert_rules_pass_promtool(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -350,14 +352,16 @@ def test_close_writes_everything_queued(tmp_path):
 # ---- the web app's /metrics -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def web_two_workers(monitored, tmp_path_factory):
-    """The web app under gunicorn with two worker processes and a metrics folder the test can see."""
+    """The web app under gunicorn with two worker processes and a metrics folder the test can see; yields its
+    URL, its metrics server's URL and the folder."""
     url, _ = monitored
     root = tmp_path_factory.mktemp("web-metrics")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         "PREDICTOR_URL": url,
         "WEB_HOST": "127.0.0.1",
         "WEB_PORT": str(port),
+        "WEB_METRICS_PORT": str(metrics_port),
         "WEB_WORKERS": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(root / "prometheus"),
     }
@@ -365,15 +369,26 @@ def web_two_workers(monitored, tmp_path_factory):
     (root / "prometheus" / "counter_1.db").write_bytes(b"left by an earlier server")
     web_url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "flask_app"], f"{web_url}/livez", root / "web.log", env):
-        yield web_url, root / "prometheus"
+        yield web_url, f"http://127.0.0.1:{metrics_port}", root / "prometheus"
 
 
 def upload(url: str, data: bytes) -> requests.Response:
     return requests.post(f"{url}/api/predict", files={"image": ("x.jpg", data)}, timeout=TIMEOUT)
 
 
+def test_web_metrics_are_served_on_their_own_port_and_not_on_the_public_one(web_two_workers):
+    """The public port (the Ingress routes every path to it) answers /metrics 404; the metrics port, which
+    only Prometheus may reach, serves them: request counts and error rates stay in the cluster."""
+    url, metrics_url, _ = web_two_workers
+    requests.get(f"{url}/livez", timeout=TIMEOUT)
+    public = requests.get(f"{url}/metrics", timeout=TIMEOUT)
+    assert public.status_code == 404, public.text[:200]
+    assert "deepguard_web" not in public.text
+    assert value(scrape(metrics_url), "deepguard_web_requests_total", route="/livez", code="200") >= 1
+
+
 def test_web_metrics_sum_over_gunicorn_workers(web_two_workers, sample_images):
-    url, folder = web_two_workers
+    url, metrics_url, folder = web_two_workers
     assert not (folder / "counter_1.db").exists(), "a previous server's files are cleared at start"
     # Both workers must have answered something for the sum to mean anything: counter_<pid>.db files appear
     # when a worker first counts a request. New connections each time let either worker accept.
@@ -382,36 +397,38 @@ def test_web_metrics_sum_over_gunicorn_workers(web_two_workers, sample_images):
             break
         requests.get(f"{url}/livez", timeout=TIMEOUT)
     assert len(list(folder.glob("counter_*.db"))) >= 2, "only one worker answered 200 requests"
-    before = scrape(url)
+    before = scrape(metrics_url)
     # At most the predictor slots of one worker at a time (WEB_THREADS 4 - 1): with 4 clients, one worker may
     # accept all 4 and answer the 4th 503 busy, as designed (CI saw it once).
     with ThreadPoolExecutor(web_threads() - 1) as pool:
         statuses = list(pool.map(lambda i: upload(url, sample_images.probe[i % 4]).status_code, range(12)))
     statuses.append(upload(url, b"%PDF-1.4").status_code)
     assert statuses == [200] * 12 + [415]
-    for _ in range(6):  # each scrape may be answered by either worker: each must report both workers' counts
-        after = scrape(url)
+    for _ in range(6):  # scrapes must report both workers' counts
+        after = scrape(metrics_url)
         assert moved(before, after, "deepguard_web_requests_total", route="/api/predict", code="200") == 12
     assert value(after, "deepguard_web_requests_total", route="/api/predict", code="415") >= 1
     assert moved(before, after, "deepguard_web_upload_bytes_count") == 13
     assert value(after, "deepguard_web_request_duration_seconds_count", route="/api/predict") >= 13
     requests.get(f"{url}/no/such/page", timeout=TIMEOUT)
-    assert value(scrape(url), "deepguard_web_requests_total", route="unmatched", code="404") >= 1
+    assert value(scrape(metrics_url), "deepguard_web_requests_total", route="unmatched", code="404") >= 1
 
 
 def test_web_counts_predictor_errors(sample_images, tmp_path):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         "PREDICTOR_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
         "WEB_HOST": "127.0.0.1",
         "WEB_PORT": str(port),
+        "WEB_METRICS_PORT": str(metrics_port),
         "WEB_WORKERS": "1",
     }
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "flask_app"], f"{url}/livez", tmp_path / "web.log", env):
         status = upload(url, sample_images.probe[0]).status_code
         assert status >= 500
-        assert value(scrape(url), "deepguard_web_predictor_errors_total", code=str(status)) == 1
+        metrics_url = f"http://127.0.0.1:{metrics_port}"
+        assert value(scrape(metrics_url), "deepguard_web_predictor_errors_total", code=str(status)) == 1
 
 
 @pytest.mark.parametrize("operators", [False, True], ids=["made-by-the-app", "set-by-the-operator"])
@@ -419,7 +436,7 @@ def test_a_clean_stop_removes_the_metrics_folder_the_web_app_made_and_only_that(
     tmp_path, monkeypatch, operators
 ):
     """`python -m flask_app` makes a metrics folder under the temporary folder: stopping must not leave it."""
-    temp, own, port = tmp_path / "tmp", tmp_path / "operators-folder", free_port()
+    temp, own, port, metrics_port = tmp_path / "tmp", tmp_path / "operators-folder", free_port(), free_port()
     temp.mkdir()
     own.mkdir()
     # Unset, not empty: prometheus_client counts into the working folder when the variable is set to "".
@@ -429,6 +446,7 @@ def test_a_clean_stop_removes_the_metrics_folder_the_web_app_made_and_only_that(
         "PREDICTOR_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
         "WEB_HOST": "127.0.0.1",
         "WEB_PORT": str(port),
+        "WEB_METRICS_PORT": str(metrics_port),
         "WEB_WORKERS": "1",
         "TMPDIR": str(temp),
     }
@@ -437,7 +455,7 @@ def test_a_clean_stop_removes_the_metrics_folder_the_web_app_made_and_only_that(
         env |= {web_metrics.MULTIPROC_DIR_ENV: str(own), web_metrics.MADE_DIR_ENV: str(own)}
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "flask_app"], f"{url}/livez", tmp_path / "web.log", env) as process:
-        scrape(url)  # the worker has counted a request: its files are in the folder
+        scrape(f"http://127.0.0.1:{metrics_port}")  # the worker has counted /livez: its files are there
         folders = [own] if operators else list(temp.glob("deepguard-web-metrics-*"))
         assert len(folders) == 1 and list(folders[0].glob("*.db")), folders
     assert process.returncode == 0, (tmp_path / "web.log").read_text()[-2000:]
@@ -469,8 +487,33 @@ def test_web_metrics_in_one_process_use_the_default_registry(monkeypatch):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     client = create_app().test_client()
     client.get("/livez")
-    text = client.get("/metrics").get_data(as_text=True)
+    assert client.get("/metrics").status_code == 404, "the app itself never serves its metrics"
+    text = web_metrics.exposition().decode()
     assert 'deepguard_web_requests_total{code="200",route="/livez"}' in text
+
+
+def test_a_taken_metrics_port_stops_the_web_app_with_one_line_naming_it(tmp_path):
+    """A metrics port another program holds: gunicorn stops at once, saying which setting, not serving
+    without metrics (the ServiceMonitor's target would be down for no reason anyone sees)."""
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        env = {
+            **os.environ,
+            "PREDICTOR_URL": f"http://127.0.0.1:{free_port()}",
+            "WEB_HOST": "127.0.0.1",
+            "WEB_PORT": str(port),
+            "WEB_METRICS_PORT": str(taken),
+            "WEB_WORKERS": "1",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "flask_app"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"WEB_METRICS_PORT={taken}: cannot listen on 127.0.0.1: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_stale_multiprocess_files_are_cleared(monkeypatch, tmp_path: Path):

@@ -38,7 +38,7 @@ scrape_configs:
   - job_name: web
     static_configs: [{{targets: ["{web}"]}}]
     relabel_configs:
-      - {{target_label: endpoint, replacement: http}}
+      - {{target_label: endpoint, replacement: metrics}}
       - {{target_label: namespace, replacement: deepguard}}
       - {{target_label: service, replacement: deepguard-web}}
       - {{target_label: pod, replacement: deepguard-web-0}}
@@ -58,8 +58,10 @@ def prometheus_binary() -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(prometheus_binary, tiny_model, tmp_path_factory) -> Iterator[tuple[str, str, str]]:
-    """Predictor, web app and a Prometheus scraping both every second; yields their URLs."""
+def stack(prometheus_binary, tiny_model, tmp_path_factory) -> Iterator[tuple[str, str, str, str]]:
+    """Predictor, web app and a Prometheus scraping both every second (the web app on its metrics port, as
+    the chart's ServiceMonitor does); yields the predictor's, the web app's, its metrics' and Prometheus's
+    URLs."""
     root = tmp_path_factory.mktemp("prometheus")
     store = own_store(tiny_model, root)
     # The drift monitor's summary, where it writes it (the predictor's monitoring folder: start_predictor).
@@ -69,13 +71,18 @@ def stack(prometheus_binary, tiny_model, tmp_path_factory) -> Iterator[tuple[str
     (root / "monitoring" / DRIFT_LATEST).write_text(json.dumps(summary))
     manager, predictor = start_predictor(store, root / "predictor.log")
     with manager:
-        web_port = free_port()
+        web_port, metrics_port = free_port(), free_port()
         web = f"http://127.0.0.1:{web_port}"
-        web_env = {"PREDICTOR_URL": predictor, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(web_port)}
+        web_env = {
+            "PREDICTOR_URL": predictor,
+            "WEB_HOST": "127.0.0.1",
+            "WEB_PORT": str(web_port),
+            "WEB_METRICS_PORT": str(metrics_port),
+        }
         with running([sys.executable, "-m", "flask_app"], f"{web}/livez", root / "web.log", web_env):
             config = root / "prometheus.yml"
             config.write_text(
-                CONFIG.format(predictor=predictor.removeprefix("http://"), web=f"127.0.0.1:{web_port}")
+                CONFIG.format(predictor=predictor.removeprefix("http://"), web=f"127.0.0.1:{metrics_port}")
             )
             port = free_port()
             command = [
@@ -86,7 +93,7 @@ def stack(prometheus_binary, tiny_model, tmp_path_factory) -> Iterator[tuple[str
             ]
             url = f"http://127.0.0.1:{port}"
             with running(command, f"{url}/-/ready", root / "prometheus.log", {}):
-                yield predictor, web, url
+                yield predictor, web, f"http://127.0.0.1:{metrics_port}", url
 
 
 def query(prometheus: str, expression: str) -> list[dict]:
@@ -113,7 +120,7 @@ def eventually(prometheus: str, expression: str, at_least: float, timeout_s: flo
 
 
 def test_prometheus_scrapes_our_series_and_sees_them_move(stack, sample_images):
-    predictor, web, prometheus = stack
+    predictor, web, _, prometheus = stack
     eventually(prometheus, 'sum(up{job=~"predictor|web"})', 2)
     before = {
         "predictions": scalar(prometheus, "sum(deepguard_predictions_total)"),
@@ -174,7 +181,7 @@ def test_a_live_scrape_exports_exactly_the_declared_series_and_labels(stack, sam
     """After real requests (accepted and refused), both servers export each declared series with exactly its
     declared labels, and nothing undeclared: tests/metric_catalog.py, which the alerts, the dashboard and the
     canary queries are checked against (tests/k8s/test_chart_monitoring.py), is what really comes out."""
-    predictor, web, _ = stack
+    predictor, web, web_metrics, _ = stack
     assert requests.post(
         f"{web}/api/predict", files={"image": ("x.jpg", sample_images.probe[0])}, timeout=TIMEOUT
     ).ok
@@ -185,7 +192,7 @@ def test_a_live_scrape_exports_exactly_the_declared_series_and_labels(stack, sam
     families = declared_families()
     samples = declared_samples(families)
     types, labels = live_series(predictor)
-    web_types, web_labels = live_series(web)
+    web_types, web_labels = live_series(web_metrics)
     types |= web_types
     labels |= web_labels
     undeclared = {name for name in labels if name not in samples}
