@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 
 import yaml
@@ -117,6 +118,15 @@ def test_airflow_values_deliver_the_dags_and_match_the_launcher_binding() -> Non
     worker = airflow["workers"]["serviceAccount"]["name"]
     launchers = VALUES["pipeline"]["rbac"]["launcherServiceAccounts"]
     assert {"name": worker, "namespace": "airflow"} in launchers
+
+
+def test_airflow_values_turn_off_the_charts_admin_admin_user() -> None:
+    """The official chart's create-user Job (gated by ``webserver.defaultUser.enabled``, on by default) made
+    an Admin ``admin`` with the password ``admin``: anyone reaching the UI could trigger or edit runs. The
+    values turn it off, and no password is written in them (docs/orchestration.md creates the first user)."""
+    airflow = yaml.safe_load((REPO / "helm" / "airflow-values.yaml").read_text())
+    assert airflow["webserver"]["defaultUser"] == {"enabled": False}
+    assert "password" not in json.dumps(airflow).lower()
 
 
 def _knative_flags(pod: dict) -> set[str]:
