@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ci_skips import pytest_runtest_makereport  # noqa: F401 (the hook: under CI a skip fails)
 from workspace import TrainedWorkspace, dvc, make_workspace, require_sample, run_stage, stage_env
 
 # tests/dags needs Airflow, which lives in its own environment: `make test-dags` runs it there.

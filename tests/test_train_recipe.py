@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from ci_skips import on_this_machine
 
 from core.config import NO_DEGRADATIONS, Params, load_params
 from stages import train
@@ -281,7 +282,7 @@ def test_mixed_precision_is_float16_on_a_gpu_and_bfloat16_on_a_cpu_with_amx(
     assert train.precision_policy(setting, gpus) == policy
 
 
-@pytest.mark.skipif(not train.cpu_has_amx_bf16(), reason="bfloat16 training needs a CPU with AMX tiles")
+@pytest.mark.skipif(not train.cpu_has_amx_bf16(), reason=on_this_machine("bfloat16 training needs AMX tiles"))
 def test_a_bfloat16_fit_computes_in_bfloat16_and_leaves_the_global_policy_float32() -> None:
     one_epoch = ("training.time_budget_minutes=null", "training.epochs=1")
     trained = _fit(_params('training.mixed_precision="on"', *one_epoch))

@@ -588,3 +588,11 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_this_session_fails_its_skips_under_ci(pytestconfig: pytest.Config) -> None:
+    # tests/ci_skips.py: under CI a skip fails; this environment's run must have the hook too.
+    import ci_skips
+
+    hooks = pytestconfig.pluginmanager.hook.pytest_runtest_makereport.get_hookimpls()
+    assert ci_skips.pytest_runtest_makereport in [hook.function for hook in hooks]

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
+from ci_skips import on_this_machine
 from kserve.errors import InvalidInput
 from PIL import Image
 
@@ -795,7 +796,7 @@ def _non_loopback_address() -> str | None:
 def test_predictor_listens_on_loopback_only_by_default(predictor):
     address = _non_loopback_address()
     if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to try")
+        pytest.skip(on_this_machine("no non-loopback IPv4 address to try"))
     port = int(predictor.url.rsplit(":", 1)[1])
     with socket.socket() as sock:
         sock.settimeout(2)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from ci_skips import on_this_machine
 
 from serving.serve import port_in_use
 
@@ -181,12 +182,12 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
 def test_a_program_on_the_ipv6_loopback_alone_holds_the_port():
     """macOS' AirPlay Receiver holds 5000 on ::1 too, where `localhost` goes first."""
     if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
+        pytest.skip(on_this_machine("no IPv6"))
     try:
         with _taken_port(socket.AF_INET6) as port:
             assert port_in_use(port)
     except OSError as exc:
-        pytest.skip(f"no IPv6 loopback here: {exc}")
+        pytest.skip(on_this_machine(f"no IPv6 loopback: {exc}"))
     assert not port_in_use(port)
 
 
