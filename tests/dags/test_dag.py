@@ -565,7 +565,16 @@ def test_killed_local_stage_stops_with_everything_it_started(dag: Any, tmp_path:
         "open(sys.argv[1], 'w').write(str(child.pid))\n"
         "time.sleep(120)\n"
     )
-    killer = threading.Timer(3.0, task.on_kill)
+
+    def kill_once_the_helper_runs() -> None:
+        # On the stage's own signal (its helper's pid written), not after a guessed delay: on a busy machine
+        # the kill could come before the helper started, and the test failed on a missing pid file.
+        deadline = time.monotonic() + 60
+        while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        task.on_kill()
+
+    killer = threading.Thread(target=kill_once_the_helper_runs, daemon=True)
     killer.start()
     started = time.monotonic()
     try:
@@ -573,7 +582,7 @@ def test_killed_local_stage_stops_with_everything_it_started(dag: Any, tmp_path:
         with pytest.raises(AirflowException, match=r"^stage ingest was killed by SIGTERM$"):
             task._run([sys.executable, "-c", script, str(pid_file)], {"PATH": os.defpath})
     finally:
-        killer.cancel()
+        killer.join(timeout=60)
     assert time.monotonic() - started < 30, "the task hung after the kill"
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 5
