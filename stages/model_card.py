@@ -134,11 +134,41 @@ def _metrics_section(metadata: ModelMetadata, metrics: Mapping) -> dict:
     for key in [*METRIC_NAMES, *sorted(set(test) - set(METRIC_NAMES))]:
         if isinstance(test.get(key), int | float) and not isinstance(test.get(key), bool):
             facts[METRIC_NAMES.get(key, key.replace("_", " "))] = format_metric(test[key])
+    facts.update(_band_facts(metrics))
     text = (
         "On the held-out CIFAKE test split, at the threshold chosen on validation. Between the two band "
         "edges the verdict is UNCERTAIN."
     )
     return {"heading": "Test metrics", "text": text, "facts": facts}
+
+
+def _band_facts(metrics: Mapping) -> dict[str, str]:
+    """How the REAL and FAKE verdicts did on test, beside the precision their edges were chosen for.
+
+    The edges reach ``band_precision`` on validation, which can rest on a handful of images; a reader judging
+    a FAKE verdict needs the share of test images in that band that were FAKE, and how many there were.
+    """
+    bands = metrics.get("bands")
+    test = bands.get("test") if isinstance(bands, Mapping) else None
+    if not isinstance(test, Mapping) or not isinstance(test.get("count"), int):
+        return {}
+    val = bands.get("val") if isinstance(bands.get("val"), Mapping) else {}
+    target = metrics.get("band_precision")
+    facts = {}
+    for name, key in (("REAL", "real"), ("FAKE", "fake")):
+        coverage, precision = test.get(f"{key}_coverage"), test.get(f"{key}_precision")
+        if not isinstance(coverage, int | float):
+            continue
+        shown = round(coverage * test["count"])
+        said = (
+            "no image" if precision is None else f"{shown} images, {format_metric(precision)} of them {name}"
+        )
+        chosen = ""
+        if isinstance(target, int | float) and isinstance(val.get("count"), int):
+            on_val = round((val.get(f"{key}_coverage") or 0.0) * val["count"])
+            chosen = f" (edge chosen for {format_metric(target)} on {on_val} validation images)"
+        facts[f"{name} verdicts on test"] = said + chosen
+    return facts
 
 
 def _robustness_section(robustness: Mapping | None) -> dict:

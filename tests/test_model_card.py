@@ -236,3 +236,30 @@ def test_card_lists_clean_first_then_the_degradations_in_the_reports_order():
     assert list(degradations)[0] == "blur_1.0", "the report's own order, as write_json sorts it"
     built = sections(card(robustness={**ROBUSTNESS, "degradations": degradations}))
     assert list(built["Robustness"]["facts"]) == ["clean", "jpeg_q50", "blur_1.0", "mean over degradations"]
+
+
+def test_card_says_how_the_verdict_bands_did_on_test_and_on_how_few_images_they_were_chosen():
+    """A one-epoch sample model's FAKE edge reached 0.99 on 5 validation images; on test 2 of its 16 FAKE
+    verdicts were real photos. The card showed the edge only: now it shows what the verdicts did on test."""
+    bands = {
+        "val": {"count": 200, "real_coverage": 0.13, "fake_coverage": 0.025, "real_precision": 1.0},
+        "test": {
+            "count": 500,
+            "real_coverage": 0.088,
+            "fake_coverage": 0.032,
+            "real_precision": 1.0,
+            "fake_precision": 0.875,
+        },
+    }
+    facts = sections(card(metrics={**METRICS, "band_precision": 0.99, "bands": bands}))["Test metrics"][
+        "facts"
+    ]
+    assert facts["FAKE verdicts on test"] == (
+        "16 images, 0.8750 of them FAKE (edge chosen for 0.9900 on 5 validation images)"
+    )
+    assert facts["REAL verdicts on test"].startswith("44 images, 1.0000 of them REAL")
+    empty = {**bands, "test": {**bands["test"], "fake_coverage": 0.0, "fake_precision": None}}
+    facts = sections(card(metrics={**METRICS, "band_precision": 0.99, "bands": empty}))["Test metrics"][
+        "facts"
+    ]
+    assert facts["FAKE verdicts on test"].startswith("no image")
