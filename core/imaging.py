@@ -153,7 +153,7 @@ class InputFacts:
     height: int
     format: str  # Pillow's format name (PNG, JPEG, WEBP, ...), or RAW_FORMAT for a pixel tensor
     mode: str  # Pillow's mode before conversion to RGB (RGB, RGBA, L, P, ...)
-    had_alpha: bool  # transparency was composited on white
+    had_alpha: bool  # some pixels were transparent, and were composited on white
     animated: bool  # more than one frame (an animation, a multi-page file): only the first was scored
     # JPEG files: the IJG quality (1-100) their luminance table matches; None for other formats.
     jpeg_quality: int | None = None
@@ -202,9 +202,23 @@ def jpeg_quality(image: Image.Image) -> int | None:
     return int(np.abs(_IJG_TABLES - luminance).sum(axis=1).argmin()) + 1
 
 
+def has_transparent_pixels(image: Image.Image) -> bool:
+    """Whether any pixel of ``image`` is not fully opaque (what :func:`to_rgb` composites on white changes).
+
+    An alpha channel alone says nothing: screenshots, canvas exports and many editors save RGBA PNGs whose
+    every pixel is opaque, and those reach the model unchanged. Reads the pixels (one pass over the alpha).
+    """
+    if image.mode in ("RGBA", "LA", "PA"):
+        return image.getchannel("A").getextrema()[0] < 255
+    if image.mode == "P" and "transparency" in image.info:
+        return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    return False
+
+
 def facts_of(image: Image.Image) -> InputFacts:
-    """The :class:`InputFacts` of an opened image (before :func:`to_rgb`)."""
-    had_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    """The :class:`InputFacts` of an opened image (before :func:`to_rgb`); its pixels are read when it has an
+    alpha channel (:func:`has_transparent_pixels`)."""
+    had_alpha = has_transparent_pixels(image)
     return InputFacts(
         width=image.size[0],
         height=image.size[1],

@@ -62,6 +62,35 @@ def _palette_with_transparent_black() -> bytes:
     return buffer.getvalue()
 
 
+def _palette_with_an_unused_transparent_index() -> bytes:
+    image = Image.new("P", (32, 32), 1)
+    image.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=0)  # index 0 is transparent, and no pixel uses it
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(Image.new("RGBA", (32, 32), (200, 30, 30, 255))),
+        encode(Image.new("LA", (32, 32), (90, 255))),
+        _palette_with_an_unused_transparent_index(),
+    ],
+    ids=["RGBA", "LA", "P"],
+)
+def test_an_opaque_image_with_an_alpha_channel_is_not_said_to_have_transparent_pixels(data: bytes) -> None:
+    """A screenshot or canvas export is an RGBA PNG whose every pixel is opaque: it reaches the model as its
+    RGB pixels, yet its note said "transparent pixels composited on white" and its verdict needed the domain
+    margin (a served 0.988 went from FAKE to UNCERTAIN against the same pixels as RGB)."""
+    from serving.domain import domain_note
+
+    out, facts = decode_upload(data, 32)
+    assert not facts.had_alpha
+    assert "transparent" not in domain_note(facts, 32)
+    assert (out == np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))).all()
+
+
 @pytest.mark.parametrize(
     "data",
     [
