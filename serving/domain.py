@@ -16,13 +16,13 @@ from core.labels import UNCERTAIN, verdicts
 
 # CIFAKE's files are JPEG quality 75; a JPEG below this lost detail the model learned from.
 MIN_JPEG_QUALITY = 70
-# Resized by more than this factor either way (by the longer side) is far from the training images.
+# Resized by more than this factor either way (either side) is far from the training images.
 FAR_SCALE = 2.0
-# Resized by more than this factor either way, an upload is beyond every size the verdict was measured on
-# (bench/trust_bench.py enlarges 4x; evaluate's robustness report halves): it gets no decided verdict,
-# whatever its score. A phone's 12-megapixel photo is shrunk about 126x to the model's 32x32 input, which
-# keeps none of the detail the model learned from; a score past the widened edge still called such a photo
-# FAKE.
+# Resized by more than this factor either way (either side), an upload is beyond every size the verdict was
+# measured on (bench/trust_bench.py enlarges 4x; evaluate's robustness report halves): it gets no decided
+# verdict, whatever its score. A phone's 12-megapixel photo is shrunk about 126x to the model's 32x32 input,
+# which keeps none of the detail the model learned from; a score past the widened edge still called such a
+# photo FAKE.
 MAX_DECIDED_SCALE = 4.0
 # core.imagestats hf_energy of the model's input below which an image has little fine detail (blurred, or
 # enlarged then shrunk back). On the CIFAKE sample's test split about 2 % of native images are below it and
@@ -52,10 +52,17 @@ def domain_notes(facts: InputFacts, size: int, fine_detail: float | None = None)
     notes = []
     width, height = facts.width, facts.height
     if (width, height) != (size, size):
-        scale = max(width, height) / size
-        how = f"{scale:.3g}x larger" if scale >= 1 else f"{1 / scale:.3g}x smaller"
-        far = " (far from the training images)" if max(scale, 1 / scale) > FAR_SCALE else ""
-        notes.append(f"resized from {width}x{height} to {size}x{size}, {how} than the training images{far}")
+        far = " (far from the training images)" if resize_factor(facts, size) > FAR_SCALE else ""
+        if width == height:
+            scale = width / size
+            how = f"{scale:.3g}x larger" if scale >= 1 else f"{1 / scale:.3g}x smaller"
+            notes.append(
+                f"resized from {width}x{height} to {size}x{size}, {how} than the training images{far}"
+            )
+        else:  # each side by its own factor: a 128x4 strip's height is enlarged 8x, its width shrunk 4x
+            sides = [_side_change(side, size, name) for side, name in ((width, "width"), (height, "height"))]
+            how = " and ".join(change for change in sides if change)
+            notes.append(f"resized from {width}x{height} to {size}x{size}, {how}{far}")
     if width != height:
         notes.append(f"not square ({width}x{height}): stretched to a square")
     if facts.had_alpha:
@@ -71,10 +78,25 @@ def domain_notes(facts: InputFacts, size: int, fine_detail: float | None = None)
     return notes
 
 
+def _side_change(side: int, size: int, name: str) -> str:
+    """How one side was resized to ``size``: "enlarged 8x in height", "shrunk 4x in width", "" if kept."""
+    if side == size:
+        return ""
+    return f"enlarged {size / side:.3g}x in {name}" if side < size else f"shrunk {side / size:.3g}x in {name}"
+
+
+def resize_factor(facts: InputFacts, size: int) -> float:
+    """The most either side of the upload was resized by to become ``size``, as a factor >= 1.
+
+    Each side counts: the model's input is the upload stretched to a square, so a 128x1 strip's one row is
+    enlarged 32x, however close its longer side is to the training images'.
+    """
+    return max(max(side / size, size / side) for side in (facts.width, facts.height))
+
+
 def beyond_measured_size(facts: InputFacts, size: int) -> bool:
-    """Whether the upload was resized by more than ``MAX_DECIDED_SCALE`` either way (never decided)."""
-    scale = max(facts.width, facts.height) / size
-    return max(scale, 1 / scale) > MAX_DECIDED_SCALE
+    """Whether either side was resized by more than ``MAX_DECIDED_SCALE`` either way (never decided)."""
+    return resize_factor(facts, size) > MAX_DECIDED_SCALE
 
 
 def domain_note(facts: InputFacts, size: int, fine_detail: float | None = None) -> str:

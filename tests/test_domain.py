@@ -147,6 +147,10 @@ def test_a_score_decided_for_a_native_image_is_uncertain_for_a_noted_one():
         (7, 7, False),
         (4032, 3024, False),
         (3024, 4032, False),
+        (128, 8, True),  # each side within 4x: its width shrunk 4x, its height enlarged 4x
+        (32, 1, False),  # one row enlarged 32x: its longer side is the training images' own
+        (128, 4, False),
+        (1, 128, False),
     ],
 )
 def test_an_image_resized_beyond_the_measured_sizes_is_never_decided(width, height, decided):
@@ -189,3 +193,18 @@ def test_blur_lowers_fine_detail_below_the_threshold_and_training_images_stay_ab
     sharp = image_statistics(images)["hf_energy"]
     blurred = image_statistics(degrade(images, "blur_1.0"))["hf_energy"]
     assert (sharp >= MIN_FINE_DETAIL).all() and (blurred < MIN_FINE_DETAIL).all()
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "phrase"),
+    [
+        (32, 1, "resized from 32x1 to 32x32, enlarged 32x in height (far from the training images)"),
+        (128, 4, "resized from 128x4 to 32x32, shrunk 4x in width and enlarged 8x in height (far from"),
+        (48, 32, "resized from 48x32 to 32x32, shrunk 1.5x in width;"),
+    ],
+)
+def test_a_stretched_upload_says_how_each_side_was_resized(width, height, phrase):
+    """A 32x1 strip was "resized from 32x1 to 32x32, 1x larger than the training images" and could be
+    decided: its one row is stretched 32x into the model's input, past any size a verdict was measured on."""
+    note = domain_note(facts(width=width, height=height), 32)
+    assert phrase in note, note
