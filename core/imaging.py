@@ -157,6 +157,20 @@ class InputFacts:
     animated: bool  # more than one frame (an animation, a multi-page file): only the first was scored
     # JPEG files: the IJG quality (1-100) their luminance table matches; None for other formats.
     jpeg_quality: int | None = None
+    # The model's input has no colour (core.imaging.is_grayscale): a grey file, or a black-and-white photo.
+    grayscale: bool = False
+
+
+# The largest difference between two colour channels of a pixel that still counts as grey: a grey picture
+# saved as a colour JPEG keeps up to 2 or 3 from chroma rounding. In the CIFAKE sample 161 of 1,250 FAKE
+# images and 13 of 1,250 REAL ones are grey by this measure.
+GRAYSCALE_TOLERANCE = 4
+
+
+def is_grayscale(pixels: np.ndarray) -> bool:
+    """Whether an RGB uint8 image ``(H, W, 3)`` has no colour: every pixel's channels within the tolerance."""
+    channels = np.asarray(pixels, dtype=np.int16)
+    return bool(np.abs(np.diff(channels, axis=-1)).max() <= GRAYSCALE_TOLERANCE)
 
 
 # The IJG (libjpeg) base luminance quantisation table, which quality 50 uses as is.
@@ -262,6 +276,7 @@ def decode_upload(
     with _image_errors():  # converting a mode, or counting a TIFF's pages, reads more of the file
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         pixels, facts = to_model_input(image, size), facts_of(image)
+        facts = dataclasses.replace(facts, grayscale=is_grayscale(pixels))
         turn = _UPRIGHT.get(orientation)
         if turn is None:
             return pixels, facts

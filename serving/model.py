@@ -53,6 +53,7 @@ from core.imaging import (
     InputFacts,
     decode_upload,
     facts_of,
+    is_grayscale,
     read_header,
     to_model_input,
 )
@@ -790,11 +791,10 @@ class DeepGuardModel(Model):
             raise InvalidInput(f"{where}: {exc}") from None
         from PIL import Image
 
-        facts = [facts_of(Image.fromarray(pixels[0]))] * shape[0]
-        if shape[1:3] == [size, size]:
-            return pixels, facts
-        # Other sizes are resized exactly as an uploaded file of that size would be.
-        return np.stack([to_model_input(Image.fromarray(image), size) for image in pixels]), facts
+        base = facts_of(Image.fromarray(pixels[0]))
+        if shape[1:3] != [size, size]:  # other sizes are resized exactly as an uploaded file would be
+            pixels = np.stack([to_model_input(Image.fromarray(image), size) for image in pixels])
+        return pixels, [dataclasses.replace(base, grayscale=is_grayscale(image)) for image in pixels]
 
     def _v2_pixel_tensor(
         self, request: InferRequest, size: int
