@@ -81,15 +81,18 @@ def atomic_path(target: Path) -> Iterator[Path]:
         _remove(tmp)
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, *, sort_keys: bool = True) -> None:
     """Write ``data`` as indented, strict JSON, atomically.
 
     Strict: JSON has no NaN or infinity (Python would write ``NaN``, which jq, JavaScript's ``JSON.parse``
     and Go refuse), so a value that does not exist is None (null) where it is computed, and a non-finite
     float raises ValueError naming the file: the previous file stays, and no reader ever sees the token.
+
+    Keys are sorted (stable diffs of reports) unless ``sort_keys`` is False: a document whose order is
+    meant for a reader (the model card) keeps it.
     """
     try:
-        text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
+        text = json.dumps(data, indent=2, sort_keys=sort_keys, allow_nan=False)
     except ValueError as exc:
         raise ValueError(f"{path}: not written, {exc} (NaN or infinity: write None for no value)") from None
     with atomic_path(path) as tmp:

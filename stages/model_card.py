@@ -337,7 +337,9 @@ def read_optional(path: Path) -> dict | None:
 
 def write_card(card: Mapping) -> tuple[Path, Path]:
     """Write ``reports/model_card.json`` and ``reports/model_card.md`` atomically; return both paths."""
-    write_json(MODEL_CARD_JSON, card)
+    # In the card's order, as the Markdown shows it: /model renders this file's facts as they come, and
+    # sorted keys put "Brier score" first and the decision threshold after the accuracy.
+    write_json(MODEL_CARD_JSON, card, sort_keys=False)
     with atomic_path(MODEL_CARD_MARKDOWN) as tmp:
         tmp.write_text(to_markdown(card))
     return MODEL_CARD_JSON, MODEL_CARD_MARKDOWN
@@ -393,7 +395,7 @@ def publish(
     with tempfile.TemporaryDirectory(prefix="deepguard-card-") as tmp:
         # The file inside the model folder has the fixed name the predictor reads (core.modelstore).
         inside = Path(tmp) / MODEL_CARD_FILE
-        write_json(inside, card)
+        write_json(inside, card, sort_keys=False)
         model_folder.log_artifact(str(inside))
     log.info("model card of %s v%s written to %s and logged with the model", name, version, card_md)
     return card

@@ -263,3 +263,19 @@ def test_card_says_how_the_verdict_bands_did_on_test_and_on_how_few_images_they_
         "facts"
     ]
     assert facts["FAKE verdicts on test"].startswith("no image")
+
+
+def test_the_card_file_keeps_the_cards_order(tmp_path, monkeypatch):
+    """/model renders model_card.json's facts as they come, and the file was written with sorted keys: the
+    page read "Brier score, F1 (FAKE), FAKE at or above, ..., accuracy, decision threshold" where the card
+    (and its Markdown) starts with the decision threshold and the band edges."""
+    from stages.model_card import write_card
+
+    built = card()  # params.yaml read here, before moving to the empty folder
+    monkeypatch.chdir(tmp_path)
+    json_file, _ = write_card(built)
+    written = json.loads(json_file.read_text())
+    assert written == built
+    facts = sections(written)["Test metrics"]["facts"]
+    assert list(facts) == list(sections(built)["Test metrics"]["facts"])
+    assert list(facts)[:3] == ["decision threshold", "REAL at or below", "FAKE at or above"]
