@@ -175,8 +175,8 @@ def model_facts(parameters: Mapping[str, Any], metadata: Mapping[str, Any]) -> d
             continue
         if isinstance(value, bool):
             facts[label] = "yes" if value else "no"
-        else:  # 0.3504358232021332 read as the model card writes it: 0.3504
-            facts[label] = f"{value:.4g}" if isinstance(value, float) else str(value)
+        else:  # 0.3504358232021332 read as the model card writes it (four places): 0.3504
+            facts[label] = f"{value:.4f}" if isinstance(value, float) else str(value)
     return facts
 
 

@@ -521,6 +521,15 @@ def test_model_page_writes_the_serving_numbers_as_the_card_does():
     assert (facts["Decision threshold"], facts["Calibration temperature"]) == ("0.3504", "0.1919")
     assert facts["Version"] == "3"
     assert model_facts({"threshold": 0.5, "synthetic_data": False}, {})["Trained on synthetic data"] == "no"
+    # Four places, not four significant digits: a sample model's REAL edge 0.018021563 read "0.01802" above
+    # the card's "0.0180", and its temperature 1.2356281 "1.236" above the card's "1.2356".
+    from core.labels import band_edge_text
+    from core.metrics import format_metric
+
+    served = {"real_below": 0.018021563068032265, "temperature": 1.23562815846825}
+    facts = model_facts(served, {})
+    assert facts["REAL at or below"] == band_edge_text(served["real_below"]) == "0.0180"
+    assert facts["Calibration temperature"] == format_metric(served["temperature"]) == "1.2356"
 
 
 CARD = {
