@@ -29,6 +29,9 @@
     noted: "The model's score for AI-generated (not a reliable probability for an image like this):",
   };
   const CLAIMS = { FAKE: "It's AI-generated", REAL: "It's a real photo" };
+  // A heatmap shows the evidence for the image's label (the side of the threshold its score is on), which is
+  // not shown anywhere else: for a "can't tell" verdict the page must say which side the map is about.
+  const EVIDENCE = { FAKE: "that it is AI-generated", REAL: "that it is a real photo" };
   const OPPOSITE = { FAKE: "REAL", REAL: "FAKE" };
   // Pictures fit in a square of this many CSS pixels; CIFAKE's 32x32 images are enlarged to it.
   const SINGLE_BOX = 224;
@@ -140,7 +143,10 @@
       const canvas = document.createElement("canvas");
       canvas.className = "heatmap";
       canvas.setAttribute("role", "img"); // a canvas has no role that takes a name otherwise
-      canvas.setAttribute("aria-label", "Heatmap: where the model looked for " + row.file.name);
+      const side = "Heatmap for " + row.file.name + ": where the model found evidence " +
+        EVIDENCE[row.result.label];
+      canvas.setAttribute("aria-label", side);
+      canvas.title = side;
       drawHeatmap(canvas, heatmap);
       canvas.hidden = !heatmapToggle.checked;
       frame.appendChild(canvas);
@@ -312,6 +318,18 @@
     return rows.length + " images checked: " + parts.join(", ") + ".";
   }
 
+  // The legend's first sentence: which side the maps show evidence for.
+  function heatmapSide(rows) {
+    if (rows.length !== 1) {
+      return "Each map shows where the model found evidence for the side its score leans to (AI-generated " +
+        "or a real photo), also under \u201cCan't tell\u201d: point at a map to see which.";
+    }
+    const result = rows[0].result;
+    const leans = result.verdict === "UNCERTAIN"
+      ? ", the side its score leans to (the verdict is \u201cCan't tell\u201d)" : "";
+    return "The map shows where the model found evidence " + EVIDENCE[result.label] + leans + ".";
+  }
+
   function show(files, body) {
     showModel(body.model_version, body.synthetic_data);
     const rows = body.results.map((result, i) => ({
@@ -320,6 +338,7 @@
     shown = { modelVersion: body.model_version, rows: rows };
     heatmapToggle.checked = false;
     $("heatmap-legend").hidden = true;
+    $("heatmap-side").textContent = heatmapSide(rows);
     heatmapSwitch.hidden = !rows.some((row) => Array.isArray(row.result.heatmap));
     if (rows.length === 1) showSingle(rows[0]);
     else showTable(rows);

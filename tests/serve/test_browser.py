@@ -808,8 +808,9 @@ def test_headings_the_heatmaps_legend_and_what_the_model_can_judge(browser, web,
         legend = page.locator("#heatmap-legend")
         assert legend.is_hidden()
         page.check("#heatmap-toggle")
-        assert legend.is_visible() and legend.inner_text().startswith("Red: where the model found the most")
-        assert page.get_by_role("img", name="Heatmap: where the model looked for one.png").is_visible()
+        assert legend.is_visible() and "Red: where it found the most evidence" in legend.inner_text()
+        name = "Heatmap for one.png: where the model found evidence that it is AI-generated"
+        assert page.get_by_role("img", name=name).is_visible()
         page.uncheck("#heatmap-toggle")
         assert legend.is_hidden()
         page.unroute("**/api/predictions")
@@ -818,6 +819,41 @@ def test_headings_the_heatmaps_legend_and_what_the_model_can_judge(browser, web,
         page.locator("#batch").wait_for(state="visible", timeout=TIMEOUT_MS)
         assert page.get_by_role("heading", name="Results", exact=True).count() == 1
         assert fits_the_viewport(page, 390)
+    finally:
+        page.close()
+
+
+def test_a_cant_tell_heatmap_says_which_side_it_shows(browser, web, tmp_path):
+    """The map shows the evidence for the image's label (the side of the threshold its score is on), but the
+    legend said "evidence for its verdict", and a "Can't tell" verdict has no side: the page never said which
+    side a map was about. The legend names it for one image, and each map is named by it in a batch."""
+    files = [wide_png(tmp_path / f"{name}.png") for name in ("unsure", "photo")]
+    answer = heatmap_response([path.name for path in files], ["UNCERTAIN", "REAL"])
+    answer["results"][0]["label"] = "FAKE"  # "can't tell", its score on the FAKE side of the threshold
+    answer["results"][1]["heatmap"] = answer["results"][0]["heatmap"]
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    try:
+        page.goto(web.url)
+        page.route("**/api/predictions", fulfil_with({**answer, "results": answer["results"][:1]}))
+        page.set_input_files("#file-input", str(files[0]))
+        page.locator("#result").wait_for(state="visible", timeout=TIMEOUT_MS)
+        page.check("#heatmap-toggle")
+        legend = page.locator("#heatmap-legend").inner_text()
+        assert legend.startswith(
+            "The map shows where the model found evidence that it is AI-generated, the side its score leans "
+            "to (the verdict is \u201cCan't tell\u201d)."
+        ), legend
+        page.unroute("**/api/predictions")
+        page.route("**/api/predictions", fulfil_with(answer))
+        page.set_input_files("#file-input", [str(path) for path in files])
+        page.locator("#batch").wait_for(state="visible", timeout=TIMEOUT_MS)
+        page.check("#heatmap-toggle")
+        assert "point at a map to see which" in page.locator("#heatmap-legend").inner_text()
+        maps = page.locator("#batch canvas.heatmap")
+        assert [maps.nth(i).get_attribute("title") for i in range(2)] == [
+            "Heatmap for unsure.png: where the model found evidence that it is AI-generated",
+            "Heatmap for photo.png: where the model found evidence that it is a real photo",
+        ]
     finally:
         page.close()
 
