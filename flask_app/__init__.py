@@ -16,12 +16,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core.formats import ACCEPTED_FORMATS, sniff, unread_kind
+from core.names import MODEL_NAME_ENV, PREDICTOR_PORT, PREDICTOR_URL_ENV, SERVED_MODEL_NAME
 from flask_app import feedback, metrics
 from flask_app.predictor_client import Prediction, Predictions, PredictorClient, PredictorError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREDICTOR_URL = "http://127.0.0.1:8080"
+DEFAULT_PREDICTOR_URL = f"http://127.0.0.1:{PREDICTOR_PORT}"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Several images at once: at most this many files, together at most this many bytes, in one predictor call.
 MAX_BATCH_FILES = 32
@@ -195,8 +196,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """
     app = Flask(__name__)
     app.config.update(
-        PREDICTOR_URL=os.environ.get("PREDICTOR_URL", DEFAULT_PREDICTOR_URL),
-        MODEL_NAME=os.environ.get("MODEL_NAME", "deepguard"),
+        PREDICTOR_URL=os.environ.get(PREDICTOR_URL_ENV, DEFAULT_PREDICTOR_URL),
+        MODEL_NAME=os.environ.get(MODEL_NAME_ENV, SERVED_MODEL_NAME),
         MAX_CONTENT_LENGTH=int(os.environ.get("MAX_CONTENT_LENGTH", DEFAULT_MAX_UPLOAD_BYTES)),
         MAX_BATCH_BYTES=int(os.environ.get("MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES)),
         PREDICTOR_TIMEOUT_S=float(os.environ.get("PREDICTOR_TIMEOUT_S", DEFAULT_PREDICTOR_TIMEOUT_S)),

@@ -1,9 +1,9 @@
 """``POST /api/feedback``: a user says the verdict was wrong; the image and the claim wait for review.
 
-The store is core/feedback.py (standard library only, like core/formats.py: the web app imports no other
-module of ``core``). Each client may send ``FEEDBACK_BURST`` items at once and then one per
-``60 / FEEDBACK_PER_MINUTE`` seconds (an in-process token bucket per client address: with several gunicorn
-workers each enforces its own).
+The store is core/feedback.py (standard library only, like core/formats.py and core/names.py, the only
+modules of ``core`` the web app imports). Each client may send ``FEEDBACK_BURST`` items at once and then
+one per ``60 / FEEDBACK_PER_MINUTE`` seconds (an in-process token bucket per client address: with several
+gunicorn workers each enforces its own).
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
 from core.feedback import MAX_PENDING_BYTES, FeedbackError, FeedbackStore
+from core.names import MONITORING_DIR, MONITORING_DIR_ENV
 
-# The web app reads its own settings (it imports no core.names): the predictor's monitoring folder.
-MONITORING_DIR_ENV = "DEEPGUARD_MONITORING_DIR"
-DEFAULT_MONITORING_DIR = "monitoring"
 DEFAULT_PER_MINUTE = 6.0
 DEFAULT_BURST = 5
 FIELDS = ("claimed_label", "verdict", "fake_probability", "model_version")
@@ -68,7 +66,7 @@ class TokenBucket:
 @blueprint.record_once
 def _configure(state: BlueprintSetupState) -> None:
     app: Flask = state.app
-    monitoring = Path(os.environ.get(MONITORING_DIR_ENV, DEFAULT_MONITORING_DIR))
+    monitoring = Path(os.environ.get(MONITORING_DIR_ENV, MONITORING_DIR))
     app.config.setdefault("FEEDBACK_DIR", str(monitoring / "feedback"))
     app.config.setdefault(
         "FEEDBACK_PER_MINUTE", float(os.environ.get("FEEDBACK_PER_MINUTE", DEFAULT_PER_MINUTE))

@@ -6,14 +6,15 @@ import logging
 import os
 import sys
 
+from core.names import WEB_METRICS_PORT_ENV, WEB_PORT, WEB_PORT_ENV
 from flask_app import metrics, web_threads
 
 # Loopback unless told otherwise: the chart and the image set WEB_HOST=0.0.0.0.
 host = os.environ.get("WEB_HOST", "127.0.0.1")
-bind = f"{host}:{os.environ.get('WEB_PORT', '5000')}"
+bind = f"{host}:{os.environ.get(WEB_PORT_ENV, WEB_PORT)}"
 # Prometheus metrics on a port of their own, served by the master (when_ready); unset: not served. The app's
 # port is the public one (the Ingress routes every path to it), where /metrics is a 404.
-metrics_port = os.environ.get("WEB_METRICS_PORT")
+metrics_port = os.environ.get(WEB_METRICS_PORT_ENV)
 # The app waits on the predictor over HTTP, so threads (not more processes) carry the concurrency.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_WORKERS", "2"))

@@ -784,3 +784,29 @@ def test_the_web_apps_own_log_lines_reach_the_pod_log_with_time_and_level() -> N
     stamp = r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] "
     assert re.search(stamp + r"\[INFO\] flask_app: predictor ready again$", stderr, re.MULTILINE), stderr
     assert re.search(stamp + r"\[WARNING\] flask_app: predictor down$", stderr, re.MULTILINE), stderr
+
+
+def test_the_web_apps_defaults_are_the_names_every_layer_agrees_on() -> None:
+    """The web app wrote its own copies of core/names.py's facts (predictor port 8080, served model name,
+    monitoring folder, web port 5000, the variables' names): a change there left the web app asking the old
+    port or model. With core.names changed before the app is imported, the app follows it."""
+    script = (
+        "import json, core.names as n;"
+        "n.PREDICTOR_PORT, n.WEB_PORT, n.MONITORING_DIR = 18291, 18292, 'records';"
+        "n.SERVED_MODEL_NAME = 'renamed';"
+        "n.MODEL_NAME_ENV = 'RENAMED_MODEL_NAME';"
+        "from flask_app import create_app, gunicorn_conf; c = create_app().config;"
+        "print(json.dumps([c['PREDICTOR_URL'], c['MODEL_NAME'], c['FEEDBACK_DIR'], gunicorn_conf.bind]))"
+    )
+    drop = {"PREDICTOR_URL", "MODEL_NAME", "RENAMED_MODEL_NAME", "WEB_PORT", "WEB_HOST"}
+    drop |= {"DEEPGUARD_MONITORING_DIR", "PROMETHEUS_MULTIPROC_DIR"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env, timeout=60
+    ).stdout
+    assert json.loads(out) == ["http://127.0.0.1:18291", "renamed", "records/feedback", "127.0.0.1:18292"]
+    env["RENAMED_MODEL_NAME"] = "asked-for"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env, timeout=60
+    ).stdout
+    assert json.loads(out)[1] == "asked-for"
