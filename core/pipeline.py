@@ -36,6 +36,8 @@ DEPLOYMENT_FILE = REPORTS_DIR / "deployment.json"
 REFERENCE_FILE = REPORTS_DIR / "reference.json"
 DRIFT_FILE = REPORTS_DIR / "drift.json"
 DRIFT_FIGURE = FIGURES_DIR / "drift.png"
+# The per-class frequency spectrum: plotted by features, logged with the train run.
+SPECTRUM_FIGURE = FIGURES_DIR / "spectrum.png"
 REFERENCE_ARTIFACT = "monitoring/reference.json"  # in the registered version's MLflow run
 MODEL_CARD_JSON = REPORTS_DIR / "model_card.json"
 MODEL_CARD_MARKDOWN = REPORTS_DIR / "model_card.md"
@@ -152,7 +154,7 @@ STAGES: tuple[Stage, ...] = (
         inputs=(str(PROCESSED_DIR),),
         params=("augmentation",),
         outs=(str(FEATURES_DIR),),
-        plots=(str(FIGURES_DIR / "spectrum.png"),),
+        plots=(str(SPECTRUM_FIGURE),),
         resources=_SMALL,
     ),
     Stage(

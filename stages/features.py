@@ -19,7 +19,7 @@ from core.cli import run_stage, stage_parser
 from core.config import Params
 from core.imagestats import high_frequency_mask, log_spectrum
 from core.labels import CLASS_NAMES
-from core.pipeline import FEATURES_DIR, FEATURES_FILE, FIGURES_DIR, PROCESSED_DIR
+from core.pipeline import FEATURES_DIR, FEATURES_FILE, PROCESSED_DIR, SPECTRUM_FIGURE
 from stages.figures import plt, save_figure
 from stages.shards import load_split
 
@@ -98,7 +98,7 @@ def run(params: Params) -> dict:
         tmp.mkdir()
         np.savez(tmp / "spectrum.npz", **{name: spectra[i] for i, name in enumerate(CLASS_NAMES)})
         write_json(tmp / FEATURES_FILE, features)
-    save_figure(plot_spectra(spectra), FIGURES_DIR / "spectrum.png")
+    save_figure(plot_spectra(spectra), SPECTRUM_FIGURE)
     log.info(
         "features done: mean %s, high-frequency energy %s",
         np.round(mean, 4).tolist(),

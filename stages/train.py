@@ -31,13 +31,13 @@ from core.modelstore import load_keras
 from core.pipeline import (
     FEATURES_DIR,
     FEATURES_FILE,
-    FIGURES_DIR,
     INDEX,
     MODEL_DIR,
     MODEL_FILE,
     PROCESSED_DIR,
     RAW_DIR,
     RUN_FILE,
+    SPECTRUM_FIGURE,
     TRAINING_REPORT,
 )
 from stages.augment import DegradationTail, batch_stream, training_dataset, uses_tf_data, validation_dataset
@@ -692,8 +692,8 @@ def run(params: Params) -> dict:
         mlflow.log_params(_flatten("", params.model_dump()))
         mlflow.log_dict(data_index, f"data/{INDEX}")
         mlflow.log_dict(features, "data/features.json")
-        if (FIGURES_DIR / "spectrum.png").is_file():
-            mlflow.log_artifact(str(FIGURES_DIR / "spectrum.png"), "figures")
+        if SPECTRUM_FIGURE.is_file():
+            mlflow.log_artifact(str(SPECTRUM_FIGURE), "figures")
 
         checkpoint = tmp / MODEL_FILE
         callbacks = [
