@@ -7,7 +7,6 @@ import numpy as np
 # Index = label. FAKE (AI-generated) is the positive class, so model outputs are P(FAKE).
 CLASS_NAMES: tuple[str, str] = ("REAL", "FAKE")
 REAL, FAKE = 0, 1
-DEFAULT_THRESHOLD = 0.5
 # The three-way verdict: a decided class name, or UNCERTAIN between the two band edges.
 UNCERTAIN = "UNCERTAIN"
 VERDICTS: tuple[str, str, str] = (*CLASS_NAMES, UNCERTAIN)

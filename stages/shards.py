@@ -14,8 +14,6 @@ import numpy as np
 
 from core.pipeline import missing_input
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-
 
 class NpyWriter:
     """Write an .npy file of known length chunk by chunk (header first, then raw rows)."""
