@@ -9,6 +9,8 @@ import subprocess
 import yaml
 from k8s_helpers import CHART, K8S_DIR, NAMESPACE, REPO, find, kubernetes_errors, render, tool
 
+from deploy.manifest import DEFAULT_NAMESPACE as DEPLOY_NAMESPACE
+
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 
 
@@ -99,6 +101,8 @@ def _dag_constants() -> dict[str, object]:
 def test_dag_uses_the_chart_names() -> None:
     dag = _dag_constants()
     assert dag["DEFAULT_NAMESPACE"] == NAMESPACE
+    # deploy outside a cluster without DEEPGUARD_NAMESPACE: the namespace the chart is installed in.
+    assert DEPLOY_NAMESPACE == NAMESPACE
     assert dag["SERVICE_ACCOUNT"] == VALUES["pipeline"]["serviceAccount"]["name"]
     assert dag["DEPLOY_SERVICE_ACCOUNT"] == VALUES["pipeline"]["serviceAccount"]["deployName"]
     assert dag["WORKSPACE_CLAIM"] == VALUES["pipeline"]["workspace"]["claimName"]
