@@ -444,6 +444,20 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert [bucket.take("a") for _ in range(3)] == [0, 0, pytest.approx(10.0)]
 
 
+def test_token_bucket_forgets_the_least_recently_seen_client_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buckets are capped (MAX_CLIENTS) so that many addresses cannot fill the memory; nothing held the
+    cap or its order: forgetting the newest client instead would give every new address a full burst."""
+    monkeypatch.setattr("flask_app.feedback.MAX_CLIENTS", 3)
+    bucket = TokenBucket(per_minute=6.0, burst=1, clock=lambda: 0.0)
+    for client in ("old", "limited", "x"):
+        assert bucket.take(client) == 0
+    assert bucket.take("limited") > 0  # seen again: now the most recent but one
+    assert bucket.take("y") == 0  # a fourth client: "old", the least recently seen, is forgotten
+    assert bucket.take("y") > 0, "the newest client is remembered"
+    assert bucket.take("limited") > 0, "a recently seen client is remembered"
+    assert bucket.take("old") == 0, "the least recently seen client was forgotten: a full bucket again"
+
+
 # --- python -m stages.feedback -----------------------------------------------------------------------------
 
 
