@@ -301,6 +301,8 @@ def test_files_rotate_by_size_and_the_oldest_are_deleted(tmp_path):
     assert len(read_records(tmp_path)) < 80, "the oldest files were deleted"
     sequences = [int(path.stem.rsplit("-", 1)[1]) for path in files]
     assert sequences == sorted(sequences) and sequences[-1] >= len(files) - 1
+    # The newest are kept (the drift monitor reads the last hours): deleting newest-first passed the above.
+    assert sequences == list(range(sequences[-1] - len(files) + 1, sequences[-1] + 1)) and sequences[0] > 0
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, caplog):
