@@ -167,6 +167,8 @@ def _stats(**kwargs: Any) -> RevisionStats:
         (_stats(error_ratio=0.05), False, "5xx share 5.0%"),
         (_stats(p99_seconds=0.2), False, "p99 200 ms"),
         (_stats(mean_score=0.6), False, "mean P(FAKE) 0.600"),
+        (_stats(mean_score=0.1), False, "mean P(FAKE) 0.100"),  # a shift either way
+        (_stats(p99_seconds=0.06), True, "100 canary requests"),  # 6x a 10 ms p99, within the slack
         (_stats(requests=2), None, "fewer than the 5 needed"),
         # Too few requests for a share, but 5xx that break the bound even once 5 requests are reached.
         (_stats(requests=2, error_ratio=1.0), False, "2 of 2 canary requests failed"),
@@ -176,6 +178,15 @@ def _stats(**kwargs: Any) -> RevisionStats:
 def test_judge_each_bound(canary: RevisionStats, verdict: bool | None, why: str) -> None:
     got, reason = judge(canary, _stats(), BOUNDS)
     assert got is verdict and why in reason
+
+
+def test_judge_measures_the_canary_against_the_stable_revision_not_against_zero() -> None:
+    """Each case above has a stable revision with no errors: a bound read as absolute passed them all."""
+    stable = _stats(error_ratio=0.05, p99_seconds=0.5, mean_score=0.7)
+    got, reason = judge(_stats(error_ratio=0.055, p99_seconds=0.6, mean_score=0.6), stable, BOUNDS)
+    assert got is True, reason
+    got, reason = judge(_stats(error_ratio=0.07), stable, BOUNDS)
+    assert got is False and "canary 5xx share 7.0% vs stable 5.0%" in reason, reason
 
 
 @pytest.fixture
