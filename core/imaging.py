@@ -113,6 +113,11 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     return image
 
 
+def has_alpha(image: Image.Image) -> bool:
+    """Whether an opened image has transparency: an alpha band, or a palette with a transparent entry."""
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any mode to RGB; transparent pixels are composited on white, as a browser shows them."""
     if image.mode == "RGB":
@@ -121,7 +126,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         # Pillow converts 16-bit grey (PNG, TIFF) to 8 bits by clipping at 255, which turns a photo white; the
         # high byte is what Pillow keeps of 16-bit colour images.
         image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -222,11 +227,10 @@ def has_transparent_pixels(image: Image.Image) -> bool:
     An alpha channel alone says nothing: screenshots, canvas exports and many editors save RGBA PNGs whose
     every pixel is opaque, and those reach the model unchanged. Reads the pixels (one pass over the alpha).
     """
-    if image.mode in ("RGBA", "LA", "PA"):
-        return image.getchannel("A").getextrema()[0] < 255
-    if image.mode == "P" and "transparency" in image.info:
-        return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
-    return False
+    if not has_alpha(image):
+        return False
+    rgba = image if image.mode in ("RGBA", "LA", "PA") else image.convert("RGBA")  # a palette's transparency
+    return rgba.getchannel("A").getextrema()[0] < 255
 
 
 def facts_of(image: Image.Image) -> InputFacts:
