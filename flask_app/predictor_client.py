@@ -21,7 +21,6 @@ _WHOLE_REQUEST_PREFIX = "request"
 _SIZE_PREFIXES = ("too large", "larger than")
 # Readiness checks are cheap on a healthy predictor; a slow answer is as good as none for a probe.
 STATUS_TIMEOUT_S = 2.0
-HEATMAP_SIZE = 32
 
 
 class PredictorError(Exception):
@@ -105,6 +104,7 @@ def parse_infer_response(result: dict[str, Any], count: int) -> Predictions:
         KeyError, IndexError, ValueError, TypeError: the response does not have that shape.
     """
     outputs = {output["name"]: _flat(output["data"]) for output in result["outputs"]}
+    shapes = {output["name"]: output.get("shape") for output in result["outputs"]}
     probabilities = [float(p) for p in outputs["fake_probability"]]
     labels = [str(label) for label in outputs["label"]]
     if len(probabilities) != count or len(labels) != count:
@@ -114,11 +114,15 @@ def parse_infer_response(result: dict[str, Any], count: int) -> Predictions:
     sizes = outputs.get("input_size")
     formats = outputs.get("input_format")
     heatmaps = outputs.get("heatmap")
-    cells = HEATMAP_SIZE * HEATMAP_SIZE
-    if heatmaps is not None and len(heatmaps) != count * cells:
-        raise ValueError(
-            f"heatmap has {len(heatmaps)} values, expected {count}x{HEATMAP_SIZE}x{HEATMAP_SIZE}"
-        )
+    if heatmaps is not None:
+        # [N, height, width]: the served model's input side (params data.image_size), not always CIFAKE's 32.
+        shape = shapes["heatmap"]
+        if not (isinstance(shape, list) and len(shape) == 3 and shape[0] == count):
+            raise ValueError(f"heatmap shape {shape}, expected [{count}, height, width]")
+        height, width = int(shape[1]), int(shape[2])
+        cells = height * width
+        if len(heatmaps) != count * cells:
+            raise ValueError(f"heatmap has {len(heatmaps)} values, expected {count}x{height}x{width}")
     items = []
     for i in range(count):
         heatmap = None
@@ -126,8 +130,8 @@ def parse_infer_response(result: dict[str, Any], count: int) -> Predictions:
             values = heatmaps[i * cells : (i + 1) * cells]
             # Three decimals are finer than any colour step the page draws, and keep 32 heatmaps small.
             heatmap = [
-                [round(min(max(float(v), 0.0), 1.0), 3) for v in values[row : row + HEATMAP_SIZE]]
-                for row in range(0, cells, HEATMAP_SIZE)
+                [round(min(max(float(v), 0.0), 1.0), 3) for v in values[row : row + width]]
+                for row in range(0, cells, width)
             ]
         items.append(
             Prediction(

@@ -485,6 +485,27 @@ def test_parse_v2_response_with_every_optional_output():
         parse_infer_response(bare, 3)
 
 
+def test_heatmaps_of_a_model_at_another_size_are_read_at_their_own_size() -> None:
+    """data.image_size may be other than CIFAKE's 32, and the predictor's heatmaps are the model's size (V2
+    shape [N, size, size]): the web app assumed 32x32 and turned every explained upload into an error."""
+    side = 16
+    values = [(i % side) / side for i in range(side * side)]
+    response = {
+        "model_version": "7",
+        "outputs": [
+            {"name": "fake_probability", "datatype": "FP32", "shape": [1], "data": [0.9]},
+            {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["FAKE"]},
+            {"name": "heatmap", "datatype": "FP32", "shape": [1, side, side], "data": values},
+        ],
+    }
+    (item,) = parse_infer_response(response, 1).items
+    assert len(item.heatmap) == side and {len(row) for row in item.heatmap} == {side}
+    assert item.heatmap[3][5] == pytest.approx(5 / side, abs=1e-3)
+    response["outputs"][2]["shape"] = [1, side * side]
+    with pytest.raises(ValueError, match="heatmap shape"):
+        parse_infer_response(response, 1)
+
+
 def test_model_card_page_against_the_real_predictor(web, predictor, registered_model):
     page = requests.get(f"{web.url}/model", timeout=TIMEOUT)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
