@@ -130,10 +130,18 @@ STARTUP_TIMEOUT_S = 180
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port free on loopback right now: the kernel's pick, or with DEEPGUARD_TEST_PORTS=FIRST-LAST one
+    of that range (a machine shared with others who keep to theirs)."""
+    span = os.environ.get("DEEPGUARD_TEST_PORTS")
+    first, last = (int(end) for end in span.split("-")) if span else (0, 0)
+    for port in range(first, last + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError(f"no free port in DEEPGUARD_TEST_PORTS={span}")
 
 
 @contextlib.contextmanager
