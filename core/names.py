@@ -9,6 +9,12 @@ SERVED_MODEL_NAME = "deepguard"
 # MLflow registry aliases: register sets both, deploy and serving read the champion.
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# A registered-model tag: while the model carries it, register's gate never moves the champion alias (the
+# operator pinned a version: `python -m deploy --pin N`; `--unpin` removes it).
+PINNED_TAG = "champion_pinned"
+# The version tag every registration ends with, and the values an operator's pin sets (stages/register.py).
+PROMOTION_TAG = "promotion"
+SUPERSEDED = "superseded"
 
 # Environment variables.
 MODEL_VERSION_ENV = "DEEPGUARD_MODEL_VERSION"  # the registry version the predictor reports

@@ -1,6 +1,6 @@
 """Deploy stage: roll the MLflow champion out to KServe (canary, promote or roll back) or a local predictor.
 
-``python -m deploy [--target kserve|local] [--dry-run] [--timeout S] [--canary-percent P]``
+``python -m deploy [--target kserve|local] [--dry-run] [--timeout S] [--canary-percent P] [--pin N|--unpin]``
 
 kserve: read the champion (alias ``champion`` of ``mlflow.model_name``), map its artifact location to a URI
 KServe's storage initializer reads (``pvc://`` or ``s3://``), take the chart's InferenceService from its
@@ -34,7 +34,7 @@ from core.settings import settings
 from deploy.canary import Prometheus, watch
 from deploy.local import deploy_local, predictor_url
 from deploy.manifest import Champion, DeployError, ServingConfig, rollout_manifest
-from deploy.registry import SERVING_STATUSES, DeploymentResult, read_champion, tag_version
+from deploy.registry import SERVING_STATUSES, DeploymentResult, pin_champion, read_champion, tag_version
 from deploy.rollout import (
     CanaryAnalysis,
     InferenceServices,
@@ -57,6 +57,8 @@ def run(
     serving_config: Path | None = None,
     poll_s: float = 5.0,
     prometheus_url: str | None = None,
+    pin: str | None = None,
+    unpin: bool = False,
 ) -> DeploymentResult:
     """Roll the champion out and record the outcome.
 
@@ -72,6 +74,8 @@ def run(
         poll_s: Seconds between status reads.
         prometheus_url: Judge the canary by its metrics there (params ``canary``) before promoting it;
             default DEEPGUARD_PROMETHEUS_URL; None: promote once Ready.
+        pin: Make this version the champion first and keep register's gate from replacing it (a rollback).
+        unpin: Remove the pin first: the next register's gate may replace the champion again.
 
     Returns:
         The deployment result, also written to reports/deployment.json (not for a dry run); a deploy that
@@ -94,6 +98,10 @@ def run(
             api_client = kube_api_client()
             config = read_serving_config(api_client, namespace)
         uri_map = config.artifact_uri_map if config and (target == "kserve" or dry_run) else None
+        if pin is not None or unpin:
+            if dry_run:
+                raise DeployError("--pin and --unpin change the registry: a dry run changes nothing")
+            pin_champion(params.mlflow.model_name, pin)
         champion = read_champion(params.mlflow.model_name, uri_map)
         log.info(
             "champion: %s version %s at %s", champion.model_name, champion.version, champion.artifact_uri
@@ -224,6 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         help="judge the canary by its metrics there before promoting (default: DEEPGUARD_PROMETHEUS_URL; "
         "none: promote once Ready); bounds in params.yaml canary:",
     )
+    pinning = parser.add_mutually_exclusive_group()
+    pinning.add_argument(
+        "--pin",
+        metavar="VERSION",
+        default=None,
+        help="roll back or forward: make VERSION the champion, then deploy it; register's gate promotes "
+        "nothing until --unpin (the registered model's tag champion_pinned)",
+    )
+    pinning.add_argument(
+        "--unpin", action="store_true", help="remove the pin, then deploy the champion as usual"
+    )
     parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
 
     def stage(args: argparse.Namespace, params: Params) -> DeploymentResult:
@@ -243,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             serving_config,
             args.poll,
             args.prometheus_url,
+            args.pin,
+            args.unpin,
         )
 
     return run_stage("deploy", stage, parser, argv)

@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlparse
 
-from core.names import (
-    CHAMPION,
-)
+from core.names import CHAMPION, PINNED_TAG, PROMOTION_TAG, SUPERSEDED
 from deploy.manifest import KSERVE_SCHEMES, Champion, DeployError
 
 log = logging.getLogger(__name__)
@@ -109,6 +107,56 @@ def read_champion(model_name: str, uri_map: dict[str, str] | None) -> Champion:
         storage_uri=storage_uri,
         recorded_status=version.tags.get("deployment_status", ""),
     )
+
+
+def pin_champion(model_name: str, version: str | None) -> None:
+    """Pin ``version`` as the champion (move the alias to it), or with None remove the pin.
+
+    While the registered model carries the ``champion_pinned`` tag, register's gate promotes nothing, so a
+    scheduled run cannot put back the version an operator rolled back from. The promotion tags follow the
+    alias: the pinned version is tagged ``champion`` and the one it replaces ``superseded``.
+
+    Raises:
+        DeployError: when the model or the version is not in the registry (exit 2).
+        TrackingUnreachableError: when the registry failed on its side or was busy (exit 75).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from core.tracking import raise_unless_refused, resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri())
+    client = mlflow.MlflowClient()
+    try:
+        if version is None:
+            if PINNED_TAG in client.get_registered_model(model_name).tags:
+                client.delete_registered_model_tag(model_name, PINNED_TAG)
+            log.info("%s is no longer pinned: register's gate may replace its champion again", model_name)
+            return
+        client.get_model_version(model_name, version)
+        try:
+            previous = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
+        except MlflowException as exc:
+            raise_unless_refused(exc, f"reading the {CHAMPION} of model {model_name!r}")
+            previous = None
+        pinned_at = datetime.now(UTC).isoformat(timespec="seconds")
+        client.set_registered_model_tag(model_name, PINNED_TAG, f"v{version} since {pinned_at}")
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+        reason = f"pinned as {CHAMPION} by an operator at {pinned_at} (python -m deploy --pin {version})"
+        client.set_model_version_tag(model_name, version, "promotion_reason", reason)
+        client.set_model_version_tag(model_name, version, PROMOTION_TAG, CHAMPION)
+        if previous is not None and previous != version:
+            reason = f"was {CHAMPION} until v{version} was pinned in its place"
+            client.set_model_version_tag(model_name, previous, "promotion_reason", reason)
+            client.set_model_version_tag(model_name, previous, PROMOTION_TAG, SUPERSEDED)
+    except MlflowException as exc:
+        raise_unless_refused(exc, f"pinning the {CHAMPION} of model {model_name!r}")
+        raise DeployError(
+            f"cannot pin version {version} of model {model_name!r}: {exc.message.splitlines()[0]}"
+            if version is not None
+            else f"cannot unpin model {model_name!r}: {exc.message.splitlines()[0]}"
+        ) from None
+    log.info("pinned %s v%s as %s (was v%s)", model_name, version, CHAMPION, previous)
 
 
 def tag_version(champion: Champion, result: DeploymentResult) -> None:

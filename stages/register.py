@@ -39,7 +39,7 @@ from core.modelstore import (
     load_model_dir,
     predict_fake_probability,
 )
-from core.names import CHALLENGER, CHAMPION
+from core.names import CHALLENGER, CHAMPION, PINNED_TAG, PROMOTION_TAG, SUPERSEDED
 from core.pipeline import (
     DATA_REPORT,
     METRICS_FILE,
@@ -64,9 +64,9 @@ if TYPE_CHECKING:  # MLflow is imported lazily, where it is used
 
 log = logging.getLogger(__name__)
 
-PROMOTION = "promotion"  # the version tag every registration ends with
+PROMOTION = PROMOTION_TAG  # the version tag every registration ends with
 GATE = "gate_decision"  # the gate's decision, recorded when the version is created so a resumed run reuses it
-SUPERSEDED, ABANDONED = "superseded", "abandoned"
+ABANDONED = "abandoned"
 TIE_TOLERANCE = 1e-9  # differences below this are float noise, not an improvement
 # What evaluate chooses for a model without changing it: the lineage tags a re-evaluation may change.
 EVALUATION_TAGS = ("threshold", "real_below", "fake_above")
@@ -112,6 +112,7 @@ def decide(
     max_robustness_drop: float = float("inf"),
     new_settings_for_champion: str | None = None,
     synthetic_over_real: bool = False,
+    pinned: str | None = None,
 ) -> GateDecision:
     """Apply the gate: promote the first model, or one that beats the champion by at least the minimum
     without losing more than ``max_robustness_drop`` of the champion's degraded-mean metric.
@@ -123,12 +124,19 @@ def decide(
     or bands): the same weights, so there is nothing to compare, and it replaces the champion.
     ``synthetic_over_real``: the challenger was trained on synthetic data and the champion on real data; it is
     never promoted, whatever its scores on its own (synthetic) test split. A metric with no value (None)
-    on either side promotes nothing: there is nothing to compare.
+    on either side promotes nothing: there is nothing to compare. ``pinned``: the registered model's
+    ``champion_pinned`` tag; while it is set nothing replaces the champion (an operator pinned it).
     """
     robust = degraded_metric(metric)
     if champion_version is None:
         reason = "no champion yet: the first model becomes champion"
         return GateDecision(True, reason, metric, challenger, None, None, robust, challenger_degraded, None)
+    if pinned is not None:
+        reason = (
+            f"champion v{champion_version} is pinned (registered model tag {PINNED_TAG}: {pinned}); "
+            "nothing replaces it until `python -m deploy --unpin`"
+        )
+        return GateDecision(False, reason, metric, challenger, champion, champion_version, robust)
     if synthetic_over_real:
         reason = (
             f"trained on synthetic data (see the data report's source): it never replaces champion "
@@ -192,6 +200,7 @@ class ChampionScore:
     degraded: float | None
     version: str | None
     tags: dict[str, str] = field(default_factory=dict)  # the champion version's tags (lineage, settings)
+    pinned: str | None = None  # the registered model's champion_pinned tag: the gate keeps the champion
 
 
 def _champion_score(
@@ -204,6 +213,7 @@ def _champion_score(
 
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
+        pinned = client.get_registered_model(name).tags.get(PINNED_TAG)
     except MlflowException as exc:  # no champion, unless the registry failed: that would promote unopposed
         tracking.raise_unless_refused(exc, f"reading the {CHAMPION} of model {name!r}")
         return ChampionScore(None, None, None)
@@ -214,7 +224,7 @@ def _champion_score(
     if champion.tags.get("test_hash") == test_hash and tag is not None and same_sample:
         # A champion registered before robustness reports has no degraded-mean tag: the check is skipped.
         degraded = None if robust is None else float(robust)
-        return ChampionScore(float(tag), degraded, str(champion.version), dict(champion.tags))
+        return ChampionScore(float(tag), degraded, str(champion.version), dict(champion.tags), pinned)
     log.info(
         "champion v%s was measured on other test data or sample: re-evaluating it on this test split",
         champion.version,
@@ -234,6 +244,7 @@ def _champion_score(
         report["degraded_mean"][degraded_metric(metric)],
         str(champion.version),
         dict(champion.tags),
+        pinned,
     )
 
 
@@ -397,6 +408,7 @@ def run(params: Params) -> dict:
         max_robustness_drop=params.promotion.max_robustness_drop,
         new_settings_for_champion=_settings_changed(champion.tags, lineage),
         synthetic_over_real=metadata.synthetic_data and champion.tags.get("synthetic_data") == "false",
+        pinned=champion.pinned,
     )
     done = _registered_already(client, name, lineage)
     if done is not None:
@@ -407,7 +419,8 @@ def run(params: Params) -> dict:
             done.version,
             done.tags[PROMOTION],
         )
-        return _record(name, str(done.version), done.run_id, decision, lineage)
+        # The champion now: not this version's any more when an operator rolled back since (deploy --pin).
+        return _record(name, str(done.version), done.run_id, decision, lineage, champion.version)
     with tracking.stage_run("register", experiment.experiment_id, training_run) as mlrun:
         unfinished = _resume_unfinished(client, name, training_run)
         if unfinished is not None:
@@ -448,15 +461,25 @@ def run(params: Params) -> dict:
     return record
 
 
-def _record(name: str, version: str, run_id: str, decision: GateDecision, lineage: dict[str, str]) -> dict:
-    """Write reports/registration.json for ``version``, registered by the MLflow run ``run_id``."""
+def _record(
+    name: str,
+    version: str,
+    run_id: str,
+    decision: GateDecision,
+    lineage: dict[str, str],
+    champion_version: str | None = None,
+) -> dict:
+    """Write reports/registration.json for ``version``, registered by the MLflow run ``run_id``; the champion
+    is the one the gate left, unless ``champion_version`` says which version holds the alias now."""
+    if champion_version is None:
+        champion_version = version if decision.promote else decision.champion_version
     record = {
         "model_name": name,
         "version": version,
         "run_id": run_id,
         "model_uri": f"models:/{name}/{version}",
         "promoted": decision.promote,
-        "champion_version": version if decision.promote else decision.champion_version,
+        "champion_version": champion_version,
         "decision": asdict(decision),
         "lineage": lineage,
     }

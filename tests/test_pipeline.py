@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -334,6 +335,73 @@ def test_gate_refuses_a_cleanly_better_but_fragile_challenger_from_edited_report
     assert int(promoted.version) == int(challenger.version) + 1
     assert "is within promotion.max_robustness_drop" in promoted.tags["promotion_reason"]
     assert float(promoted.tags["degraded_mean_roc_auc"]) == pytest.approx(champion_degraded - 0.005)
+
+
+def _deploy(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m deploy --target local`` as an operator types it, with no predictor running."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: deploy says `make serve` will serve it
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    command = [sys.executable, "-m", "deploy", "--target", "local", "--workdir", str(root), *args]
+    env = {**env, "PREDICTOR_URL": url, "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run(
+        command, cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def test_a_rolled_back_champion_is_pinned_until_the_operator_unpins_it(workspace_copy) -> None:
+    """A bad v2 beat v1 and was rolled back with `deploy --pin 1`: the next scheduled run's better-scoring
+    model must not replace v1 until `deploy --unpin`. Stand-ins for retrained models: evaluate's reports are
+    edited; register, deploy and the MLflow store are real."""
+    root, env = workspace_copy
+    metrics = root / "reports/metrics.json"
+    run_stage("register", root, env)
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    _edit_json(metrics, lambda m: m["test"].update(roc_auc=m["test"]["roc_auc"] + 0.01))
+    assert "new champion" in run_stage("register", root, env).stdout
+    assert str(client.get_model_version_by_alias("deepguard", "champion").version) == "2"
+
+    _deploy(root, env, "--pin", "1")
+    assert str(client.get_model_version_by_alias("deepguard", "champion").version) == "1"
+    assert "v1" in client.get_registered_model("deepguard").tags["champion_pinned"]
+    assert client.get_model_version("deepguard", "1").tags["promotion"] == "champion"
+    assert client.get_model_version("deepguard", "2").tags["promotion"] == "superseded"
+    deployment = json.loads((root / "reports/deployment.json").read_text())
+    assert deployment["version"] == "1"
+    # The bad run's register task cleared and rerun: its record names the champion v1, not itself.
+    run_stage("register", root, env)
+    assert json.loads((root / "reports/registration.json").read_text())["champion_version"] == "1"
+
+    _edit_json(metrics, lambda m: m["test"].update(roc_auc=m["test"]["roc_auc"] + 0.01))
+    result = run_stage("register", root, env)
+    assert "NOT promoted" in result.stdout and "champion v1 is pinned" in result.stdout
+    assert str(client.get_model_version_by_alias("deepguard", "champion").version) == "1"
+    assert client.get_model_version("deepguard", "3").tags["promotion"] == "rejected"
+
+    _deploy(root, env, "--unpin")
+    assert "champion_pinned" not in client.get_registered_model("deepguard").tags
+    _edit_json(metrics, lambda m: m["test"].update(roc_auc=m["test"]["roc_auc"] + 0.001))
+    assert "new champion" in run_stage("register", root, env).stdout
+    assert str(client.get_model_version_by_alias("deepguard", "champion").version) == "4"
+
+
+def test_pinning_a_version_the_registry_lacks_is_one_line_and_moves_nothing(workspace_copy) -> None:
+    """A store restored from an older backup lacks the version the operator names."""
+    root, env = workspace_copy
+    run_stage("register", root, env)
+    command = [sys.executable, "-m", "deploy", "--target", "local", "--workdir", str(root), "--pin", "7"]
+    env = {**env, "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot pin version 7 of model 'deepguard'" in result.stderr
+    assert "Traceback" not in result.stderr
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    assert str(client.get_model_version_by_alias("deepguard", "champion").version) == "1"
+    assert "champion_pinned" not in client.get_registered_model("deepguard").tags
 
 
 def test_gate_never_promotes_a_synthetic_data_model_over_a_real_data_champion(workspace_copy) -> None:

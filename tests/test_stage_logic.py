@@ -142,7 +142,10 @@ def test_fake_registry_champion_rescored_on_a_one_class_test_split_has_no_value_
     """The champion measured on other test data is rescored; a one-class split's ROC-AUC is null, which
     crashed the rescoring (float(None)) instead of keeping the champion. Registry and model loading faked."""
     champion = SimpleNamespace(version="3", tags={"test_hash": "another split"})
-    client = SimpleNamespace(get_model_version_by_alias=lambda name, alias: champion)
+    client = SimpleNamespace(
+        get_model_version_by_alias=lambda name, alias: champion,
+        get_registered_model=lambda name: SimpleNamespace(tags={}),
+    )
     monkeypatch.setattr(register, "download_model", lambda uri: Path("unused"))
     monkeypatch.setattr(register, "load_model_dir", lambda path: (None, SimpleNamespace(threshold=0.5)))
     monkeypatch.setattr(register, "load_split", lambda folder, split: (np.zeros((3, 2)), np.ones(3)))
@@ -242,6 +245,20 @@ def test_robustness_gate_never_rescues_a_challenger_worse_on_clean_test() -> Non
         max_robustness_drop=0.0,
     )
     assert not decision.promote and "needs an improvement" in decision.reason
+
+
+def test_a_pinned_champion_is_replaced_by_nothing() -> None:
+    """An operator pinned v3 (`deploy --pin 3`, the registered model's tag champion_pinned): neither a better
+    model nor the champion's own file with new settings replaces it; the reason says how to unpin."""
+    pin = "v3 since 2026-12-07T19:00:00+00:00"
+    better = decide("roc_auc", 0.99, 0.90, 0.0015, "3", pinned=pin)
+    assert not better.promote and f"champion v3 is pinned (registered model tag champion_pinned: {pin})" in (
+        better.reason
+    )
+    assert "--unpin" in better.reason
+    assert not decide("roc_auc", 0.9, 0.9, 0.0015, "3", new_settings_for_champion="x", pinned=pin).promote
+    assert decide("roc_auc", 0.9, None, 0.0015, None, pinned=pin).promote  # no champion: nothing is pinned
+    assert decide("roc_auc", 0.99, 0.90, 0.0015, "3").promote
 
 
 def test_robustness_gate_compares_accuracy_when_the_report_lacks_the_metric() -> None:

@@ -139,6 +139,39 @@ def test_local_target_reloads_the_new_champion_in_the_running_predictor(tmp_path
     assert tags["deployment_target"] == f"local:{url}"
 
 
+def test_pin_rolls_the_running_predictor_back_to_an_earlier_version(tmp_path: Path) -> None:
+    """`deploy --pin 1`, the documented rollback: the alias moves back, the predictor serves v1 again, and
+    the registry says so (pinned, promotion tags follow the alias)."""
+    import mlflow
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = _register_untrained_model(tracking_uri, tmp_path / "artifacts", seed=0)
+    second = _register_untrained_model(tracking_uri, tmp_path / "artifacts", seed=1)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client.set_model_version_tag(MODEL, second, "promotion", "champion")
+    with _predictor(tracking_uri, tmp_path / "predictor.log") as url:
+        assert _served(url) == [second]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "KUBERNETES_"))}
+        env.update(MLFLOW_TRACKING_URI=tracking_uri, PREDICTOR_URL=url, PYTHONPATH=str(REPO))
+        command = [sys.executable, "-m", "deploy", "--target", "local", "--params", str(REPO / "params.yaml")]
+        result = subprocess.run(
+            [*command, "--workdir", str(tmp_path), "--pin", first],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+        assert _served(url) == [first]
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == first
+    assert client.get_registered_model(MODEL).tags["champion_pinned"].startswith(f"v{first} since ")
+    assert client.get_model_version(MODEL, first).tags["promotion"] == "champion"
+    assert client.get_model_version(MODEL, first).tags["deployment_status"] == "reloaded"
+    assert client.get_model_version(MODEL, second).tags["promotion"] == "superseded"
+    deployment = json.loads((tmp_path / "reports/deployment.json").read_text())
+    assert (deployment["status"], deployment["version"]) == ("reloaded", first)
+
+
 def test_fake_predictor_refusing_the_reload_fails_the_local_target(tmp_path: Path) -> None:
     """A FAKE predictor whose reload fails (a real one only fails on a broken model): exit 2, one line."""
     import mlflow
