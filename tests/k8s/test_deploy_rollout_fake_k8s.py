@@ -356,6 +356,41 @@ def test_fake_k8s_rolling_back_after_kserves_pin_gives_the_pinned_version_no_tra
     ]
 
 
+def test_fake_k8s_pin_rolls_the_inferenceservice_back_to_the_pinned_version(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/kubernetes.md step 7 with `--pin 1` (its own real sqlite registry: the module's stays as it is):
+    version 2 serves all traffic; the alias moves to 1, the model is pinned, and version 1 is rolled out."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'pinned.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(MODEL)
+    for version in SOURCES:
+        client.create_model_version(MODEL, source=SOURCES[version])
+    client.set_registered_model_alias(MODEL, "champion", "2")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cluster = FakeCluster(becomes_ready=lambda obj: True)
+    cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap()
+    cluster.seed_ready(
+        find(
+            render("default", predictor__storageUri=STORAGE["2"], predictor__modelVersion="2"),
+            "InferenceService",
+        )
+    )
+    with fake_kube_api(cluster, workspace / "kubeconfig"):
+        result = _run(canary_percent=None, timeout_s=10, pin="1")
+
+    assert (result.status, result.version) == ("promoted", "1")
+    assert _env(cluster.inference_services[NS, "deepguard"]) == {
+        "STORAGE_URI": STORAGE["1"],
+        "DEEPGUARD_MODEL_VERSION": "1",
+    }
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert client.get_registered_model(MODEL).tags["champion_pinned"].startswith("v1 since ")
+    assert client.get_model_version(MODEL, "1").tags["deployment_status"] == "promoted"
+
+
 def test_fake_k8s_first_deploy_creates_the_service_from_the_chart_settings(workspace: Path) -> None:
     cluster = FakeCluster(becomes_ready=lambda obj: True)
     cluster.config_maps[NS, "deepguard-serving"] = _serving_configmap("gpu")
