@@ -878,19 +878,6 @@ class DeepGuardModel(Model):
         }
         request = result.batch.v2_request
         self._observe(result, verdict)
-        if request is None and result.heatmaps is not None:
-            explanations = [
-                {
-                    "label": label,
-                    "verdict": decided,
-                    "fake_probability": float(probability),
-                    "heatmap": heatmap.tolist(),
-                }
-                for label, decided, probability, heatmap in zip(
-                    result.labels, verdict, result.probabilities, result.heatmaps, strict=True
-                )
-            ]
-            return {"explanations": explanations, "model_name": self.name, **facts}
         if request is None:
             predictions = [
                 {
@@ -904,7 +891,14 @@ class DeepGuardModel(Model):
                     result.labels, verdict, result.probabilities, uploads, notes, strict=True
                 )
             ]
-            return {"predictions": predictions, "model_name": self.name, **facts}
+            if result.heatmaps is None:
+                return {"predictions": predictions, "model_name": self.name, **facts}
+            # :explain answers each image's whole prediction (the note says why UNCERTAIN) and its map.
+            explanations = [
+                {**prediction, "heatmap": heatmap.tolist()}
+                for prediction, heatmap in zip(predictions, result.heatmaps, strict=True)
+            ]
+            return {"explanations": explanations, "model_name": self.name, **facts}
         outputs = [
             InferOutput(OUTPUT_PROBABILITY, [count], "FP32", data=result.probabilities.astype(np.float32)),
             InferOutput(OUTPUT_LABEL, [count], "BYTES", data=np.array(result.labels, dtype=np.object_)),
