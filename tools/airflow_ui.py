@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from core.cli import configure_logging
-from core.names import AIRFLOW_PORT
+from core.names import AIRFLOW_PORT, DATA_ENV
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def resolve_data(value: str, cwd: Path) -> str:
     """
     path = (cwd / Path(value).expanduser()).resolve()
     if not path.exists():
-        raise LaunchError(f"DEEPGUARD_DATA={value}: no such archive or folder")
+        raise LaunchError(f"{DATA_ENV}={value}: no such archive or folder")
     return str(path)
 
 
@@ -106,8 +106,8 @@ def standalone_env(environ: Mapping[str, str], *, port: int, home: Path, cwd: Pa
     # Manual runs only: with the cluster's @weekly schedule, unpausing the DAG to trigger a run would also
     # start a scheduled run of the full default recipe beside it.
     env.setdefault("DEEPGUARD_SCHEDULE", MANUAL_ONLY)
-    if environ.get("DEEPGUARD_DATA"):
-        env["DEEPGUARD_DATA"] = resolve_data(environ["DEEPGUARD_DATA"], cwd)
+    if environ.get(DATA_ENV):
+        env[DATA_ENV] = resolve_data(environ[DATA_ENV], cwd)
     return env
 
 
@@ -193,7 +193,7 @@ def _banner(url: str, home: Path, env: Mapping[str, str]) -> None:
         DAG_ID,
         f"{MANUAL_ONLY} (manual runs only)" if schedule == MANUAL_ONLY else schedule,
     )
-    log.info("data: %s", env.get("DEEPGUARD_DATA", "(DEEPGUARD_DATA unset: Kaggle or synthetic)"))
+    log.info("data: %s", env.get(DATA_ENV, f"({DATA_ENV} unset: Kaggle or synthetic)"))
     log.info("Airflow home: %s (log: standalone.log)", home)
     log.info("Ctrl-C stops Airflow and every task it started")
     log.info(rule)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from dagtools import DAG_ID, DAGS_DIR, ML_PYTHON, REPO
 # Airflow reads its configuration when first imported: point it at a throw-away home and our dags folder,
 # and drop the deployment settings of the user's shell so that the DAG parses with its defaults.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="deepguard-airflow-")
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_DIR)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 # The first parse imports the cncf.kubernetes provider: on 2 busy CI cores it can pass the 30 s default.
