@@ -76,7 +76,7 @@ def domain_notes(facts: InputFacts, size: int, fine_detail: float | None = None)
     if facts.grayscale:
         notes.append("no colour (grayscale), and most grey images the model learned from were AI-generated")
     if fine_detail is not None and fine_detail < MIN_FINE_DETAIL:
-        notes.append("little fine detail (blurred or smoothed), which the model relies on")
+        notes.append("little fine detail (blurred, smoothed or flat), which the model relies on")
     return notes
 
 

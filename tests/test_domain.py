@@ -173,7 +173,7 @@ def test_margin_zero_switches_the_policy_off():
 def test_little_fine_detail_is_noted_and_policed():
     assert domain_notes(NATIVE, 32, MIN_FINE_DETAIL + 0.01) == []
     blurred = domain_note(NATIVE, 32, MIN_FINE_DETAIL - 0.01)
-    assert "little fine detail (blurred or smoothed)" in blurred
+    assert "little fine detail (blurred, smoothed or flat)" in blurred
     assert domain_verdict(0.75, BANDS, NATIVE, 32, 0.2, MIN_FINE_DETAIL + 0.01) == "FAKE"
     assert domain_verdict(0.75, BANDS, NATIVE, 32, 0.2, MIN_FINE_DETAIL - 0.01) == "UNCERTAIN"
     # A request's images each with their own fine detail (how the predictor calls it).

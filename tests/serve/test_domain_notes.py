@@ -65,7 +65,7 @@ def uploads(sample_images) -> tuple[list[bytes], list[tuple[int, int, str]], lis
         "transparent pixels composited on white",
         "not square (48x32)",
         "JPEG quality about 30",
-        "little fine detail (blurred or smoothed)",
+        "little fine detail (blurred, smoothed or flat)",
     ]
     return files, inputs, phrases
 
