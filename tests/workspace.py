@@ -129,19 +129,27 @@ class TrainedWorkspace:
 STARTUP_TIMEOUT_S = 180
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now: the kernel's pick, or with DEEPGUARD_TEST_PORTS=FIRST-LAST one
-    of that range (a machine shared with others who keep to theirs)."""
+    of that range not given before in this session (a machine shared with others who keep to theirs; a port
+    given to a server that has not bound it yet must not be given again)."""
     span = os.environ.get("DEEPGUARD_TEST_PORTS")
     first, last = (int(end) for end in span.split("-")) if span else (0, 0)
     for port in range(first, last + 1):
+        if port in _GIVEN_PORTS:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            if port:
+                _GIVEN_PORTS.add(port)
             return sock.getsockname()[1]
-    raise RuntimeError(f"no free port in DEEPGUARD_TEST_PORTS={span}")
+    raise RuntimeError(f"no free port left in DEEPGUARD_TEST_PORTS={span}")
 
 
 @contextlib.contextmanager
