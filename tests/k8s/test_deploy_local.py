@@ -103,6 +103,17 @@ def _served(url: str) -> list[str]:
     return requests.get(f"{url}/v2/models/{MODEL}", timeout=30).json()["versions"]
 
 
+def _deploy_local(tracking_uri: str, url: str, workdir: Path, *args: str) -> None:
+    """Run `python -m deploy --target local` against the predictor at ``url``; it must succeed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "KUBERNETES_"))}
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, PREDICTOR_URL=url, PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "deploy", "--target", "local", "--params", str(REPO / "params.yaml")]
+    result = subprocess.run(
+        [*command, "--workdir", str(workdir), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+
+
 def test_local_target_reloads_the_new_champion_in_the_running_predictor(tmp_path: Path) -> None:
     import mlflow
 
@@ -113,26 +124,7 @@ def test_local_target_reloads_the_new_champion_in_the_running_predictor(tmp_path
         second = _register_untrained_model(tracking_uri, tmp_path / "artifacts", seed=1)
         assert _served(url) == [first], "the alias moved, but nothing has reloaded yet"
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "KUBERNETES_"))}
-        env.update(MLFLOW_TRACKING_URI=tracking_uri, PREDICTOR_URL=url, PYTHONPATH=str(REPO))
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "deploy",
-                "--target",
-                "local",
-                "--params",
-                str(REPO / "params.yaml"),
-                "--workdir",
-                str(tmp_path),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+        _deploy_local(tracking_uri, url, tmp_path)
         assert _served(url) == [second]
     tags = mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version(MODEL, second).tags
     assert tags["deployment_status"] == "reloaded"
@@ -151,17 +143,7 @@ def test_pin_rolls_the_running_predictor_back_to_an_earlier_version(tmp_path: Pa
     client.set_model_version_tag(MODEL, second, "promotion", "champion")
     with _predictor(tracking_uri, tmp_path / "predictor.log") as url:
         assert _served(url) == [second]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "KUBERNETES_"))}
-        env.update(MLFLOW_TRACKING_URI=tracking_uri, PREDICTOR_URL=url, PYTHONPATH=str(REPO))
-        command = [sys.executable, "-m", "deploy", "--target", "local", "--params", str(REPO / "params.yaml")]
-        result = subprocess.run(
-            [*command, "--workdir", str(tmp_path), "--pin", first],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+        _deploy_local(tracking_uri, url, tmp_path, "--pin", first)
         assert _served(url) == [first]
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == first
     assert client.get_registered_model(MODEL).tags["champion_pinned"].startswith(f"v{first} since ")
