@@ -527,13 +527,13 @@ def test_model_page_says_a_band_the_predictor_sends_as_null_is_empty():
 
     facts = model_facts({"threshold": 0.41, "real_below": None, "fake_above": 0.87}, {})
     assert facts["REAL at or below"] == "none (empty band: decides nothing)"
-    assert (facts["Decision threshold"], facts["FAKE at or above"]) == ("0.41", "0.87")
+    assert (facts["Decision threshold"], facts["FAKE at or above"]) == ("0.4100", "0.8700")
     assert "REAL at or below" not in model_facts({"threshold": 0.41}, {})
 
 
 def test_model_page_writes_the_serving_numbers_as_the_card_does():
     """ "Serving now" showed "Decision threshold 0.3504358232021332" above the card's "decision threshold
-    0.3504": the same number twice, once as noise. Numbers read to four significant digits, as in the card."""
+    0.3504": the same number twice, once as noise. Numbers read to four places, as in the card."""
     from flask_app import model_facts
 
     facts = model_facts(
