@@ -11,7 +11,6 @@ PY := $(VENV)/bin/python
 export UV_CACHE_DIR ?= $(CURDIR)/.cache/uv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-UV_VERSION := 0.13.9
 UV := $(CURDIR)/.cache/uv-bin/bin/uv
 
 .PHONY: help run test pipeline dvc-yaml clean serve setup-airflow airflow test-dags dag-test \
@@ -149,9 +148,10 @@ bench-gpu: setup ## default recipe on one GPU (params-gpu.yaml, mixed precision)
 
 ##@ Development
 
-$(UV):
+$(UV): requirements/uv.lock
 	$(PYTHON) -m venv .cache/uv-bin
-	.cache/uv-bin/bin/pip install --quiet uv==$(UV_VERSION)
+	.cache/uv-bin/bin/pip install --quiet --require-hashes -r requirements/uv.lock
+	touch $@
 
 $(VENV)/.installed: requirements/dev.lock | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON_VERSION) $(VENV)

@@ -212,6 +212,25 @@ def test_every_pin_of_every_lock_carries_a_hash(lock: str) -> None:
     assert names == _hashed_pins((REPO / "requirements" / lock).read_text())
 
 
+def test_every_install_the_makefile_runs_checks_hashes_from_a_lock() -> None:
+    # `make setup` bootstraps uv with pip: an unhashed `pip install uv==...` took whatever the index served.
+    installs = [
+        line.strip()
+        for line in (REPO / "Makefile").read_text().splitlines()
+        if re.search(r"\bpip (install|sync)\b", line)
+    ]
+    assert len(installs) >= 3, installs  # uv, .venv, .venv-airflow
+    for install in installs:
+        assert re.search(r"--require-hashes (-r )?\S*requirements/\w[\w-]*\.lock", install), install
+
+
+def test_the_gpu_image_builds_with_the_uv_that_make_setup_installs() -> None:
+    locked = re.search(r"^uv==(\S+)", (REPO / "requirements" / "uv.lock").read_text(), re.MULTILINE)
+    dockerfile = (REPO / "images" / "stage-gpu" / "Dockerfile").read_text()
+    image = re.search(r"^FROM \S+/uv:(\S+) AS uv$", dockerfile, re.MULTILINE)
+    assert locked and image and image[1] == locked[1]
+
+
 def _lock_names(lock: str) -> set[str]:
     text = (REPO / "requirements" / lock).read_text()
     names = re.findall(r"^([A-Za-z0-9_.-]+)==", text, re.MULTILINE)
