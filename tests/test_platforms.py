@@ -2,8 +2,8 @@
 
 TensorFlow's CPU-only package has wheels for x86-64 Linux alone, so a lock resolved there failed `make run`
 on every Mac and every arm64 Linux machine. The two laptop locks are universal (`uv pip compile --universal`);
-the image locks stay linux/amd64, the platform the images are built for. `uv.lock` (uv itself, which `make setup`
-installs with pip first) is universal too.
+the image locks stay linux/amd64, the platform the images are built for. `uv.lock` (uv itself, which
+`make setup` installs with pip first) is universal too.
 """
 
 from __future__ import annotations
