@@ -142,11 +142,18 @@ def download_model(uri: str, dest: Path | None = None) -> Path:
     import mlflow
 
     try:
-        return Path(
+        folder = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest) if dest else None)
         )
     except Exception as exc:  # MLflow raises several types for a missing model or alias
         raise ModelLoadError(f"{uri}: cannot download model: {exc}") from None
+    # A version whose files are gone downloads as an empty folder, and the error would name a temporary path.
+    if not (folder / KERAS_FILE).is_file():
+        raise ModelLoadError(
+            f"{uri}: the artifact store holds no {KERAS_FILE} for it (its files were deleted, or the MLflow "
+            "store was restored without its artifacts)"
+        )
+    return folder
 
 
 def predict_fake_probability(model, images: np.ndarray, batch_size: int = 512) -> np.ndarray:

@@ -139,6 +139,26 @@ def test_failed_reload_keeps_the_served_model(lifecycle_predictor, own_store, sa
         client.set_registered_model_alias("deepguard", "champion", before[0])
 
 
+def test_a_champion_whose_files_are_gone_is_refused_by_its_version_not_a_temporary_path(
+    lifecycle_predictor, own_store, tiny_model
+):
+    from mlflow import MlflowClient
+
+    url = lifecycle_predictor
+    before = served_version(url)
+    lost = register_model(tiny_model, own_store.tracking_uri, threshold=0.5, synthetic_data=False)
+    client = MlflowClient(tracking_uri=own_store.tracking_uri)
+    shutil.rmtree(client.get_model_version_download_uri("deepguard", lost).removeprefix("file://"))
+    try:
+        load = requests.post(f"{url}/v2/repository/models/deepguard/load", timeout=TIMEOUT)
+        assert load.status_code == 503, load.text
+        assert f"models:/deepguard/{lost}: the artifact store holds no data/model.keras" in load.text
+        assert "deepguard-model-" not in load.text  # the predictor's temporary download folder
+        assert served_version(url) == before
+    finally:
+        client.set_registered_model_alias("deepguard", "champion", before[0])
+
+
 def test_unload_then_load_brings_the_model_back(lifecycle_predictor):
     url = lifecycle_predictor
     assert requests.post(f"{url}/v2/repository/models/deepguard/unload", timeout=TIMEOUT).status_code == 200
