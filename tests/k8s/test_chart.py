@@ -642,11 +642,53 @@ def test_mlflow_server_stores_on_its_pvc_or_postgres() -> None:
     pins = set(re.findall(r"^([a-z0-9_.-]+)==", (REPO / "requirements" / "stages.lock").read_text(), re.M))
     # psycopg's binary build brings libpq, which the slim base image lacks.
     assert {driver, f"{driver}-binary"} <= pins, f"requirements/stages.lock lacks {driver}[binary]"
-    # Postgres + S3: nothing left for a volume to hold.
+    # Postgres + S3: the claim holds the logins alone (basic_auth.db); without logins nothing is left for it.
     claims = [o["metadata"]["name"] for o in postgres if o["kind"] == "PersistentVolumeClaim"]
+    assert sorted(claims) == ["deepguard-mlflow", "deepguard-workspace"]
+    without_logins = render("canary", mlflow__backendStore__type="postgres", mlflow__auth__enabled=False)
+    claims = [o["metadata"]["name"] for o in without_logins if o["kind"] == "PersistentVolumeClaim"]
     assert claims == ["deepguard-workspace"]
     off = render("default", mlflow__enabled=False)
     assert not [o for o in off if "mlflow" in o["metadata"]["name"] and o["kind"] != "Secret"]
+
+
+def _mlflow_pod(objects: list[dict]) -> tuple[dict, dict, str]:
+    """The MLflow pod template, its container and its basic_auth.ini ("" when logins are off)."""
+    template = find(objects, "Deployment", "deepguard-mlflow")["spec"]["template"]
+    auth = [
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "deepguard-mlflow-auth"
+    ]
+    return template, template["spec"]["containers"][0], auth[0]["data"]["basic_auth.ini"] if auth else ""
+
+
+def test_mlflow_logins_come_from_the_secret_and_can_be_turned_off() -> None:
+    """The running server's logins are tested in test_mlflow_server_args.py; here what the chart wires."""
+    template, container, ini = _mlflow_pod(render("default"))
+    assert "--app-name=basic-auth" in container["args"]
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    # The admin is the user the pipeline's pods already send (env_from the same Secret): one login to keep.
+    assert keys["MLFLOW_AUTH_ADMIN_USERNAME"] == {
+        "name": "deepguard-mlflow",
+        "key": "MLFLOW_TRACKING_USERNAME",
+    }
+    assert keys["MLFLOW_AUTH_ADMIN_PASSWORD"] == {
+        "name": "deepguard-mlflow",
+        "key": "MLFLOW_TRACKING_PASSWORD",
+    }
+    assert keys["MLFLOW_FLASK_SERVER_SECRET_KEY"]["name"] == "deepguard-mlflow"
+    assert "password" not in ini.lower() and "default_permission = READ" in ini
+    assert "database_uri = sqlite:////mlflow/basic_auth.db" in ini  # on the claim, which outlives the pod
+    assert {"name": "data", "mountPath": "/mlflow"} in container["volumeMounts"]
+    # A changed permission restarts the server, which reads the file once.
+    stricter, _, stricter_ini = _mlflow_pod(
+        render("default", mlflow__auth__defaultPermission="NO_PERMISSIONS")
+    )
+    assert "default_permission = NO_PERMISSIONS" in stricter_ini
+    checksum = "checksum/auth"
+    assert stricter["metadata"]["annotations"][checksum] != template["metadata"]["annotations"][checksum]
+    _, plain, no_ini = _mlflow_pod(render("default", mlflow__auth__enabled=False))
+    assert "--app-name=basic-auth" not in plain["args"] and not no_ini
+    assert not [e for e in plain["env"] if e["name"].startswith(("MLFLOW_AUTH", "MLFLOW_FLASK"))]
 
 
 def test_every_claim_outlives_helm_uninstall_and_an_upgrade_that_drops_it() -> None:
