@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import zipfile
 import zlib
 from collections import Counter
@@ -243,10 +244,15 @@ def _order(split: str, class_name: str, name: str) -> tuple[int, str, str]:
     return SPLIT_FOLDERS.index(split), class_name, name
 
 
+def _class_of(folder: str) -> str | None:
+    """The class a folder name stands for, in any case: ``real/`` and ``Fake/`` are ``REAL`` and ``FAKE``."""
+    return folder.upper() if folder.upper() in CLASS_NAMES else None
+
+
 def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
-    """Find ``<split>/<CLASS>/<file>`` at the end of a path (an optional top folder is allowed)."""
-    if len(parts) >= 3 and parts[-3] in SPLIT_FOLDERS and parts[-2] in CLASS_NAMES:
-        return parts[-3], parts[-2]
+    """Find ``<split>/<CLASS>/<file>`` at the end of a path (an optional top folder is allowed; any case)."""
+    if len(parts) >= 3 and parts[-3].lower() in SPLIT_FOLDERS and (class_name := _class_of(parts[-2])):
+        return parts[-3].lower(), class_name
     return None
 
 
@@ -269,16 +275,50 @@ def _image_members(path: Path) -> list[tuple[tuple[str, ...], Member]]:
         SourceError: for a path that is neither a folder nor a zip archive.
     """
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        return [(file.relative_to(path).parts, file) for file in files]
+        files = sorted(p for p in _walk(path) if p.suffix.lower() in IMAGE_SUFFIXES)
+        return [
+            (file.relative_to(path).parts, file)
+            for file in files
+            if not _os_metadata(file.relative_to(path).parts)
+        ]
     if not zipfile.is_zipfile(path):
         raise SourceError(f"{path}: not a zip archive or a folder")
     with zipfile.ZipFile(path) as archive:
         return [
-            (Path(info.filename).parts, info)
+            (parts, info)
             for info in archive.infolist()
-            if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES
+            if not info.is_dir()
+            and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES
+            and not _os_metadata(parts := Path(info.filename).parts)
         ]
+
+
+def _os_metadata(parts: tuple[str, ...]) -> bool:
+    """Files an operating system adds beside images: macOS's ``__MACOSX/`` and ``._x.jpg`` companions.
+
+    They carry an image's suffix but hold no image, so ingest counted each as a rejected image (``._x.jpg``:
+    "not an image") and an extra set warned about every one.
+    """
+    return "__MACOSX" in parts[:-1] or parts[-1].startswith("._")
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every file under ``root``, following symbolic links to folders, each folder once.
+
+    ``Path.rglob`` does not follow linked folders, so a dataset assembled from links (``train/REAL ->
+    /data/real``) read as empty; following them, a link back up (a loop) must not recurse forever.
+    """
+    seen: set[tuple[int, int]] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:
+            subfolders.clear()  # a folder reached again through a link: its files are already listed
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        for name in names:
+            file = Path(folder, name)
+            if file.is_file():
+                yield file
 
 
 def read_each(path: Path, members: list[Member]) -> Iterator[bytes | SourceError]:
@@ -342,9 +382,9 @@ def list_labelled(path: Path) -> list[tuple[str, Member]]:
     if not path.exists():
         raise SourceError(f"{path}: no such archive or folder{_near_misses(path)}")
     located = [
-        (parts[-2], member)
+        (class_name, member)
         for parts, member in _image_members(path)
-        if len(parts) >= 2 and parts[-2] in CLASS_NAMES
+        if len(parts) >= 2 and (class_name := _class_of(parts[-2]))
     ]
     missing = [name for name in CLASS_NAMES if name not in {class_name for class_name, _ in located}]
     if missing:
@@ -362,14 +402,14 @@ def _unread_suffixes(path: Path, classes: list[str]) -> str:
     REAL/ folder.
     """
     if path.is_dir():
-        names = [file.relative_to(path).parts for file in path.rglob("*") if file.is_file()]
+        names = [file.relative_to(path).parts for file in _walk(path)]
     else:
         with zipfile.ZipFile(path) as archive:
             names = [Path(info.filename).parts for info in archive.infolist() if not info.is_dir()]
     suffixes = Counter(
         Path(parts[-1]).suffix.lower() or "(none)"
         for parts in names
-        if len(parts) >= 2 and parts[-2] in classes and not parts[-1].startswith(".")
+        if len(parts) >= 2 and _class_of(parts[-2]) in classes and not parts[-1].startswith(".")
     )
     if not suffixes:
         return ""

@@ -503,3 +503,68 @@ def test_encrypted_zip_member_is_one_clear_error_cli(workspace, tmp_path: Path) 
     _patch_headers(archive, "train/FAKE/bomb.png", 8, 6, (1).to_bytes(2, "little"))  # flag bit 0: encrypted
     result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(archive)}, check=False)
     _fails_with_one_line(result, r"locked\.zip: train/FAKE/bomb\.png: unreadable archive member \(.*encrypt")
+
+
+def _sample_files(per_folder: int) -> dict[str, bytes]:
+    """The first ``per_folder`` images of each split/class folder of the real CIFAKE sample."""
+    with zipfile.ZipFile(require_sample()) as archive:
+        names = sorted(n for n in archive.namelist() if not n.endswith("/"))
+        picked: dict[str, bytes] = {}
+        for split in ("train", "test"):
+            for cls in ("REAL", "FAKE"):
+                for name in [n for n in names if n.split("/")[-3:-1] == [split, cls]][:per_folder]:
+                    picked[f"{split}/{cls}/{Path(name).name}"] = archive.read(name)
+    return picked
+
+
+def _write_folder(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def _ingest_and_preprocess_cli(root: Path, env: dict[str, str], data: Path) -> dict:
+    env = {**env, "DEEPGUARD_DATA": str(data)}
+    run_stage("ingest", root, env)
+    run_stage("preprocess", root, env)
+    return json.loads((root / "reports" / "data_report.json").read_text())
+
+
+def test_a_folder_assembled_from_symlinks_with_a_link_loop_is_read_once_cli(
+    workspace, tmp_path: Path
+) -> None:
+    """A team links train/REAL to where their images live; a link back up must not recurse forever."""
+    root, env = workspace
+    real = _write_folder(tmp_path / "real", _sample_files(5))
+    linked = tmp_path / "linked"
+    for split in ("train", "test"):
+        (linked / split).mkdir(parents=True)
+        for cls in ("REAL", "FAKE"):
+            (linked / split / cls).symlink_to(real / split / cls, target_is_directory=True)
+    (real / "train" / "REAL" / "loop").symlink_to(linked, target_is_directory=True)
+    report = _ingest_and_preprocess_cli(root, env, linked)
+    assert report["kept"] == {"test": {"FAKE": 5, "REAL": 5}, "train": {"FAKE": 5, "REAL": 5}}
+    assert report["duplicates_within_split"] == {}  # each image read once, not again through the loop
+
+
+def test_lowercase_class_folders_and_macos_metadata_are_read_as_a_team_zips_them_cli(
+    workspace, tmp_path: Path
+) -> None:
+    """A zip made on a Mac by a team naming folders real/ and fake/: metadata files are not images."""
+    root, env = workspace
+    files = {
+        f"cifake/{k.replace('REAL', 'real').replace('FAKE', 'fake')}": v for k, v in _sample_files(3).items()
+    }
+    first = next(iter(files))
+    files[f"__MACOSX/{Path(first).parent}/._{Path(first).name}"] = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X"
+    files[f"{Path(first).parent}/._{Path(first).name}"] = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X"
+    files["cifake/.DS_Store"] = b"\x00\x00\x00\x01Bud1"
+    report = _ingest_and_preprocess_cli(root, env, make_zip(tmp_path / "team.zip", files))
+    assert report["kept"] == {"test": {"FAKE": 3, "REAL": 3}, "train": {"FAKE": 3, "REAL": 3}}
+    assert report["rejected"] == {}
+    summary = json.loads((root / "data" / "processed" / "summary.json").read_text())
+    assert sum(summary["counts"]["test"].values()) == 6
+    assert [cls for cls, _ in sources.list_labelled(tmp_path / "team.zip")].count(
+        "FAKE"
+    ) == 6  # extra sets too
