@@ -261,7 +261,19 @@ def _check_layout(found: set[tuple[str, str]], where: str) -> None:
     missing = sorted(expected - found)
     if missing:
         shown = ", ".join(f"{s}/{c}" for s, c in missing)
-        raise SourceError(f"{where}: not in the Kaggle layout train|test/REAL|FAKE: no images in {shown}")
+        if not found:
+            fix = "put the images in the folders train/REAL, train/FAKE, test/REAL and test/FAKE"
+        elif {split for split, _ in missing} == {"test"} and not any(split == "test" for split, _ in found):
+            # A team with only labelled training images: the test split is theirs to choose, and fixed.
+            fix = (
+                "move a share of your images (e.g. a fifth of each class) to test/REAL and test/FAKE: the "
+                "held-out test split every model is measured and compared on"
+            )
+        else:
+            fix = "add images of that class there"
+        raise SourceError(
+            f"{where}: not in the Kaggle layout train|test/REAL|FAKE: no images in {shown}; {fix}"
+        )
 
 
 # An image file of a source: its path in a folder, or its member of a zip archive.

@@ -568,3 +568,22 @@ def test_lowercase_class_folders_and_macos_metadata_are_read_as_a_team_zips_them
     assert [cls for cls, _ in sources.list_labelled(tmp_path / "team.zip")].count(
         "FAKE"
     ) == 6  # extra sets too
+
+
+def test_only_a_train_split_says_to_hold_out_a_test_split_cli(workspace, tmp_path: Path) -> None:
+    root, env = workspace
+    files = {k: v for k, v in _sample_files(3).items() if k.startswith("train/")}
+    result = run_stage(
+        "ingest", root, {**env, "DEEPGUARD_DATA": str(make_zip(tmp_path / "t.zip", files))}, check=False
+    )
+    _fails_with_one_line(result, r"t\.zip: .*no images in test/FAKE, test/REAL; move a share of your images")
+
+
+def test_an_empty_class_folder_is_named_with_what_to_do_cli(workspace, tmp_path: Path) -> None:
+    root, env = workspace
+    folder = _write_folder(
+        tmp_path / "team", {k: v for k, v in _sample_files(3).items() if "train/FAKE" not in k}
+    )
+    (folder / "train" / "FAKE").mkdir()
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(folder)}, check=False)
+    _fails_with_one_line(result, r"team: .*no images in train/FAKE; add images of that class there")
