@@ -60,12 +60,30 @@ def _source_error(message: str, exc: Exception) -> SourceError:
 
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
+    if status in (
+        401,
+        403,
+    ):  # Kaggle refused the credentials: which ones were used is what the user must check
+        return SourceError(f"{message}: Kaggle refused the credentials; {_kaggle_credentials_used()}")
     if isinstance(status, int):
         transient = status >= 500 or status == 429
     else:
         offline = (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)
         transient = isinstance(exc, offline)
     return (SourceUnavailableError if transient else SourceError)(message)
+
+
+def _kaggle_credentials_used() -> str:
+    """Where the kaggle package took its credentials from (its own order), so a refused one can be fixed."""
+    env = settings()
+    if env.kaggle_api_token:
+        return "check KAGGLE_API_TOKEN (create a new one: Kaggle > Settings > API)"
+    if env.kaggle_username and env.kaggle_key:
+        return "check KAGGLE_USERNAME and KAGGLE_KEY (create a new token: Kaggle > Settings > API)"
+    return (
+        f"check kaggle.json or access_token in {env.kaggle_dir}, or set KAGGLE_USERNAME and KAGGLE_KEY "
+        "(or KAGGLE_API_TOKEN), or run `kaggle auth login`"
+    )
 
 
 @dataclass(frozen=True)

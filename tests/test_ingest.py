@@ -587,3 +587,44 @@ def test_an_empty_class_folder_is_named_with_what_to_do_cli(workspace, tmp_path:
     (folder / "train" / "FAKE").mkdir()
     result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(folder)}, check=False)
     _fails_with_one_line(result, r"team: .*no images in train/FAKE; add images of that class there")
+
+
+@pytest.mark.parametrize(
+    ("credentials", "named"),
+    [
+        ({"KAGGLE_USERNAME": "someone", "KAGGLE_KEY": "wrong"}, "check KAGGLE_USERNAME and KAGGLE_KEY"),
+        ({"KAGGLE_API_TOKEN": "wrong"}, "check KAGGLE_API_TOKEN"),
+    ],
+)
+@pytest.mark.parametrize("refused_at", ["sign-in", "download"])
+def test_bad_kaggle_credentials_name_the_variables_to_check_fake_kaggle_api(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, credentials: dict, named: str, refused_at: str
+) -> None:
+    """Kaggle answers 401 to a wrong key (at the token check, or at the download): say which credentials."""
+    import requests
+
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    kaggle_api = importlib.import_module("kaggle.api.kaggle_api_extended")
+
+    def refuse() -> None:
+        response = requests.Response()
+        response.status_code = 401
+        raise requests.HTTPError("401 Client Error: Unauthorized", response=response)
+
+    class FakeRefusingKaggleApi:
+        def authenticate(self) -> None:
+            if refused_at == "sign-in":
+                refuse()
+
+        def dataset_download_files(self, *args, **kwargs) -> None:
+            refuse()
+
+    monkeypatch.setattr(kaggle_api, "KaggleApi", FakeRefusingKaggleApi)
+    with pytest.raises(sources.SourceError) as error:
+        sources.download_kaggle("owner/data", tmp_path)
+    message = str(error.value)
+    assert f"Kaggle {refused_at} " in message and "Kaggle refused the credentials; " + named in message
+    assert "\n" not in message and not isinstance(error.value, sources.SourceUnavailableError)
