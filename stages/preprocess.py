@@ -35,6 +35,9 @@ class SplitError(DeepGuardError):
 
 
 CHUNK = 2048  # images decoded before each write: bounds memory at ~6 MB of pixels at 32x32
+# Warn when one class has fewer than 1/IMBALANCE of the other's train images. Nothing reweights classes, so
+# the model learns the majority, and the validation split evaluate picks the threshold on holds a handful.
+IMBALANCE = 10
 
 
 def split_names(names: list[str], params: SplitParams) -> dict[str, list[str]]:
@@ -128,8 +131,30 @@ def run(params: Params) -> dict:
             },
         }
         write_json(tmp / SPLIT_SUMMARY.name, summary)
+    _warn_if_unbalanced(summary["counts"])
     log.info("preprocess done: %s", {split: sum(c.values()) for split, c in summary["counts"].items()})
     return summary
+
+
+def _warn_if_unbalanced(counts: dict[str, dict[str, int]]) -> None:
+    """Say so when the train split is dominated by one class: it trains, but on little of the other."""
+    train = {cls: counts["train"][cls] + counts["val"][cls] for cls in CLASS_NAMES}
+    few, many = sorted(CLASS_NAMES, key=lambda cls: train[cls])
+    if train[few] * IMBALANCE < train[many]:
+        log.warning(
+            "preprocess: train holds %d %s images and %d %s (1:%d); the model learns mostly %s, and "
+            "validation, where evaluate picks the threshold and bands, has %d %s: add %s images to train/%s",
+            train[few],
+            few,
+            train[many],
+            many,
+            round(train[many] / max(train[few], 1)),
+            many,
+            counts["val"][few],
+            few,
+            few,
+            few,
+        )
 
 
 def _main(args: argparse.Namespace, params: Params) -> None:

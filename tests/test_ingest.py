@@ -628,3 +628,25 @@ def test_bad_kaggle_credentials_name_the_variables_to_check_fake_kaggle_api(
     message = str(error.value)
     assert f"Kaggle {refused_at} " in message and "Kaggle refused the credentials; " + named in message
     assert "\n" not in message and not isinstance(error.value, sources.SourceUnavailableError)
+
+
+def test_very_unbalanced_classes_train_with_one_warning_naming_the_class_cli(
+    workspace, tmp_path: Path
+) -> None:
+    root, env = workspace
+    files = _sample_files(60)
+    fakes = [name for name in files if name.startswith("train/FAKE/")]
+    data = make_zip(tmp_path / "team.zip", {k: v for k, v in files.items() if k not in fakes[4:]})
+    env = {**env, "DEEPGUARD_DATA": str(data)}
+    run_stage("ingest", root, env)
+    result = run_stage("preprocess", root, env)
+    warnings = [line for line in (result.stdout + result.stderr).splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, result.stdout + result.stderr
+    assert "train holds 4 FAKE images and 60 REAL (1:15)" in warnings[0]
+    assert "has 1 FAKE: add FAKE images to train/FAKE" in warnings[0]
+    balanced = make_zip(tmp_path / "balanced.zip", files)
+    run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(balanced)})
+    result = run_stage("preprocess", root, env)
+    assert (
+        "WARNING" not in result.stdout + result.stderr and "preprocess done" in result.stdout + result.stderr
+    )
