@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import re
 import sys
 import zipfile
 from collections import Counter, defaultdict
@@ -172,7 +173,7 @@ def ingest(
             if not result["kept"].get(split, {}).get(class_name):
                 raise sources.SourceError(
                     f"{source.location}: no valid images left in {split}/{class_name}: "
-                    + _why_none_left(report, (split, class_name))
+                    + _why_none_left(report, (split, class_name), params)
                 )
     write_json(
         out_dir / INDEX,
@@ -188,7 +189,7 @@ def ingest(
     return result
 
 
-def _why_none_left(report: IngestReport, key: tuple[str, str]) -> str:
+def _why_none_left(report: IngestReport, key: tuple[str, str], params: DataParams) -> str:
     """What became of the images of one split/class, e.g. ``3 found, 3 rejected (3 size 64x64, ...)``."""
     rejected = report.rejected_in[key]
     reasons = ", ".join(f"{n} {reason}" for reason, n in rejected.most_common(3))
@@ -200,7 +201,31 @@ def _why_none_left(report: IngestReport, key: tuple[str, str]) -> str:
         parts.append(f"{report.duplicates_within_split[key]} duplicates")
     if report.test_in_train[key]:
         parts.append(f"{report.test_in_train[key]} also in train")
-    return ", ".join(parts)
+    return ", ".join(parts) + (f"; {_what_to_do(rejected.most_common(1)[0][0], params)}" if rejected else "")
+
+
+def _what_to_do(reason: str, params: DataParams) -> str:
+    """The fix for the commonest reason (of validate_dataset_image) that left a split/class empty."""
+    if match := re.fullmatch(r"size (\d+)x(\d+), expected \d+x\d+", reason):
+        width, height = match.groups()
+        if width == height and _image_size_allowed(params, int(width)):
+            return (
+                f"for {width}x{width} images set data.image_size: {width} (ingest never resizes a dataset "
+                "image: resampling erases the traces the detector learns from)"
+            )
+        return "use square images of data.image_size (ingest never resizes or crops a dataset image)"
+    if reason.startswith("mode "):
+        return "save the images as RGB (ingest never converts a dataset image)"
+    return "check that these files are images in a format read here"
+
+
+def _image_size_allowed(params: DataParams, size: int) -> bool:
+    """Whether ``data.image_size`` may be ``size`` (its bounds live in core/config.py only)."""
+    try:
+        DataParams.model_validate({**params.model_dump(), "image_size": size})
+    except ValueError:
+        return False
+    return True
 
 
 def write_source_marker(source: sources.Source, params: DataParams) -> None:
@@ -264,6 +289,13 @@ def run(params: Params) -> dict:
         + _total(report["duplicates_within_split"])
         + _total(report["test_in_train"])
     )
+    if report["rejected"]:  # kept apart from the summary: a team whose images are half greyscale must see it
+        log.warning(
+            "ingest: %d images rejected (%s); examples in %s",
+            sum(report["rejected"].values()),
+            "; ".join(f"{n} {reason}" for reason, n in Counter(report["rejected"]).most_common(3)),
+            DATA_REPORT,
+        )
     if report["feedback"] is not None:
         log.info("ingest: accepted feedback %s", report["feedback"])
     log.info(

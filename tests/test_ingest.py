@@ -650,3 +650,62 @@ def test_very_unbalanced_classes_train_with_one_warning_naming_the_class_cli(
     assert (
         "WARNING" not in result.stdout + result.stderr and "preprocess done" in result.stdout + result.stderr
     )
+
+
+def _converted(files: dict[str, bytes], convert) -> dict[str, bytes]:
+    out = {}
+    for name, data in files.items():
+        buffer = io.BytesIO()
+        convert(Image.open(io.BytesIO(data))).save(buffer, format="PNG")
+        out[name.rsplit(".", 1)[0] + ".png"] = buffer.getvalue()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("convert", "fix"),
+    [
+        (
+            lambda image: image.resize((64, 64)),
+            r"\(3 size 64x64, expected 32x32\); for 64x64 images set data.image_size: 64",
+        ),
+        (
+            lambda image: image.resize((40, 30)),
+            r"\(3 size 40x30, expected 32x32\); use square images of data.image_size",
+        ),
+        (lambda image: image.convert("L"), r"\(3 mode L, expected RGB\); save the images as RGB"),
+    ],
+)
+def test_a_team_archive_none_of_whose_images_fit_says_what_to_do_cli(
+    workspace, tmp_path: Path, convert, fix: str
+) -> None:
+    root, env = workspace
+    data = make_zip(tmp_path / "team.zip", _converted(_sample_files(3), convert))
+    result = run_stage("ingest", root, {**env, "DEEPGUARD_DATA": str(data)}, check=False)
+    _fails_with_one_line(result, r"team\.zip: no valid images left in train/REAL: 3 found, 3 rejected " + fix)
+
+
+def test_a_team_archive_partly_rejected_warns_with_the_reasons_cli(workspace, tmp_path: Path) -> None:
+    """PNG, WebP, greyscale, RGBA, 64x64 and a corrupt file: the RGB 32x32 ones train, the rest are named."""
+    root, env = workspace
+    files = _sample_files(6)
+    convert = [
+        lambda image: image,
+        lambda image: image.convert("L"),
+        lambda image: image.convert("RGBA"),
+        lambda image: image.resize((64, 64)),
+    ]
+    mixed = {}
+    for i, (name, data) in enumerate(files.items()):
+        mixed.update(_converted({name: data}, convert[i % 4]) if i % 6 < 4 else {name: data})
+    webp = io.BytesIO()
+    Image.open(io.BytesIO(files["train/REAL/" + Path(next(iter(files))).name])).save(webp, format="WEBP")
+    mixed["train/REAL/photo.webp"] = webp.getvalue()
+    mixed["train/REAL/corrupt.jpg"] = next(iter(files.values()))[:100]
+    env = {**env, "DEEPGUARD_DATA": str(make_zip(tmp_path / "team.zip", mixed))}
+    result = run_stage("ingest", root, env)
+    warnings = [line for line in (result.stdout + result.stderr).splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "ingest: 13 images rejected (" in warnings[0], warnings
+    assert "mode L, expected RGB" in warnings[0] and "examples in reports/data_report.json" in warnings[0]
+    report = json.loads((root / "reports" / "data_report.json").read_text())
+    assert report["rejected"]["corrupt or truncated image"] == 1 and report["total_kept"] == 24 - 12 + 1
+    run_stage("preprocess", root, env)
