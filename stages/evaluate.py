@@ -221,7 +221,10 @@ def run(params: Params) -> dict:
     model = load_keras(MODEL_DIR / MODEL_FILE)
     result, reference, figures = evaluate(model, params.evaluation)
     size = int(load_split(PROCESSED_DIR, "test")[0].shape[1])
-    result["extra_sets"] = {s.name: extra_sets.score(model, s, result["threshold"], size) for s in extra}
+    seen = extra_sets.seen_in_training(PROCESSED_DIR) if extra else frozenset()
+    result["extra_sets"] = {
+        s.name: extra_sets.score(model, s, result["threshold"], size, seen) for s in extra
+    }
     robust = robustness.measure(model, result["threshold"], params.evaluation)
     figures["robustness"] = robustness.figure(robust)
     # Written only now, metrics last: a failure or a stop while scoring leaves the last run's reports whole.

@@ -9,6 +9,7 @@ evaluate's threshold; the results sit beside ``test`` in ``reports/metrics.json`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from core.imaging import ImageError, decode_for_model
 from core.labels import CLASS_NAMES, label_of
 from core.metrics import format_metric, outcome_metrics
 from core.modelstore import predict_fake_probability
+from stages.shards import load_split
 from stages.sources import Member, SourceError, list_labelled, read_each
 
 log = logging.getLogger(__name__)
@@ -58,17 +60,38 @@ def check(sets: list[ExtraSetParams]) -> list[ExtraSet]:
     return checked  # two sets of one name are refused with the rest of params.yaml (core.config)
 
 
-def score(model, extra: ExtraSet, threshold: float, size: int) -> dict:
+def _pixels_digest(pixels: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).digest()
+
+
+def seen_in_training(processed_dir: Path) -> frozenset[bytes]:
+    """Digests of the pixels of every image the model was fitted or calibrated on (train and val).
+
+    An extra set measures the model on images it has not seen; a team pointing one at photos that are also in
+    its training data got inflated numbers without a word. Pixels, not bytes: the same image saved again as
+    PNG is still the same image.
+    """
+    digests: set[bytes] = set()
+    for split in ("train", "val"):
+        images = load_split(processed_dir, split)[0]
+        for start in range(0, len(images), CHUNK * 8):
+            digests.update(_pixels_digest(image) for image in np.asarray(images[start : start + CHUNK * 8]))
+    return frozenset(digests)
+
+
+def score(model, extra: ExtraSet, threshold: float, size: int, seen: frozenset[bytes] = frozenset()) -> dict:
     """Score one set as the predictor would score its files.
 
     A file that does not decode, or is over ``stages.sources.MAX_IMAGE_BYTES`` (never read past it), is
-    left out with a warning naming the set and the file: the predictor would refuse it too.
+    left out with a warning naming the set and the file: the predictor would refuse it too. So is an image
+    whose pixels are those of a training image (``seen``): it would measure memory, not generalisation.
 
     Args:
         model: The Keras model.
         extra: From :func:`check`.
         threshold: evaluate's threshold.
         size: The model's input side.
+        seen: From :func:`seen_in_training`.
 
     Returns:
         ``{"accuracy", "roc_auc", "count", "fake_called_real"}`` over the images that decoded.
@@ -79,6 +102,7 @@ def score(model, extra: ExtraSet, threshold: float, size: int) -> dict:
     labels: list[int] = []
     probabilities: list[np.ndarray] = []
     left_out: list[tuple[str, str]] = []  # (class name, why)
+    in_training: list[tuple[str, str]] = []  # (class name, file): images the model was trained on
     members = extra.members
     for start in range(0, len(members), CHUNK):
         chunk = members[start : start + CHUNK]
@@ -90,16 +114,35 @@ def score(model, extra: ExtraSet, threshold: float, size: int) -> dict:
                 left_out.append((class_name, str(data)))
                 continue
             try:
-                images.append(decode_for_model(data, size))
+                pixels = decode_for_model(data, size)
             except ImageError as exc:
                 left_out.append((class_name, f"{getattr(member, 'filename', member)}: {exc}"))
                 continue
+            if _pixels_digest(pixels) in seen:
+                in_training.append((class_name, f"{getattr(member, 'filename', member)}"))
+                continue
+            images.append(pixels)
             labels.append(label_of(class_name))
         if images:
             probabilities.append(predict_fake_probability(model, np.stack(images)))
     # check() saw files of both classes by their names; if every file of a class failed to decode, the set
     # is one class (no ROC-AUC, no fakes to miss) and the numbers would be null: refused like an empty class.
+    if in_training:
+        log.warning(
+            "extra set %s: %d files left out, the same pixels as images train or val holds (first: %s): an "
+            "extra set measures the model on images it has not seen; remove them from the set or from train",
+            extra.name,
+            len(in_training),
+            in_training[0][1],
+        )
     undecoded = [name for name in CLASS_NAMES if label_of(name) not in labels]
+    if undecoded and all(class_name != undecoded[0] for class_name, _ in left_out):
+        first = next(file for class_name, file in in_training if class_name == undecoded[0])
+        raise ConfigError(
+            f"evaluation.extra_sets {extra.name!r}: {extra.path}: every image in {undecoded[0]} is also in "
+            f"the training data (first: {first}): the set measures nothing the model has not seen; remove "
+            "them from the set or from train"
+        )
     if undecoded:
         first = next(why for class_name, why in left_out if class_name == undecoded[0])
         raise ConfigError(

@@ -355,3 +355,56 @@ def test_a_class_folder_of_unread_formats_says_which_suffixes_it_holds(tmp_path:
         f"evaluation.extra_sets 'phone': {path}: not in the layout REAL/ and FAKE/ image folders: "
         "no images in REAL (files there: 2 .heic; images are read by the suffixes .avif, .bmp, "
     )
+
+
+def test_extra_set_images_the_model_trained_on_are_left_out_and_named(
+    detector, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A team's extra set that shares photos with its train folder (one saved again as PNG): real ingest and
+    preprocess on a small archive of the CIFAKE sample, then the set is scored on the unseen images only."""
+    from workspace import make_workspace, require_sample, run_stage, stage_env
+
+    with zipfile.ZipFile(require_sample()) as sample:
+        names = sorted(n for n in sample.namelist() if not n.endswith("/"))
+        by_folder = {
+            folder: [n for n in names if n.split("/")[-3:-1] == folder.split("/")][:8]
+            for folder in ("train/REAL", "train/FAKE", "test/REAL", "test/FAKE")
+        }
+        data = {n: sample.read(n) for folder in by_folder.values() for n in folder}
+    archive = tmp_path / "team.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for name, content in data.items():
+            out.writestr("/".join(name.split("/")[-3:]), content)
+    root = make_workspace(tmp_path / "ws")
+    env = {**stage_env(root), "DEEPGUARD_DATA": str(archive)}
+    run_stage("ingest", root, env)
+    run_stage("preprocess", root, env)
+    seen = extra_sets.seen_in_training(root / "data" / "processed")
+    assert len(seen) == 16  # train and val: the 8 + 8 train images
+
+    extra = tmp_path / "photos"
+    for class_name in ("REAL", "FAKE"):
+        (extra / class_name).mkdir(parents=True)
+        for name in by_folder[f"test/{class_name}"][:3]:  # unseen: scored
+            (extra / class_name / Path(name).name).write_bytes(data[name])
+    trained = by_folder["train/FAKE"][0]
+    (extra / "FAKE" / Path(trained).name).write_bytes(data[trained])
+    png = io.BytesIO()
+    Image.open(io.BytesIO(data[by_folder["train/REAL"][0]])).save(png, format="PNG")
+    (extra / "REAL" / "again.png").write_bytes(png.getvalue())
+    [checked] = extra_sets.check([ExtraSetParams(name="photos", path=str(extra))])
+    with caplog.at_level("WARNING", logger="stages.extra_sets"):
+        result = extra_sets.score(detector, checked, 0.5, 32, seen)
+    assert result["count"] == 6
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(
+        "extra set photos: 2 files left out, the same pixels as images train or val holds"
+    )
+
+    only_trained = tmp_path / "only"
+    for class_name, name in (("REAL", by_folder["test/REAL"][0]), ("FAKE", trained)):
+        (only_trained / class_name).mkdir(parents=True)
+        (only_trained / class_name / Path(name).name).write_bytes(data[name])
+    [checked] = extra_sets.check([ExtraSetParams(name="only", path=str(only_trained))])
+    with pytest.raises(ConfigError, match=r"'only': .*every image in FAKE is also in the training data"):
+        extra_sets.score(detector, checked, 0.5, 32, seen)
