@@ -268,10 +268,20 @@ def _class_of(folder: str) -> str | None:
 
 
 def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
-    """Find ``<split>/<CLASS>/<file>`` at the end of a path (an optional top folder is allowed; any case)."""
-    if len(parts) >= 3 and parts[-3].lower() in SPLIT_FOLDERS and (class_name := _class_of(parts[-2])):
-        return parts[-3].lower(), class_name
+    """Find ``<split>/<CLASS>/`` in a file's path: the last such pair of folders, in any case.
+
+    A top folder above it is allowed, and so are folders below it (``train/REAL/2024-06/x.jpg``: a team adding
+    its images in batches), which were skipped without a word, leaving "no images in train/REAL".
+    """
+    for i in range(len(parts) - 3, -1, -1):
+        if parts[i].lower() in SPLIT_FOLDERS and (class_name := _class_of(parts[i + 1])):
+            return parts[i].lower(), class_name
     return None
+
+
+def _labelled_class(parts: tuple[str, ...]) -> str | None:
+    """The class of a file of an extra set: its nearest ``REAL/`` or ``FAKE/`` folder, in any case."""
+    return next((name for folder in reversed(parts[:-1]) if (name := _class_of(folder))), None)
 
 
 def _check_layout(found: set[tuple[str, str]], where: str) -> None:
@@ -402,7 +412,7 @@ def iter_entries(path: Path) -> Iterator[Entry]:
 
 
 def list_labelled(path: Path) -> list[tuple[str, Member]]:
-    """The images of a folder or zip in the layout ``[top/]REAL|FAKE/<file>``, any size: ``(class, member)``.
+    """The images of a folder or zip laid out as ``[top/]REAL|FAKE/[...]/<file>``, any size: (class, member).
 
     Only lists (no image is read), so a wrong set is refused before any work; read with :func:`read_members`.
 
@@ -414,7 +424,7 @@ def list_labelled(path: Path) -> list[tuple[str, Member]]:
     located = [
         (class_name, member)
         for parts, member in _image_members(path)
-        if len(parts) >= 2 and (class_name := _class_of(parts[-2]))
+        if (class_name := _labelled_class(parts))
     ]
     missing = [name for name in CLASS_NAMES if name not in {class_name for class_name, _ in located}]
     if missing:
@@ -439,7 +449,7 @@ def _unread_suffixes(path: Path, classes: list[str]) -> str:
     suffixes = Counter(
         Path(parts[-1]).suffix.lower() or "(none)"
         for parts in names
-        if len(parts) >= 2 and _class_of(parts[-2]) in classes and not parts[-1].startswith(".")
+        if _labelled_class(parts) in classes and not parts[-1].startswith(".")
     )
     if not suffixes:
         return ""

@@ -709,3 +709,17 @@ def test_a_team_archive_partly_rejected_warns_with_the_reasons_cli(workspace, tm
     report = json.loads((root / "reports" / "data_report.json").read_text())
     assert report["rejected"]["corrupt or truncated image"] == 1 and report["total_kept"] == 24 - 12 + 1
     run_stage("preprocess", root, env)
+
+
+def test_images_in_batch_folders_below_the_class_folders_are_read_cli(workspace, tmp_path: Path) -> None:
+    """A team adding images as they come: train/REAL/2024-06/x.jpg. They read as 'no images in train/REAL'."""
+    root, env = workspace
+    files = {
+        f"data/{Path(name).parent}/batch-{i % 2}/{Path(name).name}": content
+        for i, (name, content) in enumerate(_sample_files(4).items())
+    }
+    folder = _write_folder(tmp_path / "team", files)
+    report = _ingest_and_preprocess_cli(root, env, folder)
+    assert report["kept"] == {"test": {"FAKE": 4, "REAL": 4}, "train": {"FAKE": 4, "REAL": 4}}
+    labelled = sources.list_labelled(folder)  # an extra set in the same layout
+    assert sorted(cls for cls, _ in labelled) == ["FAKE"] * 8 + ["REAL"] * 8
