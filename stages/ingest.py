@@ -105,7 +105,7 @@ def ingest(
 
     Entries must come train first (as :func:`sources.iter_entries` yields them) so that test images that
     also occur in train can be found; accepted feedback (train entries of origin ``feedback``) comes last, and
-    is dropped when it is a test image. Duplicates are byte-identical files (same sha256).
+    is dropped when it is a test image. Duplicates are the same bytes or the same decoded pixels.
     """
     report = IngestReport(
         source=source.provenance(), feedback=Counter() if params.feedback == "include" else None
@@ -121,28 +121,23 @@ def ingest(
             # Feedback outcomes are counted apart too: one more for the first outcome below that applies.
             tally = report.feedback if entry.origin == sources.FEEDBACK else Counter()
             tally["seen"] += 1
-            digest = sources.fingerprint_bytes(entry.data)
-            if digest in seen_in_split[entry.split]:
-                report.duplicates_within_split[key] += 1
-                tally["duplicate"] += 1
-                report.note("duplicate_within_split", where)
-                continue
-            seen_in_split[entry.split].add(digest)
             # A test image seen in train leaks; so does feedback (always train, read last) seen in test.
             other = "train" if entry.split == "test" else "test" if entry.origin == sources.FEEDBACK else ""
-            if digest in seen_in_split.get(other, ()):
-                report.test_in_train[key] += 1
-                tally["test_in_train"] += 1
-                report.note("test_in_train", where)
+            digest = sources.fingerprint_bytes(entry.data)
+            if _seen_before(digest, seen_in_split, entry.split, other, report, tally, where):
                 continue
             try:
-                validate_dataset_image(entry.data, params.image_size)
+                pixels = validate_dataset_image(entry.data, params.image_size)
             except ImageError as exc:
                 reason = str(exc).split(":")[0]
                 report.rejected[reason] += 1
                 report.rejected_in[key][reason] += 1
                 tally["rejected"] += 1
                 report.note(reason, f"{where}: {exc}")
+                continue
+            # The same pixels in other bytes (metadata added or stripped, saved again as PNG): the same image.
+            pixel_digest = "pixels:" + sources.fingerprint_bytes(pixels.tobytes())
+            if _seen_before(pixel_digest, seen_in_split, entry.split, other, report, tally, where):
                 continue
             if params.sample_per_class is not None and report.kept[key] >= params.sample_per_class:
                 report.capped[key] += 1
@@ -187,6 +182,31 @@ def ingest(
         },
     )
     return result
+
+
+def _seen_before(
+    fingerprint: str,
+    seen_in_split: dict[str, set[str]],
+    split: str,
+    other: str,
+    report: IngestReport,
+    tally: Counter,
+    where: str,
+) -> bool:
+    """Count an image seen before in its split (a duplicate) or in ``other`` (a leak); else remember it."""
+    key = (split, where.split("/")[1])
+    if fingerprint in seen_in_split[split]:
+        report.duplicates_within_split[key] += 1
+        tally["duplicate"] += 1
+        report.note("duplicate_within_split", where)
+        return True
+    seen_in_split[split].add(fingerprint)
+    if fingerprint in seen_in_split.get(other, ()):
+        report.test_in_train[key] += 1
+        tally["test_in_train"] += 1
+        report.note("test_in_train", where)
+        return True
+    return False
 
 
 def _why_none_left(report: IngestReport, key: tuple[str, str], params: DataParams) -> str:

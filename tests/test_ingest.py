@@ -723,3 +723,20 @@ def test_images_in_batch_folders_below_the_class_folders_are_read_cli(workspace,
     assert report["kept"] == {"test": {"FAKE": 4, "REAL": 4}, "train": {"FAKE": 4, "REAL": 4}}
     labelled = sources.list_labelled(folder)  # an extra set in the same layout
     assert sorted(cls for cls, _ in labelled) == ["FAKE"] * 8 + ["REAL"] * 8
+
+
+def test_the_same_pixels_in_other_bytes_are_a_leak_and_a_duplicate_cli(workspace, tmp_path: Path) -> None:
+    """A train photo again in test as PNG, and one with a comment added: other bytes, the same image."""
+    root, env = workspace
+    files = _sample_files(4)
+    train_real = [name for name in files if name.startswith("train/REAL/")]
+    png = io.BytesIO()
+    Image.open(io.BytesIO(files[train_real[0]])).save(png, format="PNG")
+    files["test/REAL/again.png"] = png.getvalue()
+    original = files[train_real[1]]
+    assert original[:2] == b"\xff\xd8"  # a JPEG: a comment segment after its start changes bytes, not pixels
+    files["train/REAL/commented.jpg"] = original[:2] + b"\xff\xfe\x00\x07edited" + original[2:]
+    report = _ingest_and_preprocess_cli(root, env, make_zip(tmp_path / "team.zip", files))
+    assert report["test_in_train"] == {"test": {"REAL": 1}}
+    assert report["duplicates_within_split"] == {"train": {"REAL": 1}}
+    assert report["kept"] == {"test": {"FAKE": 4, "REAL": 4}, "train": {"FAKE": 4, "REAL": 4}}
