@@ -60,10 +60,7 @@ def _source_error(message: str, exc: Exception) -> SourceError:
 
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
-    if status in (
-        401,
-        403,
-    ):  # Kaggle refused the credentials: which ones were used is what the user must check
+    if status in (401, 403):  # Kaggle refused the credentials: which ones it used is what the user must check
         return SourceError(f"{message}: Kaggle refused the credentials; {_kaggle_credentials_used()}")
     if isinstance(status, int):
         transient = status >= 500 or status == 429
