@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,6 +58,15 @@ def _image_errors() -> Iterator[None]:
         raise ImageError(f"corrupt or truncated image: {exc}") from None
 
 
+# Pillow's DecompressionBombError message: "Image size (900000000 pixels) exceeds limit of ...".
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _too_large(size: str, max_pixels: int) -> str:
+    # A phone's 50-megapixel photo as much as a bomb: say what to do, not what it might be.
+    return f"too large: {size} exceeds the limit of {max_pixels:,} pixels; send a smaller copy"
+
+
 def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open image bytes lazily: format and size come from the header, no pixel is decoded yet.
 
@@ -73,14 +83,18 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
     if not data:
         raise ImageError("empty file")
     with _image_errors():
-        image = Image.open(io.BytesIO(data), formats=READ_FORMATS)
+        try:
+            image = Image.open(io.BytesIO(data), formats=READ_FORMATS)
+        except Image.DecompressionBombError as exc:
+            # Pillow refuses beyond twice its MAX_IMAGE_PIXELS while opening, before the check below: its
+            # message named its own limit (178,956,970), not this one, and called the upload an attack.
+            claimed = _BOMB_PIXELS.search(str(exc))
+            size = f"{int(claimed[1]):,} pixels" if claimed else "more pixels than that"
+            limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+            raise ImageError(_too_large(size, limit)) from None
     width, height = image.size
     if width * height > max_pixels:
-        # A phone's 50-megapixel photo as much as a bomb: say what to do, not what it might be.
-        raise ImageError(
-            f"too large: {width}x{height} pixels exceeds the limit of {max_pixels:,} pixels; "
-            "send a smaller copy"
-        )
+        raise ImageError(_too_large(f"{width}x{height} pixels", max_pixels))
     # 0xFFDA starts a scan; in entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker.
     scans = data.count(b"\xff\xda") if image.format in JPEG_FORMATS else 0
     if scans > MAX_JPEG_SCANS:

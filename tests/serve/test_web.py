@@ -9,10 +9,12 @@ import logging
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -342,6 +344,37 @@ def test_an_image_over_the_predictors_pixel_limit_is_called_too_large_not_unread
         error = response.json()["error"]
         assert re.match(r"(huge\.png|The file) is too large: 7000x7000 pixels exceeds the", error), error
         assert "could not be read" not in error and error.endswith("send a smaller copy.")
+
+
+def one_colour_png(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of ``width`` x ``height`` pixels, all black: a few KB that decode to gigabytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte, then the row's bits
+    squeeze = zlib.compressobj(9)
+    pixels = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_too_large_by_the_services_limit_not_pillows(web, sample_images):
+    """Beyond 179 M pixels Pillow refuses while opening, before the predictor's own check: the page said
+    "could not be read as an image: decompression bomb refused: ... exceeds limit of 178956970 pixels, could
+    be decompression bomb DOS attack..", a limit the service does not have, for a panorama as for a bomb."""
+    bomb = one_colour_png(30000, 30000)
+    assert len(bomb) < 200_000, len(bomb)
+    for response in (
+        upload_many(web, [("a.jpg", sample_images.probe[0]), ("pano.png", bomb)]),
+        upload(web, bomb, filename="pano.png"),
+    ):
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error == (
+            "pano.png is too large: 900,000,000 pixels exceeds the limit of 40,000,000 pixels; "
+            "send a smaller copy."
+        ), error
 
 
 def test_batch_over_the_total_byte_limit_is_a_413():
