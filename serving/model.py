@@ -383,6 +383,22 @@ def load_served_model(uri: str) -> ServedModel:
     return served
 
 
+def _binary_bytes(raw: bytes, where: str) -> np.ndarray:
+    """A binary BYTES tensor's elements: each a 4-byte little-endian length, then that many bytes.
+
+    Raises:
+        InvalidInput: naming the layout when a length runs past the tensor (a file sent without its length
+            claims about 3.7 GB: a JPEG's first bytes read as one).
+    """
+    try:
+        return deserialize_bytes_tensor(raw)
+    except struct.error:
+        raise InvalidInput(
+            f"{where}: the binary BYTES tensor's {len(raw)} bytes are not elements of a 4-byte little-endian "
+            "length followed by that many bytes (a file sent as it is, without its length?)"
+        ) from None
+
+
 def parse_infer_request(body: bytes, json_length: int, model_name: str) -> InferRequest:
     """Parse a V2 request: a JSON header of ``json_length`` bytes, then the tensors' bytes (binary extension).
 
@@ -440,8 +456,7 @@ def parse_infer_request(body: bytes, json_length: int, model_name: str) -> Infer
             dtype = to_np_dtype(tensor["datatype"])
             if dtype is None:
                 raise InvalidInput(f"{where}: unknown datatype {quote(tensor['datatype'])}")
-            is_bytes = tensor["datatype"] == "BYTES"
-            data = deserialize_bytes_tensor(raw) if is_bytes else np.frombuffer(raw, dtype)
+            data = _binary_bytes(raw, where) if tensor["datatype"] == "BYTES" else np.frombuffer(raw, dtype)
         else:
             raise InvalidInput(f"{where}: no data and no binary_data_size that fits the body")
         inputs.append(InferInput(tensor["name"], tensor["shape"], tensor["datatype"], data, parameters))

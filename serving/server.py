@@ -107,8 +107,12 @@ class VersionedDataPlane(DataPlane):
         """
         try:
             if isinstance(body, bytes):
-                json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, len(body)))
-                return parse_infer_request(body, json_length, model_name)
+                declared = headers.get(INFERENCE_CONTENT_LENGTH_HEADER, str(len(body)))
+                if not declared.strip().isdigit():  # said "invalid literal for int() with base 10"
+                    raise InvalidInput(
+                        f"{INFERENCE_CONTENT_LENGTH_HEADER} {quote(declared)} is not a number of bytes"
+                    )
+                return parse_infer_request(body, int(declared), model_name)
             return super().decode_inference_request(body, headers, model_name)
         except (KeyError, ValueError, TypeError, IndexError, struct.error, InferenceError) as exc:
             if isinstance(exc, InvalidInput):

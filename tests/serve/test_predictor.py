@@ -455,6 +455,28 @@ def test_odd_request_is_a_4xx(predictor, good_file, case):
     _assert_still_serving(predictor, good_file)
 
 
+def test_binary_extension_mistakes_are_named_in_the_protocols_terms(predictor, good_file):
+    """A file sent as binary BYTES without its 4-byte length (a hand-written client's slip) was refused as
+    "malformed inference request: error: unpack_from requires a buffer of at least 3774863619 bytes ...", and
+    a header that is not a number as "ValueError: invalid literal for int() with base 10"."""
+    url = f"{predictor.url}/v2/models/deepguard/infer"
+    body, headers = _binary_body(len(good_file), good_file)
+    response = requests.post(url, data=body, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == (
+        f"inputs[0]: the binary BYTES tensor's {len(good_file)} bytes are not elements of a 4-byte "
+        "little-endian length followed by that many bytes (a file sent as it is, without its length?)"
+    )
+    prefixed = struct.pack("<I", len(good_file)) + good_file
+    body, headers = _binary_body(len(prefixed), prefixed)
+    response = requests.post(url, data=body, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    bad = {**headers, "inference-header-content-length": "abc"}
+    response = requests.post(url, data=body, headers=bad, timeout=TIMEOUT)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "inference-header-content-length 'abc' is not a number of bytes"
+
+
 @pytest.mark.parametrize("extra", [{}, {"ce-contenttype": "application/json"}], ids=["ce", "ce-contenttype"])
 def test_a_binary_cloudevent_is_read_and_one_without_data_is_a_400(extra):
     """KServe called ``.decode`` on the event's data: None for an empty body, and already a dict when the
