@@ -67,8 +67,13 @@ def domain_notes(facts: InputFacts, size: int, fine_detail: float | None = None)
         notes.append(f"not square ({width}x{height}): stretched to a square")
     if facts.had_alpha:
         notes.append("transparent pixels composited on white")
-    if facts.animated:
-        notes.append("animated: only the first frame was scored")
+    if facts.animated:  # a TIFF's pages are a scan's or a fax's, not an animation's frames
+        pages = facts.format == "TIFF"
+        notes.append(
+            "multi-page: only the first page was scored"
+            if pages
+            else "animated: only the first frame was scored"
+        )
     if facts.jpeg_quality is not None and facts.jpeg_quality < MIN_JPEG_QUALITY:
         notes.append(
             f"JPEG quality about {facts.jpeg_quality}, more compressed than the training images (75)"

@@ -84,6 +84,7 @@ def test_native_images_get_no_note(upload):
         (facts(width=48, height=32), "not square (48x32)"),
         (facts(format="PNG", mode="RGBA", had_alpha=True), "transparent pixels composited on white"),
         (facts(format="GIF", animated=True), "animated: only the first frame was scored"),
+        (facts(format="TIFF", animated=True), "multi-page: only the first page was scored"),
         (facts(jpeg_quality=50), "JPEG quality about 50, more compressed than the training images"),
         (facts(jpeg_quality=MIN_JPEG_QUALITY - 1), f"JPEG quality about {MIN_JPEG_QUALITY - 1}"),
     ],

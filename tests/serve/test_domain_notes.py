@@ -113,6 +113,25 @@ def test_v2_outputs_carry_note_input_size_and_format(strict_predictor, uploads, 
     assert got["verdict"] == [native_verdicts[0]] + ["UNCERTAIN"] * 5
 
 
+def test_a_phones_multi_picture_jpeg_is_not_called_animated_and_a_tiffs_pages_are_pages(
+    strict_predictor, sample_images
+):
+    """A phone saves a depth map or a preview after the photo (Pillow: MPO): it was noted "animated: only the
+    first frame was scored", and so a native-sized one was denied the verdict its plain JPEG gets."""
+    image = Image.fromarray(decode_for_model(sample_images.probe[0], 32))
+    plain, mpo, tiff = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    image.save(plain, format="JPEG", quality=75)
+    image.save(mpo, format="MPO", quality=75, save_all=True, append_images=[Image.new("RGB", (32, 32))])
+    image.save(tiff, format="TIFF", save_all=True, append_images=[Image.new("RGB", (32, 32))])
+    response = v1_predict(strict_predictor.url, v1_body([plain.getvalue(), mpo.getvalue(), tiff.getvalue()]))
+    assert response.status_code == 200, response.text
+    as_jpeg, as_mpo, as_tiff = response.json()["predictions"]
+    assert as_mpo["input"]["format"] == "JPEG" and "animated" not in as_mpo["note"], as_mpo
+    assert (as_mpo["note"], as_mpo["verdict"]) == (as_jpeg["note"], as_jpeg["verdict"])
+    assert "multi-page: only the first page was scored" in as_tiff["note"], as_tiff["note"]
+    assert "animated" not in as_tiff["note"] and as_tiff["verdict"] == "UNCERTAIN"
+
+
 def test_bad_domain_margin_is_a_one_line_cli_error():
     result = subprocess.run(
         [sys.executable, "-m", "serving", "--domain-margin", "wide"],
