@@ -356,6 +356,16 @@ def metadata_route(dataplane: DataPlane) -> Callable[..., Any]:
 CLIENT_ERROR_STATUS: dict[type[Exception], int] = {InvalidInput: 400, ModelNotFound: 404}
 
 
+def printable(text: str) -> str:
+    """``text`` with each unprintable character (a newline, an ANSI escape) written as its escape sequence.
+
+    A refusal's message can hold the client's words: KServe's "Model with name ... does not exist" names the
+    model of the URL (``/v2/models/x%0A2026-12-01 ... ERROR .../infer``) as it came, and a log line quoting it
+    must stay one line that forges no other and drives no terminal.
+    """
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 async def client_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """KServe's answer to a client's error (same status, same body), logged in one INFO line.
 
@@ -363,7 +373,7 @@ async def client_error_handler(request: Request, exc: Exception) -> JSONResponse
     fault, and would fill the log and fire the alerts on ERROR lines.
     """
     status = next(status for error, status in CLIENT_ERROR_STATUS.items() if isinstance(exc, error))
-    log.info("%s %s answered %d: %s", request.method, quote(request.url.path), status, exc)
+    log.info("%s %s answered %d: %s", request.method, quote(request.url.path), status, printable(str(exc)))
     return JSONResponse({"error": str(exc)}, status_code=status)
 
 
@@ -399,7 +409,7 @@ class ClientErrorInterceptor(ExceptionToStatusInterceptor):
             await super().handle_exception(ex, request_or_iterator, context, method_name)
             return
         status = StatusCode.NOT_FOUND if isinstance(ex, ModelNotFound) else StatusCode.INVALID_ARGUMENT
-        log.info("gRPC %s answered %s: %s", method_name, status.name, ex)
+        log.info("gRPC %s answered %s: %s", method_name, status.name, printable(str(ex)))
         await context.abort(status, ex.reason)
 
 

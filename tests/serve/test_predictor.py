@@ -961,6 +961,23 @@ def test_few_small_files_are_decoded_in_place_the_rest_in_the_pool(sample_images
     pool.shutdown()
 
 
+def test_a_refusal_quoting_the_clients_words_is_one_log_line(predictor):
+    """The unknown model's name, from the URL, went into the refusal's log line as it came: a %0A in it
+    started a line of the client's choosing, and an ESC byte drove the terminal of whoever tailed the log."""
+    forged = "2026-12-07 00:00:00,000 ERROR serving.server: forged"
+    path = f"/v2/models/x%0A{forged.replace(' ', '%20')}%1B[2J/infer"
+    response = requests.post(f"{predictor.url}{path}", json={"inputs": []}, timeout=TIMEOUT)
+    assert response.status_code == 404, response.text
+    deadline = time.monotonic() + 10
+    while "forged" not in (log := predictor.log_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # The access line has the path percent-encoded, as sent; the refusal's line is the one to check.
+    lines = [line for line in log.splitlines() if "forged" in line and "uvicorn.access" not in line]
+    assert len(lines) == 1, lines
+    assert "answered 404: Model with name x\\n2026-12-07" in lines[0] and "\\x1b[2J" in lines[0], lines
+    assert "\x1b" not in log
+
+
 def test_the_log_has_no_line_per_request_but_the_access_line(predictor):
     """KServe's per-request timing lines are off by default, and no warning repeats once per request.
 
