@@ -333,3 +333,188 @@ def test_the_checker_reports_a_bogus_target_flag_and_link() -> None:
             "README.md: `--max-imagez`: no program the docs run takes this flag",
         ]
     )
+
+
+# A dotted name in the docs' code whose first part is a section of params.yaml (`training.epochs`,
+# `data.source: local`, `--set training.epochs=1`) is a params key, except where it is a chart value (a
+# `helm --set` names values.yaml) or something else that happens to start like one.
+PARAMS_KEY = re.compile(
+    r"(?<![\w./$*'-])([a-z][a-z_]*(?:\.[a-z][a-z_0-9]*)+)(?![\w.*/-])(?:(?::\s+|=)([^\s,;`)]+))?"
+)
+NOT_PARAMS_KEYS = {
+    "monitoring.coreos.com": "the Prometheus operator's API group, in docs/monitoring.md",
+    "training.epochz": "the misspelt key of the unknown-key error docs/pipeline.md shows",
+    "data.zip": "an archive's name in an error line of docs/pipeline.md",
+    "mlflow.keras.load_model": "MLflow's function",
+}
+HELM_SET = re.compile(r"--set(?:-string|-json)?[ =](?!key\.path=)([a-z][\w.\[\]]*)=")  # not the placeholder
+# Upper-case names given a value before a command (`WEB_PORT=5001 make serve`) or named alone in a span
+# (`PREDICTOR_URL`) are environment variables, except these, which are the docs' own shell variables,
+# other programs' settings or error codes.
+ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*_[A-Z0-9_]+|[A-Z][A-Z0-9]+")
+NOT_OUR_ENV = {
+    "IMG": "a shell variable of docs/serving.md's curl example",
+    "TOKEN": "a shell variable of docs/orchestration.md's API example",
+    "URL": "a shell variable of docs/kubernetes.md's example",
+    "KERAS_BACKEND": "Keras' own, in docs/benchmarks.md",
+    "ONEDNN_MAX_CPU_ISA": "oneDNN's own, in docs/benchmarks.md",
+    "TF_ENABLE_ONEDNN_OPTS": "TensorFlow's own, in docs/benchmarks.md",
+    "AWS_ACCESS_KEY_ID": "the S3 client's own, in the MLflow server's Secret",
+    "AWS_SECRET_ACCESS_KEY": "the S3 client's own, in the MLflow server's Secret",
+    "MLFLOW_S3_ENDPOINT_URL": "MLflow's own, in the MLflow server's Secret",
+    "MLFLOW_BACKEND_STORE_URI": "the chart's MLflow server, in its Secret",
+    "INVALID_ARGUMENT": "a gRPC status code",
+    "NOT_FOUND": "a gRPC status code",
+    "PERMISSION_DENIED": "a gRPC status code",
+    "EX_TEMPFAIL": "the sysexits name of exit code 75",
+    "O_APPEND": "an open(2) flag",
+}
+
+
+def _leaf_paths(node: object, prefix: str = "") -> set[str]:
+    """Every key path of a YAML mapping, sections included; a map value (`{}`) accepts any key below it."""
+    paths = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            paths.add(path)
+            paths |= _leaf_paths(value, f"{path}.")
+            if value == {}:
+                paths.add(f"{path}.*")
+    return paths
+
+
+@functools.cache
+def chart_value_paths() -> frozenset[str]:
+    import yaml
+
+    return frozenset(_leaf_paths(yaml.safe_load((REPO / "helm" / "deepguard" / "values.yaml").read_text())))
+
+
+def _chart_has(path: str) -> bool:
+    parts = re.sub(r"\[\d+\]", "", path).split(".")
+    return any(
+        ".".join(parts[:n]) + ("" if n == len(parts) else ".*") in chart_value_paths()
+        for n in range(len(parts), 0, -1)
+    )
+
+
+def params_problems(doc: Path, text: str) -> list[str]:
+    """The params.yaml keys (and `key: value` settings) and chart values a doc names that do not exist.
+
+    A params key named with a value must also load: `core/config.py` validates it as `--set key=value` would.
+
+    Args:
+        doc: the file the text comes from.
+        text: its Markdown.
+
+    Returns:
+        One message per problem, naming the doc and the key.
+    """
+    sys.path.insert(0, str(REPO))
+    from core.config import ConfigError, load_params, load_yaml
+
+    name = doc.relative_to(REPO) if doc.is_relative_to(REPO) else doc
+    sections = set(load_yaml((REPO / "params.yaml").read_text()))
+    params_paths = _leaf_paths(load_yaml((REPO / "params.yaml").read_text()))
+    problems = []
+    for snippet in split_code(text)[0]:
+        # A helm command's --set (and its block's comments': alternatives) names chart values; a stage's
+        # names params; one alone in prose is a chart value unless it starts with a params section.
+        helm = any(tokens[0] == "helm" for tokens in commands(snippet))
+        chart_keys = {
+            key
+            for line in snippet.replace("\\\n", " ").splitlines()
+            if (helm and line.lstrip().startswith("#")) or line.split()[:1] == ["helm"]
+            for key in HELM_SET.findall(line)
+        }
+        chart_keys |= {key for key in HELM_SET.findall(snippet) if key.split(".")[0] not in sections}
+        for chart_key in chart_keys:
+            if not _chart_has(chart_key):
+                problems.append(f"{name}: `--set {chart_key}=`: no such value in helm/deepguard/values.yaml")
+        for match in PARAMS_KEY.finditer(snippet):
+            key, value = match.groups()
+            if key.split(".")[0] not in sections or key in NOT_PARAMS_KEYS or key in chart_keys:
+                continue
+            if key not in params_paths:
+                problems.append(f"{name}: `{key}`: no such key in params.yaml")
+            elif value and value != "..." and not value.startswith("<"):
+                try:
+                    load_params(overrides=[f"{key}={value}"])
+                except ConfigError as exc:
+                    problems.append(f"{name}: `{key}: {value}`: {exc}")
+    return problems
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: str(doc.relative_to(REPO)))
+def test_doc_names_only_existing_params_keys_and_chart_values(doc: Path) -> None:
+    assert params_problems(doc, doc.read_text()) == []
+
+
+@functools.cache
+def variables_read() -> str:
+    """The text of every file that may read an environment variable: code, Makefile, chart, images, tools."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return "\n".join(
+        (REPO / path).read_text(errors="replace")
+        for path in files.split()
+        # This file names bogus variables in its own test of the check.
+        if not path.endswith(".md") and (REPO / path).is_file() and path != "tests/test_docs.py"
+    )
+
+
+def env_problems(doc: Path, text: str) -> list[str]:
+    """The environment variables a doc tells the user to set or names that nothing in the repository reads."""
+    name = doc.relative_to(REPO) if doc.is_relative_to(REPO) else doc
+    named = set()
+    for snippet in split_code(text)[0]:
+        if ENV_NAME.fullmatch(snippet.strip("${}")) and "_" in snippet:
+            named.add(snippet.strip("${}"))
+        for tokens in commands(snippet):
+            for token in tokens:
+                if not ASSIGNMENT.match(token):
+                    break
+                if ENV_NAME.fullmatch(token.partition("=")[0]):
+                    named.add(token.partition("=")[0])
+    read = variables_read()
+    return [
+        f"{name}: `{variable}`: no code, Makefile, chart or image of the repository reads it"
+        for variable in sorted(named - set(NOT_OUR_ENV))
+        # Read: as a string ("NAME", 'NAME', ${NAME}, $(NAME)), or assigned in the Makefile (NAME ?= ...).
+        if not re.search(rf"[\"'{{(]{variable}\b|^{variable}\s*[?:]?=", read, re.MULTILINE)
+    ]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: str(doc.relative_to(REPO)))
+def test_doc_names_only_environment_variables_something_reads(doc: Path) -> None:
+    assert env_problems(doc, doc.read_text()) == []
+
+
+def test_the_checker_reports_a_bogus_params_key_value_chart_value_and_variable() -> None:
+    text = (
+        "Set `training.epochx` or `training.epochs: 0`, not `training.epochs: 3` or `data.source: local`;\n"
+        "```bash\nhelm install deepguard helm/deepguard --set predictor.gpu.count=1 --set predictor.gpuz=1\n"
+        "python -m stages.train --set training.batch_size=64 --set split.seedz=1\n"
+        "DEEPGUARD_NO_SUCH=1 WEB_PORT=5001 make serve\n```\n"
+        "`monitoring.coreos.com` is an API group; `DEEPGUARD_ALSO_NONE` and `PREDICTOR_URL` are variables.\n"
+    )
+    assert sorted(params_problems(REPO / "README.md", text)) == sorted(
+        [
+            "README.md: `training.epochx`: no such key in params.yaml",
+            "README.md: `split.seedz`: no such key in params.yaml",
+            "README.md: `--set predictor.gpuz=`: no such value in helm/deepguard/values.yaml",
+            f"README.md: `training.epochs: 0`: {_config_error('training.epochs=0')}",
+        ]
+    )
+    assert sorted(env_problems(REPO / "README.md", text)) == [
+        "README.md: `DEEPGUARD_ALSO_NONE`: no code, Makefile, chart or image of the repository reads it",
+        "README.md: `DEEPGUARD_NO_SUCH`: no code, Makefile, chart or image of the repository reads it",
+    ]
+
+
+def _config_error(override: str) -> str:
+    from core.config import ConfigError, load_params
+
+    with pytest.raises(ConfigError) as caught:
+        load_params(overrides=[override])
+    return str(caught.value)
