@@ -764,6 +764,9 @@ def test_notes_render_with_the_next_commands(tmp_path) -> None:
         _assert_unpaused_before_triggered(notes)
         assert "curl -s http://deepguard.deepguard.svc.cluster.local/v2/models/deepguard" in notes
         assert "canaryTrafficPercent" in notes  # the roll-back command
+        # ... then the pin (docs/kubernetes.md step 7): an alias moved by hand was moved again by the next
+        # scheduled run's register, whose gate the rolled-back version's successor may pass.
+        assert "--canary-percent 0 --pin N" in notes and "champion alias in MLflow" not in notes
 
 
 def test_notes_say_where_the_predictor_answers(tmp_path) -> None:
@@ -791,7 +794,7 @@ def test_notes_tell_the_truth_on_upgrade_in_raw_mode_and_without_mlflow(tmp_path
     assert "next run of the deploy task" in upgrade
     raw = _notes(tmp_path, "--set", "predictor.deploymentMode=RawDeployment")
     assert "canaryTrafficPercent" not in raw
-    assert "point the champion alias in MLflow at\nthe previous version and rerun the deploy task" in raw
+    assert "python -m deploy --target kserve --namespace deepguard --pin N" in raw
     no_mlflow = _notes(tmp_path, "--set", "mlflow.enabled=false")
     assert "2. MLflow runs elsewhere (mlflow.enabled=false): MLFLOW_TRACKING_URI" in no_mlflow
     for notes in (install, upgrade, raw, no_mlflow, _notes(tmp_path, "--set", "predictor.external=true")):
