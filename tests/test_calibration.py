@@ -286,3 +286,7 @@ def test_pipeline_fits_t_on_validation_and_registers_the_bands(trained_workspace
     # docs/pipeline.md: the MLflow run records the method too (a text, which the train_* metrics left out).
     assert run.data.params["calibration_method"] == training["calibration_method"]
     assert "test_ece_before_calibration" in run.data.metrics and "val_band_coverage" in run.data.metrics
+    # ... and names the run's metrics as they are (it named them without train_: no search found them).
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "pipeline.md").read_text()
+    for key in ("temperature", "calibration_bias", "val_nll_before_calibration"):
+        assert run.data.metrics[f"train_{key}"] == pytest.approx(training[key]) and f"`train_{key}`" in doc
