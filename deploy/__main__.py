@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--target",
         choices=("kserve", "local"),
-        default=_default_target(),
+        default=None,  # decided in the stage: a bad environment is then its one-line error, not a traceback
         help="kserve: the InferenceService; local: the predictor at PREDICTOR_URL "
         "(default: kserve inside a cluster, else local)",
     )
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         serving_config = args.serving_config.resolve() if args.serving_config else None
         return run(
             params,
-            args.target,
+            args.target or _default_target(),
             args.dry_run,
             args.timeout,
             args.canary_percent,
