@@ -17,7 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from core.formats import ACCEPTED_FORMATS, sniff, unread_kind
 from core.names import MODEL_NAME_ENV, PREDICTOR_PORT, PREDICTOR_URL_ENV, SERVED_MODEL_NAME
-from flask_app import feedback, metrics
+from flask_app import environment, feedback, metrics
 from flask_app.predictor_client import Prediction, Predictions, PredictorClient, PredictorError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ SECURITY_HEADERS = {
 
 def web_threads() -> int:
     """Threads per gunicorn worker: ``WEB_THREADS``, default 4 (gunicorn_conf.py reads it here too)."""
-    return int(os.environ.get("WEB_THREADS", "4"))
+    return int(environment.number("WEB_THREADS", 4))
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
@@ -198,11 +198,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(
         PREDICTOR_URL=os.environ.get(PREDICTOR_URL_ENV, DEFAULT_PREDICTOR_URL),
         MODEL_NAME=os.environ.get(MODEL_NAME_ENV, SERVED_MODEL_NAME),
-        MAX_CONTENT_LENGTH=int(os.environ.get("MAX_CONTENT_LENGTH", DEFAULT_MAX_UPLOAD_BYTES)),
-        MAX_BATCH_BYTES=int(os.environ.get("MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES)),
-        PREDICTOR_TIMEOUT_S=float(os.environ.get("PREDICTOR_TIMEOUT_S", DEFAULT_PREDICTOR_TIMEOUT_S)),
+        MAX_CONTENT_LENGTH=environment.number("MAX_CONTENT_LENGTH", DEFAULT_MAX_UPLOAD_BYTES),
+        MAX_BATCH_BYTES=environment.number("MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES),
+        PREDICTOR_TIMEOUT_S=environment.number("PREDICTOR_TIMEOUT_S", DEFAULT_PREDICTOR_TIMEOUT_S),
         PREDICTOR_SLOTS=max(1, web_threads() - 1),
-        WEB_PROXY_HOPS=int(os.environ.get("WEB_PROXY_HOPS", "0")),
+        WEB_PROXY_HOPS=environment.number("WEB_PROXY_HOPS", 0),
         JSON_SORT_KEYS=False,
     )
     app.config.update(config or {})

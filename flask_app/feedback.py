@@ -20,6 +20,7 @@ from flask.blueprints import BlueprintSetupState
 
 from core.feedback import MAX_PENDING_BYTES, FeedbackError, FeedbackStore
 from core.names import MONITORING_DIR, MONITORING_DIR_ENV
+from flask_app import environment
 
 DEFAULT_PER_MINUTE = 6.0
 DEFAULT_BURST = 5
@@ -69,11 +70,11 @@ def _configure(state: BlueprintSetupState) -> None:
     monitoring = Path(os.environ.get(MONITORING_DIR_ENV, MONITORING_DIR))
     app.config.setdefault("FEEDBACK_DIR", str(monitoring / "feedback"))
     app.config.setdefault(
-        "FEEDBACK_PER_MINUTE", float(os.environ.get("FEEDBACK_PER_MINUTE", DEFAULT_PER_MINUTE))
+        "FEEDBACK_PER_MINUTE", environment.number("FEEDBACK_PER_MINUTE", DEFAULT_PER_MINUTE)
     )
-    app.config.setdefault("FEEDBACK_BURST", int(os.environ.get("FEEDBACK_BURST", DEFAULT_BURST)))
+    app.config.setdefault("FEEDBACK_BURST", environment.number("FEEDBACK_BURST", DEFAULT_BURST))
     app.config.setdefault(
-        "FEEDBACK_MAX_PENDING_BYTES", int(os.environ.get("FEEDBACK_MAX_PENDING_BYTES", MAX_PENDING_BYTES))
+        "FEEDBACK_MAX_PENDING_BYTES", environment.number("FEEDBACK_MAX_PENDING_BYTES", MAX_PENDING_BYTES)
     )
     app.extensions[_EXTENSION] = (
         FeedbackStore(

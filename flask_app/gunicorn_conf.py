@@ -7,7 +7,7 @@ import os
 import sys
 
 from core.names import WEB_METRICS_PORT_ENV, WEB_PORT, WEB_PORT_ENV
-from flask_app import metrics, web_threads
+from flask_app import environment, metrics, web_threads
 
 # Loopback unless told otherwise: the chart and the image set WEB_HOST=0.0.0.0.
 host = os.environ.get("WEB_HOST", "127.0.0.1")
@@ -17,7 +17,7 @@ bind = f"{host}:{os.environ.get(WEB_PORT_ENV, WEB_PORT)}"
 metrics_port = os.environ.get(WEB_METRICS_PORT_ENV)
 # The app waits on the predictor over HTTP, so threads (not more processes) carry the concurrency.
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_WORKERS", "2"))
+workers = int(environment.number("WEB_WORKERS", 2))
 threads = web_threads()
 timeout = 60
 graceful_timeout = 10

@@ -114,3 +114,31 @@ def test_kaggle_auth_login_counts_as_credentials(monkeypatch: pytest.MonkeyPatch
     (tmp_path / ".kaggle" / "credentials.json").write_text('{"refresh_token": "r"}')
     assert Settings.from_env({}).kaggle_credentials
     assert Settings.from_env({"KAGGLE_CONFIG_DIR": str(tmp_path / "elsewhere")}).kaggle_credentials
+
+
+def test_the_web_app_reports_a_bad_number_in_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`MAX_CONTENT_LENGTH=10MB` (a natural way to write 10 MB) failed every gunicorn worker's boot with
+    `invalid literal for int() with base 10: '10MB'`, which names neither the variable nor the web app."""
+    from workspace import free_port
+
+    result = subprocess.run(
+        [sys.executable, "-m", "flask_app"],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "MAX_CONTENT_LENGTH": "10MB", "WEB_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "python -m flask_app: error: environment variable MAX_CONTENT_LENGTH: expected a whole number, "
+        "got '10MB'\n",
+    )
+    # Under gunicorn without `python -m flask_app` (a worker's create_app) the error names it too.
+    from flask_app import create_app
+
+    monkeypatch.setenv("FEEDBACK_PER_MINUTE", "-6")
+    with pytest.raises(
+        ValueError, match="^environment variable FEEDBACK_PER_MINUTE: expected a number of at"
+    ):
+        create_app()
