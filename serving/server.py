@@ -67,14 +67,30 @@ class ReloadingRepositoryExtension(ModelRepositoryExtension):
     """KServe's model repository extension, except that loading a model this server does not know is 404.
 
     KServe turns every failure of a load into ``ModelNotReady`` (503: "try again later"); a name that no
-    retry can load is the client's error, as it is for inference.
+    retry can load is the client's error, as it is for inference. Both calls answer what KServe's gRPC
+    servicer reads from them (its HTTP routes build their own): KServe's extension answers None, so over gRPC
+    (``--enable_grpc``) a reload that worked came back ``INTERNAL`` with an ERROR traceback in the log.
     """
 
-    async def load(self, model_name: str) -> None:
-        """Load ``model_name``; ``ModelNotFound`` (HTTP 404, gRPC ``NOT_FOUND``) for a name not served."""
+    async def load(self, model_name: str) -> dict[str, Any]:
+        """Load ``model_name``; ``ModelNotFound`` (HTTP 404, gRPC ``NOT_FOUND``) for a name not served.
+
+        Returns:
+            ``{"name": model_name, "load": True}``, as KServe's HTTP route answers.
+        """
         if not self._model_registry.knows(model_name):
             raise ModelNotFound(model_name)
         await super().load(model_name)
+        return {"name": model_name, "load": True}
+
+    async def unload(self, model_name: str) -> dict[str, Any]:
+        """Unload ``model_name`` (a later load brings it back).
+
+        Returns:
+            ``{"name": model_name, "unload": True}``, as KServe's HTTP route answers.
+        """
+        await super().unload(model_name)
+        return {"name": model_name, "unload": True}
 
 
 RELOAD_OFF_MESSAGE = "model reload is switched off on this server (--no-reload); roll out a new revision"

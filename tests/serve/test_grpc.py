@@ -173,6 +173,26 @@ def test_grpc_bad_input_is_invalid_argument_naming_it(grpc_predictor, files, nam
     assert [line for line in answered if message in line], lines
 
 
+def test_grpc_repository_load_answers_loaded_and_unload_then_load_serves_again(grpc_predictor, sample_images):
+    """With reload on, RepositoryModelLoad reloaded the model and then answered INTERNAL (KServe's servicer
+    read a dict its extension never returned), logging an ERROR traceback; unload the same."""
+    stub, _, log_file = grpc_predictor
+    loaded = stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="deepguard"), timeout=TIMEOUT)
+    assert (loaded.model_name, loaded.isLoaded) == ("deepguard", True)
+    unloaded = stub.RepositoryModelUnload(
+        pb.RepositoryModelUnloadRequest(model_name="deepguard"), timeout=TIMEOUT
+    )
+    assert (unloaded.model_name, unloaded.isUnloaded) == ("deepguard", True)
+    assert stub.RepositoryModelLoad(
+        pb.RepositoryModelLoadRequest(model_name="deepguard"), timeout=TIMEOUT
+    ).isLoaded
+    assert answer(stub, infer_request(sample_images.probe[:1])).outputs[0].name == "fake_probability"
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="other"), timeout=TIMEOUT)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "Internal server error" not in log_file.read_text()
+
+
 def test_grpc_is_off_unless_asked_for(predictor):
     """KServe's gRPC server binds every interface, so the predictor starts it only with --enable_grpc true."""
     from kserve import model_server
