@@ -157,11 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model_threads < 1:
         parser.error(f"--model-threads must be at least 1, got {args.model_threads}")
     configure_logging()
-    monitoring_dir = args.monitoring_dir or settings().monitoring_dir.absolute()
-    records = RecordWriter(monitoring_dir) if args.monitoring else None
-    if args.monitoring:
-        metrics.watch_drift(Path(monitoring_dir))
     try:
+        # In the try: a bad environment variable (PREDICTOR_PORT=eighty) is one line, not a traceback.
+        monitoring_dir = args.monitoring_dir or settings().monitoring_dir.absolute()
+        records = RecordWriter(monitoring_dir) if args.monitoring else None
+        if args.monitoring:
+            metrics.watch_drift(Path(monitoring_dir))
         # params.yaml only when no URI is given: the image has none and is always given /mnt/models.
         model_uri = args.model_uri or champion_uri(load_params().mlflow.model_name)
         model = DeepGuardModel(

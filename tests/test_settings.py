@@ -35,7 +35,10 @@ def test_a_bad_value_names_the_variable_not_the_value() -> None:
 
 # deploy read the environment while building its parser (the default --target), before its error handling:
 # `PREDICTOR_PORT=eighty python -m deploy` ended in a traceback.
-@pytest.mark.parametrize("command", [["serving.serve", "--help"], ["deploy", "--dry-run"]], ids=" ".join)
+# So did the predictor (`python -m serving`), reading the monitoring folder before its error handling.
+@pytest.mark.parametrize(
+    "command", [["serving.serve", "--help"], ["deploy", "--dry-run"], ["serving"]], ids=" ".join
+)
 def test_a_command_reports_a_bad_variable_in_one_line(command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", *command],
