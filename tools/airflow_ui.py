@@ -269,14 +269,26 @@ def run(port: int, home: Path, environ: Mapping[str, str], cwd: Path) -> int:
         log.info("stopped Airflow and its tasks")
 
 
+def environment_port(environ: Mapping[str, str]) -> int:
+    """``AIRFLOW_PORT``, else the default port.
+
+    Raises:
+        LaunchError: naming the variable when its value is not a port number.
+    """
+    text = environ.get("AIRFLOW_PORT") or str(AIRFLOW_PORT)
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise LaunchError(f"AIRFLOW_PORT={text}: not a port number (1-65535)")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments (port from AIRFLOW_PORT, home from AIRFLOW_HOME) and run."""
     parser = argparse.ArgumentParser(prog="python -m tools.airflow_ui", description=__doc__)
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("AIRFLOW_PORT") or AIRFLOW_PORT),
-        help="API server and UI port (default: AIRFLOW_PORT or %(default)s)",
+        default=None,  # AIRFLOW_PORT is read in the try below: a bad one is one line, not a traceback
+        help=f"API server and UI port (default: AIRFLOW_PORT or {AIRFLOW_PORT})",
     )
     parser.add_argument(
         "--home",
@@ -287,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        return run(args.port, args.home.resolve(), os.environ, Path.cwd())
+        port = args.port if args.port is not None else environment_port(os.environ)
+        return run(port, args.home.resolve(), os.environ, Path.cwd())
     except LaunchError as exc:
         print(f"make airflow: error: {exc}", file=sys.stderr)
         return 2

@@ -79,6 +79,22 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     assert done.stderr == "make airflow: error: DEEPGUARD_DATA=no/such.zip: no such archive or folder\n"
 
 
+def test_a_bad_airflow_port_is_one_line_naming_it(tmp_path: Path) -> None:
+    """`AIRFLOW_PORT=x make airflow` ended in a traceback (int() while building the parser's default)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.airflow_ui"],
+        cwd=REPO,
+        env={**os.environ, "AIRFLOW_PORT": "80a", "AIRFLOW_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "make airflow: error: AIRFLOW_PORT=80a: not a port number (1-65535)\n",
+    )
+
+
 # A process tree like a running Airflow's: an orphan in a session of its own (a stage process whose task
 # supervisor died) and a child that ignores SIGTERM. Prints their pids, then stops them all.
 _TREE = """
