@@ -518,3 +518,42 @@ def _config_error(override: str) -> str:
     with pytest.raises(ConfigError) as caught:
         load_params(overrides=[override])
     return str(caught.value)
+
+
+# Folders the pipeline, the servers and the tools create: a path under them is an output, not a file to find.
+GENERATED = {"data", "models", "reports", "mlruns", "monitoring", ".airflow", ".cache", "dvc_plots", ".venv"}
+REPO_PATH = re.compile(r"[A-Za-z0-9_.\-/]+")
+
+
+def path_problems(doc: Path, text: str) -> list[str]:
+    """The repository paths a doc's inline code names (`serving/litert.py`, `helm/ci/`) that are missing.
+
+    A path counts when its first part is a file or folder at the top of the repository and not an output
+    folder; `kubectl ... deploy/<name>` names a Deployment, not the `deploy/` package.
+    """
+    name = doc.relative_to(REPO) if doc.is_relative_to(REPO) else doc
+    top = {path.name for path in REPO.iterdir()} - GENERATED
+    problems = []
+    for span in split_code(text)[0]:
+        if "\n" in span or span.startswith("kubectl"):
+            continue
+        for token in REPO_PATH.findall(re.sub(r"\S*[{}*<>$]\S*", " ", span)):
+            path = token.rstrip(".,:")
+            if "/" in path and path.split("/")[0] in top and not (REPO / path).exists():
+                problems.append(f"{name}: `{path}`: no such file or folder in the repository")
+    return problems
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: str(doc.relative_to(REPO)))
+def test_doc_names_only_existing_repository_paths(doc: Path) -> None:
+    assert path_problems(doc, doc.read_text()) == []
+
+
+def test_the_checker_reports_a_missing_repository_path() -> None:
+    text = (
+        "See `serving/litert.py`, `serving/tflite.py`, `helm/deepguard/ci/` and `images/<name>/Dockerfile`;\n"
+        "outputs: `reports/metrics.json`; `kubectl -n deepguard logs deploy/deepguard-web`.\n"
+    )
+    assert path_problems(REPO / "README.md", text) == [
+        "README.md: `serving/tflite.py`: no such file or folder in the repository"
+    ]
