@@ -437,7 +437,8 @@ def params_problems(doc: Path, text: str) -> list[str]:
             if key.split(".")[0] not in sections or key in NOT_PARAMS_KEYS or key in chart_keys:
                 continue
             if key not in params_paths:
-                problems.append(f"{name}: `{key}`: no such key in params.yaml")
+                if not _chart_has(key):  # `mlflow.` starts params keys and chart values alike
+                    problems.append(f"{name}: `{key}`: no such key in params.yaml")
             elif value and value != "..." and not value.startswith("<"):
                 try:
                     load_params(overrides=[f"{key}={value}"])
@@ -522,6 +523,7 @@ def _config_error(override: str) -> str:
 
 # Folders the pipeline, the servers and the tools create: a path under them is an output, not a file to find.
 GENERATED = {"data", "models", "reports", "mlruns", "monitoring", ".airflow", ".cache", "dvc_plots", ".venv"}
+GENERATED_INSIDE = (".dvc/cache", ".dvc/tmp")  # DVC's own, in a folder the repository has (.dvc/config)
 REPO_PATH = re.compile(r"[A-Za-z0-9_.\-/]+")
 
 
@@ -539,6 +541,8 @@ def path_problems(doc: Path, text: str) -> list[str]:
             continue
         for token in REPO_PATH.findall(re.sub(r"\S*[{}*<>$]\S*", " ", span)):
             path = token.rstrip(".,:")
+            if path.startswith(GENERATED_INSIDE):
+                continue
             if "/" in path and path.split("/")[0] in top and not (REPO / path).exists():
                 problems.append(f"{name}: `{path}`: no such file or folder in the repository")
     return problems
