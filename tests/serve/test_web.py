@@ -171,8 +171,10 @@ class _StubPredictorHandler(BaseHTTPRequestHandler):
     """A stub predictor's V2 plumbing: read the request, answer outputs as JSON, log nothing."""
 
     def read_request(self) -> tuple[dict, int]:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        return body, body["inputs"][0]["shape"][0]
+        """The request's JSON: a binary-extension body's header (the web app sends the files after it)."""
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        header = json.loads(body[: int(self.headers.get("Inference-Header-Content-Length", len(body)))])
+        return header, header["inputs"][0]["shape"][0]
 
     def send_outputs(self, outputs: dict[str, tuple[str, list]], count: int) -> None:
         answer = {
