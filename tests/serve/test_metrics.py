@@ -400,8 +400,8 @@ def test_web_metrics_sum_over_gunicorn_workers(web_two_workers, sample_images):
         requests.get(f"{url}/livez", timeout=TIMEOUT)
     assert len(list(folder.glob("counter_*.db"))) >= 2, "only one worker answered 200 requests"
     before = scrape(metrics_url)
-    # At most the predictor slots of one worker at a time (WEB_THREADS 4 - 1): with 4 clients, one worker may
-    # accept all 4 and answer the 4th 503 busy, as designed (CI saw it once).
+    # At most the predictor slots of one worker at a time (WEB_THREADS - 1): one worker may accept every
+    # client, and one more would be answered 503 busy, as designed.
     with ThreadPoolExecutor(web_threads() - 1) as pool:
         statuses = list(pool.map(lambda i: upload(url, sample_images.probe[i % 4]).status_code, range(12)))
     statuses.append(upload(url, b"%PDF-1.4").status_code)
