@@ -828,6 +828,21 @@ def test_web_liveness_probe_outlasts_the_predictor_timeout() -> None:
     assert timeout_s < container["livenessProbe"]["periodSeconds"]
 
 
+def test_web_pods_keep_serving_while_they_leave_the_service_then_finish_in_flight_uploads() -> None:
+    """SIGTERM arrives as the pod starts leaving the endpoints, and gunicorn stopped accepting at once:
+    uploads routed to a pod being replaced (each rollout, each HPA scale-in) were refused. A preStop wait
+    comes first, and it and gunicorn's graceful stop fit in the pod's grace period (SIGKILL after it)."""
+    from flask_app import gunicorn_conf
+
+    pod = find(render("default"), "Deployment", "deepguard-web")["spec"]["template"]["spec"]
+    command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    wait_s = float(command[1])
+    assert wait_s >= 5, "endpoint removal reaches kube-proxy and ingress controllers in seconds, not at once"
+    grace_s = pod.get("terminationGracePeriodSeconds", 30)  # Kubernetes' default
+    assert wait_s + gunicorn_conf.graceful_timeout < grace_s
+
+
 @pytest.mark.parametrize("port", [8080, 9000])
 def test_predictor_listens_on_the_port_its_probes_and_knative_use(port: int) -> None:
     from kserve import model_server
