@@ -3,7 +3,8 @@
 It emulates only what ``deploy`` calls: ``GET`` of a ConfigMap and ``GET``/``POST``/``PATCH``
 (JSON merge patch) of ``serving.kserve.io/v1beta1`` InferenceServices, with ``metadata.generation`` bumped on
 spec changes and a stand-in for the KServe controller that marks a generation Ready or not, by a policy,
-and routes traffic as KServe's Serverless mode does with ``canaryTrafficPercent``.
+and routes traffic as KServe's Serverless mode does with ``canaryTrafficPercent``; and what the chart's
+``lookup`` needs under ``helm template --dry-run=server``: the core group's discovery and ``GET`` of a Secret.
 """
 
 from __future__ import annotations
@@ -19,11 +20,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from workspace import free_port
+
 ISVC_PATH = re.compile(
     r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices"
     r"(?:/(?P<name>[^/?]+))?$"
 )
 CONFIGMAP_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps/(?P<name>[^/?]+)$")
+SECRET_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/secrets/(?P<name>[^/?]+)$")
+# Discovery of the core group's Secrets only: what Helm's lookup resolves "v1" "Secret" through.
+DISCOVERY = {
+    "/version": {"major": "1", "minor": "33", "gitVersion": "v1.33.0"},
+    "/api": {"kind": "APIVersions", "versions": ["v1"]},
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+    "/api/v1": {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {
+                "name": "secrets",
+                "singularName": "secret",
+                "namespaced": True,
+                "kind": "Secret",
+                "verbs": ["get"],
+            }
+        ],
+    },
+}
 DEPLOYMENT_PATH = re.compile(r"^/apis/apps/v1/namespaces/(?P<ns>[^/]+)/deployments/(?P<name>[^/?]+)$")
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
@@ -77,6 +100,7 @@ class FakeCluster:
     becomes_ready: Callable[[dict[str, Any]], bool]
     inference_services: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     deployments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     revisions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -268,7 +292,13 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
             self._record()
             if self._unavailable():
                 return None
+            path = self.path.split("?")[0]
+            if path in DISCOVERY:
+                return self._send(200, DISCOVERY[path])
             with cluster.lock:
+                if match := SECRET_PATH.match(path):
+                    obj = cluster.secrets.get((match["ns"], match["name"]))
+                    return self._send(200, obj) if obj else self._not_found(f"secrets {match['name']}")
                 if match := CONFIGMAP_PATH.match(self.path):
                     obj = cluster.config_maps.get((match["ns"], match["name"]))
                     return self._send(200, obj) if obj else self._not_found(f"configmaps {match['name']}")
@@ -323,7 +353,7 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def fake_kube_api(cluster: FakeCluster, kubeconfig: Path) -> Iterator[str]:
     """Serve ``cluster`` on a free port and write a kubeconfig pointing at it; yields the server URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(cluster))
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _handler(cluster))
     url = f"http://127.0.0.1:{server.server_port}"
     kubeconfig.write_text(
         json.dumps(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,17 @@ def tool(name: str) -> Path:
     return path
 
 
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the pinned helm with ``args``."""
-    result = subprocess.run([str(tool("helm")), *args], capture_output=True, text=True, timeout=120)
+def helm(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the pinned helm with ``args`` (and ``env`` added to this environment)."""
+    result = subprocess.run(
+        [str(tool("helm")), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env} if env else None,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
 import subprocess
+from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from fake_kube_api import FakeCluster, fake_kube_api
 from k8s_helpers import (
     CHART,
     CUSTOM_GROUPS,
@@ -689,6 +692,67 @@ def test_mlflow_logins_come_from_the_secret_and_can_be_turned_off() -> None:
     _, plain, no_ini = _mlflow_pod(render("default", mlflow__auth__enabled=False))
     assert "--app-name=basic-auth" not in plain["args"] and not no_ini
     assert not [e for e in plain["env"] if e["name"].startswith(("MLFLOW_AUTH", "MLFLOW_FLASK"))]
+
+
+def _secret(**keys: str) -> dict[str, Any]:
+    data = {key: base64.b64encode(value.encode()).decode() for key, value in keys.items()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "deepguard-mlflow"}, "data": data}
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        # The Secret an install from a chart without logins has (docs/kubernetes.md's old command).
+        (
+            {"MLFLOW_TRACKING_URI": "http://deepguard-mlflow:5000"},
+            "MLFLOW_TRACKING_USERNAME (missing or empty)",
+        ),
+        # k8s/secrets.template.yaml applied as it was: the login's keys there, empty.
+        (
+            {
+                "MLFLOW_TRACKING_USERNAME": "",
+                "MLFLOW_TRACKING_PASSWORD": "",
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": "k",
+            },
+            "MLFLOW_TRACKING_PASSWORD (missing or empty)",
+        ),
+        (
+            {
+                "MLFLOW_TRACKING_USERNAME": "pipeline",
+                "MLFLOW_TRACKING_PASSWORD": "short",
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": "k",
+            },
+            "MLFLOW_TRACKING_PASSWORD (under 12 characters, which MLflow refuses)",
+        ),
+    ],
+)
+def test_an_upgrade_to_logins_stops_before_the_server_on_a_secret_without_them_fake_kube_api(
+    tmp_path, keys: dict[str, str], named: str
+) -> None:
+    """Upgrading an install from before the logins: its Secret lacks the three keys (or holds the old
+    template's empty ones), and the upgraded MLflow pod waited at CreateContainerConfigError or crash-looped
+    on 'Set the MLFLOW_AUTH_ADMIN_USERNAME environment variable', a variable the user never sets. Where Helm
+    can read the cluster (here a FAKE Kubernetes API answering lookup), the release stops before any object
+    changes, naming the Secret's keys and the fix; a complete Secret renders, and helm template (no cluster)
+    is as before."""
+    cluster = FakeCluster(becomes_ready=lambda _: True)
+    cluster.secrets[NAMESPACE, "deepguard-mlflow"] = _secret(**keys)
+    kubeconfig = tmp_path / "kubeconfig"
+    args = ("template", "deepguard", str(CHART), "--namespace", NAMESPACE, "--dry-run=server")
+    env = {"KUBECONFIG": str(kubeconfig)}
+    with fake_kube_api(cluster, kubeconfig):
+        refused = helm(*args, check=False, env=env)
+        assert refused.returncode != 0
+        assert "Secret deepguard/deepguard-mlflow needs " in refused.stderr and named in refused.stderr
+        assert "mlflow.auth.enabled=false" in refused.stderr
+        assert helm(*args, "--set", "mlflow.auth.enabled=false", env=env).returncode == 0
+        cluster.secrets[NAMESPACE, "deepguard-mlflow"] = _secret(
+            MLFLOW_TRACKING_USERNAME="pipeline",
+            MLFLOW_TRACKING_PASSWORD="twelve chars",
+            MLFLOW_FLASK_SERVER_SECRET_KEY="k",
+        )
+        assert "--app-name=basic-auth" in helm(*args, env=env).stdout
+    assert any("/secrets/deepguard-mlflow" in r.path for r in cluster.requests)
 
 
 def test_every_claim_outlives_helm_uninstall_and_an_upgrade_that_drops_it() -> None:
