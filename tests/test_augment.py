@@ -93,6 +93,14 @@ def test_blur_smooths_and_noise_adds_zero_mean_noise_of_the_drawn_strength(
     assert abs(difference.mean()) < 0.5 and 5.0 < difference.std() < 7.0
 
 
+@pytest.mark.parametrize("name", list(DegradationParams.model_fields))
+def test_every_degradation_params_yaml_names_changes_the_training_images(name: str) -> None:
+    """A probability added to ``augmentation.degradations`` (``DegradationParams``) validated and was logged,
+    but ``degrade_images`` draws each degradation by hand: one it does not apply trained with nothing new."""
+    images = _images()
+    assert not np.array_equal(degrade_images(images, _only(name), _rng()), images), name
+
+
 def test_same_seed_same_batch_other_seed_other_batch() -> None:
     images, labels = _images(8), np.arange(8) % 2
     all_of_them = DegradationParams(jpeg=0.5, resample=0.5, blur=0.5, noise=0.5)
