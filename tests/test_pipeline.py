@@ -20,7 +20,7 @@ from workspace import TrainedWorkspace, all_layers, dvc, run_stage
 from core.degrade import DEGRADATIONS
 from core.layers import Temperature, without_temperature
 from core.modelstore import download_model, load_keras, read_metadata
-from core.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml
+from core.pipeline import DEPLOY, STAGE_NAMES, STAGES, code_deps, dvc_yaml, writer_of
 from stages.register import edge_tag
 from stages.train import precision_policy
 
@@ -33,6 +33,17 @@ def test_committed_dvc_yaml_is_generated_from_the_stage_list() -> None:
     from workspace import REPO
 
     assert (REPO / "dvc.yaml").read_text() == dvc_yaml(), "run `make dvc-yaml` after editing the stage list"
+
+
+def test_every_stage_comes_after_the_stages_that_write_its_inputs() -> None:
+    """DVC orders the stages by their deps, but the Airflow DAG runs them in the order of ``STAGES``: a stage
+    listed before the writer of one of its inputs passed `make pipeline` and failed on every DAG run."""
+    for position, stage in enumerate((*STAGES, DEPLOY)):
+        for path in stage.inputs:
+            writer = writer_of(Path(path))
+            assert writer is None or STAGES.index(writer) < position, (
+                f"{stage.name} reads {path}, which {writer.name} writes: list {stage.name} after it in STAGES"
+            )
 
 
 def test_make_dvc_yaml_with_a_stage_list_that_fails_keeps_dvc_yaml(tmp_path: Path) -> None:
