@@ -107,12 +107,13 @@ PARAMS = {
 }
 _SET_TEMPLATE = "{{{{ '{key}=' ~ (params.{param} | tojson) if params.{param} is not none else '' }}}}"
 
-DOC_MD = """
+# The order shown in the Airflow UI is the stage list's, so a stage added there is named here too.
+_ORDER = " → ".join(stage.name for stage in (*STAGES, DEPLOY))
+DOC_MD = f"""
 # DeepGuard pipeline
 
-Trains and ships the detector of AI-generated images: **ingest → preprocess → features → train → evaluate →
-register → deploy**, one Kubernetes pod per stage (`python -m stages.<name>`), from the stage list in
-`core/pipeline.py`.
+Trains and ships the detector of AI-generated images: **{_ORDER}**, one Kubernetes pod
+per stage (`python -m stages.<name>`), from the stage list in `core/pipeline.py`.
 
 * Every run works in its own folder `/workspace/runs/<run id>` on the PVC `deepguard-workspace`.
 * `train` runs the GPU image and requests `nvidia.com/gpu` (one unless `DEEPGUARD_GPU_RESOURCES` says more);

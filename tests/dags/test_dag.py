@@ -146,6 +146,8 @@ def test_tasks_are_the_stage_list_in_order_then_deploy(dag: Any) -> None:
         assert dag.get_task(current).upstream_task_ids == {previous}
     assert dag.get_task(names[0]).upstream_task_ids == set()
     assert dag.get_task(names[-1]).downstream_task_ids == set()
+    # The DAG's page in the Airflow UI names the same stages in the same order (it named six by hand).
+    assert f"**{' → '.join(names)}**" in dag.doc_md
 
 
 def test_dag_settings(dag: Any) -> None:
