@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import get_args
 
@@ -56,9 +57,19 @@ def _build(architecture: str, augmentation: AugmentationParams = NO_AUGMENTATION
 
 def test_architectures_tuple_equals_config_literal_and_each_has_a_builder() -> None:
     assert get_args(Architecture) == ARCHITECTURES
-    assert len(ARCHITECTURES) == 8
     builders = set(architectures._SCRATCH_BODIES) | set(architectures._BACKBONE_MIN_SIZE)
     assert builders == set(ARCHITECTURES)
+
+
+def test_the_docs_table_and_params_yaml_name_every_architecture() -> None:
+    """A new architecture was added to the code and the config's choices but not to docs/pipeline.md's table
+    of models or params.yaml's list of choices, where users pick one; no test said so."""
+    repo = Path(__file__).resolve().parents[1]
+    docs = (repo / "docs/pipeline.md").read_text().split("### Models", 1)[1].split("\n### ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)`(?: \(default\))? \|", docs, flags=re.MULTILINE)
+    assert sorted(documented) == sorted(ARCHITECTURES), "docs/pipeline.md, Models: one table row each"
+    params = (repo / "params.yaml").read_text().split("\nmodel:", 1)[1].split("architecture:", 1)[0]
+    assert [name for name in ARCHITECTURES if name not in re.findall(r"\w+", params)] == [], "params.yaml"
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
