@@ -408,3 +408,11 @@ def test_extra_set_images_the_model_trained_on_are_left_out_and_named(
     [checked] = extra_sets.check([ExtraSetParams(name="only", path=str(only_trained))])
     with pytest.raises(ConfigError, match=r"'only': .*every image in FAKE is also in the training data"):
         extra_sets.score(detector, checked, 0.5, 32, seen)
+
+
+def test_the_docs_name_every_degradation_of_the_report() -> None:
+    """A degradation added to core/degrade.py is in reports/robustness.json and its mean at once, but the
+    docs' list of what the report measures was kept by hand and went on without it."""
+    text = (REPO / "docs/pipeline.md").read_text().split("## Robustness report", 1)[1]
+    listed = text.split("after each degradation of `core/degrade.py` (", 1)[1].split("), decodes it", 1)[0]
+    assert sorted(re.findall(r"`([^`]+)`", listed)) == sorted(DEGRADATIONS), "docs/pipeline.md"
