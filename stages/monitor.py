@@ -139,6 +139,26 @@ def champion_reference(client, model_name: str) -> tuple[str, dict]:  # client: 
     return str(champion.version), json.loads(Path(path).read_text())
 
 
+def published_window_end(path: Path) -> datetime | None:
+    """The window end of the summary already published at ``path``, or None (none, or unreadable).
+
+    A cleared or retried run of an earlier hour must not replace it: the alert would show that hour's status,
+    and ``DeepGuardDriftReportStale`` would fire on a report that went backwards in time.
+    """
+    try:
+        return iso_time(str(json.loads(path.read_text(encoding="utf-8"))["ts"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _later(stamp: str | None, end: datetime) -> bool:
+    """Whether ``stamp`` (a version's ``drift_checked_at``) is a window end after ``end``."""
+    try:
+        return stamp is not None and iso_time(stamp) > end
+    except ValueError:  # edited by hand: this run's tags replace it
+        return False
+
+
 def plot_drift(reference: dict, records: list[dict], report: dict) -> plt.Figure:
     """Score histograms (reference vs window), KS statistic per image statistic, verdict mix."""
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -230,9 +250,13 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
         )
         mlflow.log_artifact(str(DRIFT_FILE), "drift")
         mlflow.log_artifact(str(DRIFT_FIGURE), "drift")
-    client.set_model_version_tag(name, version, "drift_status", report["status"])
-    client.set_model_version_tag(name, version, "drift_checked_at", end.isoformat(timespec="seconds"))
-    client.set_model_version_tag(name, version, "drift_run_id", mlrun.info.run_id)
+    latest = environment().monitoring_dir / DRIFT_LATEST
+    newer = published_window_end(latest)
+    checked = client.get_model_version(name, version).tags.get("drift_checked_at")
+    if not _later(checked, end):
+        client.set_model_version_tag(name, version, "drift_status", report["status"])
+        client.set_model_version_tag(name, version, "drift_checked_at", end.isoformat(timespec="seconds"))
+        client.set_model_version_tag(name, version, "drift_run_id", mlrun.info.run_id)
     # The decision and the alert go out last, once the report is in MLflow and the version tagged: with MLflow
     # down the stage stops above, so no retraining is triggered (no XCom) and the predictor keeps exporting
     # the previous summary, instead of an alert saying that a drift was found and a retraining started.
@@ -247,8 +271,18 @@ def run(params: Params, now: datetime | None = None, xcom: Path | None = None) -
                 "model_version": version,
             },
         )
-    # Beside the records, where the predictor (same volume in a cluster) picks it up for Prometheus.
-    write_json(environment().monitoring_dir / DRIFT_LATEST, latest_summary(report))
+    # Beside the records, where the predictor (same volume in a cluster) picks it up for Prometheus; a run
+    # of an earlier window (a cleared or late DAG run) leaves the newer summary and the tags as they are.
+    if newer is not None and newer > end:
+        log.info(
+            "monitor: a report of a later window (ending %s) is already published; this one (ending %s) is "
+            "in MLflow run %s only",
+            newer.isoformat(timespec="seconds"),
+            end.isoformat(timespec="seconds"),
+            mlrun.info.run_id,
+        )
+    else:
+        write_json(latest, latest_summary(report))
     if report["status"] == INSUFFICIENT:
         # No PSI or KS here: over a handful of images they read several times their thresholds and mean
         # nothing (core.drift.latest_summary leaves the PSI out of the alert for the same reason).

@@ -361,6 +361,37 @@ def test_monitor_stage_reports_to_mlflow_and_tags_the_champion(cifake, served, t
     assert logged == {"drift/drift.json", "drift/drift.png"}
 
 
+def test_a_cleared_run_of_an_earlier_hour_does_not_replace_the_published_report(
+    cifake, served, tmp_path: Path
+) -> None:
+    """Clearing yesterday's deepguard_monitor run (to look at it again) reran the monitor for that window; it
+    replaced the summary the predictor exports and the champion's drift tags with yesterday's: the drift
+    alert went out while traffic still drifted, and DeepGuardDriftReportStale fired on a day-old report."""
+    import mlflow
+
+    root = make_workspace(tmp_path / "ws")
+    monitoring = tmp_path / "monitoring"
+    env = stage_env(root, DEEPGUARD_MONITORING_DIR=str(monitoring))
+    version = register_champion(env["MLFLOW_TRACKING_URI"], cifake[1])
+    write_records(monitoring / "records", served["blur_1.0"])
+    run_stage("monitor", root, env, "--now", NOW.isoformat())
+    earlier = NOW - timedelta(days=1)
+    result = run_stage("monitor", root, env, "--now", earlier.isoformat())
+
+    latest = json.loads((monitoring / DRIFT_LATEST).read_text())
+    assert latest["status"] == "drift" and latest["ts"] == NOW.isoformat(), latest
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    tags = client.get_model_version("deepguard", version).tags
+    assert tags["drift_status"] == "drift" and tags["drift_checked_at"] == "2026-12-01T12:00:00+00:00"
+    assert "a report of a later window (ending 2026-12-01T12:00:00+00:00) is already published" in (
+        result.stdout
+    )
+    # The earlier window's own report is still kept: in reports/drift.json and its MLflow run.
+    assert json.loads((root / DRIFT_FILE).read_text())["status"] == INSUFFICIENT
+    experiment = client.get_experiment_by_name("deepguard").experiment_id
+    assert len(client.search_runs([experiment], "tags.drift = 'insufficient_data'")) == 1
+
+
 def test_monitor_that_cannot_log_to_mlflow_publishes_no_alert_and_no_decision(
     cifake, served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
