@@ -11,9 +11,10 @@ import logging
 import sys
 
 from core.cli import run_stage, stage_parser
-from core.config import Params
+from core.config import DataParams, Params
 from core.errors import DeepGuardError
-from core.feedback import ACCEPTED, REJECTED, STATUSES, FeedbackError, FeedbackItem
+from core.feedback import ACCEPTED, REJECTED, STATUSES, FeedbackError, FeedbackItem, FeedbackStore
+from core.imaging import ImageError, validate_dataset_image
 from stages.sources import feedback_store
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,35 @@ def format_items(items: list[FeedbackItem]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(command: str, item_id: str | None = None, status: str | None = None) -> list[FeedbackItem]:
+def unused_because(store: FeedbackStore, item: FeedbackItem, data: DataParams) -> str | None:
+    """Why ingest will not train on an accepted item, or None: checked as ingest checks it, at accept time.
+
+    Ingest takes an image only at ``data.image_size`` square RGB (never resized) and only with
+    ``data.feedback: include``; otherwise the reviewer's accept silently trains nothing (the data report
+    counts it ``rejected`` a pipeline run later).
+    """
+    try:
+        validate_dataset_image(store.image_path(item).read_bytes(), data.image_size)
+    except (ImageError, OSError) as exc:
+        return f"ingest will reject its image ({exc}; never resized): it will not be trained on"
+    if data.feedback != "include":
+        return "data.feedback is exclude: no accepted item is trained on until it is include"
+    return None
+
+
+def run(
+    command: str,
+    item_id: str | None = None,
+    status: str | None = None,
+    data: DataParams | None = None,
+) -> list[FeedbackItem]:
     """Run one review command on the store of this workspace.
 
     Args:
         command: ``list``, ``accept`` or ``reject``.
         item_id: The item (its id or a unique prefix of 8+ hex digits) for accept and reject.
         status: For list: only items with this status.
+        data: The data params: an accepted item ingest will not use is then named (a warning).
 
     Returns:
         The items listed, or the one item moved.
@@ -56,11 +79,13 @@ def run(command: str, item_id: str | None = None, status: str | None = None) -> 
     except FeedbackError as exc:
         raise FeedbackCommandError(f"{store.root}: {exc}") from None
     log.info("feedback %s: %s (claimed %s) is now %s", command, moved.id, moved.claimed_label, moved.status)
+    if data is not None and moved.status == ACCEPTED and (why := unused_because(store, moved, data)):
+        log.warning("feedback accept: %s: %s", moved.id[:16], why)
     return [moved]
 
 
 def _main(args: argparse.Namespace, params: Params) -> None:
-    items = run(args.command, getattr(args, "id", None), getattr(args, "status", None))
+    items = run(args.command, getattr(args, "id", None), getattr(args, "status", None), params.data)
     if args.command == "list":
         sys.stdout.write(format_items(items))
 

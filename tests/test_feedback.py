@@ -483,6 +483,29 @@ def test_review_command_lists_accepts_rejects_with_one_line_errors(tmp_path: Pat
         assert line.startswith("stages.feedback: error:") and words in line, failed.stderr
 
 
+def test_accepting_an_item_ingest_will_not_train_on_says_so(tmp_path: Path) -> None:
+    """A reviewer accepting a phone photo someone flagged on the page (any size the page scores) was told
+    'is now accepted', and the next pipeline run trained on nothing: ingest takes feedback only at
+    data.image_size and never resizes, which only the data report said, a run later. So with
+    data.feedback: exclude. The accept now says why the item will not be used, when it will not."""
+    root = make_workspace(tmp_path / "ws")
+    env = stage_env(root)
+    store = FeedbackStore(root / "monitoring" / "feedback")
+    photo, native = submit(store, image_file(40, size=64)), submit(store, image_file(41), "REAL")
+    include = ("--set", "data.feedback=include")
+    accepted = run_stage("feedback", root, env, *include, "accept", photo.id)
+    assert f"feedback accept: {photo.id[:16]}: ingest will reject its image (size 64x64, expected 32x32" in (
+        accepted.stdout
+    ), accepted.stdout
+    assert "WARNING" in accepted.stdout
+    assert "WARNING" not in run_stage("feedback", root, env, *include, "accept", native.id).stdout
+    store.move(native.id, PENDING)
+    excluded = run_stage("feedback", root, env, "--set", "data.feedback=exclude", "accept", native.id)
+    assert "data.feedback is exclude: no accepted item is trained on" in excluded.stdout, excluded.stdout
+    # A warning, not a refusal: the decision stays the reviewer's.
+    assert {i.id for i in store.items(ACCEPTED)} == {photo.id, native.id}
+
+
 # --- ingest: accepted feedback as a data source -------------------------------------------------------------
 
 
