@@ -78,6 +78,24 @@ def _counts(counts: Mapping) -> dict[str, str]:
     return facts
 
 
+def feedback_summary(counts: Mapping | None) -> str:
+    """The accepted user feedback the model trained on, of how many, and why the others were left out."""
+    if counts is None:  # ingest's report holds None under data.feedback: exclude
+        return "none (data.feedback: exclude)"
+    left_out = ", ".join(
+        f"{label} {counts.get(key, 0)}"
+        for key, label in (
+            ("rejected", "rejected"),
+            ("duplicate", "duplicate"),
+            ("test_in_train", "test image"),
+            ("capped", "capped"),
+        )
+        if counts.get(key)
+    )
+    kept = f"{counts.get('kept', 0)} of {counts.get('seen', 0)} accepted images"
+    return f"{kept} (left out: {left_out})" if left_out else kept
+
+
 def _data_section(params: Params, data_report: Mapping, summary: Mapping) -> dict:
     source = data_report.get("source", {})
     kind = source.get("kind", "unknown")
@@ -91,6 +109,7 @@ def _data_section(params: Params, data_report: Mapping, summary: Mapping) -> dic
         "files rejected": str(_total(data_report.get("rejected", {}))),
         "duplicates dropped (within a split)": str(_total(data_report.get("duplicates_within_split", {}))),
         "leaks dropped (test images also in train)": str(_total(data_report.get("test_in_train", {}))),
+        "user feedback trained on": feedback_summary(data_report.get("feedback")),
     }
     text = (
         "CIFAKE: CIFAR-10 photos (REAL) and Stable Diffusion v1.4 images in their style (FAKE), 32x32 JPEG. "

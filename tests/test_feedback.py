@@ -28,6 +28,7 @@ from flask_app import create_app
 from flask_app.feedback import TokenBucket
 from stages import sources
 from stages.ingest import ingest
+from stages.model_card import feedback_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -553,6 +554,11 @@ def test_ingest_merges_accepted_feedback_validated_and_deduplicated(tmp_path: Pa
         "capped": 0,
     }
     assert report["kept"]["train"] == {"FAKE": 4, "REAL": 3}
+    # The model card of a model trained on this data says so (stages/model_card.py reads this report).
+    assert (
+        feedback_summary(report["feedback"])
+        == "1 of 4 accepted images (left out: rejected 1, duplicate 1, test image 1)"
+    )
     with zipfile.ZipFile(tmp_path / "include" / ARCHIVE) as kept:
         names = kept.namelist()
     assert f"train/FAKE/{new.id[:16]}.png" in names

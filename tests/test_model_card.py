@@ -110,6 +110,18 @@ def test_card_reports_data_counts_hashes_and_what_was_dropped():
     assert data["source"] == "local: cifake.zip"
 
 
+def test_card_says_how_much_accepted_user_feedback_the_model_trained_on():
+    """A model retrained after users' corrections: its card (what the registry and the page show) said nothing
+    of them, only the data report of the run did; nor, without feedback, that none was used."""
+    facts = sections(card())["Training data"]["facts"]
+    assert facts["user feedback trained on"] == "none (data.feedback: exclude)"
+    outcomes = {"seen": 9, "kept": 5, "rejected": 2, "duplicate": 1, "test_in_train": 1, "capped": 0}
+    facts = sections(card(data_report={**DATA_REPORT, "feedback": outcomes}))["Training data"]["facts"]
+    assert facts["user feedback trained on"] == (
+        "5 of 9 accepted images (left out: rejected 2, duplicate 1, test image 1)"
+    )
+
+
 def test_card_reads_metrics_bands_and_lineage():
     calibrated = {"real_below": 0.2, "fake_above": 0.8, "temperature": 1.7, "calibration_bias": -0.3}
     banded = ModelMetadata(**{**METADATA.__dict__, **calibrated})
