@@ -188,11 +188,11 @@ class FeedbackStore:
 
         Returns:
             ``(item, created)``; ``created`` is False for an image already in the store (any status) with the
-            same claim.
+            same claim. The other claim on a rejected item reopens it: pending again, with this claim.
 
         Raises:
             FeedbackError: naming the field that is wrong (413 and 507 subclasses for the caps; 409 for an
-                image already reported with the other claim).
+                image pending or accepted with the other claim).
         """
         if not image:
             raise FeedbackError("image", "empty file")
@@ -216,7 +216,11 @@ class FeedbackStore:
             raise FeedbackError("model_version", f"expected 1 to {MAX_TEXT} printable characters")
         item_id = hashlib.sha256(image).hexdigest()
         existing = self._find(item_id)
-        if existing is not None:
+        # A rejected claim's opposite agrees with the reviewer's decision: it is reviewed anew, not refused.
+        reopen = (
+            existing is not None and existing.status == REJECTED and existing.claimed_label != claimed_label
+        )
+        if existing is not None and not reopen:
             return self._same_claim(existing, claimed_label), False
         if self.count(PENDING) >= self.max_pending:
             raise FeedbackFullError("feedback", f"{self.max_pending} items already wait for review")
@@ -235,6 +239,9 @@ class FeedbackStore:
         _write_atomic(folder / f"{item_id}.{suffix}", image)
         if not _create_atomic(folder / f"{item_id}.json", json.dumps(item.to_record(), indent=2).encode()):
             return self._same_claim(self._read(folder / f"{item_id}.json", PENDING), claimed_label), False
+        if reopen:  # the record first: while both exist the pending one is found first
+            (self.root / REJECTED / f"{item_id}.json").unlink(missing_ok=True)
+            (self.root / REJECTED / f"{item_id}.{existing.suffix}").unlink(missing_ok=True)
         return item, True
 
     @staticmethod

@@ -385,6 +385,39 @@ def test_the_other_claim_on_a_reported_image_is_a_409_naming_the_one_on_record(t
     assert conflict.get_json()["error"] == "claimed_label: this image was already reported as FAKE (pending)."
 
 
+def test_the_other_claim_on_a_rejected_image_is_reviewed_anew_not_refused(tmp_path: Path) -> None:
+    """A reviewer rejected 'this is FAKE' for an image (it is REAL); when a later model calls it FAKE and a
+    user says REAL, agreeing with the reviewer, the page answered 409 'already reported as FAKE (rejected)'
+    and the correction could never be made. It is now pending again with the new claim."""
+    client = create_app({"FEEDBACK_DIR": str(tmp_path)}).test_client()
+    store = FeedbackStore(tmp_path)
+
+    def claim(label: str, version: str) -> Any:
+        form = {
+            "claimed_label": label,
+            "verdict": "UNCERTAIN",
+            "fake_probability": "0.5",
+            "model_version": version,
+        }
+        return client.post("/api/feedback", data={**form, "image": (io.BytesIO(image_file(41)), "a.png")})
+
+    first = claim("FAKE", "4").get_json()
+    store.move(first["id"], REJECTED)
+    again = claim("REAL", "5")
+    assert again.status_code == 201, again.get_json()
+    assert again.get_json() == {"id": first["id"], "status": PENDING, "created": True}
+    item = store.get(first["id"][:12])
+    assert (item.status, item.claimed_label, item.model_version) == (PENDING, "REAL", "5")
+    assert store.image_path(item).read_bytes() == image_file(41)
+    assert store.items(REJECTED) == [] and not list((tmp_path / REJECTED).iterdir())
+    # Accepted, the decision stands: the other claim is still a conflict.
+    store.move(item.id, ACCEPTED)
+    conflict = claim("FAKE", "5")
+    assert (
+        conflict.status_code == 409 and "already reported as REAL (accepted)" in conflict.get_json()["error"]
+    )
+
+
 def test_two_images_in_one_feedback_request_are_refused_and_neither_is_stored(tmp_path: Path) -> None:
     """The first was stored and the second dropped without a word: a client reporting two wrong verdicts in
     one request believed both recorded."""
