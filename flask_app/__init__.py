@@ -35,6 +35,10 @@ DEFAULT_PREDICTOR_TIMEOUT_S = 5.0
 UPLOAD_FIELD = "image"
 
 BUSY_MESSAGE = "The detector is busy with other uploads; try again in a moment."
+# Seconds a client is told to wait (Retry-After) after a 503: a free slot comes back within a request's time;
+# a predictor that is down or restarting takes longer (its readiness probe period is 5 s).
+BUSY_RETRY_AFTER_S = 1
+UNAVAILABLE_RETRY_AFTER_S = 5
 # What /model shows about the served model besides its card: (parameter key, label).
 MODEL_FACTS: tuple[tuple[str, str], ...] = (
     ("model_version", "Version"),
@@ -386,11 +390,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return dataclasses.replace(first, items=first.items + second.items)
 
     @app.get("/model")
-    def model_card() -> tuple[str, int] | str:
+    def model_card() -> tuple[str, int, dict[str, str]] | str:
         try:
             metadata = client.model_metadata()
         except PredictorError as exc:
-            return render_template("unavailable.html", message=exc.message, status=exc.status), exc.status
+            page = render_template("unavailable.html", message=exc.message, status=exc.status)
+            headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)} if exc.status == 503 else {}
+            return page, exc.status, headers
         parameters = metadata.get("parameters")
         parameters = parameters if isinstance(parameters, dict) else {}
         card = parameters.get("model_card")
@@ -431,15 +437,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         }
         return jsonify(body), 200 if status.ready else 503
 
-    def _busy() -> tuple[Response, int]:
-        response, status = _error(503, BUSY_MESSAGE)
-        response.headers["Retry-After"] = "1"
+    def _retry_later(message: str, seconds: int) -> tuple[Response, int]:
+        response, status = _error(503, message)
+        response.headers["Retry-After"] = str(seconds)
         return response, status
+
+    def _busy() -> tuple[Response, int]:
+        return _retry_later(BUSY_MESSAGE, BUSY_RETRY_AFTER_S)
 
     def _predictor_error(exc: PredictorError, unreadable: str) -> tuple[Response, int]:
         """The JSON error for a failed predictor call; ``unreadable`` names the file the predictor refused."""
         if exc.message == BUSY_MESSAGE:
             return _busy()
+        if exc.status == 503:  # not available, or changed models while scoring: a client's retry is right
+            return _retry_later(exc.message, UNAVAILABLE_RETRY_AFTER_S)
         return _error(exc.status, f"{unreadable} {exc.message}" if exc.status == 422 else exc.message)
 
     @app.errorhandler(RequestEntityTooLarge)

@@ -657,7 +657,9 @@ def test_healthz_reports_the_predictor_and_version(web, registered_model):
 
 
 def test_predictor_down_is_a_503_not_a_crash(sample_images):
-    """The app with nothing listening at PREDICTOR_URL (port 9 on loopback: discard, normally closed)."""
+    """The app with nothing listening at PREDICTOR_URL (port 9 on loopback: discard, normally closed). Its
+    503s say when to try again (Retry-After), as the "busy" one does: a client's retry policy had nothing to
+    go by."""
     app = create_app({"PREDICTOR_URL": "http://127.0.0.1:9", "PREDICTOR_TIMEOUT_S": 2})
     client = app.test_client()
     health = client.get("/healthz")
@@ -666,12 +668,15 @@ def test_predictor_down_is_a_503_not_a_crash(sample_images):
     response = client.post("/api/predict", data={"image": (io.BytesIO(sample_images.probe[0]), "a.jpg")})
     assert response.status_code == 503
     assert "not available" in response.get_json()["error"]
+    assert response.headers["Retry-After"] == "5"
     files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate(sample_images.probe[:2])]
     response = client.post("/api/predictions", data={"image": files})
     assert response.status_code == 503
     assert "not available" in response.get_json()["error"]
+    assert response.headers["Retry-After"] == "5"
     card = client.get("/model")
     assert card.status_code == 503 and card.content_type.startswith("text/html")
+    assert card.headers["Retry-After"] == "5"
     assert "not available right now" in card.get_data(as_text=True)
     assert "Traceback" not in card.get_data(as_text=True)
 
