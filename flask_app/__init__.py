@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, g, jsonify, render_template, request
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -27,6 +27,10 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Several images at once: at most this many files, together at most this many bytes, in one predictor call.
 MAX_BATCH_FILES = 32
 DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+# Request bytes one worker holds at once (~1x each, from the form through the predictor's answer): two
+# maximum batches. Its 7 predictor slots could otherwise hold 7 (448 MiB), and four near-maximum batches on
+# the chart's 2 workers passed the pod's 512 MiB limit (OOM kill, every upload on the pod cut).
+DEFAULT_MAX_UPLOAD_BYTES_IN_FLIGHT = 2 * DEFAULT_MAX_BATCH_BYTES
 # What a request of one file may hold beyond it: the multipart envelope and a few short form fields. The file
 # itself is held to the per-file limit (read_upload); a request limit of just that refused a file under it.
 MULTIPART_ALLOWANCE = 64 * 1024
@@ -35,8 +39,8 @@ DEFAULT_PREDICTOR_TIMEOUT_S = 5.0
 UPLOAD_FIELD = "image"
 
 BUSY_MESSAGE = "The detector is busy with other uploads; try again in a moment."
-# Seconds a client is told to wait (Retry-After) after a 503: a free slot comes back within a request's time;
-# a predictor that is down or restarting takes longer (its readiness probe period is 5 s).
+# Seconds a client is told to wait (Retry-After) after a 503: a free slot or upload budget comes back within
+# a request's time; a predictor that is down or restarting takes longer (its readiness probe period is 5 s).
 BUSY_RETRY_AFTER_S = 1
 UNAVAILABLE_RETRY_AFTER_S = 5
 # What /model shows about the served model besides its card: (parameter key, label).
@@ -196,7 +200,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Args:
         config: Overrides; by default ``PREDICTOR_URL``, ``MAX_CONTENT_LENGTH`` (bytes per file),
             ``MAX_BATCH_BYTES`` (bytes per request of several files), ``PREDICTOR_TIMEOUT_S`` and
-            ``WEB_PROXY_HOPS`` (proxies in front whose ``X-Forwarded-For`` names the client) come from the
+            ``WEB_PROXY_HOPS`` (proxies in front whose ``X-Forwarded-For`` names the client) and
+            ``MAX_UPLOAD_BYTES_IN_FLIGHT`` (request bytes one worker holds at once) come from the
             environment. ``PREDICTOR_SLOTS``: predictor calls one worker makes at once (default: one
             less than its threads, so one is always free for ``/livez``).
 
@@ -209,6 +214,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         MODEL_NAME=os.environ.get(MODEL_NAME_ENV, SERVED_MODEL_NAME),
         MAX_CONTENT_LENGTH=environment.number("MAX_CONTENT_LENGTH", DEFAULT_MAX_UPLOAD_BYTES),
         MAX_BATCH_BYTES=environment.number("MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES),
+        MAX_UPLOAD_BYTES_IN_FLIGHT=environment.number(
+            "MAX_UPLOAD_BYTES_IN_FLIGHT", DEFAULT_MAX_UPLOAD_BYTES_IN_FLIGHT
+        ),
         PREDICTOR_TIMEOUT_S=environment.number("PREDICTOR_TIMEOUT_S", DEFAULT_PREDICTOR_TIMEOUT_S),
         PREDICTOR_SLOTS=max(1, web_threads() - 1),
         WEB_PROXY_HOPS=environment.number("WEB_PROXY_HOPS", 0),
@@ -231,6 +239,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Set while the last /healthz found the predictor unavailable. Its 503 is read by a checker (helm test, an
     # uptime probe), not by whoever reads the pod's log: the change is logged there, once, not at each check.
     predictor_down = threading.Event()
+    # Request bytes this worker's requests hold now (see DEFAULT_MAX_UPLOAD_BYTES_IN_FLIGHT).
+    in_flight = {"bytes": 0}
+    in_flight_lock = threading.Lock()
+    in_flight_mb = app.config["MAX_UPLOAD_BYTES_IN_FLIGHT"] / (1024 * 1024)
     max_bytes = app.config["MAX_CONTENT_LENGTH"]
     max_mb = max_bytes / (1024 * 1024)
     batch_mb = app.config["MAX_BATCH_BYTES"] / (1024 * 1024)
@@ -269,6 +281,41 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                 403, "Requests from other web sites are refused; use this page or call the API directly."
             )
         return None
+
+    @app.before_request
+    def upload_budget() -> tuple[Response, int] | None:
+        # Each upload is held in memory (~1x) from its form to the predictor's answer: a request is admitted
+        # while this worker's requests in flight leave room for its Content-Length (one over the budget
+        # alone is admitted when nothing else is in flight), else a 503 at once, before its body is read.
+        if request.method != "POST":
+            return None
+        limit = (
+            app.config["MAX_BATCH_BYTES"] if request.path == "/api/predictions" else max_bytes
+        ) + MULTIPART_ALLOWANCE
+        # A body over its route's limit is the 413's, not this; a chunked one may be as large as the limit.
+        size = min(request.content_length if request.content_length is not None else limit, limit)
+        with in_flight_lock:
+            held = in_flight["bytes"]
+            if held and held + size > app.config["MAX_UPLOAD_BYTES_IN_FLIGHT"]:
+                admitted = False
+            else:
+                admitted = True
+                in_flight["bytes"] = held + size
+        if not admitted:
+            return _retry_later(
+                f"The server is holding {held / (1024 * 1024):.0f} MB of other uploads (its limit is "
+                f"{in_flight_mb:g} MB at once); try again in a moment.",
+                BUSY_RETRY_AFTER_S,
+            )
+        g.upload_bytes = size
+        return None
+
+    @app.teardown_request
+    def release_upload_budget(_: BaseException | None) -> None:
+        size = g.pop("upload_bytes", 0)
+        if size:
+            with in_flight_lock:
+                in_flight["bytes"] -= size
 
     @app.get("/")
     def index() -> str:

@@ -9,6 +9,7 @@ import os
 NUMBERS: dict[str, type[int] | type[float]] = {
     "MAX_CONTENT_LENGTH": int,
     "MAX_BATCH_BYTES": int,
+    "MAX_UPLOAD_BYTES_IN_FLIGHT": int,
     "PREDICTOR_TIMEOUT_S": float,
     "WEB_PROXY_HOPS": int,
     "WEB_THREADS": int,

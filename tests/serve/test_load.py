@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,3 +109,49 @@ def test_as_many_clients_as_a_worker_has_predictor_slots_are_never_told_busy(pre
     assert statuses == [200] * clients * uploads, (
         f"{refused} of {len(statuses)} answered busy: {set(statuses)}"
     )
+
+
+def test_a_worker_holds_a_bounded_number_of_upload_bytes_and_says_busy_beyond(predictor_url, tmp_path):
+    """Each upload is held (~1x) from its form to the predictor's answer, and a worker's 7 predictor slots
+    let it hold 7 maximum batches: four near-maximum ones on the chart's pod (2 workers) passed its 512 MiB
+    limit and got it OOM-killed. A worker now admits uploads while its bytes in flight leave room
+    (MAX_UPLOAD_BYTES_IN_FLIGHT), else a 503 at once with Retry-After, naming the reason."""
+    port = free_port()
+    budget = 3 * MIB
+    env = {
+        "PREDICTOR_URL": predictor_url,
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": "1",
+        "MAX_UPLOAD_BYTES_IN_FLIGHT": str(budget),
+    }
+    url = f"http://127.0.0.1:{port}"
+    large, small = noise_png(800, 1), noise_png(32, 2)  # 1.9 MB: with the held 2 MiB, over the budget
+    assert 1.5 * MIB < len(large) < 2 * MIB
+
+    def post(data: bytes) -> requests.Response:
+        return requests.post(f"{url}/api/predict", files={"image": ("a.png", data)}, timeout=TIMEOUT)
+
+    with running([sys.executable, "-m", "flask_app"], f"{url}/livez", tmp_path / "web.log", env):
+        # An upload of 2 MiB still arriving (a slow phone): its worker holds it until it is scored.
+        held = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        try:
+            held.sendall(
+                b"POST /api/predictions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n"
+                + f"Content-Length: {2 * MIB}\r\n\r\n".encode()
+                + b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+            )
+            deadline = time.monotonic() + 20
+            while (refused := post(large)).status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.5)  # until the worker has taken the held request
+            assert refused.status_code == 503, refused.text[:300]
+            assert refused.headers["Retry-After"] == "1"
+            assert "MB of other uploads" in refused.json()["error"], refused.json()
+            assert "3 MB at once" in refused.json()["error"], refused.json()
+            assert post(small).status_code == 200, "an upload within the room left is admitted"
+        finally:
+            held.close()
+        deadline = time.monotonic() + 20
+        while (answer := post(large)).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.5)  # until the worker has seen the held upload's connection close
+        assert answer.status_code == 200, answer.text[:300]
