@@ -13,7 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import urllib3.connectionpool
 from PIL import Image
+
+from flask_app import DEFAULT_PREDICTOR_TIMEOUT_S
+from flask_app.predictor_client import PredictorClient, PredictorError
 
 from .monitoring_helpers import own_store
 from .serving_helpers import free_port, running, start_predictor
@@ -155,3 +159,36 @@ def test_a_worker_holds_a_bounded_number_of_upload_bytes_and_says_busy_beyond(pr
         while (answer := post(large)).status_code == 503 and time.monotonic() < deadline:
             time.sleep(0.5)  # until the worker has seen the held upload's connection close
         assert answer.status_code == 200, answer.text[:300]
+
+
+def test_a_kept_alive_connection_the_predictor_closed_unseen_is_sent_again_not_a_false_503(
+    tiny_model, tmp_path, monkeypatch
+):
+    """The predictor closes a connection idle for its keep-alive timeout; an upload sent on it as it closed
+    was reset before any answer and told "not available" (measured against the real predictor with a 1 s
+    keep-alive: 1 of 150 calls idle near it). The web app's client sends it once more on a new connection.
+
+    The race's window is held open here by urllib3's check for a closed pooled connection, patched (in this
+    test's process) to miss the close, as it does when the close arrives just after the check."""
+    root = tmp_path / "store"
+    root.mkdir()
+    registered = own_store(tiny_model, root)
+    manager, url = start_predictor(
+        registered, tmp_path / "predictor.log", "--no-monitoring", "--timeout-keep-alive", "1"
+    )
+    image = noise_png(32, 0)
+    monkeypatch.setattr(urllib3.connectionpool, "is_connection_dropped", lambda _: False)
+    with manager:
+        client = PredictorClient(url, registered.model_name, DEFAULT_PREDICTOR_TIMEOUT_S)
+        assert len(client.predict([image]).items) == 1
+        time.sleep(2)  # past the predictor's keep-alive: it closed the connection this client still holds
+        assert len(client.predict([image]).items) == 1
+        time.sleep(2)
+        assert client.status().ready, "the readiness check (/healthz) is sent again too"
+        time.sleep(2)
+        assert client.model_metadata()["name"] == registered.model_name
+    # Nothing listening: a new connection fails at once, and is not tried again.
+    started = time.monotonic()
+    with pytest.raises(PredictorError, match="not available"):
+        PredictorClient(url, registered.model_name, DEFAULT_PREDICTOR_TIMEOUT_S).predict([image])
+    assert time.monotonic() - started < 2
